@@ -1,0 +1,26 @@
+"""gristmill: raw training data to exactly packed, resumable PyTorch batches.
+
+Importing this package is cheap (pluggy and numpy only): heavy libraries load inside the
+components that need them.
+"""
+
+from __future__ import annotations
+
+from gristmill._version import __version__
+from gristmill.dataset import open_dataset
+from gristmill.errors import DataError, DatasetError, GristmillError, PluginError
+from gristmill.examples import Example
+from gristmill.hookspecs import hookimpl
+from gristmill.pipeline import prepare
+
+__all__ = [
+    "DataError",
+    "DatasetError",
+    "Example",
+    "GristmillError",
+    "PluginError",
+    "__version__",
+    "hookimpl",
+    "open_dataset",
+    "prepare",
+]

@@ -1,0 +1,161 @@
+"""The ``gristmill`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from gristmill._version import __version__
+from gristmill.errors import GristmillError
+
+EPILOG = """\
+examples:
+  gristmill prepare sample:stdlib-qa -o data/stdlib-qa --tokenizer byte
+  gristmill prepare 'corpus/*.jsonl' -o data/corpus --val-fraction 0.01
+  gristmill inspect data/stdlib-qa --decode 3
+  gristmill plugins --all
+
+Source specs: files, globs and directories (each file read by the source that claims its suffix),
+or prefixed specs such as sample:stdlib. Tokenizer specs: byte, or what plugins add.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gristmill",
+        description="Turn raw training data into exactly packed, resumable PyTorch batches.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gristmill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize sources into a dataset directory of memmap shards",
+        description="Read sources, map their fields, tokenize, and write shards plus a manifest "
+        "(written last, so an interrupted run never looks complete). Running the same command "
+        "again on a finished dataset does nothing.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset directory")
+    p.add_argument("--tokenizer", default="byte", metavar="SPEC", help="tokenizer (default: byte)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        metavar="NAME",
+        help="field mapper: auto (default: chosen from each source's first record), text, "
+        "prompt-completion, or one a plugin adds",
+    )
+    p.add_argument(
+        "--fields",
+        metavar="NAME=COLUMN,...",
+        help="read canonical fields from other columns, e.g. prompt=question,completion=answer",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of examples (chosen by a seeded hash) for the 'val' split (default: 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
+    p.add_argument(
+        "--tokens-per-shard",
+        type=int,
+        default=1 << 26,
+        metavar="N",
+        help="target tokens per shard file; documents are never split (default: 67108864)",
+    )
+    p.add_argument(
+        "--train-on-prompt",
+        action="store_true",
+        help="put loss on prompts too, not only completions",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
+    i = sub.add_parser(
+        "inspect",
+        help="counts, length histogram and decoded samples of a dataset",
+        description="Summarise a prepared dataset: documents, tokens and loss tokens per split, "
+        "a histogram of document lengths, and decoded documents with the tokens that carry no "
+        "loss shown between ⟦ and ⟧.",
+    )
+    i.add_argument("directory", metavar="DIR")
+    i.add_argument("--decode", type=int, default=2, metavar="N", help="decode N documents (2)")
+    i.add_argument("--split", default=None, help="decode from this split (default: train)")
+    i.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+    pl = sub.add_parser(
+        "plugins",
+        help="list installed plugins and the components they provide",
+        description="List plugins found in the 'gristmill' entry-point group. Exits 1 when a "
+        "plugin failed to load or two plugins register the same name. Block plugins with "
+        "GRISTMILL_DISABLE_PLUGINS=a,b or allow only some with GRISTMILL_PLUGINS=a,b.",
+    )
+    pl.add_argument(
+        "--all", action="store_true", help="also blocked plugins, and describe each component"
+    )
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("gristmill")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        if args.command == "prepare":
+            return _prepare(args)
+        if args.command == "inspect":
+            from gristmill.report import inspect_dataset
+
+            return inspect_dataset(
+                args.directory, decode=args.decode, split=args.split, as_json=args.json
+            )
+        from gristmill.report import list_plugins
+
+        return list_plugins(show_all=args.all, as_json=args.json)
+    except GristmillError as exc:
+        print(f"gristmill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gristmill: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gristmill.mapping import parse_fields
+    from gristmill.pipeline import prepare
+
+    prepare(
+        args.sources,
+        args.output,
+        tokenizer=args.tokenizer,
+        format=args.format,
+        fields=parse_fields(args.fields),
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        tokens_per_shard=args.tokens_per_shard,
+        train_on_prompt=args.train_on_prompt,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Typed records that plugins register, and the protocols their factories return.
+
+A registration hook returns a list of these records. Each carries a unique user-facing ``name``
+(lowercase letters, digits and dashes), a one-line ``description`` and, when the component needs a
+heavy optional library, the ``requires`` extra that installs it. The plugin manager validates them
+and keeps track of which plugin provided which record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from gristmill.examples import Example
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """Fields every registered component has."""
+
+    name: str
+    description: str
+    requires: str | None = None  # the extra that installs what it needs, e.g. "parquet"
+
+    kind = "component"
+
+    def problems(self) -> list[str]:
+        """What is wrong with this record (empty when it is valid)."""
+        out = []
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+            out.append(
+                f"{self.kind} name {self.name!r} is invalid: use lowercase letters, digits and "
+                "single dashes, starting with a letter"
+            )
+        if not isinstance(self.description, str) or not self.description.strip():
+            out.append(f"{self.kind} {self.name!r} has no description")
+        return out
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+class Where(NamedTuple):
+    """Where a record came from, for error messages: a file (or URL) and a 1-based line or row."""
+
+    origin: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.origin if self.line is None else f"{self.origin}:{self.line}"
+
+
+class Source(Protocol):
+    """An opened source: yields raw records with their location."""
+
+    spec: str
+
+    def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
+        """Yield every record in a deterministic order."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A string that changes whenever the data would change (content hash, size and mtime…)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceType(Component):
+    """A source of raw records: claims specs by prefix (``sample:``) or file suffix (``.jsonl``)."""
+
+    factory: Callable[[str], Source]
+    prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+
+    kind = "source"
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not self.prefixes and not self.suffixes:
+            out.append(f"source {self.name!r} claims no prefix and no file suffix")
+        return out
+
+
+# --- field mappers -------------------------------------------------------------------------------
+
+
+FieldMap = Callable[[Mapping[str, Any]], Example]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldMapperType(Component):
+    """Turns a raw record into an :class:`~gristmill.examples.Example`.
+
+    ``detect(keys)`` says whether records with these keys look like this format; among the mappers
+    that accept, the highest ``priority`` wins. ``factory(fields)`` returns the mapping function;
+    ``fields`` maps canonical names (``text``, ``prompt``…) to the user's column names.
+    """
+
+    factory: Callable[[Mapping[str, str]], FieldMap]
+    detect: Callable[[Collection[str]], bool]
+    priority: int = 0
+
+    kind = "field mapper"
+
+
+# --- tokenizers ----------------------------------------------------------------------------------
+
+
+class Tokenizer(Protocol):
+    """A loaded tokenizer. ``encode_batch`` is the hot path: it takes many texts at once."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+    add_bos: bool
+    add_eos: bool
+
+    def encode_batch(
+        self, texts: Sequence[str], *, offsets: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Token ids per text, and (when asked) the character offset where each token starts."""
+        ...
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of the ids; special tokens shown by name."""
+        ...
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write what ``TokenizerType.load`` needs into ``directory``; return its JSON config."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerType(Component):
+    """A tokenizer family: claims a spec by exact name, prefix (``hf:``) or suffix."""
+
+    factory: Callable[[str], Tokenizer]
+    load: Callable[[Path, Mapping[str, Any]], Tokenizer]
+    prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+
+    kind = "tokenizer"
+
+
+# --- shard formats -------------------------------------------------------------------------------
+
+
+class ShardWriter(Protocol):
+    """Writes one split's documents into shard files, each complete before it is visible."""
+
+    def add(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]) -> None:
+        """Append documents (token ids and, where the document has one, its loss mask)."""
+        ...
+
+    def close(self) -> list[dict[str, Any]]:
+        """Flush the last shard; return one manifest entry per shard, in order."""
+        ...
+
+
+class ShardReader(Protocol):
+    """Serves one split's documents."""
+
+    num_documents: int
+
+    def lengths(self) -> np.ndarray:
+        """Token count of every document (int64), read from the index only."""
+        ...
+
+    def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token ids and loss mask (``None``: every token has loss) of one document."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardFormatType(Component):
+    """An on-disk format for tokenized documents: a writer and a matching reader."""
+
+    writer: Callable[..., ShardWriter]  # (directory, split, *, dtype, tokens_per_shard)
+    reader: Callable[..., ShardReader]  # (directory, shards: list[dict], *, dtype)
+    format_version: int = 1
+
+    kind = "shard format"
+
+
+# --- packers and samplers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Which document spans form each sample.
+
+    Sample ``i`` is the segments ``sample_bounds[i]:sample_bounds[i+1]``; segment ``j`` is tokens
+    ``[seg_start[j], seg_start[j] + seg_len[j])`` of document ``seg_doc[j]``. All int64.
+    """
+
+    sample_bounds: np.ndarray
+    seg_doc: np.ndarray
+    seg_start: np.ndarray
+    seg_len: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sample_bounds) - 1
+
+
+class Packer(Protocol):
+    def plan(self, lengths: np.ndarray, seq_len: int | None) -> PackPlan:
+        """Plan samples from document lengths alone (no token reads)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackerType(Component):
+    """A packing strategy; ``factory(**options)`` returns a :class:`Packer`."""
+
+    factory: Callable[..., Packer]
+
+    kind = "packer"
+
+
+class Sampler(Protocol):
+    def __iter__(self) -> Iterator[int]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerType(Component):
+    """An order over samples; ``factory(num_samples, *, seed, rank, world_size, **options)``."""
+
+    factory: Callable[..., Sampler]
+
+    kind = "sampler"
+
+
+# --- presets and executors -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresetType(Component):
+    """A named dataset: where it lives and how to read it by default."""
+
+    source: str  # a source spec, e.g. "hub:HuggingFaceFW/fineweb-edu:sample-10BT"
+    text_field: str = "text"
+    tokenizer: str | None = None
+    streaming: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    kind = "preset"
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
+        """Run ``fn`` on every task; yield results in task order."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorType(Component):
+    """Runs prepare tasks somewhere; ``factory(workers=N, **options)`` returns an :class:`Executor`."""
+
+    factory: Callable[..., Executor]
+
+    kind = "executor"
+
+
+KINDS: dict[str, tuple[str, type[Component]]] = {
+    "sources": ("gristmill_sources", SourceType),
+    "field_mappers": ("gristmill_field_mappers", FieldMapperType),
+    "tokenizers": ("gristmill_tokenizers", TokenizerType),
+    "shard_formats": ("gristmill_shard_formats", ShardFormatType),
+    "packers": ("gristmill_packers", PackerType),
+    "samplers": ("gristmill_samplers", SamplerType),
+    "presets": ("gristmill_presets", PresetType),
+    "executors": ("gristmill_executors", ExecutorType),
+}
+"""Every component kind: its registration hook and record type."""

@@ -1,0 +1,134 @@
+"""``open_dataset``: a prepared dataset served as packed training samples."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gristmill.components import PackPlan, ShardReader, Tokenizer
+from gristmill.errors import DatasetError
+from gristmill.manifest import read_manifest
+from gristmill.plugins import PluginManager, get_manager
+from gristmill.tokenizers import load_saved
+
+IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+
+
+class Dataset:
+    """Map-style packed samples of one split: ``len(ds)`` and ``ds[i]``.
+
+    ``ds[i]`` is a dict of int64 arrays: ``input_ids``; ``labels`` (the token id where it carries
+    loss, else -100; the first token of every document is -100 too, so that no position learns to
+    predict across a document boundary when the model shifts labels); ``position_ids`` restarting
+    at 0 for every document; ``seq_lens`` (the length of each document segment in the sample).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        split: str = "train",
+        seq_len: int | None = None,
+        packer: str = "none",
+        seed: int = 0,
+        manager: PluginManager | None = None,
+    ):
+        self.path = Path(path)
+        self.manager = manager or get_manager()
+        self.manifest = read_manifest(self.path)
+        splits = self.manifest["splits"]
+        if split not in splits:
+            raise DatasetError(
+                f"{self.path}: no split {split!r}; this dataset has {', '.join(sorted(splits))}"
+            )
+        if seq_len is not None and seq_len < 1:
+            raise DatasetError(f"seq_len must be a positive number of tokens, got {seq_len}")
+        self.split, self.seq_len, self.seed = split, seq_len, seed
+        fmt = self.manager.shard_format(self.manifest["shard_format"]["name"])
+        self.documents: ShardReader = fmt.reader(
+            self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
+        )
+        self.packer = packer
+        self.plan: PackPlan = (
+            self.manager.packer(packer).factory().plan(self.documents.lengths(), seq_len)
+        )
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer stored with the dataset (for decoding)."""
+        return load_saved(self.path, self.manifest, self.manager)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        n = len(self.plan)
+        if not -n <= index < n:
+            raise IndexError(f"sample {index} out of range for {n} samples")
+        index %= n
+        plan = self.plan
+        lo, hi = plan.sample_bounds[index], plan.sample_bounds[index + 1]
+        seg_lens = plan.seg_len[lo:hi]
+        ids_parts, mask_parts = [], []
+        for doc, start, length in zip(plan.seg_doc[lo:hi], plan.seg_start[lo:hi], seg_lens):
+            ids, mask = self.documents.document(int(doc))
+            ids_parts.append(ids[start : start + length])
+            mask_parts.append(None if mask is None else mask[start : start + length])
+        input_ids = np.concatenate(ids_parts).astype(np.int64)
+        if all(m is None for m in mask_parts):
+            labels = input_ids.copy()
+        else:
+            mask = np.concatenate(
+                [
+                    np.ones(len(i), np.uint8) if m is None else m
+                    for i, m in zip(ids_parts, mask_parts)
+                ]
+            )
+            labels = np.where(mask.astype(bool), input_ids, IGNORE_INDEX)
+        starts = np.concatenate([[0], np.cumsum(seg_lens)[:-1]])
+        labels[starts] = IGNORE_INDEX
+        position_ids = np.arange(len(input_ids), dtype=np.int64) - np.repeat(starts, seg_lens)
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "seq_lens": seg_lens.astype(np.int64),
+        }
+
+    def samples(
+        self, sampler: str = "sequential", **options: Any
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Samples in the order of a sampler plugin."""
+        order = self.manager.sampler(sampler).factory(len(self), seed=self.seed, **options)
+        return (self[i] for i in order)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.samples()
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({str(self.path)!r}, split={self.split!r}, samples={len(self)}, "
+            f"seq_len={self.seq_len}, packer={self.packer!r})"
+        )
+
+
+def open_dataset(
+    path: str | os.PathLike[str],
+    split: str = "train",
+    *,
+    seq_len: int | None = None,
+    packer: str = "none",
+    seed: int = 0,
+    manager: PluginManager | None = None,
+) -> Dataset:
+    """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
+
+    Opening reads the manifest and maps the shard files: no pass over the tokens. With the ``none``
+    packer each sample is one document, truncated to ``seq_len`` when one is given.
+    """
+    return Dataset(path, split=split, seq_len=seq_len, packer=packer, seed=seed, manager=manager)

@@ -1,0 +1,45 @@
+"""Errors gristmill raises on purpose.
+
+Every error a user can cause derives from :class:`GristmillError`; the CLI prints its message
+without a traceback and exits with status 2. Messages name the culprit (plugin, file, line, field)
+and say how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class GristmillError(Exception):
+    """Base class of every error gristmill raises on purpose."""
+
+
+class PluginError(GristmillError):
+    """A plugin failed to load, registered something invalid, or clashes with another plugin."""
+
+
+class UnknownComponentError(GristmillError, LookupError):
+    """No installed plugin provides the component that was asked for."""
+
+
+class DataError(GristmillError):
+    """A record in the input cannot be used; says where (file, line) and which field."""
+
+    def __init__(self, message: str, *, where: str | None = None, field: str | None = None):
+        self.where = where
+        self.field = field
+        self.reason = message
+        parts = [where] if where else []
+        if field:
+            parts.append(f"field {field!r}")
+        super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
+
+
+class FieldError(GristmillError):
+    """Raised by a field mapper for one record; the pipeline adds the file and line."""
+
+    def __init__(self, field: str | None, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class DatasetError(GristmillError):
+    """A dataset directory is missing, incomplete, or not what the caller asked for."""

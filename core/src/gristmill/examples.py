@@ -1,0 +1,50 @@
+"""Canonical training examples, and how they become one text with loss spans.
+
+Field mappers turn raw records into :class:`Example`. Before tokenizing, an example is rendered to a
+single string plus the character spans that carry loss; the tokenizer then marks a token as
+trainable when it starts inside such a span. Computing the mask from offsets into the rendered text
+(rather than tokenizing pieces separately) keeps it exact for any tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PROMPT_SEPARATOR = "\n"
+SYSTEM_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training example: plain ``text``, or a ``prompt``/``completion`` pair (with ``system``)."""
+
+    text: str | None = None
+    prompt: str | None = None
+    completion: str | None = None
+    system: str | None = None
+
+    def render(self, *, train_on_prompt: bool = False) -> tuple[str, tuple[tuple[int, int], ...]]:
+        """The text to tokenize and the ``(start, end)`` character spans that carry loss.
+
+        Prompt/completion examples use the plain template ``{system}\\n\\n{prompt}\\n{completion}``
+        (the system part only when present); the completion alone carries loss unless
+        ``train_on_prompt``. Tokenizers with a chat template render differently.
+        """
+        if self.text is not None:
+            return self.text, ((0, len(self.text)),)
+        head = f"{self.system}{SYSTEM_SEPARATOR}" if self.system else ""
+        head += f"{self.prompt}{PROMPT_SEPARATOR}"
+        text = head + (self.completion or "")
+        return text, ((0 if train_on_prompt else len(head), len(text)),)
+
+
+def loss_mask(offsets: np.ndarray, spans: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Per token: 1 when the token starts inside one of the (sorted, disjoint) ``spans``."""
+    starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+    ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
+    k = np.searchsorted(starts, offsets, side="right") - 1
+    inside = k >= 0
+    inside[inside] = offsets[inside] < ends[k[inside]]
+    return inside.astype(np.uint8)

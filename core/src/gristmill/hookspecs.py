@@ -1,0 +1,208 @@
+"""The gristmill plugin API: one registration hook per kind of component.
+
+Each hook returns a list of typed records from :mod:`gristmill.components`. All implementations are
+called and their records merged; none of these hooks stops at the first result. Names must be
+unique per kind across all installed plugins: a clash is reported naming both plugins. Hooks take
+no arguments today; arguments, when added, are only ever appended and passed by keyword.
+
+A plugin is a module (or object) with ``@hookimpl`` functions, published under the ``gristmill``
+entry-point group::
+
+    [project.entry-points.gristmill]
+    lines = "gristmill_lines"
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from gristmill.components import (
+    ExecutorType,
+    FieldMapperType,
+    PackerType,
+    PresetType,
+    SamplerType,
+    ShardFormatType,
+    SourceType,
+    TokenizerType,
+)
+
+hookspec = pluggy.HookspecMarker("gristmill")
+hookimpl = pluggy.HookimplMarker("gristmill")
+
+
+@hookspec
+def gristmill_sources() -> list[SourceType]:
+    """Register sources: readers that turn a source spec into raw records.
+
+    Called once per process, the first time gristmill resolves a source spec (``gristmill prepare``,
+    :func:`gristmill.prepare`) or lists plugins (``gristmill plugins``).
+
+    A source claims specs by prefix (``prefixes=("sample:",)``) or by file suffix
+    (``suffixes=(".jsonl",)``); directories and globs are expanded to files first and each file goes
+    to the source that claims its suffix. ``factory(spec)`` returns an object with ``records()``
+    (yielding ``(dict, Where)`` pairs in a deterministic order) and ``fingerprint()``.
+
+    :return: a list of :class:`~gristmill.components.SourceType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_sources():
+            return [SourceType(name="lines", description="One text record per line of a .txt file",
+                               suffixes=(".txt",), factory=LinesSource)]
+    """
+
+
+@hookspec
+def gristmill_field_mappers() -> list[FieldMapperType]:
+    """Register field mappers: functions from a raw record to a canonical ``Example``.
+
+    Called once per process, the first time gristmill maps records (prepare) or lists plugins.
+    With ``--format auto`` gristmill asks every mapper's ``detect(keys)`` about the first record of
+    each source and uses the accepting mapper with the highest ``priority``, reporting the choice.
+    ``factory(fields)`` gets the user's ``--fields`` mapping (canonical name → column) and returns
+    the mapping function, which raises :class:`~gristmill.errors.FieldError` for a bad record.
+
+    :return: a list of :class:`~gristmill.components.FieldMapperType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_field_mappers():
+            return [FieldMapperType(name="title-body", description="title + body as plain text",
+                                    detect=lambda keys: {"title", "body"} <= set(keys),
+                                    factory=lambda fields: lambda r: Example(text=r["title"] + "\\n" + r["body"]))]
+    """
+
+
+@hookspec
+def gristmill_tokenizers() -> list[TokenizerType]:
+    """Register tokenizer families.
+
+    Called once per process, the first time gristmill resolves a tokenizer spec (``--tokenizer``)
+    or lists plugins. A spec is claimed by exact ``name`` (``byte``), by prefix (``hf:``) or by
+    suffix (``tokenizer.json``). ``factory(spec)`` loads a tokenizer for preparing data;
+    ``load(directory, config)`` loads the copy that ``Tokenizer.save`` stored in a dataset, so
+    reading a dataset never needs the original spec.
+
+    :return: a list of :class:`~gristmill.components.TokenizerType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_tokenizers():
+            return [TokenizerType(name="tiktoken", description="OpenAI tiktoken encodings",
+                                  prefixes=("tiktoken:",), factory=TiktokenTokenizer.from_spec,
+                                  load=TiktokenTokenizer.load, requires="tiktoken")]
+    """
+
+
+@hookspec
+def gristmill_shard_formats() -> list[ShardFormatType]:
+    """Register on-disk formats for tokenized documents (a writer and its reader).
+
+    Called once per process, the first time gristmill writes or opens a dataset, or lists plugins.
+    The manifest names the format (``shard_format``) so :func:`gristmill.open_dataset` picks the
+    matching reader. Writers must make every shard file complete before it becomes visible
+    (temporary name, then rename); gristmill writes the manifest last.
+
+    :return: a list of :class:`~gristmill.components.ShardFormatType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_shard_formats():
+            return [ShardFormatType(name="npz-shards", description="compressed numpy shards",
+                                    writer=NpzWriter, reader=NpzReader)]
+    """
+
+
+@hookspec
+def gristmill_packers() -> list[PackerType]:
+    """Register packers: strategies that group documents into samples of at most ``seq_len``.
+
+    Called once per process, the first time a dataset is opened with a packer, or when listing
+    plugins. ``factory(**options)`` returns an object whose ``plan(lengths, seq_len)`` computes a
+    :class:`~gristmill.components.PackPlan` from document lengths alone.
+
+    :return: a list of :class:`~gristmill.components.PackerType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_packers():
+            return [PackerType(name="one-per-sample", description="each document alone",
+                               factory=OnePerSample)]
+    """
+
+
+@hookspec
+def gristmill_samplers() -> list[SamplerType]:
+    """Register samplers: orders over the samples of a dataset.
+
+    Called once per process, the first time a sampler is looked up, or when listing plugins.
+    ``factory(num_samples, *, seed, rank, world_size, **options)`` returns an iterable of sample
+    indices with a length.
+
+    :return: a list of :class:`~gristmill.components.SamplerType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_samplers():
+            return [SamplerType(name="reverse", description="last sample first",
+                                factory=lambda n, **kw: range(n - 1, -1, -1))]
+    """
+
+
+@hookspec
+def gristmill_presets() -> list[PresetType]:
+    """Register presets: named datasets with their location and defaults.
+
+    Called once per process, when a preset name is resolved or presets are listed.
+
+    :return: a list of :class:`~gristmill.components.PresetType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_presets():
+            return [PresetType(name="tiny-stories", description="TinyStories, short English stories",
+                               source="hub:roneneldan/TinyStories", tokenizer="byte")]
+    """
+
+
+@hookspec
+def gristmill_executors() -> list[ExecutorType]:
+    """Register executors: places where prepare's deterministic tasks run.
+
+    Called once per process, when an executor is looked up (``--executor``) or when listing
+    plugins. ``factory(workers=N, **options)`` returns an object whose ``map(fn, tasks)`` yields
+    results in task order, so output stays byte-identical whatever runs the tasks.
+
+    :return: a list of :class:`~gristmill.components.ExecutorType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_executors():
+            return [ExecutorType(name="threads", description="a thread pool",
+                                 factory=ThreadExecutor)]
+    """

@@ -1,0 +1,82 @@
+"""The dataset manifest: written last and atomically, so a dataset either is complete or says not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import DatasetError
+
+MANIFEST = "manifest.json"
+INCOMPLETE = ".gristmill-incomplete"  # present while prepare is writing; removed after the manifest
+FORMAT = "gristmill-dataset"
+FORMAT_VERSION = 1
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def fingerprint(value: Any) -> str:
+    """A stable hash of a JSON-able value."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of the new, never part."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    write_atomic(directory / MANIFEST, text.encode())
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a complete dataset; a clear error for anything else."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise DatasetError(
+            f"{path}: no such dataset directory (create one with `gristmill prepare`)"
+        )
+    if (path / INCOMPLETE).exists():
+        raise DatasetError(
+            f"{path}: this dataset is incomplete (prepare was interrupted); "
+            "run the same `gristmill prepare` command again"
+        )
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no {MANIFEST}; this is not a gristmill dataset") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path / MANIFEST}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path / MANIFEST}: not a gristmill dataset manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format version {version} is newer than this gristmill reads "
+            f"({FORMAT_VERSION}); upgrade gristmill"
+        )
+    return manifest

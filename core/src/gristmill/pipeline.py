@@ -1,0 +1,287 @@
+"""``prepare``: sources → examples → token documents → shards on disk, with a manifest written last."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gristmill._version import __version__
+from gristmill.components import ShardWriter, Tokenizer, Where
+from gristmill.errors import DataError, DatasetError
+from gristmill.examples import Example, loss_mask
+from gristmill.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    INCOMPLETE,
+    MANIFEST,
+    fingerprint,
+    read_manifest,
+    write_atomic,
+    write_manifest,
+)
+from gristmill.mapping import mapped_examples
+from gristmill.plugins import PluginManager, get_manager
+from gristmill.sources import open_sources
+from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer
+
+log = logging.getLogger("gristmill")
+
+BATCH = 512  # examples per tokenizer call: large enough for batch APIs, small enough to stream
+DEFAULT_TOKENS_PER_SHARD = 1 << 26  # 64 Mi tokens: 128 MiB per shard at uint16
+
+
+def prepare(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    tokenizer: str = "byte",
+    format: str = "auto",
+    fields: Mapping[str, str] | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD,
+    shard_format: str = "memmap-shards",
+    train_on_prompt: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    manager: PluginManager | None = None,
+) -> dict[str, Any]:
+    """Tokenize ``sources`` into a dataset directory ``out``; return its manifest.
+
+    Running it again with the same sources and settings finds the dataset up to date and does
+    nothing; different settings are refused unless ``overwrite``. ``progress=None`` shows a progress
+    bar only on a terminal. Raises :class:`~gristmill.errors.DataError` naming the file, line and
+    field of the first bad record.
+    """
+    manager = manager or get_manager()
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if tokens_per_shard < 1:
+        raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
+    fields = dict(fields or {})
+    opened = open_sources(specs, manager)
+    tokenizer_type = resolve_tokenizer(tokenizer, manager)
+    fmt = manager.shard_format(shard_format)
+    config = {
+        "tokenizer": tokenizer,
+        "format": format,
+        "fields": fields,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "tokens_per_shard": tokens_per_shard,
+        "shard_format": shard_format,
+        "train_on_prompt": train_on_prompt,
+    }
+    provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
+    config_fp = fingerprint(
+        {"format_version": FORMAT_VERSION, "config": config, "sources": provenance}
+    )
+
+    out_dir = Path(out)
+    existing = _claim_output(out_dir, config_fp, overwrite)
+    if existing is not None:
+        log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
+        return existing
+
+    tok = tokenizer_type.factory(tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / INCOMPLETE, b"prepare is writing this dataset\n")
+    (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
+    tok_config = tok.save(out_dir / TOKENIZER_DIR)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    writers: dict[str, ShardWriter] = {}
+    lengths: dict[str, list[np.ndarray]] = {}
+    loss_tokens: dict[str, int] = {}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        desc="prepare", unit=" docs", disable=None if progress is None else not progress, delay=0.5
+    )
+    index = 0
+    with bar:
+        for source_entry, source in zip(provenance, opened):
+            count = 0
+            examples = mapped_examples(source, format, fields, manager, report=log.info)
+            while batch := list(islice(examples, BATCH)):
+                ids, masks = _encode(tok, batch, train_on_prompt)
+                splits = _assign_splits(index, len(batch), seed, val_fraction)
+                for split in ("train", "val"):
+                    chosen = np.flatnonzero(splits == split)
+                    if not len(chosen):
+                        continue
+                    if split not in writers:
+                        writers[split] = fmt.writer(
+                            out_dir, split, dtype=dtype, tokens_per_shard=tokens_per_shard
+                        )
+                        lengths[split], loss_tokens[split] = [], 0
+                    docs = [ids[i] for i in chosen]
+                    doc_masks = [masks[i] for i in chosen]
+                    writers[split].add(docs, doc_masks)
+                    lengths[split].append(np.fromiter(map(len, docs), np.int64, len(docs)))
+                    loss_tokens[split] += sum(
+                        len(d) if m is None else int(m.sum()) for d, m in zip(docs, doc_masks)
+                    )
+                index += len(batch)
+                count += len(batch)
+                bar.update(len(batch))
+            source_entry["records"] = count
+    if not writers:
+        raise DataError(f"the sources hold no records: {', '.join(map(str, specs))}")
+
+    splits_entry = {}
+    for split, writer in writers.items():
+        shards = writer.close()
+        doc_lengths = np.concatenate(lengths[split])
+        splits_entry[split] = {
+            "num_documents": len(doc_lengths),
+            "num_tokens": int(doc_lengths.sum()),
+            "num_loss_tokens": loss_tokens[split],
+            "length_stats": _length_stats(doc_lengths),
+            "shards": shards,
+        }
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "gristmill_version": __version__,
+        "shard_format": {"name": fmt.name, "version": fmt.format_version},
+        "config_fingerprint": config_fp,
+        "fingerprint": fingerprint([config_fp, splits_entry]),
+        "dtype": dtype.name,
+        "tokenizer": {
+            "name": tokenizer_type.name,
+            "spec": tokenizer,
+            "config": tok_config,
+            "vocab_size": tok.vocab_size,
+            "bos_id": tok.bos_id,
+            "eos_id": tok.eos_id,
+            "pad_id": tok.pad_id,
+        },
+        "splits": splits_entry,
+        "provenance": {"sources": provenance, "config": config, "skipped": {}},
+    }
+    write_manifest(out_dir, manifest)
+    (out_dir / INCOMPLETE).unlink()
+    totals = ", ".join(
+        f"{s}: {e['num_documents']:,} documents, {e['num_tokens']:,} tokens"
+        for s, e in splits_entry.items()
+    )
+    log.info(f"{out_dir}: wrote {totals}")
+    return manifest
+
+
+def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, Any] | None:
+    """Make ``out_dir`` ready to write; return its manifest instead if it is already up to date."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
+    ours = (out_dir / MANIFEST).exists() or (out_dir / INCOMPLETE).exists()
+    if not ours:
+        if any(out_dir.iterdir()):
+            raise DatasetError(
+                f"{out_dir} is not empty and is not a gristmill dataset; choose a new or empty -o"
+            )
+        return None
+    if (out_dir / INCOMPLETE).exists():
+        log.info(f"{out_dir}: an earlier prepare was interrupted; starting it again")
+    elif not overwrite:
+        manifest = read_manifest(out_dir)
+        if manifest.get("config_fingerprint") == config_fp:
+            return manifest
+        raise DatasetError(
+            f"{out_dir} already holds a dataset prepared from other sources or settings; "
+            "pass --overwrite to replace it, or choose another -o"
+        )
+    shutil.rmtree(out_dir)
+    return None
+
+
+def _encode(
+    tok: Tokenizer, batch: list[tuple[Example, Where]], train_on_prompt: bool
+) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Token ids and loss masks (``None`` where every token has loss) for a batch of examples."""
+    rendered = [example.render(train_on_prompt=train_on_prompt) for example, _ in batch]
+    texts = [text for text, _ in rendered]
+    full = [spans == ((0, len(text)),) for text, spans in rendered]
+    try:
+        ids, offsets = tok.encode_batch(texts, offsets=not all(full))
+    except DataError:
+        raise
+    except (UnicodeError, ValueError) as exc:
+        where = next((w for (_, w), t in zip(batch, texts) if not _encodable(tok, t)), None)
+        raise DataError(f"cannot tokenize: {exc}", where=str(where) if where else None) from None
+    out_ids, out_masks = [], []
+    for i, doc in enumerate(ids):
+        mask = None
+        if not full[i]:
+            assert offsets is not None
+            mask = loss_mask(offsets[i], rendered[i][1])
+            if not mask.any():
+                raise DataError(
+                    "no token carries loss (the completion is empty after tokenizing)",
+                    where=str(batch[i][1]),
+                )
+        doc, mask = _add_specials(tok, doc, mask)
+        out_ids.append(doc)
+        out_masks.append(mask)
+    return out_ids, out_masks
+
+
+def _encodable(tok: Tokenizer, text: str) -> bool:
+    try:
+        tok.encode_batch([text])
+    except (UnicodeError, ValueError):
+        return False
+    return True
+
+
+def _add_specials(
+    tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    # BOS never carries loss (nothing predicts it); EOS does whenever the text's end does, so a
+    # model learns to stop after a completion.
+    head = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
+    tail = [tok.eos_id] if tok.add_eos and tok.eos_id is not None else []
+    if not head and not tail:
+        return doc, mask
+    doc = np.concatenate([np.asarray(head, doc.dtype), doc, np.asarray(tail, doc.dtype)])
+    if mask is not None:
+        end = mask[-1:] if len(mask) else np.ones(1, np.uint8)
+        mask = np.concatenate([np.zeros(len(head), np.uint8), mask, end[: len(tail)]])
+    return doc, mask
+
+
+def _assign_splits(start: int, count: int, seed: int, val_fraction: float) -> np.ndarray:
+    """``"train"`` or ``"val"`` per example, from a hash of (seed, example index): deterministic."""
+    if val_fraction <= 0:
+        return np.full(count, "train")
+    x = np.arange(start, start + count, dtype=np.uint64) + np.uint64(seed) * np.uint64(
+        0x9E3779B97F4A7C15
+    )
+    # splitmix64 finaliser: spreads consecutive indices uniformly over 64 bits.
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    uniform = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.where(uniform < val_fraction, "val", "train")
+
+
+def _length_stats(lengths: np.ndarray) -> dict[str, float | int]:
+    p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
+    return {
+        "min": int(lengths.min()),
+        "max": int(lengths.max()),
+        "mean": round(float(lengths.mean()), 2),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+    }

@@ -1,0 +1,172 @@
+"""What ``gristmill inspect`` and ``gristmill plugins`` print."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from gristmill.components import KINDS
+from gristmill.dataset import Dataset
+from gristmill.manifest import read_manifest
+from gristmill.plugins import get_manager
+
+NO_LOSS_OPEN, NO_LOSS_CLOSE = "⟦", "⟧"
+DECODE_CHARS = 600  # per decoded document: enough to judge it, short enough to skim
+BAR_WIDTH = 40
+
+
+def length_histogram(lengths: np.ndarray) -> list[dict[str, int]]:
+    """Document counts per power-of-two length bucket ``[lo, hi]``."""
+    if not len(lengths):
+        return []
+    buckets = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    counts = np.bincount(buckets)
+    return [
+        {"min": 1 << b, "max": (1 << (b + 1)) - 1, "documents": int(c)}
+        for b, c in enumerate(counts)
+        if c
+    ]
+
+
+def decode_with_mask(dataset: Dataset, index: int) -> str:
+    """A document's text with the tokens that carry no loss between ⟦ and ⟧."""
+    ids, mask = dataset.documents.document(index)
+    tok = dataset.tokenizer
+    if mask is None:
+        return tok.decode(ids)
+    cuts = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+    parts = []
+    for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(ids)]])):
+        text = tok.decode(ids[start:end])
+        parts.append(text if mask[start] else f"{NO_LOSS_OPEN}{text}{NO_LOSS_CLOSE}")
+    return "".join(parts)
+
+
+def inspect_dataset(
+    directory: str | os.PathLike[str],
+    *,
+    decode: int = 2,
+    split: str | None = None,
+    as_json: bool = False,
+) -> int:
+    manifest = read_manifest(directory)
+    splits = manifest["splits"]
+    chosen = split or ("train" if "train" in splits else next(iter(splits)))
+    datasets = {name: Dataset(directory, split=name) for name in splits}
+    report: dict[str, Any] = {
+        "path": str(directory),
+        "format_version": manifest["format_version"],
+        "gristmill_version": manifest["gristmill_version"],
+        "fingerprint": manifest["fingerprint"],
+        "tokenizer": {k: manifest["tokenizer"][k] for k in ("spec", "vocab_size", "eos_id")},
+        "dtype": manifest["dtype"],
+        "sources": manifest["provenance"]["sources"],
+        "splits": {},
+        "samples": [],
+    }
+    for name, entry in splits.items():
+        report["splits"][name] = {
+            "documents": entry["num_documents"],
+            "tokens": entry["num_tokens"],
+            "loss_tokens": entry["num_loss_tokens"],
+            "shards": len(entry["shards"]),
+            "length": entry["length_stats"],
+            "histogram": length_histogram(datasets[name].documents.lengths()),
+        }
+    shown = datasets[chosen]
+    for index in range(min(decode, shown.documents.num_documents)):
+        ids, _ = shown.documents.document(index)
+        report["samples"].append(
+            {
+                "split": chosen,
+                "document": index,
+                "tokens": len(ids),
+                "text": decode_with_mask(shown, index),
+            }
+        )
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    tok = report["tokenizer"]
+    print(
+        f"{report['path']}  (gristmill dataset v{report['format_version']}, "
+        f"fingerprint {report['fingerprint'][:12]})"
+    )
+    print(f"tokenizer {tok['spec']}: vocabulary {tok['vocab_size']:,}, stored as {report['dtype']}")
+    for source in report["sources"]:
+        print(f"source {source['spec']}: {source.get('records', 0):,} records")
+    for name, s in report["splits"].items():
+        share = s["loss_tokens"] / s["tokens"] if s["tokens"] else 0.0
+        length = s["length"]
+        print(
+            f"\n[{name}] {s['documents']:,} documents, {s['tokens']:,} tokens "
+            f"({share:.1%} with loss), {s['shards']} shard(s)"
+        )
+        print(
+            f"  document length: min {length['min']:,}, median {length['p50']:,.0f}, "
+            f"mean {length['mean']:,.1f}, p90 {length['p90']:,.0f}, p99 {length['p99']:,.0f}, "
+            f"max {length['max']:,}"
+        )
+        peak = max(b["documents"] for b in s["histogram"])
+        spans = [f"{b['min']:,}–{b['max']:,}" for b in s["histogram"]]
+        width = max(map(len, spans))
+        for span, bucket in zip(spans, s["histogram"]):
+            bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
+            print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
+    if report["samples"]:
+        print(f"\ndecoded documents ({NO_LOSS_OPEN}…{NO_LOSS_CLOSE} = no loss):")
+    for sample in report["samples"]:
+        text = sample["text"]
+        cut = (
+            f"\n… ({len(text) - DECODE_CHARS:,} more characters)"
+            if len(text) > DECODE_CHARS
+            else ""
+        )
+        print(
+            f"\n── {sample['split']} document {sample['document']} ({sample['tokens']:,} tokens) ──"
+        )
+        print(text[:DECODE_CHARS] + cut)
+
+
+def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
+    manager = get_manager()
+    manager.components("sources")  # validate every plugin's records before listing
+    plugins = [p for p in manager.plugins.values() if show_all or p.status != "blocked"]
+    conflicts = manager.conflict_messages()
+    described: dict[str, dict[str, Any]] = {}
+    if show_all:
+        for kind in KINDS:
+            for name, record in manager.components(kind).items():
+                entry = {"description": record.description, "requires": record.requires}
+                described.setdefault(kind, {})[name] = entry
+    if as_json:
+        out: dict[str, Any] = {"plugins": [p.as_dict() for p in plugins], "conflicts": conflicts}
+        if show_all:
+            out["components"] = described
+        print(json.dumps(out, indent=2))
+    else:
+        for p in plugins:
+            print(f"{p.name:<24} {(p.dist or '-') + ' ' + (p.version or ''):<24} {p.status}")
+            if p.error:
+                print(f"    {p.error}")
+            for kind, names in p.components.items():
+                label = KINDS[kind][1].kind + "s"
+                if not show_all:
+                    print(f"    {label}: {', '.join(names)}")
+                    continue
+                for name in names:
+                    info = described[kind][name]
+                    needs = f" [needs gristmill[{info['requires']}]]" if info["requires"] else ""
+                    print(f"    {KINDS[kind][1].kind} {name}: {info['description']}{needs}")
+        for message in conflicts:
+            print(f"conflict: {message}")
+    failed = any(p.status == "error" for p in plugins)
+    return 1 if failed or conflicts else 0

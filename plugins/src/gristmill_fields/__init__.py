@@ -1,0 +1,89 @@
+"""Field mappers ``text`` and ``prompt-completion``: raw records to canonical examples."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from gristmill import hookimpl
+from gristmill.components import FieldMap, FieldMapperType
+from gristmill.errors import FieldError
+from gristmill.examples import Example
+
+# Column names tried in order when --fields does not name one.
+PROMPT_ALIASES = ("instruction", "prompt", "question")
+INPUT_ALIASES = ("input",)
+COMPLETION_ALIASES = ("response", "output", "answer", "completion")
+SYSTEM_ALIASES = ("system", "system_prompt")
+
+
+def _text(record: Mapping[str, Any], column: str, *, required: bool = True) -> str | None:
+    value = record.get(column)
+    if value is None and column not in record:
+        if not required:
+            return None
+        raise FieldError(column, "missing")
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        raise FieldError(column, f"expected text, got {kind}")
+    if required and not value.strip():
+        raise FieldError(column, "empty")
+    return value
+
+
+def _column(
+    record: Mapping[str, Any], fields: Mapping[str, str], name: str, aliases: tuple[str, ...]
+) -> str:
+    """The user's column for ``name``, else the first alias the record has, else ``name``."""
+    if name in fields:
+        return fields[name]
+    return next((a for a in aliases if a in record), name)
+
+
+def text_mapper(fields: Mapping[str, str]) -> FieldMap:
+    column = fields.get("text", "text")
+
+    def to_example(record: Mapping[str, Any]) -> Example:
+        return Example(text=_text(record, column))
+
+    return to_example
+
+
+def prompt_completion_mapper(fields: Mapping[str, str]) -> FieldMap:
+    def to_example(record: Mapping[str, Any]) -> Example:
+        prompt = _text(record, _column(record, fields, "prompt", PROMPT_ALIASES))
+        extra = _text(record, _column(record, fields, "input", INPUT_ALIASES), required=False)
+        if extra and extra.strip():
+            prompt = f"{prompt}\n\n{extra}"
+        completion = _text(record, _column(record, fields, "completion", COMPLETION_ALIASES))
+        system = _text(record, _column(record, fields, "system", SYSTEM_ALIASES), required=False)
+        return Example(prompt=prompt, completion=completion, system=system or None)
+
+    return to_example
+
+
+def _has_any(keys: Collection[str], names: tuple[str, ...]) -> bool:
+    return any(name in keys for name in names)
+
+
+@hookimpl
+def gristmill_field_mappers() -> list[FieldMapperType]:
+    return [
+        FieldMapperType(
+            name="prompt-completion",
+            description="prompt (instruction/question [+ input]) → completion (response/output/"
+            "answer), optional system; loss on the completion",
+            detect=lambda keys: (
+                _has_any(keys, PROMPT_ALIASES) and _has_any(keys, COMPLETION_ALIASES)
+            ),
+            factory=prompt_completion_mapper,
+            priority=20,
+        ),
+        FieldMapperType(
+            name="text",
+            description="one plain text field (default 'text'); loss on every token",
+            detect=lambda keys: "text" in keys,
+            factory=text_mapper,
+            priority=10,
+        ),
+    ]
