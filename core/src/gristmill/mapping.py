@@ -58,7 +58,10 @@ def mapped_examples(
                 raise DataError(
                     f"expected an object, got {type(record).__name__}", where=str(where)
                 )
-            name = choose_mapper(record.keys(), fmt, fields, manager)
+            try:
+                name = choose_mapper(record.keys(), fmt, fields, manager)
+            except DataError as exc:
+                raise DataError(exc.reason, where=str(where)) from None
             how = "chosen from its keys" if fmt == "auto" else "as asked"
             report(f"{source.spec}: format {name} ({how})")
             mapper = manager.field_mapper(name).factory(fields)

@@ -212,7 +212,7 @@ class PluginManager:
         return [
             f"{KINDS[kind][1].kind} {name!r} is registered by more than one plugin: "
             + " and ".join(self.plugins[p].label() for p in holders if p in self.plugins)
-            + f"; block one with {DISABLE_ENV}={holders[-1]}"
+            + f"; block one of them by name with {DISABLE_ENV}"
             for (kind, name), holders in self.conflicts.items()
         ]
 

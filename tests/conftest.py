@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
+    """Write records (dicts, or raw lines as str/bytes) to a .jsonl file under tmp_path."""
+
+    def write(records: Iterable[Any], name: str = "data.jsonl") -> Path:
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            for record in records:
+                if isinstance(record, bytes):
+                    f.write(record + b"\n")
+                elif isinstance(record, str):
+                    f.write(record.encode() + b"\n")
+                else:
+                    f.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        return path
+
+    return write

@@ -1,0 +1,9 @@
+"""A plugin that registers a name a first-party plugin already has."""
+
+from gristmill import hookimpl
+from gristmill.components import SourceType
+
+
+@hookimpl
+def gristmill_sources():
+    return [SourceType(name="jsonl", description="another jsonl reader", suffixes=(".jsonl",), factory=str)]

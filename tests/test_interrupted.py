@@ -1,0 +1,59 @@
+"""An interrupted prepare never leaves a dataset that passes as complete."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gristmill
+import pytest
+from gristmill.errors import DataError, DatasetError
+from gristmill.manifest import INCOMPLETE, MANIFEST
+
+from tests.helpers import run_gristmill
+
+
+def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl):
+    good = [{"text": f"record {i}"} for i in range(2000)]
+    src = write_jsonl([*good, "{not json", *good])
+    out = tmp_path / "ds"
+    with pytest.raises(DataError, match=r"data.jsonl:2001: malformed JSON"):
+        gristmill.prepare(src, out, tokens_per_shard=1000, progress=False)
+    assert (out / INCOMPLETE).exists() and not (out / MANIFEST).exists()
+    assert list((out / "train").glob("*.tokens"))  # shards were written before the failure
+    with pytest.raises(DatasetError, match="incomplete .*run the same `gristmill prepare`"):
+        gristmill.open_dataset(out)
+    result = run_gristmill("inspect", str(out))
+    assert result.returncode == 2 and "incomplete" in result.stderr
+
+
+def test_killing_prepare_then_rerunning_gives_the_uninterrupted_result(tmp_path):
+    out, clean = tmp_path / "killed", tmp_path / "clean"
+    args = ["sample:stdlib", "--tokens-per-shard", "65536", "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gristmill.cli", "prepare", *args, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("train/*.tokens")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / INCOMPLETE).exists() and not (out / MANIFEST).exists()
+    with pytest.raises(DatasetError, match="incomplete"):
+        gristmill.open_dataset(out)
+
+    assert run_gristmill("prepare", *args, "-o", str(out)).returncode == 0
+    assert run_gristmill("prepare", *args, "-o", str(clean)).returncode == 0
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(out) == files(clean)
+    assert len(gristmill.open_dataset(out)) > 500

@@ -1,0 +1,228 @@
+"""Discovery through the entry-point group: ok, import error, conflict, invalid, blocked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from gristmill import hookimpl
+from gristmill.components import (
+    KINDS,
+    ExecutorType,
+    FieldMapperType,
+    PackerType,
+    PresetType,
+    SamplerType,
+    ShardFormatType,
+    SourceType,
+    TokenizerType,
+)
+from gristmill.errors import PluginError, UnknownComponentError
+from gristmill.plugins import PluginManager
+
+from tests.helpers import DISTS, run_gristmill
+
+FIRST_PARTY = {
+    "sample": {"sources": ["sample"]},
+    "jsonl": {"sources": ["jsonl"]},
+    "fields": {"field_mappers": ["prompt-completion", "text"]},
+    "byte": {"tokenizers": ["byte"]},
+    "memmap-shards": {"shard_formats": ["memmap-shards"]},
+    "none-packer": {"packers": ["none"]},
+    "sequential": {"samplers": ["sequential"]},
+}
+
+
+def manager_with(monkeypatch, *dists: str, **environ: str) -> PluginManager:
+    for name in dists:
+        monkeypatch.syspath_prepend(str(DISTS / name))
+    return PluginManager(environ=environ)
+
+
+def test_first_party_plugins_come_through_the_entry_point_group():
+    manager = PluginManager(environ={})
+    for name, components in FIRST_PARTY.items():
+        info = manager.plugins[name]
+        manager.components("sources")
+        assert info.status == "ok", info.error
+        assert info.dist == "gristmill"
+        assert info.entry_point == f"gristmill_{name.replace('-', '_')}"
+        assert info.components == components
+
+
+def test_a_third_party_distribution_is_discovered(monkeypatch):
+    manager = manager_with(monkeypatch, "ok")
+    info = manager.plugins["fake-ok"]
+    assert (info.dist, info.version, info.status) == ("gristmill_fake_ok", "1.0", "ok")
+    assert manager.source("lines").suffixes == (".lines",)
+    assert manager.provider("sources", "lines") is info
+
+
+def test_an_import_error_is_reported_with_distribution_version_and_entry_point(monkeypatch):
+    manager = manager_with(monkeypatch, "broken")
+    info = manager.plugins["fake-broken"]
+    assert info.status == "error"
+    assert info.error == (
+        "plugin 'fake-broken' (gristmill_fake_broken 2.0, entry point gristmill_fake_broken) "
+        "failed to load: ImportError: libfake.so: cannot open shared object file"
+    )
+    assert [p.name for p in manager.failures()] == ["fake-broken"]
+    # A run that needs it fails with the same message.
+    with pytest.raises(PluginError) as exc:
+        manager.source("fake-broken")
+    assert str(exc.value) == info.error
+    # Asking for anything missing points at the broken plugin too.
+    with pytest.raises(UnknownComponentError) as exc:
+        manager.tokenizer("nope")
+    assert info.error in str(exc.value)
+    assert manager.source("jsonl")  # everything else still works
+
+
+def test_a_name_conflict_names_both_providers(monkeypatch):
+    manager = manager_with(monkeypatch, "clash")
+    [message] = manager.conflict_messages()
+    assert "source 'jsonl' is registered by more than one plugin" in message
+    assert "plugin 'jsonl' (gristmill " in message
+    assert (
+        "plugin 'fake-clash' (gristmill_fake_clash 3.0, entry point gristmill_fake_clash)"
+        in message
+    )
+    assert "block one of them by name with GRISTMILL_DISABLE_PLUGINS" in message
+    with pytest.raises(PluginError, match="more than one plugin"):
+        manager.source("jsonl")
+    # Blocking one side resolves it.
+    manager = manager_with(monkeypatch, "clash", GRISTMILL_DISABLE_PLUGINS="fake-clash")
+    assert manager.conflict_messages() == []
+    assert manager.provider("sources", "jsonl").name == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("dist", "plugin", "reason"),
+    [
+        ("badname", "fake-badname", "packer name 'Best Fit!' is invalid"),
+        ("typo", "fake-typo", "implements unknown hook(s) gristmill_sourcs"),
+    ],
+)
+def test_invalid_registrations_fail_the_plugin(monkeypatch, dist, plugin, reason):
+    manager = manager_with(monkeypatch, dist)
+    manager.components("packers")
+    info = manager.plugins[plugin]
+    assert info.status == "error"
+    assert reason in info.error
+    assert info.components == {}
+
+
+def test_block_and_allow_lists(monkeypatch):
+    manager = manager_with(monkeypatch, "ok", GRISTMILL_DISABLE_PLUGINS="fake-ok, jsonl")
+    assert manager.plugins["fake-ok"].status == "blocked"
+    assert "blocked by GRISTMILL_DISABLE_PLUGINS" in manager.plugins["jsonl"].error
+    with pytest.raises(PluginError, match="blocked by GRISTMILL_DISABLE_PLUGINS"):
+        manager.source("jsonl")
+    manager = manager_with(monkeypatch, "ok", GRISTMILL_PLUGINS="fake-ok,byte")
+    ok = {name for name, p in manager.plugins.items() if p.status == "ok"}
+    assert ok == {"fake-ok", "byte"}
+    assert "not listed in GRISTMILL_PLUGINS" in manager.plugins["sample"].error
+
+
+class Broken:
+    @hookimpl
+    def gristmill_samplers(self):
+        raise RuntimeError("boom")
+
+
+class NotARecord:
+    @hookimpl
+    def gristmill_packers(self):
+        return [{"name": "dict-packer"}]
+
+
+def test_a_hook_that_raises_or_returns_junk_fails_only_its_plugin(gristmill_manager):
+    gristmill_manager.register(Broken(), "raises")
+    gristmill_manager.register(NotARecord(), "junk")
+    assert set(gristmill_manager.components("samplers")) == {"sequential"}
+    assert (
+        "gristmill_samplers() raised RuntimeError: boom"
+        in gristmill_manager.plugins["raises"].error
+    )
+    assert "not a PackerType" in gristmill_manager.plugins["junk"].error
+    assert {p.name for p in gristmill_manager.failures()} == {"raises", "junk"}
+
+
+RECORDS = {
+    "sources": SourceType(name="t-source", description="d", prefixes=("t:",), factory=str),
+    "field_mappers": FieldMapperType(
+        name="t-mapper", description="d", detect=bool, factory=dict, priority=99
+    ),
+    "tokenizers": TokenizerType(name="t-tok", description="d", factory=str, load=str),
+    "shard_formats": ShardFormatType(name="t-shards", description="d", writer=str, reader=str),
+    "packers": PackerType(name="t-packer", description="d", factory=str),
+    "samplers": SamplerType(name="t-sampler", description="d", factory=str),
+    "presets": PresetType(name="t-preset", description="d", source="hub:org/name"),
+    "executors": ExecutorType(name="t-executor", description="d", factory=str),
+}
+GETTERS = {
+    "sources": "source",
+    "field_mappers": "field_mapper",
+    "tokenizers": "tokenizer",
+    "shard_formats": "shard_format",
+    "packers": "packer",
+    "samplers": "sampler",
+    "presets": "preset",
+    "executors": "executor",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_hook_registers_through_its_typed_getter(gristmill_register, gristmill_manager, kind):
+    hook_name, record_type = KINDS[kind]
+    record = RECORDS[kind]
+    assert isinstance(record, record_type)
+    plugin = type("P", (), {hook_name: staticmethod(hookimpl(lambda: [record]))})
+    gristmill_register(plugin, name=f"temp-{kind.replace('_', '-')}")
+    assert getattr(gristmill_manager, GETTERS[kind])(record.name) is record
+    assert gristmill_manager.plugins[f"temp-{kind.replace('_', '-')}"].components == {
+        kind: [record.name]
+    }
+
+
+def test_temporary_registration_is_undone(gristmill_manager):
+    assert "t-source" not in gristmill_manager.components("sources")
+    assert "temp-sources" not in gristmill_manager.plugins
+
+
+def test_registering_a_taken_plugin_name_is_refused(gristmill_register):
+    with pytest.raises(PluginError, match="already registered"):
+        gristmill_register(object(), name="jsonl")
+
+
+def test_unknown_component_lists_what_is_available(gristmill_manager):
+    with pytest.raises(UnknownComponentError, match="no packer named 'best'; available: none"):
+        gristmill_manager.packer("best")
+
+
+def test_plugins_command_lists_components_and_reports_failures():
+    result = run_gristmill("plugins", "--json", extra_path=[DISTS / "ok", DISTS / "broken"])
+    assert result.returncode == 1  # a plugin failed to load
+    listing = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in listing["plugins"]}
+    assert by_name["fake-ok"]["components"] == {"sources": ["lines"]}
+    assert by_name["fake-broken"]["status"] == "error"
+    assert "ImportError: libfake.so" in by_name["fake-broken"]["error"]
+    assert by_name["byte"]["version"] and by_name["byte"]["distribution"] == "gristmill"
+
+    text = run_gristmill("plugins", extra_path=[DISTS / "broken"])
+    assert "fake-broken" in text.stdout and "gristmill_fake_broken 2.0" in text.stdout
+    assert "failed to load: ImportError" in text.stdout
+
+
+def test_plugins_all_shows_blocked_plugins_and_descriptions():
+    env = {"GRISTMILL_DISABLE_PLUGINS": "sequential"}
+    plain = run_gristmill("plugins", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert "sequential" not in plain.stdout
+    full = run_gristmill("plugins", "--all", env=env)
+    assert "blocked by GRISTMILL_DISABLE_PLUGINS" in full.stdout
+    assert "tokenizer byte: UTF-8 bytes" in full.stdout
+    listing = json.loads(run_gristmill("plugins", "--all", "--json", env=env).stdout)
+    assert listing["components"]["packers"]["none"]["description"]
+    assert {p["name"]: p["status"] for p in listing["plugins"]}["sequential"] == "blocked"
