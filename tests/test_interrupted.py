@@ -25,7 +25,7 @@ def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl)
         gristmill.prepare(src, out, tokens_per_shard=1000, progress=False)
     assert (out / INCOMPLETE).exists() and not (out / MANIFEST).exists()
     assert list((out / "train").glob("*.tokens"))  # shards were written before the failure
-    with pytest.raises(DatasetError, match="incomplete .*run the same `gristmill prepare`"):
+    with pytest.raises(DatasetError, match=r"incomplete .*run the same `gristmill prepare`"):
         gristmill.open_dataset(out)
     result = run_gristmill("inspect", str(out))
     assert result.returncode == 2 and "incomplete" in result.stderr

@@ -102,7 +102,7 @@ def test_stdlib_round_trips_byte_for_byte(tmp_path):
     out = tmp_path / "ds"
     gristmill.prepare("sample:stdlib", out, tokens_per_shard=1 << 20, progress=False)
     ds = gristmill.open_dataset(out)
-    root, files = stdlib_modules()
+    _, files = stdlib_modules()
     texts = [t for t in (p.read_text(encoding="utf-8") for p in files) if t.strip()]
     assert ds.documents.num_documents == len(texts)
     assert len(ds.manifest["splits"]["train"]["shards"]) > 5  # crosses shard boundaries
