@@ -185,6 +185,16 @@ def test_every_hook_registers_through_its_typed_getter(gristmill_register, grist
     }
 
 
+def test_registering_later_rebuilds_the_registry_cleanly(gristmill_manager):
+    gristmill_manager.components("sources")
+    before = {name: dict(p.components) for name, p in gristmill_manager.plugins.items()}
+    assert before["byte"] == {"tokenizers": ["byte"]}
+    gristmill_manager.register(NotARecord(), "junk")
+    gristmill_manager.components("sources")
+    after = {n: p.components for n, p in gristmill_manager.plugins.items() if n != "junk"}
+    assert after == before
+
+
 def test_temporary_registration_is_undone(gristmill_manager):
     assert "t-source" not in gristmill_manager.components("sources")
     assert "temp-sources" not in gristmill_manager.plugins

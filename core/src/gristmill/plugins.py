@@ -154,6 +154,8 @@ class PluginManager:
     def _build(self) -> dict[str, dict[str, tuple[Component, str]]]:
         if self._registry is not None:
             return self._registry
+        for info in self.plugins.values():
+            info.components = {}
         offered: dict[str, dict[str, list[Component]]] = {}  # plugin -> kind -> records
         for kind, (hook_name, record_type) in KINDS.items():
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
