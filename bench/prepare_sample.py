@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import gristmill
+import numpy as np
 
 
 def main() -> None:
