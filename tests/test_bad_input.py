@@ -21,7 +21,8 @@ from gristmill.errors import DataError, UnknownComponentError
         (['{"text": "\\ud800"}'], r"data.jsonl:1: cannot tokenize"),
         (
             ['{"prompt": "p", "completion": "c"}', '{"prompt": "p", "reply": "c"}'],
-            r"data.jsonl:2: field 'completion': missing",
+            r"data.jsonl:2: field 'completion': missing; looked for response, output, answer, "
+            r"completion; name the column with --fields completion=COLUMN",
         ),
         (['{"question": "q", "answer": ""}'], r"data.jsonl:1: field 'answer': empty"),
         (
@@ -80,3 +81,20 @@ def test_fields_and_format_options(tmp_path, write_jsonl):
     # Forcing a format reads prompt/completion records as text only if they have a text field.
     with pytest.raises(DataError, match="field 'text': missing"):
         gristmill.prepare(src, tmp_path / "forced", format="text", progress=False)
+
+
+def test_null_optional_fields_and_unknown_field_names(tmp_path, write_jsonl):
+    src = write_jsonl([{"instruction": "Say hi", "input": None, "system": None, "output": "hi"}])
+    gristmill.prepare(src, tmp_path / "ok", progress=False)
+    ds = gristmill.open_dataset(tmp_path / "ok")
+    assert ds.tokenizer.decode(ds.documents.document(0)[0]) == "Say hi\nhi<|endoftext|>"
+    with pytest.raises(DataError, match="--fields names question, but the prompt-completion"):
+        gristmill.prepare(src, tmp_path / "bad", fields={"question": "prompt"}, progress=False)
+
+
+def test_every_asked_for_split_exists_even_if_empty(tmp_path):
+    upper = tmp_path / "ONE.JSONL"
+    upper.write_text('{"text": "only one"}\n')
+    gristmill.prepare(upper, tmp_path / "ds", val_fraction=0.001, progress=False)
+    sizes = [len(gristmill.open_dataset(tmp_path / "ds", split=s)) for s in ("train", "val")]
+    assert sorted(sizes) == [0, 1]  # the one record went to one split; the other is empty

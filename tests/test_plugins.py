@@ -137,8 +137,9 @@ class NotARecord:
 
 
 def test_a_hook_that_raises_or_returns_junk_fails_only_its_plugin(gristmill_manager):
-    gristmill_manager.register(Broken(), "raises")
-    gristmill_manager.register(NotARecord(), "junk")
+    for plugin, name in ((Broken(), "raises"), (NotARecord(), "junk")):
+        with pytest.raises(PluginError, match=f"plugin '{name}'"):
+            gristmill_manager.register(plugin, name)
     assert set(gristmill_manager.components("samplers")) == {"sequential"}
     assert (
         "gristmill_samplers() raised RuntimeError: boom"
@@ -189,8 +190,8 @@ def test_registering_later_rebuilds_the_registry_cleanly(gristmill_manager):
     gristmill_manager.components("sources")
     before = {name: dict(p.components) for name, p in gristmill_manager.plugins.items()}
     assert before["byte"] == {"tokenizers": ["byte"]}
-    gristmill_manager.register(NotARecord(), "junk")
-    gristmill_manager.components("sources")
+    with pytest.raises(PluginError):
+        gristmill_manager.register(NotARecord(), "junk")
     after = {n: p.components for n, p in gristmill_manager.plugins.items() if n != "junk"}
     assert after == before
 

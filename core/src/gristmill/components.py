@@ -100,11 +100,13 @@ class FieldMapperType(Component):
 
     ``detect(keys)`` says whether records with these keys look like this format; among the mappers
     that accept, the highest ``priority`` wins. ``factory(fields)`` returns the mapping function;
-    ``fields`` maps canonical names (``text``, ``prompt``…) to the user's column names.
+    ``fields`` maps canonical names (``text``, ``prompt``…) to the user's column names, and only
+    the canonical names listed in ``fields`` here are accepted.
     """
 
     factory: Callable[[Mapping[str, str]], FieldMap]
     detect: Callable[[Collection[str]], bool]
+    fields: tuple[str, ...] = ()
     priority: int = 0
 
     kind = "field mapper"

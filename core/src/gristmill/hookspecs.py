@@ -1,7 +1,10 @@
 """The gristmill plugin API: one registration hook per kind of component.
 
 Each hook returns a list of typed records from :mod:`gristmill.components`. All implementations are
-called and their records merged; none of these hooks stops at the first result. Names must be
+called and their records merged; none of these hooks stops at the first result. The plugin
+manager calls all of them together when it first needs its registry (the first component lookup,
+or ``gristmill plugins``), and again after a plugin is registered or unregistered at run time, so
+an implementation must return the same records every time and do no expensive work. Names must be
 unique per kind across all installed plugins: a clash is reported naming both plugins. Hooks take
 no arguments today; arguments, when added, are only ever appended and passed by keyword.
 
@@ -35,8 +38,8 @@ hookimpl = pluggy.HookimplMarker("gristmill")
 def gristmill_sources() -> list[SourceType]:
     """Register sources: readers that turn a source spec into raw records.
 
-    Called once per process, the first time gristmill resolves a source spec (``gristmill prepare``,
-    :func:`gristmill.prepare`) or lists plugins (``gristmill plugins``).
+    Called when the plugin manager builds its registry (see the module docs). Sources are used by
+    ``gristmill prepare`` / :func:`gristmill.prepare` to resolve source specs.
 
     A source claims specs by prefix (``prefixes=("sample:",)``) or by file suffix
     (``suffixes=(".jsonl",)``); directories and globs are expanded to files first and each file goes
@@ -60,7 +63,7 @@ def gristmill_sources() -> list[SourceType]:
 def gristmill_field_mappers() -> list[FieldMapperType]:
     """Register field mappers: functions from a raw record to a canonical ``Example``.
 
-    Called once per process, the first time gristmill maps records (prepare) or lists plugins.
+    Called when the plugin manager builds its registry. Used by prepare to map records.
     With ``--format auto`` gristmill asks every mapper's ``detect(keys)`` about the first record of
     each source and uses the accepting mapper with the highest ``priority``, reporting the choice.
     ``factory(fields)`` gets the user's ``--fields`` mapping (canonical name → column) and returns
@@ -84,8 +87,8 @@ def gristmill_field_mappers() -> list[FieldMapperType]:
 def gristmill_tokenizers() -> list[TokenizerType]:
     """Register tokenizer families.
 
-    Called once per process, the first time gristmill resolves a tokenizer spec (``--tokenizer``)
-    or lists plugins. A spec is claimed by exact ``name`` (``byte``), by prefix (``hf:``) or by
+    Called when the plugin manager builds its registry. Used by prepare (``--tokenizer``) and
+    whenever a dataset's stored tokenizer is loaded. A spec is claimed by exact ``name`` (``byte``), by prefix (``hf:``) or by
     suffix (``tokenizer.json``). ``factory(spec)`` loads a tokenizer for preparing data;
     ``load(directory, config)`` loads the copy that ``Tokenizer.save`` stored in a dataset, so
     reading a dataset never needs the original spec.
@@ -108,7 +111,7 @@ def gristmill_tokenizers() -> list[TokenizerType]:
 def gristmill_shard_formats() -> list[ShardFormatType]:
     """Register on-disk formats for tokenized documents (a writer and its reader).
 
-    Called once per process, the first time gristmill writes or opens a dataset, or lists plugins.
+    Called when the plugin manager builds its registry. Used to write and to open datasets.
     The manifest names the format (``shard_format``) so :func:`gristmill.open_dataset` picks the
     matching reader. Writers must make every shard file complete before it becomes visible
     (temporary name, then rename); gristmill writes the manifest last.
@@ -130,8 +133,7 @@ def gristmill_shard_formats() -> list[ShardFormatType]:
 def gristmill_packers() -> list[PackerType]:
     """Register packers: strategies that group documents into samples of at most ``seq_len``.
 
-    Called once per process, the first time a dataset is opened with a packer, or when listing
-    plugins. ``factory(**options)`` returns an object whose ``plan(lengths, seq_len)`` computes a
+    Called when the plugin manager builds its registry. Used when a dataset is opened. ``factory(**options)`` returns an object whose ``plan(lengths, seq_len)`` computes a
     :class:`~gristmill.components.PackPlan` from document lengths alone.
 
     :return: a list of :class:`~gristmill.components.PackerType` records.
@@ -151,7 +153,7 @@ def gristmill_packers() -> list[PackerType]:
 def gristmill_samplers() -> list[SamplerType]:
     """Register samplers: orders over the samples of a dataset.
 
-    Called once per process, the first time a sampler is looked up, or when listing plugins.
+    Called when the plugin manager builds its registry. Used when samples are iterated.
     ``factory(num_samples, *, seed, rank, world_size, **options)`` returns an iterable of sample
     indices with a length.
 
@@ -172,7 +174,8 @@ def gristmill_samplers() -> list[SamplerType]:
 def gristmill_presets() -> list[PresetType]:
     """Register presets: named datasets with their location and defaults.
 
-    Called once per process, when a preset name is resolved or presets are listed.
+    Called when the plugin manager builds its registry. No first-party preset exists yet; the
+    Hub source (planned) resolves preset names through it.
 
     :return: a list of :class:`~gristmill.components.PresetType` records.
 
@@ -191,8 +194,8 @@ def gristmill_presets() -> list[PresetType]:
 def gristmill_executors() -> list[ExecutorType]:
     """Register executors: places where prepare's deterministic tasks run.
 
-    Called once per process, when an executor is looked up (``--executor``) or when listing
-    plugins. ``factory(workers=N, **options)`` returns an object whose ``map(fn, tasks)`` yields
+    Called when the plugin manager builds its registry. No first-party executor exists yet;
+    parallel and distributed prepare (planned) run their tasks through it. ``factory(workers=N, **options)`` returns an object whose ``map(fn, tasks)`` yields
     results in task order, so output stays byte-identical whatever runs the tasks.
 
     :return: a list of :class:`~gristmill.components.ExecutorType` records.

@@ -64,7 +64,14 @@ def mapped_examples(
                 raise DataError(exc.reason, where=str(where)) from None
             how = "chosen from its keys" if fmt == "auto" else "as asked"
             report(f"{source.spec}: format {name} ({how})")
-            mapper = manager.field_mapper(name).factory(fields)
+            mapper_type = manager.field_mapper(name)
+            unknown = sorted(set(fields) - set(mapper_type.fields))
+            if unknown:
+                raise DataError(
+                    f"--fields names {', '.join(unknown)}, but the {name} format reads only "
+                    f"{', '.join(mapper_type.fields)} (write --fields NAME=COLUMN, NAME first)"
+                )
+            mapper = mapper_type.factory(fields)
         yield _apply(mapper, record, where), where
 
 

@@ -97,9 +97,13 @@ def prepare(
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
     tok_config = tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
-    writers: dict[str, ShardWriter] = {}
-    lengths: dict[str, list[np.ndarray]] = {}
-    loss_tokens: dict[str, int] = {}
+    # Every asked-for split exists in the output, even if the hash leaves it empty.
+    writers: dict[str, ShardWriter] = {
+        split: fmt.writer(out_dir, split, dtype=dtype, tokens_per_shard=tokens_per_shard)
+        for split in (("train", "val") if val_fraction > 0 else ("train",))
+    }
+    lengths: dict[str, list[np.ndarray]] = {split: [] for split in writers}
+    loss_tokens = dict.fromkeys(writers, 0)
 
     from tqdm.auto import tqdm
 
@@ -118,11 +122,6 @@ def prepare(
                     chosen = np.flatnonzero(splits == split)
                     if not len(chosen):
                         continue
-                    if split not in writers:
-                        writers[split] = fmt.writer(
-                            out_dir, split, dtype=dtype, tokens_per_shard=tokens_per_shard
-                        )
-                        lengths[split], loss_tokens[split] = [], 0
                     docs = [ids[i] for i in chosen]
                     doc_masks = [masks[i] for i in chosen]
                     writers[split].add(docs, doc_masks)
@@ -134,13 +133,15 @@ def prepare(
                 count += len(batch)
                 bar.update(len(batch))
             source_entry["records"] = count
-    if not writers:
+    if not index:
         raise DataError(f"the sources hold no records: {', '.join(map(str, specs))}")
 
     splits_entry = {}
     for split, writer in writers.items():
         shards = writer.close()
-        doc_lengths = np.concatenate(lengths[split])
+        doc_lengths = np.concatenate([np.zeros(0, np.int64), *lengths[split]])
+        if not len(doc_lengths):
+            log.warning(f"{out_dir}: the {split} split is empty")
         splits_entry[split] = {
             "num_documents": len(doc_lengths),
             "num_tokens": int(doc_lengths.sum()),
@@ -192,7 +193,9 @@ def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, A
             )
         return None
     if (out_dir / INCOMPLETE).exists():
-        log.info(f"{out_dir}: an earlier prepare was interrupted; starting it again")
+        log.info(
+            f"{out_dir}: an earlier prepare did not finish (interrupted or failed); starting again"
+        )
     elif not overwrite:
         manifest = read_manifest(out_dir)
         if manifest.get("config_fingerprint") == config_fp:
@@ -276,6 +279,8 @@ def _assign_splits(start: int, count: int, seed: int, val_fraction: float) -> np
 
 
 def _length_stats(lengths: np.ndarray) -> dict[str, float | int]:
+    if not len(lengths):
+        return dict.fromkeys(("min", "max", "mean", "p50", "p90", "p99"), 0)
     p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
     return {
         "min": int(lengths.min()),

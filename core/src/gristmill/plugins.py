@@ -126,6 +126,7 @@ class PluginManager:
         self.plugins[name] = info
         self._add(plugin, info)
         self._registry = None
+        self._build()  # validate its records now, not at the first lookup
         if info.status != "ok":
             raise PluginError(info.error or f"plugin {name!r} failed")
         return info
@@ -280,7 +281,7 @@ class PluginManager:
         text = spec if by == "prefixes" else spec.lower()
         for name, record in self.components(kind).items():
             for affix in getattr(record, by):
-                fits = text.startswith(affix) if by == "prefixes" else text.endswith(affix)
+                fits = text.startswith(affix) if by == "prefixes" else text.endswith(affix.lower())
                 if fits and (best is None or len(affix) > best[0]):
                     best = (len(affix), name)
         return None if best is None else self._get(kind, best[1], Component)

@@ -164,7 +164,7 @@ def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
                     continue
                 for name in names:
                     info = described[kind][name]
-                    needs = f" [needs gristmill[{info['requires']}]]" if info["requires"] else ""
+                    needs = f" [requires {info['requires']}]" if info["requires"] else ""
                     print(f"    {KINDS[kind][1].kind} {name}: {info['description']}{needs}")
         for message in conflicts:
             print(f"conflict: {message}")

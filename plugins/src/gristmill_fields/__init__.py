@@ -12,17 +12,16 @@ from gristmill.examples import Example
 
 # Column names tried in order when --fields does not name one.
 PROMPT_ALIASES = ("instruction", "prompt", "question")
-INPUT_ALIASES = ("input",)
 COMPLETION_ALIASES = ("response", "output", "answer", "completion")
 SYSTEM_ALIASES = ("system", "system_prompt")
 
 
 def _text(record: Mapping[str, Any], column: str, *, required: bool = True) -> str | None:
     value = record.get(column)
-    if value is None and column not in record:
-        if not required:
-            return None
-        raise FieldError(column, "missing")
+    if value is None and not required:  # an optional field may be absent or null
+        return None
+    if column not in record:
+        raise FieldError(column, f"missing; name the column with --fields {column}=COLUMN")
     if not isinstance(value, str):
         kind = "null" if value is None else type(value).__name__
         raise FieldError(column, f"expected text, got {kind}")
@@ -34,10 +33,16 @@ def _text(record: Mapping[str, Any], column: str, *, required: bool = True) -> s
 def _column(
     record: Mapping[str, Any], fields: Mapping[str, str], name: str, aliases: tuple[str, ...]
 ) -> str:
-    """The user's column for ``name``, else the first alias the record has, else ``name``."""
+    """The user's column for ``name``, else the first alias the record has; raise if none."""
     if name in fields:
         return fields[name]
-    return next((a for a in aliases if a in record), name)
+    found = next((a for a in aliases if a in record), None)
+    if found is None:
+        raise FieldError(
+            name,
+            f"missing; looked for {', '.join(aliases)}; name the column with --fields {name}=COLUMN",
+        )
+    return found
 
 
 def text_mapper(fields: Mapping[str, str]) -> FieldMap:
@@ -52,11 +57,14 @@ def text_mapper(fields: Mapping[str, str]) -> FieldMap:
 def prompt_completion_mapper(fields: Mapping[str, str]) -> FieldMap:
     def to_example(record: Mapping[str, Any]) -> Example:
         prompt = _text(record, _column(record, fields, "prompt", PROMPT_ALIASES))
-        extra = _text(record, _column(record, fields, "input", INPUT_ALIASES), required=False)
+        extra = _text(record, fields.get("input", "input"), required=False)
         if extra and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
         completion = _text(record, _column(record, fields, "completion", COMPLETION_ALIASES))
-        system = _text(record, _column(record, fields, "system", SYSTEM_ALIASES), required=False)
+        system_column = fields.get("system") or next(
+            (a for a in SYSTEM_ALIASES if a in record), SYSTEM_ALIASES[0]
+        )
+        system = _text(record, system_column, required=False)
         return Example(prompt=prompt, completion=completion, system=system or None)
 
     return to_example
@@ -77,6 +85,7 @@ def gristmill_field_mappers() -> list[FieldMapperType]:
                 _has_any(keys, PROMPT_ALIASES) and _has_any(keys, COMPLETION_ALIASES)
             ),
             factory=prompt_completion_mapper,
+            fields=("prompt", "completion", "input", "system"),
             priority=20,
         ),
         FieldMapperType(
@@ -84,6 +93,7 @@ def gristmill_field_mappers() -> list[FieldMapperType]:
             description="one plain text field (default 'text'); loss on every token",
             detect=lambda keys: "text" in keys,
             factory=text_mapper,
+            fields=("text",),
             priority=10,
         ),
     ]

@@ -24,7 +24,7 @@ class JsonlSource:
                     continue
                 where = Where(self.spec, number)
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.rstrip(b"\r\n").decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataError(
                         f"not UTF-8 (byte {exc.start + 1} of the line); re-encode the file as UTF-8",
