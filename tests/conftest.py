@@ -25,3 +25,6 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+pytest_plugins = ["pytester"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gristmill
 import pytest
 from gristmill import hookimpl
 from gristmill.components import (
@@ -136,17 +137,27 @@ class NotARecord:
         return [{"name": "dict-packer"}]
 
 
-def test_a_hook_that_raises_or_returns_junk_fails_only_its_plugin(gristmill_manager):
-    for plugin, name in ((Broken(), "raises"), (NotARecord(), "junk")):
-        with pytest.raises(PluginError, match=f"plugin '{name}'"):
-            gristmill_manager.register(plugin, name)
+class Twice:
+    @hookimpl
+    def gristmill_packers(self):
+        return [PackerType(name="p", description="d", factory=str)] * 2
+
+
+@pytest.mark.parametrize(
+    ("plugin", "reason"),
+    [
+        (Broken(), "gristmill_samplers() raised RuntimeError: boom"),
+        (NotARecord(), "gristmill_packers() returned {'name': 'dict-packer'}, not a PackerType"),
+        (Twice(), "registers packer 'p' twice"),
+    ],
+)
+def test_a_bad_registration_fails_only_its_plugin_and_is_undone(gristmill_manager, plugin, reason):
+    with pytest.raises(PluginError) as exc:
+        gristmill_manager.register(plugin, "bad")
+    assert str(exc.value) == f"plugin 'bad' (registered at runtime) failed to load: {reason}"
+    assert "bad" not in gristmill_manager.plugins and gristmill_manager.failures() == []
     assert set(gristmill_manager.components("samplers")) == {"sequential"}
-    assert (
-        "gristmill_samplers() raised RuntimeError: boom"
-        in gristmill_manager.plugins["raises"].error
-    )
-    assert "not a PackerType" in gristmill_manager.plugins["junk"].error
-    assert {p.name for p in gristmill_manager.failures()} == {"raises", "junk"}
+    gristmill_manager.register(object(), "bad")  # the name is free again
 
 
 RECORDS = {
@@ -237,3 +248,59 @@ def test_plugins_all_shows_blocked_plugins_and_descriptions():
     listing = json.loads(run_gristmill("plugins", "--all", "--json", env=env).stdout)
     assert listing["components"]["packers"]["none"]["description"]
     assert {p["name"]: p["status"] for p in listing["plugins"]}["sequential"] == "blocked"
+
+
+def test_two_sources_claiming_one_suffix_is_an_error_naming_both(gristmill_register, tmp_path):
+    other = SourceType(name="fast-jsonl", description="d", suffixes=(".JSONL",), factory=str)
+    gristmill_register(
+        type("P", (), {"gristmill_sources": staticmethod(hookimpl(lambda: [other]))})
+    )
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "x"}\n')
+    with pytest.raises(PluginError) as exc:
+        gristmill.prepare(path, tmp_path / "out", progress=False)
+    assert "'.jsonl' is claimed by plugin 'jsonl' (gristmill " in str(exc.value)
+    assert "and plugin 'test-plugin' (registered at runtime)" in str(exc.value)
+
+
+def test_a_conflict_is_reported_for_its_own_kind_only(gristmill_register, gristmill_manager):
+    twin = TokenizerType(name="byte", description="d", factory=str, load=str)
+    gristmill_register(
+        type("P", (), {"gristmill_tokenizers": staticmethod(hookimpl(lambda: [twin]))})
+    )
+    with pytest.raises(PluginError, match="tokenizer 'byte' is registered by more than one"):
+        gristmill_manager.tokenizer("byte")
+    assert gristmill_manager.source("jsonl")
+
+
+def test_unknown_names_in_the_block_list_are_warned_about(monkeypatch, caplog):
+    with caplog.at_level("WARNING", logger="gristmill"):
+        manager_with(monkeypatch, GRISTMILL_DISABLE_PLUGINS="jsnol")
+    assert "GRISTMILL_DISABLE_PLUGINS names no installed plugin: jsnol" in caplog.text
+
+
+def test_the_pytest_fixtures_register_for_one_test_only(pytester):
+    pytester.makepyfile(
+        """
+        from gristmill import hookimpl
+        from gristmill.components import PackerType
+        from gristmill.plugins import get_manager
+
+        ORIGINAL = get_manager()
+
+        class Plugin:
+            @hookimpl
+            def gristmill_packers(self):
+                return [PackerType(name="mine", description="d", factory=object)]
+
+        def test_registers(gristmill_register, gristmill_manager):
+            gristmill_register(Plugin(), name="mine")
+            assert get_manager() is gristmill_manager is not ORIGINAL
+            assert get_manager().packer("mine")
+
+        def test_gone_afterwards():
+            assert get_manager() is ORIGINAL
+            assert "mine" not in get_manager().components("packers")
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)

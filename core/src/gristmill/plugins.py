@@ -6,6 +6,7 @@ Feature code never calls ``pm.hook.*``; it asks this manager for a component by 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from gristmill.components import (
     TokenizerType,
 )
 from gristmill.errors import PluginError, UnknownComponentError
+
+log = logging.getLogger("gristmill")
 
 ENTRY_POINT_GROUP = "gristmill"
 DISABLE_ENV = "GRISTMILL_DISABLE_PLUGINS"
@@ -116,6 +119,10 @@ class PluginManager:
                     info.fail(f"{type(exc).__name__}: {exc}")
                     continue
                 self._add(plugin, info)
+        for env, names in ((DISABLE_ENV, disabled), (ALLOW_ENV, allowed or set())):
+            unknown = sorted(names - set(self.plugins))
+            if unknown:
+                log.warning(f"{env} names no installed plugin: {', '.join(unknown)}")
         self._registry = None
 
     def register(self, plugin: object, name: str) -> PluginInfo:
@@ -128,6 +135,7 @@ class PluginManager:
         self._registry = None
         self._build()  # validate its records now, not at the first lookup
         if info.status != "ok":
+            self.unregister(name)
             raise PluginError(info.error or f"plugin {name!r} failed")
         return info
 
@@ -158,31 +166,42 @@ class PluginManager:
         for info in self.plugins.values():
             info.components = {}
         offered: dict[str, dict[str, list[Component]]] = {}  # plugin -> kind -> records
-        for kind, (hook_name, record_type) in KINDS.items():
-            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
-                info = self.plugins.get(impl.plugin_name)
-                if info is None or info.status != "ok":
-                    continue
+        loaded = self._pm.list_name_plugin()
+        for name, plugin in loaded:
+            info = self.plugins.get(name)
+            if info is None or info.status != "ok":
+                continue
+            # Call each plugin's hooks on their own (through pluggy, so wrappers and appended
+            # arguments keep working) to know who registered what and to contain failures.
+            others = [p for _, p in loaded if p is not plugin]
+            for kind, (hook_name, record_type) in KINDS.items():
+                caller = self._pm.subset_hook_caller(hook_name, remove_plugins=others)
                 try:
-                    records = list(impl.function() or ())
+                    records = [r for result in caller() for r in (result or ())]
                 except Exception as exc:
                     info.fail(f"{hook_name}() raised {type(exc).__name__}: {exc}")
-                    continue
-                for record in records:
-                    problems = (
+                    break
+                problems = [
+                    problem
+                    for record in records
+                    for problem in (
                         record.problems()
                         if isinstance(record, record_type)
                         else [f"{hook_name}() returned {record!r}, not a {record_type.__name__}"]
                     )
-                    if problems:
-                        info.fail("; ".join(problems))
-                        break
-                    offered.setdefault(info.name, {}).setdefault(kind, []).append(record)
+                ]
+                names = [r.name for r in records if isinstance(r, record_type)]
+                problems += [f"registers {record_type.kind} {n!r} twice" for n in _repeated(names)]
+                if problems:
+                    info.fail("; ".join(problems))
+                    break
+                if records:
+                    offered.setdefault(name, {})[kind] = records
         registry: dict[str, dict[str, tuple[Component, str]]] = {kind: {} for kind in KINDS}
         self.conflicts = {}
         for plugin_name, kinds in offered.items():
             info = self.plugins[plugin_name]
-            if info.status != "ok":  # failed in a later hook: drop everything it offered
+            if info.status != "ok":
                 continue
             for kind, records in kinds.items():
                 for record in records:
@@ -212,18 +231,20 @@ class PluginManager:
     def conflict_messages(self) -> list[str]:
         """One message per name that two or more plugins register for the same kind."""
         self._build()
-        return [
+        return [self._conflict_message(kind, name) for kind, name in self.conflicts]
+
+    def _conflict_message(self, kind: str, name: str) -> str:
+        holders = self.conflicts[(kind, name)]
+        return (
             f"{KINDS[kind][1].kind} {name!r} is registered by more than one plugin: "
             + " and ".join(self.plugins[p].label() for p in holders if p in self.plugins)
             + f"; block one of them by name with {DISABLE_ENV}"
-            for (kind, name), holders in self.conflicts.items()
-        ]
+        )
 
     def _get(self, kind: str, name: str, record_type: type[C]) -> C:
         registry = self._build()
         if (kind, name) in self.conflicts:
-            message = next(m for m in self.conflict_messages() if f" {name!r} " in m)
-            raise PluginError(message)
+            raise PluginError(self._conflict_message(kind, name))
         if name in registry[kind]:
             record = registry[kind][name][0]
             assert isinstance(record, record_type)
@@ -276,15 +297,31 @@ class PluginManager:
         return sorted(found, key=lambda m: -m.priority)  # type: ignore[attr-defined]
 
     def claim(self, kind: str, spec: str, *, by: str) -> Component | None:
-        """The source or tokenizer claiming ``spec`` by its longest ``"prefixes"`` or ``"suffixes"``."""
-        best: tuple[int, str] | None = None
+        """The source or tokenizer claiming ``spec`` by its longest ``"prefixes"`` or ``"suffixes"``.
+
+        Two components claiming the same longest affix is an error naming both.
+        """
         text = spec if by == "prefixes" else spec.lower()
+        claims: dict[str, list[str]] = {}
         for name, record in self.components(kind).items():
             for affix in getattr(record, by):
-                fits = text.startswith(affix) if by == "prefixes" else text.endswith(affix.lower())
-                if fits and (best is None or len(affix) > best[0]):
-                    best = (len(affix), name)
-        return None if best is None else self._get(kind, best[1], Component)
+                affix = affix if by == "prefixes" else affix.lower()
+                if text.startswith(affix) if by == "prefixes" else text.endswith(affix):
+                    claims.setdefault(affix, []).append(name)
+        if not claims:
+            return None
+        affix = max(claims, key=len)
+        if len(claims[affix]) > 1:
+            holders = [self.provider(kind, n).label() for n in claims[affix]]
+            raise PluginError(
+                f"{spec!r}: {affix!r} is claimed by {' and '.join(holders)}; "
+                f"block one of them by name with {DISABLE_ENV}"
+            )
+        return self._get(kind, claims[affix][0], Component)
+
+
+def _repeated(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 _manager: PluginManager | None = None
