@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import gristmill
 import numpy as np
+
+import gristmill
 
 
 def main() -> None:

@@ -24,3 +24,10 @@ def run_gristmill(*args: str, env: dict[str, str] | None = None, extra_path: Ite
         env=full_env,
         timeout=300,
     )
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path: for byte-identical comparisons."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import gristmill
+import numpy as np
 import pytest
+
+import gristmill
+from gristmill import hookimpl
 from gristmill.cli import main
-from gristmill.errors import DataError, UnknownComponentError
+from gristmill.components import TokenizerType
+from gristmill.errors import DataError, DatasetError, UnknownComponentError
+from gristmill_byte import ByteTokenizer
 
 
 @pytest.mark.parametrize(
@@ -98,3 +103,89 @@ def test_every_asked_for_split_exists_even_if_empty(tmp_path):
     gristmill.prepare(upper, tmp_path / "ds", val_fraction=0.001, progress=False)
     sizes = [len(gristmill.open_dataset(tmp_path / "ds", split=s)) for s in ("train", "val")]
     assert sorted(sizes) == [0, 1]  # the one record went to one split; the other is empty
+
+
+def test_overwrite_never_deletes_a_directory_gristmill_did_not_write(tmp_path, write_jsonl):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "manifest.json").write_text('{"name": "app"}')
+    (project / "src" / "main.py").write_text("print('hi')")
+    with pytest.raises(DatasetError, match="not a gristmill dataset; choose a new or empty -o"):
+        gristmill.prepare(write_jsonl([{"text": "x"}]), project, overwrite=True, progress=False)
+    assert (project / "src" / "main.py").read_text() == "print('hi')"
+
+
+def test_a_bad_option_or_format_leaves_no_output(tmp_path, write_jsonl):
+    src = write_jsonl([{"text": "x"}])
+    for options in ({"format": "nope"}, {"tokenizer": "nope"}, {"val_fraction": 1.5}):
+        with pytest.raises(gristmill.GristmillError):
+            gristmill.prepare(src, tmp_path / "out", progress=False, **options)
+        assert not (tmp_path / "out").exists()
+
+
+def test_numpy_and_negative_numbers_as_options(tmp_path, write_jsonl):
+    src = write_jsonl([{"text": f"t{i}"} for i in range(50)])
+    manifest = gristmill.prepare(
+        src, tmp_path / "a", seed=np.int64(-3), val_fraction=np.float32(0.5), progress=False
+    )
+    assert manifest["provenance"]["config"]["seed"] == -3
+    assert 0 < manifest["splits"]["val"]["num_documents"] < 50
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
+    gristmill.prepare(path, tmp_path / "out", progress=False)
+    ds = gristmill.open_dataset(tmp_path / "out")
+    assert ds.tokenizer.decode(ds.documents.document(0)[0]) == "first<|endoftext|>"
+
+
+class ShiftedBytes(ByteTokenizer):
+    """Byte ids moved past 65535, so that the dataset needs uint32; or, broken, past its vocab."""
+
+    def __init__(self, shift: int, vocab_size: int):
+        super().__init__()
+        self.shift, self.vocab_size = shift, vocab_size
+        self.eos_id = self.pad_id = self.bos_id = vocab_size - 1
+
+    def encode_batch(self, texts, *, offsets=False):
+        ids, offs = super().encode_batch(texts, offsets=offsets)
+        return [i.astype(np.int64) + self.shift for i in ids], offs
+
+    def decode(self, ids):
+        ids = np.asarray(ids)
+        return bytes((ids[ids != self.eos_id] - self.shift).astype(np.uint8)).decode()
+
+
+def shifted_plugin(name: str, shift: int, vocab_size: int):
+    record = TokenizerType(
+        name=name,
+        description="test tokenizer",
+        factory=lambda spec: ShiftedBytes(shift, vocab_size),
+        load=lambda directory, config: ShiftedBytes(shift, vocab_size),
+    )
+    return type("P", (), {"gristmill_tokenizers": staticmethod(hookimpl(lambda: [record]))})
+
+
+def test_large_vocabularies_are_stored_as_uint32(tmp_path, write_jsonl, gristmill_register):
+    gristmill_register(shifted_plugin("wide", 70_000, 70_300))
+    src = write_jsonl([{"text": "héllo wörld"}])
+    gristmill.prepare(src, tmp_path / "out", tokenizer="wide", progress=False)
+    ds = gristmill.open_dataset(tmp_path / "out")
+    assert ds.manifest["dtype"] == "uint32"
+    ids, _ = ds.documents.document(0)
+    assert ids.dtype == np.dtype("<u4") and int(ids.max()) == 70_299
+    assert ds.tokenizer.decode(ids) == "héllo wörld"
+
+
+def test_ids_outside_the_vocabulary_are_refused(tmp_path, write_jsonl, gristmill_register):
+    gristmill_register(shifted_plugin("broken-tok", 1000, 300))
+    src = write_jsonl([{"text": "x"}])
+    with pytest.raises(DataError, match=r"data.jsonl:1: the tokenizer returned ids outside"):
+        gristmill.prepare(src, tmp_path / "out", tokenizer="broken-tok", progress=False)
+
+
+def test_inspect_an_unknown_split(tmp_path, write_jsonl, capsys):
+    gristmill.prepare(write_jsonl([{"text": "x"}]), tmp_path / "out", progress=False)
+    assert main(["inspect", str(tmp_path / "out"), "--split", "nope"]) == 2
+    assert "no split 'nope'; it has train" in capsys.readouterr().err

@@ -9,9 +9,10 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-import gristmill
 import numpy as np
 import pytest
+
+import gristmill
 from gristmill import hookspecs
 from gristmill.components import KINDS
 

@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import pytest
 
 import gristmill
-import pytest
 from gristmill.errors import DataError, DatasetError
 from gristmill.manifest import INCOMPLETE, MANIFEST
-
-from tests.helpers import run_gristmill
+from tests.helpers import run_gristmill, tree_bytes
 
 
 def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl):
@@ -52,8 +51,5 @@ def test_killing_prepare_then_rerunning_gives_the_uninterrupted_result(tmp_path)
     assert run_gristmill("prepare", *args, "-o", str(out)).returncode == 0
     assert run_gristmill("prepare", *args, "-o", str(clean)).returncode == 0
 
-    def files(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-    assert files(out) == files(clean)
+    assert tree_bytes(out) == tree_bytes(clean)
     assert len(gristmill.open_dataset(out)) > 500

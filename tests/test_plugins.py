@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-import gristmill
 import pytest
+
+import gristmill
 from gristmill import hookimpl
 from gristmill.components import (
     KINDS,
@@ -20,7 +21,6 @@ from gristmill.components import (
 )
 from gristmill.errors import PluginError, UnknownComponentError
 from gristmill.plugins import PluginManager
-
 from tests.helpers import DISTS, run_gristmill
 
 FIRST_PARTY = {

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from gristmill._version import __version__
 from gristmill.errors import GristmillError
+from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
 
 EPILOG = """\
 examples:
@@ -65,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokens-per-shard",
         type=int,
-        default=1 << 26,
+        default=DEFAULT_TOKENS_PER_SHARD,
         metavar="N",
-        help="target tokens per shard file; documents are never split (default: 67108864)",
+        help="target tokens per shard file; documents are never split (default: %(default)s)",
     )
     p.add_argument(
         "--train-on-prompt",

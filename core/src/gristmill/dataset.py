@@ -58,6 +58,20 @@ class Dataset:
             self.manager.packer(packer).factory().plan(self.documents.lengths(), seq_len)
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
+        # open it, not the mapped arrays or the plugin manager (modules do not pickle).
+        return {
+            "path": self.path,
+            "split": self.split,
+            "seq_len": self.seq_len,
+            "packer": self.packer,
+            "seed": self.seed,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
     @cached_property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer stored with the dataset (for decoding)."""
@@ -91,7 +105,7 @@ class Dataset:
             )
             labels = np.where(mask.astype(bool), input_ids, IGNORE_INDEX)
         starts = np.concatenate([[0], np.cumsum(seg_lens)[:-1]])
-        labels[starts] = IGNORE_INDEX
+        labels[starts[seg_lens > 0]] = IGNORE_INDEX
         position_ids = np.arange(len(input_ids), dtype=np.int64) - np.repeat(starts, seg_lens)
         return {
             "input_ids": input_ids,

@@ -20,7 +20,6 @@ from gristmill.manifest import (
     FORMAT,
     FORMAT_VERSION,
     INCOMPLETE,
-    MANIFEST,
     fingerprint,
     read_manifest,
     write_atomic,
@@ -62,14 +61,19 @@ def prepare(
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    # Plain Python numbers: numpy scalars would not serialise into the manifest.
+    val_fraction, seed, tokens_per_shard = float(val_fraction), int(seed), int(tokens_per_shard)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if tokens_per_shard < 1:
         raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
     fields = dict(fields or {})
+    # Resolve every component before the output directory is touched.
     opened = open_sources(specs, manager)
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
     fmt = manager.shard_format(shard_format)
+    if format != "auto":
+        manager.field_mapper(format)
     config = {
         "tokenizer": tokenizer,
         "format": format,
@@ -185,7 +189,7 @@ def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, A
         return None
     if not out_dir.is_dir():
         raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
-    ours = (out_dir / MANIFEST).exists() or (out_dir / INCOMPLETE).exists()
+    ours = (out_dir / INCOMPLETE).exists() or _is_dataset(out_dir)
     if not ours:
         if any(out_dir.iterdir()):
             raise DatasetError(
@@ -208,6 +212,14 @@ def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, A
     return None
 
 
+def _is_dataset(directory: Path) -> bool:
+    try:
+        read_manifest(directory)
+    except DatasetError:
+        return False
+    return True
+
+
 def _encode(
     tok: Tokenizer, batch: list[tuple[Example, Where]], train_on_prompt: bool
 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
@@ -217,13 +229,20 @@ def _encode(
     full = [spans == ((0, len(text)),) for text, spans in rendered]
     try:
         ids, offsets = tok.encode_batch(texts, offsets=not all(full))
-    except DataError:
-        raise
     except (UnicodeError, ValueError) as exc:
         where = next((w for (_, w), t in zip(batch, texts) if not _encodable(tok, t)), None)
-        raise DataError(f"cannot tokenize: {exc}", where=str(where) if where else None) from None
+        raise DataError(
+            f"cannot tokenize ({exc}); the text holds characters that are not valid Unicode, "
+            "such as a lone surrogate from a JSON \\ud800 escape: fix or remove the record",
+            where=str(where) if where else None,
+        ) from None
     out_ids, out_masks = [], []
     for i, doc in enumerate(ids):
+        if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
+            raise DataError(
+                f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})",
+                where=str(batch[i][1]),
+            )
         mask = None
         if not full[i]:
             assert offsets is not None
@@ -234,6 +253,8 @@ def _encode(
                     where=str(batch[i][1]),
                 )
         doc, mask = _add_specials(tok, doc, mask)
+        if not len(doc):
+            raise DataError("the text tokenizes to no tokens", where=str(batch[i][1]))
         out_ids.append(doc)
         out_masks.append(mask)
     return out_ids, out_masks
@@ -267,9 +288,8 @@ def _assign_splits(start: int, count: int, seed: int, val_fraction: float) -> np
     """``"train"`` or ``"val"`` per example, from a hash of (seed, example index): deterministic."""
     if val_fraction <= 0:
         return np.full(count, "train")
-    x = np.arange(start, start + count, dtype=np.uint64) + np.uint64(seed) * np.uint64(
-        0x9E3779B97F4A7C15
-    )
+    offset = (seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF  # any int seed, in 64 bits
+    x = np.arange(start, start + count, dtype=np.uint64) + np.uint64(offset)
     # splitmix64 finaliser: spreads consecutive indices uniformly over 64 bits.
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -10,6 +10,7 @@ import numpy as np
 
 from gristmill.components import KINDS
 from gristmill.dataset import Dataset
+from gristmill.errors import DatasetError
 from gristmill.manifest import read_manifest
 from gristmill.plugins import get_manager
 
@@ -55,6 +56,8 @@ def inspect_dataset(
     manifest = read_manifest(directory)
     splits = manifest["splits"]
     chosen = split or ("train" if "train" in splits else next(iter(splits)))
+    if chosen not in splits:
+        raise DatasetError(f"{directory}: no split {chosen!r}; it has {', '.join(sorted(splits))}")
     datasets = {name: Dataset(directory, split=name) for name in splits}
     report: dict[str, Any] = {
         "path": str(directory),

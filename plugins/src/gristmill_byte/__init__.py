@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from gristmill import hookimpl
 from gristmill.components import TokenizerType
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
 from gristmill import hookimpl
 from gristmill.components import SourceType, Where
 from gristmill.errors import DataError
-from gristmill.manifest import fingerprint
 
 
 class JsonlSource:
@@ -24,7 +23,8 @@ class JsonlSource:
                     continue
                 where = Where(self.spec, number)
                 try:
-                    line = raw.rstrip(b"\r\n").decode("utf-8")
+                    # utf-8-sig on the first line: editors on Windows start files with a BOM.
+                    line = raw.rstrip(b"\r\n").decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataError(
                         f"not UTF-8 (byte {exc.start + 1} of the line); re-encode the file as UTF-8",
@@ -39,8 +39,12 @@ class JsonlSource:
                 yield record, where
 
     def fingerprint(self) -> str:
-        stat = os.stat(self.spec)
-        return fingerprint([os.path.abspath(self.spec), stat.st_size, stat.st_mtime_ns])
+        # The content, not the path or mtime: moving or touching a file keeps its dataset valid.
+        digest = hashlib.sha256()
+        with open(self.spec, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        return digest.hexdigest()
 
 
 @hookimpl

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from gristmill import hookimpl
 from gristmill.components import ShardFormatType
-
 from gristmill_memmap_shards.reader import MemmapShardReader
 from gristmill_memmap_shards.writer import MemmapShardWriter
 

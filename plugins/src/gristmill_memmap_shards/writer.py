@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from gristmill.errors import DataError
-from gristmill.manifest import sync_directory
+from gristmill.manifest import write_atomic
 
 
 class MemmapShardWriter:
@@ -39,7 +39,6 @@ class MemmapShardWriter:
     def close(self) -> list[dict[str, Any]]:
         if self._ids:
             self._flush()
-        sync_directory(self.split_dir)
         return self.entries
 
     def _flush(self) -> None:
@@ -68,14 +67,8 @@ class MemmapShardWriter:
         self.entries.append(entry)
 
     def _write(self, filename: str, array: np.ndarray) -> dict[str, Any]:
-        path = self.split_dir / filename
-        tmp = path.with_name(f"{filename}.tmp-{os.getpid()}")
         data = memoryview(np.ascontiguousarray(array)).cast("B")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(self.split_dir / filename, data)
         return {
             "path": f"{self.split}/{filename}",
             "bytes": data.nbytes,

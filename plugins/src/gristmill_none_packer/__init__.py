@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from gristmill import hookimpl
 from gristmill.components import PackerType, PackPlan
 

@@ -12,6 +12,7 @@ records.
 from __future__ import annotations
 
 import ast
+import os
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -33,11 +34,12 @@ SKIPPED_DIRS = frozenset(
 def stdlib_modules() -> tuple[Path, tuple[Path, ...]]:
     """The standard library's root and its module files, sorted by relative path."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        (p for p in root.rglob("*.py") if not SKIPPED_DIRS.intersection(p.relative_to(root).parts)),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    return root, tuple(files)
+    files = []
+    for folder, subdirs, names in os.walk(root):
+        # Prune while walking: site-packages can be far larger than the standard library.
+        subdirs[:] = [d for d in subdirs if d not in SKIPPED_DIRS]
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    return root, tuple(sorted(files, key=lambda p: p.relative_to(root).as_posix()))
 
 
 class StdlibSource:
