@@ -165,3 +165,19 @@ def test_prepare_refuses_a_foreign_directory(tmp_path, write_jsonl):
     with pytest.raises(DatasetError, match="not empty and is not a gristmill dataset"):
         gristmill.prepare(src, foreign, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_sequential_sampler_serves_one_process_only(qa_dataset):
+    ds = gristmill.open_dataset(qa_dataset, split="val")
+    assert [s["input_ids"].tolist() for s in ds.samples("sequential")] == [
+        ds[i]["input_ids"].tolist() for i in range(len(ds))
+    ]
+    with pytest.raises(gristmill.GristmillError, match="use the distributed sampler for 2 ranks"):
+        list(ds.samples("sequential", world_size=2))
+
+
+def test_progress_bar_reports_documents(tmp_path, write_jsonl, capsys):
+    src = write_jsonl([{"text": f"doc {i}"} for i in range(1500)])
+    gristmill.prepare(src, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "prepare: " in err and "1500 docs" in err

@@ -111,9 +111,7 @@ def prepare(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        desc="prepare", unit=" docs", disable=None if progress is None else not progress, delay=0.5
-    )
+    bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
     index = 0
     with bar:
         for source_entry, source in zip(provenance, opened):
