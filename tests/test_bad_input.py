@@ -103,6 +103,7 @@ def test_every_asked_for_split_exists_even_if_empty(tmp_path):
     gristmill.prepare(upper, tmp_path / "ds", val_fraction=0.001, progress=False)
     sizes = [len(gristmill.open_dataset(tmp_path / "ds", split=s)) for s in ("train", "val")]
     assert sorted(sizes) == [0, 1]  # the one record went to one split; the other is empty
+    assert main(["inspect", str(tmp_path / "ds")]) == 0
 
 
 def test_overwrite_never_deletes_a_directory_gristmill_did_not_write(tmp_path, write_jsonl):
@@ -117,7 +118,12 @@ def test_overwrite_never_deletes_a_directory_gristmill_did_not_write(tmp_path, w
 
 def test_a_bad_option_or_format_leaves_no_output(tmp_path, write_jsonl):
     src = write_jsonl([{"text": "x"}])
-    for options in ({"format": "nope"}, {"tokenizer": "nope"}, {"val_fraction": 1.5}):
+    for options in (
+        {"format": "nope"},
+        {"tokenizer": "nope"},
+        {"val_fraction": 1.5},
+        {"format": "text", "fields": {"prompt": "q"}},
+    ):
         with pytest.raises(gristmill.GristmillError):
             gristmill.prepare(src, tmp_path / "out", progress=False, **options)
         assert not (tmp_path / "out").exists()

@@ -62,7 +62,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if (path / INCOMPLETE).exists():
         raise DatasetError(
-            f"{path}: this dataset is incomplete (prepare was interrupted); "
+            f"{path}: this dataset is incomplete (prepare was interrupted or failed); "
             "run the same `gristmill prepare` command again"
         )
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
-from gristmill.components import FieldMap, Source, Where
+from gristmill.components import FieldMap, FieldMapperType, Source, Where
 from gristmill.errors import DataError, FieldError
 from gristmill.examples import Example
 from gristmill.plugins import PluginManager
@@ -42,6 +42,16 @@ def choose_mapper(
     )
 
 
+def check_fields(mapper: FieldMapperType, fields: Mapping[str, str]) -> None:
+    """Refuse ``--fields`` names that the mapper does not read."""
+    unknown = sorted(set(fields) - set(mapper.fields))
+    if unknown:
+        raise DataError(
+            f"--fields names {', '.join(unknown)}, but the {mapper.name} format reads only "
+            f"{', '.join(mapper.fields)} (write --fields NAME=COLUMN, NAME first)"
+        )
+
+
 def mapped_examples(
     source: Source,
     fmt: str,
@@ -65,12 +75,7 @@ def mapped_examples(
             how = "chosen from its keys" if fmt == "auto" else "as asked"
             report(f"{source.spec}: format {name} ({how})")
             mapper_type = manager.field_mapper(name)
-            unknown = sorted(set(fields) - set(mapper_type.fields))
-            if unknown:
-                raise DataError(
-                    f"--fields names {', '.join(unknown)}, but the {name} format reads only "
-                    f"{', '.join(mapper_type.fields)} (write --fields NAME=COLUMN, NAME first)"
-                )
+            check_fields(mapper_type, fields)
             mapper = mapper_type.factory(fields)
         yield _apply(mapper, record, where), where
 

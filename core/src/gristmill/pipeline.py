@@ -25,7 +25,7 @@ from gristmill.manifest import (
     write_atomic,
     write_manifest,
 )
-from gristmill.mapping import mapped_examples
+from gristmill.mapping import check_fields, mapped_examples
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.sources import open_sources
 from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer
@@ -73,7 +73,7 @@ def prepare(
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
     fmt = manager.shard_format(shard_format)
     if format != "auto":
-        manager.field_mapper(format)
+        check_fields(manager.field_mapper(format), fields)
     config = {
         "tokenizer": tokenizer,
         "format": format,
@@ -90,12 +90,12 @@ def prepare(
     )
 
     out_dir = Path(out)
+    tok = tokenizer_type.factory(tokenizer)
     existing = _claim_output(out_dir, config_fp, overwrite)
     if existing is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
         return existing
 
-    tok = tokenizer_type.factory(tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / INCOMPLETE, b"prepare is writing this dataset\n")
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
@@ -286,9 +286,11 @@ def _assign_splits(start: int, count: int, seed: int, val_fraction: float) -> np
     """``"train"`` or ``"val"`` per example, from a hash of (seed, example index): deterministic."""
     if val_fraction <= 0:
         return np.full(count, "train")
-    offset = (seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF  # any int seed, in 64 bits
-    x = np.arange(start, start + count, dtype=np.uint64) + np.uint64(offset)
-    # splitmix64 finaliser: spreads consecutive indices uniformly over 64 bits.
+    offset = (seed * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF  # any int seed, in 64 bits
+    # splitmix64: the state advances by the golden gamma per index, so index 0 is mixed too.
+    x = (
+        np.arange(start + 1, start + count + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    ) + np.uint64(offset)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)

@@ -149,8 +149,9 @@ class PluginManager:
     def _add(self, plugin: object, info: PluginInfo) -> None:
         try:
             self._pm.register(plugin, name=info.name)
-        except Exception as exc:  # pluggy rejects malformed hook implementations
-            info.fail(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # pluggy rejects malformed or already-registered plugins
+            # pluggy appends its whole registry to some messages; the first line says it all.
+            info.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
             return
         unknown = [c.name for c in self._pm.get_hookcallers(plugin) or () if c.spec is None]
         if unknown:

@@ -118,9 +118,9 @@ def _print_report(report: dict[str, Any]) -> None:
             f"mean {length['mean']:,.1f}, p90 {length['p90']:,.0f}, p99 {length['p99']:,.0f}, "
             f"max {length['max']:,}"
         )
-        peak = max(b["documents"] for b in s["histogram"])
+        peak = max((b["documents"] for b in s["histogram"]), default=0)
         spans = [f"{b['min']:,}–{b['max']:,}" for b in s["histogram"]]
-        width = max(map(len, spans))
+        width = max(map(len, spans), default=0)
         for span, bucket in zip(spans, s["histogram"]):
             bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
             print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
