@@ -22,7 +22,10 @@ from gristmill_byte import ByteTokenizer
         (['{"text": "ok"}', '{"text": 42}'], r"data.jsonl:2: field 'text': expected text, got int"),
         (['{"text": null}'], r"data.jsonl:1: field 'text': expected text, got null"),
         (['{"text": "   "}'], r"data.jsonl:1: field 'text': empty"),
-        (['{"text": "ok"}', "[1, 2]"], r"data.jsonl:2: expected an object, got list"),
+        (
+            ['{"text": "ok"}', "[1, 2]"],
+            r"data.jsonl:2: expected an object with named fields, got list",
+        ),
         (['{"text": "\\ud800"}'], r"data.jsonl:1: cannot tokenize"),
         (
             ['{"prompt": "p", "completion": "c"}', '{"prompt": "p", "reply": "c"}'],
@@ -43,7 +46,7 @@ def test_bad_records_are_located(tmp_path, write_jsonl, lines, message):
 
 
 def test_empty_inputs(tmp_path, write_jsonl):
-    with pytest.raises(DataError, match="hold no records"):
+    with pytest.raises(DataError, match="hold no usable records"):
         gristmill.prepare(write_jsonl([]), tmp_path / "out", progress=False)
     with pytest.raises(DataError, match="not found"):
         gristmill.prepare(tmp_path / "nope.jsonl", tmp_path / "out", progress=False)

@@ -52,22 +52,65 @@ class Where(NamedTuple):
 
     origin: str
     line: int | None = None
+    unit: str = "line"  # "line" (text formats) or "row" (tables: CSV records, Parquet rows)
 
     def __str__(self) -> str:
-        return self.origin if self.line is None else f"{self.origin}:{self.line}"
+        if self.line is None:
+            return self.origin
+        return (
+            f"{self.origin}:{self.line}"
+            if self.unit == "line"
+            else f"{self.origin}: row {self.line}"
+        )
+
+
+class Rejected(NamedTuple):
+    """A record a source could not read, yielded in its place so that the error policy decides.
+
+    ``reason`` is a short stable key for counting (``malformed-json``, ``not-utf8``,
+    ``too-large``, ``ragged-row``…); ``message`` says what is wrong and how to fix it; ``raw`` is
+    the record's text when there is one, for the reject file.
+    """
+
+    reason: str
+    message: str
+    where: Where
+    raw: str | None = None
+    field: str | None = None
+
+
+DEFAULT_MAX_RECORD_BYTES = 64 << 20
 
 
 class Source(Protocol):
-    """An opened source: yields raw records with their location."""
+    """An opened source: yields raw records with their location, and splits into pieces.
+
+    ``factory(spec, **options)`` opens one; options gristmill passes today: ``max_record_bytes``
+    (a record larger than this is rejected with reason ``too-large`` instead of read into memory).
+    Sources must accept and ignore options they do not know.
+    """
 
     spec: str
 
-    def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
-        """Yield every record in a deterministic order."""
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        """Yield every record, or a :class:`Rejected` in its place, in a deterministic order.
+
+        Raise :class:`~gristmill.errors.DataError` only when reading cannot go on at all (a
+        truncated archive, an unreadable file); under ``--on-error skip`` gristmill counts it and
+        keeps the records read before it.
+        """
+        ...
+
+    def split(self, pieces: int) -> list[Source]:
+        """At most ``pieces`` disjoint sources, in order, whose records together are this one's.
+
+        Split by what the format allows (byte ranges of a text file, row groups); a source that
+        cannot split returns ``[self]``.
+        """
         ...
 
     def fingerprint(self) -> str:
-        """A string that changes whenever the data would change (content hash, size and mtime…)."""
+        """A string that changes whenever the data would change (e.g. a hash of the content)."""
         ...
 
 
@@ -75,9 +118,9 @@ class Source(Protocol):
 class SourceType(Component):
     """A source of raw records: claims specs by prefix (``sample:``) or file suffix (``.jsonl``)."""
 
-    factory: Callable[[str], Source]
+    factory: Callable[..., Source]  # (spec, **options)
     prefixes: tuple[str, ...] = ()
-    suffixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()  # without compression: ".jsonl" also claims ".jsonl.gz/.zst"
 
     kind = "source"
 

@@ -20,6 +20,10 @@ class UnknownComponentError(GristmillError, LookupError):
     """No installed plugin provides the component that was asked for."""
 
 
+class MissingDependencyError(GristmillError, ImportError):
+    """An optional library a component needs is not installed; says which extra installs it."""
+
+
 class DataError(GristmillError):
     """A record in the input cannot be used; says where (file, line) and which field."""
 
@@ -34,10 +38,15 @@ class DataError(GristmillError):
 
 
 class FieldError(GristmillError):
-    """Raised by a field mapper for one record; the pipeline adds the file and line."""
+    """Raised by a field mapper for one record; the pipeline adds the file and line.
 
-    def __init__(self, field: str | None, message: str):
+    ``reason`` is a short key the skip policy counts by (with the field): ``missing-field``,
+    ``wrong-type``, ``empty-field``.
+    """
+
+    def __init__(self, field: str | None, message: str, reason: str = "bad-field"):
         self.field = field
+        self.reason = reason
         super().__init__(message)
 
 

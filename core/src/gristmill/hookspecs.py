@@ -43,8 +43,12 @@ def gristmill_sources() -> list[SourceType]:
 
     A source claims specs by prefix (``prefixes=("sample:",)``) or by file suffix
     (``suffixes=(".jsonl",)``); directories and globs are expanded to files first and each file goes
-    to the source that claims its suffix. ``factory(spec)`` returns an object with ``records()``
-    (yielding ``(dict, Where)`` pairs in a deterministic order) and ``fingerprint()``.
+    to the source that claims its suffix (``.gz``/``.zst`` are stripped first, and
+    :mod:`gristmill.files` reads them). ``factory(spec, **options)`` returns a
+    :class:`~gristmill.components.Source`: ``records()`` yields ``(dict, Where)`` pairs in a
+    deterministic order, or a ``Rejected`` in place of a bad record; ``split(n)`` cuts it into
+    disjoint pieces; ``fingerprint()`` changes whenever the data does. Factories must accept
+    options they do not know (today: ``max_record_bytes``).
 
     :return: a list of :class:`~gristmill.components.SourceType` records.
 
@@ -55,7 +59,7 @@ def gristmill_sources() -> list[SourceType]:
         @hookimpl
         def gristmill_sources():
             return [SourceType(name="lines", description="One text record per line of a .txt file",
-                               suffixes=(".txt",), factory=LinesSource)]
+                               suffixes=(".txt",), factory=LinesSource)]  # LinesSource(spec, **options)
     """
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
-from gristmill.components import FieldMap, FieldMapperType, Source, Where
+from gristmill.components import FieldMap, FieldMapperType, Rejected, Source, Where
 from gristmill.errors import DataError, FieldError
 from gristmill.examples import Example
 from gristmill.plugins import PluginManager
+from gristmill.policy import ErrorPolicy
 
 
 def parse_fields(text: str | None) -> dict[str, str]:
@@ -57,17 +59,39 @@ def mapped_examples(
     fmt: str,
     fields: Mapping[str, str],
     manager: PluginManager,
+    policy: ErrorPolicy,
     report: Callable[[str], None],
 ) -> Iterator[tuple[Example, Where]]:
-    """Every record of ``source`` as an :class:`Example` with its location; bad ones raise."""
-    records = source.records()
+    """Every usable record of ``source`` as an :class:`Example` with its location.
+
+    Bad records go to ``policy`` (which raises under ``fail``). Choosing the format is not a
+    per-record problem: when the first record fits no format, that is raised whatever the policy.
+    """
     mapper: FieldMap | None = None
-    for record, where in records:
-        if mapper is None:
-            if not isinstance(record, Mapping):
-                raise DataError(
-                    f"expected an object, got {type(record).__name__}", where=str(where)
+    items = iter(source.records())
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except DataError as exc:  # the source cannot go on (truncated archive…)
+            policy.source_failed(exc)
+            return
+        if isinstance(item, Rejected):
+            policy.reject(item)
+            continue
+        record, where = item
+        if not isinstance(record, Mapping):
+            policy.reject(
+                Rejected(
+                    "not-an-object",
+                    f"expected an object with named fields, got {type(record).__name__}",
+                    where,
+                    _raw(record),
                 )
+            )
+            continue
+        if mapper is None:
             try:
                 name = choose_mapper(record.keys(), fmt, fields, manager)
             except DataError as exc:
@@ -77,13 +101,14 @@ def mapped_examples(
             mapper_type = manager.field_mapper(name)
             check_fields(mapper_type, fields)
             mapper = mapper_type.factory(fields)
-        yield _apply(mapper, record, where), where
+        try:
+            example = mapper(record)
+        except FieldError as exc:
+            reason = f"{exc.reason}:{exc.field}" if exc.field else exc.reason
+            policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
+            continue
+        yield example, where
 
 
-def _apply(mapper: FieldMap, record: Any, where: Where) -> Example:
-    if not isinstance(record, Mapping):
-        raise DataError(f"expected an object, got {type(record).__name__}", where=str(where))
-    try:
-        return mapper(record)
-    except FieldError as exc:
-        raise DataError(str(exc), where=str(where), field=exc.field) from None
+def _raw(record: Any) -> str:
+    return json.dumps(record, ensure_ascii=False, default=str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gristmill._version import __version__
-from gristmill.components import ShardWriter, Tokenizer, Where
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, ShardWriter, Tokenizer, Where
 from gristmill.errors import DataError, DatasetError
 from gristmill.examples import Example, loss_mask
 from gristmill.manifest import (
@@ -27,6 +28,7 @@ from gristmill.manifest import (
 )
 from gristmill.mapping import check_fields, mapped_examples
 from gristmill.plugins import PluginManager, get_manager
+from gristmill.policy import POLICIES, ErrorPolicy, reject_file
 from gristmill.sources import open_sources
 from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer
 
@@ -48,6 +50,8 @@ def prepare(
     tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD,
     shard_format: str = "memmap-shards",
     train_on_prompt: bool = False,
+    on_error: str = "fail",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     overwrite: bool = False,
     progress: bool | None = None,
     manager: PluginManager | None = None,
@@ -56,20 +60,24 @@ def prepare(
 
     Running it again with the same sources and settings finds the dataset up to date and does
     nothing; different settings are refused unless ``overwrite``. ``progress=None`` shows a progress
-    bar only on a terminal. Raises :class:`~gristmill.errors.DataError` naming the file, line and
-    field of the first bad record.
+    bar only on a terminal. ``on_error="fail"`` raises :class:`~gristmill.errors.DataError` naming
+    the file, line and field of the first bad record; ``"skip"`` counts bad records per reason
+    (``manifest["provenance"]["skipped"]``) and writes them to ``OUT.rejects.jsonl``.
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     # Plain Python numbers: numpy scalars would not serialise into the manifest.
     val_fraction, seed, tokens_per_shard = float(val_fraction), int(seed), int(tokens_per_shard)
+    max_record_bytes = int(max_record_bytes)
+    if on_error not in POLICIES:
+        raise DataError(f"on_error must be one of {', '.join(POLICIES)}, got {on_error!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if tokens_per_shard < 1:
         raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
     fields = dict(fields or {})
     # Resolve every component before the output directory is touched.
-    opened = open_sources(specs, manager)
+    opened = open_sources(specs, manager, max_record_bytes=max_record_bytes)
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
     fmt = manager.shard_format(shard_format)
     if format != "auto":
@@ -83,6 +91,8 @@ def prepare(
         "tokens_per_shard": tokens_per_shard,
         "shard_format": shard_format,
         "train_on_prompt": train_on_prompt,
+        "on_error": on_error,
+        "max_record_bytes": max_record_bytes,
     }
     provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
     config_fp = fingerprint(
@@ -113,13 +123,20 @@ def prepare(
 
     bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
     index = 0
+    policy = ErrorPolicy(on_error, reject_file(out_dir))
     with bar:
         for source_entry, source in zip(provenance, opened):
             count = 0
-            examples = mapped_examples(source, format, fields, manager, report=log.info)
+            examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
             while batch := list(islice(examples, BATCH)):
-                ids, masks = _encode(tok, batch, train_on_prompt)
-                splits = _assign_splits(index, len(batch), seed, val_fraction)
+                ids, masks = [], []
+                for result in _encode(tok, batch, train_on_prompt):
+                    if isinstance(result, Rejected):
+                        policy.reject(result)
+                    else:
+                        ids.append(result[0])
+                        masks.append(result[1])
+                splits = _assign_splits(ids, seed, val_fraction)
                 for split in ("train", "val"):
                     chosen = np.flatnonzero(splits == split)
                     if not len(chosen):
@@ -131,12 +148,15 @@ def prepare(
                     loss_tokens[split] += sum(
                         len(d) if m is None else int(m.sum()) for d, m in zip(docs, doc_masks)
                     )
-                index += len(batch)
-                count += len(batch)
+                index += len(ids)
+                count += len(ids)
                 bar.update(len(batch))
             source_entry["records"] = count
+    skipped = policy.close()
+    if skipped:
+        log.warning(f"{out_dir}: {policy.summary()}")
     if not index:
-        raise DataError(f"the sources hold no records: {', '.join(map(str, specs))}")
+        raise DataError(f"the sources hold no usable records: {', '.join(map(str, specs))}")
 
     splits_entry = {}
     for split, writer in writers.items():
@@ -169,7 +189,7 @@ def prepare(
             "pad_id": tok.pad_id,
         },
         "splits": splits_entry,
-        "provenance": {"sources": provenance, "config": config, "skipped": {}},
+        "provenance": {"sources": provenance, "config": config, "skipped": skipped},
     }
     write_manifest(out_dir, manifest)
     (out_dir / INCOMPLETE).unlink()
@@ -220,50 +240,47 @@ def _is_dataset(directory: Path) -> bool:
 
 def _encode(
     tok: Tokenizer, batch: list[tuple[Example, Where]], train_on_prompt: bool
-) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """Token ids and loss masks (``None`` where every token has loss) for a batch of examples."""
+) -> list[tuple[np.ndarray, np.ndarray | None] | Rejected]:
+    """Per example: token ids and loss mask (``None``: every token has loss), or why not."""
     rendered = [example.render(train_on_prompt=train_on_prompt) for example, _ in batch]
     texts = [text for text, _ in rendered]
     full = [spans == ((0, len(text)),) for text, spans in rendered]
     try:
         ids, offsets = tok.encode_batch(texts, offsets=not all(full))
     except (UnicodeError, ValueError) as exc:
-        where = next((w for (_, w), t in zip(batch, texts) if not _encodable(tok, t)), None)
-        raise DataError(
-            f"cannot tokenize ({exc}); the text holds characters that are not valid Unicode, "
-            "such as a lone surrogate from a JSON \\ud800 escape: fix or remove the record",
-            where=str(where) if where else None,
-        ) from None
-    out_ids, out_masks = [], []
-    for i, doc in enumerate(ids):
-        if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
-            raise DataError(
-                f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})",
-                where=str(batch[i][1]),
+        if len(batch) > 1:  # find the culprit(s): encode one by one
+            return [out for item in batch for out in _encode(tok, [item], train_on_prompt)]
+        return [
+            Rejected(
+                "untokenizable",
+                f"cannot tokenize ({exc}); the text holds characters that are not valid "
+                "Unicode, such as a lone surrogate from a JSON \\ud800 escape: fix or remove "
+                "the record",
+                batch[0][1],
+                texts[0].encode("utf-8", "replace").decode(),
             )
+        ]
+    out: list[tuple[np.ndarray, np.ndarray | None] | Rejected] = []
+    for i, doc in enumerate(ids):
+        where = batch[i][1]
+        if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
+            message = f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})"
+            out.append(Rejected("bad-token-ids", message, where))
+            continue
         mask = None
         if not full[i]:
             assert offsets is not None
             mask = loss_mask(offsets[i], rendered[i][1])
             if not mask.any():
-                raise DataError(
-                    "no token carries loss (the completion is empty after tokenizing)",
-                    where=str(batch[i][1]),
-                )
+                message = "no token carries loss (the completion is empty after tokenizing)"
+                out.append(Rejected("no-loss", message, where, texts[i]))
+                continue
         doc, mask = _add_specials(tok, doc, mask)
         if not len(doc):
-            raise DataError("the text tokenizes to no tokens", where=str(batch[i][1]))
-        out_ids.append(doc)
-        out_masks.append(mask)
-    return out_ids, out_masks
-
-
-def _encodable(tok: Tokenizer, text: str) -> bool:
-    try:
-        tok.encode_batch([text])
-    except (UnicodeError, ValueError):
-        return False
-    return True
+            out.append(Rejected("no-tokens", "the text tokenizes to no tokens", where, texts[i]))
+            continue
+        out.append((doc, mask))
+    return out
 
 
 def _add_specials(
@@ -282,19 +299,24 @@ def _add_specials(
     return doc, mask
 
 
-def _assign_splits(start: int, count: int, seed: int, val_fraction: float) -> np.ndarray:
-    """``"train"`` or ``"val"`` per example, from a hash of (seed, example index): deterministic."""
+def _assign_splits(docs: list[np.ndarray], seed: int, val_fraction: float) -> np.ndarray:
+    """``"train"`` or ``"val"`` per document, from a seeded hash of its tokens.
+
+    A document's split depends only on its content and the seed: stable under reordering and
+    parallelism, and identical documents never straddle train and val.
+    """
     if val_fraction <= 0:
-        return np.full(count, "train")
-    offset = (seed * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF  # any int seed, in 64 bits
-    # splitmix64: the state advances by the golden gamma per index, so index 0 is mixed too.
-    x = (
-        np.arange(start + 1, start + count + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    ) + np.uint64(offset)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    uniform = (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        return np.full(len(docs), "train")
+    key = (seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+    hashes = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(d.tobytes(), digest_size=8, key=key).digest(), "little")
+            for d in docs
+        ),
+        dtype=np.uint64,
+        count=len(docs),
+    )
+    uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(uniform < val_fraction, "val", "train")
 
 

@@ -21,12 +21,14 @@ def _text(record: Mapping[str, Any], column: str, *, required: bool = True) -> s
     if value is None and not required:  # an optional field may be absent or null
         return None
     if column not in record:
-        raise FieldError(column, f"missing; name the column with --fields {column}=COLUMN")
+        raise FieldError(
+            column, f"missing; name the column with --fields {column}=COLUMN", "missing-field"
+        )
     if not isinstance(value, str):
         kind = "null" if value is None else type(value).__name__
-        raise FieldError(column, f"expected text, got {kind}")
+        raise FieldError(column, f"expected text, got {kind}", "wrong-type")
     if required and not value.strip():
-        raise FieldError(column, "empty")
+        raise FieldError(column, "empty", "empty-field")
     return value
 
 
@@ -41,6 +43,7 @@ def _column(
         raise FieldError(
             name,
             f"missing; looked for {', '.join(aliases)}; name the column with --fields {name}=COLUMN",
+            "missing-field",
         )
     return found
 

@@ -12,6 +12,7 @@ records.
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import sys
 import sysconfig
@@ -43,14 +44,20 @@ def stdlib_modules() -> tuple[Path, tuple[Path, ...]]:
 
 
 class StdlibSource:
-    """``sample:stdlib``: module sources as text."""
+    """``sample:stdlib``: module sources as text; splits by module file."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, *, files: tuple[Path, ...] | None = None, **options: Any):
         self.spec = spec
+        self.files = stdlib_modules()[1] if files is None else files
+
+    def split(self, pieces: int) -> list[StdlibSource]:
+        n = max(1, min(pieces, len(self.files)))
+        bounds = [len(self.files) * k // n for k in range(n + 1)]
+        return [type(self)(self.spec, files=self.files[a:b]) for a, b in itertools.pairwise(bounds)]
 
     def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
-        root, files = stdlib_modules()
-        for path in files:
+        root = stdlib_modules()[0]
+        for path in self.files:
             text = path.read_text(encoding="utf-8")
             if not text.strip():  # empty package markers are not documents
                 continue
@@ -58,8 +65,8 @@ class StdlibSource:
             yield {"text": text, "path": rel}, Where(f"{self.spec}/{rel}")
 
     def fingerprint(self) -> str:
-        root, files = stdlib_modules()
-        stats = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in files]
+        root = stdlib_modules()[0]
+        stats = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in self.files]
         return fingerprint([self.spec, sys.version, str(root), stats])
 
 
@@ -67,8 +74,8 @@ class StdlibQASource(StdlibSource):
     """``sample:stdlib-qa``: ``# module.qualname`` + signature → docstring."""
 
     def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
-        root, files = stdlib_modules()
-        for path in files:
+        root = stdlib_modules()[0]
+        for path in self.files:
             rel = path.relative_to(root).as_posix()
             module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
             tree = ast.parse(path.read_bytes(), filename=str(path))
@@ -102,7 +109,7 @@ def _signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
 SAMPLES = {"sample:stdlib": StdlibSource, "sample:stdlib-qa": StdlibQASource}
 
 
-def open_sample(spec: str) -> StdlibSource:
+def open_sample(spec: str, **options: Any) -> StdlibSource:
     if spec not in SAMPLES:
         raise DataError(f"unknown sample {spec!r}; built-in samples: {', '.join(SAMPLES)}")
     return SAMPLES[spec](spec)

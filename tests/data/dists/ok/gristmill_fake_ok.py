@@ -5,8 +5,11 @@ from gristmill.components import SourceType, Where
 
 
 class LinesSource:
-    def __init__(self, spec):
+    def __init__(self, spec, **options):
         self.spec = spec
+
+    def split(self, pieces):
+        return [self]
 
     def records(self):
         with open(self.spec, encoding="utf-8") as f:

@@ -1,0 +1,177 @@
+"""Reading files as streams: transparent .gz/.zst decompression, bounded lines, byte ranges.
+
+Shared by the text-based sources (JSON Lines, JSON, CSV). Everything streams in fixed-size chunks,
+so memory stays bounded whatever the file size; a truncated or corrupt archive is a
+:class:`~gristmill.errors.DataError` naming the file, never a silently shorter dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from gristmill.errors import DataError, MissingDependencyError
+
+CHUNK = 1 << 20
+COMPRESSIONS = (".gz", ".zst")
+
+
+def without_compression(name: str) -> str:
+    """``data.jsonl.gz`` → ``data.jsonl``: the name a source claims by suffix."""
+    lowered = name.lower()
+    for suffix in COMPRESSIONS:
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_compressed(path: str) -> bool:
+    return without_compression(path) != path
+
+
+def content_hash(path: str) -> str:
+    """SHA-256 of a file's bytes as stored (compressed files hash their compressed form)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decompressor(path: str) -> Any:
+    lowered = path.lower()
+    if lowered.endswith(".gz"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        import zstandard
+    except ImportError:
+        raise MissingDependencyError(
+            f"{path}: reading .zst files needs the zstandard package: pip install 'gristmill[zstd]'"
+        ) from None
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def chunks(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """The file's decompressed bytes in chunks; ``start``/``end`` select a byte range (plain files)."""
+    with open(path, "rb") as f:
+        if not is_compressed(path):
+            f.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                chunk = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+            return
+        yield from _decompressed(path, f)
+
+
+def _decompressed(path: str, f: BinaryIO) -> Iterator[bytes]:
+    stream = _decompressor(path)
+    finished = True  # an empty file holds zero members, which is not truncation
+    try:
+        while raw := f.read(CHUNK):
+            while raw:
+                finished = False
+                out = stream.decompress(raw)
+                if out:
+                    yield out
+                if not stream.eof:
+                    break
+                # Concatenated members/frames (pigz, zstd --rsyncable…): start a fresh stream.
+                finished, raw = True, stream.unused_data
+                stream = _decompressor(path)
+    except (zlib.error, ValueError) as exc:
+        raise DataError(
+            f"corrupt compressed data ({exc}); the file is damaged", where=path
+        ) from None
+    except Exception as exc:
+        if type(exc).__name__ != "ZstdError":
+            raise
+        raise DataError(
+            f"corrupt compressed data ({exc}); the file is damaged", where=path
+        ) from None
+    if not finished:
+        raise DataError(
+            "the compressed file ends early (truncated download or copy?); records before the "
+            "cut were read, the rest is missing",
+            where=path,
+        )
+
+
+def lines(
+    path: str, *, max_bytes: int, start: int = 0, end: int | None = None
+) -> Iterator[tuple[bytes | None, int]]:
+    """Each line (without its newline) and its 0-based index within the range.
+
+    A line longer than ``max_bytes`` is yielded as ``None`` and skipped without being held in
+    memory. With a byte range, the range owns the lines that start inside it.
+    """
+    pending: list[bytes] = []
+    size = 0
+    overlong = False
+    index = 0
+    for chunk in chunks(path, start, end):
+        pos = 0
+        while True:
+            cut = chunk.find(b"\n", pos)
+            if cut < 0:
+                piece = chunk[pos:]
+                if not overlong:
+                    size += len(piece)
+                    if size > max_bytes:
+                        overlong, pending = True, []
+                    elif piece:
+                        pending.append(piece)
+                break
+            piece = chunk[pos:cut]
+            if overlong or size + len(piece) > max_bytes:
+                yield None, index
+            else:
+                yield b"".join([*pending, piece]), index
+            index += 1
+            pending, size, overlong = [], 0, False
+            pos = cut + 1
+    if overlong:
+        yield None, index
+    elif pending:
+        yield b"".join(pending), index
+
+
+def line_ranges(path: str, pieces: int) -> list[tuple[int, int, int]]:
+    """Split a plain file into at most ``pieces`` ``(start, end, first_line)`` byte ranges.
+
+    Boundaries move forward to the next line start, so no line is cut; ``first_line`` is the
+    1-based number of each range's first line, counted in one pass over the file.
+    """
+    size = os.path.getsize(path)
+    if pieces <= 1 or size == 0:
+        return [(0, size, 1)]
+    bounds = [0]
+    with open(path, "rb") as f:
+        for k in range(1, pieces):
+            target = size * k // pieces
+            if target <= bounds[-1]:
+                continue
+            f.seek(target - 1)
+            f.readline()  # finish the line that straddles the target
+            if f.tell() < size and f.tell() > bounds[-1]:
+                bounds.append(f.tell())
+    bounds.append(size)
+    firsts = [1]
+    with open(path, "rb") as f:
+        for a, b in itertools.pairwise(bounds[:-1]):
+            newlines, remaining = 0, b - a
+            f.seek(a)
+            while remaining:
+                chunk = f.read(min(CHUNK * 16, remaining))
+                newlines += chunk.count(b"\n")
+                remaining -= len(chunk)
+            firsts.append(firsts[-1] + newlines)
+    return [(a, b, first) for a, b, first in zip(bounds[:-1], bounds[1:], firsts)]

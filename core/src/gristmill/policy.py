@@ -1,0 +1,73 @@
+"""The error policy: stop at the first bad record (``fail``), or count and set it aside (``skip``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import IO
+
+from gristmill.components import Rejected, Where
+from gristmill.errors import DataError
+
+POLICIES = ("fail", "skip")
+
+
+def reject_file(out_dir: Path) -> Path:
+    """Where skipped records go: ``OUT.rejects.jsonl`` beside the dataset directory."""
+    return out_dir.with_name(f"{out_dir.name}.rejects.jsonl")
+
+
+class ErrorPolicy:
+    def __init__(self, mode: str, rejects: Path):
+        if mode not in POLICIES:
+            raise DataError(f"on_error must be one of {', '.join(POLICIES)}, got {mode!r}")
+        self.mode = mode
+        self.path = rejects
+        self.counts: Counter[str] = Counter()
+        self._tmp = rejects.with_name(f"{rejects.name}.tmp-{os.getpid()}")
+        self._file: IO[str] | None = None
+
+    def reject(self, rejected: Rejected) -> None:
+        """A record that cannot be used: raise (fail) or count and write it to the reject file."""
+        if self.mode == "fail":
+            raise DataError(rejected.message, where=str(rejected.where), field=rejected.field)
+        self.counts[rejected.reason] += 1
+        if self._file is None:
+            # Kept open across calls; closed by close() or abort().
+            self._file = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
+        entry = {
+            "where": str(rejected.where),
+            "reason": rejected.reason,
+            "field": rejected.field,
+            "message": rejected.message,
+            "raw": rejected.raw,
+        }
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def source_failed(self, error: DataError) -> None:
+        """A source that cannot go on (truncated archive…): raise, or count it and move on."""
+        if self.mode == "fail":
+            raise error
+        self.reject(Rejected("unreadable-rest", error.reason, Where(error.where or "?")))
+
+    def close(self) -> dict[str, int]:
+        """Publish the reject file (or remove a stale one); return the counts per reason."""
+        if self._file is not None:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        elif self.path.exists():
+            self.path.unlink()
+        return dict(sorted(self.counts.items()))
+
+    def abort(self) -> None:
+        """Drop the half-written reject file of a run that failed."""
+        if self._file is not None:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+    def summary(self) -> str:
+        total = sum(self.counts.values())
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.counts.items()))
+        return f"skipped {total:,} record(s) ({reasons}); see {self.path}"

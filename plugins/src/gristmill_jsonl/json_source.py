@@ -1,0 +1,143 @@
+"""``json``: a top-level array of objects, or objects one after another, parsed as a stream.
+
+The parser keeps only the value being decoded in memory (bounded by ``max_record_bytes``), so a
+multi-gigabyte array exported from a notebook streams like JSON Lines does.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.errors import DataError
+from gristmill.files import chunks, content_hash
+
+SPACE = re.compile(r"[ \t\r\n]*")
+
+
+class JsonSource:
+    def __init__(
+        self, spec: str, *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, **options: Any
+    ):
+        self.spec = spec
+        self.max_record_bytes = max_record_bytes
+
+    def split(self, pieces: int) -> list[JsonSource]:
+        return [self]  # a JSON document has no boundaries to cut at without parsing it
+
+    def fingerprint(self) -> str:
+        return content_hash(self.spec)
+
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        reader = _Text(self.spec)
+        decoder = json.JSONDecoder()
+        if not reader.skip_whitespace():
+            return  # an empty file holds no records
+        in_array = reader.peek() == "["
+        if in_array:
+            reader.advance(1)
+        while True:
+            if not reader.skip_whitespace():
+                if in_array:
+                    yield self._malformed(reader, "the array is not closed with ]")
+                return
+            if in_array and reader.peek() == "]":
+                reader.advance(1)
+                if reader.skip_whitespace():
+                    yield self._malformed(reader, "unexpected data after the closing ]")
+                return
+            where = Where(self.spec, reader.line())
+            while True:
+                try:
+                    value, end = decoder.raw_decode(reader.buffer, reader.pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    incomplete = exc.pos >= len(reader.buffer) - 1 or exc.msg.startswith(
+                        "Unterminated string"
+                    )
+                    if incomplete and len(reader.buffer) - reader.pos > self.max_record_bytes:
+                        yield Rejected(
+                            "too-large",
+                            f"a value larger than {self.max_record_bytes:,} bytes; raise "
+                            "--max-record-bytes if such records are expected",
+                            where,
+                        )
+                        return
+                    if not incomplete or not reader.read_more():
+                        yield Rejected(
+                            "malformed-json",
+                            f"malformed JSON at line "
+                            f"{where.line + reader.buffer.count(chr(10), reader.pos, exc.pos)}: {exc.msg}",
+                            where,
+                            reader.buffer[reader.pos : reader.pos + 200],
+                        )
+                        return  # without a line structure there is no safe place to resume
+            reader.advance(end - reader.pos)
+            yield value, where
+            if in_array:
+                if not reader.skip_whitespace():
+                    continue  # reported as an unclosed array above
+                if reader.peek() == ",":
+                    reader.advance(1)
+                elif reader.peek() != "]":
+                    yield self._malformed(reader, "expected , or ] between array items")
+                    return
+
+    def _malformed(self, reader: _Text, message: str) -> Rejected:
+        where = Where(self.spec, reader.line())
+        return Rejected("malformed-json", f"malformed JSON: {message}", where)
+
+
+class _Text:
+    """Decoded text of a file with a cursor; consumed text is dropped, its lines counted."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._chunks = chunks(path)
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buffer = ""
+        self.pos = 0
+        self._counted = 0  # buffer position up to which newlines are counted …
+        self._line = 1  # … and the line number there
+
+    def read_more(self) -> bool:
+        # Drop what is consumed before growing, so the buffer holds about one value.
+        self.line()
+        self.buffer, self.pos, self._counted = self.buffer[self.pos :], 0, 0
+        for chunk in self._chunks:
+            try:
+                text = self._decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"not UTF-8 near line {self._line} ({exc.reason}); re-encode the file as UTF-8",
+                    where=self.path,
+                ) from None
+            if text:
+                self.buffer += text
+                return True
+        return False
+
+    def skip_whitespace(self) -> bool:
+        """Move past whitespace; False at the end of the file."""
+        while True:
+            self.pos = SPACE.match(self.buffer, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buffer):
+                return True
+            if not self.read_more():
+                return False
+
+    def peek(self) -> str:
+        return self.buffer[self.pos]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def line(self) -> int:
+        """The line number at the cursor (counting only the text not counted before)."""
+        self._line += self.buffer.count("\n", self._counted, self.pos)
+        self._counted = self.pos
+        return self._line

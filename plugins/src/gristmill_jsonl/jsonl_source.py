@@ -1,0 +1,71 @@
+"""``jsonl``: one JSON object per line; splits into line-aligned byte ranges."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.files import content_hash, is_compressed, line_ranges, lines
+
+
+class JsonlSource:
+    def __init__(
+        self,
+        spec: str,
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        byte_range: tuple[int, int | None, int] = (0, None, 1),
+        **options: Any,
+    ):
+        self.spec = spec
+        self.max_record_bytes = max_record_bytes
+        self.byte_range = byte_range  # (start, end, number of the first line)
+
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        start, end, first_line = self.byte_range
+        for raw, index in lines(self.spec, max_bytes=self.max_record_bytes, start=start, end=end):
+            where = Where(self.spec, first_line + index)
+            if raw is None:
+                yield Rejected(
+                    "too-large",
+                    f"the line is longer than {self.max_record_bytes:,} bytes; raise "
+                    "--max-record-bytes if such records are expected",
+                    where,
+                )
+                continue
+            if not raw.strip():
+                continue
+            yield parse_json_line(raw.rstrip(b"\r"), where, first=where.line == 1)
+
+    def split(self, pieces: int) -> list[JsonlSource]:
+        if is_compressed(self.spec) or self.byte_range != (0, None, 1):
+            return [self]
+        return [
+            JsonlSource(self.spec, max_record_bytes=self.max_record_bytes, byte_range=r)
+            for r in line_ranges(self.spec, pieces)
+        ]
+
+    def fingerprint(self) -> str:
+        return content_hash(self.spec)
+
+
+def parse_json_line(raw: bytes, where: Where, *, first: bool) -> tuple[Any, Where] | Rejected:
+    """One JSON value from one line, or why not."""
+    try:
+        # utf-8-sig on the first line: editors on Windows start files with a BOM.
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejected(
+            "not-utf8",
+            f"not UTF-8 (byte {exc.start + 1} of the line); re-encode the file as UTF-8",
+            where,
+            raw.decode("utf-8", errors="replace"),
+        )
+    try:
+        return json.loads(line), where
+    except json.JSONDecodeError as exc:
+        return Rejected(
+            "malformed-json", f"malformed JSON at column {exc.colno}: {exc.msg}", where, line
+        )
