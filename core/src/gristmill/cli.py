@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from gristmill._version import __version__
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES
 from gristmill.errors import GristmillError
 from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
+from gristmill.policy import POLICIES
 
 EPILOG = """\
 examples:
@@ -74,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-on-prompt",
         action="store_true",
         help="put loss on prompts too, not only completions",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=POLICIES,
+        default="fail",
+        help="fail: stop at the first bad record, naming file, line and field (default); "
+        "skip: count bad records per reason, write them to DIR.rejects.jsonl, go on",
+    )
+    p.add_argument(
+        "--max-record-bytes",
+        type=int,
+        default=DEFAULT_MAX_RECORD_BYTES,
+        metavar="N",
+        help="a record larger than this is rejected instead of read (default: %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
     p.add_argument(
@@ -152,6 +168,8 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         tokens_per_shard=args.tokens_per_shard,
         train_on_prompt=args.train_on_prompt,
+        on_error=args.on_error,
+        max_record_bytes=args.max_record_bytes,
         overwrite=args.overwrite,
         progress=args.progress,
     )

@@ -60,13 +60,8 @@ class JsonSource:
                         "Unterminated string"
                     )
                     if incomplete and len(reader.buffer) - reader.pos > self.max_record_bytes:
-                        yield Rejected(
-                            "too-large",
-                            f"a value larger than {self.max_record_bytes:,} bytes; raise "
-                            "--max-record-bytes if such records are expected",
-                            where,
-                        )
-                        return
+                        yield self._too_large(where)
+                        return  # the rest of the value was never read: no place to resume
                     if not incomplete or not reader.read_more():
                         yield Rejected(
                             "malformed-json",
@@ -76,8 +71,12 @@ class JsonSource:
                             reader.buffer[reader.pos : reader.pos + 200],
                         )
                         return  # without a line structure there is no safe place to resume
-            reader.advance(end - reader.pos)
-            yield value, where
+            size = end - reader.pos
+            reader.advance(size)
+            if size > self.max_record_bytes:  # parsed whole because it fit in one read
+                yield self._too_large(where)
+            else:
+                yield value, where
             if in_array:
                 if not reader.skip_whitespace():
                     continue  # reported as an unclosed array above
@@ -86,6 +85,14 @@ class JsonSource:
                 elif reader.peek() != "]":
                     yield self._malformed(reader, "expected , or ] between array items")
                     return
+
+    def _too_large(self, where: Where) -> Rejected:
+        return Rejected(
+            "too-large",
+            f"a value larger than {self.max_record_bytes:,} characters; raise "
+            "--max-record-bytes if such records are expected",
+            where,
+        )
 
     def _malformed(self, reader: _Text, message: str) -> Rejected:
         where = Where(self.spec, reader.line())
