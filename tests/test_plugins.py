@@ -26,7 +26,7 @@ from tests.helpers import DISTS, run_gristmill
 FIRST_PARTY = {
     "sample": {"sources": ["sample"]},
     "jsonl": {"sources": ["jsonl", "json"]},
-    "fields": {"field_mappers": ["prompt-completion", "text"]},
+    "fields": {"field_mappers": ["chat", "prompt-completion", "text"]},
     "byte": {"tokenizers": ["byte"]},
     "memmap-shards": {"shard_formats": ["memmap-shards"]},
     "none-packer": {"packers": ["none"]},

@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="a record larger than this is rejected instead of read (default: %(default)s)",
     )
+    p.add_argument(
+        "--column-names",
+        metavar="NAME,...",
+        help="column names for CSV/TSV files without a header row",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
     p.add_argument(
         "--progress",
@@ -170,6 +175,7 @@ def _prepare(args: argparse.Namespace) -> int:
         train_on_prompt=args.train_on_prompt,
         on_error=args.on_error,
         max_record_bytes=args.max_record_bytes,
+        column_names=args.column_names.split(",") if args.column_names else None,
         overwrite=args.overwrite,
         progress=args.progress,
     )

@@ -86,8 +86,12 @@ class Source(Protocol):
     """An opened source: yields raw records with their location, and splits into pieces.
 
     ``factory(spec, **options)`` opens one; options gristmill passes today: ``max_record_bytes``
-    (a record larger than this is rejected with reason ``too-large`` instead of read into memory).
-    Sources must accept and ignore options they do not know.
+    (a record larger than this is rejected with reason ``too-large`` instead of read into memory)
+    and ``column_names`` (names for the columns of header-less tables, or ``None``). Sources must
+    accept and ignore options they do not know.
+
+    A tabular source may also offer ``schema() -> dict[str, str]`` (column → type): gristmill
+    then checks that every file read by that source type in one run has the same schema.
     """
 
     spec: str

@@ -16,28 +16,54 @@ PROMPT_SEPARATOR = "\n"
 SYSTEM_SEPARATOR = "\n\n"
 
 
+ROLES = ("system", "user", "assistant")
+
+
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One training example: plain ``text``, or a ``prompt``/``completion`` pair (with ``system``)."""
+    """One training example: plain ``text``; a ``prompt``/``completion`` pair (with ``system``);
+    or chat ``messages``, a tuple of ``(role, content)`` with roles from :data:`ROLES`."""
 
     text: str | None = None
     prompt: str | None = None
     completion: str | None = None
     system: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
 
     def render(self, *, train_on_prompt: bool = False) -> tuple[str, tuple[tuple[int, int], ...]]:
         """The text to tokenize and the ``(start, end)`` character spans that carry loss.
 
-        Prompt/completion examples use the plain template ``{system}\\n\\n{prompt}\\n{completion}``
+        Prompt/completion examples use the plain template ``{system}\n\n{prompt}\n{completion}``
         (the system part only when present); the completion alone carries loss unless
-        ``train_on_prompt``. Tokenizers with a chat template render differently.
+        ``train_on_prompt``. Chat examples use the built-in template: each turn is
+        ``<|{role}|>\n{content}\n``, and each assistant turn's ``{content}\n`` carries loss.
+        Tokenizers with a chat template of their own render differently.
         """
         if self.text is not None:
             return self.text, ((0, len(self.text)),)
+        if self.messages is not None:
+            return _render_chat(self.messages, train_on_prompt)
         head = f"{self.system}{SYSTEM_SEPARATOR}" if self.system else ""
         head += f"{self.prompt}{PROMPT_SEPARATOR}"
         text = head + (self.completion or "")
         return text, ((0 if train_on_prompt else len(head), len(text)),)
+
+
+def _render_chat(
+    messages: tuple[tuple[str, str], ...], train_on_prompt: bool
+) -> tuple[str, tuple[tuple[int, int], ...]]:
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    size = 0
+    for role, content in messages:
+        head = f"<|{role}|>\n"
+        body = f"{content}\n"
+        if role == "assistant":
+            spans.append((size + len(head), size + len(head) + len(body)))
+        parts += [head, body]
+        size += len(head) + len(body)
+    text = "".join(parts)
+    return text, ((0, len(text)),) if train_on_prompt else tuple(spans)
 
 
 def loss_mask(offsets: np.ndarray, spans: tuple[tuple[int, int], ...]) -> np.ndarray:

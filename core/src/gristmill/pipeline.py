@@ -52,6 +52,7 @@ def prepare(
     train_on_prompt: bool = False,
     on_error: str = "fail",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    column_names: Sequence[str] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     manager: PluginManager | None = None,
@@ -77,7 +78,10 @@ def prepare(
         raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
     fields = dict(fields or {})
     # Resolve every component before the output directory is touched.
-    opened = open_sources(specs, manager, max_record_bytes=max_record_bytes)
+    column_names = list(column_names) if column_names else None
+    opened = open_sources(
+        specs, manager, max_record_bytes=max_record_bytes, column_names=column_names
+    )
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
     fmt = manager.shard_format(shard_format)
     if format != "auto":
@@ -93,6 +97,7 @@ def prepare(
         "train_on_prompt": train_on_prompt,
         "on_error": on_error,
         "max_record_bytes": max_record_bytes,
+        "column_names": column_names,
     }
     provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
     config_fp = fingerprint(
@@ -125,8 +130,14 @@ def prepare(
     index = 0
     policy = ErrorPolicy(on_error, reject_file(out_dir))
     with bar:
+        schemas = SchemaCheck()
         for source_entry, source in zip(provenance, opened):
             count = 0
+            drift = schemas.drift(source)
+            if drift:
+                policy.reject(Rejected("schema-drift", drift, Where(source.spec)))
+                source_entry["records"] = 0
+                continue
             examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
             while batch := list(islice(examples, BATCH)):
                 ids, masks = [], []
@@ -199,6 +210,36 @@ def prepare(
     )
     log.info(f"{out_dir}: wrote {totals}")
     return manifest
+
+
+class SchemaCheck:
+    """Sources of one kind that describe their columns (``schema()``) must all agree.
+
+    A Parquet file whose column types differ from the first one's would otherwise fail, or worse
+    pass, record by record; one clear message per file is better.
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[type, tuple[str, dict[str, str]]] = {}
+
+    def drift(self, source: Any) -> str | None:
+        describe = getattr(source, "schema", None)
+        if describe is None:
+            return None
+        schema = describe()
+        spec, reference = self.first.setdefault(type(source), (source.spec, schema))
+        differences = [
+            f"column {name!r} is {reference.get(name, 'absent')} there, "
+            f"{schema.get(name, 'absent')} here"
+            for name in sorted(set(reference) | set(schema))
+            if reference.get(name) != schema.get(name)
+        ]
+        if not differences:
+            return None
+        return (
+            f"the schema differs from {spec}'s: {'; '.join(differences)}; "
+            "make the files agree, or prepare them separately"
+        )
 
 
 def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, Any] | None:

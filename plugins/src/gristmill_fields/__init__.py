@@ -1,4 +1,4 @@
-"""Field mappers ``text`` and ``prompt-completion``: raw records to canonical examples."""
+"""Field mappers ``chat``, ``prompt-completion`` and ``text``: raw records to canonical examples."""
 
 from __future__ import annotations
 
@@ -64,13 +64,76 @@ def prompt_completion_mapper(fields: Mapping[str, str]) -> FieldMap:
         if extra and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
         completion = _text(record, _column(record, fields, "completion", COMPLETION_ALIASES))
-        system_column = fields.get("system") or next(
-            (a for a in SYSTEM_ALIASES if a in record), SYSTEM_ALIASES[0]
-        )
-        system = _text(record, system_column, required=False)
+        system = _text(record, _system_column(record, fields), required=False)
         return Example(prompt=prompt, completion=completion, system=system or None)
 
     return to_example
+
+
+# ShareGPT speakers → canonical roles; OpenAI roles map to themselves.
+SPEAKERS = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+CHAT_ALIASES = ("messages", "conversations")
+
+
+def chat_mapper(fields: Mapping[str, str]) -> FieldMap:
+    def to_example(record: Mapping[str, Any]) -> Example:
+        column = _column(record, fields, "messages", CHAT_ALIASES)
+        turns = record[column]
+        if not isinstance(turns, list) or not turns:
+            kind = "null" if turns is None else type(turns).__name__
+            problem = (
+                "empty" if isinstance(turns, list) else f"expected a list of turns, got {kind}"
+            )
+            raise FieldError(
+                column, problem, "empty-field" if isinstance(turns, list) else "wrong-type"
+            )
+        messages = [_turn(column, i, turn) for i, turn in enumerate(turns)]
+        system = _text(record, _system_column(record, fields), required=False)
+        if system and system.strip() and messages[0][0] != "system":
+            messages.insert(0, ("system", system))
+        if not any(role == "assistant" and content.strip() for role, content in messages):
+            raise FieldError(
+                column, "no assistant turn with text: nothing to train on", "no-assistant-turn"
+            )
+        return Example(messages=tuple(messages))
+
+    return to_example
+
+
+def _system_column(record: Mapping[str, Any], fields: Mapping[str, str]) -> str:
+    return fields.get("system") or next(
+        (a for a in SYSTEM_ALIASES if a in record), SYSTEM_ALIASES[0]
+    )
+
+
+def _turn(column: str, index: int, turn: Any) -> tuple[str, str]:
+    """One turn as ``(role, content)``: OpenAI ``{role, content}`` or ShareGPT ``{from, value}``."""
+    where = f"{column}[{index}]"
+    if not isinstance(turn, Mapping):
+        raise FieldError(
+            where,
+            f"expected an object with role and content, got {type(turn).__name__}",
+            "wrong-type",
+        )
+    speaker_key, text_key = ("role", "content") if "role" in turn else ("from", "value")
+    speaker = turn.get(speaker_key)
+    role = SPEAKERS.get(speaker) if isinstance(speaker, str) else None
+    if role is None:
+        known = ", ".join(SPEAKERS)
+        raise FieldError(
+            f"{where}.{speaker_key}", f"unknown role {speaker!r}; known: {known}", "bad-role"
+        )
+    content = turn.get(text_key)
+    if not isinstance(content, str):
+        kind = "null" if content is None else type(content).__name__
+        raise FieldError(f"{where}.{text_key}", f"expected text, got {kind}", "wrong-type")
+    return role, content
 
 
 def _has_any(keys: Collection[str], names: tuple[str, ...]) -> bool:
@@ -80,6 +143,15 @@ def _has_any(keys: Collection[str], names: tuple[str, ...]) -> bool:
 @hookimpl
 def gristmill_field_mappers() -> list[FieldMapperType]:
     return [
+        FieldMapperType(
+            name="chat",
+            description="OpenAI messages (role/content) or ShareGPT conversations (from/value), "
+            "optional system; loss on assistant turns",
+            detect=lambda keys: _has_any(keys, CHAT_ALIASES),
+            factory=chat_mapper,
+            fields=("messages", "system"),
+            priority=30,
+        ),
         FieldMapperType(
             name="prompt-completion",
             description="prompt (instruction/question [+ input]) → completion (response/output/"
