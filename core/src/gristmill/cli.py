@@ -19,6 +19,7 @@ examples:
   gristmill prepare 'corpus/*.jsonl' -o data/corpus --val-fraction 0.01
   gristmill inspect data/stdlib-qa --decode 3
   gristmill plugins --all
+  gristmill presets
 
 Source specs: files, globs and directories (each file read by the source that claims its suffix),
 or prefixed specs such as sample:stdlib. Tokenizer specs: byte, or what plugins add.
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--split", default=None, help="decode from this split (default: train)")
     i.add_argument("--json", action="store_true", help="print one JSON object instead")
 
+    pr = sub.add_parser(
+        "presets",
+        help="list named datasets (use them as preset:NAME)",
+        description="List the presets plugins provide: where each dataset lives, its default "
+        "tokenizer and whether it is streamed. Prepare one with "
+        "`gristmill prepare preset:NAME -o DIR`.",
+    )
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     pl = sub.add_parser(
         "plugins",
         help="list installed plugins and the components they provide",
@@ -146,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return inspect_dataset(
                 args.directory, decode=args.decode, split=args.split, as_json=args.json
             )
+        if args.command == "presets":
+            from gristmill.report import list_presets
+
+            return list_presets(as_json=args.json)
         from gristmill.report import list_plugins
 
         return list_plugins(show_all=args.all, as_json=args.json)

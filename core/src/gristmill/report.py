@@ -173,3 +173,29 @@ def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
             print(f"conflict: {message}")
     failed = any(p.status == "error" for p in plugins)
     return 1 if failed or conflicts else 0
+
+
+def list_presets(*, as_json: bool = False) -> int:
+    presets = get_manager().components("presets")
+    rows = [
+        {
+            "name": name,
+            "source": p.source,  # type: ignore[attr-defined]
+            "text_field": p.text_field,  # type: ignore[attr-defined]
+            "tokenizer": p.tokenizer,  # type: ignore[attr-defined]
+            "streaming": p.streaming,  # type: ignore[attr-defined]
+            "description": p.description,
+        }
+        for name, p in sorted(presets.items())
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        mode = "streamed" if row["streaming"] else "downloaded"
+        print(
+            f"{row['name']:<18} {row['source']}  ({mode}, text field {row['text_field']!r}, "
+            f"tokenizer {row['tokenizer']})"
+        )
+        print(f"{'':<18} {row['description']}")
+    return 0

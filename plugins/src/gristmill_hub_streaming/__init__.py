@@ -1,0 +1,48 @@
+"""``hub-streaming``: Hugging Face datasets read with ``datasets.load_dataset(..., streaming=True)``.
+
+Specs:
+
+- ``hub:ORG/NAME[:CONFIG][@REVISION][#SPLIT]``: a Hub dataset, streamed (nothing is downloaded
+  up front); ``SPLIT`` defaults to ``train``;
+- ``hub:/path/to/folder`` or ``hub:./folder``: a local dataset folder (data files, a dataset card);
+- ``hub:http://host/file.jsonl`` (or ``.json``, ``.csv``, ``.parquet``, ``.txt``): files served over
+  HTTP;
+- ``preset:NAME``: a named dataset from ``gristmill presets``.
+
+Splitting for ranks and workers uses the library's own sharding (``IterableDataset.shard``, by
+data file). Remote code never runs: datasets that need a loading script are refused by ``datasets``
+itself.
+"""
+
+from __future__ import annotations
+
+from gristmill import hookimpl
+from gristmill.components import PresetType, SourceType
+from gristmill_hub_streaming.presets import PRESETS, open_preset
+from gristmill_hub_streaming.source import HubSource
+
+
+@hookimpl
+def gristmill_sources() -> list[SourceType]:
+    return [
+        SourceType(
+            name="hub",
+            description="Hugging Face datasets, streamed: hub:ORG/NAME[:config][@rev][#split], "
+            "hub:FOLDER, hub:http://…/file.jsonl",
+            prefixes=("hub:",),
+            factory=HubSource,
+            requires="hub",
+        ),
+        SourceType(
+            name="preset",
+            description="a named dataset (see `gristmill presets`): preset:NAME",
+            prefixes=("preset:",),
+            factory=open_preset,
+            requires="hub",
+        ),
+    ]
+
+
+@hookimpl
+def gristmill_presets() -> list[PresetType]:
+    return list(PRESETS)
