@@ -87,7 +87,9 @@ TURN_TEXT = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_si
 def test_loss_covers_exactly_the_assistant_turns(tmp_path_factory, write_jsonl, turns):
     root = tmp_path_factory.mktemp("chat")
     record = {"messages": [{"role": r, "content": c} for r, c in turns]}
-    gristmill.prepare(write_jsonl([record], "c.jsonl"), root / "out", progress=False)
+    gristmill.prepare(
+        write_jsonl([record], "c.jsonl"), root / "out", normalize=False, progress=False
+    )
     text, trained = decoded(root / "out")
     assert text == "".join(f"<|{r}|>\n{c}\n" for r, c in turns) + "<|endoftext|>"
     expected = "".join(f"{c}\n" for r, c in turns if r == "assistant")

@@ -202,3 +202,22 @@ def test_the_val_split_depends_on_content_not_order(tmp_path, write_jsonl):
 
     forward, backward = val_texts(a, tmp_path / "fa"), val_texts(b, tmp_path / "fb")
     assert forward == backward and 40 < len(forward) < 120
+
+
+def test_normalisation_and_dedup(tmp_path, write_jsonl):
+    decomposed, composed = "Cafe\u0301 au lait", "Caf\u00e9 au lait"
+    src = write_jsonl([{"text": decomposed}, {"text": composed}, {"text": "other"}])
+
+    def docs(out, **options):
+        manifest = gristmill.prepare(src, out, progress=False, **options)
+        ds = gristmill.open_dataset(out)
+        texts = [ds.tokenizer.decode(ds.documents.document(i)[0]) for i in range(len(ds))]
+        return texts, manifest["provenance"]["duplicates"]
+
+    assert docs(tmp_path / "a") == ([composed + "<|endoftext|>"] * 2 + ["other<|endoftext|>"], 0)
+    assert docs(tmp_path / "b", dedup=True) == (
+        [composed + "<|endoftext|>", "other<|endoftext|>"],
+        1,
+    )
+    raw, _ = docs(tmp_path / "c", normalize=False, dedup=True)
+    assert raw == [decomposed + "<|endoftext|>", composed + "<|endoftext|>", "other<|endoftext|>"]

@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="put loss on prompts too, not only completions",
     )
     p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Unicode NFC normalisation of all text (default: on; --no-normalize for code "
+        "or data whose exact code points matter)",
+    )
+    p.add_argument(
+        "--dedup",
+        action="store_true",
+        help="drop exact duplicate documents (same tokens and loss mask); keeps the first",
+    )
+    p.add_argument(
         "--on-error",
         choices=POLICIES,
         default="fail",
@@ -187,6 +199,8 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         tokens_per_shard=args.tokens_per_shard,
         train_on_prompt=args.train_on_prompt,
+        normalize=args.normalize,
+        dedup=args.dedup,
         on_error=args.on_error,
         max_record_bytes=args.max_record_bytes,
         column_names=args.column_names.split(",") if args.column_names else None,

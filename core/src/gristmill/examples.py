@@ -8,6 +8,7 @@ trainable when it starts inside such a span. Computing the mask from offsets int
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,22 @@ class Example:
     system: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
 
+    def normalized(self) -> Example:
+        """The same example with every text in Unicode NFC (composed characters).
+
+        Visually identical text then tokenizes identically ("é" as one code point, not "e" plus
+        a combining accent). Code and data where the exact code points matter should turn it off.
+        """
+        if self.messages is not None:
+            messages = tuple((role, _nfc(content)) for role, content in self.messages)
+            return Example(messages=messages)
+        return Example(
+            text=_nfc(self.text),
+            prompt=_nfc(self.prompt),
+            completion=_nfc(self.completion),
+            system=_nfc(self.system),
+        )
+
     def render(self, *, train_on_prompt: bool = False) -> tuple[str, tuple[tuple[int, int], ...]]:
         """The text to tokenize and the ``(start, end)`` character spans that carry loss.
 
@@ -47,6 +64,12 @@ class Example:
         head += f"{self.prompt}{PROMPT_SEPARATOR}"
         text = head + (self.completion or "")
         return text, ((0 if train_on_prompt else len(head), len(text)),)
+
+
+def _nfc(text: str | None) -> str | None:
+    if text is None or unicodedata.is_normalized("NFC", text):  # the fast, common case
+        return text
+    return unicodedata.normalize("NFC", text)
 
 
 def _render_chat(

@@ -50,6 +50,8 @@ def prepare(
     tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD,
     shard_format: str = "memmap-shards",
     train_on_prompt: bool = False,
+    normalize: bool = True,
+    dedup: bool = False,
     on_error: str = "fail",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     column_names: Sequence[str] | None = None,
@@ -95,6 +97,8 @@ def prepare(
         "tokens_per_shard": tokens_per_shard,
         "shard_format": shard_format,
         "train_on_prompt": train_on_prompt,
+        "normalize": normalize,
+        "dedup": dedup,
         "on_error": on_error,
         "max_record_bytes": max_record_bytes,
         "column_names": column_names,
@@ -127,7 +131,8 @@ def prepare(
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
-    index = 0
+    index = duplicates = 0
+    seen: set[bytes] = set()  # 16-byte digests of kept documents, with --dedup
     policy = ErrorPolicy(on_error, reject_file(out_dir))
     with bar:
         schemas = SchemaCheck()
@@ -140,14 +145,23 @@ def prepare(
                 continue
             examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
             while batch := list(islice(examples, BATCH)):
-                ids, masks = [], []
+                if normalize:
+                    batch = [(example.normalized(), where) for example, where in batch]
+                ids, masks, digests = [], [], []
                 for result in _encode(tok, batch, train_on_prompt):
                     if isinstance(result, Rejected):
                         policy.reject(result)
-                    else:
-                        ids.append(result[0])
-                        masks.append(result[1])
-                splits = _assign_splits(ids, seed, val_fraction)
+                        continue
+                    digest = _digest(*result)
+                    if dedup:
+                        if digest in seen:
+                            duplicates += 1
+                            continue
+                        seen.add(digest)
+                    ids.append(result[0])
+                    masks.append(result[1])
+                    digests.append(digest)
+                splits = _assign_splits(digests, seed, val_fraction)
                 for split in ("train", "val"):
                     chosen = np.flatnonzero(splits == split)
                     if not len(chosen):
@@ -166,6 +180,8 @@ def prepare(
     skipped = policy.close()
     if skipped:
         log.warning(f"{out_dir}: {policy.summary()}")
+    if dedup:
+        log.info(f"{out_dir}: dropped {duplicates:,} exact duplicate document(s)")
     if not index:
         raise DataError(f"the sources hold no usable records: {', '.join(map(str, specs))}")
 
@@ -200,7 +216,12 @@ def prepare(
             "pad_id": tok.pad_id,
         },
         "splits": splits_entry,
-        "provenance": {"sources": provenance, "config": config, "skipped": skipped},
+        "provenance": {
+            "sources": provenance,
+            "config": config,
+            "skipped": skipped,
+            "duplicates": duplicates,
+        },
     }
     write_manifest(out_dir, manifest)
     (out_dir / INCOMPLETE).unlink()
@@ -340,22 +361,30 @@ def _add_specials(
     return doc, mask
 
 
-def _assign_splits(docs: list[np.ndarray], seed: int, val_fraction: float) -> np.ndarray:
-    """``"train"`` or ``"val"`` per document, from a seeded hash of its tokens.
+def _digest(ids: np.ndarray, mask: np.ndarray | None) -> bytes:
+    """A document's identity: its tokens and loss mask (for --dedup and the split)."""
+    digest = hashlib.blake2b(ids.tobytes(), digest_size=16)
+    if mask is not None:
+        digest.update(mask.tobytes())
+    return digest.digest()
+
+
+def _assign_splits(digests: list[bytes], seed: int, val_fraction: float) -> np.ndarray:
+    """``"train"`` or ``"val"`` per document, from a seeded hash of its content.
 
     A document's split depends only on its content and the seed: stable under reordering and
     parallelism, and identical documents never straddle train and val.
     """
     if val_fraction <= 0:
-        return np.full(len(docs), "train")
+        return np.full(len(digests), "train")
     key = (seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
     hashes = np.fromiter(
         (
-            int.from_bytes(hashlib.blake2b(d.tobytes(), digest_size=8, key=key).digest(), "little")
-            for d in docs
+            int.from_bytes(hashlib.blake2b(d, digest_size=8, key=key).digest(), "little")
+            for d in digests
         ),
         dtype=np.uint64,
-        count=len(docs),
+        count=len(digests),
     )
     uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(uniform < val_fraction, "val", "train")
