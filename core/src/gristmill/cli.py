@@ -46,18 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset directory")
     p.add_argument("--tokenizer", default="byte", metavar="SPEC", help="tokenizer (default: byte)")
-    p.add_argument(
-        "--format",
-        default="auto",
-        metavar="NAME",
-        help="field mapper: auto (default: chosen from each source's first record), text, "
-        "prompt-completion, or one a plugin adds",
-    )
-    p.add_argument(
-        "--fields",
-        metavar="NAME=COLUMN,...",
-        help="read canonical fields from other columns, e.g. prompt=question,completion=answer",
-    )
+    _add_reading_options(p)
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -79,35 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="put loss on prompts too, not only completions",
     )
     p.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Unicode NFC normalisation of all text (default: on; --no-normalize for code "
-        "or data whose exact code points matter)",
-    )
-    p.add_argument(
         "--dedup",
         action="store_true",
         help="drop exact duplicate documents (same tokens and loss mask); keeps the first",
-    )
-    p.add_argument(
-        "--on-error",
-        choices=POLICIES,
-        default="fail",
-        help="fail: stop at the first bad record, naming file, line and field (default); "
-        "skip: count bad records per reason, write them to DIR.rejects.jsonl, go on",
-    )
-    p.add_argument(
-        "--max-record-bytes",
-        type=int,
-        default=DEFAULT_MAX_RECORD_BYTES,
-        metavar="N",
-        help="a record larger than this is rejected instead of read (default: %(default)s)",
-    )
-    p.add_argument(
-        "--column-names",
-        metavar="NAME,...",
-        help="column names for CSV/TSV files without a header row",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
     p.add_argument(
@@ -116,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar (default: only on a terminal)",
     )
+
+    c = sub.add_parser(
+        "convert",
+        help="write any readable source as one plain .jsonl or .parquet file",
+        description="Read sources, map their fields exactly as prepare does, and write the "
+        "canonical records ({text} | {prompt, completion, system} | {messages}) to one file, "
+        "which appears only when complete.",
+    )
+    c.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl or OUT.parquet")
+    _add_reading_options(c)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     i = sub.add_parser(
         "inspect",
@@ -152,6 +127,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_reading_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by prepare and convert: how records are read and mapped."""
+    p.add_argument(
+        "--format",
+        default="auto",
+        metavar="NAME",
+        help="field mapper: auto (default: chosen from each source's first record), chat, "
+        "prompt-completion, text, or one a plugin adds",
+    )
+    p.add_argument(
+        "--fields",
+        metavar="NAME=COLUMN,...",
+        help="read canonical fields from other columns, e.g. prompt=question,completion=answer",
+    )
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Unicode NFC normalisation of all text (default: on; --no-normalize for code "
+        "or data whose exact code points matter)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=POLICIES,
+        default="fail",
+        help="fail: stop at the first bad record, naming file, line and field (default); "
+        "skip: count bad records per reason, write them beside the output "
+        "(OUTPUT.rejects.jsonl), go on",
+    )
+    p.add_argument(
+        "--max-record-bytes",
+        type=int,
+        default=DEFAULT_MAX_RECORD_BYTES,
+        metavar="N",
+        help="a record larger than this is rejected instead of read (default: %(default)s)",
+    )
+    p.add_argument(
+        "--column-names",
+        metavar="NAME,...",
+        help="column names for CSV/TSV files without a header row",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -162,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             return _prepare(args)
+        if args.command == "convert":
+            return _convert(args)
         if args.command == "inspect":
             from gristmill.report import inspect_dataset
 
@@ -185,27 +205,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.removeHandler(handler)
 
 
-def _prepare(args: argparse.Namespace) -> int:
+def _reading_options(args: argparse.Namespace) -> dict[str, object]:
     from gristmill.mapping import parse_fields
+
+    return {
+        "format": args.format,
+        "fields": parse_fields(args.fields),
+        "normalize": args.normalize,
+        "on_error": args.on_error,
+        "max_record_bytes": args.max_record_bytes,
+        "column_names": args.column_names.split(",") if args.column_names else None,
+    }
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from gristmill.convert import convert
+
+    convert(args.sources, args.output, overwrite=args.overwrite, **_reading_options(args))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
     from gristmill.pipeline import prepare
 
     prepare(
         args.sources,
         args.output,
         tokenizer=args.tokenizer,
-        format=args.format,
-        fields=parse_fields(args.fields),
         val_fraction=args.val_fraction,
         seed=args.seed,
         tokens_per_shard=args.tokens_per_shard,
         train_on_prompt=args.train_on_prompt,
-        normalize=args.normalize,
         dedup=args.dedup,
-        on_error=args.on_error,
-        max_record_bytes=args.max_record_bytes,
-        column_names=args.column_names.split(",") if args.column_names else None,
         overwrite=args.overwrite,
         progress=args.progress,
+        **_reading_options(args),
     )
     return 0
 

@@ -31,6 +31,14 @@ class Example:
     system: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
 
+    def as_record(self) -> dict[str, object]:
+        """The canonical record: the fields that are set (chat turns as role/content objects)."""
+        if self.messages is not None:
+            return {"messages": [{"role": r, "content": c} for r, c in self.messages]}
+        fields = {"text": self.text, "prompt": self.prompt, "completion": self.completion}
+        fields["system"] = self.system
+        return {k: v for k, v in fields.items() if v is not None}
+
     def normalized(self) -> Example:
         """The same example with every text in Unicode NFC (composed characters).
 

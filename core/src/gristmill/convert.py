@@ -1,0 +1,118 @@
+"""``convert``: any readable source to one plain JSONL or Parquet file of canonical records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Where
+from gristmill.errors import DataError, DatasetError, MissingDependencyError
+from gristmill.examples import Example
+from gristmill.mapping import check_fields, mapped_examples
+from gristmill.plugins import PluginManager, get_manager
+from gristmill.policy import ErrorPolicy
+from gristmill.sources import open_sources
+
+log = logging.getLogger("gristmill")
+
+PARQUET_ROWS = 10_000  # rows per Parquet row group: bounded memory, decent compression
+
+
+def convert(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    fields: Mapping[str, str] | None = None,
+    normalize: bool = True,
+    on_error: str = "fail",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    column_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    manager: PluginManager | None = None,
+) -> dict[str, Any]:
+    """Write the canonical records of ``sources`` to ``out`` (``.jsonl`` or ``.parquet``).
+
+    Records are mapped exactly as ``prepare`` maps them (``{"text"}``, ``{"prompt",
+    "completion"[, "system"]}`` or ``{"messages": [{"role", "content"}…]}``), with the same error
+    policy; the file appears only when complete. Returns ``{"records": N, "skipped": {...}}``.
+    """
+    manager = manager or get_manager()
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    out_path = Path(out)
+    suffix = out_path.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise DataError(f"{out_path}: the output must end in .jsonl or .parquet")
+    if out_path.exists() and not overwrite:
+        raise DatasetError(f"{out_path} exists; pass --overwrite to replace it")
+    fields = dict(fields or {})
+    if format != "auto":
+        check_fields(manager.field_mapper(format), fields)
+    opened = open_sources(
+        specs,
+        manager,
+        max_record_bytes=int(max_record_bytes),
+        column_names=list(column_names) if column_names else None,
+    )
+    policy = ErrorPolicy(on_error, out_path.with_name(f"{out_path.name}.rejects.jsonl"))
+
+    def examples() -> Iterator[tuple[Example, Where]]:
+        for source in opened:
+            for example, where in mapped_examples(
+                source, format, fields, manager, policy, log.info
+            ):
+                yield (example.normalized() if normalize else example), where
+
+    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+    try:
+        count = (_write_parquet if suffix == ".parquet" else _write_jsonl)(tmp, examples())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        policy.abort()
+        raise
+    os.replace(tmp, out_path)
+    skipped = policy.close()
+    if skipped:
+        log.warning(f"{out_path}: {policy.summary()}")
+    log.info(f"{out_path}: wrote {count:,} records")
+    return {"records": count, "skipped": skipped}
+
+
+def _write_jsonl(path: Path, examples: Iterator[tuple[Example, Where]]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for example, _ in examples:
+            f.write(json.dumps(example.as_record(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _write_parquet(path: Path, examples: Iterator[tuple[Example, Where]]) -> int:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError(
+            "writing Parquet needs pyarrow: pip install 'gristmill[parquet]'"
+        ) from None
+    turn = pa.struct([("role", pa.string()), ("content", pa.string())])
+    schema = pa.schema(
+        [(name, pa.string()) for name in ("text", "prompt", "completion", "system")]
+        + [("messages", pa.list_(turn))]
+    )
+    count = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        rows: list[dict[str, Any]] = []
+        for example, _ in examples:
+            rows.append(example.as_record())
+            if len(rows) == PARQUET_ROWS:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                count, rows = count + len(rows), []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            count += len(rows)
+    return count
