@@ -12,7 +12,7 @@ from typing import Any
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Where
 from gristmill.errors import DataError, DatasetError, MissingDependencyError
 from gristmill.examples import Example
-from gristmill.mapping import check_fields, mapped_examples
+from gristmill.mapping import SchemaCheck, check_fields, mapped_examples
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.policy import ErrorPolicy
 from gristmill.sources import open_sources
@@ -61,7 +61,10 @@ def convert(
     policy = ErrorPolicy(on_error, out_path.with_name(f"{out_path.name}.rejects.jsonl"))
 
     def examples() -> Iterator[tuple[Example, Where]]:
+        schemas = SchemaCheck()
         for source in opened:
+            if not schemas.admit(source, policy):
+                continue
             for example, where in mapped_examples(
                 source, format, fields, manager, policy, log.info
             ):

@@ -54,6 +54,47 @@ def check_fields(mapper: FieldMapperType, fields: Mapping[str, str]) -> None:
         )
 
 
+class SchemaCheck:
+    """Sources of one kind that describe their columns (``schema()``) must all agree.
+
+    A Parquet file whose column types differ from the first one's would otherwise fail, or worse
+    pass, record by record; one clear message per file is better.
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[type, tuple[str, dict[str, str]]] = {}
+
+    def admit(self, source: Source, policy: ErrorPolicy) -> bool:
+        """Whether to read ``source``; a drifting or unreadable one goes to the error policy."""
+        try:
+            drift = self.drift(source)
+        except DataError as exc:  # e.g. a Parquet footer that cannot be read
+            policy.source_failed(exc)
+            return False
+        if drift:
+            policy.reject(Rejected("schema-drift", drift, Where(source.spec)))
+        return not drift
+
+    def drift(self, source: Any) -> str | None:
+        describe = getattr(source, "schema", None)
+        if describe is None:
+            return None
+        schema = describe()
+        spec, reference = self.first.setdefault(type(source), (source.spec, schema))
+        differences = [
+            f"column {name!r} is {reference.get(name, 'absent')} there, "
+            f"{schema.get(name, 'absent')} here"
+            for name in sorted(set(reference) | set(schema))
+            if reference.get(name) != schema.get(name)
+        ]
+        if not differences:
+            return None
+        return (
+            f"the schema differs from {spec}'s: {'; '.join(differences)}; "
+            "make the files agree, or prepare them separately"
+        )
+
+
 def mapped_examples(
     source: Source,
     fmt: str,

@@ -26,7 +26,7 @@ from gristmill.manifest import (
     write_atomic,
     write_manifest,
 )
-from gristmill.mapping import check_fields, mapped_examples
+from gristmill.mapping import SchemaCheck, check_fields, mapped_examples
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.policy import POLICIES, ErrorPolicy, reject_file
 from gristmill.sources import open_sources
@@ -138,9 +138,7 @@ def prepare(
         schemas = SchemaCheck()
         for source_entry, source in zip(provenance, opened):
             count = 0
-            drift = schemas.drift(source)
-            if drift:
-                policy.reject(Rejected("schema-drift", drift, Where(source.spec)))
+            if not schemas.admit(source, policy):
                 source_entry["records"] = 0
                 continue
             examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
@@ -231,36 +229,6 @@ def prepare(
     )
     log.info(f"{out_dir}: wrote {totals}")
     return manifest
-
-
-class SchemaCheck:
-    """Sources of one kind that describe their columns (``schema()``) must all agree.
-
-    A Parquet file whose column types differ from the first one's would otherwise fail, or worse
-    pass, record by record; one clear message per file is better.
-    """
-
-    def __init__(self) -> None:
-        self.first: dict[type, tuple[str, dict[str, str]]] = {}
-
-    def drift(self, source: Any) -> str | None:
-        describe = getattr(source, "schema", None)
-        if describe is None:
-            return None
-        schema = describe()
-        spec, reference = self.first.setdefault(type(source), (source.spec, schema))
-        differences = [
-            f"column {name!r} is {reference.get(name, 'absent')} there, "
-            f"{schema.get(name, 'absent')} here"
-            for name in sorted(set(reference) | set(schema))
-            if reference.get(name) != schema.get(name)
-        ]
-        if not differences:
-            return None
-        return (
-            f"the schema differs from {spec}'s: {'; '.join(differences)}; "
-            "make the files agree, or prepare them separately"
-        )
 
 
 def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, Any] | None:

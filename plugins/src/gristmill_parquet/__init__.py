@@ -1,0 +1,24 @@
+"""``parquet``: Parquet files read row group by row group, with optional column projection.
+
+Importing this plugin does not import pyarrow: every rank of a job imports every plugin, and
+``gristmill plugins`` must work without the extra. pyarrow loads when a Parquet file is opened.
+"""
+
+from __future__ import annotations
+
+from gristmill import hookimpl
+from gristmill.components import SourceType
+from gristmill_parquet.parquet_source import ParquetSource
+
+
+@hookimpl
+def gristmill_sources() -> list[SourceType]:
+    return [
+        SourceType(
+            name="parquet",
+            description="Parquet files, streamed by row group; optional column projection (.parquet, .pq)",
+            suffixes=(".parquet", ".pq"),
+            requires="parquet",
+            factory=ParquetSource,
+        )
+    ]

@@ -1,0 +1,331 @@
+"""The Parquet source: rows streamed a batch at a time, split by row group.
+
+Memory stays bounded whatever the file size: the reader decodes one row group at a time, column
+chunks are read through a small buffer (``buffer_size``, no pre-buffering of a whole row group),
+and only one record batch is turned into Python dicts at once. The batch size follows the row
+group's own uncompressed size, so files with very wide rows get small batches.
+
+pyarrow is imported inside the functions that need it, never at module import: see
+``tests/test_import_cheap.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.errors import DataError, MissingDependencyError
+from gristmill.files import content_hash
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk
+BATCH_BYTES = 8 << 20  # aim for record batches of about this many uncompressed bytes …
+MAX_BATCH_ROWS = 8192  # … but never more rows than this (each becomes a Python dict)
+
+HINT = "pip install 'gristmill[parquet]'"
+
+
+def _pyarrow(spec: str) -> Any:
+    """``pyarrow.parquet``, or an error that says which extra installs it."""
+    try:
+        import pyarrow.parquet
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.partition(".")[0] != "pyarrow":
+            raise  # pyarrow is there but broken: show the real cause
+        raise MissingDependencyError(
+            f"{spec}: reading Parquet files needs pyarrow: {HINT}"
+        ) from None
+    return pyarrow.parquet
+
+
+class ParquetSource:
+    """One Parquet file, or a run of its row groups (a piece made by :meth:`split`).
+
+    Options: ``max_record_bytes`` (rows larger than this are rejected as ``too-large``),
+    ``columns`` (read only these columns; ``None`` reads all), ``batch_size`` (rows per record
+    batch; by default sized from the row group's bytes). ``row_groups`` and ``first_row`` describe
+    a piece; a piece reports the same row numbers as the whole file does.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        columns: Sequence[str] | str | None = None,
+        batch_size: int | None = None,
+        row_groups: Sequence[int] | None = None,
+        first_row: int = 1,
+        **options: Any,
+    ):
+        _pyarrow(spec)  # a missing extra fails when the source is opened, before any output
+        self.spec = spec
+        self.max_record_bytes = int(max_record_bytes)
+        if isinstance(columns, str):
+            columns = [columns]
+        self.columns = None if columns is None else tuple(columns)
+        if self.columns is not None and not self.columns:
+            raise DataError(
+                "columns=[] reads nothing: name columns, or pass None for all", where=spec
+            )
+        self.batch_size = batch_size
+        self.row_groups = None if row_groups is None else tuple(row_groups)
+        self.first_row = first_row
+
+    def __repr__(self) -> str:
+        return (
+            f"ParquetSource({self.spec!r}, columns={self.columns}, row_groups={self.row_groups}, "
+            f"first_row={self.first_row})"
+        )
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        """Every row as a dict, row group by row group; a damaged row group raises DataError.
+
+        Rows already yielded stay valid: under ``--on-error skip`` the core keeps them and counts
+        the rest of the file as unreadable.
+        """
+        pf = self._open()
+        import pyarrow as pa  # after _open: a missing pyarrow gets the install hint there
+
+        with pf:
+            columns = self._projection(pf)
+            row = self.first_row
+            for group in self._groups(pf):
+                meta = pf.metadata.row_group(group)
+                first = row
+                batches = pf.iter_batches(
+                    batch_size=self._batch_rows(meta), row_groups=[group], columns=columns
+                )
+                while True:
+                    # Only the read is guarded: errors from our own code must not pass as damage.
+                    try:
+                        batch = next(batches, None)
+                    except (OSError, pa.ArrowException) as exc:
+                        raise DataError(
+                            f"row group {group} (rows {first:,} to {first + meta.num_rows - 1:,}) "
+                            f"cannot be read ({type(exc).__name__}: {exc}); the file is damaged: "
+                            f"rows before {row:,} were read, the rest was not",
+                            where=self.spec,
+                        ) from None
+                    if batch is None:
+                        break
+                    yield from self._batch_records(batch, row)
+                    row += batch.num_rows
+
+    def _batch_records(
+        self, batch: pa.RecordBatch, first: int
+    ) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        """The batch's rows as dicts; rows over the size limit as :class:`Rejected`, never decoded."""
+        # A batch that fits under the limit cannot hold a row over it: skip the per-row sizes.
+        if batch.nbytes <= self.max_record_bytes:
+            yield from self._plain(batch, first)
+            return
+        per_column = np.stack([_value_sizes(column) for column in batch.columns])
+        sizes = per_column.sum(axis=0)
+        start = 0
+        for bad in np.flatnonzero(sizes > self.max_record_bytes):
+            yield from self._plain(batch.slice(start, bad - start), first + start)
+            column = batch.schema.names[int(per_column[:, bad].argmax())]
+            yield Rejected(
+                "too-large",
+                f"the row holds about {int(sizes[bad]):,} bytes (most of them in column "
+                f"{column!r}), more than {self.max_record_bytes:,}; raise --max-record-bytes if "
+                "such records are expected",
+                Where(self.spec, first + int(bad), unit="row"),
+                field=column,
+            )
+            start = int(bad) + 1
+        yield from self._plain(batch.slice(start), first + start)
+
+    def _plain(self, batch: pa.RecordBatch, first: int) -> Iterator[tuple[dict[str, Any], Where]]:
+        for i, record in enumerate(batch.to_pylist()):
+            yield record, Where(self.spec, first + i, unit="row")
+
+    # --- describing and splitting ----------------------------------------------------------------
+
+    def schema(self) -> dict[str, str]:
+        """Column → type of the columns read, for the core's check that files agree.
+
+        Only the projected columns count: a difference in a column that is not read is no
+        drift. Types are compared by their values: ``large_string`` (polars) and ``string``
+        (pandas), or a dictionary-encoded string column, all read as ``str``.
+        """
+        with self._open() as pf:
+            columns = self._projection(pf)
+            schema = pf.schema_arrow
+            names = columns if columns is not None else schema.names
+            return {name: _type_name(schema.field(name).type) for name in names}
+
+    def split(self, pieces: int) -> list[ParquetSource]:
+        """Runs of contiguous row groups of about equal uncompressed size, in file order."""
+        try:
+            pf = self._open()
+        except DataError:
+            return [self]  # records() reports the damage, under the error policy
+        with pf:
+            groups = self._groups(pf)
+            metas = [pf.metadata.row_group(g) for g in groups]
+        n = min(pieces, len(groups))
+        if n <= 1:
+            return [self]
+        # Weigh by bytes so that pieces cost about the same; an empty group still weighs 1.
+        bounds = _balanced_bounds([max(1, m.total_byte_size) for m in metas], n)
+        firsts = np.cumsum([self.first_row] + [m.num_rows for m in metas])
+        return [
+            ParquetSource(
+                self.spec,
+                max_record_bytes=self.max_record_bytes,
+                columns=self.columns,
+                batch_size=self.batch_size,
+                row_groups=groups[a:b],
+                first_row=int(firsts[a]),
+            )
+            for a, b in itertools.pairwise(bounds)
+        ]
+
+    def fingerprint(self) -> str:
+        """The file's content hash, plus the projection: other columns are other records."""
+        digest = content_hash(self.spec)
+        return digest if self.columns is None else f"{digest}+columns={','.join(self.columns)}"
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _open(self) -> pq.ParquetFile:
+        parquet = _pyarrow(self.spec)
+        import pyarrow as pa
+
+        try:
+            # buffer_size streams each column chunk; pre_buffer would load a row group at once.
+            return parquet.ParquetFile(self.spec, buffer_size=READ_BUFFER, pre_buffer=False)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(
+                f"not a readable Parquet file ({type(exc).__name__}: {exc}); the file is damaged "
+                "or is not Parquet",
+                where=self.spec,
+            ) from None
+
+    def _projection(self, pf: pq.ParquetFile) -> list[str] | None:
+        if self.columns is None:
+            return None
+        names = pf.schema_arrow.names
+        missing = [c for c in self.columns if c not in names]
+        if missing:
+            raise DataError(
+                f"no column {', '.join(map(repr, missing))} in this file; it has "
+                f"{', '.join(map(repr, names))}",
+                where=self.spec,
+            )
+        return list(self.columns)
+
+    def _groups(self, pf: pq.ParquetFile) -> tuple[int, ...]:
+        total = pf.metadata.num_row_groups
+        if self.row_groups is None:
+            return tuple(range(total))
+        if self.row_groups and max(self.row_groups) >= total:
+            raise DataError(
+                f"has {total} row groups, fewer than when it was split: the file changed while "
+                "it was being read",
+                where=self.spec,
+            )
+        return self.row_groups
+
+    def _batch_rows(self, meta: pq.RowGroupMetaData) -> int:
+        if self.batch_size:
+            return int(self.batch_size)
+        per_row = meta.total_byte_size / max(1, meta.num_rows)
+        return int(min(MAX_BATCH_ROWS, max(1, BATCH_BYTES // max(1.0, per_row))))
+
+
+def _balanced_bounds(weights: Sequence[int], n: int) -> list[int]:
+    """``n + 1`` increasing cut points over ``weights`` (``n <= len``): pieces of near-equal weight.
+
+    Each cut goes to the boundary nearest its share of the total, then moves just enough that
+    every piece keeps at least one item: asking for ``n`` pieces gives ``n`` whenever it can.
+    """
+    cumulative = np.concatenate([[0], np.cumsum(weights)])
+    count = len(weights)
+    bounds = [0]
+    for k in range(1, n):
+        target = cumulative[-1] * k / n
+        nearest = int(np.abs(cumulative - target).argmin())
+        bounds.append(min(max(nearest, bounds[-1] + 1), count - (n - k)))
+    return [*bounds, count]
+
+
+def _value_sizes(array: pa.Array) -> np.ndarray:
+    """Approximate bytes of each value of ``array`` (int64), computed on whole buffers.
+
+    Strings and binaries count their lengths, nested values the sum of their children, fixed
+    width values their width; anything else the array's average.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind, n = array.type, len(array)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if pa.types.is_dictionary(kind):
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False)
+        sizes = _value_sizes(array.dictionary)[indices]
+        return np.where(array.is_null().to_numpy(zero_copy_only=False), 0, sizes)
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    ):
+        lengths = pc.binary_length(array).fill_null(0)
+        return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        child = array.values.slice(offsets[0], offsets[-1] - offsets[0])
+        total = np.concatenate([[0], np.cumsum(_value_sizes(child))])
+        offsets -= offsets[0]
+        return total[offsets[1:]] - total[offsets[:-1]]
+    if pa.types.is_fixed_size_list(kind):
+        width = kind.list_size
+        child = array.values.slice(array.offset * width, n * width)
+        return _value_sizes(child).reshape(n, width).sum(axis=1)
+    if pa.types.is_struct(kind):
+        sizes = np.zeros(n, np.int64)
+        for child in array.flatten():
+            sizes += _value_sizes(child)
+        return sizes
+    try:
+        bits = kind.bit_width
+    except ValueError:  # not fixed width: fall back to the average
+        return np.full(n, array.nbytes // n, np.int64)
+    return np.full(n, (bits + 7) // 8, np.int64)
+
+
+def _type_name(kind: pa.DataType) -> str:
+    """The type as text, with encodings that read to the same Python values made equal."""
+    return str(_plain_type(kind))
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_dictionary(kind):
+        return _plain_type(kind.value_type)
+    if types.is_large_string(kind) or getattr(types, "is_string_view", bool)(kind):
+        return pa.string()
+    if types.is_large_binary(kind) or getattr(types, "is_binary_view", bool)(kind):
+        return pa.binary()
+    if types.is_map(kind):
+        return pa.map_(_plain_type(kind.key_type), _plain_type(kind.item_type))
+    if types.is_list(kind) or types.is_large_list(kind):
+        return pa.list_(_plain_type(kind.value_type))
+    if types.is_struct(kind):
+        return pa.struct([f.with_type(_plain_type(f.type)) for f in kind])
+    return kind

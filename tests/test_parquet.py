@@ -1,0 +1,321 @@
+"""The Parquet source: same records as JSONL, clean splits by row group, projection, bad input.
+
+Every file here is a real Parquet file written with pyarrow. The ``min`` tox environment has no
+pyarrow: there every test skips except the one that checks the install hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gristmill
+from gristmill.components import Rejected, Where
+from gristmill.errors import DataError, MissingDependencyError
+from gristmill.plugins import get_manager
+from gristmill.sources import open_sources
+
+HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
+needs_pyarrow = pytest.mark.skipif(
+    not HAS_PYARROW, reason="pyarrow is not installed (pip install 'gristmill[parquet]')"
+)
+if HAS_PYARROW:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+HINT = r"pip install 'gristmill\[parquet\]'"
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), min_size=1)
+RECORDS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "text": TEXT,
+            "n": st.none() | st.integers(-(2**63), 2**63 - 1),
+            "tags": st.lists(st.text(max_size=3), max_size=3),
+        }
+    ),
+    max_size=40,
+)
+
+
+def write_parquet(
+    path: Path, records: list[dict[str, Any]], groups: list[int], schema: Any = None
+) -> Path:
+    """Write ``records`` with exactly the row-group sizes in ``groups`` (which sum to their count)."""
+    assert sum(groups) == len(records)
+    table = pa.Table.from_pylist(records, schema=schema)
+    with pq.ParquetWriter(path, table.schema) as writer:
+        start = 0
+        for size in groups:
+            writer.write_table(table.slice(start, size), row_group_size=size)
+            start += size
+    assert pq.ParquetFile(path).metadata.num_row_groups == len(groups)
+    return path
+
+
+def chunked(total: int, size: int) -> list[int]:
+    """Row-group sizes of ``size`` rows (the last one shorter) covering ``total`` rows."""
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def open_one(path: Path, **options: Any) -> Any:
+    [source] = open_sources([str(path)], get_manager(), **options)
+    return source
+
+
+def read_all(source: Any) -> list[Any]:
+    return [item if isinstance(item, Rejected) else item[0] for item in source.records()]
+
+
+def wheres(source: Any) -> list[Where]:
+    return [item.where if isinstance(item, Rejected) else item[1] for item in source.records()]
+
+
+# --- same records, splitting ----------------------------------------------------------------------
+
+
+@needs_pyarrow
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=RECORDS, group_size=st.integers(1, 12), batch_size=st.none() | st.integers(1, 5))
+def test_parquet_yields_the_same_records_as_jsonl(
+    tmp_path_factory, records, group_size, batch_size
+):
+    root = tmp_path_factory.mktemp("same")
+    jsonl = root / "d.jsonl"
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    schema = pa.schema([("text", pa.string()), ("n", pa.int64()), ("tags", pa.list_(pa.string()))])
+    parquet = write_parquet(root / "d.parquet", records, chunked(len(records), group_size), schema)
+    source = open_one(parquet, batch_size=batch_size)
+    assert read_all(source) == read_all(open_one(jsonl)) == records
+    assert wheres(source) == [
+        Where(str(parquet), i, unit="row") for i in range(1, len(records) + 1)
+    ]
+
+
+@needs_pyarrow
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(groups=st.lists(st.integers(1, 12), max_size=12), pieces=st.integers(1, 10))
+def test_split_gives_disjoint_in_order_pieces_of_whole_row_groups(tmp_path_factory, groups, pieces):
+    records = [{"text": f"row {i}"} for i in range(sum(groups))]
+    path = write_parquet(tmp_path_factory.mktemp("split") / "d.pq", records, groups)
+    source = open_one(path, batch_size=3)
+    parts = source.split(pieces)
+    assert len(parts) == max(1, min(pieces, len(groups)))  # as many as asked, when it can
+    assert [r for part in parts for r in read_all(part)] == records  # disjoint, in order, whole
+    # Each piece reports the file's own row numbers.
+    assert [w for part in parts for w in wheres(part)] == wheres(source)
+    if len(parts) > 1:
+        # Whole row groups, contiguous, each in exactly one piece.
+        assert [g for part in parts for g in part.row_groups] == list(range(len(groups)))
+    # A piece splits again, and travels to another process intact.
+    assert [r for sub in parts[0].split(3) for r in read_all(sub)] == read_all(parts[0])
+    assert [read_all(pickle.loads(pickle.dumps(p))) for p in parts] == [read_all(p) for p in parts]
+
+
+@needs_pyarrow
+def test_split_balances_pieces_by_bytes(tmp_path):
+    records = [{"text": "x" * 1000} for _ in range(100)]
+    path = write_parquet(tmp_path / "d.parquet", records, [10] * 10)
+    parts = open_one(path).split(5)
+    assert [len(p.row_groups) for p in parts] == [2, 2, 2, 2, 2]
+    assert [p.first_row for p in parts] == [1, 21, 41, 61, 81]
+
+
+# --- projection, size limit, schema --------------------------------------------------------------
+
+
+@needs_pyarrow
+def test_projection_reads_only_the_named_columns(tmp_path):
+    records = [{"text": f"t{i}", "blob": "z" * 5000, "n": i} for i in range(50)]
+    path = write_parquet(tmp_path / "d.parquet", records, chunked(50, 8))
+    source = open_one(path, columns=["n", "text"], max_record_bytes=1000)
+    # The 5 kB column is never read: no row is over the 1 kB limit.
+    assert read_all(source) == [{"n": r["n"], "text": r["text"]} for r in records]
+    assert source.schema() == {"n": "int64", "text": "string"}
+    assert open_one(path).schema() == {"text": "string", "blob": "string", "n": "int64"}
+    assert source.fingerprint() != open_one(path).fingerprint()
+    assert [r for p in source.split(3) for r in read_all(p)] == read_all(source)
+    with pytest.raises(DataError, match=r"d.parquet: no column 'body' in this file; it has 'text'"):
+        read_all(open_one(path, columns=["text", "body"]))
+
+
+@needs_pyarrow
+def test_rows_over_the_size_limit_are_rejected_with_their_row_and_column(tmp_path):
+    notes = pa.list_(pa.struct([("author", pa.string()), ("body", pa.string())]))
+    schema = pa.schema([("text", pa.string()), ("notes", notes), ("n", pa.int32())])
+    records = [
+        {"text": f"row {i}", "notes": [{"author": "me", "body": "hi"}], "n": i} for i in range(30)
+    ]
+    records[4]["text"] = "x" * 5000
+    records[17]["notes"] = [{"author": "me", "body": "y" * 3000}] * 2
+    path = write_parquet(tmp_path / "big.parquet", records, [10, 10, 10], schema)
+    items = read_all(open_one(path, max_record_bytes=2000))
+    rejected = {i + 1: item for i, item in enumerate(items) if isinstance(item, Rejected)}
+    assert sorted(rejected) == [5, 18]
+    assert rejected[5].reason == "too-large" and rejected[5].field == "text"
+    assert rejected[18].field == "notes" and "about 6,0" in rejected[18].message
+    assert rejected[5].where == Where(str(path), 5, unit="row")
+    kept = [item for item in items if not isinstance(item, Rejected)]
+    assert kept == [r for i, r in enumerate(records) if i not in (4, 17)]
+
+    with pytest.raises(DataError, match=r"big.parquet: row 5: field 'text': the row holds about"):
+        gristmill.prepare(path, tmp_path / "a", max_record_bytes=2000, progress=False)
+    manifest = gristmill.prepare(
+        path, tmp_path / "b", max_record_bytes=2000, on_error="skip", progress=False
+    )
+    assert manifest["provenance"]["skipped"] == {"too-large": 2}
+    assert manifest["splits"]["train"]["num_documents"] == 28
+
+
+@needs_pyarrow
+def test_schema_drift_between_files_fails_or_skips_the_drifting_file(tmp_path):
+    a = write_parquet(tmp_path / "a.parquet", [{"text": f"doc {i}"} for i in range(40)], [15, 25])
+    b = write_parquet(tmp_path / "b.parquet", [{"text": i} for i in range(10)], [10])
+    with pytest.raises(DataError) as info:
+        gristmill.prepare([a, b], tmp_path / "fail", progress=False)
+    message = str(info.value)
+    assert str(a) in message and str(b) in message
+    assert "column 'text' is string there, int64 here" in message
+
+    manifest = gristmill.prepare([a, b], tmp_path / "skip", on_error="skip", progress=False)
+    assert manifest["provenance"]["skipped"] == {"schema-drift": 1}
+    ds = gristmill.open_dataset(tmp_path / "skip")
+    texts = [ds.tokenizer.decode(ds.documents.document(i)[0]) for i in range(len(ds))]
+    assert texts == [f"doc {i}<|endoftext|>" for i in range(40)]
+    [reject] = (tmp_path / "skip.rejects.jsonl").read_text().splitlines()
+    assert json.loads(reject)["where"] == str(b)
+
+
+@needs_pyarrow
+def test_encodings_that_read_the_same_values_are_no_drift(tmp_path):
+    # pandas writes string, polars large_string; dictionary encoding is a storage detail.
+    a = write_parquet(tmp_path / "a.parquet", [{"text": "one"}], [1])
+    large = pa.schema([("text", pa.large_string())])
+    b = write_parquet(tmp_path / "b.parquet", [{"text": "two"}], [1], large)
+    c = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": pa.array(["three"]).dictionary_encode()}), c)
+    assert open_one(a).schema() == open_one(b).schema() == open_one(c).schema()
+    manifest = gristmill.prepare([a, b, c], tmp_path / "out", progress=False)
+    assert manifest["splits"]["train"]["num_documents"] == 3
+
+
+# --- damaged files -------------------------------------------------------------------------------
+
+
+def damage_row_group(path: Path, group: int) -> None:
+    """Overwrite the header of a row group's first data page with junk."""
+    offset = pq.ParquetFile(path).metadata.row_group(group).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 32] = b"\xff" * 32
+    path.write_bytes(bytes(data))
+
+
+@needs_pyarrow
+def test_a_damaged_row_group_fails_naming_it_or_keeps_the_rows_before(tmp_path):
+    records = [{"text": f"record {i}"} for i in range(50)]
+    path = tmp_path / "damaged.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(records),
+        path,
+        row_group_size=10,
+        compression="none",
+        use_dictionary=False,
+    )
+    damage_row_group(path, 3)
+    source = open_one(path)
+    with pytest.raises(DataError, match=r"damaged.parquet: row group 3 \(rows 31 to 40\)"):
+        read_all(source)
+    parts = source.split(5)
+    assert [p.first_row for p in parts] == [1, 11, 21, 31, 41]
+    assert read_all(parts[4]) == records[40:]  # pieces after the damage still read
+
+    with pytest.raises(DataError, match=r"damaged.parquet: row group 3"):
+        gristmill.prepare(path, tmp_path / "a", progress=False)
+    manifest = gristmill.prepare(path, tmp_path / "b", on_error="skip", progress=False)
+    assert manifest["provenance"]["skipped"] == {"unreadable-rest": 1}
+    assert manifest["splits"]["train"]["num_documents"] == 30
+
+
+@needs_pyarrow
+def test_a_file_that_is_not_parquet_fails_naming_it(tmp_path):
+    path = tmp_path / "fake.parquet"
+    path.write_text('{"text": "I am JSON"}\n')
+    source = open_one(path)
+    assert source.split(4) == [source]
+    for call in (lambda: read_all(source), source.schema):
+        with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
+            call()
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
+        gristmill.prepare(path, tmp_path / "a", progress=False)
+
+
+@needs_pyarrow
+def test_a_file_that_is_not_parquet_is_skipped_under_skip(tmp_path):
+    good = write_parquet(tmp_path / "a.parquet", [{"text": "kept"}], [1])
+    bad = tmp_path / "b.parquet"
+    bad.write_bytes(b"PAR1 truncated")
+    manifest = gristmill.prepare([good, bad], tmp_path / "out", on_error="skip", progress=False)
+    assert manifest["provenance"]["skipped"] == {"unreadable-rest": 1}
+
+
+# --- end to end, registration, missing extra -----------------------------------------------------
+
+
+@needs_pyarrow
+def test_prepare_a_prompt_completion_parquet_file(tmp_path):
+    records = [{"prompt": f"Q{i}?", "completion": f"A{i}.", "id": i} for i in range(25)]
+    path = write_parquet(tmp_path / "pairs.pq", records, [7, 7, 7, 4])
+    manifest = gristmill.prepare(path, tmp_path / "ds", progress=False)
+    [provenance] = manifest["provenance"]["sources"]
+    assert provenance["fingerprint"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert provenance["records"] == 25
+    ds = gristmill.open_dataset(tmp_path / "ds")
+    for i in range(25):
+        ids, mask = ds.documents.document(i)
+        assert ds.tokenizer.decode(ids) == f"Q{i}?\nA{i}.<|endoftext|>"
+        assert ds.tokenizer.decode(ids[mask.astype(bool)]) == f"A{i}.<|endoftext|>"
+
+
+@needs_pyarrow
+def test_a_null_field_names_the_row(tmp_path):
+    records = [{"text": f"t{i}"} for i in range(10)]
+    records[6]["text"] = None
+    path = write_parquet(tmp_path / "d.parquet", records, [4, 6])
+    with pytest.raises(DataError, match=r"d.parquet: row 7: field 'text'"):
+        gristmill.prepare(path, tmp_path / "out", progress=False)
+
+
+def test_the_source_is_registered_with_its_extra():
+    source = get_manager().components("sources")["parquet"]
+    assert source.requires == "parquet"
+    assert source.suffixes == (".parquet", ".pq")
+
+
+@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed in this environment")
+def test_without_pyarrow_opening_a_parquet_file_names_the_extra(tmp_path):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(MissingDependencyError, match=HINT):
+        open_one(path)
+
+
+def test_a_blocked_pyarrow_import_names_the_extra(tmp_path, monkeypatch):
+    # The same check where pyarrow is installed: None in sys.modules makes the import fail.
+    for name in ("pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(MissingDependencyError, match=rf"d.parquet: .*{HINT}"):
+        open_one(path)
