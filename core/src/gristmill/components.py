@@ -52,7 +52,9 @@ class Where(NamedTuple):
 
     origin: str
     line: int | None = None
-    unit: str = "line"  # "line" (text formats) or "row" (tables: CSV records, Parquet rows)
+    unit: str = (
+        "line"  # "line": a physical line of a text file (JSON, CSV); "row": Parquet/Hub rows
+    )
 
     def __str__(self) -> str:
         if self.line is None:

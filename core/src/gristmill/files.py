@@ -69,6 +69,8 @@ def chunks(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]
                     remaining -= len(chunk)
                 yield chunk
             return
+        if start or end is not None:
+            raise ValueError(f"{path}: byte ranges of compressed files are not supported")
         yield from _decompressed(path, f)
 
 
