@@ -50,10 +50,19 @@ def test_convert_chat_with_skip_and_refusals(tmp_path, write_jsonl):
 
 def test_convert_to_parquet_reads_back(tmp_path, write_jsonl):
     pq = pytest.importorskip("pyarrow.parquet")
-    src = write_jsonl([{"question": "q1", "answer": "a1"}, {"text": "plain"}])
+    src = write_jsonl(
+        [{"question": "q1", "answer": "a1", "metadata": {"lang": "en", "n": 1}}, {"text": "x"}]
+    )
     out = tmp_path / "mixed.parquet"
     assert convert(src, out, format="auto", on_error="skip")["records"] == 1
     rows = pq.read_table(out).to_pylist()
     assert rows == [
-        {"text": None, "prompt": "q1", "completion": "a1", "system": None, "messages": None}
+        {
+            "text": None,
+            "prompt": "q1",
+            "completion": "a1",
+            "system": None,
+            "messages": None,
+            "metadata": '{"lang": "en", "n": 1}',
+        }
     ]

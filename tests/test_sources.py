@@ -221,3 +221,19 @@ def test_normalisation_and_dedup(tmp_path, write_jsonl):
     )
     raw, _ = docs(tmp_path / "c", normalize=False, dedup=True)
     assert raw == [decomposed + "<|endoftext|>", composed + "<|endoftext|>", "other<|endoftext|>"]
+
+
+def test_metadata_is_summarised_in_the_manifest(tmp_path, write_jsonl, capsys):
+    records = [
+        {"text": "aa", "metadata": {"lang": "en", "score": 3, "nested": {"x": 1}}},
+        {"text": "bbbb", "metadata": {"lang": "de"}},
+        {"text": "cc", "metadata": {"lang": "en"}},
+        {"text": "no metadata"},
+    ]
+    manifest = gristmill.prepare(write_jsonl(records), tmp_path / "out", progress=False)
+    assert manifest["stats"]["metadata"] == {
+        "lang": {"de": {"documents": 1, "tokens": 5}, "en": {"documents": 2, "tokens": 6}},
+        "score": {"3": {"documents": 1, "tokens": 3}},
+    }
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    assert "metadata lang: en (2 docs, 6 tokens), de (1 docs, 5 tokens)" in capsys.readouterr().out

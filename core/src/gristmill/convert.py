@@ -105,13 +105,16 @@ def _write_parquet(path: Path, examples: Iterator[tuple[Example, Where]]) -> int
     turn = pa.struct([("role", pa.string()), ("content", pa.string())])
     schema = pa.schema(
         [(name, pa.string()) for name in ("text", "prompt", "completion", "system")]
-        + [("messages", pa.list_(turn))]
+        + [("messages", pa.list_(turn)), ("metadata", pa.string())]  # metadata as JSON text
     )
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         rows: list[dict[str, Any]] = []
         for example, _ in examples:
-            rows.append(example.as_record())
+            row = example.as_record()
+            if "metadata" in row:
+                row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False)
+            rows.append(row)
             if len(rows) == PARQUET_ROWS:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count, rows = count + len(rows), []

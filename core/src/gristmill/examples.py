@@ -9,7 +9,7 @@ trainable when it starts inside such a span. Computing the mask from offsets int
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,13 +30,22 @@ class Example:
     completion: str | None = None
     system: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
+    # The record's "metadata" object, as sorted (key, value) pairs of scalars: summarised per
+    # value in the manifest's statistics, never tokenized.
+    metadata: tuple[tuple[str, str | int | bool], ...] | None = None
 
     def as_record(self) -> dict[str, object]:
         """The canonical record: the fields that are set (chat turns as role/content objects)."""
+        fields: dict[str, object] = {
+            "text": self.text,
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "system": self.system,
+        }
         if self.messages is not None:
-            return {"messages": [{"role": r, "content": c} for r, c in self.messages]}
-        fields = {"text": self.text, "prompt": self.prompt, "completion": self.completion}
-        fields["system"] = self.system
+            fields = {"messages": [{"role": r, "content": c} for r, c in self.messages]}
+        if self.metadata is not None:
+            fields["metadata"] = dict(self.metadata)
         return {k: v for k, v in fields.items() if v is not None}
 
     def normalized(self) -> Example:
@@ -47,8 +56,9 @@ class Example:
         """
         if self.messages is not None:
             messages = tuple((role, _nfc(content)) for role, content in self.messages)
-            return Example(messages=messages)
-        return Example(
+            return replace(self, messages=messages)
+        return replace(
+            self,
             text=_nfc(self.text),
             prompt=_nfc(self.prompt),
             completion=_nfc(self.completion),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gristmill.components import FieldMap, FieldMapperType, Rejected, Source, Where
@@ -148,6 +149,10 @@ def mapped_examples(
             reason = f"{exc.reason}:{exc.field}" if exc.field else exc.reason
             policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
             continue
+        meta = record.get("metadata")
+        if isinstance(meta, Mapping) and example.metadata is None:
+            scalars = ((str(k), v) for k, v in meta.items() if isinstance(v, (str, int, bool)))
+            example = replace(example, metadata=tuple(sorted(scalars)))
         yield example, where
 
 

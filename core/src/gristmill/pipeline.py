@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -133,6 +134,7 @@ def prepare(
     bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
     index = duplicates = 0
     seen: set[bytes] = set()  # 16-byte digests of kept documents, with --dedup
+    metadata = MetadataStats()
     policy = ErrorPolicy(on_error, reject_file(out_dir))
     with bar:
         schemas = SchemaCheck()
@@ -146,7 +148,7 @@ def prepare(
                 if normalize:
                     batch = [(example.normalized(), where) for example, where in batch]
                 ids, masks, digests = [], [], []
-                for result in _encode(tok, batch, train_on_prompt):
+                for (example, _), result in zip(batch, _encode(tok, batch, train_on_prompt)):
                     if isinstance(result, Rejected):
                         policy.reject(result)
                         continue
@@ -159,6 +161,8 @@ def prepare(
                     ids.append(result[0])
                     masks.append(result[1])
                     digests.append(digest)
+                    if example.metadata:
+                        metadata.add(example.metadata, len(result[0]))
                 splits = _assign_splits(digests, seed, val_fraction)
                 for split in ("train", "val"):
                     chosen = np.flatnonzero(splits == split)
@@ -214,6 +218,7 @@ def prepare(
             "pad_id": tok.pad_id,
         },
         "splits": splits_entry,
+        "stats": {"metadata": metadata.summary()},
         "provenance": {
             "sources": provenance,
             "config": config,
@@ -229,6 +234,35 @@ def prepare(
     )
     log.info(f"{out_dir}: wrote {totals}")
     return manifest
+
+
+class MetadataStats:
+    """Documents and tokens per value of each metadata key (``{"metadata": {"lang": "en"}}``).
+
+    At most ``MAX_VALUES`` distinct values are kept per key; the rest count as ``(other)``, so a
+    per-record id in the metadata cannot grow the manifest without bound.
+    """
+
+    MAX_VALUES = 100
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, list[int]]] = {}
+
+    def add(self, metadata: tuple[tuple[str, object], ...], tokens: int) -> None:
+        for key, value in metadata:
+            values = self.counts.setdefault(key, {})
+            label = json.dumps(value) if not isinstance(value, str) else value
+            if label not in values and len(values) >= self.MAX_VALUES:
+                label = "(other)"
+            entry = values.setdefault(label, [0, 0])
+            entry[0] += 1
+            entry[1] += tokens
+
+    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
+        return {
+            key: {v: {"documents": d, "tokens": t} for v, (d, t) in sorted(values.items())}
+            for key, values in sorted(self.counts.items())
+        }
 
 
 def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, Any] | None:

@@ -68,6 +68,8 @@ def inspect_dataset(
         "dtype": manifest["dtype"],
         "sources": manifest["provenance"]["sources"],
         "splits": {},
+        "metadata": manifest.get("stats", {}).get("metadata", {}),
+        "skipped": manifest["provenance"].get("skipped", {}),
         "samples": [],
     }
     for name, entry in splits.items():
@@ -124,6 +126,14 @@ def _print_report(report: dict[str, Any]) -> None:
         for span, bucket in zip(spans, s["histogram"]):
             bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
             print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
+    if report["skipped"]:
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())
+        print(f"\nskipped while preparing: {reasons}")
+    for key, values in report["metadata"].items():
+        top = sorted(values.items(), key=lambda kv: -kv[1]["documents"])[:8]
+        shown = ", ".join(f"{v} ({c['documents']:,} docs, {c['tokens']:,} tokens)" for v, c in top)
+        more = f", … {len(values) - len(top)} more" if len(values) > len(top) else ""
+        print(f"metadata {key}: {shown}{more}")
     if report["samples"]:
         print(f"\ndecoded documents ({NO_LOSS_OPEN}…{NO_LOSS_CLOSE} = no loss):")
     for sample in report["samples"]:
