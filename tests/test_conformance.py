@@ -1,0 +1,165 @@
+"""One conformance suite over every registered source: the same records from the same data in
+every layout (JSONL, JSON, CSV/TSV, Parquet, compressed, served over HTTP, a Hub folder), and
+splitting into k pieces gives disjoint, in-order pieces whose union is the whole."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import importlib.util
+import io
+import json
+import threading
+from collections.abc import Callable
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gristmill.components import Rejected
+from gristmill.plugins import get_manager
+from gristmill.sources import open_sources
+
+HAS = {m: importlib.util.find_spec(m) is not None for m in ("zstandard", "pyarrow", "datasets")}
+
+# Sources that cannot serve arbitrary records, and why.
+EXEMPT = {
+    "sample": "serves the installed standard library, not given data (tests/test_sources.py)",
+    "preset": "resolves to a hub: spec, covered through the hub source",
+}
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
+
+
+def _table(records: list[dict], delimiter: str) -> bytes:
+    out = io.StringIO()
+    # QUOTE_ALL: the csv writer leaves a bare "\r" unquoted otherwise, which no reader can tell
+    # from a line end.
+    writer = csv.DictWriter(out, ["text", "tag"], delimiter=delimiter, quoting=csv.QUOTE_ALL)
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue().encode()
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def _parquet(path: Path, records: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=3)
+
+
+# layout name -> (source name it exercises, writer(path_without_suffix, records) -> spec, needs)
+Writer = Callable[[Path, list[dict]], str]
+
+
+def _file(suffix: str, encode: Callable[[list[dict]], bytes]) -> Writer:
+    def write(base: Path, records: list[dict]) -> str:
+        path = base.with_name(base.name + suffix)
+        path.write_bytes(encode(records))
+        return str(path)
+
+    return write
+
+
+def _parquet_file(base: Path, records: list[dict]) -> str:
+    path = base.with_name(base.name + ".parquet")
+    _parquet(path, records)
+    return str(path)
+
+
+def _hub_folder(base: Path, records: list[dict]) -> str:
+    folder = base.with_name(base.name + "-hub") / "data"
+    folder.mkdir(parents=True)
+    half = len(records) // 2
+    (folder / "train-0.jsonl").write_bytes(_jsonl(records[:half]))
+    (folder / "train-1.jsonl").write_bytes(_jsonl(records[half:]))
+    return f"hub:{folder.parent}"
+
+
+LAYOUTS: dict[str, tuple[str, Writer, str | None]] = {
+    "jsonl": ("jsonl", _file(".jsonl", _jsonl), None),
+    "jsonl.gz": ("jsonl", _file(".jsonl.gz", lambda r: gzip.compress(_jsonl(r))), None),
+    "ndjson.zst": ("jsonl", _file(".ndjson.zst", lambda r: _zstd(_jsonl(r))), "zstandard"),
+    "json array": ("json", _file(".json", lambda r: json.dumps(r, indent=1).encode()), None),
+    "json stream.gz": (
+        "json",
+        _file(".json.gz", lambda r: gzip.compress("\n".join(json.dumps(x) for x in r).encode())),
+        None,
+    ),
+    "csv": ("csv", _file(".csv", lambda r: _table(r, ",")), None),
+    "csv.zst": ("csv", _file(".csv.zst", lambda r: _zstd(_table(r, ","))), "zstandard"),
+    "tsv.gz": ("tsv", _file(".tsv.gz", lambda r: gzip.compress(_table(r, "\t"))), None),
+    "parquet": ("parquet", _parquet_file, "pyarrow"),
+    "hub folder": ("hub", _hub_folder, "datasets"),
+    "http": ("hub", None, "datasets"),  # written by the served_dir fixture below  # type: ignore[dict-item]
+}
+
+
+@pytest.fixture(scope="module")
+def served_dir(tmp_path_factory):
+    """A loopback HTTP server over a directory: the "served over HTTP" layout."""
+    root = tmp_path_factory.mktemp("served")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_every_registered_source_is_covered_or_exempt():
+    covered = {source for source, _, _ in LAYOUTS.values()}
+    registered = set(get_manager().components("sources"))
+    assert registered - covered - set(EXEMPT) == set(), "add a layout for the new source"
+
+
+def read(spec: str) -> tuple[list[dict], list]:
+    [source] = open_sources([spec], get_manager())
+    return [item[0] for item in source.records() if not isinstance(item, Rejected)], source
+
+
+TEXT = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00\r"), min_size=1, max_size=40
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    records=st.lists(st.fixed_dictionaries({"text": TEXT, "tag": TEXT}), min_size=2, max_size=25),
+    pieces=st.integers(1, 6),
+)
+def test_every_layout_gives_the_same_records_and_splits_cleanly(
+    tmp_path_factory, served_dir, records, pieces
+):
+    root = tmp_path_factory.mktemp("conformance")
+    for name, (_, write, needs) in LAYOUTS.items():
+        if needs and not HAS[needs]:
+            continue
+        if name == "http":
+            directory, url = served_dir
+            sub = root.name
+            (directory / f"{sub}.jsonl").write_bytes(_jsonl(records))
+            spec = f"hub:{url}/{sub}.jsonl"
+        else:
+            spec = write(root / "data", records)
+        got, source = read(spec)
+        assert got == records, name
+        parts = source.split(pieces)
+        assert 1 <= len(parts) <= pieces, name
+        joined = [item[0] for part in parts for item in part.records()]
+        assert joined == records, name
+        if not spec.startswith("hub:"):  # files: every piece reports the file's own lines/rows
+            wheres = [item[1] for part in parts for item in part.records()]
+            assert wheres == [item[1] for item in source.records()], name
