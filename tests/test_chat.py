@@ -94,3 +94,26 @@ def test_loss_covers_exactly_the_assistant_turns(tmp_path_factory, write_jsonl, 
     assert text == "".join(f"<|{r}|>\n{c}\n" for r, c in turns) + "<|endoftext|>"
     expected = "".join(f"{c}\n" for r, c in turns if r == "assistant")
     assert trained == expected + ("<|endoftext|>" if turns[-1][0] == "assistant" else "")
+
+
+def test_a_named_chat_column_that_is_missing_and_turn_reasons_counted_once(tmp_path, write_jsonl):
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    src = write_jsonl([{"dialog": turns}, {"other": 1}])
+    with pytest.raises(DataError, match=r"data.jsonl:2: field 'dialog': missing"):
+        gristmill.prepare(src, tmp_path / "a", format="chat", fields={"messages": "dialog"})
+    bad_turns = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 1}]},
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": None},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ok"}]},
+    ]
+    manifest = gristmill.prepare(
+        write_jsonl(bad_turns, "turns.jsonl"), tmp_path / "b", on_error="skip", progress=False
+    )
+    assert manifest["provenance"]["skipped"] == {"wrong-type:messages[].content": 2}

@@ -37,7 +37,7 @@ def test_convert_chat_with_skip_and_refusals(tmp_path, write_jsonl):
         convert(src, out)
     assert not out.exists()
     result = convert(src, out, on_error="skip")
-    assert result == {"records": 1, "skipped": {"bad-role:conversations[0].from": 1}}
+    assert result == {"records": 1, "skipped": {"bad-role:conversations[].from": 1}}
     assert json.loads(out.read_text()) == {
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     }
@@ -66,3 +66,14 @@ def test_convert_to_parquet_reads_back(tmp_path, write_jsonl):
             "metadata": '{"lang": "en", "n": 1}',
         }
     ]
+
+
+def test_a_converted_parquet_file_prepares_like_its_source(tmp_path, write_jsonl):
+    pytest.importorskip("pyarrow")
+    src = write_jsonl([{"question": f"q{i}", "answer": f"a{i}"} for i in range(5)])
+    convert(src, tmp_path / "pairs.parquet")
+    gristmill.prepare(src, tmp_path / "from-jsonl", progress=False)
+    gristmill.prepare(tmp_path / "pairs.parquet", tmp_path / "from-parquet", progress=False)
+    a, b = tree_bytes(tmp_path / "from-jsonl"), tree_bytes(tmp_path / "from-parquet")
+    assert [k for k in a if k.startswith("train/")] == [k for k in b if k.startswith("train/")]
+    assert all(a[k] == b[k] for k in a if k.startswith("train/"))

@@ -67,10 +67,26 @@ def test_files_served_over_http(tmp_path):
         server.shutdown()
 
 
+# A closed loopback port stands in for "no network": connection refused at once. The library's
+# own offline mode must end in the same message.
+NO_NETWORK = {
+    "HF_ENDPOINT": "http://127.0.0.1:9",
+    "HF_HUB_OFFLINE": "0",
+    "HF_DATASETS_OFFLINE": "0",
+}
+OFFLINE_MODE = {
+    "HF_ENDPOINT": "http://127.0.0.1:9",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
+
+
 @pytest.mark.parametrize("spec", ["hub:some-org/some-dataset", "preset:tiny-shakespeare"])
-def test_offline_fails_at_once_with_a_way_out(tmp_path, spec):
-    # A closed loopback port stands in for "no network": connection refused at once.
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+@pytest.mark.parametrize(
+    "variables", [NO_NETWORK, OFFLINE_MODE], ids=["no-network", "offline-mode"]
+)
+def test_offline_fails_at_once_with_a_way_out(tmp_path, spec, variables):
+    env = {**os.environ, **variables}
     start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "gristmill.cli", "prepare", spec, "-o", str(tmp_path / "o")],

@@ -200,3 +200,10 @@ def test_metadata_is_summarised_in_the_manifest(tmp_path, write_jsonl, capsys):
     }
     assert main(["inspect", str(tmp_path / "out")]) == 0
     assert "metadata lang: en (2 docs, 6 tokens), de (1 docs, 5 tokens)" in capsys.readouterr().out
+
+
+def test_a_failed_skip_run_leaves_no_half_reject_file(tmp_path, write_jsonl):
+    src = write_jsonl(["{bad", {"title": "no known format"}])
+    with pytest.raises(DataError, match="cannot tell the format"):
+        gristmill.prepare(src, tmp_path / "ds", on_error="skip", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds"]

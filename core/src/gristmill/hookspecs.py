@@ -48,7 +48,7 @@ def gristmill_sources() -> list[SourceType]:
     :class:`~gristmill.components.Source`: ``records()`` yields ``(dict, Where)`` pairs in a
     deterministic order, or a ``Rejected`` in place of a bad record; ``split(n)`` cuts it into
     disjoint pieces; ``fingerprint()`` changes whenever the data does. Factories must accept
-    options they do not know (today: ``max_record_bytes``).
+    options they do not know (today: ``max_record_bytes``, ``column_names``).
 
     :return: a list of :class:`~gristmill.components.SourceType` records.
 

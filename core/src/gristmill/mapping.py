@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,8 @@ from gristmill.errors import DataError, FieldError
 from gristmill.examples import Example
 from gristmill.plugins import PluginManager
 from gristmill.policy import ErrorPolicy
+
+TURN_INDEX = re.compile(r"\[\d+\]")
 
 
 def parse_fields(text: str | None) -> dict[str, str]:
@@ -28,16 +31,20 @@ def parse_fields(text: str | None) -> dict[str, str]:
 
 
 def choose_mapper(
-    keys: Collection[str], fmt: str, fields: Mapping[str, str], manager: PluginManager
+    record: Mapping[str, Any], fmt: str, fields: Mapping[str, str], manager: PluginManager
 ) -> str:
-    """The field mapper name for records with ``keys``: ``fmt`` itself unless it is ``auto``."""
+    """The field mapper name for records like ``record``: ``fmt`` itself unless it is ``auto``."""
     if fmt != "auto":
         return manager.field_mapper(fmt).name
-    # Explicit --fields name the canonical fields the record will provide.
-    visible = set(keys) | set(fields)
-    for mapper in manager.field_mappers():
-        if mapper.detect(visible):
-            return mapper.name
+    keys = list(record)
+    # Keys holding null say little about the format (a Parquet file written by `convert` has
+    # every canonical column, most of them null): decide on the others first. Explicit --fields
+    # name canonical fields the record will provide.
+    for candidates in ({k for k, v in record.items() if v is not None}, set(keys)):
+        visible = candidates | set(fields)
+        for mapper in manager.field_mappers():
+            if mapper.detect(visible):
+                return mapper.name
     formats = ", ".join(m.name for m in manager.field_mappers())
     raise DataError(
         f"cannot tell the format of records with keys {sorted(keys)}: pass --format ({formats}) "
@@ -135,7 +142,7 @@ def mapped_examples(
             continue
         if mapper is None:
             try:
-                name = choose_mapper(record.keys(), fmt, fields, manager)
+                name = choose_mapper(record, fmt, fields, manager)
             except DataError as exc:
                 raise DataError(exc.reason, where=str(where)) from None
             how = "chosen from its keys" if fmt == "auto" else "as asked"
@@ -146,7 +153,9 @@ def mapped_examples(
         try:
             example = mapper(record)
         except FieldError as exc:
-            reason = f"{exc.reason}:{exc.field}" if exc.field else exc.reason
+            # Count "messages[3].content" and "messages[7].content" as one reason.
+            field = TURN_INDEX.sub("[]", exc.field) if exc.field else None
+            reason = f"{exc.reason}:{field}" if field else exc.reason
             policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
             continue
         meta = record.get("metadata")

@@ -136,49 +136,53 @@ def prepare(
     seen: set[bytes] = set()  # 16-byte digests of kept documents, with --dedup
     metadata = MetadataStats()
     policy = ErrorPolicy(on_error, reject_file(out_dir))
-    with bar:
-        schemas = SchemaCheck()
-        for source_entry, source in zip(provenance, opened):
-            count = 0
-            if not schemas.admit(source, policy):
-                source_entry["records"] = 0
-                continue
-            examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
-            while batch := list(islice(examples, BATCH)):
-                if normalize:
-                    batch = [(example.normalized(), where) for example, where in batch]
-                ids, masks, digests = [], [], []
-                for (example, _), result in zip(batch, _encode(tok, batch, train_on_prompt)):
-                    if isinstance(result, Rejected):
-                        policy.reject(result)
-                        continue
-                    digest = _digest(*result)
-                    if dedup:
-                        if digest in seen:
-                            duplicates += 1
+    try:
+        with bar:
+            schemas = SchemaCheck()
+            for source_entry, source in zip(provenance, opened):
+                count = 0
+                if not schemas.admit(source, policy):
+                    source_entry["records"] = 0
+                    continue
+                examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
+                while batch := list(islice(examples, BATCH)):
+                    if normalize:
+                        batch = [(example.normalized(), where) for example, where in batch]
+                    ids, masks, digests = [], [], []
+                    for (example, _), result in zip(batch, _encode(tok, batch, train_on_prompt)):
+                        if isinstance(result, Rejected):
+                            policy.reject(result)
                             continue
-                        seen.add(digest)
-                    ids.append(result[0])
-                    masks.append(result[1])
-                    digests.append(digest)
-                    if example.metadata:
-                        metadata.add(example.metadata, len(result[0]))
-                splits = _assign_splits(digests, seed, val_fraction)
-                for split in ("train", "val"):
-                    chosen = np.flatnonzero(splits == split)
-                    if not len(chosen):
-                        continue
-                    docs = [ids[i] for i in chosen]
-                    doc_masks = [masks[i] for i in chosen]
-                    writers[split].add(docs, doc_masks)
-                    lengths[split].append(np.fromiter(map(len, docs), np.int64, len(docs)))
-                    loss_tokens[split] += sum(
-                        len(d) if m is None else int(m.sum()) for d, m in zip(docs, doc_masks)
-                    )
-                index += len(ids)
-                count += len(ids)
-                bar.update(len(batch))
-            source_entry["records"] = count
+                        digest = _digest(*result)
+                        if dedup:
+                            if digest in seen:
+                                duplicates += 1
+                                continue
+                            seen.add(digest)
+                        ids.append(result[0])
+                        masks.append(result[1])
+                        digests.append(digest)
+                        if example.metadata:
+                            metadata.add(example.metadata, len(result[0]))
+                    splits = _assign_splits(digests, seed, val_fraction)
+                    for split in ("train", "val"):
+                        chosen = np.flatnonzero(splits == split)
+                        if not len(chosen):
+                            continue
+                        docs = [ids[i] for i in chosen]
+                        doc_masks = [masks[i] for i in chosen]
+                        writers[split].add(docs, doc_masks)
+                        lengths[split].append(np.fromiter(map(len, docs), np.int64, len(docs)))
+                        loss_tokens[split] += sum(
+                            len(d) if m is None else int(m.sum()) for d, m in zip(docs, doc_masks)
+                        )
+                    index += len(ids)
+                    count += len(ids)
+                    bar.update(len(batch))
+                source_entry["records"] = count
+    except BaseException:
+        policy.abort()  # the dataset stays marked incomplete; no half reject file either
+        raise
     skipped = policy.close()
     if skipped:
         log.warning(f"{out_dir}: {policy.summary()}")

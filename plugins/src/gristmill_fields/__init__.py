@@ -84,6 +84,9 @@ CHAT_ALIASES = ("messages", "conversations")
 def chat_mapper(fields: Mapping[str, str]) -> FieldMap:
     def to_example(record: Mapping[str, Any]) -> Example:
         column = _column(record, fields, "messages", CHAT_ALIASES)
+        if column not in record:
+            message = "missing; name the column with --fields messages=COLUMN"
+            raise FieldError(column, message, "missing-field")
         turns = record[column]
         if not isinstance(turns, list) or not turns:
             kind = "null" if turns is None else type(turns).__name__

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from gristmill.components import Where
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.files import content_hash
+from gristmill.files import content_hash, without_compression
 from gristmill.manifest import fingerprint
 
 URL_BUILDERS = {
@@ -59,7 +59,10 @@ class HubSource:
             _probe_endpoint(self.spec, datasets.config.HF_ENDPOINT)
         try:
             if self.kind == "url":
-                builder = URL_BUILDERS.get(Path(urlparse(self.name).path).suffix.lower())
+                # datasets decompresses .gz/.zst data files itself; the builder goes by the
+                # format underneath.
+                path = without_compression(urlparse(self.name).path)
+                builder = URL_BUILDERS.get(Path(path).suffix.lower())
                 if builder is None:
                     raise DataError(
                         f"cannot tell the format of {self.name}: serve a file ending in "
@@ -94,8 +97,15 @@ class HubSource:
             if self.shard[1] == 1
             else f"{self.spec} [shard {self.shard[0]}/{self.shard[1]}]"
         )
-        for row, record in enumerate(self.dataset, 1):
-            yield record, Where(origin, row, unit="row")
+        row = 0
+        try:
+            for row, record in enumerate(self.dataset, 1):
+                yield record, Where(origin, row, unit="row")
+        except Exception as exc:  # the library failed mid-stream (network, a damaged file…)
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"reading stopped after row {row}: {type(exc).__name__}: {text}", where=origin
+            ) from None
 
     def split(self, pieces: int) -> list[HubSource]:
         if self.shard != (0, 1):
@@ -122,19 +132,18 @@ def _probe_endpoint(spec: str, endpoint: str) -> None:
     try:
         socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT).close()
     except OSError as exc:
-        raise DataError(
-            f"cannot reach {endpoint} ({exc}); gristmill looks offline. Use a cached copy with "
-            "HF_HUB_OFFLINE=1, or point at local files: `gristmill prepare data/*.parquet` or "
-            "hub:/path/to/dataset-folder",
-            where=spec,
-        ) from None
+        raise DataError(_offline(f"cannot reach {endpoint} ({exc})"), where=spec) from None
+
+
+def _offline(detail: str) -> str:
+    return (
+        f"{detail}; gristmill looks offline. Use a cached copy with HF_HUB_OFFLINE=1, or point "
+        "at local files: `gristmill prepare data/*.parquet` or hub:/path/to/dataset-folder"
+    )
 
 
 def _explain(source: HubSource, exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if source.kind == "hub" and isinstance(exc, (ConnectionError, OSError)):
-        return (
-            f"cannot load {source.name} from the Hub ({text}). Offline? Use HF_HUB_OFFLINE=1 for a "
-            "cached copy, or local files (hub:/path/to/folder, or plain paths)"
-        )
+        return _offline(f"cannot load {source.name} from the Hub ({text})")
     return f"cannot load the dataset: {type(exc).__name__}: {text}"

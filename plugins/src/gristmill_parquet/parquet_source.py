@@ -19,7 +19,7 @@ import numpy as np
 
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.files import content_hash
+from gristmill.files import content_hash, is_compressed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,6 +65,12 @@ class ParquetSource:
         first_row: int = 1,
         **options: Any,
     ):
+        if is_compressed(spec):
+            raise DataError(
+                "Parquet compresses its pages itself and is read in place: decompress the file "
+                "(or write it with compression inside, e.g. zstd)",
+                where=spec,
+            )
         _pyarrow(spec)  # a missing extra fails when the source is opened, before any output
         self.spec = spec
         self.max_record_bytes = int(max_record_bytes)
