@@ -184,3 +184,17 @@ def test_progress_bar_reports_documents(tmp_path, write_jsonl, capsys):
     gristmill.prepare(src, tmp_path / "out", progress=True)
     err = capsys.readouterr().err
     assert "prepare: " in err and "1500 docs" in err
+
+
+def test_documents_are_truncated_with_the_eos_kept_last(tmp_path, write_jsonl):
+    texts = write_jsonl([{"text": "x" * 50}, {"text": "short"}], "texts.jsonl")
+    pairs = write_jsonl([{"prompt": "p" * 40, "completion": "c"}], "pairs.jsonl")
+    manifest = gristmill.prepare(
+        [texts, pairs], tmp_path / "out", max_doc_tokens=10, on_error="skip", progress=False
+    )
+    ds = gristmill.open_dataset(tmp_path / "out")
+    assert ds.tokenizer.decode(ds.documents.document(0)[0]) == "x" * 9 + "<|endoftext|>"
+    assert ds.tokenizer.decode(ds.documents.document(1)[0]) == "short<|endoftext|>"
+    assert manifest["provenance"]["truncated"] == 1
+    # The completion fell beyond the limit: nothing left to train on.
+    assert manifest["provenance"]["skipped"] == {"no-loss": 1}

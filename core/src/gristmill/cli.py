@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="target tokens per shard file; documents are never split (default: %(default)s)",
     )
     p.add_argument(
+        "--max-doc-tokens",
+        type=int,
+        metavar="N",
+        help="truncate documents to N tokens (the EOS kept last); counted in the manifest",
+    )
+    p.add_argument(
         "--train-on-prompt",
         action="store_true",
         help="put loss on prompts too, not only completions",
@@ -236,6 +242,7 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         tokens_per_shard=args.tokens_per_shard,
         train_on_prompt=args.train_on_prompt,
+        max_doc_tokens=args.max_doc_tokens,
         dedup=args.dedup,
         overwrite=args.overwrite,
         progress=args.progress,

@@ -165,7 +165,22 @@ class FieldMapperType(Component):
 
 
 class Tokenizer(Protocol):
-    """A loaded tokenizer. ``encode_batch`` is the hot path: it takes many texts at once."""
+    """A loaded tokenizer. ``encode_batch`` is the hot path: it takes many texts at once.
+
+    ``encode_batch`` returns the text's own tokens only; gristmill adds ``bos_id`` before a
+    document when ``add_bos`` and ``eos_id`` after it when ``add_eos`` (not when the text's tokens
+    already start with that BOS or end with that EOS).
+
+    A tokenizer with a chat template of its own may also offer
+    ``render_chat(messages, *, train_on_prompt=False) -> (text, spans)``: chat examples
+    (``messages``, a tuple of ``(role, content)``) are then rendered by it instead of by the
+    built-in template of :meth:`~gristmill.examples.Example.render`. It returns the text to
+    tokenize and the sorted, disjoint ``(start, end)`` character spans that carry loss (the
+    assistant turns, or the whole text with ``train_on_prompt``), and raises
+    :class:`~gristmill.errors.DataError` for a conversation it cannot render (counted as
+    ``chat-template`` under ``--on-error skip``). It may also offer ``fingerprint() -> str``,
+    which changes whenever its ids, special tokens or chat rendering could.
+    """
 
     vocab_size: int
     bos_id: int | None

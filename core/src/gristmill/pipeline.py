@@ -56,6 +56,7 @@ def prepare(
     on_error: str = "fail",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     column_names: Sequence[str] | None = None,
+    max_doc_tokens: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     manager: PluginManager | None = None,
@@ -79,6 +80,9 @@ def prepare(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if tokens_per_shard < 1:
         raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
+    max_doc_tokens = None if max_doc_tokens is None else int(max_doc_tokens)
+    if max_doc_tokens is not None and max_doc_tokens < 2:
+        raise DataError(f"max_doc_tokens must be at least 2, got {max_doc_tokens}")
     fields = dict(fields or {})
     # Resolve every component before the output directory is touched.
     column_names = list(column_names) if column_names else None
@@ -103,14 +107,22 @@ def prepare(
         "on_error": on_error,
         "max_record_bytes": max_record_bytes,
         "column_names": column_names,
+        "max_doc_tokens": max_doc_tokens,
     }
     provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
+    tok = tokenizer_type.factory(tokenizer)
+    # A tokenizer that can say when its files changed (hf:DIR re-trained in place) takes part.
+    tok_fingerprint = getattr(tok, "fingerprint", None)
     config_fp = fingerprint(
-        {"format_version": FORMAT_VERSION, "config": config, "sources": provenance}
+        {
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "sources": provenance,
+            "tokenizer": tok_fingerprint() if tok_fingerprint else None,
+        }
     )
 
     out_dir = Path(out)
-    tok = tokenizer_type.factory(tokenizer)
     existing = _claim_output(out_dir, config_fp, overwrite)
     if existing is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
@@ -132,7 +144,7 @@ def prepare(
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
-    index = duplicates = 0
+    index = duplicates = truncated = 0
     seen: set[bytes] = set()  # 16-byte digests of kept documents, with --dedup
     metadata = MetadataStats()
     policy = ErrorPolicy(on_error, reject_file(out_dir))
@@ -149,21 +161,24 @@ def prepare(
                     if normalize:
                         batch = [(example.normalized(), where) for example, where in batch]
                     ids, masks, digests = [], [], []
-                    for (example, _), result in zip(batch, _encode(tok, batch, train_on_prompt)):
+                    encoded = _encode(tok, batch, train_on_prompt, max_doc_tokens)
+                    for (example, _), result in zip(batch, encoded):
                         if isinstance(result, Rejected):
                             policy.reject(result)
                             continue
-                        digest = _digest(*result)
+                        doc, mask, cut = result
+                        truncated += cut
+                        digest = _digest(doc, mask)
                         if dedup:
                             if digest in seen:
                                 duplicates += 1
                                 continue
                             seen.add(digest)
-                        ids.append(result[0])
-                        masks.append(result[1])
+                        ids.append(doc)
+                        masks.append(mask)
                         digests.append(digest)
                         if example.metadata:
-                            metadata.add(example.metadata, len(result[0]))
+                            metadata.add(example.metadata, len(doc))
                     splits = _assign_splits(digests, seed, val_fraction)
                     for split in ("train", "val"):
                         chosen = np.flatnonzero(splits == split)
@@ -188,6 +203,8 @@ def prepare(
         log.warning(f"{out_dir}: {policy.summary()}")
     if dedup:
         log.info(f"{out_dir}: dropped {duplicates:,} exact duplicate document(s)")
+    if truncated:
+        log.info(f"{out_dir}: truncated {truncated:,} document(s) to {max_doc_tokens:,} tokens")
     if not index:
         raise DataError(f"the sources hold no usable records: {', '.join(map(str, specs))}")
 
@@ -220,6 +237,12 @@ def prepare(
             "bos_id": tok.bos_id,
             "eos_id": tok.eos_id,
             "pad_id": tok.pad_id,
+            "add_bos": tok.add_bos,
+            "add_eos": tok.add_eos,
+            # How chat examples are rendered: the tokenizer's own template, or gristmill's.
+            "chat_template": "built-in"
+            if getattr(tok, "render_chat", None) is None
+            else "tokenizer",
         },
         "splits": splits_entry,
         "stats": {"metadata": metadata.summary()},
@@ -228,6 +251,7 @@ def prepare(
             "config": config,
             "skipped": skipped,
             "duplicates": duplicates,
+            "truncated": truncated,
         },
     }
     write_manifest(out_dir, manifest)
@@ -306,31 +330,64 @@ def _is_dataset(directory: Path) -> bool:
     return True
 
 
+Encoded = tuple[np.ndarray, np.ndarray | None, bool]  # ids, loss mask (None: all), truncated
+
+
 def _encode(
-    tok: Tokenizer, batch: list[tuple[Example, Where]], train_on_prompt: bool
-) -> list[tuple[np.ndarray, np.ndarray | None] | Rejected]:
-    """Per example: token ids and loss mask (``None``: every token has loss), or why not."""
-    rendered = [example.render(train_on_prompt=train_on_prompt) for example, _ in batch]
-    texts = [text for text, _ in rendered]
-    full = [spans == ((0, len(text)),) for text, spans in rendered]
+    tok: Tokenizer,
+    batch: list[tuple[Example, Where]],
+    train_on_prompt: bool,
+    max_doc_tokens: int | None = None,
+) -> list[Encoded | Rejected]:
+    """Per example: token ids, loss mask and whether it was truncated; or why not."""
+    rendered = [_render(tok, example, where, train_on_prompt) for example, where in batch]
+    valid = [r for r in rendered if not isinstance(r, Rejected)]
+    encoded = iter(_encode_rendered(tok, valid, max_doc_tokens))
+    return [r if isinstance(r, Rejected) else next(encoded) for r in rendered]
+
+
+Rendered = tuple[str, tuple[tuple[int, int], ...], Where]  # text, loss spans, origin
+
+
+def _render(
+    tok: Tokenizer, example: Example, where: Where, train_on_prompt: bool
+) -> Rendered | Rejected:
+    """The text to tokenize and its loss spans: chat through the tokenizer's own template when
+    it has one (``render_chat``), else the built-in templates of :meth:`Example.render`."""
+    render_chat = getattr(tok, "render_chat", None)
+    if example.messages is None or render_chat is None:
+        return (*example.render(train_on_prompt=train_on_prompt), where)
+    try:
+        return (*render_chat(example.messages, train_on_prompt=train_on_prompt), where)
+    except DataError as exc:  # a template that refuses this conversation or renders it unevenly
+        return Rejected("chat-template", exc.reason, where, field=exc.field)
+
+
+def _encode_rendered(
+    tok: Tokenizer, items: list[Rendered], max_doc_tokens: int | None
+) -> list[Encoded | Rejected]:
+    if not items:
+        return []
+    texts = [text for text, _, _ in items]
+    full = [spans == ((0, len(text)),) for text, spans, _ in items]
     try:
         ids, offsets = tok.encode_batch(texts, offsets=not all(full))
     except (UnicodeError, ValueError) as exc:
-        if len(batch) > 1:  # find the culprit(s): encode one by one
-            return [out for item in batch for out in _encode(tok, [item], train_on_prompt)]
+        if len(items) > 1:  # find the culprit(s): encode one by one
+            return [out for item in items for out in _encode_rendered(tok, [item], max_doc_tokens)]
         return [
             Rejected(
                 "untokenizable",
                 f"cannot tokenize ({exc}); the text holds characters that are not valid "
                 "Unicode, such as a lone surrogate from a JSON \\ud800 escape: fix or remove "
                 "the record",
-                batch[0][1],
+                items[0][2],
                 texts[0].encode("utf-8", "replace").decode(),
             )
         ]
-    out: list[tuple[np.ndarray, np.ndarray | None] | Rejected] = []
+    out: list[Encoded | Rejected] = []
     for i, doc in enumerate(ids):
-        where = batch[i][1]
+        text, spans, where = items[i]
         if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
             message = f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})"
             out.append(Rejected("bad-token-ids", message, where))
@@ -338,26 +395,52 @@ def _encode(
         mask = None
         if not full[i]:
             assert offsets is not None
-            mask = loss_mask(offsets[i], rendered[i][1])
+            mask = loss_mask(offsets[i], spans)
             if not mask.any():
                 message = "no token carries loss (the completion is empty after tokenizing)"
-                out.append(Rejected("no-loss", message, where, texts[i]))
+                out.append(Rejected("no-loss", message, where, text))
                 continue
         doc, mask = _add_specials(tok, doc, mask)
         if not len(doc):
-            out.append(Rejected("no-tokens", "the text tokenizes to no tokens", where, texts[i]))
+            out.append(Rejected("no-tokens", "the text tokenizes to no tokens", where, text))
             continue
-        out.append((doc, mask))
+        cut = max_doc_tokens is not None and len(doc) > max_doc_tokens
+        if cut:
+            doc, mask = _truncate(tok, doc, mask, max_doc_tokens)  # type: ignore[arg-type]
+            if mask is not None and not mask.any():
+                message = f"no token carries loss within the first {max_doc_tokens:,} tokens"
+                out.append(Rejected("no-loss", message, where, text))
+                continue
+        out.append((doc, mask, cut))
     return out
+
+
+def _truncate(
+    tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None, limit: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``limit`` tokens; a final EOS stays the last token, so documents still end.
+
+    The kept EOS carries loss only if the last kept token does: stopping is not learned from a
+    prompt cut in the middle.
+    """
+    keep = limit - 1 if tok.eos_id is not None and doc[-1] == tok.eos_id else limit
+    doc = np.concatenate([doc[:keep], doc[len(doc) - (limit - keep) :]])
+    if mask is not None:
+        mask = np.concatenate([mask[:keep], mask[keep - 1 : keep][: limit - keep]])
+    return doc, mask
 
 
 def _add_specials(
     tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     # BOS never carries loss (nothing predicts it); EOS does whenever the text's end does, so a
-    # model learns to stop after a completion.
-    head = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
-    tail = [tok.eos_id] if tok.add_eos and tok.eos_id is not None else []
+    # model learns to stop after a completion. A document whose text already yields them (a chat
+    # template that writes the BOS, or closes each answer with the EOS) does not get a second.
+    bos, eos = tok.bos_id, tok.eos_id
+    add_bos = tok.add_bos and bos is not None and not (len(doc) and doc[0] == bos)
+    add_eos = tok.add_eos and eos is not None and not (len(doc) and doc[-1] == eos)
+    head = [bos] if add_bos else []
+    tail = [eos] if add_eos else []
     if not head and not tail:
         return doc, mask
     doc = np.concatenate([np.asarray(head, doc.dtype), doc, np.asarray(tail, doc.dtype)])

@@ -1,0 +1,42 @@
+"""Hugging Face tokenizers: ``hf:NAME_OR_PATH`` (transformers) and a path to a ``tokenizer.json``.
+
+- ``hf:NAME_OR_PATH[@REVISION]``: any fast tokenizer ``transformers.AutoTokenizer`` loads, from a
+  local folder (offline) or a Hub id. Chat examples are rendered with the tokenizer's own chat
+  template when it has one (see :mod:`gristmill_hf_tokenizers.chat`).
+- ``PATH/tokenizer.json`` (any path ending in ``tokenizer.json``): a ``tokenizers`` JSON file, no
+  transformers needed. Chat examples use gristmill's built-in template.
+
+Both encode batches with the library's batch API and ``add_special_tokens=False``; gristmill adds
+BOS/EOS itself by the policy in :mod:`gristmill_hf_tokenizers.common`. The libraries are imported
+only when a tokenizer is created, so importing this plugin stays cheap.
+"""
+
+from __future__ import annotations
+
+from gristmill import hookimpl
+from gristmill.components import TokenizerType
+from gristmill_hf_tokenizers.hf import HFTokenizer
+from gristmill_hf_tokenizers.json_file import JSONTokenizer
+
+
+@hookimpl
+def gristmill_tokenizers() -> list[TokenizerType]:
+    return [
+        TokenizerType(
+            name="hf",
+            description="a transformers fast tokenizer: hf:ORG/NAME[@revision] or hf:FOLDER; "
+            "uses its chat template",
+            prefixes=("hf:",),
+            factory=HFTokenizer.from_spec,
+            load=HFTokenizer.load,
+            requires="hf",
+        ),
+        TokenizerType(
+            name="tokenizer-json",
+            description="a tokenizers JSON file: PATH/tokenizer.json",
+            suffixes=("tokenizer.json",),
+            factory=JSONTokenizer.from_spec,
+            load=JSONTokenizer.load,
+            requires="hf",
+        ),
+    ]

@@ -1,0 +1,98 @@
+"""``PATH/tokenizer.json``: a ``tokenizers`` JSON file, used without transformers.
+
+A bare tokenizer.json declares no BOS/EOS, so they are found by what its post-processor adds and by
+common names (see :mod:`gristmill_hf_tokenizers.common`). It has no chat template either: chat
+examples use gristmill's built-in one (load the folder with ``hf:`` to use a template).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gristmill_hf_tokenizers.common import (
+    PROBE_TEXT,
+    Specials,
+    TokenizerLoadError,
+    describe,
+    detect_specials,
+    digest,
+    not_unicode_as_value_error,
+    require,
+    to_arrays,
+    vocab_size,
+)
+
+FILE = "tokenizer.json"
+
+
+class JSONTokenizer:
+    """A ``tokenizers.Tokenizer`` loaded from a JSON file."""
+
+    def __init__(self, spec: str, path: Path, backend: Any, specials: Specials):
+        self.spec, self.path, self.backend = spec, path, backend
+        self.specials = specials
+        self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
+        self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
+        vocab = backend.get_vocab(with_added_tokens=True)
+        self.vocab_size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
+        # Without offsets, the faster call that skips computing them (tokenizers >= 0.20).
+        self._encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> JSONTokenizer:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise TokenizerLoadError(f"{spec!r}: no such file")
+        backend = _open(spec, path)
+        plain, full = (backend.encode(PROBE_TEXT, add_special_tokens=f).ids for f in (False, True))
+        specials = detect_specials(spec, plain, full, backend.get_vocab(with_added_tokens=True))
+        describe(spec, specials, backend.id_to_token)
+        return cls(spec, path, backend, specials)
+
+    @classmethod
+    def load(cls, directory: Path, config: Mapping[str, Any]) -> JSONTokenizer:
+        path = directory / config.get("file", FILE)
+        return cls(str(path), path, _open(str(path), path), Specials.from_config(config))
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        # The user's file as it is: byte for byte what they tokenized with.
+        shutil.copyfile(self.path, directory / FILE)
+        return {"file": FILE, **self.specials.as_config()}
+
+    def encode_batch(
+        self, texts: Sequence[str], *, offsets: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        texts = list(texts)
+        with not_unicode_as_value_error():
+            if not offsets:
+                encodings = self._encode_fast(texts, add_special_tokens=False)
+                return to_arrays([e.ids for e in encodings], None)
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        return to_arrays([e.ids for e in encodings], [e.offsets for e in encodings])
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+    def fingerprint(self) -> str:
+        """Changes whenever the ids or the specials could."""
+        return digest(self.path.read_bytes(), repr(self.specials.as_config()))
+
+
+def _open(spec: str, path: Path) -> Any:
+    tokenizers = require("tokenizers", spec)
+    try:
+        backend = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the library's own parse errors: one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise TokenizerLoadError(
+            f"{spec!r}: not a tokenizers JSON file ({type(exc).__name__}: {first})"
+        ) from None
+    # A saved file can carry truncation or padding settings; a document is never cut or padded.
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
