@@ -207,11 +207,6 @@ def test_registering_later_rebuilds_the_registry_cleanly(gristmill_manager):
     assert after == before
 
 
-def test_temporary_registration_is_undone(gristmill_manager):
-    assert "t-source" not in gristmill_manager.components("sources")
-    assert "temp-sources" not in gristmill_manager.plugins
-
-
 def test_registering_a_taken_plugin_name_is_refused(gristmill_register):
     with pytest.raises(PluginError, match="already registered"):
         gristmill_register(object(), name="jsonl")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -316,7 +316,6 @@ class PresetType(Component):
     text_field: str = "text"
     tokenizer: str | None = None
     streaming: bool = True
-    options: Mapping[str, Any] = field(default_factory=dict)
 
     kind = "preset"
 
