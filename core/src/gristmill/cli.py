@@ -17,12 +17,14 @@ EPILOG = """\
 examples:
   gristmill prepare sample:stdlib-qa -o data/stdlib-qa --tokenizer byte
   gristmill prepare 'corpus/*.jsonl' -o data/corpus --val-fraction 0.01
+  gristmill convert data.csv -o data.jsonl
   gristmill inspect data/stdlib-qa --decode 3
   gristmill plugins --all
   gristmill presets
 
-Source specs: files, globs and directories (each file read by the source that claims its suffix),
-or prefixed specs such as sample:stdlib. Tokenizer specs: byte, or what plugins add.
+Source specs: files, globs and directories (.jsonl .json .csv .tsv .parquet, also .gz/.zst), or
+prefixed specs: sample:stdlib, hub:ORG/NAME, preset:NAME. Tokenizer specs: byte,
+hf:NAME_OR_DIR, PATH/tokenizer.json, or what plugins add.
 """
 
 
