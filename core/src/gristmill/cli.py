@@ -12,6 +12,7 @@ from gristmill.components import DEFAULT_MAX_RECORD_BYTES
 from gristmill.errors import GristmillError
 from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
 from gristmill.policy import POLICIES
+from gristmill.tasks import DEFAULT_TASK_BYTES
 
 EPILOG = """\
 examples:
@@ -42,12 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="tokenize sources into a dataset directory of memmap shards",
         description="Read sources, map their fields, tokenize, and write shards plus a manifest "
-        "(written last, so an interrupted run never looks complete). Running the same command "
-        "again on a finished dataset does nothing.",
+        "(written last, so an interrupted run never looks complete). The input is cut into "
+        "tasks run by parallel workers. Running the same command again finishes an interrupted "
+        "run, redoing only unfinished tasks, and does nothing on a finished dataset.",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset directory")
     p.add_argument("--tokenizer", default="byte", metavar="SPEC", help="tokenizer (default: byte)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        metavar="NAME",
+        help="tokenizer engine: auto (default: the fastest installed one whose ids match the "
+        "reference on the first batch), hf (the reference), or another the tokenizer offers",
+    )
     _add_reading_options(p)
     p.add_argument(
         "--val-fraction",
@@ -80,7 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop exact duplicate documents (same tokens and loss mask); keeps the first",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a different existing dataset")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (default: one per CPU); the output is the same for any N",
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        metavar="NAME",
+        help="where tasks run: local (default: this machine), or one a plugin adds",
+    )
+    p.add_argument(
+        "--task-bytes",
+        type=int,
+        default=DEFAULT_TASK_BYTES,
+        metavar="N",
+        help="input bytes per task, the unit of parallel work and of resuming after a crash "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a different existing dataset, or discard an unfinished one",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -246,6 +279,10 @@ def _prepare(args: argparse.Namespace) -> int:
         train_on_prompt=args.train_on_prompt,
         max_doc_tokens=args.max_doc_tokens,
         dedup=args.dedup,
+        engine=args.engine,
+        workers=args.workers,
+        executor=args.executor,
+        task_bytes=args.task_bytes,
         overwrite=args.overwrite,
         progress=args.progress,
         **_reading_options(args),

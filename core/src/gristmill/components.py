@@ -206,12 +206,20 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerType(Component):
-    """A tokenizer family: claims a spec by exact name, prefix (``hf:``) or suffix."""
+    """A tokenizer family: claims a spec by exact name, prefix (``hf:``) or suffix.
 
-    factory: Callable[[str], Tokenizer]
-    load: Callable[[Path, Mapping[str, Any]], Tokenizer]
+    ``factory(spec, **options)`` creates a tokenizer; ``load(directory, config, **options)``
+    reloads the copy ``save`` wrote (prepare's workers encode with that copy). Options gristmill
+    passes today: ``engine`` (``"auto"`` or one of ``engines``, the encoding engines the family
+    offers; an engine must give exactly the same ids). Both must accept and ignore options they
+    do not know.
+    """
+
+    factory: Callable[..., Tokenizer]
+    load: Callable[..., Tokenizer]
     prefixes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()
+    engines: tuple[str, ...] = ()  # engine names besides "auto" that factory/load accept
 
     kind = "tokenizer"
 
@@ -227,7 +235,11 @@ class ShardWriter(Protocol):
         ...
 
     def close(self) -> list[dict[str, Any]]:
-        """Flush the last shard; return one manifest entry per shard, in order."""
+        """Flush the last shard; return one manifest entry per shard, in order.
+
+        An entry holds ``num_documents``, ``num_tokens``, ``num_loss_tokens`` and, per file,
+        ``{"path": "SPLIT/NAME", "bytes": N, "sha256": HEX}`` under keys of the format's choosing.
+        """
         ...
 
 
@@ -249,7 +261,9 @@ class ShardReader(Protocol):
 class ShardFormatType(Component):
     """An on-disk format for tokenized documents: a writer and a matching reader."""
 
-    writer: Callable[..., ShardWriter]  # (directory, split, *, dtype, tokens_per_shard)
+    # (directory, split, *, dtype, tokens_per_shard, prefix): every file the writer creates is
+    # named PREFIX..., so the shards of parallel tasks never collide and a task's can be removed.
+    writer: Callable[..., ShardWriter]
     reader: Callable[..., ShardReader]  # (directory, shards: list[dict], *, dtype)
     format_version: int = 1
 
@@ -322,7 +336,12 @@ class PresetType(Component):
 
 class Executor(Protocol):
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        """Run ``fn`` on every task; yield results in task order."""
+        """Run ``fn`` on every task; yield each result as it completes, in any order.
+
+        ``fn`` and the tasks pickle, and every worker must see the output directory (a shared
+        filesystem): a task writes its shards and record there itself. Raise the first error a
+        task raises, and start no more tasks after it.
+        """
         ...
 
 

@@ -36,6 +36,14 @@ class DataError(GristmillError):
             parts.append(f"field {field!r}")
         super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in a worker process, it crosses back by pickle with its location intact.
+        return (_data_error, (type(self), self.reason, self.where, self.field))
+
+
+def _data_error(cls: type[DataError], message: str, where: str | None, field: str | None) -> DataError:
+    return cls(message, where=where, field=field)
+
 
 class FieldError(GristmillError):
     """Raised by a field mapper for one record; the pipeline adds the file and line.

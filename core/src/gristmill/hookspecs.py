@@ -198,9 +198,12 @@ def gristmill_presets() -> list[PresetType]:
 def gristmill_executors() -> list[ExecutorType]:
     """Register executors: places where prepare's deterministic tasks run.
 
-    Called when the plugin manager builds its registry. No first-party executor exists yet;
-    parallel and distributed prepare (planned) run their tasks through it. ``factory(workers=N, **options)`` returns an object whose ``map(fn, tasks)`` yields
-    results in task order, so output stays byte-identical whatever runs the tasks.
+    Called when the plugin manager builds its registry; ``prepare --executor NAME`` picks one
+    (first party: ``local``, this machine's processes). ``factory(workers=N, **options)``
+    returns an object whose ``map(fn, tasks)`` runs the picklable ``fn`` on every task and
+    yields each result as it completes. A task writes its own shards and record into the
+    output directory, which every worker must therefore see; the output is byte-identical
+    whatever runs the tasks, and in whatever order.
 
     :return: a list of :class:`~gristmill.components.ExecutorType` records.
 

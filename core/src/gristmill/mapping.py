@@ -74,14 +74,18 @@ class SchemaCheck:
 
     def admit(self, source: Source, policy: ErrorPolicy) -> bool:
         """Whether to read ``source``; a drifting or unreadable one goes to the error policy."""
+        problem = self.problem(source)
+        if problem is not None:
+            policy.handle(problem)
+        return problem is None
+
+    def problem(self, source: Source) -> Rejected | DataError | None:
+        """Why not to read ``source`` (its schema drifts, or cannot be read), or ``None``."""
         try:
             drift = self.drift(source)
         except DataError as exc:  # e.g. a Parquet footer that cannot be read
-            policy.source_failed(exc)
-            return False
-        if drift:
-            policy.reject(Rejected("schema-drift", drift, Where(source.spec)))
-        return not drift
+            return exc
+        return Rejected("schema-drift", drift, Where(source.spec)) if drift else None
 
     def drift(self, source: Any) -> str | None:
         describe = getattr(source, "schema", None)

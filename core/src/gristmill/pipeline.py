@@ -1,41 +1,43 @@
-"""``prepare``: sources → examples → token documents → shards on disk, with a manifest written last."""
+"""``prepare``: sources → examples → token documents → shards on disk, with a manifest written last.
+
+The work is cut into deterministic tasks (:mod:`gristmill.tasks`) that an executor runs, here or
+in worker processes; a crashed run resumes from its finished tasks (:mod:`gristmill.resume`); the
+tasks' records are merged into the manifest (:mod:`gristmill.merge`).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gristmill._version import __version__
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, ShardWriter, Tokenizer, Where
-from gristmill.errors import DataError, DatasetError
-from gristmill.examples import Example, loss_mask
-from gristmill.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    INCOMPLETE,
-    fingerprint,
-    read_manifest,
-    write_atomic,
-    write_manifest,
+from gristmill.components import (
+    DEFAULT_MAX_RECORD_BYTES,
+    ExecutorType,
+    Rejected,
+    ShardFormatType,
+    Source,
+    Tokenizer,
+    TokenizerType,
 )
-from gristmill.mapping import SchemaCheck, check_fields, mapped_examples
+from gristmill.errors import DataError
+from gristmill.manifest import FORMAT, FORMAT_VERSION, fingerprint, write_manifest
+from gristmill.mapping import SchemaCheck, check_fields
+from gristmill.merge import merge
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.policy import POLICIES, ErrorPolicy, reject_file
+from gristmill.resume import Claim
 from gristmill.sources import open_sources
+from gristmill.tasks import DEFAULT_TASK_BYTES, TASKS_DIR, TaskRunner, TaskSettings, plan_tasks
 from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer
 
 log = logging.getLogger("gristmill")
 
-BATCH = 512  # examples per tokenizer call: large enough for batch APIs, small enough to stream
 DEFAULT_TOKENS_PER_SHARD = 1 << 26  # 64 Mi tokens: 128 MiB per shard at uint16
 
 
@@ -57,6 +59,10 @@ def prepare(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     column_names: Sequence[str] | None = None,
     max_doc_tokens: int | None = None,
+    engine: str = "auto",
+    workers: int | None = None,
+    executor: str = "local",
+    task_bytes: int = DEFAULT_TASK_BYTES,
     overwrite: bool = False,
     progress: bool | None = None,
     manager: PluginManager | None = None,
@@ -68,6 +74,14 @@ def prepare(
     bar only on a terminal. ``on_error="fail"`` raises :class:`~gristmill.errors.DataError` naming
     the file, line and field of the first bad record; ``"skip"`` counts bad records per reason
     (``manifest["provenance"]["skipped"]``) and writes them to ``OUT.rejects.jsonl``.
+
+    The input is cut into tasks of about ``task_bytes`` that ``workers`` processes run (default:
+    one per CPU, at most one per task); the output is the same for any ``workers`` or
+    ``executor``. An interrupted run, run again with the same arguments, redoes only the
+    unfinished tasks. ``engine`` picks the tokenizer's encoding engine where its family offers
+    several (``auto``: the fastest that agrees with the reference); it never changes the ids.
+    With more than one worker, plugins come from installed distributions (entry points), not
+    from ``manager`` registrations made in this process.
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -80,6 +94,11 @@ def prepare(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if tokens_per_shard < 1:
         raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
+    if workers is not None and int(workers) < 1:
+        raise DataError(f"workers must be at least 1, got {workers}")
+    if int(task_bytes) < 1:
+        raise DataError(f"task_bytes must be positive, got {task_bytes}")
+    task_bytes = int(task_bytes)
     max_doc_tokens = None if max_doc_tokens is None else int(max_doc_tokens)
     if max_doc_tokens is not None and max_doc_tokens < 2:
         raise DataError(f"max_doc_tokens must be at least 2, got {max_doc_tokens}")
@@ -90,7 +109,13 @@ def prepare(
         specs, manager, max_record_bytes=max_record_bytes, column_names=column_names
     )
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
+    if engine != "auto" and engine not in tokenizer_type.engines:
+        offered = ", ".join(("auto", *tokenizer_type.engines))
+        raise DataError(
+            f"the {tokenizer_type.name} tokenizer has no engine {engine!r}; choose from {offered}"
+        )
     fmt = manager.shard_format(shard_format)
+    run_on = manager.executor(executor)
     if format != "auto":
         check_fields(manager.field_mapper(format), fields)
     config = {
@@ -108,9 +133,17 @@ def prepare(
         "max_record_bytes": max_record_bytes,
         "column_names": column_names,
         "max_doc_tokens": max_doc_tokens,
+        "task_bytes": task_bytes,
     }
     provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
-    tok = tokenizer_type.factory(tokenizer)
+    # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
+    schemas = SchemaCheck()
+    problems = [schemas.problem(source) for source in opened]
+    if on_error == "fail":
+        for problem in problems:
+            if problem is not None:
+                ErrorPolicy("fail", reject_file(Path(out))).handle(problem)  # raises
+    tok = tokenizer_type.factory(tokenizer, engine=engine)
     # A tokenizer that can say when its files changed (hf:DIR re-trained in place) takes part.
     tok_fingerprint = getattr(tok, "fingerprint", None)
     config_fp = fingerprint(
@@ -123,115 +156,131 @@ def prepare(
     )
 
     out_dir = Path(out)
-    existing = _claim_output(out_dir, config_fp, overwrite)
-    if existing is not None:
+    claim = Claim(out_dir, config_fp, overwrite)
+    if claim.up_to_date is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
-        return existing
+        return claim.up_to_date
+    try:
+        manifest = _write(
+            claim,
+            opened,
+            problems,
+            tok,
+            tokenizer_type,
+            fmt,
+            config,
+            provenance,
+            config_fp,
+            workers=workers,
+            executor=run_on,
+            engine=engine,
+            progress=progress,
+            manager=manager,
+        )
+    finally:
+        claim.release()
+    return manifest
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / INCOMPLETE, b"prepare is writing this dataset\n")
+
+def _write(
+    claim: Claim,
+    opened: list[Source],
+    problems: list[Rejected | DataError | None],
+    tok: Tokenizer,
+    tokenizer_type: TokenizerType,
+    fmt: ShardFormatType,
+    config: dict[str, Any],
+    provenance: list[dict[str, Any]],
+    config_fp: str,
+    *,
+    workers: int | None,
+    executor: ExecutorType,
+    engine: str,
+    progress: bool | None,
+    manager: PluginManager,
+) -> dict[str, Any]:
+    out_dir = claim.out_dir
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
     tok_config = tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
     # Every asked-for split exists in the output, even if the hash leaves it empty.
-    writers: dict[str, ShardWriter] = {
-        split: fmt.writer(out_dir, split, dtype=dtype, tokens_per_shard=tokens_per_shard)
-        for split in (("train", "val") if val_fraction > 0 else ("train",))
-    }
-    lengths: dict[str, list[np.ndarray]] = {split: [] for split in writers}
-    loss_tokens = dict.fromkeys(writers, 0)
+    splits = ("train", "val") if config["val_fraction"] > 0 else ("train",)
+    for directory in (*splits, TASKS_DIR):
+        (out_dir / directory).mkdir(exist_ok=True)
+    admitted = [(i, s) for i, (s, problem) in enumerate(zip(opened, problems)) if problem is None]
+    tasks = plan_tasks(admitted, config["task_bytes"])
+    done = claim.finished_tasks(len(tasks), splits)
+    # Sources refused by the schema check (under --on-error skip) are recorded after the clean-up.
+    policy = ErrorPolicy(config["on_error"], out_dir / TASKS_DIR / "schema-rejects.jsonl")
+    for problem in problems:
+        if problem is not None:
+            policy.handle(problem)
+    main_skipped = policy.close()
+    settings = TaskSettings(
+        out_dir=str(out_dir),
+        config_fingerprint=config_fp,
+        format=config["format"],
+        fields=config["fields"],
+        normalize=config["normalize"],
+        train_on_prompt=config["train_on_prompt"],
+        max_doc_tokens=config["max_doc_tokens"],
+        on_error=config["on_error"],
+        val_fraction=config["val_fraction"],
+        seed=config["seed"],
+        dedup=config["dedup"],
+        splits=splits,
+        shard_format=fmt.name,
+        dtype=dtype.name,
+        tokens_per_shard=config["tokens_per_shard"],
+        tokenizer=tokenizer_type.name,
+        tokenizer_config=tok_config,
+        engine=engine,
+    )
+    pending = [task for task in tasks if task.index not in done]
+    workers = max(1, min(len(pending), workers or available_cpus()))
 
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
-    index = duplicates = truncated = 0
-    seen: set[bytes] = set()  # 16-byte digests of kept documents, with --dedup
-    metadata = MetadataStats()
-    policy = ErrorPolicy(on_error, reject_file(out_dir))
-    try:
-        with bar:
-            schemas = SchemaCheck()
-            for source_entry, source in zip(provenance, opened):
-                count = 0
-                if not schemas.admit(source, policy):
-                    source_entry["records"] = 0
-                    continue
-                examples = mapped_examples(source, format, fields, manager, policy, report=log.info)
-                while batch := list(islice(examples, BATCH)):
-                    if normalize:
-                        batch = [(example.normalized(), where) for example, where in batch]
-                    ids, masks, digests = [], [], []
-                    encoded = _encode(tok, batch, train_on_prompt, max_doc_tokens)
-                    for (example, _), result in zip(batch, encoded):
-                        if isinstance(result, Rejected):
-                            policy.reject(result)
-                            continue
-                        doc, mask, cut = result
-                        truncated += cut
-                        digest = _digest(doc, mask)
-                        if dedup:
-                            if digest in seen:
-                                duplicates += 1
-                                continue
-                            seen.add(digest)
-                        ids.append(doc)
-                        masks.append(mask)
-                        digests.append(digest)
-                        if example.metadata:
-                            metadata.add(example.metadata, len(doc))
-                    splits = _assign_splits(digests, seed, val_fraction)
-                    for split in ("train", "val"):
-                        chosen = np.flatnonzero(splits == split)
-                        if not len(chosen):
-                            continue
-                        docs = [ids[i] for i in chosen]
-                        doc_masks = [masks[i] for i in chosen]
-                        writers[split].add(docs, doc_masks)
-                        lengths[split].append(np.fromiter(map(len, docs), np.int64, len(docs)))
-                        loss_tokens[split] += sum(
-                            len(d) if m is None else int(m.sum()) for d, m in zip(docs, doc_masks)
-                        )
-                    index += len(ids)
-                    count += len(ids)
-                    bar.update(len(batch))
-                source_entry["records"] = count
-    except BaseException:
-        policy.abort()  # the dataset stays marked incomplete; no half reject file either
-        raise
-    skipped = policy.close()
-    if skipped:
-        log.warning(f"{out_dir}: {policy.summary()}")
-    if dedup:
-        log.info(f"{out_dir}: dropped {duplicates:,} exact duplicate document(s)")
-    if truncated:
-        log.info(f"{out_dir}: truncated {truncated:,} document(s) to {max_doc_tokens:,} tokens")
-    if not index:
-        raise DataError(f"the sources hold no usable records: {', '.join(map(str, specs))}")
-
-    splits_entry = {}
-    for split, writer in writers.items():
-        shards = writer.close()
-        doc_lengths = np.concatenate([np.zeros(0, np.int64), *lengths[split]])
-        if not len(doc_lengths):
-            log.warning(f"{out_dir}: the {split} split is empty")
-        splits_entry[split] = {
-            "num_documents": len(doc_lengths),
-            "num_tokens": int(doc_lengths.sum()),
-            "num_loss_tokens": loss_tokens[split],
-            "length_stats": _length_stats(doc_lengths),
-            "shards": shards,
-        }
+    with bar:
+        if len(done):
+            bar.set_postfix_str(f"{len(done)} of {len(tasks)} tasks done before")
+        runner = TaskRunner(settings, manager, progress=bar.update)
+        for summary in executor.factory(workers=workers).map(runner, pending):
+            if not summary["progress_shown"]:  # it ran in another process
+                bar.update(summary["documents"])
+    merged = merge(settings, len(tasks), len(opened), fmt, main_skipped)
+    if merged.skipped:
+        total = sum(merged.skipped.values())
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in merged.skipped.items())
+        log.warning(
+            f"{out_dir}: skipped {total:,} record(s) ({reasons}); see {reject_file(out_dir)}"
+        )
+    if config["dedup"]:
+        log.info(f"{out_dir}: dropped {merged.duplicates:,} exact duplicate document(s)")
+    if merged.truncated:
+        log.info(
+            f"{out_dir}: truncated {merged.truncated:,} document(s) to "
+            f"{config['max_doc_tokens']:,} tokens"
+        )
+    if not sum(entry["num_documents"] for entry in merged.splits.values()):
+        raise DataError(
+            "the sources hold no usable records: "
+            + ", ".join(entry["spec"] for entry in provenance)
+        )
+    for entry, count in zip(provenance, merged.records):
+        entry["records"] = count
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "gristmill_version": __version__,
         "shard_format": {"name": fmt.name, "version": fmt.format_version},
         "config_fingerprint": config_fp,
-        "fingerprint": fingerprint([config_fp, splits_entry]),
+        "fingerprint": fingerprint([config_fp, merged.splits]),
         "dtype": dtype.name,
         "tokenizer": {
             "name": tokenizer_type.name,
-            "spec": tokenizer,
+            "spec": config["tokenizer"],
             "config": tok_config,
             "vocab_size": tok.vocab_size,
             "bos_id": tok.bos_id,
@@ -244,250 +293,29 @@ def prepare(
             if getattr(tok, "render_chat", None) is None
             else "tokenizer",
         },
-        "splits": splits_entry,
-        "stats": {"metadata": metadata.summary()},
+        "splits": merged.splits,
+        "stats": {"metadata": merged.metadata},
         "provenance": {
             "sources": provenance,
             "config": config,
-            "skipped": skipped,
-            "duplicates": duplicates,
-            "truncated": truncated,
+            "skipped": merged.skipped,
+            "duplicates": merged.duplicates,
+            "truncated": merged.truncated,
         },
     }
     write_manifest(out_dir, manifest)
-    (out_dir / INCOMPLETE).unlink()
+    claim.finish()
     totals = ", ".join(
         f"{s}: {e['num_documents']:,} documents, {e['num_tokens']:,} tokens"
-        for s, e in splits_entry.items()
+        for s, e in merged.splits.items()
     )
     log.info(f"{out_dir}: wrote {totals}")
     return manifest
 
 
-class MetadataStats:
-    """Documents and tokens per value of each metadata key (``{"metadata": {"lang": "en"}}``).
-
-    At most ``MAX_VALUES`` distinct values are kept per key; the rest count as ``(other)``, so a
-    per-record id in the metadata cannot grow the manifest without bound.
-    """
-
-    MAX_VALUES = 100
-
-    def __init__(self) -> None:
-        self.counts: dict[str, dict[str, list[int]]] = {}
-
-    def add(self, metadata: tuple[tuple[str, object], ...], tokens: int) -> None:
-        for key, value in metadata:
-            values = self.counts.setdefault(key, {})
-            label = json.dumps(value) if not isinstance(value, str) else value
-            if label not in values and len(values) >= self.MAX_VALUES:
-                label = "(other)"
-            entry = values.setdefault(label, [0, 0])
-            entry[0] += 1
-            entry[1] += tokens
-
-    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
-        return {
-            key: {v: {"documents": d, "tokens": t} for v, (d, t) in sorted(values.items())}
-            for key, values in sorted(self.counts.items())
-        }
-
-
-def _claim_output(out_dir: Path, config_fp: str, overwrite: bool) -> dict[str, Any] | None:
-    """Make ``out_dir`` ready to write; return its manifest instead if it is already up to date."""
-    if not out_dir.exists():
-        return None
-    if not out_dir.is_dir():
-        raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
-    ours = (out_dir / INCOMPLETE).exists() or _is_dataset(out_dir)
-    if not ours:
-        if any(out_dir.iterdir()):
-            raise DatasetError(
-                f"{out_dir} is not empty and is not a gristmill dataset; choose a new or empty -o"
-            )
-        return None
-    if (out_dir / INCOMPLETE).exists():
-        log.info(
-            f"{out_dir}: an earlier prepare did not finish (interrupted or failed); starting again"
-        )
-    elif not overwrite:
-        manifest = read_manifest(out_dir)
-        if manifest.get("config_fingerprint") == config_fp:
-            return manifest
-        raise DatasetError(
-            f"{out_dir} already holds a dataset prepared from other sources or settings; "
-            "pass --overwrite to replace it, or choose another -o"
-        )
-    shutil.rmtree(out_dir)
-    return None
-
-
-def _is_dataset(directory: Path) -> bool:
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the machine's)."""
     try:
-        read_manifest(directory)
-    except DatasetError:
-        return False
-    return True
-
-
-Encoded = tuple[np.ndarray, np.ndarray | None, bool]  # ids, loss mask (None: all), truncated
-
-
-def _encode(
-    tok: Tokenizer,
-    batch: list[tuple[Example, Where]],
-    train_on_prompt: bool,
-    max_doc_tokens: int | None = None,
-) -> list[Encoded | Rejected]:
-    """Per example: token ids, loss mask and whether it was truncated; or why not."""
-    rendered = [_render(tok, example, where, train_on_prompt) for example, where in batch]
-    valid = [r for r in rendered if not isinstance(r, Rejected)]
-    encoded = iter(_encode_rendered(tok, valid, max_doc_tokens))
-    return [r if isinstance(r, Rejected) else next(encoded) for r in rendered]
-
-
-Rendered = tuple[str, tuple[tuple[int, int], ...], Where]  # text, loss spans, origin
-
-
-def _render(
-    tok: Tokenizer, example: Example, where: Where, train_on_prompt: bool
-) -> Rendered | Rejected:
-    """The text to tokenize and its loss spans: chat through the tokenizer's own template when
-    it has one (``render_chat``), else the built-in templates of :meth:`Example.render`."""
-    render_chat = getattr(tok, "render_chat", None)
-    if example.messages is None or render_chat is None:
-        return (*example.render(train_on_prompt=train_on_prompt), where)
-    try:
-        return (*render_chat(example.messages, train_on_prompt=train_on_prompt), where)
-    except DataError as exc:  # a template that refuses this conversation or renders it unevenly
-        return Rejected("chat-template", exc.reason, where, field=exc.field)
-
-
-def _encode_rendered(
-    tok: Tokenizer, items: list[Rendered], max_doc_tokens: int | None
-) -> list[Encoded | Rejected]:
-    if not items:
-        return []
-    texts = [text for text, _, _ in items]
-    full = [spans == ((0, len(text)),) for text, spans, _ in items]
-    try:
-        ids, offsets = tok.encode_batch(texts, offsets=not all(full))
-    except (UnicodeError, ValueError) as exc:
-        if len(items) > 1:  # find the culprit(s): encode one by one
-            return [out for item in items for out in _encode_rendered(tok, [item], max_doc_tokens)]
-        return [
-            Rejected(
-                "untokenizable",
-                f"cannot tokenize ({exc}); the text holds characters that are not valid "
-                "Unicode, such as a lone surrogate from a JSON \\ud800 escape: fix or remove "
-                "the record",
-                items[0][2],
-                texts[0].encode("utf-8", "replace").decode(),
-            )
-        ]
-    out: list[Encoded | Rejected] = []
-    for i, doc in enumerate(ids):
-        text, spans, where = items[i]
-        if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
-            message = f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})"
-            out.append(Rejected("bad-token-ids", message, where))
-            continue
-        mask = None
-        if not full[i]:
-            assert offsets is not None
-            mask = loss_mask(offsets[i], spans)
-            if not mask.any():
-                message = "no token carries loss (the completion is empty after tokenizing)"
-                out.append(Rejected("no-loss", message, where, text))
-                continue
-        doc, mask = _add_specials(tok, doc, mask)
-        if not len(doc):
-            out.append(Rejected("no-tokens", "the text tokenizes to no tokens", where, text))
-            continue
-        cut = max_doc_tokens is not None and len(doc) > max_doc_tokens
-        if cut:
-            doc, mask = _truncate(tok, doc, mask, max_doc_tokens)  # type: ignore[arg-type]
-            if mask is not None and not mask.any():
-                message = f"no token carries loss within the first {max_doc_tokens:,} tokens"
-                out.append(Rejected("no-loss", message, where, text))
-                continue
-        out.append((doc, mask, cut))
-    return out
-
-
-def _truncate(
-    tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None, limit: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The first ``limit`` tokens; a final EOS stays the last token, so documents still end.
-
-    The kept EOS carries loss only if the last kept token does: stopping is not learned from a
-    prompt cut in the middle.
-    """
-    keep = limit - 1 if tok.eos_id is not None and doc[-1] == tok.eos_id else limit
-    doc = np.concatenate([doc[:keep], doc[len(doc) - (limit - keep) :]])
-    if mask is not None:
-        mask = np.concatenate([mask[:keep], mask[keep - 1 : keep][: limit - keep]])
-    return doc, mask
-
-
-def _add_specials(
-    tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    # BOS never carries loss (nothing predicts it); EOS does whenever the text's end does, so a
-    # model learns to stop after a completion. A document whose text already yields them (a chat
-    # template that writes the BOS, or closes each answer with the EOS) does not get a second.
-    bos, eos = tok.bos_id, tok.eos_id
-    add_bos = tok.add_bos and bos is not None and not (len(doc) and doc[0] == bos)
-    add_eos = tok.add_eos and eos is not None and not (len(doc) and doc[-1] == eos)
-    head = [bos] if add_bos else []
-    tail = [eos] if add_eos else []
-    if not head and not tail:
-        return doc, mask
-    doc = np.concatenate([np.asarray(head, doc.dtype), doc, np.asarray(tail, doc.dtype)])
-    if mask is not None:
-        end = mask[-1:] if len(mask) else np.ones(1, np.uint8)
-        mask = np.concatenate([np.zeros(len(head), np.uint8), mask, end[: len(tail)]])
-    return doc, mask
-
-
-def _digest(ids: np.ndarray, mask: np.ndarray | None) -> bytes:
-    """A document's identity: its tokens and loss mask (for --dedup and the split)."""
-    digest = hashlib.blake2b(ids.tobytes(), digest_size=16)
-    if mask is not None:
-        digest.update(mask.tobytes())
-    return digest.digest()
-
-
-def _assign_splits(digests: list[bytes], seed: int, val_fraction: float) -> np.ndarray:
-    """``"train"`` or ``"val"`` per document, from a seeded hash of its content.
-
-    A document's split depends only on its content and the seed: stable under reordering and
-    parallelism, and identical documents never straddle train and val.
-    """
-    if val_fraction <= 0:
-        return np.full(len(digests), "train")
-    key = (seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-    hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(d, digest_size=8, key=key).digest(), "little")
-            for d in digests
-        ),
-        dtype=np.uint64,
-        count=len(digests),
-    )
-    uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.where(uniform < val_fraction, "val", "train")
-
-
-def _length_stats(lengths: np.ndarray) -> dict[str, float | int]:
-    if not len(lengths):
-        return dict.fromkeys(("min", "max", "mean", "p50", "p90", "p99"), 0)
-    p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
-    return {
-        "min": int(lengths.min()),
-        "max": int(lengths.max()),
-        "mean": round(float(lengths.mean()), 2),
-        "p50": float(p50),
-        "p90": float(p90),
-        "p99": float(p99),
-    }
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

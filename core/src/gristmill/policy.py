@@ -52,6 +52,13 @@ class ErrorPolicy:
             raise error
         self.reject(Rejected("unreadable-rest", error.reason, Where(error.where or "?")))
 
+    def handle(self, problem: Rejected | DataError) -> None:
+        """A rejected record, or a source that cannot go on."""
+        if isinstance(problem, DataError):
+            self.source_failed(problem)
+        else:
+            self.reject(problem)
+
     def close(self) -> dict[str, int]:
         """Publish the reject file (or remove a stale one); return the counts per reason."""
         if self._file is not None:

@@ -53,11 +53,11 @@ class ByteTokenizer:
         return config
 
     @classmethod
-    def from_spec(cls, spec: str) -> ByteTokenizer:
+    def from_spec(cls, spec: str, **options: Any) -> ByteTokenizer:
         return cls()
 
     @classmethod
-    def load(cls, directory: Path, config: Mapping[str, Any]) -> ByteTokenizer:
+    def load(cls, directory: Path, config: Mapping[str, Any], **options: Any) -> ByteTokenizer:
         return cls(add_bos=bool(config["add_bos"]), add_eos=bool(config["add_eos"]))
 
 

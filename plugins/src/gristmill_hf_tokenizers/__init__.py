@@ -6,15 +6,18 @@
 - ``PATH/tokenizer.json`` (any path ending in ``tokenizer.json``): a ``tokenizers`` JSON file, no
   transformers needed. Chat examples use gristmill's built-in template.
 
-Both encode batches with the library's batch API and ``add_special_tokens=False``; gristmill adds
-BOS/EOS itself by the policy in :mod:`gristmill_hf_tokenizers.common`. The libraries are imported
-only when a tokenizer is created, so importing this plugin stays cheap.
+Both encode batches with ``add_special_tokens=False``, through the engine chosen by ``engine=``:
+gigatoken when it can (checked against the library's own ids), else the library's batch API (see
+:mod:`gristmill_hf_tokenizers.engines`); gristmill adds BOS/EOS itself by the policy in
+:mod:`gristmill_hf_tokenizers.common`. The libraries are imported only when a tokenizer is
+created, so importing this plugin stays cheap.
 """
 
 from __future__ import annotations
 
 from gristmill import hookimpl
 from gristmill.components import TokenizerType
+from gristmill_hf_tokenizers.engines import ENGINES
 from gristmill_hf_tokenizers.hf import HFTokenizer
 from gristmill_hf_tokenizers.json_file import JSONTokenizer
 
@@ -29,6 +32,7 @@ def gristmill_tokenizers() -> list[TokenizerType]:
             prefixes=("hf:",),
             factory=HFTokenizer.from_spec,
             load=HFTokenizer.load,
+            engines=ENGINES,
             requires="hf",
         ),
         TokenizerType(
@@ -37,6 +41,7 @@ def gristmill_tokenizers() -> list[TokenizerType]:
             suffixes=("tokenizer.json",),
             factory=JSONTokenizer.from_spec,
             load=JSONTokenizer.load,
+            engines=ENGINES,
             requires="hf",
         ),
     ]

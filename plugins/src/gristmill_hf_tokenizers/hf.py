@@ -26,6 +26,7 @@ from gristmill_hf_tokenizers.common import (
     to_arrays,
     vocab_size,
 )
+from gristmill_hf_tokenizers.engines import choose
 
 PROBE_TIMEOUT = 5.0  # seconds: a clear "offline" beats the library's retries
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -34,18 +35,21 @@ HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 class HFTokenizer:
     """A ``transformers`` fast tokenizer behind gristmill's Tokenizer protocol."""
 
-    def __init__(self, spec: str, hf: Any, specials: Specials):
+    def __init__(self, spec: str, hf: Any, specials: Specials, engine: str = "auto"):
         self.spec = spec
         self.hf = hf
         self.specials = specials
         self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
         self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
         self.vocab_size = vocab_size(hf.get_vocab(), len(hf))
+        self._engines = choose(spec, engine, hf.backend_tokenizer.to_str)
 
     # --- creating and reloading ------------------------------------------------------------------
 
     @classmethod
-    def from_spec(cls, spec: str) -> HFTokenizer:
+    def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> HFTokenizer:
+        """The tokenizer ``spec`` names; ``engine`` is ``auto``, ``hf`` or ``gigatoken`` (see
+        :mod:`gristmill_hf_tokenizers.engines`). Options it does not know are ignored."""
         name = spec.removeprefix("hf:")
         if not name:
             raise TokenizerLoadError(f"{spec!r}: name a tokenizer: hf:ORG/NAME or hf:FOLDER")
@@ -62,20 +66,28 @@ class HFTokenizer:
             eos=hf.eos_token_id,
             pad=hf.pad_token_id,
         )
-        tok = cls.create(spec, hf, specials)
+        tok = cls.create(spec, hf, specials, engine)
         describe(spec, specials, hf.convert_ids_to_tokens)
         return tok
 
     @classmethod
-    def create(cls, spec: str, hf: Any, specials: Specials) -> HFTokenizer:
+    def create(cls, spec: str, hf: Any, specials: Specials, engine: str = "auto") -> HFTokenizer:
         """The tokenizer, able to render chat when ``hf`` has a chat template."""
-        return (HFChatTokenizer if getattr(hf, "chat_template", None) else cls)(spec, hf, specials)
+        kind = HFChatTokenizer if getattr(hf, "chat_template", None) else cls
+        return kind(spec, hf, specials, engine)
 
     @classmethod
-    def load(cls, directory: Path, config: Mapping[str, Any]) -> HFTokenizer:
+    def load(
+        cls, directory: Path, config: Mapping[str, Any], engine: str = "auto", **options: Any
+    ) -> HFTokenizer:
         spec = f"hf:{directory}"
         hf = _from_pretrained(spec, require("transformers", spec), str(directory), True)
-        return cls.create(spec, hf, Specials.from_config(config))
+        return cls.create(spec, hf, Specials.from_config(config), engine)
+
+    @property
+    def engine(self) -> str:
+        """The engine encoding now: ``gigatoken`` or ``hf`` (also after a fallback)."""
+        return self._engines.name
 
     def save(self, directory: Path) -> dict[str, Any]:
         self.hf.save_pretrained(str(directory))
@@ -86,11 +98,16 @@ class HFTokenizer:
     def encode_batch(
         self, texts: Sequence[str], *, offsets: bool = False
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        return self._engines.encode_batch(texts, offsets, self._encode_reference)
+
+    def _encode_reference(
+        self, texts: list[str], offsets: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         if not texts:
             return [], [] if offsets else None
         with not_unicode_as_value_error():
             out = self.hf(
-                list(texts),
+                texts,
                 add_special_tokens=False,
                 return_offsets_mapping=offsets,
                 return_attention_mask=False,

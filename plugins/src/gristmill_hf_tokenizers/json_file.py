@@ -26,6 +26,7 @@ from gristmill_hf_tokenizers.common import (
     to_arrays,
     vocab_size,
 )
+from gristmill_hf_tokenizers.engines import choose
 
 FILE = "tokenizer.json"
 
@@ -33,7 +34,9 @@ FILE = "tokenizer.json"
 class JSONTokenizer:
     """A ``tokenizers.Tokenizer`` loaded from a JSON file."""
 
-    def __init__(self, spec: str, path: Path, backend: Any, specials: Specials):
+    def __init__(
+        self, spec: str, path: Path, backend: Any, specials: Specials, engine: str = "auto"
+    ):
         self.spec, self.path, self.backend = spec, path, backend
         self.specials = specials
         self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
@@ -42,22 +45,33 @@ class JSONTokenizer:
         self.vocab_size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
         # Without offsets, the faster call that skips computing them (tokenizers >= 0.20).
         self._encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        self._engines = choose(spec, engine, backend.to_str)
 
     @classmethod
-    def from_spec(cls, spec: str) -> JSONTokenizer:
+    def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> JSONTokenizer:
+        """The tokenizer at ``spec``; ``engine`` is ``auto``, ``hf`` or ``gigatoken`` (see
+        :mod:`gristmill_hf_tokenizers.engines`). Options it does not know are ignored."""
         path = Path(spec).expanduser()
         if not path.is_file():
             raise TokenizerLoadError(f"{spec!r}: no such file")
         backend = _open(spec, path)
         plain, full = (backend.encode(PROBE_TEXT, add_special_tokens=f).ids for f in (False, True))
         specials = detect_specials(spec, plain, full, backend.get_vocab(with_added_tokens=True))
+        tok = cls(spec, path, backend, specials, engine)
         describe(spec, specials, backend.id_to_token)
-        return cls(spec, path, backend, specials)
+        return tok
 
     @classmethod
-    def load(cls, directory: Path, config: Mapping[str, Any]) -> JSONTokenizer:
+    def load(
+        cls, directory: Path, config: Mapping[str, Any], engine: str = "auto", **options: Any
+    ) -> JSONTokenizer:
         path = directory / config.get("file", FILE)
-        return cls(str(path), path, _open(str(path), path), Specials.from_config(config))
+        return cls(str(path), path, _open(str(path), path), Specials.from_config(config), engine)
+
+    @property
+    def engine(self) -> str:
+        """The engine encoding now: ``gigatoken`` or ``hf`` (also after a fallback)."""
+        return self._engines.name
 
     def save(self, directory: Path) -> dict[str, Any]:
         # The user's file as it is: byte for byte what they tokenized with.
@@ -67,7 +81,11 @@ class JSONTokenizer:
     def encode_batch(
         self, texts: Sequence[str], *, offsets: bool = False
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        texts = list(texts)
+        return self._engines.encode_batch(texts, offsets, self._encode_reference)
+
+    def _encode_reference(
+        self, texts: list[str], offsets: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         with not_unicode_as_value_error():
             if not offsets:
                 encodings = self._encode_fast(texts, add_special_tokens=False)

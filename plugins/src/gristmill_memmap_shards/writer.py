@@ -14,13 +14,22 @@ from gristmill.manifest import write_atomic
 
 
 class MemmapShardWriter:
-    def __init__(self, directory: Path, split: str, *, dtype: np.dtype, tokens_per_shard: int):
+    def __init__(
+        self,
+        directory: Path,
+        split: str,
+        *,
+        dtype: np.dtype,
+        tokens_per_shard: int,
+        prefix: str = "",
+    ):
         self.root = directory
         self.split_dir = directory / split
         self.split_dir.mkdir(parents=True, exist_ok=True)
         self.split = split
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.tokens_per_shard = tokens_per_shard
+        self.prefix = prefix
         self.entries: list[dict[str, Any]] = []
         self._ids: list[np.ndarray] = []
         self._masks: list[np.ndarray | None] = []
@@ -51,10 +60,12 @@ class MemmapShardWriter:
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         offsets = np.zeros(len(ids) + 1, dtype="<i8")
         np.cumsum(lengths, out=offsets[1:])
-        name = f"{len(self.entries):05d}"
+        name = f"{self.prefix}{len(self.entries):05d}"
+        loss_tokens = sum(len(d) if m is None else int(m.sum()) for d, m in zip(ids, masks))
         entry: dict[str, Any] = {
             "num_documents": len(ids),
             "num_tokens": len(tokens),
+            "num_loss_tokens": loss_tokens,
             "tokens": self._write(f"{name}.tokens", tokens.astype(self.dtype, copy=False)),
             "offsets": self._write(f"{name}.offsets", offsets),
             "mask": None,

@@ -55,6 +55,9 @@ class StdlibSource:
         bounds = [len(self.files) * k // n for k in range(n + 1)]
         return [type(self)(self.spec, files=self.files[a:b]) for a, b in itertools.pairwise(bounds)]
 
+    def nbytes(self) -> int:
+        return sum(path.stat().st_size for path in self.files)
+
     def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
         root = stdlib_modules()[0]
         for path in self.files:

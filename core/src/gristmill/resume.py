@@ -1,0 +1,171 @@
+"""Claiming an output directory: start fresh, resume an unfinished prepare, or refuse.
+
+While ``prepare`` writes, the directory holds a marker (``.gristmill-incomplete``) with the
+fingerprint of the config and input, locked for as long as the process lives. A later run with
+the same fingerprint resumes: it keeps the tasks whose record and files are all there and removes
+everything else. A different fingerprint is refused (``--overwrite`` starts over), so outputs of
+two configs never mix; a live lock is refused too, so two runs never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import DatasetError
+from gristmill.manifest import INCOMPLETE, MANIFEST, read_manifest
+from gristmill.tasks import TASKS_DIR, read_record
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the fingerprint check still holds
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("gristmill")
+
+
+class Claim:
+    """An output directory this process writes: locked until :meth:`finish` or process exit."""
+
+    def __init__(self, out_dir: Path, config_fp: str, overwrite: bool):
+        self.out_dir = out_dir
+        self.config_fp = config_fp
+        self.up_to_date: dict[str, Any] | None = None  # the manifest, when there is nothing to do
+        self.resuming = False
+        self._fd: int | None = None
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
+        if (out_dir / INCOMPLETE).exists():
+            previous = self._lock()
+            if previous == config_fp:
+                self.resuming = True
+            elif overwrite:
+                self._start_over()
+            else:
+                self.release()
+                raise DatasetError(
+                    f"{out_dir} holds an unfinished prepare of other sources or settings: run "
+                    "that command again to finish it, or pass --overwrite to start over"
+                )
+        elif (manifest := _dataset_manifest(out_dir)) is not None:
+            if manifest.get("config_fingerprint") == config_fp and not overwrite:
+                self.up_to_date = manifest
+                return
+            if not overwrite:
+                raise DatasetError(
+                    f"{out_dir} already holds a dataset prepared from other sources or settings; "
+                    "pass --overwrite to replace it, or choose another -o"
+                )
+            self._start_over()
+        elif out_dir.exists() and any(out_dir.iterdir()):
+            raise DatasetError(
+                f"{out_dir} is not empty and is not a gristmill dataset; choose a new or empty -o"
+            )
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        self._write_marker()
+
+    def _lock(self) -> str | None:
+        """Lock the marker (creating it); return the fingerprint it held."""
+        self._fd = os.open(self.out_dir / INCOMPLETE, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _marker(self._fd).get("pid", "?")
+                self.release()
+                raise DatasetError(
+                    f"another gristmill prepare (process {holder}) is writing {self.out_dir}; "
+                    "wait for it to finish, or choose another -o"
+                ) from None
+        return _marker(self._fd).get("config_fingerprint")
+
+    def _start_over(self) -> None:
+        self.release()
+        shutil.rmtree(self.out_dir)
+        self.out_dir.mkdir(parents=True)
+        self._lock()
+
+    def _write_marker(self) -> None:
+        assert self._fd is not None
+        data = json.dumps({"config_fingerprint": self.config_fp, "pid": os.getpid()}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def finished_tasks(self, count: int, splits: Iterable[str]) -> set[int]:
+        """Tasks (of ``count``) whose record and every file it names are intact; everything
+        else in the directory that no such record names (partial shards, temporary files) goes."""
+        done: set[int] = set()
+        keep: set[Path] = set()
+        for index in range(count) if self.resuming else ():
+            record = read_record(self.out_dir, index)
+            if record is None or record.get("config_fingerprint") != self.config_fp:
+                continue
+            files = list(_record_files(self.out_dir, index, record))
+            if all(path.is_file() and size in (-1, path.stat().st_size) for path, size in files):
+                done.add(index)
+                keep.update(path for path, _ in files)
+        for directory in (*(self.out_dir / s for s in splits), self.out_dir / TASKS_DIR):
+            for path in directory.glob("*") if directory.is_dir() else ():
+                if path not in keep:
+                    path.unlink()
+        for stray in self.out_dir.parent.glob(f"{self.out_dir.name}.rejects.jsonl.tmp-*"):
+            stray.unlink()
+        if self.resuming:
+            log.info(
+                f"{self.out_dir}: resuming an unfinished prepare: {len(done):,} of {count:,} "
+                "task(s) already done"
+            )
+        return done
+
+    def finish(self) -> None:
+        """The manifest is written: drop the task records, then the marker and its lock."""
+        shutil.rmtree(self.out_dir / TASKS_DIR, ignore_errors=True)
+        (self.out_dir / INCOMPLETE).unlink()
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _dataset_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of the dataset in ``out_dir``; ``None`` when there is no gristmill dataset
+    (``--overwrite`` never deletes a directory gristmill did not write)."""
+    if not (out_dir / MANIFEST).exists():
+        return None
+    try:
+        return read_manifest(out_dir)
+    except DatasetError:
+        return None
+
+
+def _marker(fd: int) -> dict[str, Any]:
+    try:
+        content = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+    except ValueError:  # torn, or written by an older gristmill: matches no fingerprint
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _record_files(out_dir: Path, index: int, record: dict[str, Any]) -> Iterable[tuple[Path, int]]:
+    """Every file a task record names, with its size (``-1``: any size)."""
+    yield out_dir / TASKS_DIR / f"{index:05d}-record.json", -1
+    for split in record.get("splits", {}).values():
+        for shard in split["shards"]:
+            for value in shard.values():
+                if isinstance(value, dict) and "path" in value:
+                    yield out_dir / value["path"], value["bytes"]
+        for key in ("digests", "metadata"):
+            if key in split:
+                yield out_dir / TASKS_DIR / split[key], -1
+    if record.get("skipped"):
+        yield out_dir / TASKS_DIR / f"{index:05d}-rejects.jsonl", -1

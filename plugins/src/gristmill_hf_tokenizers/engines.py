@@ -1,0 +1,176 @@
+"""Encoding engines: the tokenizer's own library (``hf``, the reference) or gigatoken, a faster one.
+
+Both ``hf:`` and ``tokenizer.json`` tokenizers encode through an :class:`EngineSwitch`:
+
+- ``hf`` is the library the tokenizer was written for (``tokenizers``, through ``transformers`` for
+  ``hf:``); its ids and offsets are, by definition, right.
+- ``gigatoken`` re-implements byte-level BPE (and SentencePiece-style BPE with byte fallback) in
+  Rust, tens of times faster. It gives no character offsets, so a batch that needs them (loss
+  masks) is encoded by ``hf``.
+- ``auto`` (the default) is gigatoken when it is installed and loads the tokenizer, else hf.
+
+A fast engine is trusted only after it agrees with ``hf``: its first batch is also encoded by
+``hf`` and compared id for id. On a difference, or when it raises on a text that ``hf`` encodes,
+it is dropped for the rest of the tokenizer object's life with a warning, and ``hf`` carries on.
+The engine never changes a tokenizer's fingerprint or saved config: the ids are the same.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any, Protocol
+
+import numpy as np
+
+from gristmill.errors import GristmillError, MissingDependencyError
+from gristmill_hf_tokenizers.common import log
+
+AUTO = "auto"
+REFERENCE = "hf"
+ENGINES = (REFERENCE, "gigatoken")  # what factory/load accept besides "auto"
+GIGATOKEN_HINT = "pip install gigatoken (or pip install 'gristmill[hf]')"
+
+Arrays = tuple[list[np.ndarray], list[np.ndarray] | None]  # ids, and token start offsets
+Reference = Callable[[list[str], bool], Arrays]  # (texts, offsets): the hf engine
+
+
+class EngineError(GristmillError):
+    """An engine that was asked for by name cannot encode this tokenizer."""
+
+
+class FastEngine(Protocol):
+    """An engine besides the reference: ids only, one uint32 array per text."""
+
+    name: str
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]: ...
+
+
+class Gigatoken:
+    """gigatoken, built from the tokenizer's JSON; encodes on the calling thread.
+
+    gristmill parallelises with worker processes (one per core), so gigatoken's own thread pool
+    is never used (``parallel=False``): no oversubscription, and no pool inherited across a fork.
+    """
+
+    name = "gigatoken"
+
+    def __init__(self, tokenizer_json: str):
+        self._json = tokenizer_json
+        self._tok = _gigatoken().Tokenizer.from_json(tokenizer_json)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        # One flat uint32 buffer and row offsets (an awkward array): no Python int per token.
+        layout = self._tok.encode_batch(texts, parallel=False).layout.to_ListOffsetArray64(True)
+        flat = np.asarray(layout.content.data, dtype=np.uint32)
+        bounds = np.asarray(layout.offsets).tolist()
+        return [flat[start:end] for start, end in pairwise(bounds)]
+
+    # The Rust tokenizer does not pickle; a worker process rebuilds it from the JSON.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"json": self._json}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["json"])
+
+
+class EngineSwitch:
+    """The engine a tokenizer object encodes with, checked against the reference on first use."""
+
+    def __init__(self, spec: str, fast: FastEngine | None):
+        self.spec = spec
+        self.fast = fast
+        self.checked = False  # the fast engine has matched the reference on a whole batch
+
+    @property
+    def name(self) -> str:
+        return REFERENCE if self.fast is None else self.fast.name
+
+    def encode_batch(self, texts: Sequence[str], offsets: bool, reference: Reference) -> Arrays:
+        texts = list(texts)
+        fast = self.fast
+        if fast is None or offsets or not texts:  # no fast engine gives offsets exactly
+            return reference(texts, offsets)
+        try:
+            ids = fast.encode(texts)
+        except Exception as exc:
+            # A text that hf refuses too (a lone surrogate) is the data's fault: hf raises it
+            # here and the fast engine stays. Otherwise the fast engine is what failed.
+            expected = reference(texts, False)
+            problem = f"failed on this batch ({type(exc).__name__}: {_first_line(exc)})"
+            self._fall_back(problem)
+            return expected
+        if not self.checked:
+            expected = reference(texts, False)
+            differs = _first_difference(ids, expected[0])
+            if differs is not None:
+                self._fall_back(
+                    f"gives other ids than {REFERENCE} for the text at index {differs} of its "
+                    "first batch"
+                )
+                return expected
+            # A batch of empty texts proves nothing: check again on the next one.
+            self.checked = any(len(doc) for doc in expected[0])
+        return ids, None
+
+    def _fall_back(self, problem: str) -> None:
+        assert self.fast is not None
+        log.warning(
+            f"{self.spec}: the {self.fast.name} engine {problem}; encoding with {REFERENCE} "
+            f"from now on (--engine {REFERENCE} skips {self.fast.name})"
+        )
+        self.fast = None
+
+
+def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineSwitch:
+    """The engine for ``engine`` (``auto``, ``hf`` or ``gigatoken``).
+
+    ``auto`` quietly takes ``hf`` when gigatoken is missing or refuses the tokenizer; asking for
+    ``gigatoken`` by name makes either a clear error.
+    """
+    if engine not in (AUTO, *ENGINES):
+        raise EngineError(
+            f"{spec}: unknown engine {engine!r}; choose one of {', '.join((AUTO, *ENGINES))}"
+        )
+    if engine == REFERENCE:
+        return EngineSwitch(spec, None)
+    try:
+        _gigatoken()
+    except ImportError:
+        if engine == AUTO:
+            log.debug(f"{spec}: gigatoken is not installed; encoding with {REFERENCE}")
+            return EngineSwitch(spec, None)
+        raise MissingDependencyError(
+            f"{spec}: engine 'gigatoken' needs the gigatoken package: {GIGATOKEN_HINT}"
+        ) from None
+    try:
+        fast = Gigatoken(tokenizer_json())
+    except Exception as exc:  # gigatoken refuses a model, normalizer or split regex it lacks
+        if engine == AUTO:
+            log.debug(f"{spec}: gigatoken cannot load it ({_first_line(exc)}); using {REFERENCE}")
+            return EngineSwitch(spec, None)
+        raise EngineError(
+            f"{spec}: the gigatoken engine does not support this tokenizer: {_first_line(exc)}. "
+            f"Use --engine {REFERENCE} (or auto)"
+        ) from None
+    log.debug(f"{spec}: encoding with gigatoken, checked against {REFERENCE} on the first batch")
+    return EngineSwitch(spec, fast)
+
+
+def _gigatoken() -> Any:
+    return importlib.import_module("gigatoken")
+
+
+def _first_difference(got: list[np.ndarray], expected: list[np.ndarray]) -> int | None:
+    if len(got) != len(expected):
+        return min(len(got), len(expected))
+    return next(
+        (i for i, (a, b) in enumerate(zip(got, expected)) if not np.array_equal(a, b)), None
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
