@@ -213,26 +213,44 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_result(
     assert tree_bytes(out) == tree_bytes(clean)
 
 
-def test_a_changed_input_or_config_is_refused_until_overwrite(tmp_path, write_jsonl):
-    lines = [{"text": f"record {i}"} for i in range(3000)]
-    src = write_jsonl([*lines, "{broken"])
+def test_after_a_kill_a_changed_config_or_input_is_refused_until_overwrite(big_source, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(DataError, match="malformed JSON"):
-        gristmill.prepare(src, out, task_bytes=5_000, progress=False)
-    assert (out / INCOMPLETE).exists()
-    # Same input, other settings: refused, and nothing of the unfinished run is touched.
+    args = [str(big_source), "-o", str(out), "--workers", "2", "--task-bytes", "500000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gristmill.cli", "prepare", *args, "--no-progress"],
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _kill_when(proc, lambda: _records_done(out) >= 1)
     before = tree_bytes(out)
+    options = dict(workers=2, task_bytes=500_000, progress=False)
     with pytest.raises(DatasetError, match=r"unfinished prepare of other sources or settings"):
-        gristmill.prepare(src, out, task_bytes=5_000, seed=1, progress=False)
-    # The input fixed (changed): refused too, until --overwrite starts over.
-    write_jsonl(lines)
+        gristmill.prepare(big_source, out, seed=1, **options)
+    with open(big_source, "a") as f:
+        f.write('{"text": "one more"}\n')
     with pytest.raises(DatasetError, match=r"run that command again .* or pass --overwrite"):
-        gristmill.prepare(src, out, task_bytes=5_000, progress=False)
-    assert tree_bytes(out) == before
-    manifest = gristmill.prepare(src, out, task_bytes=5_000, overwrite=True, progress=False)
+        gristmill.prepare(big_source, out, **options)
+    assert tree_bytes(out) == before  # nothing of the unfinished run was touched
+    manifest = gristmill.prepare(big_source, out, overwrite=True, **options)
+    assert manifest["splits"]["train"]["num_documents"] == 15_001
+    result = run_gristmill("prepare", *args, "--seed", "3")
+    assert result.returncode == 2 and "already holds a dataset" in result.stderr
+
+
+def test_after_a_failure_the_same_command_resumes_and_another_starts_over(
+    tmp_path, write_jsonl, caplog
+):
+    src = write_jsonl([*({"text": f"record {i}"} for i in range(3000)), "{broken"])
+    out = tmp_path / "out"
+    for _ in range(2):  # the same command resumes, and stops at the same record
+        with pytest.raises(DataError, match=r"data\.jsonl:3001: malformed JSON"):
+            gristmill.prepare(src, out, task_bytes=5_000, progress=False)
+        assert (out / INCOMPLETE).exists()
+    caplog.set_level("INFO", logger="gristmill")
+    manifest = gristmill.prepare(src, out, task_bytes=5_000, on_error="skip", progress=False)
+    assert "an earlier prepare failed (" in caplog.text and "starting over" in caplog.text
+    assert manifest["provenance"]["skipped"] == {"malformed-json": 1}
     assert manifest["splits"]["train"]["num_documents"] == 3000
-    result = run_gristmill("prepare", str(src), "-o", str(out), "--seed", "3")
-    assert result.returncode == 2 and "--overwrite" in result.stderr
 
 
 def test_two_prepares_into_one_directory_are_refused(tmp_path, write_jsonl):

@@ -93,7 +93,10 @@ class Source(Protocol):
     accept and ignore options they do not know.
 
     A tabular source may also offer ``schema() -> dict[str, str]`` (column → type): gristmill
-    then checks that every file read by that source type in one run has the same schema.
+    then checks that every file read by that source type in one run has the same schema. A
+    source that is not one local file (its ``spec`` is not a path) may offer ``nbytes() -> int``,
+    about how many bytes it reads: prepare cuts its input into tasks by size. Sources pickle:
+    prepare's workers receive the pieces ``split`` returns.
     """
 
     spec: str

@@ -41,7 +41,9 @@ class DataError(GristmillError):
         return (_data_error, (type(self), self.reason, self.where, self.field))
 
 
-def _data_error(cls: type[DataError], message: str, where: str | None, field: str | None) -> DataError:
+def _data_error(
+    cls: type[DataError], message: str, where: str | None, field: str | None
+) -> DataError:
     return cls(message, where=where, field=field)
 
 

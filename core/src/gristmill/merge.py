@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,12 @@ def merge(
     sources: int,
     fmt: ShardFormatType,
     main_skipped: dict[str, int],
+    announce: Callable[[str], None],
 ) -> Merged:
-    """Read the records of ``tasks`` tasks; dedup, count, and publish ``OUT.rejects.jsonl``."""
+    """Read the records of ``tasks`` tasks; dedup, count, and publish ``OUT.rejects.jsonl``.
+
+    The tasks' news (the format chosen for each source) go to ``announce`` in task order.
+    """
     out_dir = Path(settings.out_dir)
     dtype = np.dtype(settings.dtype)
     records = [read_record(out_dir, index) for index in range(tasks)]
@@ -62,13 +66,10 @@ def merge(
         _part(out_dir, r, split) for r in records if r is not None for split in settings.splits
     ]
     duplicates = _dedup(out_dir, parts, fmt, settings) if settings.dedup else 0
-    reported: set[str] = set()
     for record in records:
         assert record is not None
         for _, message in sorted(record["formats"].items(), key=lambda kv: int(kv[0])):
-            if message not in reported:  # once per source, not once per piece
-                reported.add(message)
-                log.info(message)
+            announce(message)
 
     metadata = MetadataStats()
     counts = np.zeros(sources, np.int64)

@@ -177,6 +177,11 @@ def prepare(
             progress=progress,
             manager=manager,
         )
+    except KeyboardInterrupt:
+        raise  # interrupted, not failed: the same command resumes, another one is refused
+    except BaseException as exc:
+        claim.failed(exc)
+        raise
     finally:
         claim.release()
     return manifest
@@ -245,11 +250,18 @@ def _write(
     with bar:
         if len(done):
             bar.set_postfix_str(f"{len(done)} of {len(tasks)} tasks done before")
-        runner = TaskRunner(settings, manager, progress=bar.update)
+        announced: set[str] = set()
+
+        def announce(message: str) -> None:
+            if message not in announced:  # once per source, not once per piece of it
+                announced.add(message)
+                log.info(message)
+
+        runner = TaskRunner(settings, manager, progress=bar.update, announce=announce)
         for summary in executor.factory(workers=workers).map(runner, pending):
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
-    merged = merge(settings, len(tasks), len(opened), fmt, main_skipped)
+    merged = merge(settings, len(tasks), len(opened), fmt, main_skipped, announce)
     if merged.skipped:
         total = sum(merged.skipped.values())
         reasons = ", ".join(f"{k}: {v:,}" for k, v in merged.skipped.items())

@@ -4,7 +4,9 @@ While ``prepare`` writes, the directory holds a marker (``.gristmill-incomplete`
 fingerprint of the config and input, locked for as long as the process lives. A later run with
 the same fingerprint resumes: it keeps the tasks whose record and files are all there and removes
 everything else. A different fingerprint is refused (``--overwrite`` starts over), so outputs of
-two configs never mix; a live lock is refused too, so two runs never interleave.
+two configs never mix, unless the unfinished run stopped on an error (bad input): its config or
+input had to change, and the new run starts over. A live lock is refused, so two runs never
+interleave.
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ class Claim:
             raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
         if (out_dir / INCOMPLETE).exists():
             previous = self._lock()
-            if previous == config_fp:
+            if previous.get("config_fingerprint") == config_fp:
                 self.resuming = True
             elif overwrite:
+                self._start_over()
+            elif "failed" in previous:
+                # It stopped on an error, so its settings or input had to change anyway.
+                log.info(
+                    f"{out_dir}: an earlier prepare failed ({previous['failed']}); starting over"
+                )
                 self._start_over()
             else:
                 self.release()
@@ -71,8 +79,8 @@ class Claim:
             self._lock()
         self._write_marker()
 
-    def _lock(self) -> str | None:
-        """Lock the marker (creating it); return the fingerprint it held."""
+    def _lock(self) -> dict[str, Any]:
+        """Lock the marker (creating it); return what it held."""
         self._fd = os.open(self.out_dir / INCOMPLETE, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
@@ -84,7 +92,7 @@ class Claim:
                     f"another gristmill prepare (process {holder}) is writing {self.out_dir}; "
                     "wait for it to finish, or choose another -o"
                 ) from None
-        return _marker(self._fd).get("config_fingerprint")
+        return _marker(self._fd)
 
     def _start_over(self) -> None:
         self.release()
@@ -92,9 +100,10 @@ class Claim:
         self.out_dir.mkdir(parents=True)
         self._lock()
 
-    def _write_marker(self) -> None:
+    def _write_marker(self, **extra: str) -> None:
         assert self._fd is not None
-        data = json.dumps({"config_fingerprint": self.config_fp, "pid": os.getpid()}).encode()
+        content = {"config_fingerprint": self.config_fp, "pid": os.getpid(), **extra}
+        data = json.dumps(content).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
         os.fsync(self._fd)
@@ -124,6 +133,12 @@ class Claim:
                 "task(s) already done"
             )
         return done
+
+    def failed(self, error: BaseException) -> None:
+        """The run stopped on an error (not an interruption): a later run with other settings
+        or input may start over instead of being refused."""
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._write_marker(failed=message[:200])
 
     def finish(self) -> None:
         """The manifest is written: drop the task records, then the marker and its lock."""

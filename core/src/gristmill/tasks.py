@@ -114,13 +114,16 @@ class TaskRunner:
         settings: TaskSettings,
         manager: PluginManager | None = None,
         progress: Callable[[int], None] | None = None,
+        announce: Callable[[str], None] | None = None,
     ):
         self.settings = settings
         self.manager = manager
-        self.progress = progress
+        self.progress = progress  # documents done, as they are done
+        self.announce = announce  # news for the log (the format chosen for a source)
 
     def __getstate__(self) -> dict[str, Any]:
-        # A manager and a progress bar stay in their process; a worker discovers its plugins.
+        # A manager, a progress bar and a logger stay in their process; a worker discovers its
+        # plugins, and its news reach the log through the task's record.
         return {"settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -129,7 +132,7 @@ class TaskRunner:
     def __call__(self, task: Task) -> dict[str, Any]:
         manager = self.manager or get_manager()
         tok = _tokenizer(self.settings, manager)
-        summary = run_task(task, self.settings, tok, manager, self.progress)
+        summary = run_task(task, self.settings, tok, manager, self.progress, self.announce)
         return {**summary, "progress_shown": self.progress is not None}
 
 
@@ -178,6 +181,7 @@ def run_task(
     tok: Tokenizer,
     manager: PluginManager,
     progress: Callable[[int], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Read, map and tokenize the task's pieces; write its shards, then its record."""
     out_dir = Path(settings.out_dir)
@@ -200,7 +204,12 @@ def run_task(
     keep_digests = settings.dedup or settings.val_fraction > 0
     try:
         for position, piece in task.pieces:
-            report = lambda message, position=position: formats.setdefault(position, message)  # noqa: E731
+
+            def report(message: str, position: int = position) -> None:
+                formats.setdefault(position, message)
+                if announce is not None:
+                    announce(message)
+
             examples = mapped_examples(
                 piece, settings.format, settings.fields, manager, policy, report=report
             )
