@@ -7,6 +7,8 @@ import importlib.util
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gristmill
 from gristmill.cli import main
@@ -207,3 +209,33 @@ def test_a_failed_skip_run_leaves_no_half_reject_file(tmp_path, write_jsonl):
     with pytest.raises(DataError, match="cannot tell the format"):
         gristmill.prepare(src, tmp_path / "ds", on_error="skip", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds"]
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=st.lists(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=5), max_size=6))
+def test_jsonl_lines_parse_exactly_as_the_standard_parser_reads_them(tmp_path, records):
+    # Big integers, floats, escapes, NaN and lone surrogates: the fast parser must change nothing.
+    lines = [json.dumps(r, ensure_ascii=i % 2 == 0) for i, r in enumerate(records)]
+    lines += ['{"n": NaN, "big": 123456789012345678901234567890}', '{"s": "\\ud800"}']
+    path = tmp_path / "values.jsonl"
+    path.write_bytes(("\ufeff" + "\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
+    (source,) = open_sources([str(path)], get_manager())
+    got = [item[0] for item in source.records()]
+    want = [json.loads(line) for line in lines]
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+    assert [type(v) for r in got for v in r.values()] == [type(v) for r in want for v in r.values()]

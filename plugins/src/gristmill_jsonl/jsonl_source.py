@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.files import content_hash, is_compressed, line_ranges, lines
 
@@ -52,7 +54,20 @@ class JsonlSource:
 
 
 def parse_json_line(raw: bytes, where: Where, *, first: bool) -> tuple[Any, Where] | Rejected:
-    """One JSON value from one line, or why not."""
+    """One JSON value from one line, or why not.
+
+    orjson parses the line (about 3× the standard parser); anything it refuses goes to the
+    standard parser, which explains malformed lines precisely and accepts what orjson does not
+    (a BOM, NaN, lone surrogates, numbers past 64 bits). A value holding a float is parsed again
+    by the standard parser too: orjson reads an integer past 64 bits as a float, silently.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not _has_float(value):
+            return value, where
     try:
         # utf-8-sig on the first line: editors on Windows start files with a BOM.
         line = raw.decode("utf-8-sig" if first else "utf-8")
@@ -69,3 +84,14 @@ def parse_json_line(raw: bytes, where: Where, *, first: bool) -> tuple[Any, Wher
         return Rejected(
             "malformed-json", f"malformed JSON at column {exc.colno}: {exc.msg}", where, line
         )
+
+
+def _has_float(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        return any(map(_has_float, value.values()))
+    if kind is list:
+        return any(map(_has_float, value))
+    return False
