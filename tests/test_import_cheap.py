@@ -5,7 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ["pyarrow", "datasets", "transformers", "tokenizers", "torch", "ray", "pandas"]
+HEAVY = [
+    "pyarrow",
+    "datasets",
+    "transformers",
+    "tokenizers",
+    "gigatoken",
+    "awkward",
+    "torch",
+    "ray",
+    "pandas",
+]
 
 PROBE = """
 import sys

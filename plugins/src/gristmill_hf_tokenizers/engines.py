@@ -91,7 +91,8 @@ class EngineSwitch:
     def encode_batch(self, texts: Sequence[str], offsets: bool, reference: Reference) -> Arrays:
         texts = list(texts)
         fast = self.fast
-        if fast is None or offsets or not texts:  # no fast engine gives offsets exactly
+        # Offsets (for loss masks) come from the reference: no fast engine gives them exactly.
+        if fast is None or offsets or not texts:
             return reference(texts, offsets)
         try:
             ids = fast.encode(texts)
