@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,3 +29,7 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
 
 
 pytest_plugins = ["pytester"]
+
+# The tests write thousands of tiny files: skip fsync, here and in the processes they start (a
+# killed process still tears nothing). test_interrupted.py turns it back on for its runs.
+os.environ.setdefault("GRISTMILL_FSYNC", "0")

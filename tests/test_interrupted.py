@@ -33,10 +33,12 @@ def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl)
 def test_killing_prepare_then_rerunning_gives_the_uninterrupted_result(tmp_path):
     out, clean = tmp_path / "killed", tmp_path / "clean"
     args = ["sample:stdlib", "--tokens-per-shard", "65536", "--no-progress"]
+    durable = {**os.environ, "GRISTMILL_FSYNC": "1"}  # the real thing, whatever the suite uses
     proc = subprocess.Popen(
         [sys.executable, "-m", "gristmill.cli", "prepare", *args, "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=durable,
     )
     deadline = time.monotonic() + 120
     while not list(out.glob("train/*.tokens")) and time.monotonic() < deadline:
@@ -48,8 +50,8 @@ def test_killing_prepare_then_rerunning_gives_the_uninterrupted_result(tmp_path)
     with pytest.raises(DatasetError, match="incomplete"):
         gristmill.open_dataset(out)
 
-    assert run_gristmill("prepare", *args, "-o", str(out)).returncode == 0
-    assert run_gristmill("prepare", *args, "-o", str(clean)).returncode == 0
+    assert run_gristmill("prepare", *args, "-o", str(out), env=durable).returncode == 0
+    assert run_gristmill("prepare", *args, "-o", str(clean), env=durable).returncode == 0
 
     assert tree_bytes(out) == tree_bytes(clean)
     assert len(gristmill.open_dataset(out)) > 500

@@ -25,19 +25,37 @@ def fingerprint(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of the new, never part."""
+def durable() -> bool:
+    """Whether writes are synced to disk: always, unless ``GRISTMILL_FSYNC=0``.
+
+    Without syncing, a killed process still leaves nothing torn (renames are atomic, and the page
+    cache outlives the process); only a power loss or kernel crash could. Test suites and
+    throwaway outputs may turn it off.
+    """
+    return os.environ.get("GRISTMILL_FSYNC", "1") != "0"
+
+
+def write_atomic(path: Path, data: bytes | memoryview, *, sync_directory_too: bool = True) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of the new, never part.
+
+    With ``sync_directory_too=False`` the rename is durable only after a later
+    :func:`sync_directory` of the parent: one sync for many files.
+    """
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if durable():
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    sync_directory(path.parent)
+    if sync_directory_too:
+        sync_directory(path.parent)
 
 
 def sync_directory(directory: Path) -> None:
     """Make renames inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    if not durable():
+        return
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gristmill.components import ShardFormatType
+from gristmill.manifest import sync_directory
 from gristmill.policy import reject_file
 from gristmill.stats import MetadataStats, length_stats
 from gristmill.tasks import TASKS_DIR, TaskSettings, read_record, task_file
@@ -168,6 +169,7 @@ def _dedup(
             writer.add([ids for ids, _ in docs], [mask for _, mask in docs])
         old = [v["path"] for shard in part.shards for v in shard.values() if isinstance(v, dict)]
         part.shards = writer.close()
+        sync_directory(out_dir / part.split)  # the new files are durable before the old go
         del reader
         for path in old:
             (out_dir / path).unlink()

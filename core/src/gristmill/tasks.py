@@ -25,7 +25,7 @@ import numpy as np
 
 from gristmill.components import Rejected, Source, Tokenizer
 from gristmill.encoding import assign_splits, digest, encode
-from gristmill.manifest import canonical_json, write_atomic
+from gristmill.manifest import canonical_json, sync_directory, write_atomic
 from gristmill.mapping import mapped_examples
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.policy import ErrorPolicy
@@ -265,13 +265,16 @@ def run_task(
             rows = np.asarray(log.metadata, dtype="<i4")
             entry["metadata"] = _save(out_dir, task, f"{split}.metadata", rows.tobytes())
         record["splits"][split] = entry
+    # The record says the task is done: everything it names must be durable first.
+    for directory in (*settings.splits, TASKS_DIR):
+        sync_directory(out_dir / directory)
     write_atomic(task_file(out_dir, task, "record.json"), canonical_json(record))
     return {"task": task.index, "documents": documents}
 
 
 def _save(out_dir: Path, task: Task, name: str, data: bytes) -> str:
     path = task_file(out_dir, task, name)
-    write_atomic(path, data)
+    write_atomic(path, data, sync_directory_too=False)
     return path.name
 
 

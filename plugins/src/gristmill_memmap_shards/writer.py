@@ -79,7 +79,8 @@ class MemmapShardWriter:
 
     def _write(self, filename: str, array: np.ndarray) -> dict[str, Any]:
         data = memoryview(np.ascontiguousarray(array)).cast("B")
-        write_atomic(self.split_dir / filename, data)
+        # The caller syncs the directory once, before it records the shards.
+        write_atomic(self.split_dir / filename, data, sync_directory_too=False)
         return {
             "path": f"{self.split}/{filename}",
             "bytes": data.nbytes,
