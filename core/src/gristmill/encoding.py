@@ -135,10 +135,14 @@ def _add_specials(
 
 
 def digest(ids: np.ndarray, mask: np.ndarray | None) -> bytes:
-    """A document's identity: its tokens and loss mask (for --dedup and the split)."""
-    digest = hashlib.blake2b(ids.tobytes(), digest_size=16)
+    """A document's identity: its tokens and loss mask (for --dedup and the split).
+
+    Hashed as little-endian uint32 ids and uint8 mask values, whatever array types the tokenizer
+    (or its engine) returned, so that the same document has one identity.
+    """
+    digest = hashlib.blake2b(np.asarray(ids, dtype="<u4").tobytes(), digest_size=16)
     if mask is not None:
-        digest.update(mask.tobytes())
+        digest.update(np.asarray(mask, dtype=np.uint8).tobytes())
     return digest.digest()
 
 
