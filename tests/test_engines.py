@@ -265,11 +265,16 @@ def test_prepare_writes_the_same_dataset_whatever_the_engine(fams, tmp_path, wri
             "qa.jsonl",
         ),
     ]
-    for engine in ("hf", "gigatoken"):
+    # With a val split and dedup (both hash the ids), and in worker processes that reload the
+    # tokenizer from the dataset and check gigatoken again.
+    options = dict(val_fraction=0.3, dedup=True, task_bytes=300, progress=False)
+    for engine, workers in (("hf", 1), ("gigatoken", 1), ("auto", 2)):
         gristmill.prepare(
-            src, tmp_path / engine, tokenizer=fams["bpe"], engine=engine, workers=1, progress=False
+            src, tmp_path / engine, tokenizer=fams["bpe"], engine=engine, workers=workers, **options
         )
     assert tree_bytes(tmp_path / "hf") == tree_bytes(tmp_path / "gigatoken")
+    assert tree_bytes(tmp_path / "hf") == tree_bytes(tmp_path / "auto")
+    assert len(list((tmp_path / "auto").glob("*/*.tokens"))) > 2  # several tasks
 
 
 @needs_gigatoken
