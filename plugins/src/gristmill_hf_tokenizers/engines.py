@@ -82,10 +82,29 @@ class Gigatoken:
 class EngineSwitch:
     """The engine a tokenizer object encodes with, checked against the reference on first use."""
 
-    def __init__(self, spec: str, fast: FastEngine | None):
+    def __init__(
+        self,
+        spec: str,
+        fast: FastEngine | None,
+        build: Callable[[], FastEngine | None] | None = None,
+    ):
         self.spec = spec
-        self.fast = fast
+        self._fast = fast
+        # auto: the fast engine is made on first use, so that a tokenizer that never encodes
+        # (prepare's main process: its workers encode) never pays for loading it.
+        self._build = build
         self.checked = False  # the fast engine has matched the reference on a whole batch
+
+    @property
+    def fast(self) -> FastEngine | None:
+        if self._build is not None:
+            build, self._build = self._build, None
+            self._fast = build()
+        return self._fast
+
+    @fast.setter
+    def fast(self, engine: FastEngine | None) -> None:
+        self._build, self._fast = None, engine
 
     @property
     def name(self) -> str:
@@ -102,17 +121,19 @@ class EngineSwitch:
         # reference. Such texts are rare; ASCII ones are never checked.
         newer = [i for i, text in enumerate(texts) if not text.isascii() and _newer_unicode(text)]
         if not newer:
-            return self._fast(texts, reference), None
+            return self._encode_fast(texts, reference), None
         chosen = set(newer)
         rest = [i for i in range(len(texts)) if i not in chosen]
         ids: list[np.ndarray] = [np.zeros(0, np.uint32)] * len(texts)
         for i, doc in zip(newer, reference([texts[i] for i in newer], False)[0]):
             ids[i] = doc
-        for i, doc in zip(rest, self._fast([texts[i] for i in rest], reference) if rest else []):
+        for i, doc in zip(
+            rest, self._encode_fast([texts[i] for i in rest], reference) if rest else []
+        ):
             ids[i] = doc
         return ids, None
 
-    def _fast(self, texts: list[str], reference: Reference) -> list[np.ndarray]:
+    def _encode_fast(self, texts: list[str], reference: Reference) -> list[np.ndarray]:
         """Ids from the fast engine, checked on first use; the reference's once it failed."""
         fast = self.fast
         if fast is None:
@@ -163,27 +184,40 @@ def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineS
         )
     if engine == REFERENCE:
         return EngineSwitch(spec, None)
+    if engine == AUTO:
+        return EngineSwitch(
+            spec, None, build=functools.partial(_gigatoken_if_any, spec, tokenizer_json)
+        )
     try:
         _gigatoken()
     except ImportError:
-        if engine == AUTO:
-            log.debug(f"{spec}: gigatoken is not installed; encoding with {REFERENCE}")
-            return EngineSwitch(spec, None)
         raise MissingDependencyError(
             f"{spec}: engine 'gigatoken' needs the gigatoken package: {GIGATOKEN_HINT}"
         ) from None
     try:
         fast = Gigatoken(tokenizer_json())
     except Exception as exc:  # gigatoken refuses a model, normalizer or split regex it lacks
-        if engine == AUTO:
-            log.debug(f"{spec}: gigatoken cannot load it ({_first_line(exc)}); using {REFERENCE}")
-            return EngineSwitch(spec, None)
         raise EngineError(
             f"{spec}: the gigatoken engine does not support this tokenizer: {_first_line(exc)}. "
             f"Use --engine {REFERENCE} (or auto)"
         ) from None
-    log.debug(f"{spec}: encoding with gigatoken, checked against {REFERENCE} on the first batch")
     return EngineSwitch(spec, fast)
+
+
+def _gigatoken_if_any(spec: str, tokenizer_json: Callable[[], str]) -> FastEngine | None:
+    """gigatoken for ``auto``: ``None``, quietly, when it is missing or refuses the tokenizer."""
+    try:
+        _gigatoken()
+    except ImportError:
+        log.debug(f"{spec}: gigatoken is not installed; encoding with {REFERENCE}")
+        return None
+    try:
+        fast = Gigatoken(tokenizer_json())
+    except Exception as exc:  # gigatoken refuses a model, normalizer or split regex it lacks
+        log.debug(f"{spec}: gigatoken cannot load it ({_first_line(exc)}); using {REFERENCE}")
+        return None
+    log.debug(f"{spec}: encoding with gigatoken, checked against {REFERENCE} on first use")
+    return fast
 
 
 def _gigatoken() -> Any:
@@ -192,10 +226,16 @@ def _gigatoken() -> Any:
 
 @functools.cache
 def _unassigned() -> np.ndarray:
-    """Per code point: unassigned in this Python's Unicode tables (built once, ~0.3 s)."""
-    return np.fromiter(
-        (unicodedata.category(chr(c)) == "Cn" for c in range(0x110000)), bool, 0x110000
-    )
+    """Per code point: unassigned in this Python's Unicode tables (built once, ~0.1 s).
+
+    Planes 4 to 13 hold no character in any Unicode version yet: they are not looked up.
+    """
+    table = np.ones(0x110000, bool)
+    for first, end in ((0, 0x40000), (0xE0000, 0x110000)):
+        table[first:end] = np.fromiter(
+            (unicodedata.category(chr(c)) == "Cn" for c in range(first, end)), bool, end - first
+        )
+    return table
 
 
 def _newer_unicode(text: str) -> bool:
