@@ -286,3 +286,29 @@ def test_bad_parallel_options_are_clear(tmp_path, write_jsonl):
     with pytest.raises(gristmill.GristmillError, match="no executor named 'moon'"):
         gristmill.prepare(src, tmp_path / "d", executor="moon", progress=False)
     assert not any(tmp_path.glob("[abcd]"))
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path, write_jsonl):
+    # Spawned workers must not re-run the caller's script (nor need a file to re-run: stdin).
+    src = write_jsonl([{"text": f"record {i}"} for i in range(3000)])
+    script = f"""
+import sys
+import gristmill
+with open({str(tmp_path / "runs.txt")!r}, "a") as f:
+    f.write("ran\\n")
+gristmill.prepare({str(src)!r}, sys.argv[1], workers=2, task_bytes=5_000, progress=False)
+"""
+    (tmp_path / "script.py").write_text(script)
+    for how, out in ((["script.py"], "a"), (["-"], "b")):
+        result = subprocess.run(
+            [sys.executable, *how, out],
+            input=script,
+            text=True,
+            capture_output=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        manifest = gristmill.open_dataset(tmp_path / out).manifest
+        assert len(manifest["splits"]["train"]["shards"]) > 5  # really several tasks
+    assert (tmp_path / "runs.txt").read_text() == "ran\n" * 2

@@ -8,8 +8,11 @@ to one thread, so that N workers use N cores without oversubscribing them.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
+import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -31,7 +34,8 @@ class LocalExecutor:
             return
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_one_thread) as pool:
-            futures = [pool.submit(fn, task) for task in tasks]
+            with _main_module_hidden():  # workers start as the tasks are submitted
+                futures = [pool.submit(fn, task) for task in tasks]
             try:
                 for future in as_completed(futures):
                     yield future.result()
@@ -41,6 +45,23 @@ class LocalExecutor:
                 for future in futures:
                     future.cancel()
                 raise
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start workers without the caller's ``__main__``.
+
+    A spawned process re-runs the script that started its parent (to find functions defined
+    there), so a script calling ``prepare`` without an ``if __name__ == "__main__":`` guard would
+    prepare again in every worker, and a script read from stdin cannot be re-run at all. The
+    tasks need nothing from ``__main__``: while workers start, it is an empty module.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _one_thread() -> None:
