@@ -12,6 +12,7 @@ from gristmill import hookimpl
 from gristmill.cli import main
 from gristmill.components import TokenizerType
 from gristmill.errors import DataError, DatasetError, UnknownComponentError
+from gristmill.plugins import get_manager
 from gristmill_byte import ByteTokenizer
 
 
@@ -200,3 +201,15 @@ def test_inspect_an_unknown_split(tmp_path, write_jsonl, capsys):
     gristmill.prepare(write_jsonl([{"text": "x"}]), tmp_path / "out", progress=False)
     assert main(["inspect", str(tmp_path / "out"), "--split", "nope"]) == 2
     assert "no split 'nope'; it has train" in capsys.readouterr().err
+
+
+def test_a_tokenizer_file_with_an_unclaimed_name_says_which_names_count(tmp_path, write_jsonl):
+    vocab = tmp_path / "bpe32k.json"
+    vocab.write_text("{}")
+    manager = get_manager()
+    suffixes = [s for rec in manager.components("tokenizers").values() for s in rec.suffixes]
+    with pytest.raises(
+        gristmill.GristmillError, match=r"no tokenizer reads the file .*bpe32k\.json"
+    ) as caught:
+        gristmill.prepare(write_jsonl([{"text": "x"}]), tmp_path / "out", tokenizer=str(vocab))
+    assert all(s in str(caught.value) for s in suffixes)  # tokenizer.json where hf is installed
