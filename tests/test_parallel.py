@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import gristmill
+from gristmill import hookimpl
+from gristmill.components import ExecutorType
 from gristmill.errors import DataError, DatasetError
 from gristmill.manifest import INCOMPLETE, MANIFEST
 from gristmill.plugins import get_manager
@@ -312,3 +314,24 @@ gristmill.prepare({str(src)!r}, sys.argv[1], workers=2, task_bytes=5_000, progre
         manifest = gristmill.open_dataset(tmp_path / out).manifest
         assert len(manifest["splits"]["train"]["shards"]) > 5  # really several tasks
     assert (tmp_path / "runs.txt").read_text() == "ran\n" * 2
+
+
+class _SkippingExecutor:
+    """An executor that reports tasks done without running them (as one without a shared
+    filesystem would look from here)."""
+
+    def __init__(self, workers: int = 1, **options):
+        pass
+
+    def map(self, fn, tasks):
+        for task in tasks:
+            yield {"task": task.index, "documents": 0, "progress_shown": False}
+
+
+def test_an_executor_that_loses_a_task_is_a_clear_error(tmp_path, write_jsonl, gristmill_register):
+    record = ExecutorType(name="skipping", description="d", factory=_SkippingExecutor)
+    plugin = type("P", (), {"gristmill_executors": staticmethod(hookimpl(lambda: [record]))})
+    gristmill_register(plugin)
+    src = write_jsonl([{"text": "x"}])
+    with pytest.raises(DatasetError, match=r"task 0 reported success but left no record"):
+        gristmill.prepare(src, tmp_path / "out", executor="skipping", progress=False)

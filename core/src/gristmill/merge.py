@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gristmill.components import ShardFormatType
+from gristmill.errors import DatasetError
 from gristmill.manifest import sync_directory
 from gristmill.policy import reject_file
 from gristmill.stats import MetadataStats, length_stats
@@ -62,7 +63,12 @@ def merge(
     out_dir = Path(settings.out_dir)
     dtype = np.dtype(settings.dtype)
     records = [read_record(out_dir, index) for index in range(tasks)]
-    assert all(r is not None for r in records), "every task has finished before the merge"
+    missing = [index for index, record in enumerate(records) if record is None]
+    if missing:  # an executor that reported a task done whose record is not there
+        raise DatasetError(
+            f"{out_dir}: task {missing[0]} reported success but left no record in {TASKS_DIR}; "
+            "run the same command again (an executor needs a filesystem its workers share)"
+        )
     parts = [
         _part(out_dir, r, split) for r in records if r is not None for split in settings.splits
     ]
