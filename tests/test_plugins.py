@@ -213,7 +213,9 @@ def test_registering_a_taken_plugin_name_is_refused(gristmill_register):
 
 
 def test_unknown_component_lists_what_is_available(gristmill_manager):
-    with pytest.raises(UnknownComponentError, match="no packer named 'best'; available: none"):
+    with pytest.raises(
+        UnknownComponentError, match="no packer named 'best'; available: first-fit, none"
+    ):
         gristmill_manager.packer("best")
 
 
