@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,17 +11,29 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.errors import DatasetError
+from gristmill.overlong import POLICIES
 from gristmill_first_fit import FirstFitPacker
+from gristmill_none_packer import NonePacker
 
 SEQ_LENS = st.one_of(st.sampled_from([1, 2, 8, 64, 2048]), st.integers(1, 3000))
 
 
-def _check(lengths: np.ndarray, seq_len: int, plan) -> None:
-    kept = np.minimum(lengths, seq_len)
-    # Every non-empty document in exactly one sample, whole (truncated to seq_len).
-    assert sorted(plan.seg_doc.tolist()) == np.flatnonzero(kept > 0).tolist()
-    assert np.array_equal(plan.seg_len, kept[plan.seg_doc])
-    assert not plan.seg_start.any()
+def _check(lengths: np.ndarray, seq_len: int, plan, overlong: str = "truncate") -> None:
+    long = lengths > seq_len
+    # Every token the policy keeps, in exactly one segment: pieces of a document tile it.
+    kept = {
+        "truncate": np.minimum(lengths, seq_len),
+        "fragment": lengths,
+        "drop": np.where(long, 0, lengths),
+    }[overlong]
+    assert plan.dropped == (int((long & (lengths > 0)).sum()) if overlong == "drop" else 0)
+    order = np.lexsort((plan.seg_start, plan.seg_doc))
+    docs, starts, lens = plan.seg_doc[order], plan.seg_start[order], plan.seg_len[order]
+    covered = np.zeros(len(lengths), np.int64)
+    for doc, start, length in zip(docs.tolist(), starts.tolist(), lens.tolist()):
+        assert start == covered[doc] and 0 < length <= seq_len
+        covered[doc] += length
+    assert np.array_equal(covered, kept)
     bounds = plan.sample_bounds
     assert bounds[0] == 0 and bounds[-1] == len(plan.seg_doc)
     assert (np.diff(bounds) > 0).all()  # no empty sample
@@ -31,13 +45,24 @@ def _check(lengths: np.ndarray, seq_len: int, plan) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(lengths=st.lists(st.integers(0, 5000), max_size=300), seq_len=SEQ_LENS)
-def test_every_document_once_and_no_sample_over_seq_len(lengths, seq_len):
+@given(
+    lengths=st.lists(st.integers(0, 5000), max_size=300),
+    seq_len=SEQ_LENS,
+    overlong=st.sampled_from(POLICIES),
+)
+def test_every_token_once_and_no_sample_over_seq_len(lengths, seq_len, overlong):
     lengths = np.asarray(lengths, np.int64)
-    plan = FirstFitPacker().plan(lengths, seq_len)
-    _check(lengths, seq_len, plan)
-    again = FirstFitPacker().plan(lengths.copy(), seq_len)
+    plan = FirstFitPacker(overlong=overlong).plan(lengths, seq_len)
+    _check(lengths, seq_len, plan, overlong)
+    again = FirstFitPacker(overlong=overlong).plan(lengths.copy(), seq_len)
     assert all(np.array_equal(a, b) for a, b in zip(vars(plan).values(), vars(again).values()))
+    # The none packer: the same pieces, one per sample, in document order.
+    single = NonePacker(overlong=overlong).plan(lengths, seq_len)
+    assert np.array_equal(single.sample_bounds, np.arange(len(single.seg_doc) + 1))
+    assert (np.diff(single.seg_doc) >= 0).all() and single.dropped == plan.dropped
+    assert sorted(zip(single.seg_doc.tolist(), single.seg_start.tolist())) == sorted(
+        zip(plan.seg_doc.tolist(), plan.seg_start.tolist())
+    )
 
 
 def _samples(plan) -> list[list[tuple[int, int]]]:
@@ -64,6 +89,18 @@ def _samples(plan) -> list[list[tuple[int, int]]]:
 )
 def test_golden_plans(lengths, seq_len, expected):
     assert _samples(FirstFitPacker().plan(np.asarray(lengths, np.int64), seq_len)) == expected
+
+
+def test_golden_overlong_policies():
+    lengths = np.asarray([12, 3, 5], np.int64)
+    fragment = FirstFitPacker(overlong="fragment").plan(lengths, 5)
+    # Pieces (doc, start, length): (0,0,5) (0,5,5) (0,10,2) (1,0,3) (2,0,5).
+    assert _samples(fragment) == [[(0, 5)], [(0, 5)], [(2, 5)], [(1, 3), (0, 2)]]
+    assert fragment.seg_start.tolist() == [0, 5, 0, 0, 10]
+    drop = FirstFitPacker(overlong="drop").plan(lengths, 5)
+    assert _samples(drop) == [[(2, 5)], [(1, 3)]] and drop.dropped == 1
+    with pytest.raises(DatasetError, match="overlong must be one of truncate, fragment, drop"):
+        FirstFitPacker(overlong="split")
 
 
 def test_first_fit_needs_a_seq_len():
@@ -105,3 +142,23 @@ def test_a_packed_dataset_serves_every_document_once(tmp_path, write_jsonl):
         for start, length in zip(starts, sample["seq_lens"]):
             doc = tuple(sample["input_ids"][start : start + length].tolist())
             assert sample["labels"][start : start + length].tolist() == by_ids[doc]
+
+
+def test_overlong_policies_through_open_dataset(tmp_path, write_jsonl):
+    texts = [f"document {i} " * (i % 40 + 1) for i in range(120)]
+    gristmill.prepare(write_jsonl([{"text": t} for t in texts]), tmp_path / "ds", progress=False)
+    total = gristmill.open_dataset(tmp_path / "ds").manifest["splits"]["train"]["num_tokens"]
+    served = {}
+    for overlong in POLICIES:
+        ds = gristmill.open_dataset(
+            tmp_path / "ds", seq_len=100, packer="first-fit", overlong=overlong
+        )
+        assert pickle.loads(pickle.dumps(ds)).overlong == overlong
+        served[overlong] = sum(len(sample["input_ids"]) for sample in ds)
+        assert all(len(sample["input_ids"]) <= 100 for sample in ds)
+    lengths = gristmill.open_dataset(tmp_path / "ds").documents.lengths()
+    assert served["fragment"] == total  # every token, in pieces
+    assert served["truncate"] == np.minimum(lengths, 100).sum()
+    assert served["drop"] == lengths[lengths <= 100].sum()
+    dropped = gristmill.open_dataset(tmp_path / "ds", seq_len=100, overlong="drop").plan.dropped
+    assert dropped == int((lengths > 100).sum()) > 0

@@ -288,6 +288,7 @@ class PackPlan:
     seg_doc: np.ndarray
     seg_start: np.ndarray
     seg_len: np.ndarray
+    dropped: int = 0  # documents left out (longer than seq_len, with overlong="drop")
 
     def __len__(self) -> int:
         return len(self.sample_bounds) - 1
@@ -301,7 +302,12 @@ class Packer(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class PackerType(Component):
-    """A packing strategy; ``factory(**options)`` returns a :class:`Packer`."""
+    """A packing strategy; ``factory(**options)`` returns a :class:`Packer`.
+
+    Options gristmill passes today: ``overlong`` (``"truncate"``, ``"fragment"`` or ``"drop"``:
+    what happens to a document longer than ``seq_len``; :mod:`gristmill.overlong` implements
+    them for any packer).
+    """
 
     factory: Callable[..., Packer]
 

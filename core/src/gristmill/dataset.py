@@ -13,6 +13,7 @@ import numpy as np
 from gristmill.components import PackPlan, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
 from gristmill.manifest import read_manifest
+from gristmill.overlong import check_policy
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.tokenizers import load_saved
 
@@ -35,6 +36,7 @@ class Dataset:
         split: str = "train",
         seq_len: int | None = None,
         packer: str = "none",
+        overlong: str = "truncate",
         seed: int = 0,
         manager: PluginManager | None = None,
     ):
@@ -53,9 +55,11 @@ class Dataset:
         self.documents: ShardReader = fmt.reader(
             self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
-        self.packer = packer
+        self.packer, self.overlong = packer, check_policy(overlong)
         self.plan: PackPlan = (
-            self.manager.packer(packer).factory().plan(self.documents.lengths(), seq_len)
+            self.manager.packer(packer)
+            .factory(overlong=overlong)
+            .plan(self.documents.lengths(), seq_len)
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -66,6 +70,7 @@ class Dataset:
             "split": self.split,
             "seq_len": self.seq_len,
             "packer": self.packer,
+            "overlong": self.overlong,
             "seed": self.seed,
         }
 
@@ -137,12 +142,23 @@ def open_dataset(
     *,
     seq_len: int | None = None,
     packer: str = "none",
+    overlong: str = "truncate",
     seed: int = 0,
     manager: PluginManager | None = None,
 ) -> Dataset:
     """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
 
     Opening reads the manifest and maps the shard files: no pass over the tokens. With the ``none``
-    packer each sample is one document, truncated to ``seq_len`` when one is given.
+    packer each sample is one document; ``first-fit`` fills samples of ``seq_len`` tokens with
+    whole documents. A document longer than ``seq_len`` is truncated, cut into pieces or dropped
+    (``overlong``: ``"truncate"``, ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts drops).
     """
-    return Dataset(path, split=split, seq_len=seq_len, packer=packer, seed=seed, manager=manager)
+    return Dataset(
+        path,
+        split=split,
+        seq_len=seq_len,
+        packer=packer,
+        overlong=overlong,
+        seed=seed,
+        manager=manager,
+    )

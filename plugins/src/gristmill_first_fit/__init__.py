@@ -5,8 +5,8 @@ whose free space is the smallest that still holds it, or a new sample when none 
 is computed from the document lengths alone. Free space is tracked per amount (a sorted list of
 the amounts some open sample has, and a stack of samples per amount), so each document costs a
 binary search and a few list operations in C: no per-token work, memory proportional to the
-number of documents. A document longer than ``seq_len`` is truncated to its first ``seq_len``
-tokens, as the ``none`` packer does.
+number of documents. A document longer than ``seq_len`` is truncated, cut into pieces or dropped
+(``overlong``, see :mod:`gristmill.overlong`); a piece is placed like a document.
 
 Samples come out in the order they were opened (the first hold the longest documents); within a
 sample, segments are in the order they were placed. The same lengths give the same plan.
@@ -15,30 +15,34 @@ sample, segments are in the order they were placed. The same lengths give the sa
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import numpy as np
 
 from gristmill import hookimpl
 from gristmill.components import PackerType, PackPlan
 from gristmill.errors import DatasetError
+from gristmill.overlong import check_policy, pieces
 
 
 class FirstFitPacker:
+    def __init__(self, overlong: str = "truncate", **options: Any):
+        self.overlong = check_policy(overlong)
+
     def plan(self, lengths: np.ndarray, seq_len: int | None) -> PackPlan:
         if seq_len is None:
             raise DatasetError("the first-fit packer fills samples of seq_len tokens: pass seq_len")
-        lengths = np.minimum(np.asarray(lengths, np.int64), seq_len)
-        docs = np.flatnonzero(lengths > 0)  # an empty document has nothing to place
-        # Longest first; equal lengths keep document order (lexsort is stable).
-        order = docs[np.lexsort((docs, -lengths[docs]))]
+        doc, start, length, dropped = pieces(lengths, seq_len, self.overlong)
+        # Longest first; equal lengths keep document (and piece) order: lexsort is stable.
+        order = np.lexsort((np.arange(len(doc)), -length))
         sample_of = np.empty(len(order), np.int64)
         free_amounts: list[int] = []  # sorted: the free space of some open sample
         samples_with: dict[int, list[int]] = {}  # free space → open samples with exactly that
         opened = 0
-        for k, length in enumerate(lengths[order].tolist()):
-            at = bisect.bisect_left(free_amounts, length)
+        for k, size in enumerate(length[order].tolist()):
+            at = bisect.bisect_left(free_amounts, size)
             if at == len(free_amounts):  # no open sample has room: open one
-                sample, free = opened, seq_len - length
+                sample, free = opened, seq_len - size
                 opened += 1
             else:
                 fits = free_amounts[at]
@@ -46,7 +50,7 @@ class FirstFitPacker:
                 sample = stack.pop()
                 if not stack:
                     del samples_with[fits], free_amounts[at]
-                free = fits - length
+                free = fits - size
             sample_of[k] = sample
             if free:  # a full sample takes no more documents
                 stack = samples_with.get(free)
@@ -55,15 +59,15 @@ class FirstFitPacker:
                     bisect.insort(free_amounts, free)
                 stack.append(sample)
         # Segments grouped by sample, in placement order within each (a stable sort).
-        by_sample = np.argsort(sample_of, kind="stable")
-        seg_doc = order[by_sample]
+        placed = order[np.argsort(sample_of, kind="stable")]
         bounds = np.zeros(opened + 1, np.int64)
         np.cumsum(np.bincount(sample_of, minlength=opened), out=bounds[1:])
         return PackPlan(
             sample_bounds=bounds,
-            seg_doc=seg_doc,
-            seg_start=np.zeros(len(seg_doc), np.int64),
-            seg_len=lengths[seg_doc],
+            seg_doc=doc[placed],
+            seg_start=start[placed],
+            seg_len=length[placed],
+            dropped=dropped,
         )
 
 

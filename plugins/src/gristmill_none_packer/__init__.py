@@ -1,24 +1,28 @@
-"""The ``none`` packer: one document per sample, truncated to ``seq_len`` when one is given."""
+"""The ``none`` packer: one document per sample (per piece of it, with ``overlong="fragment"``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from gristmill import hookimpl
 from gristmill.components import PackerType, PackPlan
+from gristmill.overlong import check_policy, pieces
 
 
 class NonePacker:
+    def __init__(self, overlong: str = "truncate", **options: Any):
+        self.overlong = check_policy(overlong)
+
     def plan(self, lengths: np.ndarray, seq_len: int | None) -> PackPlan:
-        n = len(lengths)
-        kept = np.asarray(lengths, np.int64)
-        if seq_len is not None:
-            kept = np.minimum(kept, seq_len)
+        doc, start, length, dropped = pieces(lengths, seq_len, self.overlong)
         return PackPlan(
-            sample_bounds=np.arange(n + 1, dtype=np.int64),
-            seg_doc=np.arange(n, dtype=np.int64),
-            seg_start=np.zeros(n, dtype=np.int64),
-            seg_len=kept,
+            sample_bounds=np.arange(len(doc) + 1, dtype=np.int64),
+            seg_doc=doc,
+            seg_start=start,
+            seg_len=length,
+            dropped=dropped,
         )
 
 
@@ -27,7 +31,7 @@ def gristmill_packers() -> list[PackerType]:
     return [
         PackerType(
             name="none",
-            description="one document per sample, truncated to seq_len",
+            description="one document per sample; longer than seq_len: truncated (or as overlong says)",
             factory=NonePacker,
         )
     ]
