@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from gristmill.errors import DatasetError
 from gristmill.overlong import POLICIES
 from gristmill_first_fit import FirstFitPacker
 from gristmill_none_packer import NonePacker
+from tests.helpers import run_gristmill
 
 SEQ_LENS = st.one_of(st.sampled_from([1, 2, 8, 64, 2048]), st.integers(1, 3000))
 
@@ -162,3 +166,31 @@ def test_overlong_policies_through_open_dataset(tmp_path, write_jsonl):
     assert served["drop"] == lengths[lengths <= 100].sum()
     dropped = gristmill.open_dataset(tmp_path / "ds", seq_len=100, overlong="drop").plan.dropped
     assert dropped == int((lengths > 100).sum()) > 0
+
+
+def test_inspect_reports_packing_efficiency_per_packer(tmp_path, write_jsonl):
+    texts = [f"document {i} " * (i % 40 + 1) for i in range(120)]
+    gristmill.prepare(write_jsonl([{"text": t} for t in texts]), tmp_path / "ds", progress=False)
+    lengths = gristmill.open_dataset(tmp_path / "ds").documents.lengths()
+    result = run_gristmill("inspect", str(tmp_path / "ds"), "--json", "--seq-len", "100,256")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["splits"]["train"]["packing"]
+    by = {(r["packer"], r["seq_len"]): r for r in rows}
+    assert set(by) == {(p, n) for p in ("first-fit", "none") for n in (100, 256)}
+    for (_, seq_len), row in by.items():
+        served = np.minimum(lengths, seq_len).sum()
+        assert row["efficiency"] == round(served / (row["samples"] * seq_len), 4)
+        assert row["overlong_documents"] == (lengths > seq_len).sum()
+        assert row["truncated_tokens"] == int(np.clip(lengths - seq_len, 0, None).sum())
+    assert by[("none", 100)]["samples"] == len(lengths)
+    assert by[("first-fit", 256)]["efficiency"] > 0.95 > by[("none", 256)]["efficiency"]
+    bad = run_gristmill("inspect", str(tmp_path / "ds"), "--seq-len", "0")
+    assert bad.returncode == 2 and "--seq-len takes positive numbers" in bad.stderr
+    # A reader that stops early (| head) ends the command quietly.
+    piped = subprocess.run(
+        f"{sys.executable} -m gristmill.cli inspect {tmp_path / 'ds'} --decode 50 | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert piped.stdout.startswith(str(tmp_path / "ds")) and "Traceback" not in piped.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -137,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="counts, length histogram and decoded samples of a dataset",
         description="Summarise a prepared dataset: documents, tokens and loss tokens per split, "
-        "a histogram of document lengths, and decoded documents with the tokens that carry no "
-        "loss shown between ⟦ and ⟧.",
+        "a histogram of document lengths, packing efficiency per packer, and decoded documents "
+        "with the tokens that carry no loss shown between ⟦ and ⟧.",
     )
     i.add_argument("directory", metavar="DIR")
     i.add_argument("--decode", type=int, default=2, metavar="N", help="decode N documents (2)")
     i.add_argument("--split", default=None, help="decode from this split (default: train)")
+    i.add_argument(
+        "--seq-len",
+        default="2048",
+        metavar="N,...",
+        help="show packing efficiency of every packer at these sample lengths (default: 2048)",
+    )
     i.add_argument("--json", action="store_true", help="print one JSON object instead")
 
     pr = sub.add_parser(
@@ -227,7 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gristmill.report import inspect_dataset
 
             return inspect_dataset(
-                args.directory, decode=args.decode, split=args.split, as_json=args.json
+                args.directory,
+                decode=args.decode,
+                split=args.split,
+                seq_lens=_numbers(args.seq_len, "--seq-len"),
+                as_json=args.json,
             )
         if args.command == "presets":
             from gristmill.report import list_presets
@@ -242,8 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gristmill: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `gristmill inspect DIR | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         log.removeHandler(handler)
+
+
+def _numbers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GristmillError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
 def _reading_options(args: argparse.Namespace) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,29 @@ def length_histogram(lengths: np.ndarray) -> list[dict[str, int]]:
     ]
 
 
+def packing_table(lengths: np.ndarray, seq_lens: Sequence[int]) -> list[dict[str, Any]]:
+    """Per packer and ``seq_len``: samples, efficiency (tokens served / (samples × seq_len)) and
+    the documents longer than ``seq_len`` (truncated, the default ``overlong`` policy)."""
+    manager = get_manager()
+    rows = []
+    for seq_len in seq_lens:
+        overlong = lengths > seq_len
+        for name, record in sorted(manager.components("packers").items()):
+            plan = record.factory(overlong="truncate").plan(lengths, seq_len)  # type: ignore[attr-defined]
+            served = int(plan.seg_len.sum())
+            rows.append(
+                {
+                    "packer": name,
+                    "seq_len": seq_len,
+                    "samples": len(plan),
+                    "efficiency": round(served / (len(plan) * seq_len), 4) if len(plan) else 0.0,
+                    "overlong_documents": int(overlong.sum()),
+                    "truncated_tokens": int((lengths[overlong] - seq_len).sum()),
+                }
+            )
+    return rows
+
+
 def decode_with_mask(dataset: Dataset, index: int) -> str:
     """A document's text with the tokens that carry no loss between ⟦ and ⟧."""
     ids, mask = dataset.documents.document(index)
@@ -51,9 +75,12 @@ def inspect_dataset(
     *,
     decode: int = 2,
     split: str | None = None,
+    seq_lens: Sequence[int] = (2048,),
     as_json: bool = False,
 ) -> int:
     manifest = read_manifest(directory)
+    if any(n < 1 for n in seq_lens):
+        raise DatasetError(f"--seq-len takes positive numbers of tokens, got {list(seq_lens)}")
     splits = manifest["splits"]
     chosen = split or ("train" if "train" in splits else next(iter(splits)))
     if chosen not in splits:
@@ -80,6 +107,7 @@ def inspect_dataset(
             "shards": len(entry["shards"]),
             "length": entry["length_stats"],
             "histogram": length_histogram(datasets[name].documents.lengths()),
+            "packing": packing_table(datasets[name].documents.lengths(), seq_lens),
         }
     shown = datasets[chosen]
     for index in range(min(decode, shown.documents.num_documents)):
@@ -126,6 +154,12 @@ def _print_report(report: dict[str, Any]) -> None:
         for span, bucket in zip(spans, s["histogram"]):
             bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
             print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
+        for row in s["packing"]:
+            print(
+                f"  packing {row['packer']} @ {row['seq_len']:,}: {row['samples']:,} samples, "
+                f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer "
+                f"({row['truncated_tokens']:,} tokens truncated)"
+            )
     if report["skipped"]:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())
         print(f"\nskipped while preparing: {reasons}")
