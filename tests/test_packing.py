@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import pickle
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gristmill
+from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
 from gristmill.overlong import POLICIES
 from gristmill_first_fit import FirstFitPacker
@@ -194,3 +196,30 @@ def test_inspect_reports_packing_efficiency_per_packer(tmp_path, write_jsonl):
         text=True,
     )
     assert piped.stdout.startswith(str(tmp_path / "ds")) and "Traceback" not in piped.stderr
+
+
+def _plan_in_process(args: tuple[str, int]) -> list[list[int]]:
+    ds = gristmill.open_dataset(args[0], seq_len=args[1], packer="first-fit")
+    return [ds.plan.sample_bounds.tolist(), ds.plan.seg_doc.tolist()]
+
+
+def test_plans_are_cached_beside_the_shards_and_shared_by_processes(tmp_path, write_jsonl):
+    texts = [f"document {i} " * (i % 40 + 1) for i in range(500)]
+    out = tmp_path / "ds"
+    gristmill.prepare(write_jsonl([{"text": t} for t in texts]), out, progress=False)
+    # Four processes open the dataset at once: one plan file, whole, and the same plan for all.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        plans = pool.map(_plan_in_process, [(str(out), 128)] * 4)
+    assert all(plan == plans[0] for plan in plans)
+    (cached,) = (out / PLANS_DIR).iterdir()
+    assert cached.suffix == ".npz"
+    assert _plan_in_process((str(out), 128)) == plans[0]  # read back from the file
+    # Another seq_len is another plan; the none packer is never cached.
+    gristmill.open_dataset(out, seq_len=64, packer="first-fit")
+    gristmill.open_dataset(out, seq_len=64)
+    assert len(list((out / PLANS_DIR).iterdir())) == 2
+    # A damaged cache file is computed again and replaced.
+    cached.write_bytes(b"not a plan")
+    assert _plan_in_process((str(out), 128)) == plans[0]
+    assert cached.read_bytes()[:2] == b"PK"

@@ -310,6 +310,7 @@ class PackerType(Component):
     """
 
     factory: Callable[..., Packer]
+    cache: bool = True  # store plans beside the shards (False for plans cheaper than a read)
 
     kind = "packer"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import numpy as np
 
 from gristmill.components import PackPlan, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
-from gristmill.manifest import read_manifest
+from gristmill.manifest import fingerprint, read_manifest
 from gristmill.overlong import check_policy
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.tokenizers import load_saved
@@ -56,11 +56,26 @@ class Dataset:
             self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
         self.packer, self.overlong = packer, check_policy(overlong)
-        self.plan: PackPlan = (
-            self.manager.packer(packer)
-            .factory(overlong=overlong)
-            .plan(self.documents.lengths(), seq_len)
-        )
+        self.plan: PackPlan = self._plan()
+
+    def _plan(self) -> PackPlan:
+        """The pack plan: from the cache beside the shards when a run already computed it."""
+        record = self.manager.packer(self.packer)
+
+        def make() -> PackPlan:
+            packer = record.factory(overlong=self.overlong)
+            return packer.plan(self.documents.lengths(), self.seq_len)
+
+        if not record.cache:
+            return make()
+        key = {
+            "packer": self.packer,
+            "seq_len": self.seq_len,
+            "overlong": self.overlong,
+            "split": self.split,
+            "dataset": self.manifest["fingerprint"],
+        }
+        return cached_plan(self.path / PLANS_DIR / f"{fingerprint(key)[:32]}.npz", make)
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
@@ -134,6 +149,43 @@ class Dataset:
             f"Dataset({str(self.path)!r}, split={self.split!r}, samples={len(self)}, "
             f"seq_len={self.seq_len}, packer={self.packer!r})"
         )
+
+
+PLANS_DIR = ".gristmill-plans"  # pack plans, cached beside the shards; safe to delete
+
+
+def cached_plan(path: Path, make: Callable[[], PackPlan]) -> PackPlan:
+    """The plan stored at ``path``, or ``make()``'s, stored there for the next process.
+
+    Several ranks opening a dataset at once may all compute the plan: each writes it under its own
+    temporary name and renames it into place, so the file is always whole. A directory that cannot
+    be written (a read-only dataset) just means no cache.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return PackPlan(
+                **{k: stored[k] for k in ("sample_bounds", "seg_doc", "seg_start", "seg_len")},
+                dropped=int(stored["dropped"]),
+            )
+    except (OSError, KeyError, ValueError):
+        pass  # absent, or not a plan file: compute it
+    plan = make()
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                sample_bounds=plan.sample_bounds,
+                seg_doc=plan.seg_doc,
+                seg_start=plan.seg_start,
+                seg_len=plan.seg_len,
+                dropped=np.int64(plan.dropped),
+            )
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return plan
 
 
 def open_dataset(
