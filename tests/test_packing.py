@@ -223,3 +223,25 @@ def test_plans_are_cached_beside_the_shards_and_shared_by_processes(tmp_path, wr
     cached.write_bytes(b"not a plan")
     assert _plan_in_process((str(out), 128)) == plans[0]
     assert cached.read_bytes()[:2] == b"PK"
+
+
+def test_shifted_labels_pair_each_position_with_its_next_token(tmp_path, write_jsonl):
+    records = [{"prompt": f"q{i} " * (i % 9 + 1), "completion": f"a{i}"} for i in range(60)]
+    records += [{"text": f"doc{i} " * (i % 13 + 1)} for i in range(60)]
+    src = [write_jsonl(records[:60], "p.jsonl"), write_jsonl(records[60:], "t.jsonl")]
+    gristmill.prepare(src, tmp_path / "ds", progress=False)
+    options = dict(seq_len=129, packer="first-fit")
+    plain = gristmill.open_dataset(tmp_path / "ds", **options)
+    shifted = gristmill.open_dataset(tmp_path / "ds", labels="shifted", **options)
+    assert pickle.loads(pickle.dumps(shifted)).labels == "shifted"
+    for i in range(len(plain)):
+        u, s = plain[i], shifted[i]
+        assert np.array_equal(s["input_ids"], u["input_ids"][:-1])
+        assert np.array_equal(s["labels"], u["labels"][1:])
+        assert np.array_equal(s["position_ids"], u["position_ids"][:-1])
+        assert s["seq_lens"].sum() == len(s["input_ids"]) <= 128
+        # No target is the first token of another document.
+        next_starts = np.cumsum(u["seq_lens"])[:-1] - 1
+        assert (s["labels"][next_starts] == -100).all()
+    with pytest.raises(DatasetError, match="labels must be one of unshifted, shifted"):
+        gristmill.open_dataset(tmp_path / "ds", labels="next")

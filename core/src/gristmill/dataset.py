@@ -18,6 +18,7 @@ from gristmill.plugins import PluginManager, get_manager
 from gristmill.tokenizers import load_saved
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+LABELS = ("unshifted", "shifted")
 
 
 class Dataset:
@@ -27,6 +28,11 @@ class Dataset:
     loss, else -100; the first token of every document is -100 too, so that no position learns to
     predict across a document boundary when the model shifts labels); ``position_ids`` restarting
     at 0 for every document; ``seq_lens`` (the length of each document segment in the sample).
+
+    ``labels="shifted"`` serves the pair a plain training loop wants instead: ``input_ids`` are
+    the sample's tokens but the last, and ``labels[j]`` is the target of position ``j`` (the next
+    token, or -100 where it carries no loss or starts another document); ``position_ids`` and
+    ``seq_lens`` follow ``input_ids``. Pack with ``seq_len=N + 1`` for ``N``-token inputs.
     """
 
     def __init__(
@@ -37,10 +43,14 @@ class Dataset:
         seq_len: int | None = None,
         packer: str = "none",
         overlong: str = "truncate",
+        labels: str = "unshifted",
         seed: int = 0,
         manager: PluginManager | None = None,
     ):
         self.path = Path(path)
+        if labels not in LABELS:
+            raise DatasetError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
+        self.labels = labels
         self.manager = manager or get_manager()
         self.manifest = read_manifest(self.path)
         splits = self.manifest["splits"]
@@ -86,6 +96,7 @@ class Dataset:
             "seq_len": self.seq_len,
             "packer": self.packer,
             "overlong": self.overlong,
+            "labels": self.labels,
             "seed": self.seed,
         }
 
@@ -127,6 +138,15 @@ class Dataset:
         starts = np.concatenate([[0], np.cumsum(seg_lens)[:-1]])
         labels[starts[seg_lens > 0]] = IGNORE_INDEX
         position_ids = np.arange(len(input_ids), dtype=np.int64) - np.repeat(starts, seg_lens)
+        if self.labels == "shifted":
+            seg_lens = seg_lens.copy()
+            seg_lens[-1] -= 1  # the last token is only ever a target
+            return {
+                "input_ids": input_ids[:-1],
+                "labels": labels[1:],
+                "position_ids": position_ids[:-1],
+                "seq_lens": seg_lens[seg_lens > 0].astype(np.int64),
+            }
         return {
             "input_ids": input_ids,
             "labels": labels,
@@ -195,6 +215,7 @@ def open_dataset(
     seq_len: int | None = None,
     packer: str = "none",
     overlong: str = "truncate",
+    labels: str = "unshifted",
     seed: int = 0,
     manager: PluginManager | None = None,
 ) -> Dataset:
@@ -204,6 +225,8 @@ def open_dataset(
     packer each sample is one document; ``first-fit`` fills samples of ``seq_len`` tokens with
     whole documents. A document longer than ``seq_len`` is truncated, cut into pieces or dropped
     (``overlong``: ``"truncate"``, ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts drops).
+    ``labels``: ``"unshifted"`` (models that shift themselves, as Hugging Face ones do) or
+    ``"shifted"`` (input/target pairs for a plain loop).
     """
     return Dataset(
         path,
@@ -211,6 +234,7 @@ def open_dataset(
         seq_len=seq_len,
         packer=packer,
         overlong=overlong,
+        labels=labels,
         seed=seed,
         manager=manager,
     )
