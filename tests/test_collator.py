@@ -1,0 +1,128 @@
+"""The torch collator with a real (tiny, randomly initialised) transformers causal LM: a packed
+batch gives exactly the per-document losses, and padding-free gives the padded batch's logits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import gristmill
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from gristmill.torch import Collator  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("collate")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(40):
+        words = " ".join(f"w{int(x)}" for x in rng.integers(0, 50, int(rng.integers(2, 12))))
+        if i % 2:
+            lines.append({"prompt": f"Q{i}: {words}?", "completion": f" A{i}."})
+        else:
+            lines.append({"text": words})
+    files = []
+    for name, kind in (("qa.jsonl", "prompt"), ("text.jsonl", "text")):
+        files.append(root / name)
+        files[-1].write_text("".join(json.dumps(x) + "\n" for x in lines if kind in x))
+    gristmill.prepare(files, root / "ds", progress=False)
+    return gristmill.open_dataset(root / "ds", seq_len=96, packer="first-fit")
+
+
+def _model(attention: str):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=260,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+    )
+    return transformers.LlamaForCausalLM._from_config(
+        config, attn_implementation=attention, torch_dtype=torch.float32
+    ).eval()
+
+
+def _documents(samples):
+    """Each sample's document segments as their own (input_ids, labels) rows."""
+    for sample in samples:
+        start = 0
+        for length in sample["seq_lens"]:
+            yield (
+                torch.as_tensor(sample["input_ids"][start : start + length])[None],
+                torch.as_tensor(sample["labels"][start : start + length])[None],
+            )
+            start += length
+
+
+def _inputs(batch):
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_packed_batch_has_the_loss_of_its_documents(packed, attention):
+    model = _model(attention)
+    samples = [packed[i] for i in range(4)]
+    assert sum(len(s["seq_lens"]) for s in samples) >= 8  # really packed: two or more each
+    batch = Collator()(samples)
+    with torch.no_grad():
+        loss = model(**_inputs(batch), labels=batch["labels"]).loss
+        total, count = 0.0, 0
+        for ids, labels in _documents(samples):
+            targets = int((labels[0, 1:] != -100).sum())
+            if targets:
+                total += model(input_ids=ids, labels=labels).loss.item() * targets
+                count += targets
+    assert abs(loss.item() - total / count) < 1e-5
+    # The plain 2-D mask lets documents see each other: a different loss, which is the point.
+    plain = Collator(block_mask=False)(samples)
+    with torch.no_grad():
+        leaky = model(**_inputs(plain), labels=plain["labels"]).loss
+    assert abs(leaky.item() - total / count) > 1e-4
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_padding_free_gives_the_padded_logits(packed, attention):
+    model = _model(attention)
+    samples = [packed[i] for i in range(3)]
+    padded = Collator()(samples)
+    flat = Collator(padding_free=True)(samples)
+    lengths = [len(s["input_ids"]) for s in samples]
+    assert flat["input_ids"].shape == (1, sum(lengths))
+    cu = flat["cu_seqlens"]
+    assert cu[0] == 0 and cu[-1] == sum(lengths) and bool((cu[1:] > cu[:-1]).all())
+    assert flat["max_seqlen"] == int(flat["seq_lens"].max())
+    with torch.no_grad():
+        rows = model(**_inputs(padded)).logits
+        one = model(**_inputs(flat)).logits[0]
+    expected = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
+    assert torch.allclose(one, expected, atol=1e-5)
+    # Padding positions get finite values (they see themselves), never NaN.
+    assert torch.isfinite(rows).all()
+
+
+def test_collated_fields(packed):
+    samples = [packed[0], packed[1]]
+    batch = Collator(pad_id=7)(samples)
+    width = max(len(s["input_ids"]) for s in samples)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, width)
+    assert batch["attention_mask"].shape == (2, 1, width, width)
+    short = int(np.argmin([len(s["input_ids"]) for s in samples]))
+    n = len(samples[short]["input_ids"])
+    if n < width:
+        assert (batch["input_ids"][short, n:] == 7).all()
+        assert (batch["labels"][short, n:] == -100).all()
+    two_d = Collator(block_mask=False)(samples)["attention_mask"]
+    assert two_d.shape == (2, width) and int(two_d.sum()) == sum(
+        len(s["input_ids"]) for s in samples
+    )
+    with pytest.raises(ValueError, match="empty batch"):
+        Collator()([])
