@@ -3,10 +3,13 @@ batch gives exactly the per-document losses, and padding-free gives the padded b
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gristmill
 
@@ -126,3 +129,45 @@ def test_collated_fields(packed):
     )
     with pytest.raises(ValueError, match="empty batch"):
         Collator()([])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=4), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_batches_follow_the_segments_of_their_samples(segment_lists, padding_free):
+    samples = []
+    for lens in segment_lists:
+        n = sum(lens)
+        starts = np.cumsum([0, *lens[:-1]])
+        samples.append(
+            {
+                "input_ids": np.arange(1, n + 1),
+                "labels": np.arange(1, n + 1),
+                "position_ids": np.arange(n) - np.repeat(starts, lens),
+                "seq_lens": np.asarray(lens),
+            }
+        )
+    batch = Collator(padding_free=padding_free)(samples)
+    all_lens = [x for lens in segment_lists for x in lens]
+    assert batch["seq_lens"].tolist() == all_lens
+    if padding_free:
+        cu = batch["cu_seqlens"].tolist()
+        assert (
+            cu[0] == 0 and cu[-1] == sum(all_lens) and all(a < b for a, b in itertools.pairwise(cu))
+        )
+        assert batch["max_seqlen"] == max(all_lens)
+        rows = [np.concatenate([s["input_ids"] for s in samples])]
+        widths = [sum(all_lens)]
+        segment_rows = [np.repeat(np.arange(len(all_lens)), all_lens)]
+    else:
+        rows = [s["input_ids"] for s in samples]
+        widths = [len(r) for r in rows]
+        segment_rows = [np.repeat(np.arange(len(s["seq_lens"])), s["seq_lens"]) for s in samples]
+    mask = batch["attention_mask"][:, 0]
+    for row, (ids, width, segments) in enumerate(zip(rows, widths, segment_rows)):
+        assert batch["input_ids"][row, :width].tolist() == ids.tolist()
+        seen = (mask[row, :width, :width] == 0).numpy()
+        i, j = np.indices((width, width))
+        assert np.array_equal(seen, (segments[i] == segments[j]) & (j <= i))
