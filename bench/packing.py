@@ -68,11 +68,11 @@ import time
 import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from versions import versions  # bench/versions.py, beside this script
 
 EOS = "<|endoftext|>"
 VOCAB = 32_000
@@ -427,16 +427,6 @@ def check_targets(rows: list[dict[str, Any]], modes: list[str]) -> list[tuple[st
     return out
 
 
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -507,7 +497,7 @@ def main() -> None:
     print("\ntargets (the issue's, at seq_len 2048):")
     for text, ok in targets:
         print(f"  {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}")
-    found = versions()
+    found = versions(PACKAGES)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
         f"\noverlong: {args.overlong} (gristmill overlong={args.overlong!r}, TRL strategy="

@@ -50,9 +50,10 @@ import sys
 import sysconfig
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from versions import versions  # bench/versions.py, beside this script
 
 EOS = "<|endoftext|>"
 VOCAB = 32_000
@@ -452,16 +453,6 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, bool | 
     return out
 
 
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/gristmill-bench"))
@@ -502,7 +493,7 @@ def main() -> None:
     print("\ntargets (the issue's):")
     for text, ok in targets:
         print(f"  {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}")
-    found = versions()
+    found = versions(PACKAGES)
     print(
         f"\nPython {platform.python_version()}, {os.cpu_count()} cores, load average "
         f"{load:.1f} before and {os.getloadavg()[0]:.1f} after; "
