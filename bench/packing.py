@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from versions import versions  # bench/versions.py, beside this script
+from common import train_bpe, versions  # bench/common.py, beside this script
 
 EOS = "<|endoftext|>"
 VOCAB = 32_000
@@ -142,20 +142,7 @@ def tokenizer_for(work: Path, texts: list[str], notes: list[str]) -> Path:
     notes.append(f"{work / 'tokenizer.json'} missing: trained {path.name} on every 10th function")
     if path.exists():
         return path
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts[::TRAIN_EVERY], trainer)
-    tok.save(str(path))
-    return path
+    return train_bpe(texts[::TRAIN_EVERY], path, vocab_size=VOCAB, eos=EOS)
 
 
 def load_lengths(work: Path, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from versions import versions  # bench/versions.py, beside this script
+from common import train_bpe, versions  # bench/common.py, beside this script
 
 EOS = "<|endoftext|>"
 VOCAB = 32_000
@@ -241,7 +241,6 @@ def train_tokenizer(work: Path, corpus: Path) -> Path:
     path = work / "tokenizer.json"
     if path.exists():
         return path
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     def texts():
         with open(corpus, "rb") as f:
@@ -249,19 +248,7 @@ def train_tokenizer(work: Path, corpus: Path) -> Path:
                 if i % TRAIN_EVERY == 0:
                     yield json.loads(line)["text"]
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts(), trainer)
-    tok.save(str(path.with_suffix(".tmp")))
-    os.replace(path.with_suffix(".tmp"), path)
-    return path
+    return train_bpe(texts(), path, vocab_size=VOCAB, eos=EOS)
 
 
 # --- running the contenders -----------------------------------------------------------------------
