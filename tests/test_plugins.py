@@ -214,7 +214,7 @@ def test_registering_a_taken_plugin_name_is_refused(gristmill_register):
 
 def test_unknown_component_lists_what_is_available(gristmill_manager):
     with pytest.raises(
-        UnknownComponentError, match="no packer named 'best'; available: first-fit, none"
+        UnknownComponentError, match="no packer named 'best'; available: concat-chunk, first-fit, greedy-stream, none"
     ):
         gristmill_manager.packer("best")
 

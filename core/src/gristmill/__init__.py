@@ -12,6 +12,7 @@ from gristmill.errors import DataError, DatasetError, GristmillError, PluginErro
 from gristmill.examples import Example
 from gristmill.hookspecs import hookimpl
 from gristmill.pipeline import prepare
+from gristmill.stream import stream
 
 __all__ = [
     "DataError",
@@ -23,4 +24,5 @@ __all__ = [
     "hookimpl",
     "open_dataset",
     "prepare",
+    "stream",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from gristmill._version import __version__
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES
 from gristmill.errors import GristmillError
+from gristmill.overlong import POLICIES as OVERLONG_POLICIES
 from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
 from gristmill.policy import POLICIES
 from gristmill.tasks import DEFAULT_TASK_BYTES
@@ -150,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N,...",
         help="show packing efficiency of every packer at these sample lengths (default: 2048)",
     )
+    i.add_argument(
+        "--overlong",
+        choices=OVERLONG_POLICIES,
+        default="truncate",
+        help="what packers do with documents longer than the sample length: keep the first "
+        "seq_len tokens, cut them into seq_len pieces, or drop them (default: truncate)",
+    )
     i.add_argument("--json", action="store_true", help="print one JSON object instead")
 
     pr = sub.add_parser(
@@ -238,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 decode=args.decode,
                 split=args.split,
                 seq_lens=_numbers(args.seq_len, "--seq-len"),
+                overlong=args.overlong,
                 as_json=args.json,
             )
         if args.command == "presets":

@@ -294,7 +294,33 @@ class PackPlan:
         return len(self.sample_bounds) - 1
 
 
+Segment = tuple[Any, int, int]  # (document, first token, token count) of one sample's segment
+
+
+class OnlinePacker(Protocol):
+    """Packs documents as they arrive (``gristmill.stream``), holding a bounded number open.
+
+    A document is whatever the caller passes as an item (an index, or the tokens themselves);
+    samples are lists of :data:`Segment` naming those items, so a closed sample is all the
+    caller needs to assemble it.
+    """
+
+    dropped: int  # documents left out so far (overlong="drop")
+
+    def push(self, items: Sequence[Any], lengths: np.ndarray) -> list[list[Segment]]:
+        """Take the next documents (one item and one length each); return the samples this
+        closes, in the order they close."""
+        ...
+
+    def flush(self) -> list[list[Segment]]:
+        """The end of the stream: every sample still open."""
+        ...
+
+
 class Packer(Protocol):
+    """Packs documents by length. ``plan`` is required; a packer that can work online also
+    offers ``online(seq_len) -> OnlinePacker`` (without it, ``stream()`` refuses the packer)."""
+
     def plan(self, lengths: np.ndarray, seq_len: int | None) -> PackPlan:
         """Plan samples from document lengths alone (no token reads)."""
         ...
@@ -306,11 +332,15 @@ class PackerType(Component):
 
     Options gristmill passes today: ``overlong`` (``"truncate"``, ``"fragment"`` or ``"drop"``:
     what happens to a document longer than ``seq_len``; :mod:`gristmill.overlong` implements
-    them for any packer).
+    them for any packer), and whatever the user gives as ``packer_options``. Packers must accept
+    and ignore ``overlong`` if it means nothing to them.
     """
 
     factory: Callable[..., Packer]
     cache: bool = True  # store plans beside the shards (False for plans cheaper than a read)
+    # Whether samples restart positions and labels at every document unless the user says
+    # otherwise (``restart=``); False for a token stream cut into windows, as nanoGPT's.
+    restart: bool = True
 
     kind = "packer"
 

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gristmill.components import PackPlan, ShardReader, Tokenizer
+from gristmill.components import PackerType, PackPlan, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
 from gristmill.manifest import fingerprint, read_manifest
 from gristmill.overlong import check_policy
 from gristmill.plugins import PluginManager, get_manager
+from gristmill.samples import build_sample, check_labels
 from gristmill.tokenizers import load_saved
-
-IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
-LABELS = ("unshifted", "shifted")
 
 
 class Dataset:
@@ -28,6 +26,8 @@ class Dataset:
     loss, else -100; the first token of every document is -100 too, so that no position learns to
     predict across a document boundary when the model shifts labels); ``position_ids`` restarting
     at 0 for every document; ``seq_lens`` (the length of each document segment in the sample).
+    ``restart=False`` makes each sample one sequence instead (the default of ``concat-chunk``);
+    see :func:`gristmill.samples.build_sample`.
 
     ``labels="shifted"`` serves the pair a plain training loop wants instead: ``input_ids`` are
     the sample's tokens but the last, and ``labels[j]`` is the target of position ``j`` (the next
@@ -42,15 +42,15 @@ class Dataset:
         split: str = "train",
         seq_len: int | None = None,
         packer: str = "none",
+        packer_options: Mapping[str, Any] | None = None,
         overlong: str = "truncate",
+        restart: bool | None = None,
         labels: str = "unshifted",
         seed: int = 0,
         manager: PluginManager | None = None,
     ):
         self.path = Path(path)
-        if labels not in LABELS:
-            raise DatasetError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
-        self.labels = labels
+        self.labels = check_labels(labels)
         self.manager = manager or get_manager()
         self.manifest = read_manifest(self.path)
         splits = self.manifest["splits"]
@@ -66,20 +66,23 @@ class Dataset:
             self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
         self.packer, self.overlong = packer, check_policy(overlong)
-        self.plan: PackPlan = self._plan()
+        self.packer_options = dict(packer_options or {})
+        record = self.manager.packer(packer)
+        self.restart = record.restart if restart is None else bool(restart)
+        self.plan: PackPlan = self._plan(record)
 
-    def _plan(self) -> PackPlan:
+    def _plan(self, record: PackerType) -> PackPlan:
         """The pack plan: from the cache beside the shards when a run already computed it."""
-        record = self.manager.packer(self.packer)
 
         def make() -> PackPlan:
-            packer = record.factory(overlong=self.overlong)
+            packer = record.factory(overlong=self.overlong, **self.packer_options)
             return packer.plan(self.documents.lengths(), self.seq_len)
 
         if not record.cache:
             return make()
         key = {
             "packer": self.packer,
+            "options": self.packer_options,
             "seq_len": self.seq_len,
             "overlong": self.overlong,
             "split": self.split,
@@ -95,7 +98,9 @@ class Dataset:
             "split": self.split,
             "seq_len": self.seq_len,
             "packer": self.packer,
+            "packer_options": self.packer_options,
             "overlong": self.overlong,
+            "restart": self.restart,
             "labels": self.labels,
             "seed": self.seed,
         }
@@ -118,41 +123,18 @@ class Dataset:
         index %= n
         plan = self.plan
         lo, hi = plan.sample_bounds[index], plan.sample_bounds[index + 1]
-        seg_lens = plan.seg_len[lo:hi]
-        ids_parts, mask_parts = [], []
-        for doc, start, length in zip(plan.seg_doc[lo:hi], plan.seg_start[lo:hi], seg_lens):
+        parts = []
+        for doc, start, length in zip(
+            plan.seg_doc[lo:hi], plan.seg_start[lo:hi], plan.seg_len[lo:hi]
+        ):
             ids, mask = self.documents.document(int(doc))
-            ids_parts.append(ids[start : start + length])
-            mask_parts.append(None if mask is None else mask[start : start + length])
-        input_ids = np.concatenate(ids_parts).astype(np.int64)
-        if all(m is None for m in mask_parts):
-            labels = input_ids.copy()
-        else:
-            mask = np.concatenate(
-                [
-                    np.ones(len(i), np.uint8) if m is None else m
-                    for i, m in zip(ids_parts, mask_parts)
-                ]
+            parts.append(
+                (
+                    ids[start : start + length],
+                    None if mask is None else mask[start : start + length],
+                )
             )
-            labels = np.where(mask.astype(bool), input_ids, IGNORE_INDEX)
-        starts = np.concatenate([[0], np.cumsum(seg_lens)[:-1]])
-        labels[starts[seg_lens > 0]] = IGNORE_INDEX
-        position_ids = np.arange(len(input_ids), dtype=np.int64) - np.repeat(starts, seg_lens)
-        if self.labels == "shifted":
-            seg_lens = seg_lens.copy()
-            seg_lens[-1] -= 1  # the last token is only ever a target
-            return {
-                "input_ids": input_ids[:-1],
-                "labels": labels[1:],
-                "position_ids": position_ids[:-1],
-                "seq_lens": seg_lens[seg_lens > 0].astype(np.int64),
-            }
-        return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "position_ids": position_ids,
-            "seq_lens": seg_lens.astype(np.int64),
-        }
+        return build_sample(parts, restart=self.restart, labels=self.labels)
 
     def samples(
         self, sampler: str = "sequential", **options: Any
@@ -214,17 +196,23 @@ def open_dataset(
     *,
     seq_len: int | None = None,
     packer: str = "none",
+    packer_options: Mapping[str, Any] | None = None,
     overlong: str = "truncate",
+    restart: bool | None = None,
     labels: str = "unshifted",
     seed: int = 0,
     manager: PluginManager | None = None,
 ) -> Dataset:
     """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
 
-    Opening reads the manifest and maps the shard files: no pass over the tokens. With the ``none``
-    packer each sample is one document; ``first-fit`` fills samples of ``seq_len`` tokens with
-    whole documents. A document longer than ``seq_len`` is truncated, cut into pieces or dropped
-    (``overlong``: ``"truncate"``, ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts drops).
+    Opening reads the manifest and maps the shard files: no pass over the tokens. Packers: ``none``
+    (each sample is one document), ``first-fit`` (samples of ``seq_len`` tokens filled with whole
+    documents, best fit over the whole split), ``greedy-stream`` (the same online, as ``stream()``
+    packs; ``packer_options={"buffer_size": N}``), ``concat-chunk`` (the token stream cut into
+    ``seq_len`` windows, for pretraining), or any a plugin adds. A document longer than
+    ``seq_len`` is truncated, cut into pieces or dropped (``overlong``: ``"truncate"``,
+    ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts drops). ``restart``: whether positions
+    and labels restart at every document (default: the packer's; all but ``concat-chunk`` do).
     ``labels``: ``"unshifted"`` (models that shift themselves, as Hugging Face ones do) or
     ``"shifted"`` (input/target pairs for a plain loop).
     """
@@ -233,7 +221,9 @@ def open_dataset(
         split=split,
         seq_len=seq_len,
         packer=packer,
+        packer_options=packer_options,
         overlong=overlong,
+        restart=restart,
         labels=labels,
         seed=seed,
         manager=manager,

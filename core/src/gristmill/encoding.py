@@ -7,14 +7,50 @@ they do not depend on how the input was cut into tasks.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
 
 import numpy as np
 
 from gristmill.components import Rejected, Tokenizer, Where
 from gristmill.errors import DataError
 from gristmill.examples import Example, loss_mask
+from gristmill.policy import ErrorPolicy
 
 Encoded = tuple[np.ndarray, np.ndarray | None, bool]  # ids, loss mask (None: all), truncated
+BATCH = 512  # examples per tokenizer call: large enough for batch APIs, small enough to stream
+Batch = tuple[list[np.ndarray], list[np.ndarray | None], list[Any], int]
+
+
+def encoded_batches(
+    examples: Iterator[tuple[Example, Where]],
+    tok: Tokenizer,
+    policy: ErrorPolicy,
+    *,
+    normalize: bool,
+    train_on_prompt: bool,
+    max_doc_tokens: int | None,
+) -> Iterator[Batch]:
+    """Batches of tokenized documents: ids, masks, metadata per document, and how many were cut.
+
+    Examples the tokenizer cannot take (a chat template refusing a conversation…) go to
+    ``policy``.
+    """
+    while batch := list(islice(examples, BATCH)):
+        if normalize:
+            batch = [(example.normalized(), where) for example, where in batch]
+        ids, masks, metadata, cut = [], [], [], 0
+        for (example, _), result in zip(batch, encode(tok, batch, train_on_prompt, max_doc_tokens)):
+            if isinstance(result, Rejected):
+                policy.reject(result)
+                continue
+            doc, mask, was_cut = result
+            cut += was_cut
+            ids.append(doc)
+            masks.append(mask)
+            metadata.append(example.metadata or None)
+        yield ids, masks, metadata, cut
 
 
 def encode(

@@ -137,8 +137,11 @@ def gristmill_shard_formats() -> list[ShardFormatType]:
 def gristmill_packers() -> list[PackerType]:
     """Register packers: strategies that group documents into samples of at most ``seq_len``.
 
-    Called when the plugin manager builds its registry. Used when a dataset is opened. ``factory(**options)`` returns an object whose ``plan(lengths, seq_len)`` computes a
-    :class:`~gristmill.components.PackPlan` from document lengths alone.
+    Called when the plugin manager builds its registry. Used when a dataset is opened, a stream
+    is read and ``inspect`` reports packing. ``factory(**options)`` returns an object whose
+    ``plan(lengths, seq_len)`` computes a :class:`~gristmill.components.PackPlan` from document
+    lengths alone; a packer that works online also offers ``online(seq_len)``, an
+    :class:`~gristmill.components.OnlinePacker` (``stream()`` needs it).
 
     :return: a list of :class:`~gristmill.components.PackerType` records.
 

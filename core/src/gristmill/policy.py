@@ -20,13 +20,17 @@ def reject_file(out_dir: Path) -> Path:
 
 
 class ErrorPolicy:
-    def __init__(self, mode: str, rejects: Path):
+    """``rejects``: the file skipped records go to (``None``: count them only)."""
+
+    def __init__(self, mode: str, rejects: Path | None):
         if mode not in POLICIES:
             raise DataError(f"on_error must be one of {', '.join(POLICIES)}, got {mode!r}")
         self.mode = mode
         self.path = rejects
         self.counts: Counter[str] = Counter()
-        self._tmp = rejects.with_name(f"{rejects.name}.tmp-{os.getpid()}")
+        self._tmp = (
+            None if rejects is None else rejects.with_name(f"{rejects.name}.tmp-{os.getpid()}")
+        )
         self._file: IO[str] | None = None
 
     def reject(self, rejected: Rejected) -> None:
@@ -34,6 +38,8 @@ class ErrorPolicy:
         if self.mode == "fail":
             raise DataError(rejected.message, where=str(rejected.where), field=rejected.field)
         self.counts[rejected.reason] += 1
+        if self._tmp is None:
+            return
         if self._file is None:
             # Kept open across calls; closed by close() or abort().
             self._file = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115
@@ -63,8 +69,8 @@ class ErrorPolicy:
         """Publish the reject file (or remove a stale one); return the counts per reason."""
         if self._file is not None:
             self._file.close()
-            os.replace(self._tmp, self.path)
-        elif self.path.exists():
+            os.replace(self._tmp, self.path)  # type: ignore[arg-type]
+        elif self.path is not None and self.path.exists():
             self.path.unlink()
         return dict(sorted(self.counts.items()))
 
@@ -72,9 +78,10 @@ class ErrorPolicy:
         """Drop the half-written reject file of a run that failed."""
         if self._file is not None:
             self._file.close()
-            self._tmp.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
 
     def summary(self) -> str:
         total = sum(self.counts.values())
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.counts.items()))
-        return f"skipped {total:,} record(s) ({reasons}); see {self.path}"
+        where = f"; see {self.path}" if self.path is not None else ""
+        return f"skipped {total:,} record(s) ({reasons}){where}"

@@ -13,6 +13,7 @@ from gristmill.components import KINDS
 from gristmill.dataset import Dataset
 from gristmill.errors import DatasetError
 from gristmill.manifest import read_manifest
+from gristmill.overlong import check_policy
 from gristmill.plugins import get_manager
 
 NO_LOSS_OPEN, NO_LOSS_CLOSE = "⟦", "⟧"
@@ -33,24 +34,29 @@ def length_histogram(lengths: np.ndarray) -> list[dict[str, int]]:
     ]
 
 
-def packing_table(lengths: np.ndarray, seq_lens: Sequence[int]) -> list[dict[str, Any]]:
-    """Per packer and ``seq_len``: samples, efficiency (tokens served / (samples × seq_len)) and
-    the documents longer than ``seq_len`` (truncated, the default ``overlong`` policy)."""
+def packing_table(
+    lengths: np.ndarray, seq_lens: Sequence[int], overlong: str = "truncate"
+) -> list[dict[str, Any]]:
+    """Per packer and ``seq_len``: samples, efficiency (tokens served / (samples × seq_len)),
+    the documents longer than ``seq_len``, and what the ``overlong`` policy leaves out (tokens
+    truncated away, documents dropped)."""
     manager = get_manager()
+    total = int(lengths.sum())
     rows = []
     for seq_len in seq_lens:
-        overlong = lengths > seq_len
         for name, record in sorted(manager.components("packers").items()):
-            plan = record.factory(overlong="truncate").plan(lengths, seq_len)  # type: ignore[attr-defined]
+            plan = record.factory(overlong=overlong).plan(lengths, seq_len)  # type: ignore[attr-defined]
             served = int(plan.seg_len.sum())
             rows.append(
                 {
                     "packer": name,
                     "seq_len": seq_len,
+                    "overlong": overlong,
                     "samples": len(plan),
                     "efficiency": round(served / (len(plan) * seq_len), 4) if len(plan) else 0.0,
-                    "overlong_documents": int(overlong.sum()),
-                    "truncated_tokens": int((lengths[overlong] - seq_len).sum()),
+                    "overlong_documents": int((lengths > seq_len).sum()),
+                    "dropped_documents": plan.dropped,
+                    "tokens_left_out": total - served,
                 }
             )
     return rows
@@ -76,11 +82,13 @@ def inspect_dataset(
     decode: int = 2,
     split: str | None = None,
     seq_lens: Sequence[int] = (2048,),
+    overlong: str = "truncate",
     as_json: bool = False,
 ) -> int:
     manifest = read_manifest(directory)
     if any(n < 1 for n in seq_lens):
         raise DatasetError(f"--seq-len takes positive numbers of tokens, got {list(seq_lens)}")
+    check_policy(overlong)
     splits = manifest["splits"]
     chosen = split or ("train" if "train" in splits else next(iter(splits)))
     if chosen not in splits:
@@ -107,7 +115,7 @@ def inspect_dataset(
             "shards": len(entry["shards"]),
             "length": entry["length_stats"],
             "histogram": length_histogram(datasets[name].documents.lengths()),
-            "packing": packing_table(datasets[name].documents.lengths(), seq_lens),
+            "packing": packing_table(datasets[name].documents.lengths(), seq_lens, overlong),
         }
     shown = datasets[chosen]
     for index in range(min(decode, shown.documents.num_documents)):
@@ -155,10 +163,17 @@ def _print_report(report: dict[str, Any]) -> None:
             bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
             print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
         for row in s["packing"]:
+            left_out = (
+                f"{row['tokens_left_out']:,} tokens left out"
+                + (f", {row['dropped_documents']:,} documents" if row["dropped_documents"] else "")
+                + f" (overlong={row['overlong']})"
+                if row["tokens_left_out"]
+                else "nothing left out"
+            )
             print(
                 f"  packing {row['packer']} @ {row['seq_len']:,}: {row['samples']:,} samples, "
-                f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer "
-                f"({row['truncated_tokens']:,} tokens truncated)"
+                f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer, "
+                f"{left_out}"
             )
     if report["skipped"]:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gristmill.components import Rejected, Source, Tokenizer
-from gristmill.encoding import assign_splits, digest, encode
+from gristmill.components import Source, Tokenizer
+from gristmill.encoding import assign_splits, digest, encoded_batches
 from gristmill.manifest import canonical_json, sync_directory, write_atomic
 from gristmill.mapping import mapped_examples
 from gristmill.plugins import PluginManager, get_manager
@@ -33,7 +32,6 @@ from gristmill.policy import ErrorPolicy
 TASKS_DIR = ".gristmill-tasks"
 DEFAULT_TASK_BYTES = 16 << 20  # input per task: enough to amortise it, small enough to balance
 UNSIZED_PIECES = 64  # a source that cannot tell its size splits this finely, as far as it can
-BATCH = 512  # examples per tokenizer call: large enough for batch APIs, small enough to stream
 
 
 @dataclass(frozen=True)
@@ -213,7 +211,15 @@ def run_task(
             examples = mapped_examples(
                 piece, settings.format, settings.fields, manager, policy, report=report
             )
-            for ids, masks, metadata, cut in _documents(examples, tok, settings, policy):
+            batches = encoded_batches(
+                examples,
+                tok,
+                policy,
+                normalize=settings.normalize,
+                train_on_prompt=settings.train_on_prompt,
+                max_doc_tokens=settings.max_doc_tokens,
+            )
+            for ids, masks, metadata, cut in batches:
                 truncated += cut
                 digests = [digest(d, m) for d, m in zip(ids, masks)] if keep_digests else []
                 # One split: every document; two: each by the hash of its content.
@@ -276,30 +282,6 @@ def _save(out_dir: Path, task: Task, name: str, data: bytes) -> str:
     path = task_file(out_dir, task, name)
     write_atomic(path, data, sync_directory_too=False)
     return path.name
-
-
-Batch = tuple[list[np.ndarray], list[np.ndarray | None], list[Any], int]
-
-
-def _documents(
-    examples: Iterator[Any], tok: Tokenizer, settings: TaskSettings, policy: ErrorPolicy
-) -> Iterator[Batch]:
-    """Batches of tokenized documents: ids, masks, metadata per document, and how many were cut."""
-    while batch := list(islice(examples, BATCH)):
-        if settings.normalize:
-            batch = [(example.normalized(), where) for example, where in batch]
-        ids, masks, metadata, cut = [], [], [], 0
-        encoded = encode(tok, batch, settings.train_on_prompt, settings.max_doc_tokens)
-        for (example, _), result in zip(batch, encoded):
-            if isinstance(result, Rejected):
-                policy.reject(result)
-                continue
-            doc, mask, was_cut = result
-            cut += was_cut
-            ids.append(doc)
-            masks.append(mask)
-            metadata.append(example.metadata or None)
-        yield ids, masks, metadata, cut
 
 
 def read_record(out_dir: Path, task: int) -> dict[str, Any] | None:

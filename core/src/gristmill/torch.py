@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gristmill.dataset import IGNORE_INDEX
+from gristmill.samples import IGNORE_INDEX
 
 
 class Collator:

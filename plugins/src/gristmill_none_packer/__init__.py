@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import PackerType, PackPlan
+from gristmill.components import PackerType, PackPlan, Segment
 from gristmill.overlong import check_policy, pieces
 
 
@@ -24,6 +25,28 @@ class NonePacker:
             seg_len=length,
             dropped=dropped,
         )
+
+    def online(self, seq_len: int | None) -> OnePerSample:
+        return OnePerSample(seq_len, self.overlong)
+
+
+class OnePerSample:
+    """Each document (or piece) closes its own sample (an
+    :class:`~gristmill.components.OnlinePacker`)."""
+
+    def __init__(self, seq_len: int | None, overlong: str):
+        self.seq_len, self.overlong = seq_len, overlong
+        self.dropped = 0
+
+    def push(self, items: Sequence[Any], lengths: np.ndarray) -> list[list[Segment]]:
+        doc, start, length, dropped = pieces(lengths, self.seq_len, self.overlong)
+        self.dropped += dropped
+        return [
+            [(items[d], s, n)] for d, s, n in zip(doc.tolist(), start.tolist(), length.tolist())
+        ]
+
+    def flush(self) -> list[list[Segment]]:
+        return []
 
 
 @hookimpl

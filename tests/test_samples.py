@@ -1,0 +1,46 @@
+"""The sample contract, for any segments: positions, labels, masks and seq_lens."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gristmill.samples import IGNORE_INDEX, build_sample
+
+SEGMENT = st.integers(1, 40).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(0, 70000), min_size=n, max_size=n),
+        st.one_of(st.none(), st.lists(st.integers(0, 1), min_size=n, max_size=n)),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(segments=st.lists(SEGMENT, min_size=1, max_size=8), restart=st.booleans())
+def test_segments_become_one_sample_exactly(segments, restart):
+    parts = [
+        (np.asarray(ids, np.uint32), None if mask is None else np.asarray(mask, np.uint8))
+        for ids, mask in segments
+    ]
+    sample = build_sample(parts, restart=restart)
+    ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    mask = np.concatenate(
+        [np.ones(len(i), bool) if m is None else m.astype(bool) for i, m in parts]
+    )
+    lens = [len(p[0]) for p in parts] if restart else [len(ids)]
+    starts = np.cumsum([0, *lens[:-1]])
+    assert np.array_equal(sample["input_ids"], ids)
+    assert sample["seq_lens"].tolist() == lens and sample["seq_lens"].sum() == len(ids)
+    assert np.array_equal(sample["position_ids"], np.concatenate([np.arange(n) for n in lens]))
+    # The loss mask bit for bit, except the first token of every sequence: no label crosses.
+    expected = np.where(mask, ids, IGNORE_INDEX)
+    expected[starts] = IGNORE_INDEX
+    assert np.array_equal(sample["labels"], expected)
+    assert all(v.dtype == np.int64 for v in sample.values())
+    # Shifted: position j of the input is paired with token j + 1 of the same sequence.
+    shifted = build_sample(parts, restart=restart, labels="shifted")
+    assert np.array_equal(shifted["input_ids"], ids[:-1])
+    assert np.array_equal(shifted["labels"], expected[1:])
+    assert np.array_equal(shifted["position_ids"], sample["position_ids"][:-1])
+    assert shifted["seq_lens"].sum() == len(ids) - 1 and (shifted["seq_lens"] > 0).all()
