@@ -2,7 +2,7 @@
 
     python bench/packing.py [--work /tmp/gristmill-bench] [--seq-len 2048[,4096,...]]
                             [--scales 1,4,16] [--repeat 3] [--overlong truncate|fragment]
-                            [--trl-max-scale 16] [--json results.json]
+                            [--buffer-sizes 16,128,1024] [--trl-max-scale 16] [--json results.json]
 
 The lengths are real: every function of this interpreter's standard library (its ``.py`` files,
 site-packages left out, sorted paths; files that do not parse are skipped) as a prompt/completion
@@ -29,8 +29,15 @@ it is not timed), twice: as ``SFTTrainer`` calls it (no ``batch_size`` in ``map_
 the whole split at once (``map_kwargs={"batch_size": None}``), the like-for-like global packing.
 Each TRL run is repeated up to --repeat times while its runs add up to less than a minute. A TRL
 run that would need more than half the free memory, or more than 10 minutes (extrapolated from
-the scale before it), is skipped and said so. Both results are checked: the tokens placed add up
+the scale before it), is skipped and said so. Every result is checked: the tokens placed add up
 to the tokens kept, and no sample is over seq_len.
+
+gristmill's online packers are timed the same way on the same lengths, in a second table:
+``greedy-stream`` at each of --buffer-sizes (best fit among at most that many open samples,
+documents taken in order, the same overlong rule), and ``concat-chunk`` on the 1× lengths (the
+token stream cut into seq_len windows: it serves every token, truncating none, so its bound is
+ceil(all tokens / seq_len)). Both are imported from their modules rather than found by name, so
+that an editable install made before their entry points runs them too.
 
 Setup (the venv of ``bench/prepare.py``, plus TRL with torch pinned; TRL 1.16.0 brought only
 accelerate and changed nothing else):
@@ -232,6 +239,13 @@ def gristmill_packer(overlong: str, notes: list[str]) -> Any:
     return factory()
 
 
+def stream_packers(overlong: str, sizes: list[int]) -> dict[int, Any]:
+    """``greedy-stream`` at each buffer size (imported, not found by name: see the docstring)."""
+    from gristmill_greedy_stream import GreedyStreamPacker
+
+    return {size: GreedyStreamPacker(overlong=overlong, buffer_size=size) for size in sizes}
+
+
 def run_gristmill(packer: Any, lengths: np.ndarray, seq_len: int, repeat: int) -> Packed:
     best, plan = math.inf, None
     for _ in range(repeat):
@@ -243,6 +257,30 @@ def run_gristmill(packer: Any, lengths: np.ndarray, seq_len: int, repeat: int) -
     assert np.all(np.diff(plan.sample_bounds) > 0), "gristmill: an empty sample"
     assert fill.max(initial=0) <= seq_len, "gristmill: a sample over seq_len"
     return Packed(len(plan), int(plan.seg_len.sum()), best, repeat)
+
+
+def measure(
+    label: str, packer: Any, lengths: np.ndarray, seq_len: int, tokens: int, repeat: int
+) -> dict[str, Any]:
+    """A gristmill packer's checked result, as the tables' rows hold it."""
+    print(f"  {label} ...", end=" ", flush=True)
+    got = run_gristmill(packer, lengths, seq_len, repeat)
+    assert got.tokens == tokens, f"{label} placed {got.tokens:,} of {tokens:,} tokens"
+    print(f"{got.seconds:.3f} s", flush=True)
+    return {**vars(got), "efficiency": got.efficiency(seq_len)}
+
+
+def run_concat_chunk(base: np.ndarray, seq_len: int, repeat: int) -> dict[str, Any]:
+    """``concat-chunk`` on the 1× lengths; it serves every token, so its bound counts them all."""
+    from gristmill_concat_chunk import ConcatChunkPacker
+
+    tokens = kept(base, seq_len, "fragment")  # windows cut documents: none is overlong
+    return {
+        "seq_len": seq_len,
+        "tokens": tokens,
+        "lower_bound": lower_bound(tokens, seq_len),
+        **measure("1× concat-chunk", ConcatChunkPacker(), base, seq_len, tokens, repeat),
+    }
 
 
 def trl_dataset(lengths: np.ndarray) -> Any:
@@ -331,22 +369,30 @@ def lower_bound(tokens: int, seq_len: int) -> int:
     return -(-tokens // seq_len)
 
 
+LEAD = f"{'seq_len':>7}{'scale':>6}{'documents':>11}{'bound':>9}{'bound eff':>10}"
+GROUPS = len(LEAD) + 2  # the column where the first group's "| " begins under its heading
+BOUND_KEY = "bound: ceil(tokens kept / seq_len) samples; eff: tokens kept / (samples × seq_len)"
+
+
+def lead(r: dict[str, Any]) -> str:
+    """The columns both tables start with: the row's lengths and their lower bound."""
+    s = r["seq_len"]
+    return (
+        f"{s:>7}{r['scale']:>5}×{r['documents']:>11,}{r['lower_bound']:>9,}"
+        f"{r['tokens'] / (r['lower_bound'] * s):>10.3%}"
+    )
+
+
 def print_table(rows: list[dict[str, Any]], modes: list[str]) -> None:
-    groups = f"{'':<45}{'| gristmill first-fit':<31}"
-    head = f"{'seq_len':>7}{'scale':>6}{'documents':>11}{'bound':>9}{'bound eff':>10}"
-    head += f"{'| samples':>11}{'eff':>9}{'s':>8}"
+    groups = f"{'':<{GROUPS}}{'| gristmill first-fit':<31}"
+    head = f"{LEAD}{'| samples':>11}{'eff':>9}{'s':>8}"
     for mode in modes:
         groups += f"{'| ' + TRL_LABELS[mode]:<35}"
         head += f"{'| rows':>11}{'eff':>9}{'s':>8}{'×':>7}"
     print(f"\n{groups.rstrip()}\n{head}\n{'-' * len(head)}")
     for r in rows:
-        s = r["seq_len"]
-        line = (
-            f"{s:>7}{r['scale']:>5}×{r['documents']:>11,}{r['lower_bound']:>9,}"
-            f"{r['tokens'] / (r['lower_bound'] * s):>10.3%}"
-        )
         g = r["gristmill"]
-        line += f"{g['samples']:>11,}{g['efficiency']:>9.3%}{g['seconds']:>8.3f}"
+        line = f"{lead(r)}{g['samples']:>11,}{g['efficiency']:>9.3%}{g['seconds']:>8.3f}"
         for mode in modes:
             t = r.get(mode)
             if t is None:
@@ -357,12 +403,37 @@ def print_table(rows: list[dict[str, Any]], modes: list[str]) -> None:
                 f"{t['seconds'] / g['seconds']:>6.0f}×"
             )
         print(line)
-    print(
-        "  bound: ceil(tokens kept / seq_len) samples; eff: tokens kept / (samples × seq_len); "
-        "s: seconds, best run; ×: TRL seconds / gristmill seconds"
-    )
+    print(f"  {BOUND_KEY}; s: seconds, best run; ×: TRL seconds / gristmill seconds")
     for mode in modes:
         print(f"  {TRL_LABELS[mode]}: pack_dataset(..., map_kwargs={TRL_MODES[mode]})")
+
+
+def print_stream_table(rows: list[dict[str, Any]], chunked: list[dict[str, Any]]) -> None:
+    """greedy-stream at each buffer size against the same bound, then concat-chunk's line."""
+    sizes = list(rows[0]["greedy-stream"]) if rows else []
+    groups, head = f"{'':<{GROUPS}}", LEAD
+    for size in sizes:
+        groups += f"{f'| greedy-stream, buffer {size}':<43}"
+        head += f"{'| samples':>11}{'eff':>9}{'over':>7}{'over %':>9}{'s':>7}"
+    print(f"\n{groups.rstrip()}\n{head}\n{'-' * len(head)}")
+    for r in rows:
+        line = lead(r)
+        for size in sizes:
+            g, bound = r["greedy-stream"][size], r["lower_bound"]
+            line += (
+                f"{g['samples']:>11,}{g['efficiency']:>9.3%}{g['samples'] - bound:>+7,}"
+                f"{g['samples'] / bound - 1:>+9.3%}{g['seconds']:>7.3f}"
+            )
+        print(line)
+    print(f"  {BOUND_KEY}; over: samples over the bound; s: seconds, best run")
+    print("  buffer: open samples, so at most buffer × seq_len tokens held back")
+    for c in chunked:
+        print(
+            f"concat-chunk, 1×, seq_len {c['seq_len']}: {c['samples']:,} samples, "
+            f"eff {c['efficiency']:.3%}, {c['seconds']:.3f} s\n  bound ceil(all {c['tokens']:,} "
+            f"tokens / {c['seq_len']}) = {c['lower_bound']:,}: it serves every token, cutting "
+            "documents at window edges and truncating none"
+        )
 
 
 def check_targets(rows: list[dict[str, Any]], modes: list[str]) -> list[tuple[str, bool | None]]:
@@ -425,6 +496,9 @@ def main() -> None:
     parser.add_argument("--scales", type=ints, default=[1, 4, 16], help="comma-separated (1,4,16)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per packer (best counts)")
     parser.add_argument("--overlong", choices=("truncate", "fragment"), default="truncate")
+    parser.add_argument(
+        "--buffer-sizes", type=ints, default=[16, 128, 1024], help="greedy-stream's (16,128,1024)"
+    )
     parser.add_argument("--trl-max-scale", type=int, default=16, help="largest scale TRL runs at")
     parser.add_argument("--no-trl", action="store_true", help="gristmill only")
     parser.add_argument("--json", type=Path, help="also save the results here")
@@ -441,13 +515,16 @@ def main() -> None:
         f"{int(base.sum()):,} tokens; median {int(np.median(base))}, max {int(base.max()):,}"
     )
     packer = gristmill_packer(args.overlong, notes)
+    streaming = stream_packers(args.overlong, args.buffer_sizes)
     strategy = "bfd" if args.overlong == "truncate" else "bfd_split"
     pack_dataset = None if args.no_trl else import_trl(notes)
     modes = [] if args.no_trl else list(TRL_MODES)
     load = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
+    chunked: list[dict[str, Any]] = []
     for seq_len in args.seq_len:
         print(f"seq_len {seq_len}, over it: {int((base > seq_len).sum()):,} documents")
+        chunked.append(run_concat_chunk(base, seq_len, args.repeat))
         before: dict[str, tuple[int, float]] = {}
         for scale in args.scales:
             lengths = np.tile(base, scale)
@@ -459,11 +536,12 @@ def main() -> None:
                 "tokens": tokens,
                 "lower_bound": lower_bound(tokens, seq_len),
             }
-            print(f"  {scale}× gristmill ...", end=" ", flush=True)
-            got = run_gristmill(packer, lengths, seq_len, args.repeat)
-            assert got.tokens == tokens, f"gristmill placed {got.tokens:,} of {tokens:,} tokens"
-            row["gristmill"] = {**vars(got), "efficiency": got.efficiency(seq_len)}
-            print(f"{got.seconds:.3f} s", flush=True)
+            same = (lengths, seq_len, tokens, args.repeat)  # every gristmill packer's
+            row["gristmill"] = measure(f"{scale}× gristmill", packer, *same)
+            row["greedy-stream"] = {
+                size: measure(f"{scale}× greedy-stream, buffer {size}", online, *same)
+                for size, online in streaming.items()
+            }
             for mode in modes:
                 label = f"{TRL_LABELS[mode]} (seq_len {seq_len})"
                 if scale > args.trl_max_scale:
@@ -480,6 +558,7 @@ def main() -> None:
             rows.append(row)
 
     print_table(rows, modes)
+    print_stream_table(rows, chunked)
     targets = check_targets(rows, modes)
     print("\ntargets (the issue's, at seq_len 2048):")
     for text, ok in targets:
@@ -504,6 +583,7 @@ def main() -> None:
             "versions": found,
             "notes": notes,
             "rows": rows,
+            "concat_chunk": chunked,
             "targets": [{"target": text, "pass": ok} for text, ok in targets],
             "seconds": elapsed,
         }
