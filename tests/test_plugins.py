@@ -156,7 +156,12 @@ def test_a_bad_registration_fails_only_its_plugin_and_is_undone(gristmill_manage
         gristmill_manager.register(plugin, "bad")
     assert str(exc.value) == f"plugin 'bad' (registered at runtime) failed to load: {reason}"
     assert "bad" not in gristmill_manager.plugins and gristmill_manager.failures() == []
-    assert set(gristmill_manager.components("samplers")) == {"sequential"}
+    assert set(gristmill_manager.components("samplers")) == {
+        "sequential",
+        "random",
+        "distributed",
+        "distributed-length-grouped",
+    }
     gristmill_manager.register(object(), "bad")  # the name is free again
 
 
@@ -214,7 +219,8 @@ def test_registering_a_taken_plugin_name_is_refused(gristmill_register):
 
 def test_unknown_component_lists_what_is_available(gristmill_manager):
     with pytest.raises(
-        UnknownComponentError, match="no packer named 'best'; available: concat-chunk, first-fit, greedy-stream, none"
+        UnknownComponentError,
+        match="no packer named 'best'; available: concat-chunk, first-fit, greedy-stream, none",
     ):
         gristmill_manager.packer("best")
 

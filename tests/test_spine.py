@@ -170,12 +170,13 @@ def test_prepare_refuses_a_foreign_directory(tmp_path, write_jsonl):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
-def test_sequential_sampler_serves_one_process_only(qa_dataset):
+def test_samples_in_a_samplers_order(qa_dataset):
     ds = gristmill.open_dataset(qa_dataset, split="val")
-    assert [s["input_ids"].tolist() for s in ds.samples("sequential")] == [
-        ds[i]["input_ids"].tolist() for i in range(len(ds))
-    ]
-    with pytest.raises(gristmill.GristmillError, match="use the distributed sampler for 2 ranks"):
+    in_order = [ds[i]["input_ids"].tolist() for i in range(len(ds))]
+    assert [s["input_ids"].tolist() for s in ds.samples("sequential")] == in_order
+    shuffled = [s["input_ids"].tolist() for s in ds.samples("random", epoch=1)]
+    assert shuffled != in_order and sorted(shuffled) == sorted(in_order)
+    with pytest.raises(gristmill.GristmillError, match="takes no options; got world_size"):
         list(ds.samples("sequential", world_size=2))
 
 

@@ -346,13 +346,22 @@ class PackerType(Component):
 
 
 class Sampler(Protocol):
-    def __iter__(self) -> Iterator[int]: ...
-    def __len__(self) -> int: ...
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of one epoch, in order: every index once (int64)."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerType(Component):
-    """An order over samples; ``factory(num_samples, *, seed, rank, world_size, **options)``."""
+    """An order over the samples of an epoch.
+
+    ``factory(num_samples, *, seed, lengths, global_batch, **options)`` returns a
+    :class:`Sampler`; gristmill always passes ``lengths`` (int64 tokens per sample) and
+    ``global_batch`` (samples per step over all ranks) for samplers that group by length, and
+    the user's ``options``, which a sampler should refuse if it does not know them. A sampler
+    only orders: :mod:`gristmill.sampling` cuts the order into steps and ranks, the same way for
+    every sampler.
+    """
 
     factory: Callable[..., Sampler]
 

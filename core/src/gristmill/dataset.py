@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gristmill.components import PackerType, PackPlan, ShardReader, Tokenizer
+from gristmill.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
 from gristmill.manifest import fingerprint, read_manifest
 from gristmill.overlong import check_policy
@@ -80,7 +80,11 @@ class Dataset:
 
         if not record.cache:
             return make()
-        key = {
+        key = self._plan_key()
+        return cached_plan(self.path / PLANS_DIR / f"{fingerprint(key)[:32]}.npz", make)
+
+    def _plan_key(self) -> dict[str, Any]:
+        return {
             "packer": self.packer,
             "options": self.packer_options,
             "seq_len": self.seq_len,
@@ -88,7 +92,6 @@ class Dataset:
             "split": self.split,
             "dataset": self.manifest["fingerprint"],
         }
-        return cached_plan(self.path / PLANS_DIR / f"{fingerprint(key)[:32]}.npz", make)
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
@@ -137,11 +140,33 @@ class Dataset:
         return build_sample(parts, restart=self.restart, labels=self.labels)
 
     def samples(
-        self, sampler: str = "sequential", **options: Any
+        self, sampler: str = "sequential", *, epoch: int = 0, **options: Any
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Samples in the order of a sampler plugin."""
-        order = self.manager.sampler(sampler).factory(len(self), seed=self.seed, **options)
-        return (self[i] for i in order)
+        """Samples of one epoch in a sampler plugin's order, on this process."""
+        order = self.sampler(sampler, global_batch=1, **options).order(epoch)
+        return (self[int(i)] for i in order)
+
+    def sampler(self, name: str, *, global_batch: int, **options: Any) -> Sampler:
+        """The sampler plugin ``name`` over this dataset's samples, seeded with ``seed``."""
+        return self.manager.sampler(name).factory(
+            len(self),
+            seed=self.seed,
+            lengths=self.sample_lengths(),
+            global_batch=global_batch,
+            **options,
+        )
+
+    def sample_lengths(self) -> np.ndarray:
+        """Tokens in every sample (int64), from the plan alone."""
+        plan = self.plan
+        if not len(plan):
+            return np.zeros(0, np.int64)
+        return np.add.reduceat(plan.seg_len, plan.sample_bounds[:-1]).astype(np.int64)
+
+    @property
+    def identity(self) -> str:
+        """Which samples this is: the dataset, split and packing (a loader's state names it)."""
+        return fingerprint({**self._plan_key(), "restart": self.restart, "labels": self.labels})
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.samples()

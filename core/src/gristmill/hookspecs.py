@@ -160,9 +160,10 @@ def gristmill_packers() -> list[PackerType]:
 def gristmill_samplers() -> list[SamplerType]:
     """Register samplers: orders over the samples of a dataset.
 
-    Called when the plugin manager builds its registry. Used when samples are iterated.
-    ``factory(num_samples, *, seed, rank, world_size, **options)`` returns an iterable of sample
-    indices with a length.
+    Called when the plugin manager builds its registry. Used when samples are iterated (the
+    torch data loader, ``Dataset.samples``). ``factory(num_samples, *, seed, lengths,
+    global_batch, **options)`` returns an object whose ``order(epoch)`` gives every sample index
+    once, in that epoch's order; gristmill splits it into steps and ranks.
 
     :return: a list of :class:`~gristmill.components.SamplerType` records.
 
@@ -173,7 +174,7 @@ def gristmill_samplers() -> list[SamplerType]:
         @hookimpl
         def gristmill_samplers():
             return [SamplerType(name="reverse", description="last sample first",
-                                factory=lambda n, **kw: range(n - 1, -1, -1))]
+                                factory=Reverse)]
     """
 
 

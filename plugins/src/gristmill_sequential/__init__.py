@@ -1,27 +1,26 @@
-"""The ``sequential`` sampler: every sample once, in index order, on a single process."""
+"""The ``sequential`` sampler: every sample once, in index order, every epoch.
+
+For evaluation: on several ranks, global batch ``s`` holds samples ``s·G`` to ``(s+1)·G - 1``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from gristmill import hookimpl
 from gristmill.components import SamplerType
-from gristmill.errors import GristmillError
+from gristmill.sampling import refuse_options
 
 
-def sequential(
-    num_samples: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, **options: Any
-) -> range:
-    # Splitting an ordered pass across ranks is the distributed sampler's job; doing it here
-    # silently would hand every rank the whole epoch.
-    if world_size != 1:
-        raise GristmillError(
-            "the sequential sampler serves one process; use the distributed sampler for "
-            f"{world_size} ranks"
-        )
-    if options:
-        raise GristmillError(f"the sequential sampler takes no options, got {sorted(options)}")
-    return range(num_samples)
+class Sequential:
+    def __init__(self, num_samples: int, *, seed: int = 0, **context: Any):
+        refuse_options("sequential", context)
+        self.num_samples = num_samples
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.arange(self.num_samples, dtype=np.int64)
 
 
 @hookimpl
@@ -29,7 +28,7 @@ def gristmill_samplers() -> list[SamplerType]:
     return [
         SamplerType(
             name="sequential",
-            description="every sample once, in index order (one process)",
-            factory=sequential,
+            description="every sample once, in index order (evaluation)",
+            factory=Sequential,
         )
     ]

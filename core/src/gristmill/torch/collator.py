@@ -1,7 +1,4 @@
-"""PyTorch glue: a collator that keeps packed documents apart with any attention backend.
-
-Importing this module imports torch; ``import gristmill`` alone never does.
-"""
+"""A collator that keeps packed documents apart with any attention backend."""
 
 from __future__ import annotations
 
@@ -29,7 +26,9 @@ class Collator:
       adds the ``(1, 1, N, N)`` mask for backends without such kernels; ``False`` leaves it out.
 
     Every batch also carries ``seq_lens`` concatenated over its samples (drop it before
-    ``model(**batch)`` if the model refuses unknown arguments).
+    ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
+    loader repeated to give every rank the same number of steps (their labels are all -100)
+    also carries ``repeat``, a bool per sample.
     """
 
     def __init__(
@@ -48,9 +47,10 @@ class Collator:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
-        if self.padding_free:
-            return self._one_row(samples)
-        return self._padded(samples)
+        batch = self._one_row(samples) if self.padding_free else self._padded(samples)
+        if any(s.get("repeat", False) for s in samples):
+            batch["repeat"] = torch.tensor([bool(s.get("repeat", False)) for s in samples])
+        return batch
 
     def _padded(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         width = max(len(s["input_ids"]) for s in samples)

@@ -1,0 +1,76 @@
+"""An epoch's order cut into global batches and rank slices, the same way for every sampler.
+
+A sampler plugin only orders the samples of an epoch. This module turns that order into what
+each rank serves, so that every sampler keeps the invariants:
+
+- **exact cover**: every sample once per epoch; without ``drop_last`` the order is padded to a
+  multiple of ``world_size`` by repeating its first samples (fewer than ``world_size``, each
+  marked as a repeat), with ``drop_last`` only whole global batches are served;
+- **equal steps**: step ``s`` is global batch ``s``, positions ``[s·G, (s+1)·G)`` of the padded
+  order (``G = world_size × batch_size``; the last one may be shorter but still a multiple of
+  ``world_size``), and every rank takes an equal, contiguous share of it;
+- **resume, also elastic**: the position after ``s`` steps is ``s·G`` whatever the world size,
+  so a run resumed on another number of ranks with the same ``G`` serves the same global
+  batches from there on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import GristmillError
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One epoch's global batches: ``order`` is the sampler's order of sample indices."""
+
+    order: np.ndarray
+    world_size: int
+    batch_size: int
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("world_size", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise GristmillError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.batch_size
+
+    @property
+    def served(self) -> int:
+        """Positions served in the epoch, repeats included."""
+        n = len(self.order)
+        if self.drop_last:
+            return n - n % self.global_batch
+        return -(-n // self.world_size) * self.world_size
+
+    @property
+    def steps(self) -> int:
+        return -(-self.served // self.global_batch)
+
+    def batch(self, step: int, rank: int) -> list[tuple[int, bool]]:
+        """Rank ``rank``'s share of global batch ``step``: ``(sample index, is a repeat)``."""
+        lo = step * self.global_batch
+        hi = min(lo + self.global_batch, self.served)
+        share = (hi - lo) // self.world_size
+        positions = np.arange(lo + rank * share, lo + (rank + 1) * share)
+        n = len(self.order)
+        return [(int(self.order[p % n]), p >= n) for p in positions.tolist()]
+
+
+CONTEXT = ("lengths", "global_batch")  # what gristmill passes every sampler factory
+
+
+def refuse_options(sampler: str, options: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+    """A misspelt option must not silently give another order."""
+    unknown = sorted(set(options) - set(CONTEXT) - set(known))
+    if unknown:
+        takes = f"takes {', '.join(known)}" if known else "takes no options"
+        raise GristmillError(f"the {sampler} sampler {takes}; got {', '.join(unknown)}")

@@ -1,0 +1,88 @@
+"""Samplers and the resumable loader: exact cover, equal steps, determinism, resume, elastic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gristmill.errors import GristmillError
+from gristmill.plugins import get_manager
+from gristmill.sampling import Schedule
+
+SAMPLERS = ("sequential", "random", "distributed", "distributed-length-grouped")
+
+
+def _order(sampler: str, n: int, seed: int, epoch: int, global_batch: int, **options):
+    lengths = np.random.default_rng(n).integers(1, 500, n)
+    factory = get_manager().sampler(sampler).factory
+    return factory(n, seed=seed, lengths=lengths, global_batch=global_batch, **options).order(epoch)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    world=st.integers(1, 16),
+    batch=st.integers(1, 9),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    epoch=st.integers(0, 5),
+    sampler=st.sampled_from(SAMPLERS),
+)
+def test_every_sample_once_and_equal_steps_on_every_rank(
+    n, world, batch, drop_last, seed, epoch, sampler
+):
+    order = _order(sampler, n, seed, epoch, world * batch)
+    assert sorted(order.tolist()) == list(range(n))  # a sampler orders, it never repeats
+    assert np.array_equal(order, _order(sampler, n, seed, epoch, world * batch))
+    schedule = Schedule(order, world, batch, drop_last)
+    served = []
+    for step in range(schedule.steps):
+        shares = [schedule.batch(step, rank) for rank in range(world)]
+        assert len({len(share) for share in shares}) == 1 and shares[0]  # equal, never empty
+        assert len(shares[0]) <= batch
+        served += [item for share in shares for item in share]
+    real = [i for i, repeat in served if not repeat]
+    repeats = [i for i, repeat in served if repeat]
+    assert len(set(real)) == len(real)
+    if drop_last:
+        assert not repeats and len(real) == n - n % (world * batch)
+        assert all(len(schedule.batch(s, 0)) == batch for s in range(schedule.steps))
+    else:
+        assert sorted(real) == list(range(n))
+        assert len(repeats) == (-n) % world < world
+        # Global batches are the order, cut every world × batch positions.
+        assert [i for i, _ in served][:n] == order.tolist()
+
+
+def test_length_grouped_steps_hold_similar_lengths():
+    n, global_batch = 4000, 32
+    lengths = np.random.default_rng(0).integers(1, 4000, n)
+    factory = get_manager().sampler("distributed-length-grouped").factory
+    order = factory(n, seed=3, lengths=lengths, global_batch=global_batch).order(0)
+    steps = lengths[order[: n - n % global_batch]].reshape(-1, global_batch)
+    spread = (steps.max(1) - steps.min(1)).mean()
+    shuffled = lengths[np.random.default_rng(1).permutation(n)[: len(steps) * global_batch]]
+    assert (
+        spread
+        < 0.1
+        * (
+            shuffled.reshape(-1, global_batch).max(1) - shuffled.reshape(-1, global_batch).min(1)
+        ).mean()
+    )
+    assert steps[0].max() == lengths.max()  # the longest step first: out of memory at once
+    assert not np.array_equal(order, factory(n, seed=3, lengths=lengths, global_batch=32).order(1))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "options", "message"),
+    [
+        ("sequential", {"shuffle": True}, "the sequential sampler takes no options; got shuffle"),
+        ("distributed", {"shufle": False}, "takes shuffle; got shufle"),
+        ("distributed-length-grouped", {"megabatch": 0}, "megabatch must be a positive"),
+    ],
+)
+def test_sampler_options_are_checked(sampler, options, message):
+    with pytest.raises(GristmillError, match=message):
+        _order(sampler, 10, 0, 0, 4, **options)
