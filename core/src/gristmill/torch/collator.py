@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gristmill.errors import GristmillError
 from gristmill.samples import IGNORE_INDEX
 
 
@@ -47,6 +48,12 @@ class Collator:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
+        if "seq_lens" not in samples[0]:
+            raise GristmillError(
+                "samples without seq_lens: the collator needs the document boundaries. With "
+                "Hugging Face Trainer, pass TrainingArguments(remove_unused_columns=False): it "
+                "removes the keys the model's forward() does not name"
+            )
         batch = self._one_row(samples) if self.padding_free else self._padded(samples)
         if any(s.get("repeat", False) for s in samples):
             batch["repeat"] = torch.tensor([bool(s.get("repeat", False)) for s in samples])
