@@ -12,21 +12,7 @@ import gristmill
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import gristmill.torch  # noqa: E402
-
-
-def _model():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=259,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attn_implementation="sdpa",
-    )
-    return transformers.LlamaForCausalLM(config)
+from tests.test_collator import _model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +45,7 @@ def test_hugging_face_trainer_trains_on_packed_samples(dataset, tmp_path):
         remove_unused_columns=False,  # keep seq_lens: the collator builds the mask from it
     )
     trainer = transformers.Trainer(
-        model=_model(), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
+        model=_model("sdpa"), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
     )
     result = trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -68,7 +54,7 @@ def test_hugging_face_trainer_trains_on_packed_samples(dataset, tmp_path):
     # Without remove_unused_columns=False the collator says how to fix it.
     args.remove_unused_columns = True
     trainer = transformers.Trainer(
-        model=_model(), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
+        model=_model("sdpa"), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
     )
     with pytest.raises(gristmill.GristmillError, match="remove_unused_columns=False"):
         trainer.train()
@@ -93,7 +79,7 @@ def test_a_plain_loop_resumes_mid_epoch_with_identical_batches(dataset, tmp_path
     ds = gristmill.open_dataset(dataset, seq_len=128, packer="first-fit")
 
     def fresh():
-        model = _model()
+        model = _model("sdpa")
         return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     model, optimizer = fresh()
