@@ -108,7 +108,7 @@ class Stream:
             online = ", ".join(
                 name
                 for name, r in sorted(self.manager.components("packers").items())
-                if hasattr(r.factory(), "online")  # type: ignore[attr-defined]
+                if hasattr(r.factory, "online")  # type: ignore[attr-defined]  # a packer class
             )
             raise DataError(
                 f"the {packer} packer needs every document's length before it packs, so it "
