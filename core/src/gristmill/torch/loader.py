@@ -102,14 +102,16 @@ class DataLoader(torch.utils.data.DataLoader):
                 f"{type(dataset).__name__}"
             )
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
+        # Not batch_size/drop_last/dataset: torch's DataLoader owns those names (and the batch
+        # sampler below makes its own batches).
         self.source, self.per_rank, self.drop_last_steps = dataset, batch_size, bool(drop_last)
         self.sampler_name, self.sampler_options = sampler, dict(sampler_options or {})
-        Schedule(np.zeros(0, np.int64), self.world_size, batch_size)  # checks the sizes
         self.order = dataset.sampler(
             sampler, global_batch=self.world_size * batch_size, **self.sampler_options
         )
         self.epoch = self.step = 0
         self._schedule: tuple[int, Schedule] | None = None
+        self.schedule()  # checks the sizes now, not at the first batch
         super().__init__(
             _Marked(dataset),
             batch_sampler=_Steps(self),
