@@ -1,6 +1,6 @@
 """Real ranks: processes joined by torch.distributed (gloo), each with 2 DataLoader workers,
-all-gather what they served; and the same run killed mid-epoch and resumed, also on another
-number of ranks."""
+all-gather what they served, from a prepared dataset and from a stream; and the same runs
+killed mid-epoch and resumed, also on another number of ranks."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import gristmill
 torch = pytest.importorskip("torch")
 
 BATCH_PER_STEP = 12  # global batch: 2 ranks × 6 or 4 ranks × 3
+STREAM = {"seq_len": 96, "chunk_bytes": 1000, "piece_bytes": 3000}  # about 20 pieces
 
 
 def _identity(samples):
@@ -35,15 +36,21 @@ def _step(gathered) -> list[tuple]:
     return sorted(tuple(item) for share in gathered for item in share)
 
 
+def _data(path: str):
+    """The prepared dataset, or a stream of the file it was prepared from."""
+    if path.endswith(".jsonl"):
+        return gristmill.stream(path, **STREAM)
+    return gristmill.open_dataset(path, seq_len=96, packer="first-fit", seed=7)
+
+
 def _rank(rank: int, world: int, path: str, out: str, stop_after: int | None, resume: str | None):
     import gristmill.torch
 
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=world
     )
-    ds = gristmill.open_dataset(path, seq_len=96, packer="first-fit", seed=7)
     loader = gristmill.torch.dataloader(
-        ds, batch_size=BATCH_PER_STEP // world, num_workers=2, collate_fn=_identity
+        _data(path), batch_size=BATCH_PER_STEP // world, num_workers=2, collate_fn=_identity
     )
     assert (loader.rank, loader.world_size) == (rank, world)  # from the process group
     if resume:
@@ -54,6 +61,9 @@ def _rank(rank: int, world: int, path: str, out: str, stop_after: int | None, re
         torch.distributed.all_gather_object(gathered, batch)
         served.append(gathered)
         if stop_after is not None and step + 1 == stop_after:
+            states = [None] * world
+            torch.distributed.all_gather_object(states, loader.state_dict())
+            assert all(state == states[0] for state in states)  # any rank's state will do
             if rank == 0:
                 Path(f"{out}.state").write_text(json.dumps(loader.state_dict()))
                 Path(f"{out}.json").write_text(json.dumps(served))
@@ -121,3 +131,35 @@ def test_killed_ranks_resume_on_another_world_size(prepared, tmp_path):
     # of the world size: those may differ).
     for old, new in zip(whole[5:], after):
         assert [i for i in _step(old) if not i[1]] == [i for i in _step(new) if not i[1]]
+
+
+def _stream_everything(path) -> list[tuple]:
+    return sorted(_identity(list(_data(str(path.with_suffix(".jsonl"))))))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_stream_ranks_cover_the_epoch_in_equal_steps(prepared, tmp_path, world):
+    source = prepared.with_suffix(".jsonl")
+    served = _launch(world, source, tmp_path / "run")
+    # Equal steps by construction (all_gather_object needs every rank), and a step's shares
+    # are equal: a rank short of samples fills up with marked repeats.
+    assert all(len({len(share) for share in step}) == 1 for step in served)
+    items = [item for step in served for item in _step(step)]
+    assert sorted(i for i in items if not i[1]) == _stream_everything(prepared)
+    repeats = sum(1 for i in items if i[1])
+    assert repeats < len(items) // 2  # the shares of about 20 pieces differ by a piece or so
+
+
+def test_killed_stream_ranks_resume_exactly_and_on_another_world_size(prepared, tmp_path):
+    source = prepared.with_suffix(".jsonl")
+    whole = _launch(4, source, tmp_path / "whole")
+    before = _launch(4, source, tmp_path / "killed", stop_after=3)
+    assert before == whole[:3]
+    state = f"{tmp_path / 'killed'}.state"
+    after = _launch(4, source, tmp_path / "same", resume=state)
+    assert before + after == whole  # the same ranks: the very same batches
+    elastic = _launch(2, source, tmp_path / "elastic", resume=state)
+    # Another number of ranks: the pieces left are dealt again; every remaining sample once.
+    left = sorted(i for step in whole[3:] for i in _step(step) if not i[1])
+    assert sorted(i for step in elastic for i in _step(step) if not i[1]) == left
+    assert all(len({len(share) for share in step}) == 1 for step in elastic)

@@ -117,7 +117,7 @@ def test_a_state_from_another_run_is_refused(prepared):
         _loader(prepared, 0, 2, 4, sampler="sequential").load_state_dict(state)
     with pytest.raises(GristmillError, match="global batch is 8 samples per step"):
         _loader(prepared, 0, 2, 3).load_state_dict(state)
-    with pytest.raises(GristmillError, match="not a gristmill loader state"):
+    with pytest.raises(GristmillError, match="not a gristmill-loader state"):
         _loader(prepared, 0, 2, 4).load_state_dict({"epoch": 1})
     packed = gristmill.open_dataset(prepared, seq_len=64, packer="first-fit")
     other = gristmill.torch.dataloader(packed, batch_size=4, rank=0, world_size=2)

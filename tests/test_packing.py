@@ -51,10 +51,28 @@ def _check(
     assert (np.diff(bounds) > 0).all()  # no empty sample
     totals = np.add.reduceat(plan.seg_len, bounds[:-1]) if len(plan) else np.zeros(0)
     assert (totals <= seq_len).all()
-    lower = -(-int(kept.sum()) // seq_len)
+    lower = _lower_bound(plan.seg_len, seq_len)
     assert lower <= len(plan)
     if best_fit_bound:  # best-fit-decreasing uses at most 11/9 of the optimum plus one sample
         assert len(plan) <= 11 * lower // 9 + 1
+
+
+def _lower_bound(items: np.ndarray, capacity: int) -> int:
+    """Martello and Toth's L2 lower bound on the samples any packing of ``items`` needs.
+
+    The token count alone (``ceil(sum / capacity)``) can be far below the optimum: four items
+    of 592 and one of 298 at 889 need 5 samples, not 3, since no two of them fit together.
+    L2 also counts the items over half the capacity, each alone in its sample.
+    """
+    items = np.asarray(items, np.int64)
+    best = -(-int(items.sum()) // capacity)
+    for alpha in {0, *items[2 * items <= capacity].tolist()}:
+        big = items[items > capacity - alpha]
+        mid = items[(items <= capacity - alpha) & (2 * items > capacity)]
+        small = items[(2 * items <= capacity) & (items >= alpha)]
+        room = len(mid) * capacity - int(mid.sum())
+        best = max(best, len(big) + len(mid) + max(0, -(-(int(small.sum()) - room) // capacity)))
+    return best
 
 
 @settings(max_examples=300, deadline=None)

@@ -11,6 +11,7 @@ from gristmill.dataset import open_dataset
 from gristmill.errors import DataError, DatasetError, GristmillError, PluginError
 from gristmill.examples import Example
 from gristmill.hookspecs import hookimpl
+from gristmill.mixture import mixture
 from gristmill.pipeline import prepare
 from gristmill.stream import stream
 
@@ -22,6 +23,7 @@ __all__ = [
     "PluginError",
     "__version__",
     "hookimpl",
+    "mixture",
     "open_dataset",
     "prepare",
     "stream",

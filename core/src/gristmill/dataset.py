@@ -163,6 +163,10 @@ class Dataset:
             return np.zeros(0, np.int64)
         return np.add.reduceat(plan.seg_len, plan.sample_bounds[:-1]).astype(np.int64)
 
+    def with_seed(self, seed: int) -> Dataset:
+        """The same dataset whose samplers are seeded with ``seed``."""
+        return Dataset(**{**self.__getstate__(), "seed": seed})
+
     @property
     def identity(self) -> str:
         """Which samples this is: the dataset, split and packing (a loader's state names it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -81,7 +82,11 @@ class ErrorPolicy:
             self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
 
     def summary(self) -> str:
-        total = sum(self.counts.values())
-        reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.counts.items()))
         where = f"; see {self.path}" if self.path is not None else ""
-        return f"skipped {total:,} record(s) ({reasons}){where}"
+        return describe_skips(self.counts) + where
+
+
+def describe_skips(counts: Mapping[str, int]) -> str:
+    """``skipped N record(s) (reason: n, ...)``."""
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items()))
+    return f"skipped {sum(counts.values()):,} record(s) ({reasons})"

@@ -9,43 +9,26 @@ resume from.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from gristmill.dataset import Dataset
 from gristmill.errors import GristmillError
-from gristmill.samples import IGNORE_INDEX
+from gristmill.mixture import Mixture
 from gristmill.sampling import Schedule
+from gristmill.stream import Stream
 from gristmill.torch.collator import Collator
+from gristmill.torch.ranks import as_repeat, rank_and_world_size, refuse_other_runs
+from gristmill.torch.streaming import StreamLoader
 
 STATE_FORMAT = "gristmill-loader"
 STATE_VERSION = 1
 
 
-def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """From the arguments, else ``torch.distributed`` once initialised, else ``RANK`` and
-    ``WORLD_SIZE`` (as torchrun sets them), else a single process."""
-    if rank is None or world_size is None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            found = dist.get_rank(), dist.get_world_size()
-        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            found = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        else:
-            found = 0, 1
-        rank = found[0] if rank is None else rank
-        world_size = found[1] if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise GristmillError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-    return rank, world_size
-
-
 class _Marked(torch.utils.data.Dataset):
-    """Samples fetched by ``(index, repeat)``: a repeat has no labels, and says so."""
+    """Samples fetched by ``(index, repeat)``."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -56,10 +39,7 @@ class _Marked(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
         index, repeat = key
         sample = self.dataset[index]
-        if repeat:
-            labels = np.full_like(sample["labels"], IGNORE_INDEX)
-            return {**sample, "labels": labels, "repeat": True}
-        return sample
+        return as_repeat(sample) if repeat else sample
 
 
 class _Steps(torch.utils.data.Sampler):
@@ -79,12 +59,13 @@ class _Steps(torch.utils.data.Sampler):
 
 
 class DataLoader(torch.utils.data.DataLoader):
-    """Batches of a gristmill :class:`~gristmill.dataset.Dataset` for this rank (see
-    :func:`dataloader`), with ``state_dict()``, ``load_state_dict()`` and ``set_epoch()``."""
+    """Batches of a gristmill :class:`~gristmill.dataset.Dataset` or
+    :class:`~gristmill.mixture.Mixture` for this rank (see :func:`dataloader`), with
+    ``state_dict()``, ``load_state_dict()`` and ``set_epoch()``."""
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset | Mixture,
         *,
         batch_size: int,
         sampler: str = "distributed",
@@ -96,9 +77,10 @@ class DataLoader(torch.utils.data.DataLoader):
         collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
         **options: Any,
     ):
-        if not isinstance(dataset, Dataset):
+        if not isinstance(dataset, (Dataset, Mixture)):
             raise GristmillError(
-                "gristmill.torch.dataloader takes a dataset from gristmill.open_dataset, got "
+                "gristmill.torch.dataloader takes a dataset from gristmill.open_dataset, a "
+                f"mixture from gristmill.mixture or a stream from gristmill.stream, got "
                 f"{type(dataset).__name__}"
             )
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
@@ -166,30 +148,19 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue where ``state`` was taken: the next batch is the one that would have come."""
-        if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise GristmillError(
-                "not a gristmill loader state (or from an incompatible version): "
-                f"format {state.get('format')!r}, version {state.get('version')!r}"
-            )
-        mine = self.state_dict()
-        differences = [
-            f"{what}: {state[key]!r} in the state, {mine[key]!r} here"
-            for key, what in (
+        refuse_other_runs(
+            state,
+            self.state_dict(),
+            (
                 ("dataset", "the dataset, split or packing"),
                 ("num_samples", "samples"),
                 ("sampler", "sampler"),
                 ("sampler_options", "sampler options"),
                 ("seed", "seed"),
                 ("drop_last", "drop_last"),
-            )
-            if state.get(key) != mine[key]
-        ]
-        if differences:
-            raise GristmillError(
-                "this state is from another run, so it cannot resume this loader exactly ("
-                + "; ".join(differences)
-                + "); open the same dataset with the same settings"
-            )
+            ),
+            "open the same dataset with the same settings",
+        )
         if state["global_batch"] != self.global_batch:
             raise GristmillError(
                 f"the state's global batch is {state['global_batch']} samples per step "
@@ -202,27 +173,44 @@ class DataLoader(torch.utils.data.DataLoader):
 
 
 def dataloader(
-    dataset: Dataset,
+    data: Dataset | Mixture | Stream,
     *,
     batch_size: int,
-    sampler: str = "distributed",
+    sampler: str | None = None,
     seed: int | None = None,
     **options: Any,
-) -> DataLoader:
-    """A DataLoader over ``dataset`` for this rank, resumable with ``state_dict()``.
+) -> DataLoader | StreamLoader:
+    """A DataLoader over ``data`` for this rank, resumable with ``state_dict()``.
 
-    ``sampler`` names a sampler plugin: ``distributed`` (a new shuffle every epoch, the
-    default; ``sampler_options={"shuffle": False}`` keeps index order), ``random`` (the same),
-    ``distributed-length-grouped`` (steps of samples of similar length) or ``sequential``.
-    ``seed`` overrides the dataset's. Rank and world size come from ``rank=``/``world_size=``,
-    else ``torch.distributed``, else ``RANK``/``WORLD_SIZE``, else one process. Every rank
-    serves the same number of steps: without ``drop_last`` the epoch is padded with fewer than
-    ``world_size`` repeated samples, whose labels are all -100 (the batch marks them in
-    ``repeat``); with ``drop_last`` only whole global batches are served. Batches are
-    collated by :class:`~gristmill.torch.Collator` unless ``collate_fn`` says otherwise; other
-    options (``num_workers``, ``pin_memory``, ``persistent_workers``…) go to
-    ``torch.utils.data.DataLoader``.
+    ``data`` is a dataset from :func:`~gristmill.open_dataset`, a mixture of datasets from
+    :func:`~gristmill.mixture` (served like one dataset whose epoch holds each in its
+    proportion) or a stream from :func:`~gristmill.stream`. Rank and world size come from ``rank=``/``world_size=``, else
+    ``torch.distributed``, else ``RANK``/``WORLD_SIZE``, else one process. Every rank serves
+    the same number of steps, and repeated samples that keep them in step have labels all -100
+    (the batch marks them in ``repeat``). Batches are collated by
+    :class:`~gristmill.torch.Collator` unless ``collate_fn`` says otherwise; other options
+    (``num_workers``, ``pin_memory``…) go to ``torch.utils.data.DataLoader``.
+
+    A dataset: ``sampler`` names a sampler plugin: ``distributed`` (a new shuffle every epoch,
+    the default; ``sampler_options={"shuffle": False}`` keeps index order), ``random`` (the
+    same), ``distributed-length-grouped`` (steps of samples of similar length) or
+    ``sequential``. ``seed`` overrides the dataset's. Without ``drop_last`` the epoch is padded
+    with fewer than ``world_size`` repeats; with it only whole global batches are served.
+
+    A stream (:class:`~gristmill.torch.streaming.StreamLoader`): its pieces are dealt to the
+    ranks, in a new order every epoch unless ``shuffle=False``, from ``seed`` (default 0);
+    workers tokenize, the main process packs, and the ranks agree on every step. A rank that
+    runs out first serves repeats until the others are done; with ``drop_last`` the epoch ends
+    as soon as a rank lacks a full batch. torch.distributed must be initialised on more than
+    one rank.
     """
-    if seed is not None and seed != dataset.seed:
-        dataset = Dataset(**{**dataset.__getstate__(), "seed": seed})
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **options)
+    if isinstance(data, Stream):
+        if sampler is not None:
+            raise GristmillError(
+                f"a stream is served in the order of its pieces, so it takes no sampler (got "
+                f"{sampler!r}); pass shuffle=False to keep the pieces in order"
+            )
+        return StreamLoader(data, batch_size=batch_size, seed=seed or 0, **options)
+    if seed is not None and seed != data.seed:
+        data = data.with_seed(seed)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler or "distributed", **options)
