@@ -65,7 +65,7 @@ def test_the_stream_is_cut_into_pieces_of_chunks(sources):
 def test_one_rank_serves_the_stream_in_order_whatever_the_workers(sources):
     stream = _stream(sources)
     everything = _keys(list(stream))
-    for workers in (0, 1, 2, 3):
+    for workers in (0, 1, 2, 3, 4):
         loader = _loader(stream, shuffle=False, num_workers=workers)
         batches = list(loader)
         assert [key for batch in batches for key in batch] == everything

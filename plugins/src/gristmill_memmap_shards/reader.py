@@ -1,7 +1,12 @@
-"""Reading shards: map every file, check sizes against the manifest, serve documents by index."""
+"""Reading shards: check every file against the manifest, map a shard when it is first read."""
 
 from __future__ import annotations
 
+import bisect
+import os
+import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,50 +15,128 @@ import numpy as np
 
 from gristmill.errors import DatasetError
 
+MAX_MAPPED = 8192  # three mappings a shard: well under Linux's default 65,530 per process
+Arrays = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # tokens, offsets, mask
+
 
 class MemmapShardReader:
+    """Opening costs one ``lstat`` per file, so 10,000 shards open in a fraction of a second.
+
+    Mapping waits for a shard's first read, and only the most recently read shards stay mapped:
+    Python's ``mmap`` keeps a file descriptor per mapped file, so mapping every shard of a large
+    dataset at once would run out of them (the usual soft limit is 1,024 per process).
+    """
+
     def __init__(self, directory: Path, shards: Sequence[dict[str, Any]], *, dtype: np.dtype):
         self.root = Path(directory).resolve()
-        dtype = np.dtype(dtype).newbyteorder("<")
-        self._tokens: list[np.ndarray] = []
-        self._offsets: list[np.ndarray] = []
-        self._masks: list[np.ndarray | None] = []
+        self._inside = os.path.join(self.root, "")  # the root with a trailing separator
+        self._dtype = np.dtype(dtype).newbyteorder("<")
+        self._folders: dict[str, str] = {}
+        self._files: list[tuple[str, str, str | None]] = []
+        self._counts: list[tuple[int, int]] = []
         for shard in shards:
-            self._tokens.append(self._map(shard["tokens"], dtype, shard["num_tokens"]))
-            self._offsets.append(self._map(shard["offsets"], "<i8", shard["num_documents"] + 1))
+            tokens, docs = shard["num_tokens"], shard["num_documents"]
             mask = shard.get("mask")
-            self._masks.append(None if mask is None else self._map(mask, "u1", shard["num_tokens"]))
-        counts = np.fromiter((s["num_documents"] for s in shards), np.int64, len(shards))
+            self._files.append(
+                (
+                    self._check(shard["tokens"], tokens * self._dtype.itemsize),
+                    self._check(shard["offsets"], (docs + 1) * 8),
+                    None if mask is None else self._check(mask, tokens),
+                )
+            )
+            self._counts.append((tokens, docs))
+        counts = np.fromiter((docs for _, docs in self._counts), np.int64, len(self._counts))
         self._first_doc = np.concatenate([[0], np.cumsum(counts)])
+        self._starts = self._first_doc.tolist()  # bisect on a list: no numpy call per document
         self.num_documents = int(self._first_doc[-1])
+        self._max_mapped = mapped_limit()
+        self._mapped: OrderedDict[int, Arrays] = OrderedDict()
+        self._lock = threading.Lock()  # reading stays safe from several threads
 
-    def _map(self, entry: dict[str, Any], dtype: Any, count: int) -> np.ndarray:
-        path = (self.root / entry["path"]).resolve()
-        if not path.is_relative_to(self.root):
+    def _check(self, entry: dict[str, Any], expected: int) -> str:
+        """The file's real path, once it is known to lie inside the dataset with the size the
+        manifest gives. A plain file in a folder already resolved costs one ``lstat``."""
+        folder_name, _, name = entry["path"].rpartition("/")
+        folder = self._folders.get(folder_name)
+        if folder is None:
+            folder = self._folders[folder_name] = os.path.realpath(self.root / folder_name)
+        path = os.path.join(folder, name)
+        try:
+            info: os.stat_result | None = os.lstat(path)
+        except OSError:
+            info = None
+        if info is None or stat.S_ISLNK(info.st_mode) or name in ("", ".", ".."):
+            # Not a plain file name: resolve the whole path, links included, as it is used.
+            path = os.path.realpath(self.root / entry["path"])
+            info = os.stat(path) if os.path.exists(path) else None
+        if not (path.startswith(self._inside) or path == str(self.root)):
             raise DatasetError(f"{self.root}: manifest path {entry['path']!r} leaves the dataset")
-        if not path.is_file():
+        if info is None or not stat.S_ISREG(info.st_mode):
             raise DatasetError(f"{path}: shard file is missing")
-        expected = count * np.dtype(dtype).itemsize
-        if path.stat().st_size != expected or entry["bytes"] != expected:
+        if info.st_size != expected or entry["bytes"] != expected:
             raise DatasetError(
-                f"{path}: {path.stat().st_size} bytes on disk, manifest expects {expected} "
+                f"{path}: {info.st_size} bytes on disk, manifest expects {expected} "
                 "(truncated or replaced shard; run `gristmill prepare` again)"
             )
-        if count == 0:  # numpy cannot map an empty file
-            return np.zeros(0, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+        return path
+
+    def _shard(self, k: int) -> Arrays:
+        """Shard ``k``'s arrays, mapped now if they are not; the least recently read shard is
+        unmapped when too many are (a document already served keeps its own mapping alive)."""
+        with self._lock:
+            arrays = self._mapped.get(k)
+            if arrays is not None:
+                self._mapped.move_to_end(k)
+                return arrays
+            (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
+            arrays = (
+                _map(tokens, self._dtype, count),
+                _map(offsets, np.dtype("<i8"), docs + 1),
+                None if mask is None else _map(mask, np.dtype("u1"), count),
+            )
+            self._mapped[k] = arrays
+            if len(self._mapped) > self._max_mapped:
+                self._mapped.popitem(last=False)
+            return arrays
 
     def lengths(self) -> np.ndarray:
-        if not self._offsets:
+        if not self._files:
             return np.zeros(0, np.int64)
-        return np.concatenate([np.diff(o) for o in self._offsets]).astype(np.int64)
+        # Read, not mapped, so that no descriptor outlives the call; one diff for every shard.
+        offsets = np.concatenate(
+            [_read(path, docs + 1) for (_, path, _), (_, docs) in zip(self._files, self._counts)]
+        )
+        last = np.cumsum([docs + 1 for _, docs in self._counts]) - 1  # every shard's final offset
+        return np.delete(np.diff(offsets), last[:-1]).astype(np.int64)
 
     def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} out of range for {self.num_documents} documents")
-        shard = int(np.searchsorted(self._first_doc, index, side="right")) - 1
-        j = index - int(self._first_doc[shard])
-        offsets = self._offsets[shard]
-        start, end = int(offsets[j]), int(offsets[j + 1])
-        mask = self._masks[shard]
-        return self._tokens[shard][start:end], None if mask is None else mask[start:end]
+        k = bisect.bisect_right(self._starts, index) - 1
+        tokens, offsets, mask = self._shard(k)
+        j = index - self._starts[k]
+        start, end = offsets[j : j + 2].tolist()
+        return tokens[start:end], None if mask is None else mask[start:end]
+
+
+def mapped_limit() -> int:
+    """Shards kept mapped at once: three descriptors each at most, in an eighth of the
+    process's limit (the rest is the program's), and never more than ``MAX_MAPPED``."""
+    try:
+        import resource
+    except ImportError:  # Windows: a mapping holds a handle, not one of the C runtime's 512
+        return 1024
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_MAPPED if soft == resource.RLIM_INFINITY else max(16, min(MAX_MAPPED, soft // 8))
+
+
+def _read(path: str, count: int) -> np.ndarray:
+    with open(path, "rb", buffering=0) as f:
+        return np.frombuffer(f.read(), "<i8", count=count)
+
+
+def _map(path: str, dtype: np.dtype, count: int) -> np.ndarray:
+    if count == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    # A plain ndarray over the mapping: slicing it skips np.memmap's Python-level __getitem__.
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
