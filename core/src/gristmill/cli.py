@@ -22,6 +22,7 @@ examples:
   gristmill prepare 'corpus/*.jsonl' -o data/corpus --val-fraction 0.01
   gristmill convert data.csv -o data.jsonl
   gristmill inspect data/stdlib-qa --decode 3
+  gristmill verify data/stdlib-qa
   gristmill plugins --all
   gristmill presets
 
@@ -160,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--json", action="store_true", help="print one JSON object instead")
 
+    v = sub.add_parser(
+        "verify",
+        help="check a dataset's files against its manifest; exit 1 on any problem",
+        description="Read every file the manifest lists and check it: inside the dataset "
+        "directory, present, of its size and SHA-256, and (for memmap shards) offsets that "
+        "start at 0, never decrease and end at the token count, token ids below the "
+        "vocabulary size, and masks of 0s and 1s adding up to the loss tokens. Prints each "
+        "problem with the file and element index; exits 0 when there is none, 1 otherwise.",
+    )
+    v.add_argument("directory", metavar="DIR", help="dataset directory")
+    v.add_argument("--json", action="store_true", help="print one JSON object instead")
+    v.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
     pr = sub.add_parser(
         "presets",
         help="list named datasets (use them as preset:NAME)",
@@ -249,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overlong=args.overlong,
                 as_json=args.json,
             )
+        if args.command == "verify":
+            from gristmill.report import verify_dataset
+
+            return verify_dataset(args.directory, as_json=args.json, progress=args.progress)
         if args.command == "presets":
             from gristmill.report import list_presets
 

@@ -9,7 +9,7 @@ and keeps track of which plugin provided which record.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -260,14 +260,26 @@ class ShardReader(Protocol):
         ...
 
 
+class Problem(NamedTuple):
+    """Something wrong in a dataset: where (a file, with an element index where one applies, or
+    a manifest key) and what."""
+
+    where: str
+    message: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class ShardFormatType(Component):
-    """An on-disk format for tokenized documents: a writer and a matching reader."""
+    """An on-disk format for tokenized documents: a writer, a matching reader, and optionally
+    a deep check of the content."""
 
     # (directory, split, *, dtype, tokens_per_shard, prefix): every file the writer creates is
     # named PREFIX..., so the shards of parallel tasks never collide and a task's can be removed.
     writer: Callable[..., ShardWriter]
     reader: Callable[..., ShardReader]  # (directory, shards: list[dict], *, dtype)
+    # (directory, shard: dict, *, dtype, vocab_size) -> Iterable[Problem]: what ``gristmill
+    # verify`` checks inside one shard whose files are all there with their sizes and sums.
+    verify: Callable[..., Iterable[Problem]] | None = None
     format_version: int = 1
 
     kind = "shard format"

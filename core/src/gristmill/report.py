@@ -258,3 +258,52 @@ def list_presets(*, as_json: bool = False) -> int:
         )
         print(f"{'':<18} {row['description']}")
     return 0
+
+
+def verify_dataset(directory: str, *, as_json: bool = False, progress: bool | None = None) -> int:
+    """``gristmill verify``: 0 when the dataset is whole, 1 when a problem was found."""
+    from tqdm.auto import tqdm
+
+    from gristmill.verify import verify
+
+    total = sum(
+        f["bytes"]
+        for split in _manifest_or_empty(directory).get("splits", {}).values()
+        for shard in split.get("shards", [])
+        for f in shard.values()
+        if isinstance(f, dict) and "bytes" in f
+    )
+    with tqdm(
+        total=total,
+        desc="verify",
+        unit="B",
+        unit_scale=True,
+        disable=None if progress is None else not progress,
+    ) as bar:
+        problems = verify(directory, progress=bar.update)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "directory": str(directory),
+                    "ok": not problems,
+                    "bytes_checked": total,
+                    "problems": [p._asdict() for p in problems],
+                },
+                indent=2,
+            )
+        )
+    elif problems:
+        for problem in problems:
+            print(f"{problem.where}: {problem.message}")
+        print(f"{directory}: {len(problems)} problem(s)")
+    else:
+        print(f"{directory}: OK ({total:,} bytes checked)")
+    return 1 if problems else 0
+
+
+def _manifest_or_empty(directory: str) -> dict[str, Any]:
+    try:
+        return read_manifest(directory)
+    except DatasetError:
+        return {}  # verify reports why

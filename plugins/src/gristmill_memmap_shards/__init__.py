@@ -16,6 +16,7 @@ from __future__ import annotations
 from gristmill import hookimpl
 from gristmill.components import ShardFormatType
 from gristmill_memmap_shards.reader import MemmapShardReader
+from gristmill_memmap_shards.verify import verify_shard
 from gristmill_memmap_shards.writer import MemmapShardWriter
 
 
@@ -27,5 +28,6 @@ def gristmill_shard_formats() -> list[ShardFormatType]:
             description="raw token/offset/mask arrays per shard, opened with numpy.memmap",
             writer=MemmapShardWriter,
             reader=MemmapShardReader,
+            verify=verify_shard,
         )
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 import stat
 import threading
@@ -136,7 +137,13 @@ def _read(path: str, count: int) -> np.ndarray:
 
 
 def _map(path: str, dtype: np.dtype, count: int) -> np.ndarray:
-    if count == 0:  # numpy cannot map an empty file
+    if count == 0:  # an empty file cannot be mapped
         return np.zeros(0, dtype=dtype)
-    # A plain ndarray over the mapping: slicing it skips np.memmap's Python-level __getitem__.
-    return np.memmap(path, dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
+    # mmap and a plain ndarray over it: a third of np.memmap's cost to open (which matters once
+    # shards are mapped again and again), and slicing skips its Python-level __getitem__.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # mmap keeps its own duplicate
+    return np.frombuffer(mapped, dtype=dtype, count=count)

@@ -1,0 +1,184 @@
+"""Corruption: each case is detected by ``gristmill verify`` with the file and what is wrong, and
+``open_dataset`` refuses what it cannot serve correctly, never a crash deep in numpy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gristmill
+from gristmill.errors import DatasetError
+from gristmill.verify import verify
+from tests.helpers import run_gristmill
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A dataset of two shards with loss masks (prompt/completion)."""
+    folder = tmp_path_factory.mktemp("verify")
+    src = folder / "qa.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}" * (i % 7 + 1)})
+            + "\n"
+            for i in range(300)
+        )
+    )
+    gristmill.prepare(src, folder / "ds", tokens_per_shard=4000, progress=False)
+    return folder / "ds"
+
+
+@pytest.fixture
+def ds(pristine, tmp_path):
+    copy = tmp_path / "ds"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _manifest(ds: Path) -> dict:
+    return json.loads((ds / "manifest.json").read_text())
+
+
+def _save(ds: Path, manifest: dict) -> None:
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _shard(ds: Path, index: int = 0) -> dict:
+    return _manifest(ds)["splits"]["train"]["shards"][index]
+
+
+def _rewrite(ds: Path, key: str, change) -> str:
+    """Change shard 0's ``key`` file with ``change(array)`` and record its new size and sum in
+    the manifest, as a dataset written wrong (rather than damaged afterwards) would be."""
+    manifest = _manifest(ds)
+    entry = manifest["splits"]["train"]["shards"][0][key]
+    dtype = {"tokens": manifest["dtype"], "offsets": "<i8", "mask": "u1"}[key]
+    path = ds / entry["path"]
+    array = change(np.fromfile(path, dtype))
+    array.astype(dtype).tofile(path)
+    data = path.read_bytes()
+    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    _save(ds, manifest)
+    return entry["path"]
+
+
+def _problems(ds: Path) -> list[tuple[str, str]]:
+    return [tuple(p) for p in verify(ds)]
+
+
+def test_a_whole_dataset_verifies(pristine):
+    assert len(_manifest(pristine)["splits"]["train"]["shards"]) >= 2
+    assert verify(pristine) == []
+    done = run_gristmill("verify", str(pristine))
+    assert done.returncode == 0 and "OK" in done.stdout
+
+
+def test_a_flipped_byte(ds):
+    path = ds / _shard(ds)["tokens"]["path"]
+    data = bytearray(path.read_bytes())
+    data[7] ^= 0x10
+    path.write_bytes(bytes(data))
+    [(where, message)] = _problems(ds)
+    assert where == _shard(ds)["tokens"]["path"] and "SHA-256" in message
+    done = run_gristmill("verify", str(ds), "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and not report["ok"]
+    assert report["problems"][0]["where"].endswith(".tokens")
+    done = run_gristmill("verify", str(ds))
+    assert done.returncode == 1 and "(the content changed)" in done.stdout
+
+
+def test_a_truncated_shard(ds):
+    path = ds / _shard(ds, 1)["offsets"]["path"]
+    path.write_bytes(path.read_bytes()[:-8])
+    [(where, message)] = _problems(ds)
+    assert where.endswith(".offsets") and "truncated" in message
+    with pytest.raises(DatasetError, match=r"offsets"):
+        gristmill.open_dataset(ds)
+
+
+def test_a_missing_shard(ds):
+    (ds / _shard(ds, 1)["tokens"]["path"]).unlink()
+    [(where, message)] = _problems(ds)
+    assert where == _shard(ds, 1)["tokens"]["path"] and message == "missing"
+    with pytest.raises(DatasetError, match=r"tokens"):
+        gristmill.open_dataset(ds)
+
+
+def test_a_manifest_from_another_dataset(ds, tmp_path):
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": f"other {i}"}) + "\n" for i in range(300)))
+    gristmill.prepare(other, tmp_path / "other", tokens_per_shard=4000, progress=False)
+    shutil.copy(tmp_path / "other" / "manifest.json", ds / "manifest.json")
+    problems = _problems(ds)
+    assert problems and all(".tokens" in w or ".offsets" in w or ".mask" in w for w, _ in problems)
+    with pytest.raises(DatasetError):
+        gristmill.open_dataset(ds)
+
+
+def test_an_index_that_points_past_the_end(ds):
+    where = _rewrite(ds, "offsets", lambda o: np.where(np.arange(len(o)) == len(o) - 1, o + 5, o))
+    [(at, message)] = _problems(ds)
+    assert at.startswith(where + "[") and "the last offset" in message
+
+
+def test_offsets_that_go_back(ds):
+    where = _rewrite(ds, "offsets", lambda o: np.where(np.arange(len(o)) == 3, o[5], o))
+    [(at, message)] = _problems(ds)
+    assert at == f"{where}[4]" and "go back" in message
+
+
+def test_a_token_id_past_the_vocabulary(ds):
+    where = _rewrite(ds, "tokens", lambda t: np.where(np.arange(len(t)) == 11, 60000, t))
+    [(at, message)] = _problems(ds)
+    assert at == f"{where}[11]" and "60000 is not below the vocabulary size 259" in message
+
+
+def test_a_mask_that_is_not_zeros_and_ones(ds):
+    where = _rewrite(ds, "mask", lambda m: np.where(np.arange(len(m)) == 2, 7, m))
+    problems = _problems(ds)
+    assert (f"{where}[2]", "mask value 7 is not 0 or 1") in problems
+
+
+def test_counts_that_do_not_add_up(ds):
+    manifest = _manifest(ds)
+    manifest["splits"]["train"]["num_tokens"] += 1
+    _save(ds, manifest)
+    [(where, message)] = _problems(ds)
+    assert where == "manifest.json: splits.train.num_tokens" and "add up to" in message
+
+
+def test_a_future_format_version(ds):
+    manifest = _manifest(ds)
+    manifest["format_version"] = 99
+    _save(ds, manifest)
+    [(_, message)] = _problems(ds)
+    assert "newer than this gristmill reads" in message
+    with pytest.raises(DatasetError, match="upgrade gristmill"):
+        gristmill.open_dataset(ds)
+
+
+def test_a_path_that_escapes_the_dataset(ds, tmp_path):
+    manifest = _manifest(ds)
+    entry = manifest["splits"]["train"]["shards"][0]["tokens"]
+    outside = tmp_path / "outside.tokens"
+    shutil.copy(ds / entry["path"], outside)
+    entry["path"] = "../outside.tokens"
+    _save(ds, manifest)
+    [(where, message)] = _problems(ds)
+    assert where == "../outside.tokens" and "outside the dataset directory" in message
+    with pytest.raises(DatasetError, match="outside"):
+        gristmill.open_dataset(ds)
+
+
+def test_a_malformed_manifest_is_a_problem_not_a_crash(ds):
+    manifest = _manifest(ds)
+    del manifest["splits"]["train"]["shards"][0]["num_tokens"]
+    _save(ds, manifest)
+    [(where, message)] = _problems(ds)
+    assert where.endswith("manifest.json") and "malformed manifest" in message
