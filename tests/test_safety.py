@@ -88,6 +88,6 @@ def test_a_tokenizers_custom_code_is_never_run(tmp_path, write_jsonl):
         )
     )
     src = write_jsonl([{"text": "some text"}])
-    with pytest.raises(GristmillError, match="custom-tokenizer.*contains custom code"):
+    with pytest.raises(GristmillError, match=r"custom-tokenizer.*contains custom code"):
         gristmill.prepare(src, tmp_path / "out", tokenizer=f"hf:{folder}", progress=False)
     assert not marker.exists()
