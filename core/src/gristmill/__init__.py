@@ -7,6 +7,7 @@ components that need them.
 from __future__ import annotations
 
 from gristmill._version import __version__
+from gristmill.config import from_config
 from gristmill.dataset import open_dataset
 from gristmill.errors import DataError, DatasetError, GristmillError, PluginError
 from gristmill.examples import Example
@@ -22,6 +23,7 @@ __all__ = [
     "GristmillError",
     "PluginError",
     "__version__",
+    "from_config",
     "hookimpl",
     "mixture",
     "open_dataset",

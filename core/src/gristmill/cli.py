@@ -20,8 +20,10 @@ EPILOG = """\
 examples:
   gristmill prepare sample:stdlib-qa -o data/stdlib-qa --tokenizer byte
   gristmill prepare 'corpus/*.jsonl' -o data/corpus --val-fraction 0.01
+  gristmill prepare --config run.toml --workers 8
   gristmill convert data.csv -o data.jsonl
   gristmill inspect data/stdlib-qa --decode 3
+  gristmill inspect data/stdlib-qa --seq-len 512,2048 --plot stdlib-qa.png
   gristmill verify data/stdlib-qa
   gristmill plugins --all
   gristmill presets
@@ -42,20 +44,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gristmill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    # Options left out are left out of the call too (SUPPRESS), so that gristmill.prepare's
+    # defaults apply, and so that `--config FILE` can tell the options given from the others.
     p = sub.add_parser(
         "prepare",
         help="tokenize sources into a dataset directory of memmap shards",
         description="Read sources, map their fields, tokenize, and write shards plus a manifest "
         "(written last, so an interrupted run never looks complete). The input is cut into "
         "tasks run by parallel workers. Running the same command again finishes an interrupted "
-        "run, redoing only unfinished tasks, and does nothing on a finished dataset.",
+        "run, redoing only unfinished tasks, and does nothing on a finished dataset. With "
+        "--config FILE, the file's [prepare] section gives the settings (the same names, with _ "
+        "for -), and the options given here override them.",
+        argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset directory")
-    p.add_argument("--tokenizer", default="byte", metavar="SPEC", help="tokenizer (default: byte)")
+    p.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="file, glob, directory or spec (required unless the --config file has sources)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="dataset directory (required unless the --config file has output)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a .toml or .yaml config file: its [prepare] section, under the options given here "
+        "(docs/configuration.md)",
+    )
+    p.add_argument("--tokenizer", metavar="SPEC", help="tokenizer (default: byte)")
     p.add_argument(
         "--engine",
-        default="auto",
         metavar="NAME",
         help="tokenizer engine: auto (default: the fastest installed one whose ids match the "
         "reference on the first batch), hf (the reference), or another the tokenizer offers",
@@ -64,17 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.0,
         metavar="F",
         help="fraction of examples (chosen by a seeded hash) for the 'val' split (default: 0)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
+    p.add_argument("--seed", type=int, help="seed of the train/val split (default: 0)")
     p.add_argument(
         "--tokens-per-shard",
         type=int,
-        default=DEFAULT_TOKENS_PER_SHARD,
         metavar="N",
-        help="target tokens per shard file; documents are never split (default: %(default)s)",
+        help="target tokens per shard file; documents are never split "
+        f"(default: {DEFAULT_TOKENS_PER_SHARD})",
     )
     p.add_argument(
         "--max-doc-tokens",
@@ -100,17 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--executor",
-        default="local",
         metavar="NAME",
         help="where tasks run: local (default: this machine), or one a plugin adds",
     )
     p.add_argument(
         "--task-bytes",
         type=int,
-        default=DEFAULT_TASK_BYTES,
         metavar="N",
         help="input bytes per task, the unit of parallel work and of resuming after a crash "
-        "(default: %(default)s)",
+        f"(default: {DEFAULT_TASK_BYTES})",
     )
     p.add_argument(
         "--overwrite",
@@ -120,7 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="show a progress bar (default: only on a terminal)",
     )
 
@@ -130,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read sources, map their fields exactly as prepare does, and write the "
         "canonical records ({text} | {prompt, completion, system} | {messages}) to one file, "
         "which appears only when complete.",
+        argument_default=argparse.SUPPRESS,
     )
     c.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl or OUT.parquet")
@@ -160,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         "seq_len tokens, cut them into seq_len pieces, or drop them (default: truncate)",
     )
     i.add_argument("--json", action="store_true", help="print one JSON object instead")
+    i.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the document length histogram and the packing efficiency per packer "
+        "and --seq-len to FILE.png (needs matplotlib: pip install 'gristmill[plot]')",
+    )
 
     v = sub.add_parser(
         "verify",
@@ -203,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_reading_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by prepare and convert: how records are read and mapped."""
+    """Options shared by prepare and convert: how records are read and mapped (their defaults,
+    stated in the help, are the API's: the parsers leave out what is not given)."""
     p.add_argument(
         "--format",
-        default="auto",
         metavar="NAME",
         help="field mapper: auto (default: chosen from each source's first record), chat, "
         "prompt-completion, text, or one a plugin adds",
@@ -219,14 +244,12 @@ def _add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
-        default=True,
         help="Unicode NFC normalisation of all text (default: on; --no-normalize for code "
         "or data whose exact code points matter)",
     )
     p.add_argument(
         "--on-error",
         choices=POLICIES,
-        default="fail",
         help="fail: stop at the first bad record, naming file, line and field (default); "
         "skip: count bad records per reason, write them beside the output "
         "(OUTPUT.rejects.jsonl), go on",
@@ -234,9 +257,9 @@ def _add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-record-bytes",
         type=int,
-        default=DEFAULT_MAX_RECORD_BYTES,
         metavar="N",
-        help="a record larger than this is rejected instead of read (default: %(default)s)",
+        help="a record larger than this is rejected instead of read "
+        f"(default: {DEFAULT_MAX_RECORD_BYTES})",
     )
     p.add_argument(
         "--column-names",
@@ -267,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seq_lens=_numbers(args.seq_len, "--seq-len"),
                 overlong=args.overlong,
                 as_json=args.json,
+                plot=args.plot,
             )
         if args.command == "verify":
             from gristmill.report import verify_dataset
@@ -299,47 +323,46 @@ def _numbers(text: str, option: str) -> list[int]:
         raise GristmillError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
-def _reading_options(args: argparse.Namespace) -> dict[str, object]:
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    """The options given on the command line (the parsers leave out the others), under the
+    names of the API's keyword arguments and config keys."""
     from gristmill.mapping import parse_fields
 
-    return {
-        "format": args.format,
-        "fields": parse_fields(args.fields),
-        "normalize": args.normalize,
-        "on_error": args.on_error,
-        "max_record_bytes": args.max_record_bytes,
-        "column_names": args.column_names.split(",") if args.column_names else None,
-    }
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if "fields" in given:
+        given["fields"] = parse_fields(given["fields"])  # type: ignore[arg-type]
+    if "column_names" in given:
+        names = given["column_names"]
+        given["column_names"] = names.split(",") if names else None  # type: ignore[union-attr]
+    if not given.get("sources", True):
+        del given["sources"]  # SOURCE... is optional with --config
+    return given
 
 
 def _convert(args: argparse.Namespace) -> int:
     from gristmill.convert import convert
 
-    convert(args.sources, args.output, overwrite=args.overwrite, **_reading_options(args))
+    given = _given(args)
+    convert(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    given = _given(args)
+    config = getattr(args, "config", None)
+    if config is not None:
+        from gristmill.config import COMMAND_LINE, load
+
+        load(config, {"prepare": given}, origin=COMMAND_LINE).prepare()
+        return 0
+    if "sources" not in given or "output" not in given:
+        raise GristmillError(
+            "prepare needs SOURCE... and -o DIR, on the command line or in the [prepare] "
+            "section of a --config FILE"
+        )
     from gristmill.pipeline import prepare
 
-    prepare(
-        args.sources,
-        args.output,
-        tokenizer=args.tokenizer,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        tokens_per_shard=args.tokens_per_shard,
-        train_on_prompt=args.train_on_prompt,
-        max_doc_tokens=args.max_doc_tokens,
-        dedup=args.dedup,
-        engine=args.engine,
-        workers=args.workers,
-        executor=args.executor,
-        task_bytes=args.task_bytes,
-        overwrite=args.overwrite,
-        progress=args.progress,
-        **_reading_options(args),
-    )
+    prepare(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,8 @@ from gristmill.errors import DatasetError
 from gristmill.manifest import read_manifest
 from gristmill.overlong import check_policy
 from gristmill.plugins import get_manager
+
+log = logging.getLogger("gristmill")
 
 NO_LOSS_OPEN, NO_LOSS_CLOSE = "⟦", "⟧"
 DECODE_CHARS = 600  # per decoded document: enough to judge it, short enough to skim
@@ -84,7 +87,14 @@ def inspect_dataset(
     seq_lens: Sequence[int] = (2048,),
     overlong: str = "truncate",
     as_json: bool = False,
+    plot: str | os.PathLike[str] | None = None,
 ) -> int:
+    """``gristmill inspect``: print the report (``as_json``: as one JSON object); ``plot``:
+    also draw its length histogram and packing efficiency of the decoded split to that file."""
+    if plot is not None:
+        from gristmill.plot import require
+
+        require()  # before the work, not after it
     manifest = read_manifest(directory)
     if any(n < 1 for n in seq_lens):
         raise DatasetError(f"--seq-len takes positive numbers of tokens, got {list(seq_lens)}")
@@ -128,6 +138,11 @@ def inspect_dataset(
                 "text": decode_with_mask(shown, index),
             }
         )
+    if plot is not None:
+        from gristmill.plot import plot_report
+
+        drawn = plot_report(report, chosen, plot)
+        log.info(f"{drawn}: drew the [{chosen}] length histogram and packing efficiency")
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
