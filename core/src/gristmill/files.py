@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from gristmill.errors import DataError, MissingDependencyError
 
 CHUNK = 1 << 20
+FEED_GZ, FEED_ZSTD = 8 << 10, 256  # compressed bytes per call: at most ~8 MiB out
 COMPRESSIONS = (".gz", ".zst")
 
 
@@ -75,30 +76,40 @@ def chunks(path: str, start: int = 0, end: int | None = None) -> Iterator[bytes]
 
 
 def _decompressed(path: str, f: BinaryIO) -> Iterator[bytes]:
+    # Fed in small slices: each call's output is held whole, and a crafted or corrupt file
+    # expands up to ~1,000× (gzip) or ~32,000× (zstd, a run of one byte) what it is fed.
+    feed = FEED_GZ if path.lower().endswith(".gz") else FEED_ZSTD
     stream = _decompressor(path)
     finished = True  # an empty file holds zero members, which is not truncation
+    out: list[bytes] = []
+    size = 0
     try:
         while raw := f.read(CHUNK):
-            while raw:
+            view, pos = memoryview(raw), 0
+            while pos < len(raw):
                 finished = False
-                out = stream.decompress(raw)
-                if out:
-                    yield out
-                if not stream.eof:
-                    break
-                # Concatenated members/frames (pigz, zstd --rsyncable…): start a fresh stream.
-                finished, raw = True, stream.unused_data
-                stream = _decompressor(path)
-    except (zlib.error, ValueError) as exc:
-        raise DataError(
-            f"corrupt compressed data ({exc}); the file is damaged", where=path
-        ) from None
+                piece = view[pos : pos + feed]
+                pos += len(piece)
+                if decoded := stream.decompress(piece):
+                    out.append(decoded)
+                    size += len(decoded)
+                    if size >= CHUNK:  # pass on chunks of the usual size, not one per slice
+                        yield out[0] if len(out) == 1 else b"".join(out)
+                        out, size = [], 0
+                if stream.eof:
+                    # Concatenated members/frames (pigz, zstd --rsyncable…): start a fresh stream.
+                    finished, pos = True, pos - len(stream.unused_data)
+                    stream = _decompressor(path)
     except Exception as exc:
-        if type(exc).__name__ != "ZstdError":
+        if not isinstance(exc, (zlib.error, ValueError)) and type(exc).__name__ != "ZstdError":
             raise
-        raise DataError(
-            f"corrupt compressed data ({exc}); the file is damaged", where=path
-        ) from None
+        damage: Exception | None = exc
+    else:
+        damage = None
+    if out:
+        yield b"".join(out)  # what came before the damage or the cut
+    if damage is not None:
+        raise DataError(f"corrupt compressed data ({damage}); the file is damaged", where=path)
     if not finished:
         raise DataError(
             "the compressed file ends early (truncated download or copy?); records before the "

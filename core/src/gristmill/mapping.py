@@ -53,7 +53,12 @@ def choose_mapper(
 
 
 def check_fields(mapper: FieldMapperType, fields: Mapping[str, str]) -> None:
-    """Refuse ``--fields`` names that the mapper does not read."""
+    """Refuse ``--fields`` names that the mapper does not read, and names without a column."""
+    blank = sorted(
+        name for name, column in fields.items() if not isinstance(column, str) or not column
+    )
+    if blank:  # parse_fields refuses them on the command line; the Python API comes here
+        raise DataError(f"--fields {blank[0]}= names no column (write --fields {blank[0]}=COLUMN)")
     unknown = sorted(set(fields) - set(mapper.fields))
     if unknown:
         raise DataError(
@@ -164,10 +169,30 @@ def mapped_examples(
             continue
         meta = record.get("metadata")
         if isinstance(meta, Mapping) and example.metadata is None:
-            scalars = ((str(k), v) for k, v in meta.items() if isinstance(v, (str, int, bool)))
+            scalars = (
+                (_writable(str(k)), _writable(v) if isinstance(v, str) else v)
+                for k, v in meta.items()
+                if isinstance(v, (str, int, bool))
+            )
             example = replace(example, metadata=tuple(sorted(scalars)))
         yield example, where
 
 
-def _raw(record: Any) -> str:
-    return json.dumps(record, ensure_ascii=False, default=str)
+def _raw(record: Any) -> str | None:
+    """The record as JSON for the reject file; None when it is nested too deeply to write."""
+    try:
+        return _writable(json.dumps(record, ensure_ascii=False, default=str))
+    except RecursionError:
+        return None
+
+
+def _writable(text: str) -> str:
+    """``text`` with lone surrogates (from JSON ``\\ud800`` escapes) written as such escapes.
+
+    Python strings hold them, UTF-8 files cannot: the reject file and the manifest would fail.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

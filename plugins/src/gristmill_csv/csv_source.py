@@ -302,6 +302,8 @@ def checked_names(names: list[str], what: str, *, where: str) -> tuple[str, ...]
         if what == "the header row"
         else "give every column a distinct name"
     )
+    if not names:  # only column_names can be: blank lines before a header row are skipped
+        raise DataError(f"{what} names no column: name at least one", where=where)
     seen: dict[str, int] = {}
     for column, name in enumerate(names, 1):
         if not name.strip():

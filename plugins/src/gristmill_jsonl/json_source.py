@@ -7,6 +7,7 @@ multi-gigabyte array exported from a notebook streams like JSON Lines does.
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -15,8 +16,12 @@ from typing import Any
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.errors import DataError
 from gristmill.files import chunks, content_hash
+from gristmill_jsonl.jsonl_source import unreadable
 
 SPACE = re.compile(r"[ \t\r\n]*")
+# How close to the end of the text read so far a value cut there fails to parse: a literal cut
+# short fails at its first character ("-Infinit": 8 back), an escape at its backslash.
+CUT_SHORT = 16
 
 
 class JsonSource:
@@ -54,9 +59,10 @@ class JsonSource:
             while True:
                 try:
                     value, end = decoder.raw_decode(reader.buffer, reader.pos)
-                    break
                 except json.JSONDecodeError as exc:
-                    incomplete = exc.pos >= len(reader.buffer) - 1 or exc.msg.startswith(
+                    # A value cut where the text read so far ends fails near that end: in a
+                    # string, or in a literal, number or escape cut short (`tr`, `1e+`, `\u00`).
+                    incomplete = exc.pos >= len(reader.buffer) - CUT_SHORT or exc.msg.startswith(
                         "Unterminated string"
                     )
                     if incomplete and len(reader.buffer) - reader.pos > self.max_record_bytes:
@@ -71,6 +77,19 @@ class JsonSource:
                             reader.buffer[reader.pos : reader.pos + 200],
                         )
                         return  # without a line structure there is no safe place to resume
+                except (RecursionError, ValueError) as exc:  # too deep, or too many digits
+                    raw = reader.buffer[reader.pos : reader.pos + 200]
+                    yield Rejected("malformed-json", unreadable(exc), where, raw)
+                    return  # where the value ends is unknown: no place to resume
+                else:
+                    if end < len(reader.buffer):
+                        break
+                    # A number that ends where the text read so far ends may go on after it.
+                    if len(reader.buffer) - reader.pos > self.max_record_bytes:
+                        yield self._too_large(where)
+                        return
+                    if not reader.read_more():
+                        break
             size = end - reader.pos
             reader.advance(size)
             if size > self.max_record_bytes:  # parsed whole because it fit in one read
@@ -110,19 +129,30 @@ class _Text:
         self.pos = 0
         self._counted = 0  # buffer position up to which newlines are counted …
         self._line = 1  # … and the line number there
+        self._bad: DataError | None = None  # raised once the text before it is consumed
 
     def read_more(self) -> bool:
         # Drop what is consumed before growing, so the buffer holds about one value.
         self.line()
         self.buffer, self.pos, self._counted = self.buffer[self.pos :], 0, 0
-        for chunk in self._chunks:
+        if self._bad is not None:
+            raise self._bad
+        # None after the last chunk flushes the decoder: a character cut short by the end of
+        # the file is a bad byte too (it was once dropped without a word).
+        for chunk in itertools.chain(self._chunks, [None]):
             try:
-                text = self._decoder.decode(chunk)
+                text = self._decoder.decode(chunk or b"", final=chunk is None)
             except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"not UTF-8 near line {self._line} ({exc.reason}); re-encode the file as UTF-8",
+                # The text before the bad byte is read first, so that the values there are
+                # kept whatever the read size (it once failed the whole read they were in).
+                text = exc.object[: exc.start].decode("utf-8")
+                line = self._line + self.buffer.count("\n") + text.count("\n")
+                self._bad = DataError(
+                    f"not UTF-8 at line {line} ({exc.reason}); re-encode the file as UTF-8",
                     where=self.path,
-                ) from None
+                )
+                if not text:
+                    raise self._bad from None
             if text:
                 self.buffer += text
                 return True

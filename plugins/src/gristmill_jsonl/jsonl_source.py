@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,8 +67,11 @@ def parse_json_line(raw: bytes, where: Where, *, first: bool) -> tuple[Any, Wher
     except orjson.JSONDecodeError:
         pass
     else:
-        if not _has_float(value):
-            return value, where
+        try:
+            if not _has_float(value):
+                return value, where
+        except RecursionError:
+            pass  # nested deeper than Python recurses: the standard parser says so below
     try:
         # utf-8-sig on the first line: editors on Windows start files with a BOM.
         line = raw.decode("utf-8-sig" if first else "utf-8")
@@ -84,6 +88,19 @@ def parse_json_line(raw: bytes, where: Where, *, first: bool) -> tuple[Any, Wher
         return Rejected(
             "malformed-json", f"malformed JSON at column {exc.colno}: {exc.msg}", where, line
         )
+    except (RecursionError, ValueError) as exc:  # valid JSON that Python cannot hold
+        return Rejected("malformed-json", unreadable(exc), where, line)
+
+
+def unreadable(exc: RecursionError | ValueError) -> str:
+    """Why JSON the parser accepts still cannot become Python values."""
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read (arrays or objects about 1,000 levels deep)"
+    # Python refuses to convert longer digit strings to int (CVE-2020-10735).
+    return (
+        f"a JSON number too long to read (more than {sys.get_int_max_str_digits():,} digits); "
+        "write it as a string"
+    )
 
 
 def _has_float(value: Any) -> bool:
