@@ -122,7 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--executor",
         metavar="NAME",
-        help="where tasks run: local (default: this machine), or one a plugin adds",
+        help="where tasks run: local (default: this machine), ray (Ray tasks; pip install "
+        "'gristmill[ray]'), or one a plugin adds (docs/executors.md)",
+    )
+    # The executor's options, as prepare's executor_options (and the config key of that name).
+    p.add_argument(
+        "--ray-address",
+        dest="executor_options",
+        type=lambda address: {"address": address},
+        metavar="ADDR",
+        help="run on this Ray cluster (HOST:PORT, ray://HOST:10001, auto); implies --executor "
+        "ray; every node must see the output directory (default: RAY_ADDRESS, else a Ray of "
+        "--workers CPUs started here)",
     )
     p.add_argument(
         "--task-bytes",
@@ -349,6 +360,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     given = _given(args)
+    # --ray-address implies --executor ray, and makes no sense with another.
+    if "executor_options" in given and given.setdefault("executor", "ray") != "ray":
+        raise GristmillError(f"--ray-address needs --executor ray, not {given['executor']}")
     config = getattr(args, "config", None)
     if config is not None:
         from gristmill.config import COMMAND_LINE, load

@@ -158,6 +158,11 @@ PREPARE = Section(
         **READING,
         "workers": Key(POSITIVE, None, "worker processes (default: one per CPU)"),
         "executor": Key(STRING, "local", "where tasks run"),
+        "executor_options": Key(
+            TABLE,
+            None,
+            'options of the executor, e.g. `{address = "HOST:PORT"}` for `ray` (`--ray-address`)',
+        ),
         "task_bytes": Key(POSITIVE, DEFAULT_TASK_BYTES, "input bytes per task"),
         "overwrite": Key(BOOL, False, "replace a different or unfinished dataset"),
         "progress": Key(BOOL, None, "show a progress bar (default: only on a terminal)"),

@@ -203,9 +203,9 @@ def gristmill_executors() -> list[ExecutorType]:
     """Register executors: places where prepare's deterministic tasks run.
 
     Called when the plugin manager builds its registry; ``prepare --executor NAME`` picks one
-    (first party: ``local``, this machine's processes). ``factory(workers=N, **options)``
-    returns an object whose ``map(fn, tasks)`` runs the picklable ``fn`` on every task and
-    yields each result as it completes. A task writes its own shards and record into the
+    (first party: ``local``, this machine's processes, and ``ray``, a Ray cluster).
+    ``factory(workers=N, **options)`` returns an object whose ``map(fn, tasks)`` runs the
+    picklable ``fn`` on every task and yields each result as it completes. A task writes its own shards and record into the
     output directory, which every worker must therefore see; the output is byte-identical
     whatever runs the tasks, and in whatever order.
 

@@ -62,6 +62,7 @@ def prepare(
     engine: str = "auto",
     workers: int | None = None,
     executor: str = "local",
+    executor_options: Mapping[str, Any] | None = None,
     task_bytes: int = DEFAULT_TASK_BYTES,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -81,7 +82,8 @@ def prepare(
     unfinished tasks. ``engine`` picks the tokenizer's encoding engine where its family offers
     several (``auto``: the fastest that agrees with the reference); it never changes the ids.
     With more than one worker, plugins come from installed distributions (entry points), not
-    from ``manager`` registrations made in this process.
+    from ``manager`` registrations made in this process. ``executor_options`` go to the
+    executor's factory, e.g. ``{"address": "HOST:PORT"}`` for ``ray`` (docs/executors.md).
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -173,6 +175,7 @@ def prepare(
             config_fp,
             workers=workers,
             executor=run_on,
+            executor_options=dict(executor_options or {}),
             engine=engine,
             progress=progress,
             manager=manager,
@@ -200,6 +203,7 @@ def _write(
     *,
     workers: int | None,
     executor: ExecutorType,
+    executor_options: dict[str, Any],
     engine: str,
     progress: bool | None,
     manager: PluginManager,
@@ -258,7 +262,7 @@ def _write(
                 log.info(message)
 
         runner = TaskRunner(settings, manager, progress=bar.update, announce=announce)
-        for summary in executor.factory(workers=workers).map(runner, pending):
+        for summary in executor.factory(workers=workers, **executor_options).map(runner, pending):
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
     merged = merge(settings, len(tasks), len(opened), fmt, main_skipped, announce)
