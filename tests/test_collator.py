@@ -171,3 +171,48 @@ def test_batches_follow_the_segments_of_their_samples(segment_lists, padding_fre
         seen = (mask[row, :width, :width] == 0).numpy()
         i, j = np.indices((width, width))
         assert np.array_equal(seen, (segments[i] == segments[j]) & (j <= i))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=4), min_size=1, max_size=4),
+    st.booleans(),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+)
+def test_the_block_mask_is_exactly_its_definition(segment_lists, padding_free, dtype):
+    # Zero-length segments too, and padding: a padding query sees only itself.
+    samples = [
+        {
+            "input_ids": np.ones(sum(lens), np.int64),
+            "labels": np.ones(sum(lens), np.int64),
+            "position_ids": np.zeros(sum(lens), np.int64),
+            "seq_lens": np.asarray(lens),
+        }
+        for lens in segment_lists
+    ]
+    mask = Collator(padding_free=padding_free, dtype=dtype)(samples)["attention_mask"]
+    rows = [[x for lens in segment_lists for x in lens]] if padding_free else segment_lists
+    width = max(sum(lens) for lens in rows)
+    assert mask.shape == (len(rows), 1, width, width) and mask.dtype == dtype
+    i, j = np.indices((width, width))
+    for row, lens in enumerate(rows):
+        n = sum(lens)
+        segment = np.concatenate([np.repeat(np.arange(len(lens)), lens), -1 - np.arange(width - n)])
+        seen = (segment[i] == segment[j]) & (j <= i)
+        expected = torch.where(torch.from_numpy(seen), 0.0, torch.finfo(dtype).min).to(dtype)
+        assert torch.equal(mask[row, 0], expected)
+    two_d = Collator(block_mask=False)(samples)["attention_mask"]
+    lengths = [sum(lens) for lens in segment_lists]
+    assert two_d.tolist() == [[int(k < n) for k in range(max(lengths))] for n in lengths]
+
+
+def test_seq_lens_must_add_up_to_the_tokens():
+    sample = {
+        "input_ids": np.arange(5),
+        "labels": np.arange(5),
+        "position_ids": np.arange(5),
+        "seq_lens": np.array([2, 2]),
+    }
+    for collate in (Collator(), Collator(padding_free=True)):
+        with pytest.raises(gristmill.errors.GristmillError, match="5 tokens but seq_lens"):
+            collate([sample])

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gristmill.samples import IGNORE_INDEX, build_sample
+from gristmill.samples import IGNORE_INDEX, LABELS, build_sample, build_samples, join_parts
 
 SEGMENT = st.integers(1, 40).flatmap(
     lambda n: st.tuples(
@@ -44,3 +44,32 @@ def test_segments_become_one_sample_exactly(segments, restart):
     assert np.array_equal(shifted["labels"], expected[1:])
     assert np.array_equal(shifted["position_ids"], sample["position_ids"][:-1])
     assert shifted["seq_lens"].sum() == len(ids) - 1 and (shifted["seq_lens"] > 0).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    samples=st.lists(
+        st.lists(SEGMENT | st.just(([], None)), min_size=1, max_size=5), min_size=1, max_size=6
+    ),
+    restart=st.booleans(),
+    labels=st.sampled_from(LABELS),
+)
+def test_a_batch_builds_the_samples_one_by_one_would(samples, restart, labels):
+    # Empty segments too (no packer plans them, but nothing here may depend on it).
+    parts = [
+        [
+            (np.asarray(ids, np.uint32), None if mask is None else np.asarray(mask, np.uint8))
+            for ids, mask in segments
+        ]
+        for segments in samples
+    ]
+    tokens, mask, lengths = join_parts([part for sample in parts for part in sample])
+    batch = build_samples(
+        tokens, mask, lengths, [len(p) for p in parts], restart=restart, labels=labels
+    )
+    assert len(batch) == len(parts)
+    for got, sample in zip(batch, parts):
+        want = build_sample(sample, restart=restart, labels=labels)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key].dtype == np.int64 and np.array_equal(got[key], want[key]), key

@@ -121,16 +121,35 @@ def test_a_manifest_from_another_dataset(ds, tmp_path):
         gristmill.open_dataset(ds)
 
 
+def _refused(ds: Path, problem: str) -> None:
+    """Opening reads every offsets file (the ``none`` packer's plan is never cached, and this
+    copy has no cached first-fit plan yet) and names the shard, what is wrong and the remedy."""
+    for options in ({}, {"seq_len": 64, "packer": "first-fit"}):
+        with pytest.raises(DatasetError, match=r"offsets") as refused:
+            gristmill.open_dataset(ds, **options)
+        assert str(refused.value).startswith(problem)
+        assert str(refused.value).endswith(f"; run `gristmill verify {ds.resolve()}`")
+
+
 def test_an_index_that_points_past_the_end(ds):
     where = _rewrite(ds, "offsets", lambda o: np.where(np.arange(len(o)) == len(o) - 1, o + 5, o))
     [(at, message)] = _problems(ds)
     assert at.startswith(where + "[") and "the last offset" in message
+    tokens = _shard(ds)["num_tokens"]
+    _refused(ds, f"{where}: the last offset is {tokens + 5} but the shard has {tokens} tokens")
 
 
 def test_offsets_that_go_back(ds):
     where = _rewrite(ds, "offsets", lambda o: np.where(np.arange(len(o)) == 3, o[5], o))
     [(at, message)] = _problems(ds)
     assert at == f"{where}[4]" and "go back" in message
+    _refused(ds, f"{where}: offsets go back from ")
+
+
+def test_offsets_that_do_not_start_at_0(ds):
+    where = _rewrite(ds, "offsets", lambda o: np.where(np.arange(len(o)) == 0, 1, o))
+    assert (f"{where}[0]", "the first offset is 1, not 0") in _problems(ds)
+    _refused(ds, f"{where}: the first offset is 1, not 0")
 
 
 def test_a_token_id_past_the_vocabulary(ds):

@@ -259,6 +259,10 @@ class ShardReader(Protocol):
         """Token ids and loss mask (``None``: every token has loss) of one document."""
         ...
 
+    # Optional: ``spans(docs, starts, lengths) -> (tokens, mask | None)``, the slices
+    # ``[starts[k], starts[k] + lengths[k])`` of documents ``docs[k]`` concatenated, for batched
+    # fetching; without it a batch takes one ``document()`` call per slice.
+
 
 class Problem(NamedTuple):
     """Something wrong in a dataset: where (a file, with an element index where one applies, or

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from gristmill.errors import DatasetError
 from gristmill.manifest import fingerprint, read_manifest
 from gristmill.overlong import check_policy
 from gristmill.plugins import PluginManager, get_manager
-from gristmill.samples import build_sample, check_labels
+from gristmill.samples import build_samples, check_labels, join_parts
 from gristmill.tokenizers import load_saved
 
 
@@ -27,7 +28,7 @@ class Dataset:
     predict across a document boundary when the model shifts labels); ``position_ids`` restarting
     at 0 for every document; ``seq_lens`` (the length of each document segment in the sample).
     ``restart=False`` makes each sample one sequence instead (the default of ``concat-chunk``);
-    see :func:`gristmill.samples.build_sample`.
+    see :func:`gristmill.samples.build_samples`. ``ds.batch(indices)`` gives many samples at once.
 
     ``labels="shifted"`` serves the pair a plain training loop wants instead: ``input_ids`` are
     the sample's tokens but the last, and ``labels[j]`` is the target of position ``j`` (the next
@@ -121,23 +122,59 @@ class Dataset:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         n = len(self.plan)
+        index = operator.index(index)
         if not -n <= index < n:
             raise IndexError(f"sample {index} out of range for {n} samples")
-        index %= n
+        lo, hi = self.plan.sample_bounds[index % n : index % n + 2].tolist()
+        return self._build(slice(lo, hi), [hi - lo])[0]
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Samples ``indices``, as ``[ds[i] for i in indices]`` but read together: a few array
+        operations gather every segment of the batch (the torch loader fetches a step so)."""
+        n = len(self.plan)
+        index = np.asarray(indices).reshape(-1)
+        if not len(index):
+            return []
+        if index.dtype.kind not in "iu":
+            raise TypeError(f"sample indices must be integers, got {index.dtype}")
+        if index.min() < -n or index.max() >= n:
+            bad = index[(index < -n) | (index >= n)][0]
+            raise IndexError(f"sample {bad} out of range for {n} samples")
+        index = index % n
+        first = self.plan.sample_bounds[index]
+        segments = self.plan.sample_bounds[index + 1] - first
+        # Every segment of the batch, sample by sample: the ranges first[k] + 0, 1, …
+        ends = np.cumsum(segments)
+        return self._build(
+            np.arange(ends[-1]) + np.repeat(first - ends + segments, segments), segments
+        )
+
+    def _build(
+        self, seg: slice | np.ndarray, segments: Sequence[int] | np.ndarray
+    ) -> list[dict[str, np.ndarray]]:
+        """The samples made of plan segments ``seg``, ``segments`` of them each, in order."""
         plan = self.plan
-        lo, hi = plan.sample_bounds[index], plan.sample_bounds[index + 1]
+        lengths = plan.seg_len[seg]
+        tokens, mask = self._spans(plan.seg_doc[seg], plan.seg_start[seg], lengths)
+        return build_samples(
+            tokens, mask, lengths, segments, restart=self.restart, labels=self.labels
+        )
+
+    def _spans(
+        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The segments' tokens and loss mask, concatenated: in bulk from a reader that offers
+        ``spans`` (as ``memmap-shards`` does), else one ``document()`` call per segment."""
+        spans = getattr(self.documents, "spans", None)
+        if spans is not None:
+            return spans(docs, starts, lengths)
         parts = []
-        for doc, start, length in zip(
-            plan.seg_doc[lo:hi], plan.seg_start[lo:hi], plan.seg_len[lo:hi]
-        ):
-            ids, mask = self.documents.document(int(doc))
-            parts.append(
-                (
-                    ids[start : start + length],
-                    None if mask is None else mask[start : start + length],
-                )
-            )
-        return build_sample(parts, restart=self.restart, labels=self.labels)
+        for doc, start, length in zip(docs.tolist(), starts.tolist(), lengths.tolist()):
+            ids, mask = self.documents.document(doc)
+            end = start + length
+            parts.append((ids[start:end], None if mask is None else mask[start:end]))
+        tokens, mask, _ = join_parts(parts)
+        return tokens, mask
 
     def samples(
         self, sampler: str = "sequential", *, epoch: int = 0, **options: Any

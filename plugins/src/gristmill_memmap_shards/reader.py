@@ -82,25 +82,32 @@ class MemmapShardReader:
         return path
 
     def _shard(self, k: int) -> Arrays:
-        """Shard ``k``'s arrays, mapped now if they are not; the least recently read shard is
+        return self._shards([k])[0]
+
+    def _shards(self, ks: Sequence[int]) -> list[Arrays]:
+        """These shards' arrays, mapped now if they are not; the least recently read shard is
         unmapped when too many are (a document already served keeps its own mapping alive)."""
+        found = []
         with self._lock:
-            arrays = self._mapped.get(k)
-            if arrays is not None:
-                self._mapped.move_to_end(k)
-                return arrays
-            (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
-            arrays = (
-                _map(tokens, self._dtype, count),
-                _map(offsets, np.dtype("<i8"), docs + 1),
-                None if mask is None else _map(mask, np.dtype("u1"), count),
-            )
-            self._mapped[k] = arrays
-            if len(self._mapped) > self._max_mapped:
-                self._mapped.popitem(last=False)
-            return arrays
+            for k in ks:
+                arrays = self._mapped.get(k)
+                if arrays is not None:
+                    self._mapped.move_to_end(k)
+                else:
+                    (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
+                    arrays = (
+                        _map(tokens, self._dtype, count),
+                        _map(offsets, np.dtype("<i8"), docs + 1),
+                        None if mask is None else _map(mask, np.dtype("u1"), count),
+                    )
+                    self._mapped[k] = arrays
+                    if len(self._mapped) > self._max_mapped:
+                        self._mapped.popitem(last=False)
+                found.append(arrays)
+        return found
 
     def lengths(self) -> np.ndarray:
+        """Every document's token count; refuses an index that does not tile its shard."""
         if not self._files:
             return np.zeros(0, np.int64)
         # Read, not mapped, so that no descriptor outlives the call; one diff for every shard.
@@ -108,7 +115,32 @@ class MemmapShardReader:
             [_read(path, docs + 1) for (_, path, _), (_, docs) in zip(self._files, self._counts)]
         )
         last = np.cumsum([docs + 1 for _, docs in self._counts]) - 1  # every shard's final offset
-        return np.delete(np.diff(offsets), last[:-1]).astype(np.int64)
+        first = last - [docs for _, docs in self._counts]
+        steps = np.diff(offsets)
+        steps[last[:-1]] = 0  # from one shard's final offset to the next shard's first
+        tokens = np.fromiter((count for count, _ in self._counts), np.int64, len(self._counts))
+        if (offsets[first] != 0).any() or (offsets[last] != tokens).any() or (steps < 0).any():
+            self._refuse_index(offsets, first, last)
+        return np.delete(steps, last[:-1]).astype(np.int64)
+
+    def _refuse_index(self, offsets: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
+        """Name the first shard whose offsets do not start at 0, go back, or end short of or
+        past its tokens: packing or reading such an index would serve the wrong tokens."""
+        for k, (lo, hi) in enumerate(zip(first.tolist(), last.tolist())):
+            shard = offsets[lo : hi + 1]
+            tokens, _ = self._counts[k]
+            back = np.flatnonzero(np.diff(shard) < 0)
+            if shard[0] != 0:
+                problem = f"the first offset is {shard[0]}, not 0"
+            elif len(back):
+                at = int(back[0])
+                problem = f"offsets go back from {shard[at]} to {shard[at + 1]} (document {at})"
+            elif shard[-1] != tokens:
+                problem = f"the last offset is {shard[-1]} but the shard has {tokens} tokens"
+            else:
+                continue
+            where = os.path.relpath(self._files[k][1], self.root)
+            raise DatasetError(f"{where}: {problem}; run `gristmill verify {self.root}`")
 
     def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if not 0 <= index < self.num_documents:
@@ -118,6 +150,46 @@ class MemmapShardReader:
         j = index - self._starts[k]
         start, end = offsets[j : j + 2].tolist()
         return tokens[start:end], None if mask is None else mask[start:end]
+
+    def spans(
+        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tokens ``starts[k]`` to ``starts[k] + lengths[k]`` of document ``docs[k]`` for every
+        ``k``, concatenated, and their loss mask (``None`` when none of these shards has one).
+
+        The index math is vectorised and every shard is looked up once a call; what is left per
+        span is taking its slice. (Each shard is its own mapping, so one index array cannot
+        gather them all, and grouping the spans by shard costs more than it saves.)
+        """
+        docs = np.asarray(docs, np.int64)
+        if not len(docs):
+            return np.zeros(0, self._dtype), None
+        shard = self._first_doc.searchsorted(docs, "right") - 1
+        shards = shard.tolist()
+        needed = list(dict.fromkeys(shards))
+        if min(needed) < 0 or max(needed) >= len(self._files):  # before or past every shard
+            index = int(docs[(docs < 0) | (docs >= self.num_documents)][0])
+            raise IndexError(f"document {index} out of range for {self.num_documents} documents")
+        local = (docs - self._first_doc[shard]).tolist()
+        mapped = dict(zip(needed, self._shards(needed)))
+        arrays = [mapped[k] for k in shards]
+        lengths = np.asarray(lengths).tolist()
+        begins = [
+            offsets.item(j) + start
+            for (_, offsets, _), j, start in zip(arrays, local, np.asarray(starts).tolist())
+        ]
+        tokens = np.concatenate(
+            [ids[b : b + n] for (ids, _, _), b, n in zip(arrays, begins, lengths)]
+        )
+        if all(mask is None for _, _, mask in mapped.values()):
+            return tokens, None
+        mask = np.concatenate(
+            [  # spans from shards without a mask: every token carries loss
+                np.ones(n, np.uint8) if m is None else m[b : b + n]
+                for (_, _, m), b, n in zip(arrays, begins, lengths)
+            ]
+        )
+        return tokens, mask
 
 
 def mapped_limit() -> int:

@@ -28,18 +28,23 @@ STATE_VERSION = 1
 
 
 class _Marked(torch.utils.data.Dataset):
-    """Samples fetched by ``(index, repeat)``."""
+    """Samples fetched by ``(index, repeat)``. Torch fetches a step's keys with one
+    ``__getitems__`` call, which a dataset serves with ``batch()``."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset | Mixture):
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
-        index, repeat = key
-        sample = self.dataset[index]
-        return as_repeat(sample) if repeat else sample
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, bool]]) -> list[dict[str, Any]]:
+        indices = [index for index, _ in keys]
+        batch = getattr(self.dataset, "batch", None)  # a mixture has none: one by one
+        samples = batch(indices) if batch else [self.dataset[index] for index in indices]
+        return [as_repeat(s) if repeat else s for s, (_, repeat) in zip(samples, keys)]
 
 
 class _Steps(torch.utils.data.Sampler):

@@ -1,0 +1,208 @@
+"""``Dataset.batch``: a batch fetched at once is exactly the samples fetched one by one, for every
+packer, labels mode, loss masks or none, overlong policy and shard layout; and the torch loader
+fetches every step with one ``batch`` call."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gristmill
+from gristmill.overlong import POLICIES
+from gristmill.samples import IGNORE_INDEX, LABELS
+
+PACKERS = ("first-fit", "greedy-stream", "concat-chunk", "none")
+KEYS = ("input_ids", "labels", "position_ids", "seq_lens")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Three datasets in small shards: plain text (no masks), prompt/completion pairs (masked),
+    and both (shards with masks and shards without), documents from 1 to about 400 tokens."""
+    root = tmp_path_factory.mktemp("batched")
+    rng = np.random.default_rng(0)
+    text = root / "text.jsonl"
+    text.write_text(
+        "".join(
+            json.dumps({"text": f"d{i} " + "x" * int(rng.choice([0, 3, 40, 150, 400]))}) + "\n"
+            for i in range(60)
+        )
+    )
+    qa = root / "qa.jsonl"
+    qa.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}? " + "p" * (i % 9), "completion": " a" * (i % 13 + 1)})
+            + "\n"
+            for i in range(60)
+        )
+    )
+    out = {}
+    for name, sources in (("text", [text]), ("qa", [qa]), ("mixed", [text, qa])):
+        manifest = gristmill.prepare(sources, root / name, tokens_per_shard=300, progress=False)
+        shards = manifest["splits"]["train"]["shards"]
+        assert len(shards) > 2
+        masked = {"text": {False}, "qa": {True}, "mixed": {False, True}}[name]
+        assert {shard["mask"] is not None for shard in shards} == masked
+        out[name] = root / name
+    return out
+
+
+@functools.cache
+def _open(path, **options):
+    return gristmill.open_dataset(path, **options)
+
+
+class _DocumentsOnly:
+    """A shard reader with only what the protocol requires: no bulk ``spans``."""
+
+    def __init__(self, reader):
+        self.reader, self.num_documents = reader, reader.num_documents
+
+    def lengths(self):
+        return self.reader.lengths()
+
+    def document(self, index):
+        return self.reader.document(index)
+
+
+def _reference(ds, index: int) -> dict[str, np.ndarray]:
+    """Sample ``index`` by the contract, written out plainly: the plan's segments read one
+    document at a time."""
+    plan = ds.plan
+    ids, loss, lens = [], [], []
+    for j in range(plan.sample_bounds[index], plan.sample_bounds[index + 1]):
+        tokens, mask = ds.documents.document(int(plan.seg_doc[j]))
+        lo, n = int(plan.seg_start[j]), int(plan.seg_len[j])
+        ids.append(tokens[lo : lo + n].astype(np.int64))
+        loss.append(np.ones(n, bool) if mask is None else mask[lo : lo + n] != 0)
+        lens.append(n)
+    input_ids = np.concatenate(ids)
+    lens = lens if ds.restart else [len(input_ids)]
+    labels = np.where(np.concatenate(loss), input_ids, IGNORE_INDEX)
+    for start, n in zip(np.cumsum([0, *lens[:-1]]), lens):
+        if n:
+            labels[start] = IGNORE_INDEX  # no label across a sequence start
+    positions = np.concatenate([np.arange(n) for n in lens])
+    if ds.labels == "shifted":
+        lens[-1] -= 1
+        return {
+            "input_ids": input_ids[:-1],
+            "labels": labels[1:],
+            "position_ids": positions[:-1],
+            "seq_lens": np.array([n for n in lens if n > 0], np.int64),
+        }
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": positions,
+        "seq_lens": np.array(lens, np.int64),
+    }
+
+
+def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(KEYS)
+    for key in KEYS:
+        assert got[key].dtype == np.int64, key
+        assert np.array_equal(got[key], want[key]), key
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.data(),
+    name=st.sampled_from(["text", "qa", "mixed"]),
+    packer=st.sampled_from(PACKERS),
+    restart=st.sampled_from([None, True, False]),
+    labels=st.sampled_from(LABELS),
+    overlong=st.sampled_from(POLICIES),
+    seq_len=st.sampled_from([1, 2, 7, 64, 300]),
+)
+def test_a_batch_is_its_samples(prepared, data, name, packer, restart, labels, overlong, seq_len):
+    ds = _open(
+        prepared[name],
+        seq_len=seq_len,
+        packer=packer,
+        restart=restart,
+        labels=labels,
+        overlong=overlong,
+    )
+    n = len(ds)
+    if not n:
+        assert ds.batch([]) == []
+        return
+    # Any order, repeats, negative indices: spans out of shard order and shards read twice.
+    picks = data.draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=12), label="picks")
+    batch = ds.batch(picks)
+    assert len(batch) == len(picks)
+    fallback = copy.copy(ds)
+    fallback.documents = _DocumentsOnly(ds.documents)
+    for index, got, slow in zip(picks, batch, fallback.batch(np.array(picks))):
+        want = _reference(ds, index % n)
+        _same(got, want)
+        _same(ds[index], want)
+        _same(slow, want)
+
+
+def test_batch_refuses_what_indexing_refuses(prepared):
+    ds = _open(prepared["mixed"], seq_len=64, packer="first-fit")
+    with pytest.raises(IndexError, match=f"sample {len(ds)} out of range for {len(ds)} samples"):
+        ds.batch([0, len(ds), 1])
+    with pytest.raises(IndexError, match="out of range"):
+        ds.batch([-len(ds) - 1])
+    with pytest.raises(IndexError, match="out of range"):
+        ds[len(ds)]
+    with pytest.raises(TypeError):
+        ds.batch([0.5])
+    with pytest.raises(TypeError):
+        ds[1.0]
+    assert ds.batch([]) == []
+    with pytest.raises(IndexError, match="document"):
+        ds.documents.spans(np.array([ds.documents.num_documents]), np.array([0]), np.array([1]))
+
+
+def test_the_loader_fetches_a_step_with_one_batch_call(prepared, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import gristmill.torch
+    from gristmill.dataset import Dataset
+
+    ds = gristmill.open_dataset(prepared["mixed"], seq_len=64, packer="first-fit")
+    calls = []
+    batch = Dataset.batch
+
+    def counted(self, indices):
+        calls.append(list(indices))
+        return batch(self, indices)
+
+    monkeypatch.setattr(Dataset, "batch", counted)
+    steps = list(gristmill.torch.dataloader(ds, batch_size=4, rank=0, world_size=1))
+    assert len(calls) == len(steps)
+    collate = gristmill.torch.Collator()
+    for indices, got in zip(calls, steps):
+        want = collate([ds[i] for i in indices])
+        assert set(got) == set(want)
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    # Workers send the batches back through shared memory, the attention mask included.
+    monkeypatch.undo()
+    loader = gristmill.torch.dataloader(ds, batch_size=4, rank=0, world_size=1, num_workers=2)
+    for got, want in zip(loader, steps, strict=True):
+        assert all(torch.equal(got[key], want[key]) for key in want)
+
+
+def test_a_sample_changed_in_place_changes_nothing_else(prepared):
+    ds = gristmill.open_dataset(prepared["qa"], seq_len=64, packer="first-fit")
+    first, *rest = ds.batch([0, 1])
+    before = [ds[0], *rest]
+    for sample in (first, ds[0]):
+        for array in sample.values():
+            array[:] = 7
+    for got, want in zip([ds[0], *ds.batch([0, 1])[1:]], before):
+        _same(got, want)
+    _same(ds.batch([0])[0], before[0])
