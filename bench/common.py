@@ -1,9 +1,11 @@
-"""Helpers the benchmark scripts share: package versions, and the byte-level BPE they train."""
+"""Helpers the benchmark scripts share: options, package versions, the targets and environment
+they print, and the byte-level BPE they train."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import platform
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -17,6 +19,28 @@ def versions(packages: Iterable[str]) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def ints(text: str) -> list[int]:
+    """A comma-separated option: ``"10,100"`` → ``[10, 100]``."""
+    return [int(x) for x in text.split(",") if x]
+
+
+def print_targets(targets: Sequence[tuple[str, bool | None]]) -> None:
+    """The issue's targets, each PASS, FAIL or n/a (not measured)."""
+    print("\ntargets (the issue's):")
+    for text, ok in targets:
+        print(f"  {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}")
+
+
+def environment(load_before: float, packages: Iterable[str]) -> str:
+    """Python, cores, the load average before and now, and the packages' versions."""
+    found = versions(packages)
+    return (
+        f"Python {platform.python_version()}, {os.cpu_count()} cores, load average "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after; "
+        + ", ".join(f"{k} {v}" for k, v in found.items() if v)
+    )
 
 
 def train_bpe(texts: Iterable[str], path: Path, *, vocab_size: int, eos: str) -> Path:

@@ -81,7 +81,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -91,6 +90,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from common import environment, ints, print_targets, versions  # bench/common.py, beside this script
 
 SEQ_LEN = 2048
 BATCH = 8
@@ -703,10 +704,6 @@ def check_targets(
     return out
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/gristmill-bench/loader"))
@@ -784,17 +781,8 @@ def main() -> None:
         )
         print_startup(starts)
     targets = check_targets(rows, ceiling, starts)
-    print("\ntargets (the issue's):")
-    for text, ok in targets:
-        print(f"  {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}")
-    from common import versions  # bench/common.py
-
-    found = versions(PACKAGES)
-    print(
-        f"\nPython {platform.python_version()}, {os.cpu_count()} cores, load average {load:.1f} "
-        f"before and {os.getloadavg()[0]:.1f} after; "
-        + ", ".join(f"{k} {v}" for k, v in found.items() if v)
-    )
+    print_targets(targets)
+    print("\n" + environment(load, PACKAGES))
     if bench.loads and max(bench.loads) > 1.5:
         notes.append(
             f"other work shared the {os.cpu_count()} cores: the 1-minute load average reached "
@@ -810,7 +798,7 @@ def main() -> None:
             "documents": str(bench.docs),
             "tokens": train["num_tokens"],
             "windows": bench.windows,
-            "versions": found,
+            "versions": versions(PACKAGES),
             "notes": notes,
             "throughput": [{k: v for k, v in r.items()} for r in rows],
             "breakdown": parts,

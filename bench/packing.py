@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import train_bpe, versions  # bench/common.py, beside this script
+from common import ints, train_bpe, versions  # bench/common.py, beside this script
 
 EOS = "<|endoftext|>"
 VOCAB = 32_000
@@ -483,10 +483,6 @@ def check_targets(rows: list[dict[str, Any]], modes: list[str]) -> list[tuple[st
         ok = ok and ratio <= 1.10 * allowed
     out.append((f"{text}: " + ", ".join(parts), ok))
     return out
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
 
 
 def main() -> None:

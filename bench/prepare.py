@@ -53,7 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import train_bpe, versions  # bench/common.py, beside this script
+from common import (  # bench/common.py, beside this script
+    environment,
+    print_targets,
+    train_bpe,
+    versions,
+)
 
 EOS = "<|endoftext|>"
 VOCAB = 32_000
@@ -477,15 +482,8 @@ def main() -> None:
 
     print_table(rows, results, bench)
     targets = check_targets(results)
-    print("\ntargets (the issue's):")
-    for text, ok in targets:
-        print(f"  {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'}  {text}")
-    found = versions(PACKAGES)
-    print(
-        f"\nPython {platform.python_version()}, {os.cpu_count()} cores, load average "
-        f"{load:.1f} before and {os.getloadavg()[0]:.1f} after; "
-        + ", ".join(f"{k} {v}" for k, v in found.items() if v)
-    )
+    print_targets(targets)
+    print("\n" + environment(load, PACKAGES))
     print("memory: " + MEMORY)
     for note in notes:
         print(f"note: {note}")
@@ -497,7 +495,7 @@ def main() -> None:
         saved = {
             "corpus": corpus,
             "tokenizer": str(bench.tokenizer),
-            "versions": found,
+            "versions": versions(PACKAGES),
             "memory": MEMORY,
             "notes": notes,
             "results": {
