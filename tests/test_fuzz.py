@@ -755,10 +755,14 @@ def test_json_that_python_cannot_hold_is_rejected_not_raised(tmp_path, name, tex
     path.write_text(f"{ok}\n{text}\n" + (ok if name.endswith(".jsonl") else ""))
     items = read_items(path)
     assert items[0] == {"text": "ok"}
-    assert isinstance(items[1], Rejected) and items[1].reason == "malformed-json"
-    assert items[1].where.line == 2 and (
-        "nested too deeply" in items[1].message or "more than 4,300 digits" in items[1].message
-    )
+    if isinstance(items[1], dict):
+        # Python 3.12's parser holds about 1,000 levels (3.10 and 3.11 do not): a record, then.
+        assert sys.version_info >= (3, 12) and "deep" in text and items[1] == json.loads(text)
+    else:
+        assert isinstance(items[1], Rejected) and items[1].reason == "malformed-json"
+        assert items[1].where.line == 2 and (
+            "nested too deeply" in items[1].message or "more than 4,300 digits" in items[1].message
+        )
     if name.endswith(".jsonl"):
         assert items[2:] == [{"text": "ok"}]  # the next line is read as usual
 
