@@ -755,9 +755,9 @@ def test_json_that_python_cannot_hold_is_rejected_not_raised(tmp_path, name, tex
     path.write_text(f"{ok}\n{text}\n" + (ok if name.endswith(".jsonl") else ""))
     items = read_items(path)
     assert items[0] == {"text": "ok"}
-    if isinstance(items[1], dict):
-        # Python 3.12's parser holds about 1,000 levels (3.10 and 3.11 do not): a record, then.
-        assert sys.version_info >= (3, 12) and "deep" in text and items[1] == json.loads(text)
+    if not isinstance(items[1], Rejected):
+        # Newer parsers hold deeper nesting (3.12 about 1,000 levels, 3.13 5,000): a value, then.
+        assert sys.version_info >= (3, 12) and "[[" in text and items[1] == json.loads(text)
     else:
         assert isinstance(items[1], Rejected) and items[1].reason == "malformed-json"
         assert items[1].where.line == 2 and (
@@ -879,7 +879,8 @@ def test_rejected_records_with_lone_surrogates_or_deep_nesting_are_written(tmp_p
     assert len(examples) == 1 and counts == {"wrong-type:text": 2}
     first, second = (json.loads(line) for line in (tmp_path / "rejects.jsonl").open())
     assert json.loads(first["raw"]) == {"text": 5, "note": "\ud800"}
-    assert second["raw"] is None
+    # Python 3.13's json.dumps writes 5,000 levels; older ones cannot, and the entry says null.
+    assert second["raw"] is None or json.loads(second["raw"]) == values[2]
 
 
 def test_metadata_with_lone_surrogates_reaches_the_manifest(tmp_path, write_jsonl):
