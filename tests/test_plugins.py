@@ -11,6 +11,7 @@ from gristmill import hookimpl
 from gristmill.components import (
     KINDS,
     ExecutorType,
+    ExporterType,
     FieldMapperType,
     PackerType,
     PresetType,
@@ -176,6 +177,7 @@ RECORDS = {
     "samplers": SamplerType(name="t-sampler", description="d", factory=str),
     "presets": PresetType(name="t-preset", description="d", source="hub:org/name"),
     "executors": ExecutorType(name="t-executor", description="d", factory=str),
+    "exporters": ExporterType(name="t-exporter", description="d", export=dict),
 }
 GETTERS = {
     "sources": "source",
@@ -186,6 +188,7 @@ GETTERS = {
     "samplers": "sampler",
     "presets": "preset",
     "executors": "executor",
+    "exporters": "exporter",
 }
 
 

@@ -11,6 +11,7 @@ from gristmill.config import from_config
 from gristmill.dataset import open_dataset
 from gristmill.errors import DataError, DatasetError, GristmillError, PluginError
 from gristmill.examples import Example
+from gristmill.export import export
 from gristmill.hookspecs import hookimpl
 from gristmill.mixture import mixture
 from gristmill.pipeline import prepare
@@ -23,6 +24,7 @@ __all__ = [
     "GristmillError",
     "PluginError",
     "__version__",
+    "export",
     "from_config",
     "hookimpl",
     "mixture",

@@ -215,6 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a progress bar (default: only on a terminal)",
     )
 
+    e = sub.add_parser(
+        "export",
+        help="write a prepared dataset in another project's format (an exporter plugin)",
+        description="Write a prepared dataset for a trainer that reads another format, with an "
+        "exporter plugin (e.g. `pip install gristmill-megatron` for Megatron-LM's .bin/.idx; "
+        "`gristmill plugins` lists the installed ones). OUT appears only when every split is "
+        "written, with export.json recording the exporter and the dataset's fingerprint.",
+    )
+    e.add_argument("directory", metavar="DIR", help="prepared dataset directory")
+    e.add_argument("--to", required=True, metavar="NAME", help="exporter, e.g. megatron")
+    e.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    e.add_argument(
+        "--split",
+        action="append",
+        metavar="NAME",
+        help="export this split; repeat for several (default: every split)",
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    e.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
     pr = sub.add_parser(
         "presets",
         help="list named datasets (use them as preset:NAME)",
@@ -307,6 +332,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gristmill.report import verify_dataset
 
             return verify_dataset(args.directory, as_json=args.json, progress=args.progress)
+        if args.command == "export":
+            from gristmill.export import export
+
+            out = export(
+                args.directory,
+                args.output,
+                to=args.to,
+                splits=args.split,
+                overwrite=args.overwrite,
+                progress=args.progress,
+            )
+            print(f"exported {args.directory} to {out} ({args.to})")
+            return 0
         if args.command == "presets":
             from gristmill.report import list_presets
 

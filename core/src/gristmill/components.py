@@ -419,6 +419,27 @@ class ExecutorType(Component):
     kind = "executor"
 
 
+# --- exporters -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExporterType(Component):
+    """Writes a prepared dataset in another project's format, for trainers that read only that.
+
+    ``export(dataset, directory, *, progress, **options)`` is called once per split with the
+    split opened as a :class:`~gristmill.dataset.Dataset` (packer ``none``: its ``documents``
+    reader, ``manifest``, ``split`` and ``tokenizer``). It writes its files into ``directory``,
+    a fresh directory that becomes the user's output only after every split is exported, and
+    returns a JSON-able summary of what it wrote. ``progress``: show a progress bar. It raises
+    :class:`~gristmill.errors.DatasetError` for a dataset the format cannot hold, saying why and
+    what to do instead, and must accept and ignore options it does not know.
+    """
+
+    export: Callable[..., Mapping[str, Any]]
+
+    kind = "exporter"
+
+
 KINDS: dict[str, tuple[str, type[Component]]] = {
     "sources": ("gristmill_sources", SourceType),
     "field_mappers": ("gristmill_field_mappers", FieldMapperType),
@@ -428,5 +449,6 @@ KINDS: dict[str, tuple[str, type[Component]]] = {
     "samplers": ("gristmill_samplers", SamplerType),
     "presets": ("gristmill_presets", PresetType),
     "executors": ("gristmill_executors", ExecutorType),
+    "exporters": ("gristmill_exporters", ExporterType),
 }
 """Every component kind: its registration hook and record type."""

@@ -21,6 +21,7 @@ import pluggy
 
 from gristmill.components import (
     ExecutorType,
+    ExporterType,
     FieldMapperType,
     PackerType,
     PresetType,
@@ -219,4 +220,30 @@ def gristmill_executors() -> list[ExecutorType]:
         def gristmill_executors():
             return [ExecutorType(name="threads", description="a thread pool",
                                  factory=ThreadExecutor)]
+    """
+
+
+@hookspec
+def gristmill_exporters() -> list[ExporterType]:
+    """Register exporters: writers of a prepared dataset in another project's format.
+
+    Called when the plugin manager builds its registry; ``gristmill export DIR --to NAME -o OUT``
+    and ``gristmill.export(DIR, OUT, to=NAME)`` pick one. gristmill calls
+    ``export(dataset, directory, progress=...)`` once per split, with the split opened as a
+    :class:`~gristmill.dataset.Dataset` and a fresh temporary ``directory`` that is renamed to
+    ``OUT`` only when every split is written, so a failed export never leaves a whole-looking
+    output. The summary each call returns goes into ``OUT/export.json`` with the dataset's
+    fingerprint. No exporter ships with gristmill itself: ``contrib/gristmill-megatron`` writes
+    Megatron-LM's ``.bin``/``.idx``.
+
+    :return: a list of :class:`~gristmill.components.ExporterType` records.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @hookimpl
+        def gristmill_exporters():
+            return [ExporterType(name="npy", description="one .npy of token ids per split",
+                                 export=export_npy)]
     """

@@ -20,6 +20,7 @@ from gristmill.components import (
     KINDS,
     Component,
     ExecutorType,
+    ExporterType,
     FieldMapperType,
     PackerType,
     PresetType,
@@ -291,6 +292,9 @@ class PluginManager:
 
     def executor(self, name: str) -> ExecutorType:
         return self._get("executors", name, ExecutorType)
+
+    def exporter(self, name: str) -> ExporterType:
+        return self._get("exporters", name, ExporterType)
 
     def field_mappers(self) -> list[FieldMapperType]:
         """All field mappers, highest detection priority first."""
