@@ -167,10 +167,12 @@ def test_batch_refuses_what_indexing_refuses(prepared):
         ds.documents.spans(np.array([ds.documents.num_documents]), np.array([0]), np.array([1]))
 
 
-def test_the_loader_fetches_a_step_with_one_batch_call(prepared, monkeypatch):
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_the_loader_fetches_steps_with_one_batch_call(prepared, monkeypatch, padding_free):
     torch = pytest.importorskip("torch")
     import gristmill.torch
     from gristmill.dataset import Dataset
+    from gristmill.torch.loader import READ_AHEAD
 
     ds = gristmill.open_dataset(prepared["mixed"], seq_len=64, packer="first-fit")
     calls = []
@@ -181,19 +183,29 @@ def test_the_loader_fetches_a_step_with_one_batch_call(prepared, monkeypatch):
         return batch(self, indices)
 
     monkeypatch.setattr(Dataset, "batch", counted)
-    steps = list(gristmill.torch.dataloader(ds, batch_size=4, rank=0, world_size=1))
-    assert len(calls) == len(steps)
-    collate = gristmill.torch.Collator()
-    for indices, got in zip(calls, steps):
-        want = collate([ds[i] for i in indices])
+    collate = gristmill.torch.Collator(padding_free=padding_free)
+    steps = list(
+        gristmill.torch.dataloader(ds, batch_size=4, rank=0, world_size=1, collate_fn=collate)
+    )
+    # Without workers, READ_AHEAD steps a call: one call for the first, none for the next.
+    assert len(steps) > READ_AHEAD and len(calls) == -(-len(steps) // READ_AHEAD)
+    served = [i for indices in calls for i in indices]
+    assert sorted(served) == list(range(len(ds)))
+    for k, got in enumerate(steps):
+        want = collate([ds[i] for i in served[4 * k : 4 * k + 4]])
         assert set(got) == set(want)
         for key in want:
-            assert torch.equal(got[key], want[key]), key
-    # Workers send the batches back through shared memory, the attention mask included.
+            assert (
+                torch.equal(got[key], want[key]) if key != "max_seqlen" else got[key] == want[key]
+            ), key
+    # Workers fetch a step a call and send the batches back through shared memory, the
+    # attention mask included: the same batches.
     monkeypatch.undo()
-    loader = gristmill.torch.dataloader(ds, batch_size=4, rank=0, world_size=1, num_workers=2)
+    loader = gristmill.torch.dataloader(
+        ds, batch_size=4, rank=0, world_size=1, num_workers=2, collate_fn=collate
+    )
     for got, want in zip(loader, steps, strict=True):
-        assert all(torch.equal(got[key], want[key]) for key in want)
+        assert all(torch.equal(got[key], want[key]) for key in want if key != "max_seqlen")
 
 
 def test_a_sample_changed_in_place_changes_nothing_else(prepared):
@@ -206,3 +218,27 @@ def test_a_sample_changed_in_place_changes_nothing_else(prepared):
     for got, want in zip([ds[0], *ds.batch([0, 1])[1:]], before):
         _same(got, want)
     _same(ds.batch([0])[0], before[0])
+
+
+@pytest.mark.parametrize("labels", ["unshifted", "shifted"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"block_mask": False},
+        {"padding_free": True},
+        {"padding_free": True, "block_mask": False},
+    ],
+)
+def test_a_batch_collates_as_its_samples_do(prepared, labels, options):
+    torch = pytest.importorskip("torch")
+    import gristmill.torch
+
+    ds = gristmill.open_dataset(prepared["qa"], seq_len=64, packer="first-fit", labels=labels)
+    collate = gristmill.torch.Collator(**options)
+    batch = ds.batch(list(range(12))).with_repeats([2, 7])
+    for piece in batch.split([5, 7]):
+        got, want = collate(piece), collate([dict(sample) for sample in piece])
+        assert set(got) == set(want) and "repeat" in got
+        for key, value in want.items():
+            assert torch.equal(got[key], value) if torch.is_tensor(value) else got[key] == value

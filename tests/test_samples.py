@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +74,47 @@ def test_a_batch_builds_the_samples_one_by_one_would(samples, restart, labels):
         assert got.keys() == want.keys()
         for key in want:
             assert got[key].dtype == np.int64 and np.array_equal(got[key], want[key]), key
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    samples=st.lists(st.lists(SEGMENT, min_size=1, max_size=4), min_size=1, max_size=8),
+    labels=st.sampled_from(LABELS),
+    data=st.data(),
+)
+def test_a_batch_splits_and_marks_repeats_sample_by_sample(samples, labels, data):
+    parts = [
+        [
+            (np.asarray(ids, np.uint32), None if mask is None else np.asarray(mask, np.uint8))
+            for ids, mask in segments
+        ]
+        for segments in samples
+    ]
+    tokens, mask, lengths = join_parts([part for sample in parts for part in sample])
+    batch = build_samples(tokens, mask, lengths, [len(p) for p in parts], labels=labels)
+    whole = [{key: value.copy() for key, value in sample.items()} for sample in batch]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(batch)), max_size=3)))
+    sizes = np.diff([0, *cuts, len(batch)]).tolist()
+    repeats = data.draw(st.sets(st.integers(0, len(batch) - 1)))
+    pieces = batch.with_repeats(repeats).split(sizes)
+    got = [sample for piece in pieces for sample in piece]
+    assert [len(p) for p in pieces] == sizes and len(got) == len(whole)
+    for k, (sample, want) in enumerate(zip(got, whole)):
+        assert sample.pop("repeat", False) == (k in repeats)
+        for key, value in want.items():
+            expected = (
+                np.full_like(value, IGNORE_INDEX) if key == "labels" and k in repeats else value
+            )
+            assert np.array_equal(sample[key], expected), key
+    # Each piece's arrays are its samples' values concatenated.
+    start = 0
+    for piece, size in zip(pieces, sizes):
+        for key, array in zip(("input_ids", "labels", "position_ids", "seq_lens"), piece.arrays()):
+            parts_of = [s[key] for s in got[start : start + size]]
+            joined = np.concatenate(parts_of) if parts_of else np.zeros(0, np.int64)
+            assert np.array_equal(array, joined), key
+        start += size
+    for sample, want in zip(batch, whole):  # marking copied the batch: this one is unchanged
+        assert "repeat" not in sample and np.array_equal(sample["labels"], want["labels"])
+    with pytest.raises(ValueError, match="add up to"):
+        batch.split([len(batch) + 1])

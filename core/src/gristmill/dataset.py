@@ -16,7 +16,7 @@ from gristmill.errors import DatasetError
 from gristmill.manifest import fingerprint, read_manifest
 from gristmill.overlong import check_policy
 from gristmill.plugins import PluginManager, get_manager
-from gristmill.samples import build_samples, check_labels, join_parts
+from gristmill.samples import SampleBatch, build_samples, check_labels, join_parts
 from gristmill.tokenizers import load_saved
 
 
@@ -128,9 +128,11 @@ class Dataset:
         lo, hi = self.plan.sample_bounds[index % n : index % n + 2].tolist()
         return self._build(slice(lo, hi), [hi - lo])[0]
 
-    def batch(self, indices: Sequence[int] | np.ndarray) -> list[dict[str, np.ndarray]]:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> Sequence[dict[str, np.ndarray]]:
         """Samples ``indices``, as ``[ds[i] for i in indices]`` but read together: a few array
-        operations gather every segment of the batch (the torch loader fetches a step so)."""
+        operations gather every segment of the batch (the torch loader fetches steps so). A
+        :class:`~gristmill.samples.SampleBatch`: a sequence of the sample dicts, over arrays of
+        the whole batch that :class:`~gristmill.torch.Collator` takes as they are."""
         n = len(self.plan)
         index = np.asarray(indices).reshape(-1)
         if not len(index):
@@ -149,9 +151,7 @@ class Dataset:
             np.arange(ends[-1]) + np.repeat(first - ends + segments, segments), segments
         )
 
-    def _build(
-        self, seg: slice | np.ndarray, segments: Sequence[int] | np.ndarray
-    ) -> list[dict[str, np.ndarray]]:
+    def _build(self, seg: slice | np.ndarray, segments: Sequence[int] | np.ndarray) -> SampleBatch:
         """The samples made of plan segments ``seg``, ``segments`` of them each, in order."""
         plan = self.plan
         lengths = plan.seg_len[seg]

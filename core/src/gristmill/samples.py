@@ -6,8 +6,9 @@ and streams (one at a time, through :func:`build_sample`), so both give exactly 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import accumulate, pairwise
+from typing import overload
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def build_samples(
     *,
     restart: bool = True,
     labels: str = "unshifted",
-) -> list[dict[str, np.ndarray]]:
+) -> SampleBatch:
     """Samples from their segments: ``tokens`` (and the loss ``mask``, nonzero where a token
     carries loss; ``None``: every token does) of every segment of every sample, concatenated;
     ``seg_lens``, each segment's length; ``segments``, how many segments each sample has (one
@@ -68,12 +69,10 @@ def build_samples(
     target of position ``j`` (the next token, or -100); ``position_ids`` and ``seq_lens`` follow
     ``input_ids``.
 
-    The arrays are int64 views of buffers shared by the batch: a few array operations build the
-    whole batch, and only the cut into samples (and shifted ``seq_lens``) runs once per sample.
+    A few array operations build the whole batch (a :class:`SampleBatch`); only the cut into
+    samples runs once per sample, and only when a sample is asked for.
     """
-    input_ids = tokens.astype(np.int64)
-    label_ids = input_ids.copy() if mask is None else np.where(mask, input_ids, IGNORE_INDEX)
-    seg_lens = np.array(seg_lens, np.int64)  # a copy: samples hold views of it, not the caller's
+    seg_lens = np.asarray(seg_lens, np.int64)
     ends = seg_lens.cumsum()
     # Where every sample's segments and tokens begin, then the ends: a few numbers a sample, kept
     # in Python lists (a numpy call costs more than the arithmetic on them).
@@ -87,30 +86,131 @@ def build_samples(
         starts = np.array(token_at[:-1], np.int64)
     nonempty = seq_lens > 0
     firsts, lens = starts[nonempty], seq_lens[nonempty]
-    label_ids[firsts] = IGNORE_INDEX
-    # Positions count up by one and fall back to 0 at the first token of every sequence: a
-    # running sum in place, so that the batch allocates no token-sized temporaries.
-    position_ids = np.ones(len(input_ids), np.int64)
-    position_ids[firsts[1:]] = 1 - lens[:-1]
-    position_ids[:1] = 0
-    position_ids.cumsum(out=position_ids)
     shift = labels == "shifted"
-    bounds = list(pairwise(seq_at))
     if shift:
         # A sample's last token is only ever a target: its last sequence loses it (and goes if
         # that empties it).
         counts = seq_lens.tolist()
         for last in seq_at[1:]:
             counts[last - 1] -= 1
-        per_sample = [np.array([n for n in counts[a:b] if n > 0], np.int64) for a, b in bounds]
+        kept = [[n for n in counts[a:b] if n > 0] for a, b in pairwise(seq_at)]
+        out_lens = [n for sample in kept for n in sample]
+        out_seq_at = list(accumulate(map(len, kept), initial=0))
+        # Sample k keeps its tokens but the last as inputs and but the first as labels.
+        out_at = [max(0, hi - lo - 1) for lo, hi in pairwise(token_at)]
+        out_at = list(accumulate(out_at, initial=0))
     else:
-        per_sample = [seq_lens[a:b] for a, b in bounds]
-    return [
-        {
-            "input_ids": input_ids[lo : max(lo, hi - shift)],  # not hi - 1 = -1 when empty
-            "labels": label_ids[lo + shift : hi],
-            "position_ids": position_ids[lo : max(lo, hi - shift)],
-            "seq_lens": sample_lens,
+        out_lens, out_seq_at, out_at = seq_lens, seq_at, token_at
+    width, count = out_at[-1], len(out_lens)
+    # One buffer for the batch: the collator hands it on as one tensor storage.
+    flat = np.empty(3 * width + count, np.int64)
+    input_ids, label_ids, position_ids = flat[: 3 * width].reshape(3, width)
+    flat[3 * width :] = out_lens
+    full = len(tokens)
+    if shift:  # build unshifted first, then drop each sample's last input and first label
+        work = np.empty((3, full), np.int64)
+        ids, lab, pos = work
+    else:
+        ids, lab, pos = input_ids, label_ids, position_ids
+    ids[:] = tokens
+    lab[:] = ids
+    if mask is not None:
+        lab[mask == 0] = IGNORE_INDEX
+    lab[firsts] = IGNORE_INDEX
+    # Positions count up by one and fall back to 0 at the first token of every sequence: a
+    # running sum in place, so that the batch allocates no token-sized temporaries.
+    pos[:] = 1
+    pos[firsts[1:]] = 1 - lens[:-1]
+    pos[:1] = 0
+    pos.cumsum(out=pos)
+    if shift:
+        last = np.zeros(full, bool)
+        last[[hi - 1 for lo, hi in pairwise(token_at) if hi > lo]] = True
+        first = np.zeros(full, bool)
+        first[[lo for lo, hi in pairwise(token_at) if hi > lo]] = True
+        input_ids[:] = ids[~last]
+        position_ids[:] = pos[~last]
+        label_ids[:] = lab[~first]
+    return SampleBatch(flat, width, list(out_at), list(out_seq_at))
+
+
+class SampleBatch(Sequence[dict[str, np.ndarray]]):
+    """Samples built together: a sequence of sample dicts over arrays of the whole batch.
+
+    ``flat`` is one int64 buffer: ``input_ids``, ``labels`` and ``position_ids`` of every
+    sample concatenated (``width`` values each, in that order), then every sample's sequence
+    lengths. Sample ``k`` is values ``bounds[k]:bounds[k + 1]`` of the first three and
+    ``seq_bounds[k]:seq_bounds[k + 1]`` of the lengths. ``batch[k]`` is it as a dict of views
+    (with ``repeat: True`` for a sample in ``repeats``); ``split(sizes)`` cuts the batch into
+    smaller ones over the same buffer; a collator that knows this class takes the arrays whole.
+    """
+
+    def __init__(
+        self,
+        flat: np.ndarray,
+        width: int,
+        bounds: list[int],
+        seq_bounds: list[int],
+        repeats: frozenset[int] = frozenset(),
+    ):
+        self.flat, self.width = flat, width
+        self.bounds, self.seq_bounds, self.repeats = bounds, seq_bounds, repeats
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``input_ids``, ``labels``, ``position_ids`` and ``seq_lens`` of these samples, each
+        concatenated: views of ``flat``."""
+        lo, hi = self.bounds[0], self.bounds[-1]
+        rows = self.flat[: 3 * self.width].reshape(3, self.width)[:, lo:hi]
+        lens = self.flat[3 * self.width + self.seq_bounds[0] : 3 * self.width + self.seq_bounds[-1]]
+        return rows[0], rows[1], rows[2], lens
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    @overload
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[dict[str, np.ndarray]]: ...
+
+    def __getitem__(self, k: int | slice) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        n = len(self)
+        if not -n <= k < n:
+            raise IndexError(f"sample {k} out of range for a batch of {n}")
+        k %= n
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        rows = self.flat[: 3 * self.width].reshape(3, self.width)[:, lo:hi]
+        seq_at = 3 * self.width
+        sample = {
+            "input_ids": rows[0],
+            "labels": rows[1],
+            "position_ids": rows[2],
+            "seq_lens": self.flat[seq_at + self.seq_bounds[k] : seq_at + self.seq_bounds[k + 1]],
         }
-        for (lo, hi), sample_lens in zip(pairwise(token_at), per_sample)
-    ]
+        if k in self.repeats:
+            sample["repeat"] = True
+        return sample
+
+    def split(self, sizes: Iterable[int]) -> list[SampleBatch]:
+        """Consecutive batches of ``sizes`` samples each (adding up to ``len(self)``)."""
+        out, start = [], 0
+        for size in sizes:
+            end = start + size
+            repeats = frozenset(k - start for k in self.repeats if start <= k < end)
+            bounds, seq_bounds = self.bounds[start : end + 1], self.seq_bounds[start : end + 1]
+            out.append(SampleBatch(self.flat, self.width, bounds, seq_bounds, repeats))
+            start = end
+        if start != len(self):
+            raise ValueError(f"sizes add up to {start}, not to the batch's {len(self)} samples")
+        return out
+
+    def with_repeats(self, repeats: Iterable[int]) -> SampleBatch:
+        """The same samples, those in ``repeats`` marked as served again to keep ranks in step:
+        their labels all -100, and ``repeat`` set (see :func:`gristmill.torch.ranks.as_repeat`)."""
+        marked = frozenset(repeats) | self.repeats
+        batch = SampleBatch(self.flat.copy(), self.width, self.bounds, self.seq_bounds, marked)
+        labels = batch.flat[self.width : 2 * self.width]
+        for k in marked:
+            labels[self.bounds[k] : self.bounds[k + 1]] = IGNORE_INDEX
+        return batch

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gristmill.errors import GristmillError
-from gristmill.samples import IGNORE_INDEX
+from gristmill.samples import IGNORE_INDEX, SampleBatch
 
 KEYS = ("input_ids", "labels", "position_ids")  # a token's values, padded or concatenated
 
@@ -58,9 +58,14 @@ class Collator:
                 "Hugging Face Trainer, pass TrainingArguments(remove_unused_columns=False): it "
                 "removes the keys the model's forward() does not name"
             )
-        batch = self._one_row(samples) if self.padding_free else self._padded(samples)
-        if any(s.get("repeat", False) for s in samples):
-            batch["repeat"] = torch.tensor([bool(s.get("repeat", False)) for s in samples])
+        if isinstance(samples, SampleBatch):
+            repeats = [k in samples.repeats for k in range(len(samples))]
+            batch = self._whole(samples) if self.padding_free else self._padded(samples)
+        else:
+            repeats = [bool(s.get("repeat", False)) for s in samples]
+            batch = self._one_row(samples) if self.padding_free else self._padded(samples)
+        if any(repeats):
+            batch["repeat"] = torch.tensor(repeats)
         return batch
 
     def _padded(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -94,6 +99,26 @@ class Collator:
         for k, key in enumerate(KEYS):
             np.concatenate([s[key] for s in samples], out=rows[k, 0])
         np.concatenate(seq_lens, out=lens)
+        return self._row(lens, width, tensors, out_lens)
+
+    def _whole(self, batch: SampleBatch) -> dict[str, Any]:
+        """One row of a :class:`SampleBatch`: its arrays are the row already, in one buffer."""
+        whole, width = torch.from_numpy(batch.flat), batch.width
+        lo, hi = batch.bounds[0], batch.bounds[-1]
+        tensors = whole[: 3 * width].view(3, 1, width)[:, :, lo:hi].unbind()
+        seq_at = 3 * width
+        out_lens = whole[seq_at + batch.seq_bounds[0] : seq_at + batch.seq_bounds[-1]]
+        return self._row(batch.arrays()[3], hi - lo, tensors, out_lens)
+
+    def _row(
+        self,
+        lens: np.ndarray,
+        width: int,
+        tensors: Sequence[torch.Tensor],
+        out_lens: torch.Tensor,
+    ) -> dict[str, Any]:
+        """The padding-free batch of one row of ``width`` tokens: ``tensors`` (input_ids,
+        labels, position_ids), its sequences ``lens`` and ``out_lens`` (the same, a tensor)."""
         cu_seqlens = np.zeros(len(lens) + 1, np.int32)
         lens.cumsum(out=cu_seqlens[1:])
         out: dict[str, Any] = dict(zip(KEYS, tensors))

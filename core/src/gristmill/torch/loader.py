@@ -10,6 +10,7 @@ resume from.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from itertools import accumulate, islice, pairwise
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from gristmill.dataset import Dataset
 from gristmill.errors import GristmillError
 from gristmill.mixture import Mixture
+from gristmill.samples import SampleBatch
 from gristmill.sampling import Schedule
 from gristmill.stream import Stream
 from gristmill.torch.collator import Collator
@@ -24,6 +26,7 @@ from gristmill.torch.ranks import as_repeat, rank_and_world_size, refuse_other_r
 from gristmill.torch.streaming import StreamLoader
 
 STATE_FORMAT = "gristmill-loader"
+READ_AHEAD = 8  # steps fetched together when there are no workers
 STATE_VERSION = 1
 
 
@@ -42,9 +45,13 @@ class _Marked(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: list[tuple[int, bool]]) -> list[dict[str, Any]]:
         indices = [index for index, _ in keys]
+        repeats = [k for k, (_, repeat) in enumerate(keys) if repeat]
         batch = getattr(self.dataset, "batch", None)  # a mixture has none: one by one
-        samples = batch(indices) if batch else [self.dataset[index] for index in indices]
-        return [as_repeat(s) if repeat else s for s, (_, repeat) in zip(samples, keys)]
+        if batch is None:
+            samples = [self.dataset[index] for index in indices]
+            return [as_repeat(s) if k in repeats else s for k, s in enumerate(samples)]
+        samples = batch(indices)
+        return samples.with_repeats(repeats) if repeats else samples
 
 
 class _Steps(torch.utils.data.Sampler):
@@ -117,11 +124,31 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self.epoch
-        for batch in super().__iter__():
+        for batch in self._batches():
             self.step += 1  # counted as handed out, not as prefetched
             yield batch
         if self.epoch == epoch:  # a whole pass: iterating again serves the next epoch
             self.set_epoch(epoch + 1)
+
+    def _batches(self) -> Iterator[Any]:
+        """With workers (or pinned memory), torch's iterator. Without, batches made right here:
+        ``READ_AHEAD`` steps fetched in one call, which costs little more than fetching one
+        (the array work is per call, not per sample), then cut into steps and collated one by
+        one as they are asked for; and no profiler annotation around every batch, which is
+        all torch's single-process iterator adds."""
+        if self.num_workers or self.pin_memory:
+            yield from super().__iter__()
+            return
+        steps = iter(self.batch_sampler)
+        while chunk := list(islice(steps, READ_AHEAD)):
+            sizes = [len(keys) for keys in chunk]
+            fetched = self.dataset.__getitems__([key for keys in chunk for key in keys])
+            if isinstance(fetched, SampleBatch):
+                parts: list[Any] = fetched.split(sizes)
+            else:
+                parts = [fetched[a:b] for a, b in pairwise(accumulate(sizes, initial=0))]
+            for part in parts:
+                yield self.collate_fn(part)
 
     def set_epoch(self, epoch: int) -> None:
         """Serve epoch ``epoch`` from its start (its own order, from ``(seed, epoch)``)."""
