@@ -137,8 +137,10 @@ def _default(f: dataclasses.Field[object]) -> str:
 def _record_table(record_type: type) -> list[str]:
     rows = ["| field | type | default |", "| --- | --- | --- |"]
     for f in dataclasses.fields(record_type):
-        kind = str(f.type).replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{kind}` | {_default(f)} |")
+        # "X | None" as "`X` or `None`": a pipe inside a table cell needs an escape that
+        # GitHub reads and mkdocs shows.
+        kind = " or ".join(f"`{part.strip()}`" for part in str(f.type).split("|"))
+        rows.append(f"| `{f.name}` | {kind} | {_default(f)} |")
     return rows
 
 

@@ -1,4 +1,5 @@
-"""The docs keep up with the code: hook docstrings, the generated hook reference, the format spec."""
+"""The docs keep up with the code: hook docstrings, the generated hook and command-line
+references, the format spec, and the site's nav (mkdocs.yml) listing every page."""
 
 from __future__ import annotations
 
@@ -16,18 +17,20 @@ import gristmill
 from gristmill import hookspecs
 from gristmill.components import KINDS
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 
 
-def _load_gen_hooks() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gristmill_docs_gen_hooks", DOCS / "gen_hooks.py")
+def _load_generator(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"gristmill_docs_{name}", DOCS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-gen_hooks = _load_gen_hooks()
+gen_hooks = _load_generator("gen_hooks")
+gen_cli = _load_generator("gen_cli")
 
 HOOKS = {
     name: fn
@@ -65,6 +68,44 @@ def test_hook_reference_is_up_to_date() -> None:
     assert written == gen_hooks.render(), (
         "docs/hooks.md is out of date with gristmill.hookspecs: run `python docs/gen_hooks.py`"
     )
+
+
+def test_cli_reference_is_up_to_date() -> None:
+    written = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert written == gen_cli.render(), (
+        "docs/cli.md is out of date with gristmill.cli.build_parser(): run `python docs/gen_cli.py`"
+    )
+
+
+def test_cli_reference_names_every_command_and_option() -> None:
+    from gristmill.cli import build_parser
+
+    written = (DOCS / "cli.md").read_text(encoding="utf-8")
+    for name, _, parser in gen_cli._subcommands(build_parser()):
+        assert f"## gristmill {name}\n" in written, f"docs/cli.md has no section for {name}"
+        for action in gen_cli._documented(parser):  # all but -h/--help
+            for option in action.option_strings:
+                assert f"`{option}" in written, f"docs/cli.md does not show {name} {option}"
+
+
+def _nav_pages() -> list[str]:
+    """The pages mkdocs.yml's nav lists. Read without a YAML parser: the file holds a Python tag
+    (the toc slugify) that a safe loader refuses, and the test environments may lack PyYAML."""
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    found = re.search(r"^nav:\n((?:[ #].*\n|\n)*)", text, re.M)
+    assert found, "mkdocs.yml has no top-level nav"
+    return re.findall(r"^\s*- (?:[^:\n]+:\s*)?([^\s:]+\.md)\s*$", found.group(1), re.M)
+
+
+def test_the_site_nav_lists_every_page_once() -> None:
+    pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+    nav = _nav_pages()
+    assert nav, "found no pages in mkdocs.yml's nav"
+    assert sorted(set(nav)) == sorted(nav), f"pages listed twice in the nav: {nav}"
+    missing = sorted(set(pages) - set(nav))
+    assert not missing, f"docs pages missing from mkdocs.yml's nav: {missing}"
+    dangling = sorted(set(nav) - set(pages))
+    assert not dangling, f"mkdocs.yml's nav names pages that docs/ lacks: {dangling}"
 
 
 @pytest.mark.parametrize("name", sorted(HOOKS))
@@ -123,3 +164,12 @@ def test_format_doc_reader_reads_a_prepared_dataset(tmp_path: Path, gristmill_ma
                 assert mask is None
             else:
                 assert np.array_equal(mask, want_mask)
+
+
+def test_the_plugin_guide_shows_the_template_as_it_is():
+    """docs/plugins.md walks through contrib/gristmill-example: its code blocks are the files."""
+    guide = (DOCS / "plugins.md").read_text("utf-8")
+    blocks = re.findall(r"```(?:python|toml)\n(.*?)```\n", guide, re.S)
+    template = DOCS.parent / "contrib" / "gristmill-example"
+    for name in ("src/gristmill_example/__init__.py", "pyproject.toml", "tests/test_example.py"):
+        assert (template / name).read_text("utf-8") in blocks, f"{name} differs from the guide"

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a histogram of document lengths, packing efficiency per packer, and decoded documents "
         "with the tokens that carry no loss shown between ⟦ and ⟧.",
     )
-    i.add_argument("directory", metavar="DIR")
+    i.add_argument("directory", metavar="DIR", help="dataset directory")
     i.add_argument("--decode", type=int, default=2, metavar="N", help="decode N documents (2)")
     i.add_argument("--split", default=None, help="decode from this split (default: train)")
     i.add_argument(

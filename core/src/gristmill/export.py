@@ -13,7 +13,7 @@ from typing import Any
 from gristmill._version import __version__
 from gristmill.dataset import open_dataset
 from gristmill.errors import DatasetError, PluginError
-from gristmill.manifest import read_manifest
+from gristmill.manifest import durable, read_manifest, sync_directory
 from gristmill.plugins import PluginManager, get_manager
 
 RECORD = "export.json"
@@ -33,10 +33,10 @@ def export(
 
     ``splits``: the splits to export (default: all). The exporter writes into a temporary
     directory beside ``output``, which is renamed to ``output`` only when every split is
-    written, with ``export.json`` (exporter, gristmill version, the dataset's fingerprint and
-    each split's summary): an ``output`` that exists is whole. ``overwrite`` replaces an earlier
-    export, never a directory gristmill did not write. ``progress=None`` shows progress bars only
-    on a terminal. Returns ``output`` as a :class:`~pathlib.Path`.
+    written and on disk, with ``export.json`` (exporter, gristmill version, the dataset's
+    fingerprint and each split's summary): an ``output`` that exists is whole. ``overwrite``
+    replaces an earlier export, never a directory gristmill did not write. ``progress=None``
+    shows progress bars only on a terminal. Returns ``output`` as a :class:`~pathlib.Path`.
     """
     manager = manager or get_manager()
     record = manager.exporter(to)
@@ -77,9 +77,11 @@ def export(
                 f"exporter {record.name!r} returned a summary that is not JSON: {exc}"
             ) from None
         (partial / RECORD).write_text(text + "\n", encoding="utf-8")
+        _sync_tree(partial)
         if out.exists():
             shutil.rmtree(out)
         os.replace(partial, out)
+        sync_directory(out.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -101,3 +103,18 @@ def _check_output(out: Path, source: Path, overwrite: bool) -> None:
         )
     if not overwrite:
         raise DatasetError(f"{out} holds an earlier export; pass --overwrite to replace it")
+
+
+def _sync_tree(root: Path) -> None:
+    """Put every file the exporter wrote on disk before the output appears under its name (as
+    prepare does; ``GRISTMILL_FSYNC=0`` skips it)."""
+    if not durable():
+        return
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_directory(Path(directory))
