@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gristmill.samples import IGNORE_INDEX, LABELS, build_sample, build_samples, join_parts
+from gristmill.samples import (
+    IGNORE_INDEX,
+    LABELS,
+    Buffers,
+    build_sample,
+    build_samples,
+    join_parts,
+)
 
 SEGMENT = st.integers(1, 40).flatmap(
     lambda n: st.tuples(
@@ -118,3 +125,19 @@ def test_a_batch_splits_and_marks_repeats_sample_by_sample(samples, labels, data
         assert "repeat" not in sample and np.array_equal(sample["labels"], want["labels"])
     with pytest.raises(ValueError, match="add up to"):
         batch.split([len(batch) + 1])
+
+
+def test_a_buffer_is_handed_out_again_only_when_nothing_uses_it():
+    buffers = Buffers(keep=2)
+    first = buffers.take(100)
+    address = first.__array_interface__["data"][0]
+    second = buffers.take(100)  # the first is in use: another buffer
+    assert not np.shares_memory(first, second)
+    held = first[10:20]  # a view (or a tensor over one) keeps the buffer in use
+    del first
+    assert not np.shares_memory(buffers.take(100), held)
+    del held, second
+    again = buffers.take(120)  # free again, and large enough: the same memory
+    assert again.__array_interface__["data"][0] == address and len(again) == 120
+    bigger = buffers.take(10_000)  # too small ones are replaced, not overrun
+    assert len(bigger) == 10_000 and len(buffers.pool) == 2

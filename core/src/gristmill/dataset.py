@@ -16,7 +16,7 @@ from gristmill.errors import DatasetError
 from gristmill.manifest import fingerprint, read_manifest
 from gristmill.overlong import check_policy
 from gristmill.plugins import PluginManager, get_manager
-from gristmill.samples import SampleBatch, build_samples, check_labels, join_parts
+from gristmill.samples import Buffers, SampleBatch, build_samples, check_labels, join_parts
 from gristmill.tokenizers import load_saved
 
 
@@ -71,6 +71,7 @@ class Dataset:
         record = self.manager.packer(packer)
         self.restart = record.restart if restart is None else bool(restart)
         self.plan: PackPlan = self._plan(record)
+        self._buffers = Buffers()
 
     def _plan(self, record: PackerType) -> PackPlan:
         """The pack plan: from the cache beside the shards when a run already computed it."""
@@ -157,7 +158,13 @@ class Dataset:
         lengths = plan.seg_len[seg]
         tokens, mask = self._spans(plan.seg_doc[seg], plan.seg_start[seg], lengths)
         return build_samples(
-            tokens, mask, lengths, segments, restart=self.restart, labels=self.labels
+            tokens,
+            mask,
+            lengths,
+            segments,
+            restart=self.restart,
+            labels=self.labels,
+            buffers=self._buffers,
         )
 
     def _spans(

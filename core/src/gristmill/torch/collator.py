@@ -52,18 +52,19 @@ class Collator:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
+        if isinstance(samples, SampleBatch):
+            batch = self._whole(samples) if self.padding_free else self._padded(samples)
+            if samples.repeats:
+                batch["repeat"] = torch.tensor([k in samples.repeats for k in range(len(samples))])
+            return batch
         if "seq_lens" not in samples[0]:
             raise GristmillError(
                 "samples without seq_lens: the collator needs the document boundaries. With "
                 "Hugging Face Trainer, pass TrainingArguments(remove_unused_columns=False): it "
                 "removes the keys the model's forward() does not name"
             )
-        if isinstance(samples, SampleBatch):
-            repeats = [k in samples.repeats for k in range(len(samples))]
-            batch = self._whole(samples) if self.padding_free else self._padded(samples)
-        else:
-            repeats = [bool(s.get("repeat", False)) for s in samples]
-            batch = self._one_row(samples) if self.padding_free else self._padded(samples)
+        batch = self._one_row(samples) if self.padding_free else self._padded(samples)
+        repeats = [bool(s.get("repeat", False)) for s in samples]
         if any(repeats):
             batch["repeat"] = torch.tensor(repeats)
         return batch
@@ -106,9 +107,8 @@ class Collator:
         whole, width = torch.from_numpy(batch.flat), batch.width
         lo, hi = batch.bounds[0], batch.bounds[-1]
         tensors = whole[: 3 * width].view(3, 1, width)[:, :, lo:hi].unbind()
-        seq_at = 3 * width
-        out_lens = whole[seq_at + batch.seq_bounds[0] : seq_at + batch.seq_bounds[-1]]
-        return self._row(batch.arrays()[3], hi - lo, tensors, out_lens)
+        seq_lo, seq_hi = 3 * width + batch.seq_bounds[0], 3 * width + batch.seq_bounds[-1]
+        return self._row(batch.flat[seq_lo:seq_hi], hi - lo, tensors, whole[seq_lo:seq_hi])
 
     def _row(
         self,
