@@ -681,9 +681,16 @@ def check_targets(
         if theirs and default and fastest:
             out.append(
                 (
-                    f"{text}: {peer}'s best {theirs:,.0f} tokens/s ({at}); gristmill's default "
-                    f"{default:,.0f}, fastest {fastest:,.0f}",
+                    f"{text}, default collator: {peer}'s best {theirs:,.0f} tokens/s ({at}); "
+                    f"gristmill's {default:,.0f} ({default_at})",
                     default > theirs,
+                )
+            )
+            out.append(
+                (
+                    f"{text}, fastest first-fit: {peer}'s best {theirs:,.0f} tokens/s; "
+                    f"gristmill's {fastest:,.0f} ({fastest_at})",
+                    fastest > theirs,
                 )
             )
         else:

@@ -160,3 +160,16 @@ def test_a_loader_serves_and_resumes_a_mixture_like_one_dataset(datasets):
     )
     with pytest.raises(gristmill.GristmillError, match="the dataset, split or packing"):
         other.load_state_dict(state)
+
+
+def test_a_batch_of_a_mixture_is_its_samples_one_by_one(datasets):
+    mix = gristmill.mixture(datasets, {"a": 0.5, "b": 0.3, "c": 0.2}, max_repeat=2)
+    keys = np.random.default_rng(0).permutation(mix.entries(0))[:50]
+    got, want = mix.batch(keys), [mix[int(k)] for k in keys]
+    assert len(got) == len(want) == 50
+    for sample, expected in zip(got, want):
+        assert sample.keys() == expected.keys()
+        assert all(np.array_equal(sample[key], expected[key]) for key in expected)
+    assert mix.batch([]) == []
+    with pytest.raises(IndexError, match=f"sample {len(mix)} out of range"):
+        mix.batch([0, len(mix)])

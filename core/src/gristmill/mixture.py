@@ -101,6 +101,21 @@ class Mixture:
         which = int(np.searchsorted(self.offsets, key, side="right")) - 1
         return self.datasets[which][int(key - self.offsets[which])]
 
+    def batch(self, keys: Sequence[int] | np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Samples ``keys``, as ``[mix[k] for k in keys]`` but read with one
+        :meth:`Dataset.batch <gristmill.dataset.Dataset.batch>` call per dataset."""
+        keys = np.asarray(keys, np.int64).reshape(-1)
+        if len(keys) and (keys.min() < 0 or keys.max() >= len(self)):
+            bad = keys[(keys < 0) | (keys >= len(self))][0]
+            raise IndexError(f"sample {bad} out of range for {len(self)} samples")
+        which = np.searchsorted(self.offsets, keys, side="right") - 1
+        out: list[dict[str, np.ndarray]] = [{}] * len(keys)
+        for i in np.unique(which).tolist():
+            at = np.flatnonzero(which == i)
+            for k, sample in zip(at.tolist(), self.datasets[i].batch(keys[at] - self.offsets[i])):
+                out[k] = sample
+        return out
+
     @property
     def labels(self) -> str:
         return self.datasets[0].labels

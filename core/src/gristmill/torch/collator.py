@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,8 @@ class Collator:
         """One row of a :class:`SampleBatch`: its arrays are the row already, in one buffer."""
         whole, width = torch.from_numpy(batch.flat), batch.width
         lo, hi = batch.bounds[0], batch.bounds[-1]
-        tensors = whole[: 3 * width].view(3, 1, width)[:, :, lo:hi].unbind()
+        # One strided view per key (a third of the torch calls of view, slice and unbind).
+        tensors = [whole.as_strided((1, hi - lo), (hi - lo, 1), k * width + lo) for k in range(3)]
         seq_lo, seq_hi = 3 * width + batch.seq_bounds[0], 3 * width + batch.seq_bounds[-1]
         return self._row(batch.flat[seq_lo:seq_hi], hi - lo, tensors, whole[seq_lo:seq_hi])
 
@@ -119,16 +121,15 @@ class Collator:
     ) -> dict[str, Any]:
         """The padding-free batch of one row of ``width`` tokens: ``tensors`` (input_ids,
         labels, position_ids), its sequences ``lens`` and ``out_lens`` (the same, a tensor)."""
-        cu_seqlens = np.zeros(len(lens) + 1, np.int32)
-        lens.cumsum(out=cu_seqlens[1:])
+        sizes = lens.tolist()  # a few dozen numbers: Python is quicker than array calls here
         out: dict[str, Any] = dict(zip(KEYS, tensors))
         out.update(
-            cu_seqlens=torch.from_numpy(cu_seqlens),
-            max_seqlen=int(lens.max()) if len(lens) else 0,
+            cu_seqlens=torch.tensor(list(accumulate(sizes, initial=0)), dtype=torch.int32),
+            max_seqlen=max(sizes, default=0),
             seq_lens=out_lens,
         )
         if self.block_mask:
-            out["attention_mask"] = self._block_mask([(lens.tolist(), width)], width)
+            out["attention_mask"] = self._block_mask([(sizes, width)], width)
         return out
 
     def _block_mask(self, rows: Sequence[tuple[list[int], int]], width: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ resume from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import accumulate, islice, pairwise
 from typing import Any
 
@@ -32,7 +32,7 @@ STATE_VERSION = 1
 
 class _Marked(torch.utils.data.Dataset):
     """Samples fetched by ``(index, repeat)``. Torch fetches a step's keys with one
-    ``__getitems__`` call, which a dataset serves with ``batch()``."""
+    ``__getitems__`` call, which a dataset or mixture serves with ``batch()``."""
 
     def __init__(self, dataset: Dataset | Mixture):
         self.dataset = dataset
@@ -43,15 +43,14 @@ class _Marked(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
         return self.__getitems__([key])[0]
 
-    def __getitems__(self, keys: list[tuple[int, bool]]) -> list[dict[str, Any]]:
-        indices = [index for index, _ in keys]
+    def __getitems__(self, keys: list[tuple[int, bool]]) -> Sequence[dict[str, Any]]:
+        samples = self.dataset.batch([index for index, _ in keys])
         repeats = [k for k, (_, repeat) in enumerate(keys) if repeat]
-        batch = getattr(self.dataset, "batch", None)  # a mixture has none: one by one
-        if batch is None:
-            samples = [self.dataset[index] for index in indices]
-            return [as_repeat(s) if k in repeats else s for k, s in enumerate(samples)]
-        samples = batch(indices)
-        return samples.with_repeats(repeats) if repeats else samples
+        if not repeats:
+            return samples
+        if isinstance(samples, SampleBatch):
+            return samples.with_repeats(repeats)
+        return [as_repeat(s) if k in repeats else s for k, s in enumerate(samples)]
 
 
 class _Steps(torch.utils.data.Sampler):
