@@ -3,7 +3,8 @@ against MosaicML ``streaming`` and ``litdata`` serving the same tokens; and star
 batch as a dataset grows from 10 to 10,000 shards.
 
     python bench/loader.py [--work /tmp/gristmill-bench/loader] [--corpus-dir /tmp/gristmill-bench]
-                           [--seconds 5] [--shards 10,100,1000,10000] [--repeat 3] [--no-peers]
+                           [--seconds 5] [--shards 10,100,1000,10000] [--repeat 3] [--rounds 3]
+                           [--no-peers]
                            [--only throughput,breakdown,startup] [--json results.json]
 
 The tokens are real: the corpus of ``bench/prepare.py`` (the Python sources of this interpreter's
@@ -17,7 +18,8 @@ turns into about 40 M uint16 tokens, each document ending with the EOS. Everythi
 cached under --work; no conversion is timed.
 
 Throughput (table 1). Every row runs in a fresh child process and reads files already in the
-page cache. A row builds its loader, takes the first batch (its "startup", from opening the data
+page cache, --rounds times in turn (all rows, then all rows again), and the table shows each
+row's median run. A row builds its loader, takes the first batch (its "startup", from opening the data
 to that batch, imports excluded), then skips the batches its workers prefetched meanwhile
 (``2 × workers``) and times the batches after them for --seconds or until the epoch ends.
 samples/s counts the samples of those batches, tokens/s their real tokens (padding excluded;
@@ -576,6 +578,12 @@ def startup_rows(bench: Bench, counts: list[int], peers: bool) -> list[dict[str,
     return rows
 
 
+def median_rate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median tokens/s (a failed run, if every run failed)."""
+    done = sorted((r for r in runs if r.get("seconds")), key=lambda r: r["tokens"] / r["seconds"])
+    return done[len(done) // 2] if done else runs[-1]
+
+
 def rate(r: dict[str, Any], key: str) -> float | None:
     got = r.get("result", {})
     return got[key] / got["seconds"] if got.get("seconds") else None
@@ -723,6 +731,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds a row (5)")
     parser.add_argument("--shards", type=ints, default=[10, 100, 1_000, 10_000])
     parser.add_argument("--repeat", type=int, default=3, help="children per startup row (3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="throughput: run every row this many times, in turn, and keep each row's median "
+        "(3): the rows of one round run seconds apart, and other jobs on the machine come and go",
+    )
     parser.add_argument("--no-peers", action="store_true", help="no streaming or litdata")
     parser.add_argument(
         "--only", default="throughput,breakdown,startup", help="comma-separated tables to run"
@@ -751,11 +766,18 @@ def main() -> None:
 
     if rows:
         print("throughput ...", flush=True)
+    for round_ in range(args.rounds):
+        for r in rows:
+            got = bench.run({**r["spec"], "seconds": args.seconds})
+            r.setdefault("runs", []).append(got)
+            shown = f"{rate({'result': got}, 'tokens'):,.0f} tokens/s" if "seconds" in got else got
+            print(
+                f"  round {round_ + 1}: {r['system']}, {r['what']}, {r['spec']['workers']} "
+                f"workers: {shown}",
+                flush=True,
+            )
     for r in rows:
-        r["result"] = bench.run({**r["spec"], "seconds": args.seconds})
-        got = r["result"]
-        shown = f"{rate(r, 'tokens'):,.0f} tokens/s" if "seconds" in got else got
-        print(f"  {r['system']}, {r['what']}, {r['spec']['workers']} workers: {shown}", flush=True)
+        r["result"] = median_rate(r["runs"])
     parts: dict[str, Any] = {}
     if "breakdown" in only:
         print("where the time goes ...", flush=True)
