@@ -187,8 +187,9 @@ def test_the_loader_fetches_steps_with_one_batch_call(prepared, monkeypatch, pad
     steps = list(
         gristmill.torch.dataloader(ds, batch_size=4, rank=0, world_size=1, collate_fn=collate)
     )
-    # Without workers, READ_AHEAD steps a call: one call for the first, none for the next.
-    assert len(steps) > READ_AHEAD and len(calls) == -(-len(steps) // READ_AHEAD)
+    # Without workers, the first step alone, then READ_AHEAD steps a call.
+    assert len(steps) > READ_AHEAD and len(calls) == 1 + -(-(len(steps) - 1) // READ_AHEAD)
+    assert [len(c) for c in calls[:2]] == [4, 4 * READ_AHEAD]
     served = [i for indices in calls for i in indices]
     assert sorted(served) == list(range(len(ds)))
     for k, got in enumerate(steps):

@@ -131,7 +131,7 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def _batches(self) -> Iterator[Any]:
         """With workers (or pinned memory), torch's iterator. Without, batches made right here:
-        ``READ_AHEAD`` steps fetched in one call, which costs little more than fetching one
+        after the first, ``READ_AHEAD`` steps fetched in one call, which costs little more than fetching one
         (the array work is per call, not per sample), then cut into steps and collated one by
         one as they are asked for; and no profiler annotation around every batch, which is
         all torch's single-process iterator adds."""
@@ -139,7 +139,9 @@ class DataLoader(torch.utils.data.DataLoader):
             yield from super().__iter__()
             return
         steps = iter(self.batch_sampler)
-        while chunk := list(islice(steps, READ_AHEAD)):
+        ahead = 1  # the first batch alone, so that it comes as soon as it can
+        while chunk := list(islice(steps, ahead)):
+            ahead = READ_AHEAD
             sizes = [len(keys) for keys in chunk]
             fetched = self.dataset.__getitems__([key for keys in chunk for key in keys])
             if isinstance(fetched, SampleBatch):
