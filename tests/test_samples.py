@@ -83,7 +83,7 @@ def test_a_batch_builds_the_samples_one_by_one_would(samples, restart, labels):
             assert got[key].dtype == np.int64 and np.array_equal(got[key], want[key]), key
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     samples=st.lists(st.lists(SEGMENT, min_size=1, max_size=4), min_size=1, max_size=8),
     labels=st.sampled_from(LABELS),

@@ -62,7 +62,8 @@ class Schedule:
         share = (hi - lo) // self.world_size
         positions = np.arange(lo + rank * share, lo + (rank + 1) * share)
         n = len(self.order)
-        return [(int(self.order[p % n]), p >= n) for p in positions.tolist()]
+        indices = self.order[positions % n].tolist() if n else []
+        return list(zip(indices, (positions >= n).tolist()))
 
 
 CONTEXT = ("lengths", "global_batch")  # what gristmill passes every sampler factory
