@@ -54,6 +54,19 @@ def test_segments_become_one_sample_exactly(segments, restart):
     assert shifted["seq_lens"].sum() == len(ids) - 1 and (shifted["seq_lens"] > 0).all()
 
 
+def _batch_of(samples, **options):
+    """Drawn samples (lists of (ids, mask) segments) as arrays, and built as one batch."""
+    parts = [
+        [
+            (np.asarray(ids, np.uint32), None if mask is None else np.asarray(mask, np.uint8))
+            for ids, mask in segments
+        ]
+        for segments in samples
+    ]
+    tokens, mask, lengths = join_parts([part for sample in parts for part in sample])
+    return parts, build_samples(tokens, mask, lengths, [len(p) for p in parts], **options)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     samples=st.lists(
@@ -64,17 +77,7 @@ def test_segments_become_one_sample_exactly(segments, restart):
 )
 def test_a_batch_builds_the_samples_one_by_one_would(samples, restart, labels):
     # Empty segments too (no packer plans them, but nothing here may depend on it).
-    parts = [
-        [
-            (np.asarray(ids, np.uint32), None if mask is None else np.asarray(mask, np.uint8))
-            for ids, mask in segments
-        ]
-        for segments in samples
-    ]
-    tokens, mask, lengths = join_parts([part for sample in parts for part in sample])
-    batch = build_samples(
-        tokens, mask, lengths, [len(p) for p in parts], restart=restart, labels=labels
-    )
+    parts, batch = _batch_of(samples, restart=restart, labels=labels)
     assert len(batch) == len(parts)
     for got, sample in zip(batch, parts):
         want = build_sample(sample, restart=restart, labels=labels)
@@ -90,15 +93,7 @@ def test_a_batch_builds_the_samples_one_by_one_would(samples, restart, labels):
     data=st.data(),
 )
 def test_a_batch_splits_and_marks_repeats_sample_by_sample(samples, labels, data):
-    parts = [
-        [
-            (np.asarray(ids, np.uint32), None if mask is None else np.asarray(mask, np.uint8))
-            for ids, mask in segments
-        ]
-        for segments in samples
-    ]
-    tokens, mask, lengths = join_parts([part for sample in parts for part in sample])
-    batch = build_samples(tokens, mask, lengths, [len(p) for p in parts], labels=labels)
+    _, batch = _batch_of(samples, labels=labels)
     whole = [{key: value.copy() for key, value in sample.items()} for sample in batch]
     cuts = sorted(data.draw(st.lists(st.integers(0, len(batch)), max_size=3)))
     sizes = np.diff([0, *cuts, len(batch)]).tolist()
