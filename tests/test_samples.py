@@ -13,6 +13,7 @@ from gristmill.samples import (
     Buffers,
     build_sample,
     build_samples,
+    count_up,
     join_parts,
 )
 
@@ -136,3 +137,12 @@ def test_a_buffer_is_handed_out_again_only_when_nothing_uses_it():
     assert again.__array_interface__["data"][0] == address and len(again) == 120
     bigger = buffers.take(10_000)  # too small ones are replaced, not overrun
     assert len(bigger) == 10_000 and len(buffers.pool) == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12_000), max_size=6))
+def test_positions_count_up_from_zero_in_every_sequence_also_past_the_kept_counting(lengths):
+    positions = np.full(sum(lengths), -1, np.int64)
+    count_up(positions, lengths)
+    expected = [np.arange(n) for n in lengths]
+    assert np.array_equal(positions, np.concatenate(expected) if lengths else positions)

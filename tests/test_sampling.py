@@ -56,6 +56,27 @@ def test_every_sample_once_and_equal_steps_on_every_rank(
         assert [i for i, _ in served][:n] == order.tolist()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(0, 200),
+    world=st.integers(1, 8),
+    batch=st.integers(1, 9),
+    drop_last=st.booleans(),
+    data=st.data(),
+)
+def test_shares_of_several_steps_are_their_batches_one_after_another(
+    n, world, batch, drop_last, data
+):
+    schedule = Schedule(np.random.default_rng(n).permutation(n), world, batch, drop_last)
+    first = data.draw(st.integers(0, schedule.steps))
+    stop = data.draw(st.integers(first, schedule.steps))
+    rank = data.draw(st.integers(0, world - 1))
+    indices, repeats, counts = schedule.shares(range(first, stop), rank)
+    steps = [schedule.batch(step, rank) for step in range(first, stop)]
+    assert counts == [len(step) for step in steps]
+    assert list(zip(indices.tolist(), repeats.tolist())) == [key for step in steps for key in step]
+
+
 def test_length_grouped_steps_hold_similar_lengths():
     n, global_batch = 4000, 32
     lengths = np.random.default_rng(0).integers(1, 4000, n)

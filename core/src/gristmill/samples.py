@@ -88,8 +88,7 @@ def build_samples(
     else:
         seq_lens, seq_at = np.diff(token_at), list(range(len(token_at)))
         starts = np.array(token_at[:-1], np.int64)
-    nonempty = seq_lens > 0
-    firsts, lens = starts[nonempty], seq_lens[nonempty]
+    firsts = starts[seq_lens > 0]
     shift = labels == "shifted"
     if shift:
         # A sample's last token is only ever a target: its last sequence loses it (and goes if
@@ -109,12 +108,15 @@ def build_samples(
     # One buffer for the batch: the collator hands it on as one tensor storage.
     size = 3 * width + count
     flat = buffers.take(size) if buffers is not None else np.empty(size, np.int64)
-    input_ids, label_ids, position_ids = flat[: 3 * width].reshape(3, width)
+    input_ids, label_ids, position_ids = (
+        flat[:width],
+        flat[width : 2 * width],
+        flat[2 * width : 3 * width],
+    )
     flat[3 * width :] = out_lens
     full = len(tokens)
     if shift:  # build unshifted first, then drop each sample's last input and first label
-        work = np.empty((3, full), np.int64)
-        ids, lab, pos = work
+        ids, lab, pos = np.empty((3, full), np.int64)
     else:
         ids, lab, pos = input_ids, label_ids, position_ids
     ids[:] = tokens
@@ -122,12 +124,7 @@ def build_samples(
     if mask is not None:
         lab[mask == 0] = IGNORE_INDEX
     lab[firsts] = IGNORE_INDEX
-    # Positions count up by one and fall back to 0 at the first token of every sequence: a
-    # running sum in place, so that the batch allocates no token-sized temporaries.
-    pos[:] = 1
-    pos[firsts[1:]] = 1 - lens[:-1]
-    pos[:1] = 0
-    pos.cumsum(out=pos)
+    count_up(pos, seq_lens.tolist())
     if shift:
         last = np.zeros(full, bool)
         last[[hi - 1 for lo, hi in pairwise(token_at) if hi > lo]] = True
@@ -137,6 +134,31 @@ def build_samples(
         position_ids[:] = pos[~last]
         label_ids[:] = lab[~first]
     return SampleBatch(flat, width, list(out_at), list(out_seq_at))
+
+
+def count_up(positions: np.ndarray, lengths: list[int]) -> None:
+    """Fill ``positions`` (int64, contiguous) with 0, 1, … restarting at every sequence of
+    ``lengths``, which add up to its size: each sequence a copy of the start of one counting
+    array, a memory copy where a running sum is a loop over every token."""
+    counting = _counting(max(lengths, default=0))
+    out = memoryview(positions).cast("B")
+    at = 0
+    for n in lengths:
+        end = at + 8 * n
+        out[at:end] = counting[: 8 * n]
+        at = end
+
+
+_COUNTING = memoryview(np.arange(4096, dtype=np.int64)).cast("B")
+
+
+def _counting(size: int) -> memoryview:
+    """0, 1, … as int64 bytes, at least ``size`` of them (kept for the next call)."""
+    global _COUNTING
+    counting = _COUNTING  # one read: another thread may replace it meanwhile
+    if len(counting) < 8 * size:
+        counting = _COUNTING = memoryview(np.arange(2 * size, dtype=np.int64)).cast("B")
+    return counting
 
 
 class Buffers:

@@ -57,13 +57,22 @@ class Schedule:
 
     def batch(self, step: int, rank: int) -> list[tuple[int, bool]]:
         """Rank ``rank``'s share of global batch ``step``: ``(sample index, is a repeat)``."""
-        lo = step * self.global_batch
-        hi = min(lo + self.global_batch, self.served)
-        share = (hi - lo) // self.world_size
-        positions = np.arange(lo + rank * share, lo + (rank + 1) * share)
+        indices, repeats, _ = self.shares(range(step, step + 1), rank)
+        return list(zip(indices.tolist(), repeats.tolist()))
+
+    def shares(self, steps: range, rank: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Rank ``rank``'s shares of global batches ``steps`` (consecutive), in one go: their
+        sample indices concatenated, whether each is a repeat, and how many each step has."""
+        size, served = self.global_batch, self.served
+        begins = [step * size for step in steps]
+        counts = [(min(lo + size, served) - lo) // self.world_size for lo in begins]
+        # Step s's share: positions lo + rank · count + 0, 1, … count - 1.
+        per_step = np.array(counts, np.int64)
+        firsts = np.array(begins, np.int64) + rank * per_step - (per_step.cumsum() - per_step)
+        positions = np.arange(sum(counts)) + np.repeat(firsts, per_step)
         n = len(self.order)
-        indices = self.order[positions % n].tolist() if n else []
-        return list(zip(indices, (positions >= n).tolist()))
+        indices = self.order[positions % n] if n else positions
+        return indices, positions >= n, counts
 
 
 CONTEXT = ("lengths", "global_batch")  # what gristmill passes every sampler factory

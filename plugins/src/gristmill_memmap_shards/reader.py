@@ -10,14 +10,24 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gristmill.errors import DatasetError
 
 MAX_MAPPED = 8192  # three mappings a shard: well under Linux's default 65,530 per process
-Arrays = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # tokens, offsets, mask
+
+
+class Shard(NamedTuple):
+    """A mapped shard: its arrays, and its tokens and mask as bytes (slicing a ``memoryview``
+    costs a fifth of slicing an array)."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    mask: np.ndarray | None
+    token_bytes: memoryview
+    mask_bytes: memoryview | None
 
 
 class MemmapShardReader:
@@ -50,8 +60,11 @@ class MemmapShardReader:
         self._first_doc = np.concatenate([[0], np.cumsum(counts)])
         self._starts = self._first_doc.tolist()  # bisect on a list: no numpy call per document
         self.num_documents = int(self._first_doc[-1])
+        # Where every document begins in its shard, filled in as a shard is mapped (memory is
+        # only touched where it is), so that ``spans`` finds a batch's begins in one gather.
+        self._begins = np.empty(self.num_documents, np.int64)
         self._max_mapped = mapped_limit()
-        self._mapped: OrderedDict[int, Arrays] = OrderedDict()
+        self._mapped: OrderedDict[int, Shard] = OrderedDict()
         self._lock = threading.Lock()  # reading stays safe from several threads
 
     def _check(self, entry: dict[str, Any], expected: int) -> str:
@@ -81,10 +94,10 @@ class MemmapShardReader:
             )
         return path
 
-    def _shard(self, k: int) -> Arrays:
+    def _shard(self, k: int) -> Shard:
         return self._shards([k])[0]
 
-    def _shards(self, ks: Sequence[int]) -> list[Arrays]:
+    def _shards(self, ks: Sequence[int]) -> list[Shard]:
         """These shards' arrays, mapped now if they are not; the least recently read shard is
         unmapped when too many are (a document already served keeps its own mapping alive)."""
         found = []
@@ -95,11 +108,8 @@ class MemmapShardReader:
                     self._mapped.move_to_end(k)
                 else:
                     (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
-                    arrays = (
-                        _map(tokens, self._dtype, count),
-                        _map(offsets, np.dtype("<i8"), docs + 1),
-                        None if mask is None else _map(mask, np.dtype("u1"), count),
-                    )
+                    arrays = _map_shard(tokens, offsets, mask, self._dtype, count, docs)
+                    self._begins[self._starts[k] : self._starts[k + 1]] = arrays.offsets[:-1]
                     self._mapped[k] = arrays
                     if len(self._mapped) > self._max_mapped:
                         self._mapped.popitem(last=False)
@@ -146,7 +156,7 @@ class MemmapShardReader:
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} out of range for {self.num_documents} documents")
         k = bisect.bisect_right(self._starts, index) - 1
-        tokens, offsets, mask = self._shard(k)
+        tokens, offsets, mask, _, _ = self._shard(k)
         j = index - self._starts[k]
         start, end = offsets[j : j + 2].tolist()
         return tokens[start:end], None if mask is None else mask[start:end]
@@ -158,38 +168,37 @@ class MemmapShardReader:
         ``k``, concatenated, and their loss mask (``None`` when none of these shards has one).
 
         The index math is vectorised and every shard is looked up once a call; what is left per
-        span is taking its slice. (Each shard is its own mapping, so one index array cannot
-        gather them all, and grouping the spans by shard costs more than it saves.)
+        span is slicing a ``memoryview`` of its shard, a fifth of the cost of slicing an array,
+        and ``join`` copies the slices out. (Each shard is its own mapping, so one index array
+        cannot gather them all, and a gather index as long as the tokens costs more anyway.)
         """
         docs = np.asarray(docs, np.int64)
         if not len(docs):
             return np.zeros(0, self._dtype), None
-        shard = self._first_doc.searchsorted(docs, "right") - 1
-        shards = shard.tolist()
-        needed = list(dict.fromkeys(shards))
-        if min(needed) < 0 or max(needed) >= len(self._files):  # before or past every shard
+        if docs.min() < 0 or docs.max() >= self.num_documents:
             index = int(docs[(docs < 0) | (docs >= self.num_documents)][0])
             raise IndexError(f"document {index} out of range for {self.num_documents} documents")
-        local = (docs - self._first_doc[shard]).tolist()
-        mapped = dict(zip(needed, self._shards(needed)))
-        arrays = [mapped[k] for k in shards]
-        lengths = np.asarray(lengths).tolist()
-        begins = [
-            offsets.item(j) + start
-            for (_, offsets, _), j, start in zip(arrays, local, np.asarray(starts).tolist())
-        ]
-        tokens = np.concatenate(
-            [ids[b : b + n] for (ids, _, _), b, n in zip(arrays, begins, lengths)]
+        shards = (self._first_doc.searchsorted(docs, "right") - 1).tolist()
+        needed = list(dict.fromkeys(shards))
+        mapped = dict(zip(needed, self._shards(needed)))  # their documents' begins known now
+        begins = self._begins[docs] + np.asarray(starts, np.int64)
+        ends = (begins + np.asarray(lengths, np.int64)).tolist()
+        begins = begins.tolist()
+        size = self._dtype.itemsize
+        views = [mapped[k].token_bytes for k in shards]
+        tokens = bytearray().join(
+            [view[b * size : e * size] for view, b, e in zip(views, begins, ends)]
         )
-        if all(mask is None for _, _, mask in mapped.values()):
-            return tokens, None
-        mask = np.concatenate(
+        if all(shard.mask is None for shard in mapped.values()):
+            return np.frombuffer(tokens, self._dtype), None
+        masks = [mapped[k].mask_bytes for k in shards]
+        mask = bytearray().join(
             [  # spans from shards without a mask: every token carries loss
-                np.ones(n, np.uint8) if m is None else m[b : b + n]
-                for (_, _, m), b, n in zip(arrays, begins, lengths)
+                b"\x01" * (e - b) if view is None else view[b:e]
+                for view, b, e in zip(masks, begins, ends)
             ]
         )
-        return tokens, mask
+        return np.frombuffer(tokens, self._dtype), np.frombuffer(mask, np.uint8)
 
 
 def mapped_limit() -> int:
@@ -206,6 +215,20 @@ def mapped_limit() -> int:
 def _read(path: str, count: int) -> np.ndarray:
     with open(path, "rb", buffering=0) as f:
         return np.frombuffer(f.read(), "<i8", count=count)
+
+
+def _map_shard(
+    tokens: str, offsets: str, mask: str | None, dtype: np.dtype, count: int, docs: int
+) -> Shard:
+    token_array = _map(tokens, dtype, count)
+    mask_array = None if mask is None else _map(mask, np.dtype("u1"), count)
+    return Shard(
+        token_array,
+        _map(offsets, np.dtype("<i8"), docs + 1),
+        mask_array,
+        memoryview(token_array).cast("B"),
+        None if mask_array is None else memoryview(mask_array),
+    )
 
 
 def _map(path: str, dtype: np.dtype, count: int) -> np.ndarray:

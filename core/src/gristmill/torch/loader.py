@@ -10,9 +10,10 @@ resume from.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from itertools import accumulate, islice, pairwise
+from itertools import accumulate, pairwise
 from typing import Any
 
+import numpy as np
 import torch
 
 from gristmill.dataset import Dataset
@@ -44,9 +45,15 @@ class _Marked(torch.utils.data.Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: list[tuple[int, bool]]) -> Sequence[dict[str, Any]]:
-        samples = self.dataset.batch([index for index, _ in keys])
-        repeats = [k for k, (_, repeat) in enumerate(keys) if repeat]
-        if not repeats:
+        indices = [index for index, _ in keys]
+        return self.fetch(indices, [k for k, (_, repeat) in enumerate(keys) if repeat])
+
+    def fetch(
+        self, indices: Sequence[int] | np.ndarray, repeats: Sequence[int]
+    ) -> Sequence[dict[str, Any]]:
+        """Samples ``indices``, those at places ``repeats`` marked as repeats."""
+        samples = self.dataset.batch(indices)
+        if not len(repeats):
             return samples
         if isinstance(samples, SampleBatch):
             return samples.with_repeats(repeats)
@@ -131,19 +138,20 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def _batches(self) -> Iterator[Any]:
         """With workers (or pinned memory), torch's iterator. Without, batches made right here:
-        after the first, ``READ_AHEAD`` steps fetched in one call, which costs little more than fetching one
-        (the array work is per call, not per sample), then cut into steps and collated one by
-        one as they are asked for; and no profiler annotation around every batch, which is
-        all torch's single-process iterator adds."""
+        after the first, ``READ_AHEAD`` steps looked up and fetched in one call each, which
+        costs little more than for one step (the array work is per call, not per sample), then
+        cut into steps and collated one by one as they are asked for; and no profiler
+        annotation around every batch, which is all torch's single-process iterator adds."""
         if self.num_workers or self.pin_memory:
             yield from super().__iter__()
             return
-        steps = iter(self.batch_sampler)
+        schedule, step = self.schedule(), self.step
         ahead = 1  # the first batch alone, so that it comes as soon as it can
-        while chunk := list(islice(steps, ahead)):
-            ahead = READ_AHEAD
-            sizes = [len(keys) for keys in chunk]
-            fetched = self.dataset.__getitems__([key for keys in chunk for key in keys])
+        while step < schedule.steps:
+            steps = range(step, min(step + ahead, schedule.steps))
+            step, ahead = steps.stop, READ_AHEAD
+            indices, repeats, sizes = schedule.shares(steps, self.rank)
+            fetched = self.dataset.fetch(indices, np.flatnonzero(repeats).tolist())
             if isinstance(fetched, SampleBatch):
                 parts: list[Any] = fetched.split(sizes)
             else:
