@@ -237,9 +237,22 @@ def test_a_batch_collates_as_its_samples_do(prepared, labels, options):
 
     ds = gristmill.open_dataset(prepared["qa"], seq_len=64, packer="first-fit", labels=labels)
     collate = gristmill.torch.Collator(**options)
-    batch = ds.batch(list(range(12))).with_repeats([2, 7])
-    for piece in batch.split([5, 7]):
-        got, want = collate(piece), collate([dict(sample) for sample in piece])
-        assert set(got) == set(want) and "repeat" in got
-        for key, value in want.items():
-            assert torch.equal(got[key], value) if torch.is_tensor(value) else got[key] == value
+    batch = ds.batch(list(range(12)))
+    for whole in (batch, batch.with_repeats([2, 7])):
+        for cut in ([12], [5, 7], [1, 1, 3, 7]):
+            # Every piece collated first: one piece's cu_seqlens must not overwrite another's.
+            pieces = whole.split(cut)
+            collated = [collate(piece) for piece in pieces]
+            for piece, got in zip(pieces, collated):
+                want = collate([dict(sample) for sample in piece])
+                assert set(got) == set(want)
+                for key, value in want.items():
+                    same = torch.equal(got[key], value) if torch.is_tensor(value) else None
+                    assert same if same is not None else got[key] == value
+                if options.get("padding_free"):  # one block of memory, cu_seqlens included
+                    storages = {
+                        t.untyped_storage().data_ptr()
+                        for key, t in got.items()
+                        if key not in ("repeat", "attention_mask") and torch.is_tensor(t)
+                    }
+                    assert len(storages) == 1

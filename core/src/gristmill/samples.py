@@ -104,16 +104,17 @@ def build_samples(
         out_at = list(accumulate(out_at, initial=0))
     else:
         out_lens, out_seq_at, out_at = seq_lens, seq_at, token_at
-    width, count = out_at[-1], len(out_lens)
-    # One buffer for the batch: the collator hands it on as one tensor storage.
-    size = 3 * width + count
+    width, count, samples = out_at[-1], len(out_lens), len(out_at) - 1
+    # One buffer for the batch: the collator hands it on as one tensor storage. It ends with
+    # room for the cu_seqlens of every batch cut from this one (see SampleBatch.seq_starts).
+    size = 3 * width + count + (count + samples + 1) // 2
     flat = buffers.take(size) if buffers is not None else np.empty(size, np.int64)
     input_ids, label_ids, position_ids = (
         flat[:width],
         flat[width : 2 * width],
         flat[2 * width : 3 * width],
     )
-    flat[3 * width :] = out_lens
+    flat[3 * width : 3 * width + count] = out_lens
     full = len(tokens)
     if shift:  # build unshifted first, then drop each sample's last input and first label
         ids, lab, pos = np.empty((3, full), np.int64)
@@ -202,7 +203,9 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
     ``flat`` is one int64 buffer: ``input_ids``, ``labels`` and ``position_ids`` of every
     sample concatenated (``width`` values each, in that order), then every sample's sequence
     lengths. Sample ``k`` is values ``bounds[k]:bounds[k + 1]`` of the first three and
-    ``seq_bounds[k]:seq_bounds[k + 1]`` of the lengths. ``batch[k]`` is it as a dict of views
+    ``seq_bounds[k]:seq_bounds[k + 1]`` of the lengths; ``first`` is its first sample's place
+    in the batch that ``flat`` was built for, and ``flat`` ends with room for the ``cu_seqlens``
+    of every batch cut from that one (:meth:`seq_starts`). ``batch[k]`` is it as a dict of views
     (with ``repeat: True`` for a sample in ``repeats``); ``split(sizes)`` cuts the batch into
     smaller ones over the same buffer; a collator that knows this class takes the arrays whole.
     """
@@ -214,9 +217,11 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         bounds: list[int],
         seq_bounds: list[int],
         repeats: frozenset[int] = frozenset(),
+        first: int = 0,
     ):
         self.flat, self.width = flat, width
         self.bounds, self.seq_bounds, self.repeats = bounds, seq_bounds, repeats
+        self.first = first
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``input_ids``, ``labels``, ``position_ids`` and ``seq_lens`` of these samples, each
@@ -225,6 +230,24 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         rows = self.flat[: 3 * self.width].reshape(3, self.width)[:, lo:hi]
         lens = self.flat[3 * self.width + self.seq_bounds[0] : 3 * self.width + self.seq_bounds[-1]]
         return rows[0], rows[1], rows[2], lens
+
+    def seq_starts(self) -> int:
+        """Write this batch's ``cu_seqlens`` (where each of its sequences starts, then their
+        total; int32) into the room at the end of ``flat``, and return where it begins in
+        ``flat`` viewed as int32: a padding-free batch is then one block of memory, which a
+        DataLoader worker hands over at half the cost of two.
+
+        A batch of samples ``[k0, k1)`` with sequences ``[s0, s1)`` of the whole batch writes
+        int32 ``[E - s1 - k1, E - s1 - k1 + s1 - s0 + 1)``, ``E`` the end of ``flat``: the next
+        batch cut from the same samples begins past ``s1 + k1``, so no two overlap, and all
+        ``count + samples`` fit in the room."""
+        s0, s1 = self.seq_bounds[0], self.seq_bounds[-1]
+        at = 2 * len(self.flat) - s1 - (self.first + len(self))
+        room = self.flat.view(np.int32)[at : at + s1 - s0 + 1]
+        room[0] = 0
+        lens = self.flat[3 * self.width + s0 : 3 * self.width + s1]
+        np.cumsum(lens, out=room[1:])
+        return at
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -261,7 +284,10 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
             end = start + size
             repeats = frozenset(k - start for k in self.repeats if start <= k < end)
             bounds, seq_bounds = self.bounds[start : end + 1], self.seq_bounds[start : end + 1]
-            out.append(SampleBatch(self.flat, self.width, bounds, seq_bounds, repeats))
+            part = SampleBatch(
+                self.flat, self.width, bounds, seq_bounds, repeats, self.first + start
+            )
+            out.append(part)
             start = end
         if start != len(self):
             raise ValueError(f"sizes add up to {start}, not to the batch's {len(self)} samples")
@@ -271,7 +297,8 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         """The same samples, those in ``repeats`` marked as served again to keep ranks in step:
         their labels all -100, and ``repeat`` set (see :func:`gristmill.torch.ranks.as_repeat`)."""
         marked = frozenset(repeats) | self.repeats
-        batch = SampleBatch(self.flat.copy(), self.width, self.bounds, self.seq_bounds, marked)
+        flat = self.flat.copy()
+        batch = SampleBatch(flat, self.width, self.bounds, self.seq_bounds, marked, self.first)
         labels = batch.flat[self.width : 2 * self.width]
         for k in marked:
             labels[self.bounds[k] : self.bounds[k + 1]] = IGNORE_INDEX

@@ -34,7 +34,8 @@ class Collator:
     ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
     loader repeated to give every rank the same number of steps (their labels are all -100)
     also carries ``repeat``, a bool per sample. The int64 tensors of a batch are views of one
-    buffer, so that a DataLoader worker hands it over as one block of shared memory.
+    buffer (and so is ``cu_seqlens`` of a padding-free batch of a gristmill dataset), so that a
+    DataLoader worker hands it over as one block of shared memory.
     """
 
     def __init__(
@@ -101,7 +102,9 @@ class Collator:
         for k, key in enumerate(KEYS):
             np.concatenate([s[key] for s in samples], out=rows[k, 0])
         np.concatenate(seq_lens, out=lens)
-        return self._row(lens, width, tensors, out_lens)
+        # From numpy: torch.tensor() of a list costs five times as much.
+        starts = np.fromiter(accumulate(lens.tolist(), initial=0), np.int32, len(lens) + 1)
+        return self._row(lens, width, tensors, out_lens, torch.from_numpy(starts))
 
     def _whole(self, batch: SampleBatch) -> dict[str, Any]:
         """One row of a :class:`SampleBatch`: its arrays are the row already, in one buffer."""
@@ -110,7 +113,10 @@ class Collator:
         # One strided view per key (a third of the torch calls of view, slice and unbind).
         tensors = [whole.as_strided((1, hi - lo), (hi - lo, 1), k * width + lo) for k in range(3)]
         seq_lo, seq_hi = 3 * width + batch.seq_bounds[0], 3 * width + batch.seq_bounds[-1]
-        return self._row(batch.flat[seq_lo:seq_hi], hi - lo, tensors, whole[seq_lo:seq_hi])
+        at = batch.seq_starts()
+        starts = whole.view(torch.int32)[at : at + seq_hi - seq_lo + 1]
+        lens = batch.flat[seq_lo:seq_hi]
+        return self._row(lens, hi - lo, tensors, whole[seq_lo:seq_hi], starts)
 
     def _row(
         self,
@@ -118,19 +124,14 @@ class Collator:
         width: int,
         tensors: Sequence[torch.Tensor],
         out_lens: torch.Tensor,
+        starts: torch.Tensor,
     ) -> dict[str, Any]:
         """The padding-free batch of one row of ``width`` tokens: ``tensors`` (input_ids,
-        labels, position_ids), its sequences ``lens`` and ``out_lens`` (the same, a tensor)."""
+        labels, position_ids), its sequences ``lens`` and ``out_lens`` (the same, a tensor), and
+        ``starts`` (their cu_seqlens, int32)."""
         sizes = lens.tolist()  # a few dozen numbers: Python is quicker than array calls here
         out: dict[str, Any] = dict(zip(KEYS, tensors))
-        out.update(
-            # From numpy: torch.tensor() of a list costs five times as much.
-            cu_seqlens=torch.from_numpy(
-                np.fromiter(accumulate(sizes, initial=0), np.int32, len(sizes) + 1)
-            ),
-            max_seqlen=max(sizes, default=0),
-            seq_lens=out_lens,
-        )
+        out.update(cu_seqlens=starts, max_seqlen=max(sizes, default=0), seq_lens=out_lens)
         if self.block_mask:
             out["attention_mask"] = self._block_mask([(sizes, width)], width)
         return out
