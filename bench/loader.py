@@ -21,7 +21,11 @@ Throughput (table 1). Every row runs in a fresh child process and reads files al
 page cache, --rounds times in turn (all rows, then all rows again), and the table shows each
 row's median run. A row builds its loader, takes the first batch (its "startup", from opening the data
 to that batch, imports excluded), then skips the batches its workers prefetched meanwhile
-(``2 × workers``) and times the batches after them for --seconds or until the epoch ends.
+(``2 × workers``), runs a full garbage collection, and times the batches after them for
+--seconds or until the epoch ends. The collection is the one that importing torch leaves owing
+(about 170,000 objects, 100-300 ms to scan here): without it, it falls inside whichever timed
+loop first keeps more than 700 new objects alive at once, which made a half-second gristmill row up
+to 30% slower while the peers' loops never trigger it; a training run pays it once in hours.
 samples/s counts the samples of those batches, tokens/s their real tokens (padding excluded;
 every 2048-token window is all real tokens). Batches are 8 samples of at most 2048 tokens.
 
@@ -80,6 +84,7 @@ streaming rows then import ``streaming.base`` alone (``peers.import_streaming``)
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -310,7 +315,7 @@ def setup_gristmill(spec: dict[str, Any], lap: Callable[[str], None]) -> tuple[A
     )
     lap("loader")
     if spec["collator"] == "padding_free":  # one row: every batch but an epoch's last has 8
-        return iter(loader), lambda b: (BATCH, int(b["seq_lens"].sum()))
+        return iter(loader), lambda b: (BATCH, b["input_ids"].numel())  # no padding
     return iter(loader), lambda b: (len(b["input_ids"]), int(b["seq_lens"].sum()))
 
 
@@ -406,6 +411,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             next(batches)
     except StopIteration:
         return {**result, "failed": "the epoch ended before the timing began"}
+    gc.collect()  # the collection the imports left owing (see the module docstring)
     n = samples = tokens = 0
     began = time.perf_counter()
     deadline = began + spec["seconds"]

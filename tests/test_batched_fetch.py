@@ -240,19 +240,23 @@ def test_a_batch_collates_as_its_samples_do(prepared, labels, options):
     batch = ds.batch(list(range(12)))
     for whole in (batch, batch.with_repeats([2, 7])):
         for cut in ([12], [5, 7], [1, 1, 3, 7]):
-            # Every piece collated first: one piece's cu_seqlens must not overwrite another's.
             pieces = whole.split(cut)
-            collated = [collate(piece) for piece in pieces]
-            for piece, got in zip(pieces, collated):
-                want = collate([dict(sample) for sample in piece])
-                assert set(got) == set(want)
-                for key, value in want.items():
-                    same = torch.equal(got[key], value) if torch.is_tensor(value) else None
-                    assert same if same is not None else got[key] == value
-                if options.get("padding_free"):  # one block of memory, cu_seqlens included
-                    storages = {
-                        t.untyped_storage().data_ptr()
-                        for key, t in got.items()
-                        if key not in ("repeat", "attention_mask") and torch.is_tensor(t)
-                    }
-                    assert len(storages) == 1
+            wants = [collate([dict(sample) for sample in piece]) for piece in pieces]
+            # Every piece collated first: one piece's cu_seqlens must not overwrite another's;
+            # then all of them made together, as the loader does.
+            for together in (False, True):
+                collated = collate.batches(whole, cut) if together else [collate(p) for p in pieces]
+                for got, want in zip(collated, wants, strict=True):
+                    assert set(got) == set(want)
+                    for key, value in want.items():
+                        same = torch.equal(got[key], value) if torch.is_tensor(value) else None
+                        assert same if same is not None else got[key] == value
+                    if options.get("padding_free"):  # one block of memory, cu_seqlens included
+                        storages = {
+                            t.untyped_storage().data_ptr()
+                            for key, t in got.items()
+                            if key not in ("repeat", "attention_mask") and torch.is_tensor(t)
+                        }
+                        assert len(storages) == 1
+        with pytest.raises(ValueError, match="add up to"):
+            collate.batches(batch, [5, 5])

@@ -231,22 +231,33 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         lens = self.flat[3 * self.width + self.seq_bounds[0] : 3 * self.width + self.seq_bounds[-1]]
         return rows[0], rows[1], rows[2], lens
 
-    def seq_starts(self) -> int:
-        """Write this batch's ``cu_seqlens`` (where each of its sequences starts, then their
-        total; int32) into the room at the end of ``flat``, and return where it begins in
-        ``flat`` viewed as int32: a padding-free batch is then one block of memory, which a
-        DataLoader worker hands over at half the cost of two.
+    def seq_starts(self, sizes: Sequence[int] | None = None) -> int:
+        """Write the ``cu_seqlens`` of this batch (where each of its sequences starts, then
+        their total; int32), or of its consecutive batches of ``sizes`` samples one after
+        another, into the room at the end of ``flat``, and return where they begin in ``flat``
+        viewed as int32: a padding-free batch is then one block of memory, which a DataLoader
+        worker hands over at half the cost of two.
 
         A batch of samples ``[k0, k1)`` with sequences ``[s0, s1)`` of the whole batch writes
-        int32 ``[E - s1 - k1, E - s1 - k1 + s1 - s0 + 1)``, ``E`` the end of ``flat``: the next
-        batch cut from the same samples begins past ``s1 + k1``, so no two overlap, and all
-        ``count + samples`` fit in the room."""
+        from int32 ``E - s1 - k1`` on, ``E`` the end of ``flat``: ``s1 - s0`` values and one
+        more per batch, so within ``[E - s1 - k1, E - s0 - k0)``, which no batch cut from the
+        samples before or after its own reaches, and all of them fit in the room."""
+        sizes = [len(self)] if sizes is None else sizes
         s0, s1 = self.seq_bounds[0], self.seq_bounds[-1]
-        at = 2 * len(self.flat) - s1 - (self.first + len(self))
-        room = self.flat.view(np.int32)[at : at + s1 - s0 + 1]
-        room[0] = 0
         lens = self.flat[3 * self.width + s0 : 3 * self.width + s1]
-        np.cumsum(lens, out=room[1:])
+        total = np.zeros(len(lens) + 1, np.int64)
+        np.cumsum(lens, out=total[1:])
+        # Batch b's values are total[f_b : f_(b+1) + 1] - total[f_b], f_b its first sequence.
+        firsts = np.array([self.seq_bounds[k] - s0 for k in accumulate(sizes, initial=0)])
+        batch_of = np.repeat(np.arange(len(sizes)), np.diff(firsts) + 1)
+        at = 2 * len(self.flat) - s1 - (self.first + len(self))
+        room = self.flat.view(np.int32)[at : at + len(batch_of)]
+        np.subtract(
+            total[np.arange(len(batch_of)) - batch_of],
+            total[firsts[batch_of]],
+            out=room,
+            casting="unsafe",
+        )
         return at
 
     def __len__(self) -> int:

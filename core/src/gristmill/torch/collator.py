@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from itertools import accumulate
+from collections.abc import Collection, Sequence
+from itertools import accumulate, pairwise
 from typing import Any
 
 import numpy as np
@@ -55,37 +55,84 @@ class Collator:
         if not samples:
             raise ValueError("cannot collate an empty batch")
         if isinstance(samples, SampleBatch):
-            batch = self._whole(samples) if self.padding_free else self._padded(samples)
-            if samples.repeats:
-                batch["repeat"] = torch.tensor([k in samples.repeats for k in range(len(samples))])
-            return batch
+            return self.batches(samples, [len(samples)])[0]
         if "seq_lens" not in samples[0]:
             raise GristmillError(
                 "samples without seq_lens: the collator needs the document boundaries. With "
                 "Hugging Face Trainer, pass TrainingArguments(remove_unused_columns=False): it "
                 "removes the keys the model's forward() does not name"
             )
-        batch = self._one_row(samples) if self.padding_free else self._padded(samples)
+        if self.padding_free:
+            batch = self._one_row(samples)
+        else:
+            batch = self._padded(
+                [[s[key] for key in KEYS] for s in samples],
+                [np.asarray(s["seq_lens"]) for s in samples],
+            )
         repeats = [bool(s.get("repeat", False)) for s in samples]
         if any(repeats):
             batch["repeat"] = torch.tensor(repeats)
         return batch
 
-    def _padded(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        lengths = [len(s["input_ids"]) for s in samples]
-        seq_lens = [np.asarray(s["seq_lens"]) for s in samples]
-        shape = (len(samples), max(lengths))
-        # input_ids, labels, position_ids and (without the 4-D mask) the 2-D attention_mask,
-        # first all padding: pad_id, -100, position 0, not attended.
+    def batches(self, samples: SampleBatch, sizes: Sequence[int]) -> list[dict[str, Any]]:
+        """The batches of consecutive ``sizes`` samples each (adding up to ``len(samples)``),
+        as ``[self(part) for part in samples.split(sizes)]`` makes them. Padding-free ones are
+        made together (the loader fetches several steps at once): their arrays are the rows
+        already, and a few torch calls cut every batch's tensors, where a dozen a batch cost
+        more than the rest of loading it."""
+        if not self.padding_free:
+            return [
+                _marked(self._padded_batch(part), part.repeats, len(part))
+                for part in samples.split(sizes)
+            ]
+        at = list(accumulate(sizes, initial=0))
+        if at[-1] != len(samples):
+            raise ValueError(f"sizes add up to {at[-1]}, not to the batch's {len(samples)} samples")
+        width, bounds, seq_bounds = samples.width, samples.bounds, samples.seq_bounds
+        lo, hi = bounds[0], bounds[-1]
+        widths = [bounds[b] - bounds[a] for a, b in pairwise(at)]
+        counts = [seq_bounds[b] - seq_bounds[a] for a, b in pairwise(at)]
+        whole = torch.from_numpy(samples.flat)
+        # One strided view per key, split into the batches' rows: (1, width) each.
+        keys = [
+            whole.as_strided((1, hi - lo), (hi - lo, 1), k * width + lo).split(widths, 1)
+            for k in range(3)
+        ]
+        seq_lo, seq_hi = 3 * width + seq_bounds[0], 3 * width + seq_bounds[-1]
+        out_lens = whole[seq_lo:seq_hi].split(counts)
+        start = samples.seq_starts(sizes)
+        starts = whole.view(torch.int32)[start : start + seq_hi - seq_lo + len(sizes)]
+        lens = samples.flat[seq_lo:seq_hi].tolist()
+        out = []
+        for b, part_starts in enumerate(starts.split([n + 1 for n in counts])):
+            first = seq_bounds[at[b]] - seq_bounds[0]
+            batch = self._row(
+                lens[first : first + counts[b]],
+                widths[b],
+                [key[b] for key in keys],
+                out_lens[b],
+                part_starts,
+            )
+            repeats = {k - at[b] for k in samples.repeats if at[b] <= k < at[b + 1]}
+            out.append(_marked(batch, repeats, sizes[b]))
+        return out
+
+    def _padded(self, rows: Sequence[Any], seq_lens: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Padded rows from each sample's ``input_ids``, ``labels`` and ``position_ids``
+        (``rows``: three arrays, or one array of three rows, a sample) and ``seq_lens``."""
+        lengths = [len(row[0]) for row in rows]
+        shape = (len(rows), max(lengths))
+        # input_ids, labels, position_ids and (without the 4-D mask) the 2-D attention_mask.
         count = 3 if self.block_mask else 4
-        rows, lens, tensors, out_lens = _one_block(count, shape, sum(len(x) for x in seq_lens))
-        rows[:] = np.array([self.pad_id, IGNORE_INDEX, 0, 0][:count])[:, None, None]
-        # Rows filled in numpy: a row costs a few slice copies, not tensor calls.
-        for row, (sample, n) in enumerate(zip(samples, lengths)):
-            for k, key in enumerate(KEYS):
-                rows[k, row, :n] = sample[key]
-            if not self.block_mask:
-                rows[3, row, :n] = 1
+        block, lens, tensors, out_lens = _one_block(count, shape, sum(len(x) for x in seq_lens))
+        pads = np.array([[self.pad_id], [IGNORE_INDEX], [0]])
+        # Row by row in numpy, all three keys in one copy and the padding (pad_id, -100,
+        # position 0) after it in one fill: a row costs two slice copies, not tensor calls.
+        for k, (row, n) in enumerate(zip(rows, lengths)):
+            block[:3, k, :n] = row
+            block[:3, k, n:] = pads
+        if not self.block_mask:  # attended where a row has a token
+            np.less(np.arange(shape[1]), np.array(lengths)[:, None], out=block[3], casting="unsafe")
         np.concatenate(seq_lens, out=lens)
         out = {**dict(zip(KEYS, tensors)), "seq_lens": out_lens}
         if self.block_mask:
@@ -95,6 +142,15 @@ class Collator:
             out["attention_mask"] = tensors[3]
         return out
 
+    def _padded_batch(self, samples: SampleBatch) -> dict[str, Any]:
+        """:meth:`_padded` of a :class:`SampleBatch`: its samples' rows are slices of its own."""
+        keys = samples.flat[: 3 * samples.width].reshape(3, samples.width)
+        lens = samples.flat[3 * samples.width :]
+        return self._padded(
+            [keys[:, a:b] for a, b in pairwise(samples.bounds)],
+            [lens[a:b] for a, b in pairwise(samples.seq_bounds)],
+        )
+
     def _one_row(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         seq_lens = [np.asarray(s["seq_lens"]) for s in samples]
         width = sum(len(s["input_ids"]) for s in samples)
@@ -102,34 +158,22 @@ class Collator:
         for k, key in enumerate(KEYS):
             np.concatenate([s[key] for s in samples], out=rows[k, 0])
         np.concatenate(seq_lens, out=lens)
+        sizes = lens.tolist()
         # From numpy: torch.tensor() of a list costs five times as much.
-        starts = np.fromiter(accumulate(lens.tolist(), initial=0), np.int32, len(lens) + 1)
-        return self._row(lens, width, tensors, out_lens, torch.from_numpy(starts))
-
-    def _whole(self, batch: SampleBatch) -> dict[str, Any]:
-        """One row of a :class:`SampleBatch`: its arrays are the row already, in one buffer."""
-        whole, width = torch.from_numpy(batch.flat), batch.width
-        lo, hi = batch.bounds[0], batch.bounds[-1]
-        # One strided view per key (a third of the torch calls of view, slice and unbind).
-        tensors = [whole.as_strided((1, hi - lo), (hi - lo, 1), k * width + lo) for k in range(3)]
-        seq_lo, seq_hi = 3 * width + batch.seq_bounds[0], 3 * width + batch.seq_bounds[-1]
-        at = batch.seq_starts()
-        starts = whole.view(torch.int32)[at : at + seq_hi - seq_lo + 1]
-        lens = batch.flat[seq_lo:seq_hi]
-        return self._row(lens, hi - lo, tensors, whole[seq_lo:seq_hi], starts)
+        starts = np.fromiter(accumulate(sizes, initial=0), np.int32, len(sizes) + 1)
+        return self._row(sizes, width, tensors, out_lens, torch.from_numpy(starts))
 
     def _row(
         self,
-        lens: np.ndarray,
+        sizes: list[int],
         width: int,
         tensors: Sequence[torch.Tensor],
         out_lens: torch.Tensor,
         starts: torch.Tensor,
     ) -> dict[str, Any]:
         """The padding-free batch of one row of ``width`` tokens: ``tensors`` (input_ids,
-        labels, position_ids), its sequences ``lens`` and ``out_lens`` (the same, a tensor), and
-        ``starts`` (their cu_seqlens, int32)."""
-        sizes = lens.tolist()  # a few dozen numbers: Python is quicker than array calls here
+        labels, position_ids), its sequences' lengths ``sizes`` and ``out_lens`` (the same, a
+        tensor), and ``starts`` (their cu_seqlens, int32)."""
         out: dict[str, Any] = dict(zip(KEYS, tensors))
         out.update(cu_seqlens=starts, max_seqlen=max(sizes, default=0), seq_lens=out_lens)
         if self.block_mask:
@@ -159,6 +203,13 @@ class Collator:
             # A padding query sees itself: a row that sees nothing would make NaNs.
             square[start:, start:].diagonal().zero_()
         return mask
+
+
+def _marked(batch: dict[str, Any], repeats: Collection[int], size: int) -> dict[str, Any]:
+    """``batch`` of ``size`` samples, with ``repeat`` when some (``repeats``) are repeats."""
+    if repeats:
+        batch["repeat"] = torch.tensor([k in repeats for k in range(size)])
+    return batch
 
 
 def _one_block(

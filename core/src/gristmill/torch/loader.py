@@ -152,6 +152,10 @@ class DataLoader(torch.utils.data.DataLoader):
             step, ahead = steps.stop, READ_AHEAD
             indices, repeats, sizes = schedule.shares(steps, self.rank)
             fetched = self.dataset.fetch(indices, np.flatnonzero(repeats).tolist())
+            if isinstance(fetched, SampleBatch) and type(self.collate_fn) is Collator:
+                # Every step's batch made together (not for a subclass: it may collate anew).
+                yield from self.collate_fn.batches(fetched, sizes)
+                continue
             if isinstance(fetched, SampleBatch):
                 parts: list[Any] = fetched.split(sizes)
             else:
