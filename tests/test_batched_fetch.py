@@ -231,13 +231,17 @@ def test_a_sample_changed_in_place_changes_nothing_else(prepared):
         {"padding_free": True, "block_mask": False},
     ],
 )
-def test_a_batch_collates_as_its_samples_do(prepared, labels, options):
+@pytest.mark.parametrize("packer", ["first-fit", "concat-chunk"])
+def test_a_batch_collates_as_its_samples_do(prepared, labels, options, packer):
     torch = pytest.importorskip("torch")
     import gristmill.torch
 
-    ds = gristmill.open_dataset(prepared["qa"], seq_len=64, packer="first-fit", labels=labels)
+    ds = gristmill.open_dataset(prepared["qa"], seq_len=64, packer=packer, labels=labels)
     collate = gristmill.torch.Collator(**options)
     batch = ds.batch(list(range(12)))
+    # concat-chunk's windows are all equally long: padded rows are views of the batch's own.
+    full = packer == "concat-chunk" and options == {"block_mask": False}
+    assert len(ds) > 12 and (len(set(np.diff(batch.bounds))) == 1 or packer == "first-fit")
     for whole in (batch, batch.with_repeats([2, 7])):
         for cut in ([12], [5, 7], [1, 1, 3, 7]):
             pieces = whole.split(cut)
@@ -258,5 +262,8 @@ def test_a_batch_collates_as_its_samples_do(prepared, labels, options):
                             if key not in ("repeat", "attention_mask") and torch.is_tensor(t)
                         }
                         assert len(storages) == 1
+                    if full:
+                        buffer = whole.flat.ctypes.data
+                        assert got["input_ids"].untyped_storage().data_ptr() == buffer
         with pytest.raises(ValueError, match="add up to"):
             collate.batches(batch, [5, 5])
