@@ -35,7 +35,10 @@ class Collator:
     loader repeated to give every rank the same number of steps (their labels are all -100)
     also carries ``repeat``, a bool per sample. The int64 tensors of a batch are views of one
     buffer (and so is ``cu_seqlens`` of a padding-free batch of a gristmill dataset), so that a
-    DataLoader worker hands it over as one block of shared memory.
+    DataLoader worker hands it over as one block of shared memory. Samples of
+    :meth:`gristmill.dataset.Dataset.batch` are not copied where their buffer holds the rows
+    already: padding-free, and (outside workers) padded with the 2-D mask when all are equally
+    long, whose mask is then a tensor of its own.
     """
 
     def __init__(
