@@ -199,14 +199,19 @@ def test_the_loader_fetches_steps_with_one_batch_call(prepared, monkeypatch, pad
             assert (
                 torch.equal(got[key], want[key]) if key != "max_seqlen" else got[key] == want[key]
             ), key
-    # Workers fetch a step a call and send the batches back through shared memory, the
-    # attention mask included: the same batches.
+    # Workers fetch the same chunks of steps and send each chunk's batches back through
+    # shared memory as one block (the 4-D attention masks apart): the same batches.
     monkeypatch.undo()
     loader = gristmill.torch.dataloader(
         ds, batch_size=4, rank=0, world_size=1, num_workers=2, collate_fn=collate
     )
-    for got, want in zip(loader, steps, strict=True):
+    served = list(loader)
+    for got, want in zip(served, steps, strict=True):
         assert all(torch.equal(got[key], want[key]) for key in want if key != "max_seqlen")
+    blocks = [got["input_ids"].untyped_storage().data_ptr() for got in served]
+    chunks = [blocks[:1], *(blocks[k : k + READ_AHEAD] for k in range(1, len(blocks), READ_AHEAD))]
+    assert all(len(set(chunk)) == 1 for chunk in chunks)
+    assert len(set(blocks)) == len(chunks)
 
 
 def test_a_sample_changed_in_place_changes_nothing_else(prepared):

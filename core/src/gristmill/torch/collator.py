@@ -84,9 +84,13 @@ class Collator:
         already, and a few torch calls cut every batch's tensors, where a dozen a batch cost
         more than the rest of loading it."""
         if not self.padding_free:
+            parts = samples.split(sizes)
+            block = None
+            if torch.utils.data.get_worker_info() is not None:
+                # A worker hands each block of memory over apart: all of the batches in one.
+                block = _Block(sum(self._padded_size(part) for part in parts))
             return [
-                _marked(self._padded_batch(part), part.repeats, len(part))
-                for part in samples.split(sizes)
+                _marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts
             ]
         at = list(accumulate(sizes, initial=0))
         if at[-1] != len(samples):
@@ -120,14 +124,18 @@ class Collator:
             out.append(_marked(batch, repeats, sizes[b]))
         return out
 
-    def _padded(self, rows: Sequence[Any], seq_lens: Sequence[np.ndarray]) -> dict[str, Any]:
+    def _padded(
+        self, rows: Sequence[Any], seq_lens: Sequence[np.ndarray], room: _Block | None = None
+    ) -> dict[str, Any]:
         """Padded rows from each sample's ``input_ids``, ``labels`` and ``position_ids``
-        (``rows``: three arrays, or one array of three rows, a sample) and ``seq_lens``."""
+        (``rows``: three arrays, or one array of three rows, a sample) and ``seq_lens``, in
+        memory of their own or taken from ``room``."""
         lengths = [len(row[0]) for row in rows]
         shape = (len(rows), max(lengths))
         # input_ids, labels, position_ids and (without the 4-D mask) the 2-D attention_mask.
         count = 3 if self.block_mask else 4
-        block, lens, tensors, out_lens = _one_block(count, shape, sum(len(x) for x in seq_lens))
+        tail = sum(len(x) for x in seq_lens)
+        block, lens, tensors, out_lens = _one_block(count, shape, tail, room)
         pads = np.array([[self.pad_id], [IGNORE_INDEX], [0]])
         # Row by row in numpy, all three keys in one copy and the padding (pad_id, -100,
         # position 0) after it in one fill: a row costs two slice copies, not tensor calls.
@@ -145,18 +153,21 @@ class Collator:
             out["attention_mask"] = tensors[3]
         return out
 
-    def _padded_batch(self, samples: SampleBatch) -> dict[str, Any]:
+    def _padded_size(self, samples: SampleBatch) -> int:
+        """The int64 values :meth:`_padded` takes for ``samples``."""
+        width = max(b - a for a, b in pairwise(samples.bounds))
+        count = 3 if self.block_mask else 4
+        return count * len(samples) * width + samples.seq_bounds[-1] - samples.seq_bounds[0]
+
+    def _padded_batch(self, samples: SampleBatch, room: _Block | None) -> dict[str, Any]:
         """:meth:`_padded` of a :class:`SampleBatch`: its samples' rows are slices of its own.
         When they are all equally long (concat-chunk's windows) they are the batch's rows
-        already: with the 2-D mask, views of them are returned, except in a DataLoader worker,
-        which hands one block of memory over faster than two."""
+        already: with the 2-D mask, views of them are returned, unless the batch is to be
+        copied into ``room`` (in a DataLoader worker, which hands one block of memory over
+        faster than two)."""
         width, bounds, seq_bounds = samples.width, samples.bounds, samples.seq_bounds
         lo, size = bounds[0], bounds[1] - bounds[0]
-        if (
-            not self.block_mask
-            and all(b - a == size for a, b in pairwise(bounds))
-            and torch.utils.data.get_worker_info() is None
-        ):
+        if room is None and not self.block_mask and all(b - a == size for a, b in pairwise(bounds)):
             whole = torch.from_numpy(samples.flat)
             rows = (len(samples), size)
             out = {
@@ -170,6 +181,7 @@ class Collator:
         return self._padded(
             [keys[:, a:b] for a, b in pairwise(bounds)],
             [lens[a:b] for a, b in pairwise(seq_bounds)],
+            room,
         )
 
     def _one_row(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -233,16 +245,31 @@ def _marked(batch: dict[str, Any], repeats: Collection[int], size: int) -> dict[
     return batch
 
 
+class _Block:
+    """int64 memory handed out a piece at a time, as numpy arrays to fill and tensors over
+    the same memory: every tensor made from one block shares one storage."""
+
+    def __init__(self, size: int):
+        self.flat = np.empty(size, np.int64)
+        self.whole = torch.from_numpy(self.flat)
+        self.at = 0
+
+    def take(self, size: int) -> tuple[np.ndarray, torch.Tensor]:
+        at = self.at
+        self.at += size
+        return self.flat[at : at + size], self.whole[at : at + size]
+
+
 def _one_block(
-    count: int, shape: tuple[int, int], tail: int
+    count: int, shape: tuple[int, int], tail: int, room: _Block | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[torch.Tensor, ...], torch.Tensor]:
     """``count`` int64 arrays of ``shape`` and one of ``tail`` elements, carved out of one
-    buffer: numpy views to fill, and tensors over the same memory to return. A DataLoader worker
-    moves every storage of a batch into shared memory apart, and the main process maps each
-    again, which costs more than collating: one storage a batch doubled the rate of 2 workers."""
+    buffer (taken from ``room`` if given): numpy views to fill, and tensors over the same
+    memory to return. A DataLoader worker moves every storage of a batch into shared memory
+    apart, and the main process maps each again, which costs more than collating: one storage
+    a batch doubled the rate of 2 workers."""
     size = count * shape[0] * shape[1]
-    flat = np.empty(size + tail, np.int64)
-    whole = torch.from_numpy(flat)
+    flat, whole = (room or _Block(size + tail)).take(size + tail)
     rows = flat[:size].reshape(count, *shape)
     return rows, flat[size:], whole[:size].view(count, *shape).unbind(), whole[size:]
 

@@ -9,9 +9,9 @@ resume from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate, pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,50 +27,73 @@ from gristmill.torch.ranks import as_repeat, rank_and_world_size, refuse_other_r
 from gristmill.torch.streaming import StreamLoader
 
 STATE_FORMAT = "gristmill-loader"
-READ_AHEAD = 8  # steps fetched together when there are no workers
+READ_AHEAD = 8  # steps fetched together (after the first), in one process or in a worker
 STATE_VERSION = 1
 
 
-class _Marked(torch.utils.data.Dataset):
-    """Samples fetched by ``(index, repeat)``. Torch fetches a step's keys with one
-    ``__getitems__`` call, which a dataset or mixture serves with ``batch()``."""
+class _Chunk(NamedTuple):
+    """Consecutive steps of this rank: their samples (indices, concatenated), the places of
+    the repeats among them, and how many samples each step has."""
 
-    def __init__(self, dataset: Dataset | Mixture):
-        self.dataset = dataset
+    indices: np.ndarray
+    repeats: list[int]
+    sizes: list[int]
+
+
+class _Marked(torch.utils.data.Dataset):
+    """A chunk's batches, fetched and collated: torch hands a worker a chunk (one item of
+    :class:`_Steps`) in one ``__getitems__`` call, and a dataset or mixture serves all of its
+    samples with one ``batch()``."""
+
+    def __init__(self, dataset: Dataset | Mixture, collate: Callable[[Any], Any]):
+        self.dataset, self.collate = dataset, collate
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, bool]) -> dict[str, Any]:
-        return self.__getitems__([key])[0]
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[index]
 
-    def __getitems__(self, keys: list[tuple[int, bool]]) -> Sequence[dict[str, Any]]:
-        indices = [index for index, _ in keys]
-        return self.fetch(indices, [k for k, (_, repeat) in enumerate(keys) if repeat])
-
-    def fetch(
-        self, indices: Sequence[int] | np.ndarray, repeats: Sequence[int]
-    ) -> Sequence[dict[str, Any]]:
-        """Samples ``indices``, those at places ``repeats`` marked as repeats."""
-        samples = self.dataset.batch(indices)
-        if not len(repeats):
-            return samples
+    def __getitems__(self, chunk: _Chunk) -> list[Any]:
+        samples = self.dataset.batch(chunk.indices)
+        if chunk.repeats and isinstance(samples, SampleBatch):
+            samples = samples.with_repeats(chunk.repeats)
+        elif chunk.repeats:
+            repeats = set(chunk.repeats)
+            samples = [as_repeat(s) if k in repeats else s for k, s in enumerate(samples)]
+        if isinstance(samples, SampleBatch) and type(self.collate) is Collator:
+            # Every step's batch made together (not for a subclass: it may collate anew).
+            return self.collate.batches(samples, chunk.sizes)
         if isinstance(samples, SampleBatch):
-            return samples.with_repeats(repeats)
-        return [as_repeat(s) if k in repeats else s for k, s in enumerate(samples)]
+            parts: list[Any] = samples.split(chunk.sizes)
+        else:
+            parts = [samples[a:b] for a, b in pairwise(accumulate(chunk.sizes, initial=0))]
+        return [self.collate(part) for part in parts]
+
+
+def _collated(batches: list[Any]) -> list[Any]:
+    """Torch's ``collate_fn``: ``__getitems__`` has collated a chunk's batches already."""
+    return batches
 
 
 class _Steps(torch.utils.data.Sampler):
-    """This rank's batches of the loader's current epoch, from its current step on."""
+    """This rank's steps of the loader's current epoch, from its current step on, in chunks:
+    the first step alone (so that the first batch comes as soon as it can), then
+    ``READ_AHEAD`` steps a chunk, which cost little more to fetch than one (the array work is
+    per call, not per sample) and cross from a worker to the main process as one block of
+    memory. Its length is the epoch's number of steps."""
 
     def __init__(self, loader: DataLoader):
         self.loader = loader
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        schedule = self.loader.schedule()
-        rank = self.loader.rank
-        for step in range(self.loader.step, schedule.steps):
-            yield schedule.batch(step, rank)
+    def __iter__(self) -> Iterator[_Chunk]:
+        schedule, rank = self.loader.schedule(), self.loader.rank
+        step, ahead = self.loader.step, 1
+        while step < schedule.steps:
+            steps = range(step, min(step + ahead, schedule.steps))
+            step, ahead = steps.stop, READ_AHEAD
+            indices, repeats, sizes = schedule.shares(steps, rank)
+            yield _Chunk(indices, np.flatnonzero(repeats).tolist(), sizes)
 
     def __len__(self) -> int:
         return self.loader.schedule().steps
@@ -112,11 +135,13 @@ class DataLoader(torch.utils.data.DataLoader):
         self.epoch = self.step = 0
         self._schedule: tuple[int, Schedule] | None = None
         self.schedule()  # checks the sizes now, not at the first batch
+        # Not collate_fn either: torch's is the identity, a chunk's batches come collated.
+        self.collate = collate_fn or Collator()
         super().__init__(
-            _Marked(dataset),
+            _Marked(dataset, self.collate),
             batch_sampler=_Steps(self),
             num_workers=num_workers,
-            collate_fn=collate_fn or Collator(),
+            collate_fn=_collated,
             **options,
         )
 
@@ -137,31 +162,15 @@ class DataLoader(torch.utils.data.DataLoader):
             self.set_epoch(epoch + 1)
 
     def _batches(self) -> Iterator[Any]:
-        """With workers (or pinned memory), torch's iterator. Without, batches made right here:
-        after the first, ``READ_AHEAD`` steps looked up and fetched in one call each, which
-        costs little more than for one step (the array work is per call, not per sample), then
-        cut into steps and collated one by one as they are asked for; and no profiler
-        annotation around every batch, which is all torch's single-process iterator adds."""
+        """Every chunk's batches: with workers (or pinned memory) through torch's iterator,
+        else fetched right here (without the profiler annotation around every batch, which is
+        all torch's single-process iterator adds)."""
         if self.num_workers or self.pin_memory:
-            yield from super().__iter__()
-            return
-        schedule, step = self.schedule(), self.step
-        ahead = 1  # the first batch alone, so that it comes as soon as it can
-        while step < schedule.steps:
-            steps = range(step, min(step + ahead, schedule.steps))
-            step, ahead = steps.stop, READ_AHEAD
-            indices, repeats, sizes = schedule.shares(steps, self.rank)
-            fetched = self.dataset.fetch(indices, np.flatnonzero(repeats).tolist())
-            if isinstance(fetched, SampleBatch) and type(self.collate_fn) is Collator:
-                # Every step's batch made together (not for a subclass: it may collate anew).
-                yield from self.collate_fn.batches(fetched, sizes)
-                continue
-            if isinstance(fetched, SampleBatch):
-                parts: list[Any] = fetched.split(sizes)
-            else:
-                parts = [fetched[a:b] for a, b in pairwise(accumulate(sizes, initial=0))]
-            for part in parts:
-                yield self.collate_fn(part)
+            chunks: Iterator[list[Any]] = super().__iter__()
+        else:
+            chunks = map(self.dataset.__getitems__, self.batch_sampler)
+        for batches in chunks:
+            yield from batches
 
     def set_epoch(self, epoch: int) -> None:
         """Serve epoch ``epoch`` from its start (its own order, from ``(seed, epoch)``)."""
