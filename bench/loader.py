@@ -21,7 +21,8 @@ Throughput (table 1). Every row runs in a fresh child process and reads files al
 page cache, --rounds times in turn (all rows, then all rows again), and the table shows each
 row's median run. A row builds its loader, takes the first batch (its "startup", from opening the data
 to that batch, imports excluded), then skips the batches its workers prefetched meanwhile
-(``2 × workers``), runs a full garbage collection, and times the batches after them for
+(``2 × workers`` items: batches, or a gristmill worker's chunks of 8 steps), runs a full
+garbage collection, and times the batches after them for
 --seconds or until the epoch ends. The collection is the one that importing torch leaves owing
 (about 170,000 objects, 100-300 ms to scan here): without it, it falls inside whichever timed
 loop first keeps more than 700 new objects alive at once, which made a half-second gristmill row up
@@ -102,7 +103,7 @@ from common import environment, ints, print_targets, versions  # bench/common.py
 
 SEQ_LEN = 2048
 BATCH = 8
-PREFETCH = 2  # torch's prefetch_factor: batches each worker has made before the first is taken
+PREFETCH = 2  # torch's prefetch_factor: items each worker has made before the first is taken
 MAX_CHARS = 6_000  # the largest document cut from a top-level block (at blank lines)
 SPLIT_VERSION = 1  # bump when the documents change: the cached datasets go stale
 PLANS_DIR = ".gristmill-plans"
@@ -406,8 +407,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {**laps, "startup": sum(v for k, v in laps.items() if k != "import")}
     if spec.get("seconds", 0) <= 0:
         return result
+    per_item = 1  # batches in one item of a worker's prefetch
+    if spec["system"] == "gristmill":
+        from gristmill.torch.loader import READ_AHEAD
+
+        per_item = READ_AHEAD  # a gristmill worker makes a chunk of steps at a time
     try:
-        for _ in range(PREFETCH * spec["workers"]):
+        for _ in range(PREFETCH * spec["workers"] * per_item):
             next(batches)
     except StopIteration:
         return {**result, "failed": "the epoch ended before the timing began"}
