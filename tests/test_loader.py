@@ -11,8 +11,8 @@ import gristmill
 from gristmill.errors import GristmillError
 from tests.test_sampling import SAMPLERS
 
-pytest.importorskip("torch")
-import gristmill.torch
+torch = pytest.importorskip("torch")
+import gristmill.torch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,22 @@ def test_a_state_from_another_run_is_refused(prepared):
     other = gristmill.torch.dataloader(packed, batch_size=4, rank=0, world_size=2)
     with pytest.raises(GristmillError, match="the dataset, split or packing"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_rebuilt_from_its_parts_is_refused(prepared, workers):
+    """accelerate's prepare (tests/test_trainers.py) rebuilds a loader from its dataset and
+    batch sampler: it would serve lists of batches, or shard the rank's steps again."""
+    loader = _loader(prepared, 0, 1, 4, num_workers=workers, persistent_workers=bool(workers))
+    first = _run([loader], steps=3)
+    rebuilt = torch.utils.data.DataLoader(
+        loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn
+    )
+    with pytest.raises(GristmillError, match="iterate it as it is"):
+        next(iter(rebuilt))
+    assert _run([loader], steps=3) != first and loader.step == 6  # its own passes go on
+    loader.set_epoch(0)
+    assert _run([loader], steps=3) == first
 
 
 def test_rank_comes_from_the_environment(prepared, monkeypatch):

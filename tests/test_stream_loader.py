@@ -140,6 +140,18 @@ def test_what_a_stream_loader_refuses(sources):
         gristmill.torch.dataloader(stream, batch_size=0)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_loader_rebuilt_from_its_parts_is_refused(sources, workers):
+    loader = _loader(_stream(sources), shuffle=False, num_workers=workers)
+    rebuilt = torch.utils.data.DataLoader(loader.dataset, batch_size=None, num_workers=workers)
+    with pytest.raises(GristmillError, match="iterate it as it is"):
+        next(iter(rebuilt))  # before the loader's first pass
+    first = next(iter(loader))
+    with pytest.raises(GristmillError, match="iterate it as it is"):
+        next(iter(rebuilt))  # and after it: the pass took its pieces
+    assert next(iter(loader)) != first and loader.step == 2  # its own passes go on
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stream_dataset_shares_every_sample_once_across_ranks_and_workers(sources, world, workers):

@@ -115,3 +115,25 @@ def test_a_plain_loop_resumes_mid_epoch_with_identical_batches(dataset, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(before + after, whole))
     for key, value in model.state_dict().items():
         assert torch.allclose(value, reference[key], atol=1e-6), key
+
+
+def test_accelerate_trains_on_the_loader_as_it_is(dataset):
+    """accelerate prepares the model and optimizer; the loader, which already serves this
+    rank's share, is iterated as it is, and preparing it is refused with a way out."""
+    accelerate = pytest.importorskip("accelerate")
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = _model("sdpa")
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
+    ds = gristmill.open_dataset(dataset, seq_len=128, packer="first-fit")
+    loader = gristmill.torch.dataloader(ds, batch_size=4)
+    with pytest.raises(gristmill.GristmillError, match="prepare the model and optimizer only"):
+        next(iter(accelerator.prepare(loader)))
+    losses = []
+    for batch in loader:
+        keys = ("input_ids", "labels", "position_ids", "attention_mask")
+        loss = model(**{k: batch[k].to(accelerator.device) for k in keys}).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert len(losses) == len(loader) and losses[-1] < losses[0]

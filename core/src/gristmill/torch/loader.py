@@ -23,7 +23,12 @@ from gristmill.samples import SampleBatch
 from gristmill.sampling import Schedule
 from gristmill.stream import Stream
 from gristmill.torch.collator import Collator
-from gristmill.torch.ranks import as_repeat, rank_and_world_size, refuse_other_runs
+from gristmill.torch.ranks import (
+    as_repeat,
+    rank_and_world_size,
+    rebuilt_elsewhere,
+    refuse_other_runs,
+)
 from gristmill.torch.streaming import StreamLoader
 
 STATE_FORMAT = "gristmill-loader"
@@ -81,12 +86,17 @@ class _Steps(torch.utils.data.Sampler):
     the first step alone (so that the first batch comes as soon as it can), then
     ``READ_AHEAD`` steps a chunk, which cost little more to fetch than one (the array work is
     per call, not per sample) and cross from a worker to the main process as one block of
-    memory. Its length is the epoch's number of steps."""
+    memory. Its length is the epoch's number of steps. Only its own loader may iterate it,
+    once per pass (``armed``): a loader rebuilt from its parts gets a clear error."""
 
     def __init__(self, loader: DataLoader):
-        self.loader = loader
+        self.loader, self.armed = loader, False
 
     def __iter__(self) -> Iterator[_Chunk]:
+        # Checked at the first chunk, not at iter(): torch calls iter() twice before that.
+        if not self.armed:
+            raise rebuilt_elsewhere()
+        self.armed = False
         schedule, rank = self.loader.schedule(), self.loader.rank
         step, ahead = self.loader.step, 1
         while step < schedule.steps:
@@ -165,6 +175,7 @@ class DataLoader(torch.utils.data.DataLoader):
         """Every chunk's batches: with workers (or pinned memory) through torch's iterator,
         else fetched right here (without the profiler annotation around every batch, which is
         all torch's single-process iterator adds)."""
+        self.batch_sampler.armed = True
         if self.num_workers or self.pin_memory:
             chunks: Iterator[list[Any]] = super().__iter__()
         else:

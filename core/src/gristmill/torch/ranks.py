@@ -1,5 +1,5 @@
-"""What both loaders share: which rank this is, the repeats that keep ranks in step, and
-refusing a saved state from another run."""
+"""What both loaders share: which rank this is, the repeats that keep ranks in step,
+refusing a saved state from another run, and refusing to be rebuilt by another library."""
 
 from __future__ import annotations
 
@@ -30,6 +30,19 @@ def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, 
     if not 0 <= rank < world_size:
         raise GristmillError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
     return rank, world_size
+
+
+def rebuilt_elsewhere() -> GristmillError:
+    """What a loader's parts raise when a ``DataLoader`` other than their own iterates them.
+    accelerate's ``prepare`` rebuilds a loader from its dataset and batch sampler; here those
+    serve this rank's share already, a chunk of batches at a time, so the rebuilt loader would
+    yield lists of batches, or shard the rank's steps again, without a word."""
+    return GristmillError(
+        "this gristmill loader is being iterated by another DataLoader built from its parts "
+        "(accelerate's prepare does that): it already serves this rank's share of every step "
+        "and resumes with its own state_dict, so iterate it as it is. With accelerate, prepare "
+        "the model and optimizer only and move each batch to accelerator.device yourself"
+    )
 
 
 def as_repeat(sample: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,12 @@ from gristmill.errors import GristmillError
 from gristmill.samples import build_sample
 from gristmill.stream import Chunk, Stream, StreamStats
 from gristmill.torch.collator import Collator
-from gristmill.torch.ranks import as_repeat, rank_and_world_size, refuse_other_runs
+from gristmill.torch.ranks import (
+    as_repeat,
+    rank_and_world_size,
+    rebuilt_elsewhere,
+    refuse_other_runs,
+)
 
 log = logging.getLogger("gristmill")
 
@@ -114,15 +119,22 @@ class StreamDataset(torch.utils.data.IterableDataset):
 
 class _Chunks(torch.utils.data.IterableDataset):
     """The chunks of this rank's remaining pieces, tokenized: worker ``w`` of ``W`` reads the
-    ``w``-th, ``w + W``-th… and yields ``(number, chunk)``."""
+    ``w``-th, ``w + W``-th… and yields ``(number, chunk)``. Its loader sets ``pieces`` for each
+    pass and takes them back once the pass has begun (see ``StreamLoader.__iter__``), so a
+    loader rebuilt from its parts gets a clear error."""
 
     def __init__(self, stream: Stream):
         self.stream = stream
-        self.pieces: list[int] = []
+        self.pieces: list[int] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Chunk]]:
+        if self.pieces is None:
+            raise rebuilt_elsewhere()
+        return self._read(self.pieces)
+
+    def _read(self, pieces: list[int]) -> Iterator[tuple[int, Chunk]]:
         worker, workers = _worker()
-        chunks = (chunk for piece in self.pieces for chunk in self.stream.pieces[piece])
+        chunks = (chunk for piece in pieces for chunk in self.stream.pieces[piece])
         for number, chunk in enumerate(chunks):
             if number % workers == worker:
                 yield number, self.stream.read(chunk)
@@ -206,7 +218,9 @@ class StreamLoader(torch.utils.data.DataLoader):
         mine = self.work[self.rank]
         self.chunks.pieces = [piece for piece, _ in mine]  # before the workers start
         self.stats = StreamStats(self.stream.seq_len)
+        # torch's iterator takes the pieces as it starts: the workers' copies, or iter() here.
         samples = self._samples(mine, super().__iter__())
+        self.chunks.pieces = None
         spare: dict[str, Any] | None = None  # what a repeat copies: this rank's last sample
         while True:
             batch = list(islice(samples, self.per_rank))
