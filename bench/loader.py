@@ -22,11 +22,11 @@ page cache, --rounds times in turn (all rows, then all rows again), and the tabl
 row's median run. A row builds its loader, takes the first batch (its "startup", from opening the data
 to that batch, imports excluded), then skips the batches its workers prefetched meanwhile
 (``2 × workers`` items: batches, or a gristmill worker's chunks of 8 steps), runs a full
-garbage collection, and times the batches after them for
---seconds or until the epoch ends. The collection is the one that importing torch leaves owing
-(about 170,000 objects, 100-300 ms to scan here): without it, it falls inside whichever timed
-loop first keeps more than 700 new objects alive at once, which made a half-second gristmill row up
-to 30% slower while the peers' loops never trigger it; a training run pays it once in hours.
+garbage collection, and times the batches after them for --seconds or until the epoch ends.
+The collection is the one that importing torch leaves owing (about 170,000 objects, 100-300 ms
+to scan here): without it, it falls inside whichever timed loop first keeps more than 700 new
+objects alive at once, which made a half-second gristmill row up to 30% slower while the
+peers' loops never trigger it; a training run pays it once in hours.
 samples/s counts the samples of those batches, tokens/s their real tokens (padding excluded;
 every 2048-token window is all real tokens). Batches are 8 samples of at most 2048 tokens.
 

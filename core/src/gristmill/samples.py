@@ -288,21 +288,31 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
             sample["repeat"] = True
         return sample
 
+    def cuts(self, sizes: Iterable[int]) -> list[int]:
+        """Where consecutive batches of ``sizes`` samples each begin, then ``len(self)``, where
+        the last ends: the sizes must add up to it."""
+        at = list(accumulate(sizes, initial=0))
+        if at[-1] != len(self):
+            raise ValueError(f"sizes add up to {at[-1]}, not to the batch's {len(self)} samples")
+        return at
+
+    def repeats_in(self, start: int, end: int) -> frozenset[int]:
+        """The places of the repeats among samples ``[start, end)``, counted from ``start``."""
+        return frozenset(k - start for k in self.repeats if start <= k < end)
+
     def split(self, sizes: Iterable[int]) -> list[SampleBatch]:
         """Consecutive batches of ``sizes`` samples each (adding up to ``len(self)``)."""
-        out, start = [], 0
-        for size in sizes:
-            end = start + size
-            repeats = frozenset(k - start for k in self.repeats if start <= k < end)
-            bounds, seq_bounds = self.bounds[start : end + 1], self.seq_bounds[start : end + 1]
-            part = SampleBatch(
-                self.flat, self.width, bounds, seq_bounds, repeats, self.first + start
+        return [
+            SampleBatch(
+                self.flat,
+                self.width,
+                self.bounds[a : b + 1],
+                self.seq_bounds[a : b + 1],
+                self.repeats_in(a, b),
+                self.first + a,
             )
-            out.append(part)
-            start = end
-        if start != len(self):
-            raise ValueError(f"sizes add up to {start}, not to the batch's {len(self)} samples")
-        return out
+            for a, b in pairwise(self.cuts(sizes))
+        ]
 
     def with_repeats(self, repeats: Iterable[int]) -> SampleBatch:
         """The same samples, those in ``repeats`` marked as served again to keep ranks in step:

@@ -92,9 +92,7 @@ class Collator:
             return [
                 _marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts
             ]
-        at = list(accumulate(sizes, initial=0))
-        if at[-1] != len(samples):
-            raise ValueError(f"sizes add up to {at[-1]}, not to the batch's {len(samples)} samples")
+        at = samples.cuts(sizes)
         width, bounds, seq_bounds = samples.width, samples.bounds, samples.seq_bounds
         lo, hi = bounds[0], bounds[-1]
         widths = [bounds[b] - bounds[a] for a, b in pairwise(at)]
@@ -120,8 +118,7 @@ class Collator:
                 out_lens[b],
                 part_starts,
             )
-            repeats = {k - at[b] for k in samples.repeats if at[b] <= k < at[b + 1]}
-            out.append(_marked(batch, repeats, sizes[b]))
+            out.append(_marked(batch, samples.repeats_in(at[b], at[b + 1]), sizes[b]))
         return out
 
     def _padded(
