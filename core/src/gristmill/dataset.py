@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import operator
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -13,11 +16,14 @@ import numpy as np
 
 from gristmill.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
-from gristmill.manifest import fingerprint, read_manifest
+from gristmill.manifest import durable, fingerprint, read_manifest, sync_directory
 from gristmill.overlong import check_policy
+from gristmill.packing import PLAN_ARRAYS, plan_problem
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.samples import Buffers, SampleBatch, build_samples, check_labels, join_parts
 from gristmill.tokenizers import load_saved
+
+log = logging.getLogger("gristmill")
 
 
 class Dataset:
@@ -76,14 +82,22 @@ class Dataset:
     def _plan(self, record: PackerType) -> PackPlan:
         """The pack plan: from the cache beside the shards when a run already computed it."""
 
+        # Read for planning, and to check a stored plan against: one small read per shard.
+        lengths = self.documents.lengths()
+
         def make() -> PackPlan:
             packer = record.factory(overlong=self.overlong, **self.packer_options)
-            return packer.plan(self.documents.lengths(), self.seq_len)
+            return packer.plan(lengths, self.seq_len)
 
         if not record.cache:
             return make()
-        key = self._plan_key()
-        return cached_plan(self.path / PLANS_DIR / f"{fingerprint(key)[:32]}.npz", make)
+        key = fingerprint(self._plan_key())
+        return cached_plan(
+            self.path / PLANS_DIR / f"{key[:32]}.npz",
+            key,
+            make,
+            lambda plan: plan_problem(plan, lengths, self.seq_len),
+        )
 
     def _plan_key(self) -> dict[str, Any]:
         return {
@@ -229,38 +243,61 @@ class Dataset:
 PLANS_DIR = ".gristmill-plans"  # pack plans, cached beside the shards; safe to delete
 
 
-def cached_plan(path: Path, make: Callable[[], PackPlan]) -> PackPlan:
-    """The plan stored at ``path``, or ``make()``'s, stored there for the next process.
+def cached_plan(
+    path: Path, key: str, make: Callable[[], PackPlan], check: Callable[[PackPlan], str | None]
+) -> PackPlan:
+    """The plan stored at ``path`` for ``key``, or ``make()``'s, stored there for the next process.
 
+    A stored plan is served only if it was stored for ``key`` and ``check`` finds no problem in
+    it; a file that cannot be read or does not match is recomputed with a warning naming it.
     Several ranks opening a dataset at once may all compute the plan: each writes it under its own
-    temporary name and renames it into place, so the file is always whole. A directory that cannot
-    be written (a read-only dataset) just means no cache.
+    temporary name, synced, and renames it into place, so the file is always whole. A directory
+    that cannot be written (a read-only dataset) just means no cache.
     """
+    problem = None
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            return PackPlan(
-                **{k: stored[k] for k in ("sample_bounds", "seg_doc", "seg_start", "seg_len")},
-                dropped=int(stored["dropped"]),
-            )
-    except (OSError, KeyError, ValueError):
-        pass  # absent, or not a plan file: compute it
+        plan, stored_key = _load_plan(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        problem = f"not a readable pack plan ({type(error).__name__}: {error})"
+    else:
+        problem = "stored for another dataset or packing" if stored_key != key else check(plan)
+        if problem is None:
+            return plan
+        problem = f"does not match the dataset: {problem}"
+    if problem is not None:
+        log.warning(f"{path}: {problem}; recomputed the pack plan (a cache, safe to delete)")
     plan = make()
+    with contextlib.suppress(OSError):
+        _store_plan(path, key, plan)
+    return plan
+
+
+def _load_plan(path: Path) -> tuple[PackPlan, str]:
+    with np.load(path, allow_pickle=False) as stored:
+        plan = PackPlan(**{k: stored[k] for k in PLAN_ARRAYS}, dropped=int(stored["dropped"]))
+        return plan, str(stored["key"])
+
+
+def _store_plan(path: Path, key: str, plan: PackPlan) -> None:
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as f:
             np.savez(
                 f,
-                sample_bounds=plan.sample_bounds,
-                seg_doc=plan.seg_doc,
-                seg_start=plan.seg_start,
-                seg_len=plan.seg_len,
+                key=np.array(key),
                 dropped=np.int64(plan.dropped),
+                **{k: getattr(plan, k) for k in PLAN_ARRAYS},
             )
+            f.flush()
+            if durable():
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:
-        pass
-    return plan
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_directory(path.parent)
 
 
 def open_dataset(

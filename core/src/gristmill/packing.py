@@ -64,3 +64,32 @@ def plan_online(online: OnlinePacker, lengths: np.ndarray) -> PackPlan:
     lengths = np.asarray(lengths, np.int64)
     samples = online.push(range(len(lengths)), lengths) + online.flush()
     return plan_from_samples(samples, online.dropped)
+
+
+PLAN_ARRAYS = ("sample_bounds", "seg_doc", "seg_start", "seg_len")
+
+
+def plan_problem(plan: PackPlan, lengths: np.ndarray, seq_len: int | None) -> str | None:
+    """What makes ``plan`` unfit to serve documents of ``lengths`` in samples of at most
+    ``seq_len`` tokens, or ``None``: a few vectorised checks of its shapes and ranges, so that
+    a plan read back from a file never indexes past a document or a sample."""
+    for name in PLAN_ARRAYS:
+        array = getattr(plan, name)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            return f"{name} is not a list of integers ({array.dtype}, {array.ndim}-D)"
+    bounds, docs, starts, sizes = (getattr(plan, name).astype(np.int64) for name in PLAN_ARRAYS)
+    if not len(docs) == len(starts) == len(sizes):
+        return f"segment arrays of different lengths ({len(docs)}, {len(starts)}, {len(sizes)})"
+    if not len(bounds) or bounds[0] != 0 or bounds[-1] != len(docs) or (np.diff(bounds) < 1).any():
+        return "sample bounds do not cut the segments into non-empty samples"
+    if len(docs) and (docs.min() < 0 or docs.max() >= len(lengths)):
+        return f"a segment names a document outside the {len(lengths)} documents of the split"
+    if len(docs) and (
+        starts.min() < 0 or sizes.min() < 1 or (starts + sizes > lengths[docs]).any()
+    ):
+        return "a segment reaches past the end of its document"
+    if seq_len is not None and len(docs) and np.add.reduceat(sizes, bounds[:-1]).max() > seq_len:
+        return f"a sample holds more than seq_len={seq_len} tokens"
+    if plan.dropped < 0:
+        return f"dropped is {plan.dropped}"
+    return None
