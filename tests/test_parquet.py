@@ -222,30 +222,70 @@ def damage_row_group(path: Path, group: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@needs_pyarrow
-def test_a_damaged_row_group_fails_naming_it_or_keeps_the_rows_before(tmp_path):
-    records = [{"text": f"record {i}"} for i in range(50)]
-    path = tmp_path / "damaged.parquet"
+def flip_a_value_byte(path: Path, value: bytes) -> None:
+    """Flip the low bit of the second byte of ``value`` where it is stored: the text stays
+    valid UTF-8 and the page well formed, so only the page's checksum can tell."""
+    data = bytearray(path.read_bytes())
+    at = data.index(value) + 1
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def damaged_file(path: Path, records: list[dict[str, Any]], damage: str) -> Path:
+    """``records`` in row groups of 100 rows, uncompressed, with page checksums; group 4
+    damaged in its page header (``header``) or in the values of a page (``values``)."""
     pq.write_table(
         pa.Table.from_pylist(records),
         path,
-        row_group_size=10,
+        row_group_size=100,
         compression="none",
         use_dictionary=False,
+        write_page_checksum=True,
+        data_page_size=1024,  # several pages per row group: damage can come mid-group
     )
-    damage_row_group(path, 3)
-    source = open_one(path)
-    with pytest.raises(DataError, match=r"damaged.parquet: row group 3 \(rows 31 to 40\)"):
-        read_all(source)
-    parts = source.split(5)
-    assert [p.first_row for p in parts] == [1, 11, 21, 31, 41]
-    assert read_all(parts[4]) == records[40:]  # pieces after the damage still read
+    if damage == "header":
+        damage_row_group(path, 4)
+    else:
+        flip_a_value_byte(path, b"record 450")
+    return path
 
-    with pytest.raises(DataError, match=r"damaged.parquet: row group 3"):
+
+@needs_pyarrow
+@pytest.mark.parametrize("damage", ["header", "values"])
+def test_a_damaged_row_group_costs_its_own_rows_only(tmp_path, damage):
+    """A damaged row group once ended the file: 400 of 900 rows kept, counted as 1, though
+    groups 5 to 8 read fine. Now its rows are counted from the footer and the reading goes on."""
+    records = [{"text": f"record {i}"} for i in range(900)]
+    path = damaged_file(tmp_path / "damaged.parquet", records, damage)
+    items = read_all(open_one(path, batch_size=10))
+    [rejected] = [item for item in items if isinstance(item, Rejected)]
+    kept = [item for item in items if not isinstance(item, Rejected)]
+    assert rejected.reason == "damaged-row-group" and rejected.where == Where(str(path))
+    assert "row group 4 (rows 401 to 500)" in rejected.message
+    # Rows the damaged group gave before the damage are kept, the others counted: 100 in all.
+    assert len(kept) + rejected.rows == 900
+    assert kept == records[: len(kept) - 400] + records[500:]
+    assert f"{rejected.rows} rows" in rejected.message
+
+    message = r"damaged.parquet: row group 4 \(rows 401 to 500\) cannot be read"
+    with pytest.raises(DataError, match=message):
         gristmill.prepare(path, tmp_path / "a", progress=False)
     manifest = gristmill.prepare(path, tmp_path / "b", on_error="skip", progress=False)
-    assert manifest["provenance"]["skipped"] == {"unreadable-rest": 1}
-    assert manifest["splits"]["train"]["num_documents"] == 30
+    assert manifest["provenance"]["skipped"] == {"damaged-row-group": rejected.rows}
+    assert manifest["splits"]["train"]["num_documents"] == len(kept)
+    [entry] = (tmp_path / "b.rejects.jsonl").read_text().splitlines()
+    assert json.loads(entry)["rows"] == rejected.rows
+
+
+@needs_pyarrow
+def test_pieces_after_a_damaged_row_group_read_in_full(tmp_path):
+    records = [{"text": f"record {i}"} for i in range(900)]
+    path = damaged_file(tmp_path / "damaged.parquet", records, "header")
+    parts = open_one(path).split(9)
+    assert [p.first_row for p in parts] == list(range(1, 900, 100))
+    assert read_all(parts[5]) == records[500:600]
+    [rejected] = read_all(parts[4])
+    assert rejected.rows == 100
 
 
 @needs_pyarrow

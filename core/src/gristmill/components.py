@@ -71,7 +71,8 @@ class Rejected(NamedTuple):
 
     ``reason`` is a short stable key for counting (``malformed-json``, ``not-utf8``,
     ``too-large``, ``ragged-row``…); ``message`` says what is wrong and how to fix it; ``raw`` is
-    the record's text when there is one, for the reject file.
+    the record's text when there is one, for the reject file; ``rows``: how many input records
+    this stands for (a damaged Parquet row group whose rows the footer counts).
     """
 
     reason: str
@@ -79,6 +80,7 @@ class Rejected(NamedTuple):
     where: Where
     raw: str | None = None
     field: str | None = None
+    rows: int = 1
 
 
 DEFAULT_MAX_RECORD_BYTES = 64 << 20

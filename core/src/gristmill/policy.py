@@ -38,7 +38,7 @@ class ErrorPolicy:
         """A record that cannot be used: raise (fail) or count and write it to the reject file."""
         if self.mode == "fail":
             raise DataError(rejected.message, where=str(rejected.where), field=rejected.field)
-        self.counts[rejected.reason] += 1
+        self.counts[rejected.reason] += rejected.rows
         if self._tmp is None:
             return
         if self._file is None:
@@ -50,6 +50,7 @@ class ErrorPolicy:
             "field": rejected.field,
             "message": rejected.message,
             "raw": rejected.raw,
+            "rows": rejected.rows,
         }
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
 

@@ -94,38 +94,64 @@ class ParquetSource:
     # --- reading ---------------------------------------------------------------------------------
 
     def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
-        """Every row as a dict, row group by row group; a damaged row group raises DataError.
+        """Every row as a dict, row group by row group.
 
-        Rows already yielded stay valid: under ``--on-error skip`` the core keeps them and counts
-        the rest of the file as unreadable.
+        A row group that cannot be read is one :class:`Rejected` (``damaged-row-group``) that
+        stands for its rows not yet yielded, counted from the footer; the next group is read as
+        usual. Only a footer that cannot be read ends the file (a :class:`DataError`).
         """
         pf = self._open()
-        import pyarrow as pa  # after _open: a missing pyarrow gets the install hint there
-
         with pf:
             columns = self._projection(pf)
             row = self.first_row
             for group in self._groups(pf):
                 meta = pf.metadata.row_group(group)
-                first = row
-                batches = pf.iter_batches(
-                    batch_size=self._batch_rows(meta), row_groups=[group], columns=columns
-                )
-                while True:
-                    # Only the read is guarded: errors from our own code must not pass as damage.
-                    try:
-                        batch = next(batches, None)
-                    except (OSError, pa.ArrowException) as exc:
-                        raise DataError(
-                            f"row group {group} (rows {first:,} to {first + meta.num_rows - 1:,}) "
-                            f"cannot be read ({type(exc).__name__}: {exc}); the file is damaged: "
-                            f"rows before {row:,} were read, the rest was not",
-                            where=self.spec,
-                        ) from None
-                    if batch is None:
-                        break
-                    yield from self._batch_records(batch, row)
-                    row += batch.num_rows
+                yield from self._group_records(pf, group, meta, row, columns)
+                row += meta.num_rows
+
+    def _group_records(
+        self,
+        pf: pq.ParquetFile,
+        group: int,
+        meta: pq.RowGroupMetaData,
+        first: int,
+        columns: list[str] | None,
+    ) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        import pyarrow as pa  # after _open: a missing pyarrow gets the install hint there
+
+        batches = pf.iter_batches(
+            batch_size=self._batch_rows(meta), row_groups=[group], columns=columns
+        )
+        row = first
+        while True:
+            # Only the read is guarded: errors from our own code must not pass as damage.
+            try:
+                batch = next(batches, None)
+                if batch is not None:
+                    # Damaged bytes can decode to text that is not UTF-8: caught here, per group.
+                    batch.validate(full=True)
+            except (OSError, pa.ArrowException) as exc:
+                yield self._damaged(group, first, meta.num_rows, row, exc)
+                return
+            if batch is None:
+                return
+            yield from self._batch_records(batch, row)
+            row += batch.num_rows
+
+    def _damaged(self, group: int, first: int, rows: int, row: int, exc: Exception) -> Rejected:
+        """The rest of a row group that cannot be read, from row ``row`` on."""
+        lost = first + rows - row
+        read = f"; rows {first:,} to {row - 1:,} were read" if row > first else ""
+        cause = " ".join(str(exc).split())  # pyarrow's messages span lines
+        return Rejected(
+            "damaged-row-group",
+            f"row group {group} (rows {first:,} to {first + rows - 1:,}) cannot be read "
+            f"({type(exc).__name__}: {cause}); the file is damaged: {lost:,} rows "
+            f"of it were not read{read}, the other row groups are read as usual; "
+            "re-create or re-download the file",
+            Where(self.spec),
+            rows=lost,
+        )
 
     def _batch_records(
         self, batch: pa.RecordBatch, first: int
@@ -211,7 +237,14 @@ class ParquetSource:
 
         try:
             # buffer_size streams each column chunk; pre_buffer would load a row group at once.
-            return parquet.ParquetFile(self.spec, buffer_size=READ_BUFFER, pre_buffer=False)
+            # Pages written with checksums are verified: a flipped byte in a value is otherwise
+            # read as a different value.
+            return parquet.ParquetFile(
+                self.spec,
+                buffer_size=READ_BUFFER,
+                pre_buffer=False,
+                page_checksum_verification=True,
+            )
         except (OSError, pa.ArrowException) as exc:
             raise DataError(
                 f"not a readable Parquet file ({type(exc).__name__}: {exc}); the file is damaged "
