@@ -135,3 +135,96 @@ def test_a_summary_that_is_not_json_is_the_plugins_fault(dataset, tmp_path, gris
     with pytest.raises(PluginError, match="exporter 'odd' returned a summary that is not JSON"):
         gristmill.export(dataset, tmp_path / "out", to="odd")
     assert not (tmp_path / "out").exists()
+
+
+def export_spans(dataset: Dataset, directory: Path, *, progress: bool, **options: Any) -> dict:
+    """Reads as gristmill-megatron does: the token stream in batches through ``spans``."""
+    docs = dataset.documents
+    lengths = docs.lengths()
+    with open(directory / f"{dataset.split}.bin", "wb") as out:
+        for lo in range(0, len(lengths), 7):
+            batch = np.arange(lo, min(lo + 7, len(lengths)))
+            tokens, _ = docs.spans(batch, np.zeros(len(batch), np.int64), lengths[batch])
+            out.write(tokens.tobytes())
+    return {"documents": len(lengths)}
+
+
+def export_lengths(dataset: Dataset, directory: Path, *, progress: bool, **options: Any) -> dict:
+    """Reads the index only: the token files are never touched."""
+    np.save(directory / f"{dataset.split}.lengths.npy", dataset.documents.lengths())
+    return {}
+
+
+def export_samples(dataset: Dataset, directory: Path, *, progress: bool, **options: Any) -> dict:
+    """Reads packed samples (``dataset.batch``), not documents."""
+    ids = [s["input_ids"] for s in dataset.batch(np.arange(len(dataset)))]
+    np.save(directory / f"{dataset.split}.npy", np.concatenate(ids))
+    return {}
+
+
+def export_copy(dataset: Dataset, directory: Path, *, progress: bool, **options: Any) -> dict:
+    """Copies the shard files as they are, past the reader."""
+    for shard in dataset.manifest["splits"][dataset.split]["shards"]:
+        source = dataset.path / shard["tokens"]["path"]
+        (directory / source.name).write_bytes(source.read_bytes())
+    return {}
+
+
+class ReadingPlugin:
+    """One exporter per way of reading a split."""
+
+    @hookimpl
+    def gristmill_exporters(self) -> list[ExporterType]:
+        return [
+            ExporterType(name=name, description=f"reads via {name}", export=export)
+            for name, export in [
+                ("document", export_npy),
+                ("spans", export_spans),
+                ("lengths", export_lengths),
+                ("samples", export_samples),
+                ("copy", export_copy),
+            ]
+        ]
+
+
+@pytest.fixture
+def sharded(tmp_path, write_jsonl) -> Path:
+    rows = [{"text": f"document {i} " + "x" * (i % 17)} for i in range(300)]
+    out = tmp_path / "ds"
+    gristmill.prepare(
+        [write_jsonl(rows)], out, tokenizer="byte", val_fraction=0.2, tokens_per_shard=2000
+    )
+    return out
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01  # an id off by one: still inside the vocabulary, so only a hash tells
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("reader", ["document", "spans", "lengths", "samples", "copy"])
+@pytest.mark.parametrize("shard", [0, -1])
+def test_a_flipped_byte_is_never_exported(sharded, tmp_path, gristmill_register, reader, shard):
+    gristmill_register(ReadingPlugin())
+    manifest = json.loads((sharded / "manifest.json").read_text())
+    shards = manifest["splits"]["train"]["shards"]
+    assert len(shards) > 2
+    damaged = shards[shard]["tokens"]["path"]
+    flip_byte(sharded / damaged, shards[shard]["tokens"]["bytes"] // 2)
+    with pytest.raises(DatasetError) as caught:
+        gristmill.export(sharded, tmp_path / "out", to=reader)
+    message = str(caught.value)
+    assert damaged in message and "SHA-256" in message
+    assert f"gristmill verify {sharded}" in message and "prepare" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds"]
+
+
+def test_a_damaged_file_of_a_split_not_exported_does_not_matter(
+    sharded, tmp_path, gristmill_register
+):
+    gristmill_register(ReadingPlugin())
+    val = json.loads((sharded / "manifest.json").read_text())["splits"]["val"]["shards"][0]
+    flip_byte(sharded / val["tokens"]["path"], 0)
+    out = gristmill.export(sharded, tmp_path / "out", to="spans", splits=["train"])
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "train.bin"]
