@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gristmill
+import gristmill.files
 from gristmill import hookimpl
 from gristmill.cli import main
 from gristmill.components import TokenizerType
 from gristmill.errors import DataError, DatasetError, UnknownComponentError
+from gristmill.files import line_ranges
 from gristmill.plugins import get_manager
+from gristmill.sources import open_sources
+from gristmill.tasks import plan_tasks
 from gristmill_byte import ByteTokenizer
 
 
@@ -213,3 +224,83 @@ def test_a_tokenizer_file_with_an_unclaimed_name_says_which_names_count(tmp_path
     ) as caught:
         gristmill.prepare(write_jsonl([{"text": "x"}]), tmp_path / "out", tokenizer=str(vocab))
     assert all(s in str(caught.value) for s in suffixes)  # tokenizer.json where hf is installed
+
+
+# --- long lines: memory stays flat ---------------------------------------------------------------
+
+
+def write_long_line(path: Path, size: int) -> Path:
+    """A JSON Lines file whose second line is ``size`` bytes long, written a MiB at a time."""
+    with open(path, "wb") as f:
+        f.write(b'{"text": "first"}\n{"text": "')
+        for _ in range(size >> 20):
+            f.write(b"a" * (1 << 20))
+        f.write(b'"}\n{"text": "last"}\n')
+    return path
+
+
+def test_planning_streams_past_a_long_line(tmp_path):
+    """Cutting the input into tasks once read the line under each cut whole (f.readline()): a
+    64 MiB line cost 64 MiB before the reader rejected it in bounded memory."""
+    path = write_long_line(tmp_path / "data.jsonl", 64 << 20)
+    [source] = open_sources([str(path)], get_manager(), max_record_bytes=1000)
+    tracemalloc.start()
+    try:
+        tasks = plan_tasks([(0, source)], 8 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak / 2**20:.0f} MiB"
+    # No line cut: every cut falls inside the long line and moves to the next line's start.
+    size = path.stat().st_size
+    pieces = [piece for task in tasks for _, piece in task.pieces]
+    assert [p.byte_range for p in pieces] == [(0, size - 17, 1), (size - 17, size, 3)]
+
+
+PEAK_RSS = """
+import resource, sys
+import gristmill
+gristmill.prepare(sys.argv[1], sys.argv[2], on_error="skip", max_record_bytes=1000,
+                  workers=1, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_of_prepare(path: Path, out: Path) -> int:
+    """Peak resident memory, in bytes, of a fresh process that prepares ``path``."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.split()[-1]) << 10  # ru_maxrss is in KiB on Linux
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_prepare_of_a_long_line_costs_no_more_memory_than_a_short_one(tmp_path):
+    """The issue's case end to end: a 200 MB line took 348 MB with --max-record-bytes 1000."""
+    short = peak_rss_of_prepare(write_long_line(tmp_path / "short.jsonl", 1 << 20), tmp_path / "a")
+    long = peak_rss_of_prepare(write_long_line(tmp_path / "long.jsonl", 128 << 20), tmp_path / "b")
+    assert long - short < 32 << 20, f"{short >> 20} MiB, then {long >> 20} MiB"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=80).map(lambda b: bytes(b"a\n"[x % 2] for x in b)),
+    pieces=st.integers(1, 9),
+    chunk=st.sampled_from([1, 2, 5, 1 << 20]),
+)
+def test_line_ranges_cut_at_line_starts_whatever_the_read_size(
+    tmp_path_factory, data, pieces, chunk
+):
+    path = tmp_path_factory.mktemp("ranges") / "data.jsonl"
+    path.write_bytes(data)
+    with patch.object(gristmill.files, "CHUNK", chunk):
+        ranges = line_ranges(str(path), pieces)
+    assert 1 <= len(ranges) <= pieces
+    assert [r[0] for r in ranges] == [0] + [r[1] for r in ranges[:-1]]
+    assert ranges[-1][1] == len(data)
+    for start, _, first in ranges:
+        assert start == 0 or data[start - 1 : start] == b"\n"
+        assert first == data[:start].count(b"\n") + 1

@@ -8,7 +8,6 @@ so memory stays bounded whatever the file size; a truncated or corrupt archive i
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import zlib
 from collections.abc import Iterator
@@ -160,31 +159,28 @@ def lines(
 def line_ranges(path: str, pieces: int) -> list[tuple[int, int, int]]:
     """Split a plain file into at most ``pieces`` ``(start, end, first_line)`` byte ranges.
 
-    Boundaries move forward to the next line start, so no line is cut; ``first_line`` is the
-    1-based number of each range's first line, counted in one pass over the file.
+    Each cut moves forward to the next line start, so no line is cut; ``first_line`` is the
+    1-based number of each range's first line. One pass over the file in chunks: a line of any
+    length streams past, never held whole.
     """
     size = os.path.getsize(path)
     if pieces <= 1 or size == 0:
         return [(0, size, 1)]
-    bounds = [0]
-    with open(path, "rb") as f:
-        for k in range(1, pieces):
-            target = size * k // pieces
-            if target <= bounds[-1]:
-                continue
-            f.seek(target - 1)
-            f.readline()  # finish the line that straddles the target
-            if f.tell() < size and f.tell() > bounds[-1]:
-                bounds.append(f.tell())
-    bounds.append(size)
-    firsts = [1]
-    with open(path, "rb") as f:
-        for a, b in itertools.pairwise(bounds[:-1]):
-            newlines, remaining = 0, b - a
-            f.seek(a)
-            while remaining:
-                chunk = f.read(min(CHUNK * 16, remaining))
-                newlines += chunk.count(b"\n")
-                remaining -= len(chunk)
-            firsts.append(firsts[-1] + newlines)
-    return [(a, b, first) for a, b, first in zip(bounds[:-1], bounds[1:], firsts)]
+    targets = [size * k // pieces for k in range(1, pieces)]
+    starts = [(0, 1)]  # (offset, number) of each range's first line
+    offset, newlines = 0, 0  # of the current chunk: where it starts, newlines before it
+    for chunk in chunks(path):
+        while targets:
+            # The line that straddles the target ends at the first newline from target - 1.
+            look = max(targets[0] - 1 - offset, 0)
+            cut = chunk.find(b"\n", look) if look < len(chunk) else -1
+            if cut < 0:
+                break
+            begin = offset + cut + 1
+            if starts[-1][0] < begin < size:
+                starts.append((begin, newlines + chunk.count(b"\n", 0, cut + 1) + 1))
+            targets.pop(0)
+        newlines += chunk.count(b"\n")
+        offset += len(chunk)
+    ends = [begin for begin, _ in starts[1:]] + [size]
+    return [(begin, end, first) for (begin, first), end in zip(starts, ends)]
