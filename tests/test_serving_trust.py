@@ -13,6 +13,7 @@ import pytest
 
 import gristmill
 from gristmill.dataset import PLANS_DIR
+from gristmill.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,50 @@ def _plan_file_for(ds: Path, **options) -> Path:
     gristmill.open_dataset(ds, **options)
     [new] = set((ds / PLANS_DIR).glob("*.npz")) - before
     return new
+
+
+# Token ids past the vocabulary
+
+
+def _flip_token(ds: Path, shard: int, at: int, value: int) -> tuple[str, int]:
+    """Overwrite token ``at`` of shard ``shard`` in place (as a damaged disk would: the manifest
+    is left alone); return the shard's tokens file and the document (of the shard) holding it."""
+    manifest = json.loads((ds / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]["shards"][shard]
+    tokens = np.memmap(ds / entry["tokens"]["path"], manifest["dtype"], "r+")
+    tokens[at] = value
+    tokens.flush()
+    offsets = np.fromfile(ds / entry["offsets"]["path"], "<i8")
+    return entry["tokens"]["path"], int(np.searchsorted(offsets, at, "right") - 1)
+
+
+@pytest.mark.parametrize("packer", ["none", "first-fit", "greedy-stream", "concat-chunk"])
+@pytest.mark.parametrize("labels", ["unshifted", "shifted"])
+def test_an_id_past_the_vocabulary_is_refused_naming_shard_and_document(ds, packer, labels):
+    path, doc = _flip_token(ds, shard=1, at=7, value=65393)
+    dataset = gristmill.open_dataset(ds, seq_len=256, packer=packer, labels=labels)
+    message = rf"{path}: token id 65393 .*document {doc} .*vocabulary size 259.*gristmill verify"
+    with pytest.raises(DatasetError, match=message):
+        for i in range(len(dataset)):
+            dataset[i]
+    with pytest.raises(DatasetError, match=message):
+        dataset.batch(np.arange(len(dataset)))
+
+
+def test_an_id_past_the_vocabulary_never_reaches_a_torch_batch(ds):
+    pytest.importorskip("torch")
+    from gristmill.torch import dataloader
+
+    path, doc = _flip_token(ds, shard=0, at=30, value=259)  # the first id past the vocabulary
+    dataset = gristmill.open_dataset(ds, seq_len=256, packer="first-fit")
+    for workers in (0, 2):
+        loader = dataloader(dataset, batch_size=4, num_workers=workers)
+        with pytest.raises(DatasetError, match=rf"{path}: token id 259 .*document {doc} "):
+            for _ in loader:
+                pass
+
+
+def test_ids_inside_the_vocabulary_are_served(ds):
+    _flip_token(ds, shard=0, at=30, value=258)  # the last id of the vocabulary: valid
+    dataset = gristmill.open_dataset(ds, seq_len=256, packer="first-fit")
+    assert max(int(dataset[i]["input_ids"].max()) for i in range(len(dataset))) == 258

@@ -169,8 +169,12 @@ class Dataset:
     def _build(self, seg: slice | np.ndarray, segments: Sequence[int] | np.ndarray) -> SampleBatch:
         """The samples made of plan segments ``seg``, ``segments`` of them each, in order."""
         plan = self.plan
-        lengths = plan.seg_len[seg]
-        tokens, mask = self._spans(plan.seg_doc[seg], plan.seg_start[seg], lengths)
+        docs, starts, lengths = plan.seg_doc[seg], plan.seg_start[seg], plan.seg_len[seg]
+        tokens, mask = self._spans(docs, starts, lengths)
+        # One max over the batch's ids (a small fraction of building it): an id past the
+        # vocabulary, from a damaged shard, would reach the model as an index out of range.
+        if self._id_limit is not None and len(tokens) and tokens.max() >= self._id_limit:
+            self._refuse_ids(tokens, docs, starts, lengths)
         return build_samples(
             tokens,
             mask,
@@ -189,6 +193,33 @@ class Dataset:
         spans = getattr(self.documents, "spans", None)
         if spans is not None:
             return spans(docs, starts, lengths)
+    @cached_property
+    def _id_limit(self) -> int | None:
+        """The vocabulary size, where the shards' dtype can hold an id past it."""
+        vocab = self.manifest["tokenizer"].get("vocab_size")
+        if vocab is None or np.iinfo(self.manifest["dtype"]).max < vocab:
+            return None
+        return int(vocab)
+
+    def _refuse_ids(
+        self, tokens: np.ndarray, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> None:
+        """Name the shard file and document of the first id past the vocabulary in ``tokens``
+        (the segments ``docs``, ``starts``, ``lengths``, concatenated)."""
+        at = int(np.flatnonzero(tokens >= self._id_limit)[0])
+        ends = np.cumsum(lengths)
+        k = int(np.searchsorted(ends, at, "right"))
+        doc, token = int(docs[k]), int(starts[k] + at - (ends[k] - lengths[k]))
+        shards = self.manifest["splits"][self.split]["shards"]
+        first = np.cumsum([0] + [shard["num_documents"] for shard in shards])
+        shard = int(np.searchsorted(first, doc, "right")) - 1
+        raise DatasetError(
+            f"{self.path / shards[shard]['tokens']['path']}: token id {tokens[at]} in document "
+            f"{doc - first[shard]} of this shard (document {doc} of the {self.split!r} split, "
+            f"token {token}) is not below the vocabulary size {self._id_limit}: the shard is "
+            f"damaged; run `gristmill verify {self.path}` and prepare the dataset again"
+        )
+
         parts = []
         for doc, start, length in zip(docs.tolist(), starts.tolist(), lengths.tolist()):
             ids, mask = self.documents.document(doc)
