@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
 import sys
@@ -304,3 +305,55 @@ def test_line_ranges_cut_at_line_starts_whatever_the_read_size(
     for start, _, first in ranges:
         assert start == 0 or data[start - 1 : start] == b"\n"
         assert first == data[:start].count(b"\n") + 1
+
+
+# --- compressed files: what follows the last complete member --------------------------------------
+
+
+def compressed(suffix: str, data: bytes) -> bytes:
+    if suffix == ".gz":
+        return gzip.compress(data, mtime=0)
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+RECORDS = b"".join(b'{"text": "record %d"}\n' % i for i in range(100))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+@pytest.mark.parametrize("trailing", [b"\x00not a member\x00" * 4, b"\x00" * 512, b"x"])
+def test_bytes_after_a_complete_archive_are_named_as_trailing_not_damage(
+    tmp_path, suffix, trailing
+):
+    """They were called "corrupt compressed data; the file is damaged" though every record
+    was read: now the error says how many bytes follow where the archive ends, and that
+    nothing before them was lost."""
+    good = compressed(suffix, RECORDS)
+    path = tmp_path / f"data.jsonl{suffix}"
+    path.write_bytes(good + trailing)
+    [source] = open_sources([str(path)], get_manager())
+    records = []
+    with pytest.raises(DataError) as caught:
+        for record, _ in source.records():
+            records.append(record)
+    assert len(records) == 100
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {len(trailing):,} trailing bytes after the end of the")
+    assert f"at byte {len(good):,}" in message and "every record before them was read" in message
+    assert "damaged;" not in message and "corrupt" not in message
+
+    manifest = gristmill.prepare(path, tmp_path / "ds", on_error="skip", progress=False)
+    assert manifest["splits"]["train"]["num_documents"] == 100
+    assert manifest["provenance"]["skipped"] == {"unreadable-rest": 1}
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_damaged_member_after_a_complete_one_is_still_damage(tmp_path, suffix):
+    second = bytearray(compressed(suffix, RECORDS))
+    second[len(second) // 2] ^= 0xFF  # inside the compressed data: the magic number is intact
+    path = tmp_path / f"data.jsonl{suffix}"
+    path.write_bytes(compressed(suffix, RECORDS) + bytes(second))
+    [source] = open_sources([str(path)], get_manager())
+    with pytest.raises(DataError, match="corrupt compressed data"):
+        list(source.records())

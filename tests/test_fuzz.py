@@ -864,7 +864,7 @@ def test_a_damaged_archive_keeps_every_record_before_the_damage(tmp_path, compre
     path.write_bytes(good + b"\x00not a member\x00" * 4)
     items, error = read_everything(path)
     assert [item[0] for item in items] == records
-    assert isinstance(error, DataError) and "corrupt compressed data" in str(error)
+    assert isinstance(error, DataError) and "trailing bytes after the end of the" in str(error)
     assert str(path) in str(error)
 
 

@@ -80,8 +80,9 @@ def _decompressed(path: str, f: BinaryIO) -> Iterator[bytes]:
     feed = FEED_GZ if path.lower().endswith(".gz") else FEED_ZSTD
     stream = _decompressor(path)
     finished = True  # an empty file holds zero members, which is not truncation
+    member = members = 0  # where the current member starts; how many ended before it
     out: list[bytes] = []
-    size = 0
+    size = offset = 0  # offset: of the current read in the file
     try:
         while raw := f.read(CHUNK):
             view, pos = memoryview(raw), 0
@@ -98,7 +99,9 @@ def _decompressed(path: str, f: BinaryIO) -> Iterator[bytes]:
                 if stream.eof:
                     # Concatenated members/frames (pigz, zstd --rsyncable…): start a fresh stream.
                     finished, pos = True, pos - len(stream.unused_data)
+                    member, members = offset + pos, members + 1
                     stream = _decompressor(path)
+            offset += len(raw)
     except Exception as exc:
         if not isinstance(exc, (zlib.error, ValueError)) and type(exc).__name__ != "ZstdError":
             raise
@@ -107,14 +110,41 @@ def _decompressed(path: str, f: BinaryIO) -> Iterator[bytes]:
         damage = None
     if out:
         yield b"".join(out)  # what came before the damage or the cut
-    if damage is not None:
-        raise DataError(f"corrupt compressed data ({damage}); the file is damaged", where=path)
-    if not finished:
+    if damage is None and finished:
+        return
+    if members and not _starts_member(path, f, member):
+        # Not called damage: every member so far ended cleanly. Still an error, not a note:
+        # the bytes may be an appended archive whose start was damaged, and its records lost.
+        trailing = os.fstat(f.fileno()).st_size - member
         raise DataError(
-            "the compressed file ends early (truncated download or copy?); records before the "
-            "cut were read, the rest is missing",
+            f"{trailing:,} trailing bytes after the end of the compressed data (at byte "
+            f"{member:,}) do not start another member: every record before them was read. If "
+            f"they are padding, remove them (truncate -s {member} FILE); if another archive "
+            "was appended there, its start is damaged",
             where=path,
         )
+    if damage is not None:
+        raise DataError(f"corrupt compressed data ({damage}); the file is damaged", where=path)
+    raise DataError(
+        "the compressed file ends early (truncated download or copy?); records before the "
+        "cut were read, the rest is missing",
+        where=path,
+    )
+
+
+# The first bytes of a gzip member; of a zstd frame, or one of the 16 skippable frames.
+MAGIC = {
+    ".gz": (b"\x1f\x8b",),
+    ".zst": (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + i, 0x2A, 0x4D, 0x18]) for i in range(16))),
+}
+
+
+def _starts_member(path: str, f: BinaryIO, at: int) -> bool:
+    """Whether the bytes at ``at`` begin (or, cut short, could begin) a member."""
+    f.seek(at)
+    head = f.read(4)
+    suffix = path[len(without_compression(path)) :].lower()
+    return any(head[: len(magic)] == magic[: len(head)] for magic in MAGIC[suffix])
 
 
 def lines(
