@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import glob
 import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,11 @@ from gristmill.errors import DatasetError, PluginError
 from gristmill.manifest import durable, read_manifest, sync_directory
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.verify import check_file, files
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 RECORD = "export.json"
 
@@ -61,10 +69,10 @@ def export(
     _check_output(out, source, overwrite)
     show = sys.stderr.isatty() if progress is None else progress
 
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    _remove_abandoned(out)
+    with _workspace(out) as work:
+        partial = work / "out"
+        partial.mkdir()
         summaries: dict[str, Any] = {}
         for split in dict.fromkeys(chosen):
             dataset = open_dataset(source, split, manager=manager)
@@ -92,12 +100,9 @@ def export(
         (partial / RECORD).write_text(text + "\n", encoding="utf-8")
         _sync_tree(partial)
         if out.exists():
-            shutil.rmtree(out)
+            os.replace(out, work / "replaced")  # removed with the workspace below
         os.replace(partial, out)
         sync_directory(out.parent)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out
 
 
@@ -196,3 +201,67 @@ def check_intact(root: Path, entry: dict[str, Any]) -> None:
             f"{root / problem.where}: {problem.message}; nothing was exported. Run "
             f"`gristmill verify {root}` to list every damaged file, then prepare the dataset again"
         )
+
+
+@contextmanager
+def _workspace(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out`` for one export, locked while the export runs (the lock
+    ends with the process, however it ends), removed when it is done.
+
+    The exporter writes into it, and an earlier export that ``out`` replaces moves into it
+    first, so an export killed at any point leaves only this directory, which the next export
+    into ``out`` removes (:func:`_remove_abandoned`).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+        lock = _lock(work)
+        if lock is None or _still(lock, work):
+            break
+        os.close(lock)  # another export took it for abandoned before the lock: a new one
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock(work: Path) -> int | None:
+    """A descriptor of ``work`` holding its exclusive lock (``None`` where there is no
+    ``flock``)."""
+    if fcntl is None:
+        return None
+    fd = os.open(work, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _still(fd: int, work: Path) -> bool:
+    """Whether ``work`` is still the directory ``fd`` was opened on."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(work))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the workspaces that killed exports into ``out`` left: those whose lock no running
+    export holds. (Without ``flock``, on Windows, they stay.)"""
+    if fcntl is None:
+        return
+    for work in out.parent.glob(glob.escape(f".{out.name}.export-") + "*"):
+        if work.is_symlink() or not work.is_dir():
+            continue
+        try:
+            fd = os.open(work, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # an export running now
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        finally:
+            os.close(fd)
