@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.cli import main
 from gristmill.components import Rejected
+from gristmill.convert import convert
 from gristmill.errors import DataError, MissingDependencyError
 from gristmill.plugins import get_manager
 from gristmill.sources import open_sources
@@ -239,3 +240,100 @@ def test_jsonl_lines_parse_exactly_as_the_standard_parser_reads_them(tmp_path, r
     want = [json.loads(line) for line in lines]
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
     assert [type(v) for r in got for v in r.values()] == [type(v) for r in want for v in r.values()]
+
+
+# --- what a directory or glob never reads: datasets, the run's own output ------------------------
+
+
+def raw_tree(tmp_path):
+    """``data/`` with one JSON Lines file holding 3 good records and a bad one."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = ['{"text": "one"}', '{"text": "two"}', "not json", '{"text": "three"}']
+    (data / "a.jsonl").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def source_specs(manifest) -> list[str]:
+    return [s["spec"] for s in manifest["provenance"]["sources"]]
+
+
+def test_an_output_inside_a_directory_source_is_not_read_again(tmp_path):
+    """The second run read its own manifest, tokenizer and reject file as input, and crashed
+    with --overwrite."""
+    data = raw_tree(tmp_path)
+    out = data / "out"
+    first = gristmill.prepare(data, out, on_error="skip", progress=False)
+    assert (data / "out.rejects.jsonl").exists()
+    again = gristmill.prepare(data, out, on_error="skip", progress=False)
+    assert again == first  # the same input: up to date, nothing done
+    redone = gristmill.prepare(data, out, on_error="skip", seed=1, overwrite=True, progress=False)
+    assert source_specs(redone) == [str(data / "a.jsonl")]
+    assert redone["splits"]["train"]["num_documents"] == 3
+    assert redone["provenance"]["skipped"] == {"malformed-json": 1}
+
+
+def test_a_convert_output_inside_a_directory_source_is_not_read_again(tmp_path):
+    data = raw_tree(tmp_path)
+    out = data / "all.jsonl"
+    assert convert(data, out, on_error="skip")["records"] == 3
+    assert (data / "all.jsonl.rejects.jsonl").exists()
+    assert convert(data, out, on_error="skip", overwrite=True)["records"] == 3
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("data", ["data/a.jsonl", "data/other/manifest.json"]),
+        ("data/**/*.json*", ["data/a.jsonl", "data/other/manifest.json"]),
+        ("data/*/*", ["data/other/manifest.json"]),
+    ],
+)
+def test_directories_and_globs_pass_over_gristmill_datasets(
+    tmp_path, monkeypatch, pattern, expected
+):
+    data = raw_tree(tmp_path)
+    gristmill.prepare(data, data / "done", on_error="skip", progress=False)
+    unfinished = data / "unfinished"
+    unfinished.mkdir()
+    (unfinished / ".gristmill-incomplete").write_text("{}")
+    (unfinished / "part.jsonl").write_text('{"text": "half written"}\n')
+    # Another tool's manifest.json is data like any other.
+    (data / "other").mkdir()
+    (data / "other" / "manifest.json").write_text('{"format": "not ours", "text": "kept"}')
+    monkeypatch.chdir(tmp_path)
+    found = [s.spec for s in open_sources([pattern], get_manager())]
+    assert found == expected
+
+
+@pytest.mark.parametrize("inside", ["", "manifest.json", "tokenizer/byte.json"])
+def test_a_dataset_given_as_a_source_is_refused_saying_what_to_do(tmp_path, inside):
+    data = raw_tree(tmp_path)
+    ds = tmp_path / "ds"
+    gristmill.prepare(data, ds, on_error="skip", progress=False)
+    with pytest.raises(DataError, match="is a gristmill dataset") as caught:
+        gristmill.prepare(ds / inside, tmp_path / "again", progress=False)
+    assert str(ds) in str(caught.value)
+    assert "open_dataset" in str(caught.value) and "gristmill export" in str(caught.value)
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_symlink_loop_as_a_source_is_named_as_one(tmp_path):
+    """It read "not found"."""
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match=r"loop.jsonl' is a symbolic link loop"):
+        open_sources([str(loop)], get_manager())
+    dangling = tmp_path / "gone.jsonl"
+    dangling.symlink_to(tmp_path / "moved.jsonl")
+    with pytest.raises(DataError, match=r"gone.jsonl' is a symbolic link to .*moved.jsonl"):
+        open_sources([str(dangling)], get_manager())
+
+
+@pytest.mark.parametrize("spec", ["data", "data/*.jsonl"])
+def test_a_broken_link_in_a_directory_or_glob_is_an_error_not_skipped(tmp_path, monkeypatch, spec):
+    data = raw_tree(tmp_path)
+    (data / "b.jsonl").symlink_to(data / "b.jsonl")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"data/b.jsonl' is a symbolic link loop"):
+        open_sources([spec], get_manager())

@@ -55,6 +55,7 @@ def convert(
     opened = open_sources(
         specs,
         manager,
+        output=out_path,
         max_record_bytes=int(max_record_bytes),
         column_names=list(column_names) if column_names else None,
     )

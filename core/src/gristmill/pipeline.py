@@ -108,7 +108,11 @@ def prepare(
     # Resolve every component before the output directory is touched.
     column_names = list(column_names) if column_names else None
     opened = open_sources(
-        specs, manager, max_record_bytes=max_record_bytes, column_names=column_names
+        specs,
+        manager,
+        output=out,
+        max_record_bytes=max_record_bytes,
+        column_names=column_names,
     )
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
     if engine != "auto" and engine not in tokenizer_type.engines:
