@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -27,7 +28,15 @@ def run_gristmill(*args: str, env: dict[str, str] | None = None, extra_path: Ite
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` by relative path: for byte-identical comparisons."""
+    """Every file under ``root`` by relative path: for byte-identical comparisons. A manifest's
+    ``generation`` (random for every prepare, by design) reads as ``GENERATION``."""
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): GENERATION.sub(rb'"generation": "GENERATION"', p.read_bytes())
+        if p.name == "manifest.json"
+        else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
+
+
+GENERATION = re.compile(rb'"generation": "[0-9a-f]{32}"')

@@ -187,10 +187,11 @@ def test_a_path_that_escapes_the_dataset(ds, tmp_path):
     entry = manifest["splits"]["train"]["shards"][0]["tokens"]
     outside = tmp_path / "outside.tokens"
     shutil.copy(ds / entry["path"], outside)
-    entry["path"] = "../outside.tokens"
+    inside, entry["path"] = entry["path"], "../outside.tokens"
     _save(ds, manifest)
-    [(where, message)] = _problems(ds)
+    [(where, message), (unlisted, _)] = _problems(ds)
     assert where == "../outside.tokens" and "outside the dataset directory" in message
+    assert unlisted == inside  # the file the manifest no longer names
     with pytest.raises(DatasetError, match="outside"):
         gristmill.open_dataset(ds)
 
@@ -200,4 +201,137 @@ def test_a_malformed_manifest_is_a_problem_not_a_crash(ds):
     del manifest["splits"]["train"]["shards"][0]["num_tokens"]
     _save(ds, manifest)
     [(where, message)] = _problems(ds)
-    assert where.endswith("manifest.json") and "malformed manifest" in message
+    assert where == "manifest.json: splits.train.shards[0].num_tokens"
+    assert message == "None is not a count"
+
+
+def _refused_at_open(ds: Path, key: str) -> str:
+    with pytest.raises(DatasetError) as refused:
+        gristmill.open_dataset(ds)
+    message = str(refused.value)
+    assert message.startswith(f"{ds / 'manifest.json'}: {key}")
+    assert f"run `gristmill verify {ds}`" in message
+    return message
+
+
+def test_a_shard_entry_removed_from_the_manifest(ds):
+    manifest = _manifest(ds)
+    removed = manifest["splits"]["train"]["shards"].pop(1)
+    _save(ds, manifest)
+    documents = manifest["splits"]["train"]["num_documents"]
+    message = _refused_at_open(ds, "splits.train.num_documents")
+    assert f"{documents}, but the shards add up to {documents - removed['num_documents']}" in (
+        message
+    )
+    problems = _problems(ds)
+    assert ("manifest.json: splits.train.num_documents") in [w for w, _ in problems]
+
+
+def test_a_mask_set_to_null_in_the_manifest(ds):
+    manifest = _manifest(ds)
+    shard = manifest["splits"]["train"]["shards"][0]
+    mask, shard["mask"] = shard["mask"]["path"], None
+    _save(ds, manifest)
+    with pytest.raises(DatasetError, match="would carry loss") as refused:
+        gristmill.open_dataset(ds)
+    assert str(refused.value).startswith(
+        f"{ds.resolve() / 'manifest.json'}: the shard 0 of the split ({shard['tokens']['path']}) "
+        "has no mask"
+    )
+    problems = dict(_problems(ds))
+    assert "num_loss_tokens" in problems[shard["tokens"]["path"]]
+    assert "not listed in the manifest" in problems[mask]
+
+
+def test_counts_of_the_wrong_type(ds):
+    manifest = _manifest(ds)
+    manifest["splits"]["train"]["shards"][0]["num_documents"] = True
+    _save(ds, manifest)
+    assert "True is not a count" in _refused_at_open(ds, "splits.train.shards[0].num_documents")
+
+
+def test_a_file_size_that_disagrees_with_the_counts(ds):
+    manifest = _manifest(ds)
+    manifest["splits"]["train"]["shards"][0]["offsets"]["bytes"] += 8
+    _save(ds, manifest)
+    with pytest.raises(DatasetError, match="manifest expects"):
+        gristmill.open_dataset(ds)
+
+
+def test_the_manifest_lists_the_tokenizer_files(pristine):
+    data = (pristine / "tokenizer" / "byte.json").read_bytes()
+    assert _manifest(pristine)["tokenizer"]["files"] == [
+        {
+            "path": "tokenizer/byte.json",
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    ]
+
+
+def test_a_deleted_tokenizer(ds):
+    shutil.rmtree(ds / "tokenizer")
+    assert _problems(ds) == [("tokenizer/byte.json", "missing")]
+    assert "tokenizer/byte.json: missing" in run_gristmill("verify", str(ds)).stdout
+    with pytest.raises(DatasetError, match=r"tokenizer/byte\.json: missing"):
+        gristmill.open_dataset(ds)
+
+
+def test_an_edited_tokenizer(ds):
+    path = ds / "tokenizer" / "byte.json"
+    path.write_text(path.read_text().replace("true", "fals"))  # the same size
+    [(where, message)] = _problems(ds)
+    assert where == "tokenizer/byte.json" and "(the content changed)" in message
+    path.write_text(path.read_text() + " ")
+    with pytest.raises(DatasetError, match="manifest expects"):
+        gristmill.open_dataset(ds)
+
+
+def test_files_the_manifest_does_not_list(ds):
+    """In the folders gristmill owns, an unlisted file is reported; beside them it is not."""
+    (ds / "tokenizer" / "vocab.txt").write_text("x")
+    (ds / "train" / "00009-00000.tokens").write_bytes(b"\0\0")
+    (ds / "NOTES.txt").write_text("the user's own")
+    assert _problems(ds) == [
+        ("tokenizer/vocab.txt", _UNLISTED),
+        ("train/00009-00000.tokens", _UNLISTED),
+    ]
+    assert len(gristmill.open_dataset(ds)) == _manifest(ds)["splits"]["train"]["num_documents"]
+
+
+_UNLISTED = (
+    "not listed in the manifest (added after prepare, or left by a killed run); remove it, "
+    "or prepare the dataset again"
+)
+
+
+@pytest.mark.parametrize(
+    "damage, where, message",
+    [
+        ("not json", "{ds}/manifest.json", "not valid JSON ("),
+        ("no manifest", "{ds}", "no manifest.json; this is not a gristmill dataset"),
+        ("incomplete", "{ds}", "this dataset is incomplete"),
+    ],
+)
+def test_a_message_names_its_place_once(ds, damage, where, message):
+    if damage == "not json":
+        (ds / "manifest.json").write_text("{")
+    elif damage == "no manifest":
+        (ds / "manifest.json").unlink()
+    else:
+        (ds / ".gristmill-incomplete").touch()
+    [problem] = verify(ds)
+    assert problem.where == where.format(ds=ds) and problem.message.startswith(message)
+    assert str(ds) not in problem.message
+    [line, _] = run_gristmill("verify", str(ds)).stdout.splitlines()
+    assert line.startswith(f"{where.format(ds=ds)}: {message}")
+    assert line.count(str(ds)) == 1
+
+
+def test_a_shard_entry_without_its_tokens(ds):
+    manifest = _manifest(ds)
+    del manifest["splits"]["train"]["shards"][1]["tokens"]
+    _save(ds, manifest)
+    with pytest.raises(DatasetError, match="the shard 1 of the split has no tokens file entry"):
+        gristmill.open_dataset(ds)
+    assert ("manifest.json", "malformed manifest (KeyError: 'tokens')") in _problems(ds)

@@ -16,7 +16,13 @@ import numpy as np
 
 from gristmill.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
-from gristmill.manifest import durable, fingerprint, read_manifest, sync_directory
+from gristmill.manifest import (
+    check_generation,
+    durable,
+    fingerprint,
+    read_manifest,
+    sync_directory,
+)
 from gristmill.overlong import check_policy
 from gristmill.packing import PLAN_ARRAYS, plan_problem
 from gristmill.plugins import PluginManager, get_manager
@@ -72,6 +78,7 @@ class Dataset:
         self.documents: ShardReader = fmt.reader(
             self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
+        check_generation(self.path, self.manifest)  # the shards checked are the manifest's
         self.packer, self.overlong = packer, check_policy(overlong)
         self.packer_options = dict(packer_options or {})
         record = self.manager.packer(packer)

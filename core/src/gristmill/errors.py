@@ -61,4 +61,20 @@ class FieldError(GristmillError):
 
 
 class DatasetError(GristmillError):
-    """A dataset directory is missing, incomplete, or not what the caller asked for."""
+    """A dataset directory is missing, incomplete, or not what the caller asked for.
+
+    ``where`` (a directory, a file, a manifest key) and ``reason`` stay apart, so that a report
+    that names the place itself (``gristmill verify``) does not repeat it.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None):
+        self.where = where
+        self.reason = message
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_dataset_error, (type(self), self.reason, self.where))
+
+
+def _dataset_error(cls: type[DatasetError], message: str, where: str | None) -> DatasetError:
+    return cls(message, where=where)

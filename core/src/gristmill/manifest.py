@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,16 @@ MANIFEST = "manifest.json"
 INCOMPLETE = ".gristmill-incomplete"  # present while prepare is writing; removed after the manifest
 FORMAT = "gristmill-dataset"
 FORMAT_VERSION = 1
+COUNTS = ("num_documents", "num_tokens", "num_loss_tokens")  # of a split, and of each shard
+# What every reader relies on, with the type it must have.
+TOP_LEVEL = {
+    "dtype": (str, "a string"),
+    "shard_format": (dict, "an object"),
+    "tokenizer": (dict, "an object"),
+    "splits": (dict, "an object"),
+}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+HASH_READ = 1 << 22  # bytes hashed at a time
 
 
 def canonical_json(value: Any) -> bytes:
@@ -41,15 +56,52 @@ def write_atomic(path: Path, data: bytes | memoryview, *, sync_directory_too: bo
     With ``sync_directory_too=False`` the rename is durable only after a later
     :func:`sync_directory` of the parent: one sync for many files.
     """
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if durable():
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with temporary_for(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if durable():
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
     if sync_directory_too:
         sync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def temporary_for(path: Path) -> Iterator[Path]:
+    """The temporary name ``NAME.tmp-PID`` to write ``path`` under before renaming it into place.
+
+    If the writing fails, the temporary file goes, and an ``OSError`` that names no file (a
+    write past the end of the disk) is raised again naming ``path``.
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` whose writer is gone (killed before it could)."""
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would end the process: keep its files
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def sync_directory(directory: Path) -> None:
@@ -71,30 +123,198 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     write_atomic(directory / MANIFEST, text.encode())
 
 
+def new_generation() -> str:
+    """A fresh id for one prepare (the manifest's ``generation``): a reader tells the dataset it
+    opened from one prepared into the same directory since by it."""
+    return uuid.uuid4().hex
+
+
+def file_entry(root: Path, relative: str) -> dict[str, Any]:
+    """The manifest's entry for the file ``root / relative``: its path, size and SHA-256."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(root / relative, "rb") as f:
+        while block := f.read(HASH_READ):
+            digest.update(block)
+            size += len(block)
+    return {"path": relative, "bytes": size, "sha256": digest.hexdigest()}
+
+
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a complete dataset; a clear error for anything else."""
+    """The manifest of a complete dataset, once it is known to agree with itself (O(number of
+    files), no file read but the manifest) and the tokenizer files it lists are there with
+    their sizes; a clear error for anything else."""
     path = Path(directory)
+    manifest = load_manifest(path)
+    for key, problem in manifest_problems(manifest):
+        raise DatasetError(
+            f"{key}: {problem}; the manifest was edited or damaged: run "
+            f"`gristmill verify {path}`, or prepare the dataset again",
+            where=str(path / MANIFEST),
+        )
+    for entry in manifest["tokenizer"].get("files", []):
+        _check_present(path, entry)
+    return manifest
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a complete dataset of a format version this gristmill reads, unchecked
+    otherwise (``gristmill verify`` reports every problem of it)."""
     if not path.is_dir():
         raise DatasetError(
-            f"{path}: no such dataset directory (create one with `gristmill prepare`)"
+            "no such dataset directory (create one with `gristmill prepare`)", where=str(path)
         )
     if (path / INCOMPLETE).exists():
         raise DatasetError(
-            f"{path}: this dataset is incomplete (prepare was interrupted or failed); "
-            "run the same `gristmill prepare` command again"
+            "this dataset is incomplete (prepare was interrupted or failed); "
+            "run the same `gristmill prepare` command again",
+            where=str(path),
         )
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no {MANIFEST}; this is not a gristmill dataset") from None
+        raise DatasetError(
+            f"no {MANIFEST}; this is not a gristmill dataset", where=str(path)
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path / MANIFEST}: not valid JSON ({exc})") from None
+        raise DatasetError(f"not valid JSON ({exc})", where=str(path / MANIFEST)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path / MANIFEST}: not a gristmill dataset manifest")
+        raise DatasetError("not a gristmill dataset manifest", where=str(path / MANIFEST))
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise DatasetError(
-            f"{path}: format version {version} is newer than this gristmill reads "
-            f"({FORMAT_VERSION}); upgrade gristmill"
+            f"format version {version} is newer than this gristmill reads "
+            f"({FORMAT_VERSION}); upgrade gristmill",
+            where=str(path),
         )
     return manifest
+
+
+def manifest_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Where the manifest disagrees with itself or lacks what a reader relies on, as (key, what
+    is wrong): every split's counts are the sums of its shards', every count and file entry is
+    well-formed. Nothing but the manifest is read."""
+    wrong = [key for key, (kind, _) in TOP_LEVEL.items() if not isinstance(manifest.get(key), kind)]
+    for key in wrong:
+        yield key, f"missing, or not {TOP_LEVEL[key][1]}"
+    generation = manifest.get("generation")
+    if generation is not None and not isinstance(generation, str):
+        yield "generation", f"{generation!r} is not a string"
+    if wrong:
+        return
+    if not isinstance(manifest["shard_format"].get("name"), str):
+        yield "shard_format.name", "missing, or not a string"
+    files = manifest["tokenizer"].get("files", [])
+    if not isinstance(files, list):
+        yield "tokenizer.files", "not a list"
+    else:
+        for i, entry in enumerate(files):
+            yield from _file_problems(f"tokenizer.files[{i}]", entry)
+    for split, entry in manifest["splits"].items():
+        yield from _split_problems(f"splits.{split}", entry)
+
+
+def _split_problems(key: str, split: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(split, dict):
+        yield key, "not an object"
+        return
+    shards = split.get("shards")
+    if not isinstance(shards, list):
+        yield f"{key}.shards", "missing, or not a list"
+        return
+    totals = dict.fromkeys(COUNTS, 0)
+    for i, shard in enumerate(shards):
+        at = f"{key}.shards[{i}]"
+        if not isinstance(shard, dict):
+            yield at, "not an object"
+            return
+        for count in COUNTS:
+            if not _is_count(shard.get(count)):
+                yield f"{at}.{count}", f"{shard.get(count)!r} is not a count"
+                return  # the sums below would mean nothing
+            totals[count] += shard[count]
+        if shard["num_loss_tokens"] > shard["num_tokens"]:
+            yield f"{at}.num_loss_tokens", f"{shard['num_loss_tokens']}, more than its tokens"
+        for name, value in shard.items():
+            if isinstance(value, dict):
+                yield from _file_problems(f"{at}.{name}", value)
+    for count in COUNTS:
+        if split.get(count) != totals[count]:
+            yield (
+                f"{key}.{count}",
+                f"{split.get(count)!r}, but the shards add up to {totals[count]}",
+            )
+
+
+def _file_problems(key: str, entry: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(entry, dict):
+        yield key, "not a file entry ({path, bytes, sha256})"
+        return
+    if not isinstance(entry.get("path"), str) or not entry["path"]:
+        yield f"{key}.path", "missing, or not a path"
+    if not _is_count(entry.get("bytes")):
+        yield f"{key}.bytes", f"{entry.get('bytes')!r} is not a size"
+    if not isinstance(entry.get("sha256"), str) or not SHA256.fullmatch(entry["sha256"]):
+        yield f"{key}.sha256", f"{entry.get('sha256')!r} is not a SHA-256 hex digest"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def listed_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every file entry of a manifest that :func:`manifest_problems` accepts: the tokenizer's
+    files, then every split's shard files."""
+    yield from manifest["tokenizer"].get("files", [])
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            yield from (value for value in shard.values() if isinstance(value, dict))
+
+
+def inside(root: Path, relative: str) -> Path | None:
+    """``root / relative`` when that stays inside ``root`` (no absolute path, no ``..`` or link
+    out of it), else ``None``."""
+    base = root.resolve()
+    path = (base / relative).resolve()
+    return path if path.is_relative_to(base) and path != base else None
+
+
+def _check_present(root: Path, entry: dict[str, Any]) -> None:
+    """The listed file is inside the dataset and has the size the manifest gives."""
+    path = inside(root, entry["path"])
+    if path is None:
+        raise DatasetError(
+            f"manifest path {entry['path']!r} leads outside the dataset", where=str(root)
+        )
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DatasetError(
+            "missing (the manifest lists it); prepare the dataset again", where=str(path)
+        ) from None
+    if size != entry["bytes"]:
+        raise DatasetError(
+            f"{size} bytes on disk, manifest expects {entry['bytes']} (truncated or replaced; "
+            f"run `gristmill verify {root}`, or prepare the dataset again)",
+            where=str(path),
+        )
+
+
+def check_generation(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """Refuse when the dataset at ``directory`` is no longer the one ``manifest`` describes.
+
+    Called after the files the reader relies on were checked or read: ``prepare`` removes a
+    dataset (its manifest included) before it writes the next one, so when the manifest still
+    holds the same generation, nothing read before came from another.
+    """
+    path = Path(directory)
+    try:
+        current = json.loads((path / MANIFEST).read_bytes()).get("generation", None)
+    except (OSError, ValueError, AttributeError):
+        current = "(none: no readable manifest)"
+    if current != manifest.get("generation"):
+        raise DatasetError(
+            f"the dataset changed since it was opened: {MANIFEST} holds generation {current}, "
+            f"not {manifest.get('generation')} (prepared again?); open it again",
+            where=str(path),
+        )

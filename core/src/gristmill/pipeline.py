@@ -26,7 +26,13 @@ from gristmill.components import (
     TokenizerType,
 )
 from gristmill.errors import DataError
-from gristmill.manifest import FORMAT, FORMAT_VERSION, fingerprint, write_manifest
+from gristmill.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    fingerprint,
+    new_generation,
+    write_manifest,
+)
 from gristmill.mapping import SchemaCheck, check_fields
 from gristmill.merge import merge
 from gristmill.plugins import PluginManager, get_manager
@@ -34,7 +40,7 @@ from gristmill.policy import POLICIES, ErrorPolicy, reject_file
 from gristmill.resume import Claim
 from gristmill.sources import open_sources
 from gristmill.tasks import DEFAULT_TASK_BYTES, TASKS_DIR, TaskRunner, TaskSettings, plan_tasks
-from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer
+from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer, saved_files
 
 log = logging.getLogger("gristmill")
 
@@ -297,6 +303,7 @@ def _write(
         "shard_format": {"name": fmt.name, "version": fmt.format_version},
         "config_fingerprint": config_fp,
         "fingerprint": fingerprint([config_fp, merged.splits]),
+        "generation": new_generation(),
         "dtype": dtype.name,
         "tokenizer": {
             "name": tokenizer_type.name,
@@ -312,6 +319,7 @@ def _write(
             "chat_template": "built-in"
             if getattr(tok, "render_chat", None) is None
             else "tokenizer",
+            "files": saved_files(out_dir),
         },
         "splits": merged.splits,
         "stats": {"metadata": merged.metadata},

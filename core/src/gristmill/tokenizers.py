@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.components import Tokenizer, TokenizerType
+from gristmill.manifest import check_generation, file_entry
 from gristmill.plugins import PluginManager
 
 TOKENIZER_DIR = "tokenizer"
@@ -31,7 +32,20 @@ def resolve_tokenizer(spec: str, manager: PluginManager) -> TokenizerType:
     return manager.tokenizer(spec)  # raises the "no tokenizer named …" error with the choices
 
 
+def saved_files(directory: Path) -> list[dict[str, Any]]:
+    """The manifest's entries for every file the tokenizer saved in the dataset ``directory``."""
+    folder = directory / TOKENIZER_DIR
+    return [
+        file_entry(directory, path.relative_to(directory).as_posix())
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    ]
+
+
 def load_saved(directory: Path, manifest: dict[str, Any], manager: PluginManager) -> Tokenizer:
-    """The tokenizer stored in a dataset directory."""
+    """The tokenizer stored in a dataset directory, refused if the dataset was prepared again
+    since ``manifest`` was read (its files may be another tokenizer's)."""
     entry = manifest["tokenizer"]
-    return manager.tokenizer(entry["name"]).load(directory / TOKENIZER_DIR, entry["config"])
+    tokenizer = manager.tokenizer(entry["name"]).load(directory / TOKENIZER_DIR, entry["config"])
+    check_generation(directory, manifest)
+    return tokenizer

@@ -1,9 +1,11 @@
 """``gristmill verify``: everything a dataset's manifest promises, checked against its files.
 
-The manifest is read as ``open_dataset`` reads it (format, version). Then, per split: the shard
-counts add up to the split's; every file the manifest lists stays inside the dataset directory,
-exists, has its size and its SHA-256; and the shard format's own check reads each intact shard
-in full (for memmap shards: the offsets, the token ids against the vocabulary, the mask).
+The manifest is read as ``open_dataset`` reads it (format, version) and checked against itself
+(every split's counts add up to its shards', every entry well-formed). Then every file it lists,
+the tokenizer's and every shard's, stays inside the dataset directory, exists, has its size and
+its SHA-256; no file the manifest does not list lies in a directory gristmill owns (the splits'
+and ``tokenizer/``); and the shard format's own check reads each intact shard in full (for
+memmap shards: the offsets, the token ids against the vocabulary, the mask).
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.components import Problem
-from gristmill.errors import GristmillError
-from gristmill.manifest import MANIFEST, read_manifest
+from gristmill.errors import DatasetError
+from gristmill.manifest import (
+    HASH_READ,
+    MANIFEST,
+    inside,
+    listed_files,
+    load_manifest,
+    manifest_problems,
+)
 from gristmill.plugins import PluginManager, get_manager
-
-COUNTS = ("num_documents", "num_tokens", "num_loss_tokens")
-READ = 1 << 22  # bytes hashed at a time
+from gristmill.tokenizers import TOKENIZER_DIR
 
 
 def verify(
@@ -35,13 +42,17 @@ def verify(
     """
     root = Path(directory)
     try:
-        manifest = read_manifest(root)
-    except GristmillError as exc:
-        return [Problem(str(root / MANIFEST), str(exc))]
+        manifest = load_manifest(root)
+    except DatasetError as exc:
+        return [Problem(exc.where or str(root), exc.reason)]
+    found = [Problem(f"{MANIFEST}: {key}", what) for key, what in manifest_problems(manifest)]
+    if found:  # the entries below cannot be followed
+        return found
     try:
-        return list(_problems(root, manifest, manager or get_manager(), progress))
-    except (KeyError, TypeError, AttributeError) as exc:  # a key missing, or of another type
-        return [Problem(str(root / MANIFEST), f"malformed manifest ({type(exc).__name__}: {exc})")]
+        found.extend(_problems(root, manifest, manager or get_manager(), progress))
+    except (KeyError, TypeError, AttributeError) as exc:  # a key of the shard format's missing
+        found.append(Problem(MANIFEST, f"malformed manifest ({type(exc).__name__}: {exc})"))
+    return found
 
 
 def _problems(
@@ -52,20 +63,15 @@ def _problems(
 ) -> Iterator[Problem]:
     fmt = manager.shard_format(manifest["shard_format"]["name"])
     vocab_size = manifest["tokenizer"].get("vocab_size")
-    for split, entry in manifest["splits"].items():
-        shards = entry["shards"]
-        for key in COUNTS:
-            total = sum(shard[key] for shard in shards)
-            if total != entry[key]:
-                yield Problem(
-                    f"{MANIFEST}: splits.{split}.{key}",
-                    f"{entry[key]}, but the shards add up to {total}",
-                )
-        for shard in shards:
+    for entry in manifest["tokenizer"].get("files", []):
+        yield from check_file(root, entry, progress)
+    for entry in manifest["splits"].values():
+        for shard in entry["shards"]:
             found = [p for f in files(shard) for p in check_file(root, f, progress)]
             yield from found
             if not found and fmt.verify is not None:
                 yield from fmt.verify(root, shard, dtype=manifest["dtype"], vocab_size=vocab_size)
+    yield from _unlisted(root, manifest)
 
 
 def files(shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -75,12 +81,21 @@ def files(shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield value
 
 
-def inside(root: Path, relative: str) -> Path | None:
-    """``root / relative`` when that stays inside ``root`` (no absolute path, no ``..`` or link
-    out of it), else ``None``."""
-    base = root.resolve()
-    path = (base / relative).resolve()
-    return path if path.is_relative_to(base) and path != base else None
+def _unlisted(root: Path, manifest: dict[str, Any]) -> Iterator[Problem]:
+    """Files in the directories gristmill owns (every split's, the tokenizer's) that the
+    manifest does not list: nothing a reader would read, but not the dataset that was written."""
+    listed = {entry["path"] for entry in listed_files(manifest)}
+    for folder in (TOKENIZER_DIR, *manifest["splits"]):
+        if inside(root, folder) is None:
+            continue  # a split name that leads out of the directory is not gristmill's folder
+        for path in sorted((root / folder).rglob("*")):
+            where = path.relative_to(root).as_posix()
+            if not path.is_dir() and where not in listed:
+                yield Problem(
+                    where,
+                    "not listed in the manifest (added after prepare, or left by a killed "
+                    "run); remove it, or prepare the dataset again",
+                )
 
 
 def check_file(
@@ -101,7 +116,7 @@ def check_file(
         return
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(READ):
+        while block := f.read(HASH_READ):
             digest.update(block)
             progress(len(block))
     if digest.hexdigest() != entry["sha256"]:

@@ -8,13 +8,14 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gristmill.errors import DatasetError
+from gristmill.manifest import MANIFEST
 
 MAX_MAPPED = 8192  # three mappings a shard: well under Linux's default 65,530 per process
 
@@ -44,8 +45,16 @@ class MemmapShardReader:
         self._dtype = np.dtype(dtype).newbyteorder("<")
         self._folders: dict[str, str] = {}
         self._files: list[tuple[str, str, str | None]] = []
+        self._identity: dict[str, tuple[int, ...]] = {}  # every file as it was checked
         self._counts: list[tuple[int, int]] = []
-        for shard in shards:
+        for k, shard in enumerate(shards):
+            problem = _entry_problem(shard)
+            if problem is not None:
+                raise DatasetError(
+                    f"the shard {k} of the split {problem}; the manifest was edited or damaged: "
+                    f"run `gristmill verify {self.root}`, or prepare the dataset again",
+                    where=str(self.root / MANIFEST),
+                )
             tokens, docs = shard["num_tokens"], shard["num_documents"]
             mask = shard.get("mask")
             self._files.append(
@@ -92,7 +101,27 @@ class MemmapShardReader:
                 f"{path}: {info.st_size} bytes on disk, manifest expects {expected} "
                 "(truncated or replaced shard; run `gristmill prepare` again)"
             )
+        self._identity[path] = _identity(info)
         return path
+
+    def _open(self, path: str) -> int:
+        """A descriptor of the file checked at open, never of one put in its place since (a
+        dataset prepared again into the same directory): that is refused, so that no reader
+        serves samples of two generations."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            fd = None
+        if fd is not None and _identity(os.fstat(fd)) == self._identity[path]:
+            return fd
+        if fd is not None:
+            os.close(fd)
+        where = os.path.relpath(path, self.root)
+        raise DatasetError(
+            f"the dataset changed since it was opened ({where} was replaced or removed: "
+            "prepared again?); open it again",
+            where=str(self.root),
+        )
 
     def _shard(self, k: int) -> Shard:
         return self._shards([k])[0]
@@ -108,7 +137,7 @@ class MemmapShardReader:
                     self._mapped.move_to_end(k)
                 else:
                     (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
-                    arrays = _map_shard(tokens, offsets, mask, self._dtype, count, docs)
+                    arrays = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
                     self._begins[self._starts[k] : self._starts[k + 1]] = arrays.offsets[:-1]
                     self._mapped[k] = arrays
                     if len(self._mapped) > self._max_mapped:
@@ -122,7 +151,10 @@ class MemmapShardReader:
             return np.zeros(0, np.int64)
         # Read, not mapped, so that no descriptor outlives the call; one diff for every shard.
         offsets = np.concatenate(
-            [_read(path, docs + 1) for (_, path, _), (_, docs) in zip(self._files, self._counts)]
+            [
+                _read(self._open(path), docs + 1)
+                for (_, path, _), (_, docs) in zip(self._files, self._counts)
+            ]
         )
         last = np.cumsum([docs + 1 for _, docs in self._counts]) - 1  # every shard's final offset
         first = last - [docs for _, docs in self._counts]
@@ -201,6 +233,24 @@ class MemmapShardReader:
         return np.frombuffer(tokens, self._dtype), np.frombuffer(mask, np.uint8)
 
 
+def _entry_problem(shard: dict[str, Any]) -> str | None:
+    """What makes a shard entry (its counts checked with the manifest) unreadable as memmap
+    shards, or contradict itself: a mask missing where not every token carries loss would train
+    on the prompt."""
+    for key in ("tokens", "offsets"):
+        if not isinstance(shard.get(key), dict):
+            return f"has no {key} file entry"
+    mask = shard.get("mask")
+    if mask is not None and not isinstance(mask, dict):
+        return "has a mask that is neither a file entry nor null"
+    if mask is None and shard["num_loss_tokens"] != shard["num_tokens"]:
+        return (
+            f"({shard['tokens']['path']}) has no mask, so all its {shard['num_tokens']} tokens "
+            f"would carry loss, but its num_loss_tokens is {shard['num_loss_tokens']}"
+        )
+    return None
+
+
 def mapped_limit() -> int:
     """Shards kept mapped at once: three descriptors each at most, in an eighth of the
     process's limit (the rest is the program's), and never more than ``MAX_MAPPED``."""
@@ -212,9 +262,15 @@ def mapped_limit() -> int:
     return MAX_MAPPED if soft == resource.RLIM_INFINITY else max(16, min(MAX_MAPPED, soft // 8))
 
 
-def _read(path: str, count: int) -> np.ndarray:
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    """What tells a file from another put in its place: the inode may be reused once the old
+    file is gone, its size and modification time with it hardly."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _read(fd: int, count: int) -> np.ndarray:
+    """``count`` int64 from the file ``fd``, which is closed after."""
     # os.read: a third less than a file object, which adds up over 10,000 shards' offsets.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
         return np.frombuffer(os.read(fd, 8 * count), "<i8", count=count)
     finally:
@@ -222,26 +278,34 @@ def _read(path: str, count: int) -> np.ndarray:
 
 
 def _map_shard(
-    tokens: str, offsets: str, mask: str | None, dtype: np.dtype, count: int, docs: int
+    open_file: Callable[[str], int],
+    tokens: str,
+    offsets: str,
+    mask: str | None,
+    dtype: np.dtype,
+    count: int,
+    docs: int,
 ) -> Shard:
-    token_array = _map(tokens, dtype, count)
-    mask_array = None if mask is None else _map(mask, np.dtype("u1"), count)
+    """The shard's arrays, each file opened with ``open_file`` just before it is mapped."""
+    token_array = _map(open_file(tokens), dtype, count)
+    offset_array = _map(open_file(offsets), np.dtype("<i8"), docs + 1)
+    mask_array = None if mask is None else _map(open_file(mask), np.dtype("u1"), count)
     return Shard(
         token_array,
-        _map(offsets, np.dtype("<i8"), docs + 1),
+        offset_array,
         mask_array,
         memoryview(token_array).cast("B"),
         None if mask_array is None else memoryview(mask_array),
     )
 
 
-def _map(path: str, dtype: np.dtype, count: int) -> np.ndarray:
-    if count == 0:  # an empty file cannot be mapped
-        return np.zeros(0, dtype=dtype)
+def _map(fd: int, dtype: np.dtype, count: int) -> np.ndarray:
+    """``count`` elements of the file ``fd``, mapped; the descriptor is closed."""
     # mmap and a plain ndarray over it: a third of np.memmap's cost to open (which matters once
     # shards are mapped again and again), and slicing skips its Python-level __getitem__.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
+        if count == 0:  # an empty file cannot be mapped
+            return np.zeros(0, dtype=dtype)
         mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)  # mmap keeps its own duplicate
