@@ -47,6 +47,8 @@ def convert(
     suffix = out_path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise DataError(f"{out_path}: the output must end in .jsonl or .parquet")
+    if out_path.is_dir():  # --overwrite replaces a file convert wrote, never a directory
+        raise DatasetError(f"{out_path} is a directory; choose another -o")
     if out_path.exists() and not overwrite:
         raise DatasetError(f"{out_path} exists; pass --overwrite to replace it")
     fields = dict(fields or {})

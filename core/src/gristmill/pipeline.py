@@ -168,7 +168,9 @@ def prepare(
     )
 
     out_dir = Path(out)
-    claim = Claim(out_dir, config_fp, overwrite)
+    # Every asked-for split exists in the output, even if the hash leaves it empty.
+    splits = ("train", "val") if val_fraction > 0 else ("train",)
+    claim = Claim(out_dir, config_fp, overwrite, splits)
     if claim.up_to_date is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
         return claim.up_to_date
@@ -222,8 +224,7 @@ def _write(
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
     tok_config = tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
-    # Every asked-for split exists in the output, even if the hash leaves it empty.
-    splits = ("train", "val") if config["val_fraction"] > 0 else ("train",)
+    splits = claim.splits
     for directory in (*splits, TASKS_DIR):
         (out_dir / directory).mkdir(exist_ok=True)
     admitted = [(i, s) for i, (s, problem) in enumerate(zip(opened, problems)) if problem is None]

@@ -7,21 +7,30 @@ everything else. A different fingerprint is refused (``--overwrite`` starts over
 two configs never mix, unless the unfinished run stopped on an error (bad input): its config or
 input had to change, and the new run starts over. A live lock is refused, so two runs never
 interleave.
+
+Starting over removes only what gristmill wrote: the files the manifest lists (or, in an
+unfinished run, the files named after a task), the tokenizer, the tasks' records, the cached
+plans, the marker and temporary files. A directory that also holds anything else is refused,
+naming those files, and nothing is removed.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
 from gristmill.manifest import INCOMPLETE, MANIFEST, read_manifest
 from gristmill.tasks import TASKS_DIR, read_record
+from gristmill.tokenizers import TOKENIZER_DIR
 
 try:
     import fcntl
@@ -30,13 +39,25 @@ except ImportError:  # Windows: no advisory locks; the fingerprint check still h
 
 log = logging.getLogger("gristmill")
 
+OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR)  # everything in them is gristmill's
+TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.Task.prefix)
+TEMPORARY = re.compile(r"\.tmp-\d+$")  # write_atomic's temporary names
+SHOWN = 10  # foreign files named in a refusal
+
 
 class Claim:
     """An output directory this process writes: locked until :meth:`finish` or process exit."""
 
-    def __init__(self, out_dir: Path, config_fp: str, overwrite: bool):
+    def __init__(
+        self,
+        out_dir: Path,
+        config_fp: str,
+        overwrite: bool,
+        splits: tuple[str, ...] = ("train",),
+    ):
         self.out_dir = out_dir
         self.config_fp = config_fp
+        self.splits = splits
         self.up_to_date: dict[str, Any] | None = None  # the manifest, when there is nothing to do
         self.resuming = False
         self._fd: int | None = None
@@ -44,6 +65,10 @@ class Claim:
             raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
         if (out_dir / INCOMPLETE).exists():
             previous = self._lock()
+            # The splits the unfinished run wrote (its marker says), and this run's.
+            written = (*previous.get("splits", ()), *splits)
+            if previous.get("config_fingerprint") == config_fp or overwrite or "failed" in previous:
+                self._refuse_others(_others(out_dir, None, written))
             if previous.get("config_fingerprint") == config_fp:
                 self.resuming = True
             elif overwrite:
@@ -69,6 +94,7 @@ class Claim:
                     f"{out_dir} already holds a dataset prepared from other sources or settings; "
                     "pass --overwrite to replace it, or choose another -o"
                 )
+            self._refuse_others(_others(out_dir, _listed(manifest), tuple(manifest["splits"])))
             self._start_over()
         elif out_dir.exists() and any(out_dir.iterdir()):
             raise DatasetError(
@@ -94,15 +120,38 @@ class Claim:
                 ) from None
         return _marker(self._fd)
 
-    def _start_over(self) -> None:
+    def _refuse_others(self, others: list[Path]) -> None:
+        """Refuse to touch a directory that holds files gristmill did not write."""
+        if not others:
+            return
         self.release()
-        shutil.rmtree(self.out_dir)
-        self.out_dir.mkdir(parents=True)
+        names = sorted(str(path.relative_to(self.out_dir)) for path in others)
+        shown = ", ".join(names[:SHOWN]) + (
+            f" and {len(names) - SHOWN} more" if names[SHOWN:] else ""
+        )
+        raise DatasetError(
+            f"{self.out_dir} holds files gristmill did not write: {shown}; move them out of it "
+            "(nothing was removed), or choose another -o"
+        )
+
+    def _start_over(self) -> None:
+        """Remove everything gristmill wrote here (the caller made sure that is all there is)."""
+        self.release()
+        for entry in self.out_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         self._lock()
 
     def _write_marker(self, **extra: str) -> None:
         assert self._fd is not None
-        content = {"config_fingerprint": self.config_fp, "pid": os.getpid(), **extra}
+        content = {
+            "config_fingerprint": self.config_fp,
+            "pid": os.getpid(),
+            "splits": list(self.splits),
+            **extra,
+        }
         data = json.dumps(content).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
@@ -125,7 +174,12 @@ class Claim:
             for path in directory.glob("*") if directory.is_dir() else ():
                 if path not in keep:
                     path.unlink()
-        for stray in self.out_dir.parent.glob(f"{self.out_dir.name}.rejects.jsonl.tmp-*"):
+        # What a killed run left half-written (this run holds the lock: none is being written).
+        strays = (
+            *self.out_dir.glob(f"{MANIFEST}.tmp-*"),
+            *self.out_dir.parent.glob(f"{glob.escape(self.out_dir.name)}.rejects.jsonl.tmp-*"),
+        )
+        for stray in strays:
             stray.unlink()
         if self.resuming:
             log.info(
@@ -138,7 +192,10 @@ class Claim:
         """The run stopped on an error (not an interruption): a later run with other settings
         or input may start over instead of being refused."""
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        self._write_marker(failed=message[:200])
+        try:
+            self._write_marker(failed=message[:200])
+        except OSError as exc:  # a full disk: the error being raised says more than this one
+            log.warning(f"{self.out_dir / INCOMPLETE}: could not record the failure ({exc})")
 
     def finish(self) -> None:
         """The manifest is written: drop the task records, then the marker and its lock."""
@@ -161,6 +218,50 @@ def _dataset_manifest(out_dir: Path) -> dict[str, Any] | None:
         return read_manifest(out_dir)
     except DatasetError:
         return None
+
+
+def _listed(manifest: dict[str, Any]) -> set[str]:
+    """Every file a manifest names (``{"path": ...}`` entries, at any depth)."""
+    found: set[str] = set()
+    stack: list[Any] = [manifest]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                found.add(value["path"])
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
+def _others(out_dir: Path, listed: set[str] | None, splits: Iterable[str]) -> list[Path]:
+    """The files in ``out_dir`` that gristmill did not write. ``listed``: the files a manifest
+    names; ``None`` for an unfinished run, whose shards are known by their task's prefix."""
+    others: list[Path] = []
+    for entry in out_dir.iterdir():
+        name = entry.name
+        if name in (MANIFEST, INCOMPLETE, *OWN_DIRECTORIES):
+            continue
+        if name.startswith(f"{MANIFEST}.") and TEMPORARY.search(name):
+            continue
+        if name in splits and entry.is_dir() and not entry.is_symlink():
+            for path in entry.iterdir():
+                ours = TASK_FILE.match(path.name) and (
+                    listed is None or f"{name}/{path.name}" in listed or TEMPORARY.search(path.name)
+                )
+                if not (ours and path.is_file() and not path.is_symlink()):
+                    others += _files(path)
+        else:
+            others += _files(entry)
+    return others
+
+
+def _files(path: Path) -> list[Path]:
+    """``path`` itself, or the files in it when it is a directory (to name them)."""
+    if path.is_dir() and not path.is_symlink():
+        return [p for p in path.rglob("*") if not p.is_dir()] or [path]
+    return [path]
 
 
 def _marker(fd: int) -> dict[str, Any]:
