@@ -204,18 +204,24 @@ def flip_byte(path: Path, at: int) -> None:
 
 
 @pytest.mark.parametrize("reader", ["document", "spans", "lengths", "samples", "copy"])
-@pytest.mark.parametrize("shard", [0, -1])
-def test_a_flipped_byte_is_never_exported(sharded, tmp_path, gristmill_register, reader, shard):
+@pytest.mark.parametrize(
+    ("kind", "shard", "at"),
+    [("tokens", 0, 0.5), ("tokens", -1, 0.5), ("offsets", 1, 0.5)],
+    ids=["first-shard", "last-shard", "an-offset"],
+)
+def test_a_flipped_byte_is_never_exported(
+    sharded, tmp_path, gristmill_register, reader, kind, shard, at
+):
     gristmill_register(ReadingPlugin())
     manifest = json.loads((sharded / "manifest.json").read_text())
     shards = manifest["splits"]["train"]["shards"]
     assert len(shards) > 2
-    damaged = shards[shard]["tokens"]["path"]
-    flip_byte(sharded / damaged, shards[shard]["tokens"]["bytes"] // 2)
+    entry = shards[shard][kind]
+    flip_byte(sharded / entry["path"], int(entry["bytes"] * at) // 8 * 8)  # an offset's low byte
     with pytest.raises(DatasetError) as caught:
         gristmill.export(sharded, tmp_path / "out", to=reader)
     message = str(caught.value)
-    assert damaged in message and "SHA-256" in message
+    assert entry["path"] in message and "SHA-256" in message
     assert f"gristmill verify {sharded}" in message and "prepare" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds"]
 
