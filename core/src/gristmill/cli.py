@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -361,8 +362,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `gristmill inspect DIR | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # the system refused a read or a write: name the file, say what to do
+        print(f"gristmill: error: {_describe_os_error(exc)}", file=sys.stderr)
+        return 2
     finally:
         log.removeHandler(handler)
+
+
+# What to do about the operating system errors a run meets for want of a right or of room.
+OS_ADVICE = {
+    errno.EACCES: "permission denied; check the permissions of it and of the directories above "
+    "it (this user must be able to read the input and write the output)",
+    errno.EPERM: "operation not permitted; check the permissions of it and of the directories "
+    "above it",
+    errno.ENOSPC: "no space left on device; free some space, or write the output to a disk "
+    "with room (-o)",
+    errno.EDQUOT: "disk quota exceeded; free some space, or write the output elsewhere (-o)",
+    errno.EFBIG: "file too large (a file size limit, ulimit -f); raise the limit, or lower "
+    "--tokens-per-shard",
+    errno.EROFS: "read-only file system; write the output elsewhere (-o)",
+}
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """``PATH: what went wrong; what to do`` for an error the operating system raised."""
+    what = OS_ADVICE.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
 
 
 def _numbers(text: str, option: str) -> list[int]:

@@ -12,6 +12,7 @@ from typing import Any
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Where
 from gristmill.errors import DataError, DatasetError, MissingDependencyError
 from gristmill.examples import Example
+from gristmill.manifest import remove_stale_temporaries, temporary_for
 from gristmill.mapping import SchemaCheck, check_fields, mapped_examples
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.policy import ErrorPolicy
@@ -61,7 +62,8 @@ def convert(
         max_record_bytes=int(max_record_bytes),
         column_names=list(column_names) if column_names else None,
     )
-    policy = ErrorPolicy(on_error, out_path.with_name(f"{out_path.name}.rejects.jsonl"))
+    rejects = out_path.with_name(f"{out_path.name}.rejects.jsonl")
+    policy = ErrorPolicy(on_error, rejects)
 
     def examples() -> Iterator[tuple[Example, Where]]:
         schemas = SchemaCheck()
@@ -73,14 +75,15 @@ def convert(
             ):
                 yield (example.normalized() if normalize else example), where
 
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    try:
-        count = (_write_parquet if suffix == ".parquet" else _write_jsonl)(tmp, examples())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        policy.abort()
-        raise
-    os.replace(tmp, out_path)
+    for written in (out_path, rejects):  # what a killed convert left half-written
+        remove_stale_temporaries(written)
+    with temporary_for(out_path) as tmp:
+        try:
+            count = (_write_parquet if suffix == ".parquet" else _write_jsonl)(tmp, examples())
+        except BaseException:
+            policy.abort()
+            raise
+        os.replace(tmp, out_path)
     skipped = policy.close()
     if skipped:
         log.warning(f"{out_path}: {policy.summary()}")

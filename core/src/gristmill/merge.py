@@ -16,7 +16,7 @@ import numpy as np
 
 from gristmill.components import ShardFormatType
 from gristmill.errors import DatasetError
-from gristmill.manifest import sync_directory
+from gristmill.manifest import sync_directory, temporary_for
 from gristmill.policy import reject_file
 from gristmill.stats import MetadataStats, length_stats
 from gristmill.tasks import TASKS_DIR, TaskSettings, read_record, task_file
@@ -205,11 +205,11 @@ def _publish_rejects(out_dir: Path, tasks: int, *, main: bool) -> None:
     if not pieces:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as out:
-        for piece in pieces:
-            with open(piece, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 22)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    with temporary_for(path) as tmp:
+        with open(tmp, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)

@@ -4,6 +4,11 @@ Workers start with ``spawn``: a fresh interpreter that imports gristmill and dis
 through entry points, never a fork of a process that may hold threads (a tokenizer's thread pool,
 a progress bar's monitor). Each worker encodes on one core, its tokenizer's thread pool limited
 to one thread, so that N workers use N cores without oversubscribing them.
+
+A worker ends when the process that started it dies, even by ``kill -9``: Linux kills it
+(``PR_SET_PDEATHSIG``); elsewhere a thread of the worker watches for its parent to change. So a
+killed run leaves no worker behind, writing or holding the run's output streams open.
+A worker that dies (the out-of-memory killer) ends the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -11,14 +16,19 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from gristmill import hookimpl
 from gristmill.components import ExecutorType
+from gristmill.errors import GristmillError
 
 ONE_THREAD = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -33,18 +43,30 @@ class LocalExecutor:
                 yield fn(task)
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_one_thread) as pool:
-            with _main_module_hidden():  # workers start as the tasks are submitted
-                futures = [pool.submit(fn, task) for task in tasks]
-            try:
-                for future in as_completed(futures):
-                    yield future.result()
-            except BaseException:
-                # A failed task ends the run: start nothing new (running tasks finish; whatever
-                # they completed is kept for the next run).
-                for future in futures:
-                    future.cancel()
-                raise
+        pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(os.getpid(),),
+        )
+        processes: list[multiprocessing.process.BaseProcess] = []
+        try:
+            with pool:
+                with _main_module_hidden():  # workers start as the tasks are submitted
+                    futures = [pool.submit(fn, task) for task in tasks]
+                # The pool's workers (a private attribute): to name one that dies.
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                try:
+                    for future in as_completed(futures):
+                        yield future.result()
+                except BaseException:
+                    # A failed task ends the run: start nothing new (running tasks finish;
+                    # whatever they completed is kept for the next run).
+                    for future in futures:
+                        future.cancel()
+                    raise
+        except BrokenProcessPool:  # the pool is shut down: every worker's exit code is known
+            raise GristmillError(_dead_worker(processes)) from None
 
 
 @contextlib.contextmanager
@@ -64,8 +86,53 @@ def _main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def _one_thread() -> None:
+def _dead_worker(processes: list[multiprocessing.process.BaseProcess]) -> str:
+    """Which worker died, and what to do."""
+    advice = (
+        "run the same command again with fewer --workers or a smaller --task-bytes (finished "
+        "tasks are kept)"
+    )
+    # The pool ends the other workers with SIGTERM once one has died.
+    ended = [p for p in processes if p.exitcode not in (None, 0, -signal.SIGTERM)]
+    ended = ended or [p for p in processes if p.exitcode not in (None, 0)]
+    if not ended:
+        return f"a worker process died unexpectedly: {advice}"
+    worker = ended[0]
+    code = worker.exitcode or 0
+    if code < 0:
+        name = signal.Signals(-code).name
+        cause = ", often the out-of-memory killer" if -code == signal.SIGKILL else ""
+        return f"worker process {worker.pid} was killed by {name}{cause}: {advice}"
+    return f"worker process {worker.pid} exited with status {code}: {advice}"
+
+
+def _start_worker(parent: int) -> None:
     os.environ.update(ONE_THREAD)
+    _end_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5  # how often a worker without PR_SET_PDEATHSIG looks for its parent
+
+
+def _end_with_parent(parent: int) -> None:
+    """Have this worker killed when ``parent`` (the process that started it) dies."""
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the signal was asked for
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    # An orphan is adopted by another process: its parent id changes.
+    while os.getppid() == parent:
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)
 
 
 @hookimpl
