@@ -37,8 +37,8 @@ def _step(gathered) -> list[tuple]:
 
 
 def _data(path: str):
-    """The prepared dataset, or a stream of the file it was prepared from."""
-    if path.endswith(".jsonl"):
+    """The prepared dataset, or a stream of the file it was prepared from (or of a hub: spec)."""
+    if path.endswith(".jsonl") or path.startswith("hub:"):
         return gristmill.stream(path, **STREAM)
     return gristmill.open_dataset(path, seq_len=96, packer="first-fit", seed=7)
 

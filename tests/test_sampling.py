@@ -16,8 +16,11 @@ SAMPLERS = ("sequential", "random", "distributed", "distributed-length-grouped")
 
 def _order(sampler: str, n: int, seed: int, epoch: int, global_batch: int, **options):
     lengths = np.random.default_rng(n).integers(1, 500, n)
-    factory = get_manager().sampler(sampler).factory
-    return factory(n, seed=seed, lengths=lengths, global_batch=global_batch, **options).order(epoch)
+    record = get_manager().sampler(sampler)
+    options = record.check_options(options)  # as gristmill checks the user's options
+    return record.factory(
+        n, seed=seed, lengths=lengths, global_batch=global_batch, **options
+    ).order(epoch)
 
 
 @settings(max_examples=400, deadline=None)
@@ -99,8 +102,8 @@ def test_length_grouped_steps_hold_similar_lengths():
 @pytest.mark.parametrize(
     ("sampler", "options", "message"),
     [
-        ("sequential", {"shuffle": True}, "the sequential sampler takes no options; got shuffle"),
-        ("distributed", {"shufle": False}, "takes shuffle; got shufle"),
+        ("sequential", {"shuffle": True}, "'sequential' has no option 'shuffle': it takes no"),
+        ("distributed", {"shufle": False}, "no option 'shufle'; did you mean shuffle"),
         ("distributed-length-grouped", {"megabatch": 0}, "megabatch must be a positive"),
     ],
 )

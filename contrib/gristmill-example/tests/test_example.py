@@ -9,7 +9,6 @@ import gristmill
 from gristmill import hookimpl
 from gristmill.components import SamplerType
 from gristmill.errors import DataError
-from gristmill.sampling import refuse_options
 
 
 def test_registers_lines_source(gristmill_manager):
@@ -61,7 +60,6 @@ class Reverse:
     """A sampler defined in the test: last sample first, every epoch."""
 
     def __init__(self, num_samples, *, seed=0, **context):
-        refuse_options("reverse", context)
         self.num_samples = num_samples
 
     def order(self, epoch):

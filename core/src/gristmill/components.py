@@ -1,21 +1,31 @@
 """Typed records that plugins register, and the protocols their factories return.
 
 A registration hook returns a list of these records. Each carries a unique user-facing ``name``
-(lowercase letters, digits and dashes), a one-line ``description`` and, when the component needs a
-heavy optional library, the ``requires`` extra that installs it. The plugin manager validates them
-and keeps track of which plugin provided which record.
+(lowercase letters, digits and dashes), a one-line ``description``, when the component needs a
+heavy optional library the ``requires`` extra that installs it, and the ``options`` the user may
+give it. The plugin manager validates them and keeps track of which plugin provided which record.
+
+Two kinds of keyword reach a component's factory: the *context* gristmill passes itself (a
+source's ``max_record_bytes``, a packer's ``overlong``, a sampler's ``seed``…, listed per kind
+below), and the *options* the user gives in a dict (``packer_options``, ``source_options``…).
+Only declared options pass: :meth:`Component.check_options` refuses any other key, naming the
+closest declared one, before the factory is called. Factories still take ``**context`` for the
+context keywords later versions of gristmill may add.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from gristmill.errors import OptionError
 from gristmill.examples import Example
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -28,8 +38,11 @@ class Component:
     name: str
     description: str
     requires: str | None = None  # the extra that installs what it needs, e.g. "parquet"
+    # The options a user may give: name (a Python identifier) -> one-line description.
+    options: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     kind = "component"
+    creates = ""  # the field holding the callable that receives the options ("" for none)
 
     def problems(self) -> list[str]:
         """What is wrong with this record (empty when it is valid)."""
@@ -41,7 +54,59 @@ class Component:
             )
         if not isinstance(self.description, str) or not self.description.strip():
             out.append(f"{self.kind} {self.name!r} has no description")
+        return out + self._option_problems()
+
+    def _option_problems(self) -> list[str]:
+        what = f"{self.kind} {self.name!r}"
+        if self.options and not self.creates:
+            return [f"{what}: a {self.kind} takes no options"]
+        if not isinstance(self.options, Mapping):
+            return [f"{what}: options must map each name to a one-line description"]
+        out = []
+        for name, text in self.options.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                out.append(f"{what}: option name {name!r} is invalid: use a Python identifier")
+            elif not isinstance(text, str) or not text.strip():
+                out.append(f"{what}: option {name!r} has no description")
+            elif self.creates and not _takes(getattr(self, self.creates), name):
+                out.append(
+                    f"{what} declares option {name!r} but its {self.creates} does not take it"
+                )
         return out
+
+    def check_options(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The user's ``given`` options as a dict, once every key is one this component declares.
+
+        Raises :class:`~gristmill.errors.OptionError` naming the component, the unknown key, the
+        closest declared name and every declared one: a misspelt option must never be ignored.
+        """
+        given = dict(given or {})
+        for key in given:
+            if key not in self.options:
+                raise OptionError(self._unknown(key))
+        return given
+
+    def _unknown(self, key: Any) -> str:
+        message = f"{self.kind} {self.name!r} has no option {key!r}"
+        if not self.options:
+            return f"{message}: it takes no options"
+        close = difflib.get_close_matches(str(key), list(self.options), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        valid = "; ".join(f"{name} ({text})" for name, text in self.options.items())
+        return f"{message}{hint} It takes: {valid}"
+
+
+def _takes(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` accepts the keyword ``name`` (by name, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: cannot tell, trust it
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -89,10 +154,11 @@ DEFAULT_MAX_RECORD_BYTES = 64 << 20
 class Source(Protocol):
     """An opened source: yields raw records with their location, and splits into pieces.
 
-    ``factory(spec, **options)`` opens one; options gristmill passes today: ``max_record_bytes``
+    ``factory(spec, *, max_record_bytes, column_names, **context)`` opens one, with the user's
+    declared ``source_options`` among the keywords. Context gristmill passes: ``max_record_bytes``
     (a record larger than this is rejected with reason ``too-large`` instead of read into memory)
-    and ``column_names`` (names for the columns of header-less tables, or ``None``). Sources must
-    accept and ignore options they do not know.
+    and ``column_names`` (names for the columns of header-less tables, or ``None``); a source
+    ignores context it does not use.
 
     A tabular source may also offer ``schema() -> dict[str, str]`` (column → type): gristmill
     then checks that every file read by that source type in one run has the same schema. A
@@ -129,11 +195,12 @@ class Source(Protocol):
 class SourceType(Component):
     """A source of raw records: claims specs by prefix (``sample:``) or file suffix (``.jsonl``)."""
 
-    factory: Callable[..., Source]  # (spec, **options)
+    factory: Callable[..., Source]  # (spec, **context, **options)
     prefixes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()  # without compression: ".jsonl" also claims ".jsonl.gz/.zst"
 
     kind = "source"
+    creates = "factory"
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -213,11 +280,12 @@ class Tokenizer(Protocol):
 class TokenizerType(Component):
     """A tokenizer family: claims a spec by exact name, prefix (``hf:``) or suffix.
 
-    ``factory(spec, **options)`` creates a tokenizer; ``load(directory, config, **options)``
-    reloads the copy ``save`` wrote (prepare's workers encode with that copy). Options gristmill
-    passes today: ``engine`` (``"auto"`` or one of ``engines``, the encoding engines the family
-    offers; an engine must give exactly the same ids). Both must accept and ignore options they
-    do not know.
+    ``factory(spec, *, engine, **options)`` creates a tokenizer, with the user's declared
+    ``tokenizer_options``; ``load(directory, config, *, engine)`` reloads the copy ``save`` wrote
+    (prepare's workers encode with that copy), so whatever an option changes must be in the
+    config ``save`` returns. Context gristmill passes both: ``engine`` (``"auto"`` or one of
+    ``engines``, the encoding engines the family offers; an engine must give exactly the same
+    ids); both ignore context they do not use (``**context``).
     """
 
     factory: Callable[..., Tokenizer]
@@ -227,6 +295,7 @@ class TokenizerType(Component):
     engines: tuple[str, ...] = ()  # engine names besides "auto" that factory/load accept
 
     kind = "tokenizer"
+    creates = "factory"
 
 
 # --- shard formats -------------------------------------------------------------------------------
@@ -348,10 +417,10 @@ class Packer(Protocol):
 class PackerType(Component):
     """A packing strategy; ``factory(**options)`` returns a :class:`Packer`.
 
-    Options gristmill passes today: ``overlong`` (``"truncate"``, ``"fragment"`` or ``"drop"``:
-    what happens to a document longer than ``seq_len``; :mod:`gristmill.overlong` implements
-    them for any packer), and whatever the user gives as ``packer_options``. Packers must accept
-    and ignore ``overlong`` if it means nothing to them.
+    Context gristmill passes: ``overlong`` (``"truncate"``, ``"fragment"`` or ``"drop"``: what
+    happens to a document longer than ``seq_len``; :mod:`gristmill.overlong` implements them for
+    any packer), which a packer ignores if it means nothing to it; besides, the user's declared
+    ``packer_options``.
     """
 
     factory: Callable[..., Packer]
@@ -361,6 +430,7 @@ class PackerType(Component):
     restart: bool = True
 
     kind = "packer"
+    creates = "factory"
 
 
 class Sampler(Protocol):
@@ -373,17 +443,17 @@ class Sampler(Protocol):
 class SamplerType(Component):
     """An order over the samples of an epoch.
 
-    ``factory(num_samples, *, seed, lengths, global_batch, **options)`` returns a
-    :class:`Sampler`; gristmill always passes ``lengths`` (int64 tokens per sample) and
-    ``global_batch`` (samples per step over all ranks) for samplers that group by length, and
-    the user's ``options``, which a sampler should refuse if it does not know them. A sampler
-    only orders: :mod:`gristmill.sampling` cuts the order into steps and ranks, the same way for
-    every sampler.
+    ``factory(num_samples, *, seed, lengths, global_batch, **context)`` returns a
+    :class:`Sampler`; gristmill always passes ``seed``, ``lengths`` (int64 tokens per sample)
+    and ``global_batch`` (samples per step over all ranks) for samplers that group by length,
+    and the user's declared ``sampler_options``. A sampler only orders: :mod:`gristmill.sampling`
+    cuts the order into steps and ranks, the same way for every sampler.
     """
 
     factory: Callable[..., Sampler]
 
     kind = "sampler"
+    creates = "factory"
 
 
 # --- presets and executors -----------------------------------------------------------------------
@@ -414,11 +484,13 @@ class Executor(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class ExecutorType(Component):
-    """Runs prepare tasks somewhere; ``factory(workers=N, **options)`` returns an :class:`Executor`."""
+    """Runs prepare tasks somewhere; ``factory(workers=N, **context)`` returns an
+    :class:`Executor`, with the user's declared ``executor_options`` among the keywords."""
 
     factory: Callable[..., Executor]
 
     kind = "executor"
+    creates = "factory"
 
 
 # --- exporters -----------------------------------------------------------------------------------
@@ -428,18 +500,20 @@ class ExecutorType(Component):
 class ExporterType(Component):
     """Writes a prepared dataset in another project's format, for trainers that read only that.
 
-    ``export(dataset, directory, *, progress, **options)`` is called once per split with the
+    ``export(dataset, directory, *, progress, **context)`` is called once per split with the
     split opened as a :class:`~gristmill.dataset.Dataset` (packer ``none``: its ``documents``
     reader, ``manifest``, ``split`` and ``tokenizer``). It writes its files into ``directory``,
     a fresh directory that becomes the user's output only after every split is exported, and
     returns a JSON-able summary of what it wrote. ``progress``: show a progress bar. It raises
     :class:`~gristmill.errors.DatasetError` for a dataset the format cannot hold, saying why and
-    what to do instead, and must accept and ignore options it does not know.
+    what to do instead. The user's declared options (``export(..., options=)``, ``--option``)
+    come as keywords too; it ignores context it does not use.
     """
 
     export: Callable[..., Mapping[str, Any]]
 
     kind = "exporter"
+    creates = "export"
 
 
 KINDS: dict[str, tuple[str, type[Component]]] = {

@@ -20,6 +20,11 @@ class UnknownComponentError(GristmillError, LookupError):
     """No installed plugin provides the component that was asked for."""
 
 
+class OptionError(GristmillError, TypeError):
+    """An option no component declares, or an argument of the wrong type or range; the message
+    names the component or argument and what it takes."""
+
+
 class MissingDependencyError(GristmillError, ImportError):
     """An optional library a component needs is not installed; says which extra installs it."""
 

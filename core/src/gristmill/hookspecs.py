@@ -45,11 +45,13 @@ def gristmill_sources() -> list[SourceType]:
     A source claims specs by prefix (``prefixes=("sample:",)``) or by file suffix
     (``suffixes=(".jsonl",)``); directories and globs are expanded to files first and each file goes
     to the source that claims its suffix (``.gz``/``.zst`` are stripped first, and
-    :mod:`gristmill.files` reads them). ``factory(spec, **options)`` returns a
+    :mod:`gristmill.files` reads them). ``factory(spec, **context)`` returns a
     :class:`~gristmill.components.Source`: ``records()`` yields ``(dict, Where)`` pairs in a
     deterministic order, or a ``Rejected`` in place of a bad record; ``split(n)`` cuts it into
-    disjoint pieces; ``fingerprint()`` changes whenever the data does. Factories must accept
-    options they do not know (today: ``max_record_bytes``, ``column_names``).
+    disjoint pieces; ``fingerprint()`` changes whenever the data does. Factories ignore the
+    context they do not use (today: ``max_record_bytes``, ``column_names``). The user's
+    ``source_options`` reach them only when the record declares them in ``options``; any other
+    key is refused before the factory is called.
 
     :return: a list of :class:`~gristmill.components.SourceType` records.
 
@@ -60,7 +62,7 @@ def gristmill_sources() -> list[SourceType]:
         @hookimpl
         def gristmill_sources():
             return [SourceType(name="lines", description="One text record per line of a .txt file",
-                               suffixes=(".txt",), factory=LinesSource)]  # LinesSource(spec, **options)
+                               suffixes=(".txt",), factory=LinesSource)]  # LinesSource(spec, **context)
     """
 
 
@@ -94,9 +96,10 @@ def gristmill_tokenizers() -> list[TokenizerType]:
 
     Called when the plugin manager builds its registry. Used by prepare (``--tokenizer``) and
     whenever a dataset's stored tokenizer is loaded. A spec is claimed by exact ``name`` (``byte``), by prefix (``hf:``) or by
-    suffix (``tokenizer.json``). ``factory(spec)`` loads a tokenizer for preparing data;
-    ``load(directory, config)`` loads the copy that ``Tokenizer.save`` stored in a dataset, so
-    reading a dataset never needs the original spec.
+    suffix (``tokenizer.json``). ``factory(spec, *, engine, **options)`` loads a tokenizer for
+    preparing data, with the user's ``tokenizer_options`` (only those the record declares in
+    ``options``); ``load(directory, config, *, engine)`` loads the copy that ``Tokenizer.save``
+    stored in a dataset, so reading a dataset never needs the original spec or options.
 
     :return: a list of :class:`~gristmill.components.TokenizerType` records.
 
@@ -139,7 +142,8 @@ def gristmill_packers() -> list[PackerType]:
     """Register packers: strategies that group documents into samples of at most ``seq_len``.
 
     Called when the plugin manager builds its registry. Used when a dataset is opened, a stream
-    is read and ``inspect`` reports packing. ``factory(**options)`` returns an object whose
+    is read and ``inspect`` reports packing. ``factory(*, overlong, **options)`` (the user's
+    ``packer_options``, only those the record declares in ``options``) returns an object whose
     ``plan(lengths, seq_len)`` computes a :class:`~gristmill.components.PackPlan` from document
     lengths alone; a packer that works online also offers ``online(seq_len)``, an
     :class:`~gristmill.components.OnlinePacker` (``stream()`` needs it).
@@ -163,8 +167,9 @@ def gristmill_samplers() -> list[SamplerType]:
 
     Called when the plugin manager builds its registry. Used when samples are iterated (the
     torch data loader, ``Dataset.samples``). ``factory(num_samples, *, seed, lengths,
-    global_batch, **options)`` returns an object whose ``order(epoch)`` gives every sample index
-    once, in that epoch's order; gristmill splits it into steps and ranks.
+    global_batch, **options)`` (the user's ``sampler_options``, only those the record declares in
+    ``options``) returns an object whose ``order(epoch)`` gives every sample index once, in that
+    epoch's order; gristmill splits it into steps and ranks.
 
     :return: a list of :class:`~gristmill.components.SamplerType` records.
 
@@ -175,7 +180,7 @@ def gristmill_samplers() -> list[SamplerType]:
         @hookimpl
         def gristmill_samplers():
             return [SamplerType(name="reverse", description="last sample first",
-                                factory=Reverse)]
+                                factory=Reverse, options={"stride": "samples skipped"})]
     """
 
 
@@ -205,7 +210,8 @@ def gristmill_executors() -> list[ExecutorType]:
 
     Called when the plugin manager builds its registry; ``prepare --executor NAME`` picks one
     (first party: ``local``, this machine's processes, and ``ray``, a Ray cluster).
-    ``factory(workers=N, **options)`` returns an object whose ``map(fn, tasks)`` runs the
+    ``factory(workers=N, **options)`` (the user's ``executor_options``, only those the record
+    declares in ``options``) returns an object whose ``map(fn, tasks)`` runs the
     picklable ``fn`` on every task and yields each result as it completes. A task writes its own shards and record into the
     output directory, which every worker must therefore see; the output is byte-identical
     whatever runs the tasks, and in whatever order.
@@ -229,7 +235,8 @@ def gristmill_exporters() -> list[ExporterType]:
 
     Called when the plugin manager builds its registry; ``gristmill export DIR --to NAME -o OUT``
     and ``gristmill.export(DIR, OUT, to=NAME)`` pick one. gristmill calls
-    ``export(dataset, directory, progress=...)`` once per split, with the split opened as a
+    ``export(dataset, directory, progress=..., **options)`` once per split (the user's
+    ``options``, only those the record declares in ``options``), with the split opened as a
     :class:`~gristmill.dataset.Dataset` and a fresh temporary ``directory`` that is renamed to
     ``OUT`` only when every split is written, so a failed export never leaves a whole-looking
     output. The summary each call returns goes into ``OUT/export.json`` with the dataset's

@@ -7,7 +7,7 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,17 @@ REJECTS = ".rejects.jsonl"
 def open_sources(
     specs: Sequence[str | os.PathLike[str]],
     manager: PluginManager,
+    options: Mapping[str, Any] | None = None,
     *,
     output: str | os.PathLike[str] | None = None,
-    **options: Any,
+    **context: Any,
 ) -> list[Source]:
     """Open every source, in the order given; paths expand to their files in sorted order.
 
-    ``options`` go to every source factory (``max_record_bytes``…). Directories and globs pass
-    over gristmill datasets, reject files and the run's ``output`` (a dataset directory or a
-    converted file, and its reject file); naming one of them is an error.
+    The user's ``options`` go to every source factory, each checked against what its source type
+    declares; so does gristmill's ``context`` (``max_record_bytes``…). Directories and globs
+    pass over gristmill datasets, reject files and the run's ``output`` (a dataset directory or
+    a converted file, and its reject file); naming one of them is an error.
     """
     if not specs:
         raise DataError("no sources given: name files, globs, directories or e.g. sample:stdlib")
@@ -41,11 +43,14 @@ def open_sources(
     for raw in specs:
         spec = os.fspath(raw)
         claimed = manager.claim("sources", spec, by="prefixes")
-        if claimed is not None:
-            opened.append(claimed.factory(spec, **options))  # type: ignore[attr-defined]
+        if isinstance(claimed, SourceType):
+            opened.append(claimed.factory(spec, **context, **claimed.check_options(options)))
             continue
         for path in _expand(spec, manager, _Outputs(output)):
-            opened.append(_for_file(path, manager).factory(path, **options))
+            source_type = _for_file(path, manager)
+            opened.append(
+                source_type.factory(path, **context, **source_type.check_options(options))
+            )
     return opened
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from gristmill import hookimpl
 from gristmill.components import TokenizerType
+from gristmill.errors import OptionError
 
 EOS, PAD, BOS = 256, 257, 258
 SPECIALS = {EOS: "<|endoftext|>", PAD: "<|pad|>", BOS: "<|bos|>"}
@@ -53,8 +54,13 @@ class ByteTokenizer:
         return config
 
     @classmethod
-    def from_spec(cls, spec: str, **options: Any) -> ByteTokenizer:
-        return cls()
+    def from_spec(
+        cls, spec: str, *, add_bos: bool = False, add_eos: bool = True, **context: Any
+    ) -> ByteTokenizer:
+        for name, value in (("add_bos", add_bos), ("add_eos", add_eos)):
+            if not isinstance(value, bool):
+                raise OptionError(f"the byte tokenizer's {name} is true or false, got {value!r}")
+        return cls(add_bos=add_bos, add_eos=add_eos)
 
     @classmethod
     def load(cls, directory: Path, config: Mapping[str, Any], **options: Any) -> ByteTokenizer:
@@ -78,5 +84,9 @@ def gristmill_tokenizers() -> list[TokenizerType]:
             description="UTF-8 bytes (ids 0-255) + <|endoftext|>, <|pad|>, <|bos|>; no download",
             factory=ByteTokenizer.from_spec,
             load=ByteTokenizer.load,
+            options={
+                "add_bos": "add <|bos|> before every document (default false)",
+                "add_eos": "add <|endoftext|> after every document (default true)",
+            },
         )
     ]

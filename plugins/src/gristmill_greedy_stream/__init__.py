@@ -99,5 +99,9 @@ def gristmill_packers() -> list[PackerType]:
             description="online best fit into a bounded buffer of open samples "
             "(option buffer_size, default 128); works on streams",
             factory=GreedyStreamPacker,
+            options={
+                "buffer_size": f"open samples at most (default {DEFAULT_BUFFER_SIZE}): "
+                "larger packs tighter, holds more in memory"
+            },
         )
     ]

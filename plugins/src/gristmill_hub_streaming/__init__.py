@@ -9,9 +9,11 @@ Specs:
   HTTP;
 - ``preset:NAME``: a named dataset from ``gristmill presets``.
 
-Splitting for ranks and workers uses the library's own sharding (``IterableDataset.shard``, by
-data file). Remote code never runs: datasets that need a loading script are refused by ``datasets``
-itself.
+A source splits into contiguous runs of the dataset's data files (of Parquet row groups when
+there are fewer files than pieces; of rows for a downloaded dataset), which gristmill deals to
+prepare's tasks, ranks and DataLoader workers as it deals pieces of files: each piece is read
+whole by whichever process gets it, never split again by ``datasets``. Remote code never runs:
+datasets that need a loading script are refused by ``datasets`` itself.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def gristmill_sources() -> list[SourceType]:
             prefixes=("hub:",),
             factory=HubSource,
             requires="hub",
+            options={"streaming": "false: download once, read from the local cache (default true)"},
         ),
         SourceType(
             name="preset",

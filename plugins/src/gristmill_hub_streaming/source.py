@@ -1,7 +1,8 @@
-"""The Hub source: one ``datasets`` IterableDataset, or a shard of it."""
+"""The Hub source: one ``datasets`` dataset, or a contiguous shard of it."""
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from collections.abc import Iterator
@@ -21,15 +22,14 @@ URL_BUILDERS = {
     ".parquet": "parquet",
     ".txt": "text",
 }
+ROWS_PER_BATCH = 256  # rows taken from the library at once: its per-row overhead, amortised
 PROBE_TIMEOUT = 5.0  # seconds: a clear "offline" beats the library's minute of retries
 
 
 class HubSource:
-    def __init__(
-        self, spec: str, *, shard: tuple[int, int] = (0, 1), streaming: bool = True, **options: Any
-    ):
+    def __init__(self, spec: str, *, streaming: bool = True, **options: Any):
         self.spec = spec
-        self.shard = shard
+        self.shard = (0, 1)  # (index, count): which of the pieces `split` made this is
         self.streaming = streaming  # False: download once and read from the local cache
         body = spec.removeprefix("hub:")
         body, _, self.split_name = body.partition("#")
@@ -84,12 +84,7 @@ class HubSource:
             raise
         except Exception as exc:
             raise DataError(_explain(self, exc), where=self.spec) from None
-        index, count = self.shard
-        if count == 1:
-            return dataset
-        if self.streaming:
-            return dataset.shard(num_shards=count, index=index)
-        return dataset.shard(num_shards=count, index=index, contiguous=True)
+        return dataset
 
     def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
         origin = (
@@ -99,7 +94,7 @@ class HubSource:
         )
         row = 0
         try:
-            for row, record in enumerate(self.dataset, 1):
+            for row, record in enumerate(_rows(self.dataset), 1):
                 yield record, Where(origin, row, unit="row")
         except Exception as exc:  # the library failed mid-stream (network, a damaged file…)
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -108,14 +103,21 @@ class HubSource:
             ) from None
 
     def split(self, pieces: int) -> list[HubSource]:
+        """Contiguous runs of the dataset's units, in order: a streamed dataset's data files
+        (Parquet's row groups when there are fewer files than ``pieces``), a downloaded
+        dataset's rows. Each piece reads its own units and nothing else, whichever process
+        (a prepare worker, a rank, a DataLoader worker) reads it."""
         if self.shard != (0, 1):
             return [self]
-        dataset = self.dataset
-        # Streaming data shards by file; a downloaded dataset by contiguous rows.
-        count = max(1, min(pieces, getattr(dataset, "n_shards", None) or len(dataset)))
-        return [
-            HubSource(self.spec, shard=(i, count), streaming=self.streaming) for i in range(count)
-        ]
+        dataset = _finest(self.dataset, pieces)
+        count = max(1, min(pieces, _units(dataset)))
+        return [self._piece(dataset, i, count) for i in range(count)]
+
+    def _piece(self, dataset: Any, index: int, count: int) -> HubSource:
+        piece = copy.copy(self)
+        piece.shard = (index, count)
+        piece.dataset = dataset.shard(num_shards=count, index=index, contiguous=True)
+        return piece
 
     def fingerprint(self) -> str:
         if self.kind == "local":
@@ -124,6 +126,44 @@ class HubSource:
         # A Hub dataset without a pinned @revision can change under the same spec: pin one to make
         # "already prepared" mean the same data.
         return fingerprint([self.spec, self.revision])
+
+
+def _units(dataset: Any) -> int:
+    """What a dataset splits by: a streamed one's shards (data files, or row groups once
+    resharded), a downloaded one's rows."""
+    return dataset.n_shards if _is_streamed(dataset) else len(dataset)
+
+
+def _finest(dataset: Any, pieces: int) -> Any:
+    """A streamed dataset with fewer files than ``pieces`` split further where the library can
+    without reading any row (Parquet: per row group, from the footers), so that one big file
+    still spreads over ranks and workers; other formats stay one shard per file."""
+    if not _is_streamed(dataset) or dataset.n_shards >= pieces:
+        return dataset
+    reshard = getattr(dataset, "reshard", None)  # newer versions of datasets only
+    return dataset if reshard is None else reshard()
+
+
+def _is_streamed(dataset: Any) -> bool:
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def _rows(dataset: Any) -> Iterator[dict[str, Any]]:
+    """Every row of ``dataset``, whichever process iterates it.
+
+    Iterated directly inside a DataLoader worker, a streamed dataset keeps only that worker's
+    share of its shards (and none at all for workers beyond its shard count), on top of the
+    piece gristmill dealt to the worker: records would be lost. ``iter`` reads them all.
+    """
+    if not _is_streamed(dataset):
+        yield from dataset  # a downloaded dataset ignores DataLoader workers
+        return
+    for batch in dataset.iter(batch_size=ROWS_PER_BATCH):
+        columns = list(batch)
+        for values in zip(*batch.values()):
+            yield dict(zip(columns, values))
 
 
 def _probe_endpoint(spec: str, endpoint: str) -> None:

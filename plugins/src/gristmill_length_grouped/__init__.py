@@ -21,7 +21,6 @@ import numpy as np
 from gristmill import hookimpl
 from gristmill.components import SamplerType
 from gristmill.errors import GristmillError
-from gristmill.sampling import refuse_options
 
 DEFAULT_MEGABATCH = 50  # global batches sorted together
 
@@ -37,7 +36,6 @@ class LengthGrouped:
         megabatch: int = DEFAULT_MEGABATCH,
         **context: Any,
     ):
-        refuse_options("distributed-length-grouped", context, known=("megabatch",))
         if lengths is None or len(lengths) != num_samples:
             raise GristmillError(
                 "the distributed-length-grouped sampler needs every sample's length"
@@ -79,5 +77,9 @@ def gristmill_samplers() -> list[SamplerType]:
             description="shuffled global batches of samples of similar length, longest first "
             "(option megabatch, default 50 global batches)",
             factory=LengthGrouped,
+            options={
+                "megabatch": f"global batches sorted by length together (default "
+                f"{DEFAULT_MEGABATCH}): larger groups tighter, mixes less"
+            },
         )
     ]

@@ -20,5 +20,9 @@ def gristmill_sources() -> list[SourceType]:
             suffixes=(".parquet", ".pq"),
             requires="parquet",
             factory=ParquetSource,
+            options={
+                "columns": "read only these columns (a list of names)",
+                "batch_size": "rows per record batch (default: sized from the row group's bytes)",
+            },
         )
     ]

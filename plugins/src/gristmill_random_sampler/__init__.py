@@ -13,12 +13,10 @@ import numpy as np
 
 from gristmill import hookimpl
 from gristmill.components import SamplerType
-from gristmill.sampling import refuse_options
 
 
 class Shuffled:
     def __init__(self, num_samples: int, *, seed: int = 0, shuffle: bool = True, **context: Any):
-        refuse_options("random", context, known=("shuffle",))
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
 
     def order(self, epoch: int) -> np.ndarray:
@@ -35,6 +33,7 @@ def gristmill_samplers() -> list[SamplerType]:
             name=name,
             description=f"a new permutation every epoch from (seed, epoch){note}",
             factory=Shuffled,
+            options={"shuffle": "false: index order every epoch (default true)"},
         )
         for name, note in (("random", ""), ("distributed", "; shuffle=False for index order"))
     ]

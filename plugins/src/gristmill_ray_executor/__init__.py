@@ -24,5 +24,6 @@ def gristmill_executors() -> list[ExecutorType]:
             "needs a filesystem shared by every node",
             requires="ray",
             factory=RayExecutor,
+            options={"address": "a Ray cluster: HOST:PORT, ray://HOST:10001 or auto"},
         )
     ]

@@ -11,12 +11,10 @@ import numpy as np
 
 from gristmill import hookimpl
 from gristmill.components import SamplerType
-from gristmill.sampling import refuse_options
 
 
 class Sequential:
     def __init__(self, num_samples: int, *, seed: int = 0, **context: Any):
-        refuse_options("sequential", context)
         self.num_samples = num_samples
 
     def order(self, epoch: int) -> np.ndarray:

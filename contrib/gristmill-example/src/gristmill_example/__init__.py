@@ -17,7 +17,7 @@ class LinesSource:
         *,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         byte_range: tuple[int, int | None, int] = (0, None, 1),
-        **options: Any,  # options gristmill passes that this source does not use
+        **context: Any,  # what gristmill passes that this source does not use
     ):
         self.spec = spec
         self.max_record_bytes = max_record_bytes

@@ -38,7 +38,7 @@ def export_megatron(
     *,
     progress: bool = False,
     batch_tokens: int = BATCH_TOKENS,
-    **options: Any,  # options gristmill passes that this exporter does not use
+    **context: Any,  # what gristmill passes that this exporter does not use
 ) -> dict[str, Any]:
     """Write ``dataset`` (one split of a :class:`gristmill.Dataset`) as ``SPLIT.bin`` and
     ``SPLIT.idx`` in ``directory``; return a summary of what was written.
@@ -178,5 +178,6 @@ def gristmill_exporters() -> list[ExporterType]:
             description="Megatron-LM indexed dataset (.bin/.idx per split), read by "
             "megatron.core IndexedDataset",
             export=export_megatron,
+            options={"batch_tokens": f"tokens read and written at a time (default {BATCH_TOKENS})"},
         )
     ]

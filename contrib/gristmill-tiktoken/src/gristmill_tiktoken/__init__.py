@@ -28,5 +28,12 @@ def gristmill_tokenizers() -> list[TokenizerType]:
             prefixes=(PREFIX,),
             factory=TiktokenTokenizer.from_spec,
             load=TiktokenTokenizer.load,
+            options={
+                "pattern": "the split pattern (a regular expression)",
+                "special_tokens": "special token name -> id",
+                "bos": "the special token added before every document",
+                "eos": "the special token added after every document",
+                "pad": "the special token that pads",
+            },
         )
     ]

@@ -178,7 +178,9 @@ class StreamLoader(torch.utils.data.DataLoader):
             log.warning(
                 f"the stream has {pieces} piece(s) for {self.world_size} rank(s): the ranks' "
                 "shares differ by up to a piece, and the shorter ones serve repeats at the end "
-                "of every epoch; pass a smaller piece_bytes (and chunk_bytes) to stream()"
+                "of every epoch; pass a smaller piece_bytes (and chunk_bytes) to stream(), or, "
+                "for a Hub dataset, which splits no finer than its files (Parquet: row groups), "
+                "more files"
             )
         self.set_epoch(0)
         self.chunks = _Chunks(stream)
