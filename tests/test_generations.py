@@ -12,7 +12,7 @@ import pytest
 
 import gristmill
 from gristmill.errors import DatasetError
-from gristmill.manifest import MANIFEST, read_manifest
+from gristmill.manifest import MANIFEST, check_generation, read_manifest
 from gristmill.plugins import get_manager
 
 DOCS = 400
@@ -97,8 +97,6 @@ def test_every_prepare_is_a_new_generation(tmp_path):
 def test_a_manifest_replaced_while_opening_is_refused(tmp_path):
     """The manifest read, then the dataset prepared again before the shards were checked:
     opening compares the generation once the shards are checked."""
-    from gristmill.manifest import check_generation
-
     out = _prepare(tmp_path, "a")
     manifest = read_manifest(out)
     _prepare(tmp_path, "b")
@@ -107,3 +105,11 @@ def test_a_manifest_replaced_while_opening_is_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"changed since it was opened") as refused:
         check_generation(out, manifest)
     assert str(out) in str(refused.value) and MANIFEST in str(refused.value)
+
+
+def test_the_same_generation_written_otherwise_is_the_same(tmp_path):
+    out = _prepare(tmp_path, "a")
+    manifest = read_manifest(out)
+    (out / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
+    check_generation(out, manifest)
+    assert len(gristmill.open_dataset(out)) == DOCS
