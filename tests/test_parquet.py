@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -286,6 +287,36 @@ def test_pieces_after_a_damaged_row_group_read_in_full(tmp_path):
     assert read_all(parts[5]) == records[500:600]
     [rejected] = read_all(parts[4])
     assert rejected.rows == 100
+
+
+@needs_pyarrow
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(1, 30), min_size=1, max_size=8),
+    data=st.data(),
+    batch_size=st.none() | st.integers(1, 7),
+    pieces=st.integers(1, 4),
+)
+def test_kept_rows_are_exactly_the_rows_of_the_undamaged_groups(
+    tmp_path_factory, sizes, data, batch_size, pieces
+):
+    """Any row groups damaged, any batch size and split: every row is kept or counted, and the
+    kept rows are the input rows of the groups that read, in order."""
+    records = [{"text": f"row {i}"} for i in range(sum(sizes))]
+    path = write_parquet(tmp_path_factory.mktemp("pq") / "d.parquet", records, sizes)
+    damaged = data.draw(st.sets(st.integers(0, len(sizes) - 1), min_size=1))
+    for group in damaged:
+        damage_row_group(path, group)
+    parts = open_one(path, batch_size=batch_size).split(pieces)
+    items = [item for part in parts for item in read_all(part)]
+    rejected = [item for item in items if isinstance(item, Rejected)]
+    starts = np.cumsum([0, *sizes])
+    assert sorted(r.message.split()[2] for r in rejected) == sorted(map(str, damaged))
+    assert sum(r.rows for r in rejected) == sum(sizes[g] for g in damaged)
+    good = [r for g, n in enumerate(sizes) if g not in damaged for r in records[starts[g] :][:n]]
+    assert [item for item in items if not isinstance(item, Rejected)] == good
 
 
 @needs_pyarrow
