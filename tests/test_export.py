@@ -234,3 +234,15 @@ def test_a_damaged_file_of_a_split_not_exported_does_not_matter(
     flip_byte(sharded / val["tokens"]["path"], 0)
     out = gristmill.export(sharded, tmp_path / "out", to="spans", splits=["train"])
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "train.bin"]
+
+
+def test_the_cli_names_the_damaged_file(sharded, tmp_path, gristmill_register, capsys):
+    gristmill_register(ReadingPlugin())
+    shard = json.loads((sharded / "manifest.json").read_text())["splits"]["val"]["shards"][0]
+    entry = shard["tokens"]
+    flip_byte(sharded / entry["path"], 0)
+    out = tmp_path / "out"
+    assert main(["export", str(sharded), "--to", "spans", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gristmill: error: ") and entry["path"] in err and "verify" in err
+    assert not out.exists()
