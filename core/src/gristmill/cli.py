@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
@@ -233,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="export this split; repeat for several (default: every split)",
     )
+    e.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        metavar="NAME=VALUE",
+        help="an option of the exporter (`gristmill plugins --all` lists them); VALUE is read "
+        "as JSON where it is JSON (true, 8, [1, 2]), else as text; repeat for several",
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     e.add_argument(
         "--progress",
@@ -341,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.output,
                 to=args.to,
                 splits=args.split,
+                options=dict(args.option or ()),
                 overwrite=args.overwrite,
                 progress=args.progress,
             )
@@ -367,6 +377,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         log.removeHandler(handler)
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE``, the value read as JSON where it is JSON."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
 
 
 # What to do about the operating system errors a run meets for want of a right or of room.

@@ -5,7 +5,8 @@ Each section holds the keyword arguments of one call, under the same names: ``[p
 (:func:`gristmill.stream`), ``[mixture]`` (:func:`gristmill.mixture`), ``[loader]``
 (:func:`gristmill.torch.dataloader`) and ``[collator]`` (:class:`gristmill.torch.Collator`).
 The whole file is checked before anything runs, against one declarative table per section
-(``SECTIONS``); every problem names the file and the key's path, e.g.
+(``SECTIONS``), and every ``*_options`` table against the options its component declares; every
+problem names the file and the key's path, e.g.
 ``run.toml: loader.batch_size: expected a positive integer, got "eight"``. A test holds each
 table to the signatures of the functions it feeds, so the file cannot drift from the API.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES
+from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Component
 from gristmill.errors import GristmillError, MissingDependencyError
 from gristmill.overlong import POLICIES as OVERLONG_POLICIES
 from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
@@ -129,6 +130,12 @@ READING = {
     "column_names": Key(STRINGS, None, "column names of CSV/TSV files without a header row"),
     "max_doc_tokens": Key(POSITIVE, None, "truncate documents to this many tokens"),
     "engine": Key(STRING, "auto", "the tokenizer's encoding engine (never changes the ids)"),
+    "tokenizer_options": Key(
+        TABLE, None, "options of the tokenizer, e.g. `{add_bos = true}` for `byte`"
+    ),
+    "source_options": Key(
+        TABLE, None, 'options of every source, e.g. `{columns = ["text"]}` for `parquet`'
+    ),
 }
 
 # The keys that shape samples, shared by [dataset], [stream] and the datasets of [mixture].
@@ -396,6 +403,9 @@ def load(
     problems += _check_across(sections, str(path))
     if problems:
         raise ConfigError(problems)
+    problems = _check_options(sections, str(path))
+    if problems:
+        raise ConfigError(problems)
     return Config(path, sections)
 
 
@@ -529,6 +539,46 @@ def _check_across(sections: Mapping[str, Mapping[str, Any]], origin: str) -> lis
                 allowed = " and ".join(f"[{d}]" for d in only)
                 problems.append(f"{origin}: loader.{name}: applies to {allowed} only, not [{kind}]")
     return problems
+
+
+# An options key -> the key naming its component, and that component's kind.
+OPTIONS_OF = {
+    "packer_options": ("packer", "packer"),
+    "sampler_options": ("sampler", "sampler"),
+    "executor_options": ("executor", "executor"),
+    "tokenizer_options": ("tokenizer", "tokenizer"),
+}
+# source_options are checked at the call: which sources a glob or directory holds is known then.
+
+
+def _check_options(sections: Mapping[str, Mapping[str, Any]], origin: str) -> list[str]:
+    """Each ``*_options`` table against the options its component declares, with the component
+    the table's section names (or the API's default), so that a misspelt option fails here."""
+    tables = [(name, SECTIONS[name].keys, table) for name, table in sections.items()]
+    for entry, table in sections.get("mixture", {}).get("datasets", {}).items():
+        tables.append((f"mixture.datasets.{entry}", DATASET_KEYS, table))
+    problems = []
+    for where, keys, table in tables:
+        for options_key, (component_key, kind) in OPTIONS_OF.items():
+            if options_key not in table:
+                continue
+            # The loader's sampler defaults to None in the API, meaning "distributed".
+            name = table.get(component_key, keys[component_key].default or "distributed")
+            try:
+                _component(kind, name).check_options(table[options_key])
+            except GristmillError as exc:
+                problems.append(f"{origin}: {where}.{options_key}: {exc}")
+    return problems
+
+
+def _component(kind: str, name: str) -> Component:
+    from gristmill.plugins import get_manager
+    from gristmill.tokenizers import resolve_tokenizer
+
+    manager = get_manager()
+    if kind == "tokenizer":
+        return resolve_tokenizer(name, manager)
+    return getattr(manager, kind)(name)
 
 
 def _suggest(name: str, choices: Mapping[str, Any]) -> str:

@@ -33,6 +33,7 @@ def convert(
     on_error: str = "fail",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     column_names: Sequence[str] | None = None,
+    source_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     manager: PluginManager | None = None,
 ) -> dict[str, Any]:
@@ -41,6 +42,7 @@ def convert(
     Records are mapped exactly as ``prepare`` maps them (``{"text"}``, ``{"prompt",
     "completion"[, "system"]}`` or ``{"messages": [{"role", "content"}…]}``), with the same error
     policy; the file appears only when complete. Returns ``{"records": N, "skipped": {...}}``.
+    ``source_options`` go to every source, as :func:`~gristmill.prepare`'s do.
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -58,6 +60,7 @@ def convert(
     opened = open_sources(
         specs,
         manager,
+        source_options,
         output=out_path,
         max_record_bytes=int(max_record_bytes),
         column_names=list(column_names) if column_names else None,

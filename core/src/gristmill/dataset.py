@@ -80,8 +80,8 @@ class Dataset:
         )
         check_generation(self.path, self.manifest)  # the shards checked are the manifest's
         self.packer, self.overlong = packer, check_policy(overlong)
-        self.packer_options = dict(packer_options or {})
         record = self.manager.packer(packer)
+        self.packer_options = record.check_options(packer_options)
         self.restart = record.restart if restart is None else bool(restart)
         self.plan: PackPlan = self._plan(record)
         self._buffers = Buffers()
@@ -243,13 +243,15 @@ class Dataset:
         return (self[int(i)] for i in order)
 
     def sampler(self, name: str, *, global_batch: int, **options: Any) -> Sampler:
-        """The sampler plugin ``name`` over this dataset's samples, seeded with ``seed``."""
-        return self.manager.sampler(name).factory(
+        """The sampler plugin ``name`` over this dataset's samples, seeded with ``seed``;
+        ``options`` are the user's, checked against those it declares."""
+        record = self.manager.sampler(name)
+        return record.factory(
             len(self),
             seed=self.seed,
             lengths=self.sample_lengths(),
             global_batch=global_batch,
-            **options,
+            **record.check_options(options),
         )
 
     def sample_lengths(self) -> np.ndarray:

@@ -10,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,16 @@ def export(
     *,
     to: str,
     splits: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     manager: PluginManager | None = None,
 ) -> Path:
     """Write the prepared dataset at ``path`` into the directory ``output`` with exporter ``to``.
 
-    ``splits``: the splits to export (default: all). The exporter writes into a temporary
+    ``splits``: the splits to export (default: all). ``options``: the exporter's own (those it
+    declares, ``gristmill plugins --all``; any other key is an
+    :class:`~gristmill.errors.OptionError`). The exporter writes into a temporary
     directory beside ``output``, which is renamed to ``output`` only when every split is
     written and on disk, with ``export.json`` (exporter, gristmill version, the dataset's
     fingerprint and each split's summary): an ``output`` that exists is whole. Every file of
@@ -56,6 +59,7 @@ def export(
     """
     manager = manager or get_manager()
     record = manager.exporter(to)
+    options = record.check_options(options)
     source = Path(path)
     manifest = read_manifest(source)
     available = list(manifest["splits"])
@@ -78,7 +82,7 @@ def export(
             dataset = open_dataset(source, split, manager=manager)
             reader = VerifiedReader(dataset)
             dataset.documents = reader
-            summaries[split] = dict(record.export(dataset, partial, progress=show))
+            summaries[split] = dict(record.export(dataset, partial, progress=show, **options))
             reader.check_the_rest()
         for entry in manifest["tokenizer"].get("files", []):  # an exporter may copy them
             check_intact(source, entry)

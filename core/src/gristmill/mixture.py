@@ -188,10 +188,11 @@ class _EntriesSampler:
     change with the epoch); ``order`` gives keys of ``mix[key]``."""
 
     def __init__(self, mix: Mixture, name: str, global_batch: int, options: dict[str, Any]):
-        self.mix, self.name, self.global_batch, self.options = mix, name, global_batch, options
+        self.mix, self.name, self.global_batch = mix, name, global_batch
         self.lengths = mix.sample_lengths()
-        self._factory = mix.datasets[0].manager.sampler(name).factory
-        self._sampler(self.mix.entries(0))  # refuses unknown options now
+        record = mix.datasets[0].manager.sampler(name)
+        self._factory, self.options = record.factory, record.check_options(options)
+        self._sampler(self.mix.entries(0))  # a bad option value fails now, not at an epoch
 
     def _sampler(self, entries: np.ndarray) -> Sampler:
         return self._factory(

@@ -66,6 +66,8 @@ def prepare(
     column_names: Sequence[str] | None = None,
     max_doc_tokens: int | None = None,
     engine: str = "auto",
+    tokenizer_options: Mapping[str, Any] | None = None,
+    source_options: Mapping[str, Any] | None = None,
     workers: int | None = None,
     executor: str = "local",
     executor_options: Mapping[str, Any] | None = None,
@@ -89,7 +91,11 @@ def prepare(
     several (``auto``: the fastest that agrees with the reference); it never changes the ids.
     With more than one worker, plugins come from installed distributions (entry points), not
     from ``manager`` registrations made in this process. ``executor_options`` go to the
-    executor's factory, e.g. ``{"address": "HOST:PORT"}`` for ``ray`` (docs/executors.md).
+    executor's factory, e.g. ``{"address": "HOST:PORT"}`` for ``ray`` (docs/executors.md);
+    ``tokenizer_options`` to the tokenizer's (``{"add_bos": True}`` for ``byte``),
+    ``source_options`` to every source's (``{"columns": ["text"]}`` for ``parquet``). Each
+    component declares the options it takes (``gristmill plugins --all``); any other key is an
+    :class:`~gristmill.errors.OptionError`.
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -116,11 +122,13 @@ def prepare(
     opened = open_sources(
         specs,
         manager,
+        source_options,
         output=out,
         max_record_bytes=max_record_bytes,
         column_names=column_names,
     )
     tokenizer_type = resolve_tokenizer(tokenizer, manager)
+    tokenizer_options = tokenizer_type.check_options(tokenizer_options)
     if engine != "auto" and engine not in tokenizer_type.engines:
         offered = ", ".join(("auto", *tokenizer_type.engines))
         raise DataError(
@@ -128,6 +136,7 @@ def prepare(
         )
     fmt = manager.shard_format(shard_format)
     run_on = manager.executor(executor)
+    executor_options = run_on.check_options(executor_options)
     if format != "auto":
         check_fields(manager.field_mapper(format), fields)
     config = {
@@ -146,6 +155,9 @@ def prepare(
         "column_names": column_names,
         "max_doc_tokens": max_doc_tokens,
         "task_bytes": task_bytes,
+        # Only when given: datasets prepared without them keep their fingerprint.
+        **({"tokenizer_options": tokenizer_options} if tokenizer_options else {}),
+        **({"source_options": dict(source_options)} if source_options else {}),
     }
     provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
     # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
@@ -155,7 +167,7 @@ def prepare(
         for problem in problems:
             if problem is not None:
                 ErrorPolicy("fail", reject_file(Path(out))).handle(problem)  # raises
-    tok = tokenizer_type.factory(tokenizer, engine=engine)
+    tok = tokenizer_type.factory(tokenizer, engine=engine, **tokenizer_options)
     # A tokenizer that can say when its files changed (hf:DIR re-trained in place) takes part.
     tok_fingerprint = getattr(tok, "fingerprint", None)
     config_fp = fingerprint(
@@ -187,7 +199,7 @@ def prepare(
             config_fp,
             workers=workers,
             executor=run_on,
-            executor_options=dict(executor_options or {}),
+            executor_options=executor_options,
             engine=engine,
             progress=progress,
             manager=manager,

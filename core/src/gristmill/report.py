@@ -222,7 +222,11 @@ def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
     if show_all:
         for kind in KINDS:
             for name, record in manager.components(kind).items():
-                entry = {"description": record.description, "requires": record.requires}
+                entry = {
+                    "description": record.description,
+                    "requires": record.requires,
+                    "options": dict(record.options),
+                }
                 described.setdefault(kind, {})[name] = entry
     if as_json:
         out: dict[str, Any] = {"plugins": [p.as_dict() for p in plugins], "conflicts": conflicts}
@@ -243,6 +247,8 @@ def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
                     info = described[kind][name]
                     needs = f" [requires {info['requires']}]" if info["requires"] else ""
                     print(f"    {KINDS[kind][1].kind} {name}: {info['description']}{needs}")
+                    for option, text in info["options"].items():
+                        print(f"        option {option}: {text}")
         for message in conflicts:
             print(f"conflict: {message}")
     failed = any(p.status == "error" for p in plugins)

@@ -17,7 +17,6 @@ each rank serves, so that every sampler keeps the invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -74,13 +73,3 @@ class Schedule:
         indices = self.order[positions % n] if n else positions
         return indices, positions >= n, counts
 
-
-CONTEXT = ("lengths", "global_batch")  # what gristmill passes every sampler factory
-
-
-def refuse_options(sampler: str, options: dict[str, Any], known: tuple[str, ...] = ()) -> None:
-    """A misspelt option must not silently give another order."""
-    unknown = sorted(set(options) - set(CONTEXT) - set(known))
-    if unknown:
-        takes = f"takes {', '.join(known)}" if known else "takes no options"
-        raise GristmillError(f"the {sampler} sampler {takes}; got {', '.join(unknown)}")

@@ -106,6 +106,8 @@ class Stream:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         column_names: Sequence[str] | None = None,
         engine: str = "auto",
+        tokenizer_options: Mapping[str, Any] | None = None,
+        source_options: Mapping[str, Any] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         piece_bytes: int = DEFAULT_PIECE_BYTES,
         manager: PluginManager | None = None,
@@ -132,12 +134,13 @@ class Stream:
         self.sources = open_sources(
             specs,
             self.manager,
+            source_options,
             max_record_bytes=int(max_record_bytes),
             column_names=list(column_names) if column_names else None,
         )
-        self.tokenizer = resolve_tokenizer(tokenizer, self.manager).factory(
-            tokenizer, engine=engine
-        )
+        tokenizer_type = resolve_tokenizer(tokenizer, self.manager)
+        tokenizer_options = tokenizer_type.check_options(tokenizer_options)
+        self.tokenizer = tokenizer_type.factory(tokenizer, engine=engine, **tokenizer_options)
         # What the samples depend on besides the input, for `identity`.
         self._settings = {
             "tokenizer": tokenizer,
@@ -152,9 +155,14 @@ class Stream:
             "normalize": normalize,
             "max_doc_tokens": max_doc_tokens,
             "engine": engine,
+            # Only when given: the identity of streams without them stays what it was.
+            **({"tokenizer_options": tokenizer_options} if tokenizer_options else {}),
+            **({"source_options": dict(source_options)} if source_options else {}),
         }
         record = self.manager.packer(packer)
-        self.packer = record.factory(overlong=check_policy(overlong), **dict(packer_options or {}))
+        self.packer = record.factory(
+            overlong=check_policy(overlong), **record.check_options(packer_options)
+        )
         if not hasattr(self.packer, "online"):
             online = ", ".join(
                 name
@@ -305,7 +313,8 @@ def stream(
     that need every length first (``first-fit``) are refused. Other options are those of
     :func:`~gristmill.prepare` that shape documents (``format``, ``fields``,
     ``train_on_prompt``, ``normalize``, ``max_doc_tokens``, ``on_error``: skipped records are
-    counted in ``stats.skipped``, ``max_record_bytes``, ``column_names``, ``engine``) and of
+    counted in ``stats.skipped``, ``max_record_bytes``, ``column_names``, ``engine``,
+    ``tokenizer_options``, ``source_options``) and of
     :func:`~gristmill.open_dataset` that shape samples (``packer_options``, ``overlong``,
     ``restart``, ``labels``). ``stats`` reports documents, samples and packing efficiency.
 
