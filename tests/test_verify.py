@@ -335,3 +335,14 @@ def test_a_shard_entry_without_its_tokens(ds):
     with pytest.raises(DatasetError, match="the shard 1 of the split has no tokens file entry"):
         gristmill.open_dataset(ds)
     assert ("manifest.json", "malformed manifest (KeyError: 'tokens')") in _problems(ds)
+
+
+def test_a_dataset_whose_manifest_disagrees_can_be_prepared_again(ds, tmp_path):
+    """Opening refuses it, but it is still gristmill's dataset: ``--overwrite`` replaces it."""
+    manifest = _manifest(ds)
+    manifest["splits"]["train"]["num_documents"] += 1
+    _save(ds, manifest)
+    src = tmp_path / "new.jsonl"
+    src.write_text("".join(json.dumps({"text": f"new {i}"}) + "\n" for i in range(50)))
+    gristmill.prepare(src, ds, overwrite=True, progress=False)
+    assert len(gristmill.open_dataset(ds)) == 50

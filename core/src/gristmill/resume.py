@@ -28,7 +28,7 @@ from typing import Any
 
 from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST, read_manifest
+from gristmill.manifest import INCOMPLETE, MANIFEST, load_manifest
 from gristmill.tasks import TASKS_DIR, read_record
 from gristmill.tokenizers import TOKENIZER_DIR
 
@@ -214,8 +214,8 @@ def _dataset_manifest(out_dir: Path) -> dict[str, Any] | None:
     (``--overwrite`` never deletes a directory gristmill did not write)."""
     if not (out_dir / MANIFEST).exists():
         return None
-    try:
-        return read_manifest(out_dir)
+    try:  # a manifest that disagrees with itself is still gristmill's, to replace
+        return load_manifest(out_dir)
     except DatasetError:
         return None
 
