@@ -191,9 +191,17 @@ def load_manifest(path: Path) -> dict[str, Any]:
 
 
 def manifest_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Where the manifest disagrees with itself or lacks what a reader relies on, as (key, what
-    is wrong): every split's counts are the sums of its shards', every count and file entry is
-    well-formed. Nothing but the manifest is read."""
+    """Where the manifest lacks what a reader relies on or disagrees with itself, as (key, what
+    is wrong). Nothing but the manifest is read."""
+    malformed = list(malformed_entries(manifest))
+    yield from malformed
+    if not malformed:
+        yield from count_mismatches(manifest)
+
+
+def malformed_entries(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Keys a reader needs that are missing or of the wrong type: every count a non-negative
+    integer, every file entry ``{path, bytes, sha256}``."""
     wrong = [key for key, (kind, _) in TOP_LEVEL.items() if not isinstance(manifest.get(key), kind)]
     for key in wrong:
         yield key, f"missing, or not {TOP_LEVEL[key][1]}"
@@ -218,32 +226,42 @@ def _split_problems(key: str, split: Any) -> Iterator[tuple[str, str]]:
     if not isinstance(split, dict):
         yield key, "not an object"
         return
+    yield from _count_problems(key, split)
     shards = split.get("shards")
     if not isinstance(shards, list):
         yield f"{key}.shards", "missing, or not a list"
         return
-    totals = dict.fromkeys(COUNTS, 0)
     for i, shard in enumerate(shards):
         at = f"{key}.shards[{i}]"
         if not isinstance(shard, dict):
             yield at, "not an object"
-            return
-        for count in COUNTS:
-            if not _is_count(shard.get(count)):
-                yield f"{at}.{count}", f"{shard.get(count)!r} is not a count"
-                return  # the sums below would mean nothing
-            totals[count] += shard[count]
-        if shard["num_loss_tokens"] > shard["num_tokens"]:
-            yield f"{at}.num_loss_tokens", f"{shard['num_loss_tokens']}, more than its tokens"
+            continue
+        yield from _count_problems(at, shard)
         for name, value in shard.items():
             if isinstance(value, dict):
                 yield from _file_problems(f"{at}.{name}", value)
+
+
+def _count_problems(key: str, entry: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for count in COUNTS:
-        if split.get(count) != totals[count]:
-            yield (
-                f"{key}.{count}",
-                f"{split.get(count)!r}, but the shards add up to {totals[count]}",
-            )
+        if not _is_count(entry.get(count)):
+            yield f"{key}.{count}", f"{entry.get(count)!r} is not a count"
+
+
+def count_mismatches(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Counts of a well-formed manifest that disagree: a split's with the sums of its shards', a
+    shard's loss tokens with its tokens."""
+    for name, split in manifest["splits"].items():
+        for i, shard in enumerate(split["shards"]):
+            if shard["num_loss_tokens"] > shard["num_tokens"]:
+                yield (
+                    f"splits.{name}.shards[{i}].num_loss_tokens",
+                    f"{shard['num_loss_tokens']}, more than its {shard['num_tokens']} tokens",
+                )
+        for count in COUNTS:
+            total = sum(shard[count] for shard in split["shards"])
+            if split[count] != total:
+                yield f"splits.{name}.{count}", f"{split[count]}, but the shards add up to {total}"
 
 
 def _file_problems(key: str, entry: Any) -> Iterator[tuple[str, str]]:

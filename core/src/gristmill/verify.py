@@ -21,10 +21,11 @@ from gristmill.errors import DatasetError
 from gristmill.manifest import (
     HASH_READ,
     MANIFEST,
+    count_mismatches,
     inside,
     listed_files,
     load_manifest,
-    manifest_problems,
+    malformed_entries,
 )
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.tokenizers import TOKENIZER_DIR
@@ -45,9 +46,10 @@ def verify(
         manifest = load_manifest(root)
     except DatasetError as exc:
         return [Problem(exc.where or str(root), exc.reason)]
-    found = [Problem(f"{MANIFEST}: {key}", what) for key, what in manifest_problems(manifest)]
-    if found:  # the entries below cannot be followed
-        return found
+    malformed = [Problem(f"{MANIFEST}: {key}", what) for key, what in malformed_entries(manifest)]
+    if malformed:  # the entries below cannot be followed
+        return malformed
+    found = [Problem(f"{MANIFEST}: {key}", what) for key, what in count_mismatches(manifest)]
     try:
         found.extend(_problems(root, manifest, manager or get_manager(), progress))
     except (KeyError, TypeError, AttributeError) as exc:  # a key of the shard format's missing
