@@ -113,3 +113,11 @@ def test_the_same_generation_written_otherwise_is_the_same(tmp_path):
     (out / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
     check_generation(out, manifest)
     assert len(gristmill.open_dataset(out)) == DOCS
+
+
+def test_the_stored_tokenizer_of_another_generation_is_refused(tmp_path):
+    out = _prepare(tmp_path, "a")
+    ds = gristmill.open_dataset(out)
+    _prepare(tmp_path, "b")
+    with pytest.raises(DatasetError, match="changed since it was opened"):
+        ds.tokenizer  # noqa: B018 (loading it is the point)
