@@ -337,3 +337,11 @@ def test_a_broken_link_in_a_directory_or_glob_is_an_error_not_skipped(tmp_path, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"data/b.jsonl' is a symbolic link loop"):
         open_sources([spec], get_manager())
+
+
+def test_a_glob_passes_over_a_dataset_before_looking_at_its_links(tmp_path, monkeypatch):
+    data = raw_tree(tmp_path)
+    gristmill.prepare(data, data / "done", on_error="skip", progress=False)
+    (data / "done" / "stale.jsonl").symlink_to(data / "gone.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert [s.spec for s in open_sources(["data/**/*.jsonl"], get_manager())] == ["data/a.jsonl"]

@@ -74,7 +74,7 @@ def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
         found = [
             p
             for p in sorted(glob.glob(spec, recursive=True))
-            if _is_file(Path(p)) and outputs.readable(Path(p))
+            if outputs.readable(Path(p)) and _is_file(Path(p))
         ]
         if not found:
             raise DataError(f"the pattern {spec!r} matches no files")
@@ -146,6 +146,8 @@ class _Outputs:
     run's own output would be read while it is replaced.
     """
 
+    OWN, DATASET = "this run's output", "a gristmill dataset"
+
     def __init__(self, output: str | os.PathLike[str] | None):
         own = () if output is None else (Path(output), reject_file(Path(output)))
         self.own = {_real(p) for p in own}
@@ -154,21 +156,22 @@ class _Outputs:
 
     def refuse(self, path: Path) -> None:
         """Raise when ``path``, named as a source, is gristmill's output rather than raw input."""
-        real = _real(path)
-        if real in self.own:
+        found = self._written(path)
+        if found is None or found[1] not in (self.OWN, self.DATASET):
+            return  # another run's reject file, named on purpose, is read
+        thing, what = found
+        if what == self.OWN:
             raise DataError(
                 f"source {str(path)!r} is this run's own output, which cannot be read while it "
                 "is written: give the raw files, or write the output elsewhere"
             )
-        dataset = self._dataset_holding(real)
-        if dataset is not None:
-            part = "" if dataset == real else f"is part of {dataset}, which "
-            raise DataError(
-                f"source {str(path)!r} {part}is a gristmill dataset, not raw input: read it with "
-                f"gristmill.open_dataset({str(dataset)!r}), or write it in another format with "
-                f"`gristmill export {dataset} --to NAME -o OUT`; to prepare again, give the raw "
-                "files it was prepared from (its manifest lists them under provenance.sources)"
-            )
+        part = "" if thing == _real(path) else f"is part of {thing}, which "
+        raise DataError(
+            f"source {str(path)!r} {part}is a gristmill dataset, not raw input: read it with "
+            f"gristmill.open_dataset({str(thing)!r}), or write it in another format with "
+            f"`gristmill export {thing} --to NAME -o OUT`; to prepare again, give the raw "
+            "files it was prepared from (its manifest lists them under provenance.sources)"
+        )
 
     def walk(self, top: Path) -> list[Path]:
         """Every file below ``top`` that :meth:`readable` admits; datasets are not entered."""
@@ -181,20 +184,26 @@ class _Outputs:
 
     def readable(self, path: Path) -> bool:
         """Whether a file or directory found below a directory or by a glob is input."""
-        real = _real(path)
-        dataset = self._dataset_holding(real)
-        if real in self.own:
-            passed, why = path, "this run's output"
-        elif dataset is not None:
-            passed, why = dataset, "a gristmill dataset"
-        elif path.name.endswith(REJECTS) and _rejected_by(path).exists():
-            passed, why = path, f"the records {_rejected_by(path).name} rejected"
-        else:
+        found = self._written(path)
+        if found is None:
             return True
-        if passed not in self.passed:
-            self.passed.add(passed)
-            log.info(f"{passed}: {why}, not read as input")
+        if found[0] not in self.passed:
+            self.passed.add(found[0])
+            log.info(f"{found[0]}: {found[1]}, not read as input")
         return False
+
+    def _written(self, path: Path) -> tuple[Path, str] | None:
+        """What gristmill wrote that ``path`` is, lies in or links to, and what that is."""
+        places = (_real(path.parent) / path.name, _real(path))  # where it lies, where it leads
+        if any(place in self.own for place in places):
+            return path, self.OWN
+        for place in places:
+            dataset = self._dataset_holding(place)
+            if dataset is not None:
+                return dataset, self.DATASET
+        if path.name.endswith(REJECTS) and _rejected_by(path).exists():
+            return path, f"the records {_rejected_by(path).name} rejected"
+        return None
 
     def _dataset_holding(self, real: Path) -> Path | None:
         """The dataset directory that is or holds ``real``, if any."""
