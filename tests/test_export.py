@@ -246,3 +246,12 @@ def test_the_cli_names_the_damaged_file(sharded, tmp_path, gristmill_register, c
     err = capsys.readouterr().err
     assert err.startswith("gristmill: error: ") and entry["path"] in err and "verify" in err
     assert not out.exists()
+
+
+def test_a_changed_tokenizer_file_is_never_exported(sharded, tmp_path, gristmill_register):
+    gristmill_register(ReadingPlugin())
+    (entry,) = json.loads((sharded / "manifest.json").read_text())["tokenizer"]["files"]
+    flip_byte(sharded / entry["path"], entry["bytes"] // 2)
+    with pytest.raises(DatasetError, match=rf"{entry['path']}: SHA-256 .*gristmill verify"):
+        gristmill.export(sharded, tmp_path / "out", to="spans")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds"]
