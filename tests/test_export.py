@@ -255,3 +255,27 @@ def test_a_changed_tokenizer_file_is_never_exported(sharded, tmp_path, gristmill
     with pytest.raises(DatasetError, match=rf"{entry['path']}: SHA-256 .*gristmill verify"):
         gristmill.export(sharded, tmp_path / "out", to="spans")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds"]
+
+
+def test_a_dataset_prepared_again_during_the_export_is_not_exported(
+    sharded, tmp_path, gristmill_register, write_jsonl
+):
+    """The splits of an export, and the fingerprint in export.json, are of one dataset."""
+    other = write_jsonl([{"text": f"another {i}"} for i in range(300)], name="other.jsonl")
+
+    class PreparingAgain:
+        @hookimpl
+        def gristmill_exporters(self) -> list[ExporterType]:
+            def export(dataset: Dataset, directory: Path, **options: Any) -> dict:
+                summary = export_spans(dataset, directory, **options)
+                gristmill.prepare(
+                    [other], sharded, tokenizer="byte", val_fraction=0.2, overwrite=True
+                )
+                return summary
+
+            return [ExporterType(name="racing", description="prepares again", export=export)]
+
+    gristmill_register(PreparingAgain())
+    with pytest.raises(DatasetError, match="prepared again while it was being exported"):
+        gristmill.export(sharded, tmp_path / "out", to="racing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "ds", "other.jsonl"]

@@ -80,6 +80,11 @@ def export(
         summaries: dict[str, Any] = {}
         for split in dict.fromkeys(chosen):
             dataset = open_dataset(source, split, manager=manager)
+            if dataset.manifest != manifest:  # the splits and export.json must be one dataset
+                raise DatasetError(
+                    f"{source}: the dataset was prepared again while it was being exported; "
+                    "nothing was exported. Run the export again"
+                )
             reader = VerifiedReader(dataset)
             dataset.documents = reader
             summaries[split] = dict(record.export(dataset, partial, progress=show, **options))
