@@ -256,7 +256,10 @@ ERRORS = {
     ),
     "choice": (
         "[dataset]\npath = 'ds'\noverlong = 'cut'\n",
-        ['run.toml: dataset.overlong: expected one of truncate, fragment, drop, got "cut"'],
+        [
+            "run.toml: dataset.overlong: expected one of truncate, truncate-left, fragment, "
+            'drop, got "cut"'
+        ],
     ),
     "missing key": (
         "[dataset]\npath = 'ds'\n[loader]\nseed = 1\n",

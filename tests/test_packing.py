@@ -35,17 +35,20 @@ def _check(
     # Every token the policy keeps, in exactly one segment: pieces of a document tile it.
     kept = {
         "truncate": np.minimum(lengths, seq_len),
+        "truncate-left": np.minimum(lengths, seq_len),
         "fragment": lengths,
         "drop": np.where(long, 0, lengths),
     }[overlong]
     assert plan.dropped == (int((long & (lengths > 0)).sum()) if overlong == "drop" else 0)
     order = np.lexsort((plan.seg_start, plan.seg_doc))
     docs, starts, lens = plan.seg_doc[order], plan.seg_start[order], plan.seg_len[order]
-    covered = np.zeros(len(lengths), np.int64)
+    # Where each document's kept tokens begin: at its end minus what is kept for truncate-left.
+    first = lengths - kept if overlong == "truncate-left" else np.zeros(len(lengths), np.int64)
+    covered = first.copy()
     for doc, start, length in zip(docs.tolist(), starts.tolist(), lens.tolist()):
         assert start == covered[doc] and 0 < length <= seq_len
         covered[doc] += length
-    assert np.array_equal(covered, kept)
+    assert np.array_equal(covered - first, kept)
     bounds = plan.sample_bounds
     assert bounds[0] == 0 and bounds[-1] == len(plan.seg_doc)
     assert (np.diff(bounds) > 0).all()  # no empty sample
@@ -130,7 +133,12 @@ def test_golden_overlong_policies():
     assert fragment.seg_start.tolist() == [0, 5, 0, 0, 10]
     drop = FirstFitPacker(overlong="drop").plan(lengths, 5)
     assert _samples(drop) == [[(2, 5)], [(1, 3)]] and drop.dropped == 1
-    with pytest.raises(DatasetError, match="overlong must be one of truncate, fragment, drop"):
+    left = FirstFitPacker(overlong="truncate-left").plan(lengths, 5)
+    assert _samples(left) == [[(0, 5)], [(2, 5)], [(1, 3)]]
+    assert left.seg_start.tolist() == [7, 0, 0]  # the last 5 of document 0's 12 tokens
+    with pytest.raises(
+        DatasetError, match="overlong must be one of truncate, truncate-left, fragment, drop"
+    ):
         FirstFitPacker(overlong="split")
 
 
@@ -189,7 +197,7 @@ def test_overlong_policies_through_open_dataset(tmp_path, write_jsonl):
         assert all(len(sample["input_ids"]) <= 100 for sample in ds)
     lengths = gristmill.open_dataset(tmp_path / "ds").documents.lengths()
     assert served["fragment"] == total  # every token, in pieces
-    assert served["truncate"] == np.minimum(lengths, 100).sum()
+    assert served["truncate"] == served["truncate-left"] == np.minimum(lengths, 100).sum()
     assert served["drop"] == lengths[lengths <= 100].sum()
     dropped = gristmill.open_dataset(tmp_path / "ds", seq_len=100, overlong="drop").plan.dropped
     assert dropped == int((lengths > 100).sum()) > 0

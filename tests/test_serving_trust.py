@@ -5,6 +5,7 @@ carry no loss are counted, warned about, and left out on request."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -14,16 +15,18 @@ import pytest
 import gristmill
 from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
+from tests.helpers import run_gristmill
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    """Prompt/completion documents of 6 to 250 tokens, two shards, with loss masks."""
+    """Prompt/completion documents of 43 to 95 tokens, two shards, with loss masks: in 17 of the
+    40 the prompt and its separator fill 64 tokens or more."""
     folder = tmp_path_factory.mktemp("trust")
     src = folder / "qa.jsonl"
     src.write_text(
         "".join(
-            json.dumps({"prompt": "q" * (5 + i * 137 % 200), "completion": f"a{i}" * (i % 5 + 1)})
+            json.dumps({"prompt": "q" * (40 + i * 37 % 40), "completion": f"a{i}" * (i % 5 + 1)})
             + "\n"
             for i in range(40)
         )
@@ -179,3 +182,95 @@ def test_ids_inside_the_vocabulary_are_served(ds):
     _flip_token(ds, shard=0, at=30, value=258)  # the last id of the vocabulary: valid
     dataset = gristmill.open_dataset(ds, seq_len=256, packer="first-fit")
     assert max(int(dataset[i]["input_ids"].max()) for i in range(len(dataset))) == 258
+
+
+# Samples that carry no loss
+
+PACKERS = ["none", "first-fit", "greedy-stream", "concat-chunk"]
+
+
+def _without_loss(dataset) -> list[int]:
+    """The samples whose every label is -100, by building them."""
+    return [i for i in range(len(dataset)) if (dataset[i]["labels"] == -100).all()]
+
+
+def test_samples_without_loss_are_counted_and_warned_about(ds, caplog):
+    with caplog.at_level("WARNING", logger="gristmill"):
+        dataset = gristmill.open_dataset(ds, seq_len=64)
+    empty = _without_loss(dataset)
+    assert len(empty) == 17 and len(dataset) == 40  # their completions cut away
+    assert dataset.samples_without_loss == 17
+    assert "17 of 40 samples carry no loss" in caplog.text and str(ds) in caplog.text
+    assert "no_loss='drop'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gristmill"):
+        whole = gristmill.open_dataset(ds, seq_len=512)
+    assert whole.samples_without_loss == 0 and not caplog.text
+
+
+@pytest.mark.parametrize("packer", PACKERS)
+@pytest.mark.parametrize("overlong", ["truncate", "fragment"])
+@pytest.mark.parametrize("restart", [True, False])
+def test_no_loss_drop_leaves_out_exactly_the_samples_without_loss(ds, packer, overlong, restart):
+    options = dict(seq_len=48, packer=packer, overlong=overlong, restart=restart)
+    kept = gristmill.open_dataset(ds, **options)
+    empty = _without_loss(kept)
+    assert kept.samples_without_loss == len(empty)
+    dropped = gristmill.open_dataset(ds, no_loss="drop", **options)
+    assert dropped.samples_without_loss == len(empty) and _without_loss(dropped) == []
+    wanted = [s for i, s in enumerate(_samples(kept)) if i not in set(empty)]
+    assert _samples(dropped) == wanted
+    assert dropped.identity != kept.identity  # a loader's state tells them apart
+    again = gristmill.open_dataset(ds, no_loss="drop", **options)  # from the plan cache
+    assert _samples(again) == wanted and again.samples_without_loss == len(empty)
+
+
+def test_no_loss_drop_with_shifted_labels(ds):
+    options = dict(seq_len=64, packer="first-fit", labels="shifted")
+    dataset = gristmill.open_dataset(ds, no_loss="drop", **options)
+    assert dataset.samples_without_loss > 0 and _without_loss(dataset) == []
+    pickled = pickle.loads(pickle.dumps(dataset))  # as DataLoader workers receive it
+    assert pickled.no_loss == "drop" and _samples(pickled) == _samples(dataset)
+
+
+def test_an_unknown_no_loss_policy_is_refused(ds):
+    with pytest.raises(DatasetError, match="no_loss must be one of keep, drop, got 'skip'"):
+        gristmill.open_dataset(ds, seq_len=64, no_loss="skip")
+
+
+def test_text_without_masks_has_no_loss_only_in_one_token_sequences(tmp_path, write_jsonl):
+    src = write_jsonl([{"text": "x" * (i % 7 + 1)} for i in range(30)])
+    gristmill.prepare(src, tmp_path / "ds", progress=False)
+    for packer in PACKERS:
+        dataset = gristmill.open_dataset(tmp_path / "ds", seq_len=4, packer=packer)
+        assert dataset.samples_without_loss == len(_without_loss(dataset))
+
+
+def test_inspect_counts_samples_without_loss(ds):
+    expected = {
+        (packer, seq_len): gristmill.open_dataset(ds, seq_len=seq_len, packer=packer)
+        for packer in PACKERS
+        for seq_len in (64, 512)
+    }
+    result = run_gristmill("inspect", str(ds), "--json", "--seq-len", "64,512")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["splits"]["train"]["packing"]
+    assert {(r["packer"], r["seq_len"]): r["samples_without_loss"] for r in rows} == {
+        key: len(_without_loss(dataset)) for key, dataset in expected.items()
+    }
+    text = run_gristmill("inspect", str(ds), "--seq-len", "64")
+    line = next(ln for ln in text.stdout.splitlines() if "packing none @ 64:" in ln)
+    assert "17 samples without loss" in line
+
+
+@pytest.mark.parametrize("packer", ["none", "first-fit", "greedy-stream"])
+def test_truncate_left_keeps_the_completion_of_a_long_document(ds, packer):
+    whole = gristmill.open_dataset(ds)
+    ends = sorted(whole[i]["input_ids"][-64:].tolist() for i in range(len(whole)))
+    dataset = gristmill.open_dataset(ds, seq_len=64, packer=packer, overlong="truncate-left")
+    assert dataset.samples_without_loss == 0 and _without_loss(dataset) == []
+    served = []
+    for sample in dataset:
+        for piece in np.split(sample["input_ids"], np.cumsum(sample["seq_lens"])[:-1]):
+            served.append(piece.tolist())
+    assert sorted(served) == ends

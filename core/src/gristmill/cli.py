@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=OVERLONG_POLICIES,
         default="truncate",
         help="what packers do with documents longer than the sample length: keep the first "
-        "seq_len tokens, cut them into seq_len pieces, or drop them (default: truncate)",
+        "seq_len tokens, or the last, cut them into seq_len pieces, or drop them "
+        "(default: truncate)",
     )
     i.add_argument("--json", action="store_true", help="print one JSON object instead")
     i.add_argument(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Component
 from gristmill.errors import GristmillError, MissingDependencyError
+from gristmill.overlong import NO_LOSS
 from gristmill.overlong import POLICIES as OVERLONG_POLICIES
 from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
 from gristmill.policy import POLICIES as ERROR_POLICIES
@@ -185,6 +186,7 @@ DATASET_KEYS = {
     "split": Key(STRING, "train", "the split to serve"),
     **PACKING,
     "packer": Key(STRING, "none", "`none`, `first-fit`, `greedy-stream`, `concat-chunk`…"),
+    "no_loss": Key(one_of(*NO_LOSS), "keep", "samples whose labels are all -100: `drop` them"),
     "seed": Key(INTEGER, 0, "seed of the samplers"),
 }
 

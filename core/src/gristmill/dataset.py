@@ -10,7 +10,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,10 +23,17 @@ from gristmill.manifest import (
     read_manifest,
     sync_directory,
 )
-from gristmill.overlong import check_policy
-from gristmill.packing import PLAN_ARRAYS, plan_problem
+from gristmill.overlong import check_no_loss, check_policy
+from gristmill.packing import PLAN_ARRAYS, keep_samples, plan_problem
 from gristmill.plugins import PluginManager, get_manager
-from gristmill.samples import Buffers, SampleBatch, build_samples, check_labels, join_parts
+from gristmill.samples import (
+    Buffers,
+    SampleBatch,
+    build_samples,
+    carry_no_loss,
+    check_labels,
+    join_parts,
+)
 from gristmill.tokenizers import load_saved
 
 log = logging.getLogger("gristmill")
@@ -57,6 +64,7 @@ class Dataset:
         packer: str = "none",
         packer_options: Mapping[str, Any] | None = None,
         overlong: str = "truncate",
+        no_loss: str = "keep",
         restart: bool | None = None,
         labels: str = "unshifted",
         seed: int = 0,
@@ -80,25 +88,35 @@ class Dataset:
         )
         check_generation(self.path, self.manifest)  # the shards checked are the manifest's
         self.packer, self.overlong = packer, check_policy(overlong)
+        self.no_loss = check_no_loss(no_loss)
         record = self.manager.packer(packer)
         self.packer_options = record.check_options(packer_options)
         self.restart = record.restart if restart is None else bool(restart)
-        self.plan: PackPlan = self._plan(record)
+        # The samples whose labels are all -100: served (no_loss="keep") or left out ("drop").
+        self.samples_without_loss: int
+        self.plan, self.samples_without_loss = self._plan(record)
         self._buffers = Buffers()
 
-    def _plan(self, record: PackerType) -> PackPlan:
-        """The pack plan: from the cache beside the shards when a run already computed it."""
+    def _plan(self, record: PackerType) -> Planned:
+        """The pack plan and its samples without loss: from the cache beside the shards when a
+        run already computed them."""
 
         # Read for planning, and to check a stored plan against: one small read per shard.
         lengths = self.documents.lengths()
 
-        def make() -> PackPlan:
+        def make() -> Planned:
             packer = record.factory(overlong=self.overlong, **self.packer_options)
-            return packer.plan(lengths, self.seq_len)
+            plan = packer.plan(lengths, self.seq_len)
+            empty = self.without_loss(plan, restart=self.restart)
+            if self.no_loss == "drop":
+                plan = keep_samples(plan, ~empty)
+            return Planned(plan, int(empty.sum()))
 
-        if not record.cache:
+        # Finding the samples without loss reads every loss mask: worth a file even for a plan
+        # that is cheaper to compute than to read.
+        if not (record.cache or self._masked):
             return make()
-        key = fingerprint(self._plan_key())
+        key = fingerprint({**self._plan_key(), "restart": self.restart, "no_loss": self.no_loss})
         return cached_plan(
             self.path / PLANS_DIR / f"{key[:32]}.npz",
             key,
@@ -116,6 +134,27 @@ class Dataset:
             "dataset": self.manifest["fingerprint"],
         }
 
+    @property
+    def _masked(self) -> bool:
+        """Whether a shard of the split has a loss mask."""
+        return any(shard.get("mask") for shard in self.manifest["splits"][self.split]["shards"])
+
+    def without_loss(self, plan: PackPlan, *, restart: bool) -> np.ndarray:
+        """Which samples of ``plan`` (over this split) have every label -100 (bool per sample):
+        from the plan alone when no shard has a loss mask, else from the masks, read a block
+        of samples at a time."""
+        bounds = plan.sample_bounds
+        if not self._masked:
+            return carry_no_loss(None, plan.seg_len, np.diff(bounds), restart=restart)
+        blocks = []
+        for lo in range(0, len(plan), LOSS_BLOCK):
+            hi = min(lo + LOSS_BLOCK, len(plan))
+            seg = slice(bounds[lo], bounds[hi])
+            _, mask = self._spans(plan.seg_doc[seg], plan.seg_start[seg], plan.seg_len[seg])
+            segments = np.diff(bounds[lo : hi + 1])
+            blocks.append(carry_no_loss(mask, plan.seg_len[seg], segments, restart=restart))
+        return np.concatenate(blocks) if blocks else np.zeros(0, bool)
+
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
         # open it, not the mapped arrays or the plugin manager (modules do not pickle).
@@ -126,6 +165,7 @@ class Dataset:
             "packer": self.packer,
             "packer_options": self.packer_options,
             "overlong": self.overlong,
+            "no_loss": self.no_loss,
             "restart": self.restart,
             "labels": self.labels,
             "seed": self.seed,
@@ -192,14 +232,6 @@ class Dataset:
             buffers=self._buffers,
         )
 
-    def _spans(
-        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The segments' tokens and loss mask, concatenated: in bulk from a reader that offers
-        ``spans`` (as ``memmap-shards`` does), else one ``document()`` call per segment."""
-        spans = getattr(self.documents, "spans", None)
-        if spans is not None:
-            return spans(docs, starts, lengths)
     @cached_property
     def _id_limit(self) -> int | None:
         """The vocabulary size, where the shards' dtype can hold an id past it."""
@@ -227,6 +259,14 @@ class Dataset:
             f"damaged; run `gristmill verify {self.path}` and prepare the dataset again"
         )
 
+    def _spans(
+        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The segments' tokens and loss mask, concatenated: in bulk from a reader that offers
+        ``spans`` (as ``memmap-shards`` does), else one ``document()`` call per segment."""
+        spans = getattr(self.documents, "spans", None)
+        if spans is not None:
+            return spans(docs, starts, lengths)
         parts = []
         for doc, start, length in zip(docs.tolist(), starts.tolist(), lengths.tolist()):
             ids, mask = self.documents.document(doc)
@@ -268,7 +308,10 @@ class Dataset:
     @property
     def identity(self) -> str:
         """Which samples this is: the dataset, split and packing (a loader's state names it)."""
-        return fingerprint({**self._plan_key(), "restart": self.restart, "labels": self.labels})
+        key = {**self._plan_key(), "restart": self.restart, "labels": self.labels}
+        if self.no_loss != "keep":  # the default keeps the identities that loaders saved
+            key["no_loss"] = self.no_loss
+        return fingerprint(key)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.samples()
@@ -281,11 +324,17 @@ class Dataset:
 
 
 PLANS_DIR = ".gristmill-plans"  # pack plans, cached beside the shards; safe to delete
+LOSS_BLOCK = 1024  # samples whose loss masks are read at once to find those without loss
+
+
+class Planned(NamedTuple):
+    plan: PackPlan
+    without_loss: int  # samples whose labels are all -100 (served, or left out of the plan)
 
 
 def cached_plan(
-    path: Path, key: str, make: Callable[[], PackPlan], check: Callable[[PackPlan], str | None]
-) -> PackPlan:
+    path: Path, key: str, make: Callable[[], Planned], check: Callable[[PackPlan], str | None]
+) -> Planned:
     """The plan stored at ``path`` for ``key``, or ``make()``'s, stored there for the next process.
 
     A stored plan is served only if it was stored for ``key`` and ``check`` finds no problem in
@@ -296,31 +345,36 @@ def cached_plan(
     """
     problem = None
     try:
-        plan, stored_key = _load_plan(path)
+        planned, stored_key = _load_plan(path)
     except FileNotFoundError:
         pass
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
         problem = f"not a readable pack plan ({type(error).__name__}: {error})"
     else:
-        problem = "stored for another dataset or packing" if stored_key != key else check(plan)
+        problem = (
+            "stored for another dataset or packing" if stored_key != key else check(planned.plan)
+        )
+        if problem is None and planned.without_loss < 0:
+            problem = f"{planned.without_loss} samples without loss"
         if problem is None:
-            return plan
+            return planned
         problem = f"does not match the dataset: {problem}"
     if problem is not None:
         log.warning(f"{path}: {problem}; recomputed the pack plan (a cache, safe to delete)")
-    plan = make()
+    planned = make()
     with contextlib.suppress(OSError):
-        _store_plan(path, key, plan)
-    return plan
+        _store_plan(path, key, planned)
+    return planned
 
 
-def _load_plan(path: Path) -> tuple[PackPlan, str]:
+def _load_plan(path: Path) -> tuple[Planned, str]:
     with np.load(path, allow_pickle=False) as stored:
         plan = PackPlan(**{k: stored[k] for k in PLAN_ARRAYS}, dropped=int(stored["dropped"]))
-        return plan, str(stored["key"])
+        return Planned(plan, int(stored["without_loss"])), str(stored["key"])
 
 
-def _store_plan(path: Path, key: str, plan: PackPlan) -> None:
+def _store_plan(path: Path, key: str, planned: Planned) -> None:
+    plan = planned.plan
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
@@ -329,6 +383,7 @@ def _store_plan(path: Path, key: str, plan: PackPlan) -> None:
                 f,
                 key=np.array(key),
                 dropped=np.int64(plan.dropped),
+                without_loss=np.int64(planned.without_loss),
                 **{k: getattr(plan, k) for k in PLAN_ARRAYS},
             )
             f.flush()
@@ -348,6 +403,7 @@ def open_dataset(
     packer: str = "none",
     packer_options: Mapping[str, Any] | None = None,
     overlong: str = "truncate",
+    no_loss: str = "keep",
     restart: bool | None = None,
     labels: str = "unshifted",
     seed: int = 0,
@@ -355,26 +411,42 @@ def open_dataset(
 ) -> Dataset:
     """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
 
-    Opening reads the manifest and maps the shard files: no pass over the tokens. Packers: ``none``
+    Opening reads the manifest and maps the shard files: no pass over the tokens (but one over
+    the loss masks, where the split has them, when the plan is not cached yet). Packers: ``none``
     (each sample is one document), ``first-fit`` (samples of ``seq_len`` tokens filled with whole
     documents, best fit over the whole split), ``greedy-stream`` (the same online, as ``stream()``
     packs; ``packer_options={"buffer_size": N}``), ``concat-chunk`` (the token stream cut into
     ``seq_len`` windows, for pretraining), or any a plugin adds. A document longer than
-    ``seq_len`` is truncated, cut into pieces or dropped (``overlong``: ``"truncate"``,
-    ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts drops). ``restart``: whether positions
+    ``seq_len`` is truncated, cut into pieces or dropped (``overlong``: ``"truncate"``, or
+    ``"truncate-left"`` to keep its end, ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts
+    drops). Samples whose labels are all -100 (``ds.samples_without_loss`` counts them) are
+    served with a warning, or left out with ``no_loss="drop"``. ``restart``: whether positions
     and labels restart at every document (default: the packer's; all but ``concat-chunk`` do).
     ``labels``: ``"unshifted"`` (models that shift themselves, as Hugging Face ones do) or
     ``"shifted"`` (input/target pairs for a plain loop).
     """
-    return Dataset(
+    dataset = Dataset(
         path,
         split=split,
         seq_len=seq_len,
         packer=packer,
         packer_options=packer_options,
         overlong=overlong,
+        no_loss=no_loss,
         restart=restart,
         labels=labels,
         seed=seed,
         manager=manager,
     )
+    empty = dataset.samples_without_loss
+    if empty and dataset.no_loss == "keep":
+        log.warning(
+            f"{dataset.path} [{split}]: {empty:,} of {len(dataset):,} samples carry no loss "
+            f"(every label -100: a completion cut away by overlong={dataset.overlong!r}, or a "
+            "document without loss tokens); they are served as they are: "
+            "no_loss='drop' leaves them out, overlong='truncate-left' keeps the end of a "
+            "long document instead of its start"
+        )
+    elif empty:
+        log.info(f"{dataset.path} [{split}]: {empty:,} samples without loss left out")
+    return dataset

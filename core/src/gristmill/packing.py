@@ -93,3 +93,18 @@ def plan_problem(plan: PackPlan, lengths: np.ndarray, seq_len: int | None) -> st
     if plan.dropped < 0:
         return f"dropped is {plan.dropped}"
     return None
+
+
+def keep_samples(plan: PackPlan, keep: np.ndarray) -> PackPlan:
+    """The plan of the samples where ``keep`` (bool per sample) is set, in order."""
+    sizes = np.diff(plan.sample_bounds)
+    segments = np.repeat(keep, sizes)
+    bounds = np.zeros(int(keep.sum()) + 1, np.int64)
+    np.cumsum(sizes[keep], out=bounds[1:])
+    return PackPlan(
+        sample_bounds=bounds,
+        seg_doc=plan.seg_doc[segments],
+        seg_start=plan.seg_start[segments],
+        seg_len=plan.seg_len[segments],
+        dropped=plan.dropped,
+    )

@@ -38,12 +38,14 @@ def length_histogram(lengths: np.ndarray) -> list[dict[str, int]]:
 
 
 def packing_table(
-    lengths: np.ndarray, seq_lens: Sequence[int], overlong: str = "truncate"
+    dataset: Dataset, seq_lens: Sequence[int], overlong: str = "truncate"
 ) -> list[dict[str, Any]]:
-    """Per packer and ``seq_len``: samples, efficiency (tokens served / (samples × seq_len)),
-    the documents longer than ``seq_len``, and what the ``overlong`` policy leaves out (tokens
-    truncated away, documents dropped)."""
+    """Per packer and ``seq_len`` over ``dataset``'s split: samples, efficiency (tokens served /
+    (samples × seq_len)), the documents longer than ``seq_len``, what the ``overlong`` policy
+    leaves out (tokens truncated away, documents dropped), and the samples that would carry no
+    loss (every label -100)."""
     manager = get_manager()
+    lengths = dataset.documents.lengths()
     total = int(lengths.sum())
     rows = []
     for seq_len in seq_lens:
@@ -60,6 +62,9 @@ def packing_table(
                     "overlong_documents": int((lengths > seq_len).sum()),
                     "dropped_documents": plan.dropped,
                     "tokens_left_out": total - served,
+                    "samples_without_loss": int(
+                        dataset.without_loss(plan, restart=record.restart).sum()
+                    ),
                 }
             )
     return rows
@@ -125,7 +130,7 @@ def inspect_dataset(
             "shards": len(entry["shards"]),
             "length": entry["length_stats"],
             "histogram": length_histogram(datasets[name].documents.lengths()),
-            "packing": packing_table(datasets[name].documents.lengths(), seq_lens, overlong),
+            "packing": packing_table(datasets[name], seq_lens, overlong),
         }
     shown = datasets[chosen]
     for index in range(min(decode, shown.documents.num_documents)):
@@ -185,10 +190,11 @@ def _print_report(report: dict[str, Any]) -> None:
                 if row["tokens_left_out"]
                 else "nothing left out"
             )
+            empty = row["samples_without_loss"]
             print(
                 f"  packing {row['packer']} @ {row['seq_len']:,}: {row['samples']:,} samples, "
                 f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer, "
-                f"{left_out}"
+                f"{left_out}" + (f"; {empty:,} samples without loss" if empty else "")
             )
     if report["skipped"]:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())

@@ -137,6 +137,32 @@ def build_samples(
     return SampleBatch(flat, width, list(out_at), list(out_seq_at))
 
 
+def carry_no_loss(
+    mask: np.ndarray | None,
+    seg_lens: np.ndarray,
+    segments: Sequence[int] | np.ndarray,
+    *,
+    restart: bool = True,
+) -> np.ndarray:
+    """Which samples :func:`build_samples` would give every label -100 (bool per sample), from
+    the same ``mask``, ``seg_lens`` and ``segments`` without building them: a label carries loss
+    where the mask does, but never on the first token of a sequence (every segment with
+    ``restart``, else every sample). Shifted labels carry the same loss, one place earlier."""
+    seg_lens = np.asarray(seg_lens, np.int64)
+    segments = np.asarray(segments, np.int64)
+    if not len(segments):
+        return np.zeros(0, bool)
+    seg_at = np.cumsum(segments) - segments  # every sample's first segment
+    if mask is None:  # every token carries loss but the first of each sequence
+        if restart:
+            return ~np.logical_or.reduceat(seg_lens > 1, seg_at)
+        return np.add.reduceat(seg_lens, seg_at) < 2
+    loss = mask != 0
+    starts = np.cumsum(seg_lens) - seg_lens
+    loss[starts if restart else starts[seg_at]] = False
+    return ~np.logical_or.reduceat(loss, starts[seg_at])
+
+
 def count_up(positions: np.ndarray, lengths: list[int]) -> None:
     """Fill ``positions`` (int64, contiguous) with 0, 1, … restarting at every sequence of
     ``lengths``, which add up to its size: each sequence a copy of the start of one counting
