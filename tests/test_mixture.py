@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.errors import DatasetError
+from gristmill.errors import DatasetError, OptionError
 from gristmill.mixture import apportion
 
 SIZES = {"a": 50, "b": 200, "c": 30}
@@ -73,7 +73,7 @@ def test_what_a_mixture_refuses(datasets):
         gristmill.mixture(datasets, {"a": 1, "b": -1, "c": 1})
     with pytest.raises(DatasetError, match="3 datasets but 2 weights"):
         gristmill.mixture(list(datasets.values()), [1, 2])
-    with pytest.raises(DatasetError, match="max_repeat"):
+    with pytest.raises(OptionError, match="max_repeat must be a positive integer, got 0"):
         gristmill.mixture(datasets, [1, 1, 1], max_repeat=0)
     zero = gristmill.mixture(datasets, {"a": 1, "b": 0, "c": 1})
     assert zero.counts.tolist() == [30, 0, 30]

@@ -1,5 +1,5 @@
-"""Every option is checked: an options dict key that no component declares is refused at the
-call, with the closest declared name, never ignored."""
+"""Every option is checked: an options dict key that no component declares, and an integer
+argument that is not a whole number, are refused at the call, never ignored or misread."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gristmill.cli import main
 from gristmill.components import ExporterType, PackerType
 from gristmill.convert import convert
 from gristmill.dataset import Dataset
-from gristmill.errors import OptionError, PluginError
+from gristmill.errors import GristmillError, OptionError, PluginError
 
 
 @pytest.fixture
@@ -238,3 +238,73 @@ def test_a_record_declaring_bad_options_fails_its_plugin(gristmill_manager, opti
 
     with pytest.raises(PluginError, match=reason):
         gristmill_manager.register(Plugin(), "bad-options")
+
+
+# --- integer arguments: whole numbers only, checked at the call ------------------------------------
+
+
+@pytest.mark.parametrize("value", [1.5, True, "64", 0, -3, 64.0])
+def test_open_dataset_refuses_a_seq_len_that_is_not_a_positive_integer(dataset, value):
+    with pytest.raises(GristmillError, match=f"seq_len must be a positive integer, got {value!r}"):
+        gristmill.open_dataset(dataset, seq_len=value, packer="first-fit")
+
+
+def test_numpy_integers_are_integers(dataset):
+    ds = gristmill.open_dataset(dataset, seq_len=np.int64(64), packer="first-fit")
+    assert ds.seq_len == 64 and type(ds.seq_len) is int
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("max_record_bytes", 0),
+        ("tokens_per_shard", 2.5),
+        ("workers", True),
+        ("task_bytes", "100"),
+        ("max_doc_tokens", 1.0),
+        ("seed", 0.5),
+    ],
+)
+def test_prepare_refuses_integer_arguments_that_are_not(data, tmp_path, argument, value):
+    with pytest.raises(GristmillError, match=rf"{argument} must be .*, got {value!r}"):
+        gristmill.prepare([data], tmp_path / "out", **{argument: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_max_record_bytes_0(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prepare", str(data), "-o", str(out), "--max-record-bytes", "0"]) == 2
+    assert "max_record_bytes must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["convert", str(data), "-o", str(tmp_path / "c.jsonl"), "--max-record-bytes", "0"])
+    assert not out.exists() and not (tmp_path / "c.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [("seq_len", True), ("max_record_bytes", 0), ("chunk_bytes", 1.5), ("max_doc_tokens", "9")],
+)
+def test_stream_refuses_integer_arguments_that_are_not(data, argument, value):
+    options = {"seq_len": 64, argument: value}
+    with pytest.raises(GristmillError, match=rf"{argument} must be .*, got {value!r}"):
+        gristmill.stream(data, **options)
+
+
+def test_convert_and_mixture_refuse_integer_arguments_that_are_not(data, dataset, tmp_path):
+    with pytest.raises(GristmillError, match="max_record_bytes must be a positive integer"):
+        convert([data], tmp_path / "c.jsonl", max_record_bytes=1.5)
+    ds = gristmill.open_dataset(dataset)
+    for argument, value in (("num_samples", 2.5), ("max_repeat", True), ("seed", "1")):
+        with pytest.raises(GristmillError, match=rf"{argument} must be .*, got {value!r}"):
+            gristmill.mixture({"a": ds}, {"a": 1.0}, **{argument: value})
+
+
+@pytest.mark.parametrize(
+    "argument, value", [("batch_size", True), ("batch_size", 2.0), ("world_size", 0), ("rank", -1)]
+)
+def test_dataloader_refuses_integer_arguments_that_are_not(dataset, argument, value):
+    pytest.importorskip("torch")
+    from gristmill.torch import dataloader
+
+    options = {"batch_size": 2, argument: value}
+    with pytest.raises(GristmillError, match=rf"{argument} must be .*, got {value!r}"):
+        dataloader(gristmill.open_dataset(dataset), **options)

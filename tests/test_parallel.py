@@ -17,7 +17,7 @@ import pytest
 import gristmill
 from gristmill import hookimpl
 from gristmill.components import ExecutorType
-from gristmill.errors import DataError, DatasetError
+from gristmill.errors import DataError, DatasetError, OptionError
 from gristmill.manifest import INCOMPLETE, MANIFEST
 from gristmill.plugins import get_manager
 from gristmill.resume import Claim
@@ -277,9 +277,9 @@ def test_two_prepares_into_one_directory_are_refused(tmp_path, write_jsonl):
 
 def test_bad_parallel_options_are_clear(tmp_path, write_jsonl):
     src = write_jsonl([{"text": "x"}])
-    with pytest.raises(DataError, match="workers must be at least 1"):
+    with pytest.raises(OptionError, match="workers must be a positive integer, got 0"):
         gristmill.prepare(src, tmp_path / "a", workers=0, progress=False)
-    with pytest.raises(DataError, match="task_bytes must be positive"):
+    with pytest.raises(OptionError, match="task_bytes must be a positive integer, got 0"):
         gristmill.prepare(src, tmp_path / "b", task_bytes=0, progress=False)
     with pytest.raises(
         DataError, match=r"the byte tokenizer has no engine 'fast'; choose from auto"

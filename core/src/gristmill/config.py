@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gristmill.arguments import is_integer
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Component
 from gristmill.errors import GristmillError, MissingDependencyError
 from gristmill.overlong import NO_LOSS
@@ -56,10 +57,6 @@ class Kind:
     accepts: Callable[[Any], bool]
 
 
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -74,9 +71,9 @@ def one_of(*choices: str) -> Kind:
 
 STRING = Kind("a string", lambda v: isinstance(v, str))
 BOOL = Kind("true or false", lambda v: isinstance(v, bool))
-INTEGER = Kind("an integer", _integer)
-POSITIVE = Kind("a positive integer", lambda v: _integer(v) and v >= 1)
-COUNT = Kind("a non-negative integer", lambda v: _integer(v) and v >= 0)
+INTEGER = Kind("an integer", is_integer)
+POSITIVE = Kind("a positive integer", lambda v: is_integer(v) and v >= 1)
+COUNT = Kind("a non-negative integer", lambda v: is_integer(v) and v >= 0)
 FRACTION = Kind("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1)
 STRINGS = Kind("a list of strings", _strings)
 SOURCES = Kind(

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gristmill.arguments import check_int
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Where
 from gristmill.errors import DataError, DatasetError, MissingDependencyError
 from gristmill.examples import Example
@@ -62,7 +63,7 @@ def convert(
         manager,
         source_options,
         output=out_path,
-        max_record_bytes=int(max_record_bytes),
+        max_record_bytes=check_int("max_record_bytes", max_record_bytes),
         column_names=list(column_names) if column_names else None,
     )
     rejects = out_path.with_name(f"{out_path.name}.rejects.jsonl")

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gristmill.arguments import check_int
 from gristmill.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
 from gristmill.manifest import (
@@ -70,6 +71,8 @@ class Dataset:
         seed: int = 0,
         manager: PluginManager | None = None,
     ):
+        seq_len = None if seq_len is None else check_int("seq_len", seq_len)
+        seed = check_int("seed", seed, at_least=None)
         self.path = Path(path)
         self.labels = check_labels(labels)
         self.manager = manager or get_manager()
@@ -79,8 +82,6 @@ class Dataset:
             raise DatasetError(
                 f"{self.path}: no split {split!r}; this dataset has {', '.join(sorted(splits))}"
             )
-        if seq_len is not None and seq_len < 1:
-            raise DatasetError(f"seq_len must be a positive number of tokens, got {seq_len}")
         self.split, self.seq_len, self.seed = split, seq_len, seed
         fmt = self.manager.shard_format(self.manifest["shard_format"]["name"])
         self.documents: ShardReader = fmt.reader(

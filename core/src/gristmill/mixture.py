@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gristmill.arguments import check_int
 from gristmill.components import Sampler
 from gristmill.dataset import Dataset
 from gristmill.errors import DatasetError
@@ -44,6 +45,9 @@ class Mixture:
         max_repeat: int | None = None,
         seed: int = 0,
     ):
+        num_samples = None if num_samples is None else check_int("num_samples", num_samples)
+        max_repeat = None if max_repeat is None else check_int("max_repeat", max_repeat)
+        seed = check_int("seed", seed, at_least=None)
         if not datasets:
             raise DatasetError("a mixture needs at least one dataset")
         if set(weights) != set(datasets):
@@ -69,8 +73,6 @@ class Mixture:
         empty = [n for n, s, u in zip(self.names, sizes, used) if u and s == 0]
         if empty:
             raise DatasetError(f"dataset(s) {', '.join(empty)} have no samples but a weight")
-        if max_repeat is not None and (isinstance(max_repeat, bool) or max_repeat < 1):
-            raise DatasetError(f"max_repeat must be a positive integer, got {max_repeat!r}")
         self.weights = raw / raw.sum()
         self.max_repeat, self.seed = max_repeat, int(seed)
         if num_samples is None:

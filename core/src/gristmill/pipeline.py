@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from gristmill._version import __version__
+from gristmill.arguments import check_int
 from gristmill.components import (
     DEFAULT_MAX_RECORD_BYTES,
     ExecutorType,
@@ -100,22 +101,18 @@ def prepare(
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     # Plain Python numbers: numpy scalars would not serialise into the manifest.
-    val_fraction, seed, tokens_per_shard = float(val_fraction), int(seed), int(tokens_per_shard)
-    max_record_bytes = int(max_record_bytes)
+    val_fraction = float(val_fraction)
+    seed = check_int("seed", seed, at_least=None)
+    tokens_per_shard = check_int("tokens_per_shard", tokens_per_shard)
+    max_record_bytes = check_int("max_record_bytes", max_record_bytes)
+    task_bytes = check_int("task_bytes", task_bytes)
+    workers = None if workers is None else check_int("workers", workers)
+    if max_doc_tokens is not None:
+        max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, at_least=2)
     if on_error not in POLICIES:
         raise DataError(f"on_error must be one of {', '.join(POLICIES)}, got {on_error!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if tokens_per_shard < 1:
-        raise DataError(f"tokens_per_shard must be positive, got {tokens_per_shard}")
-    if workers is not None and int(workers) < 1:
-        raise DataError(f"workers must be at least 1, got {workers}")
-    if int(task_bytes) < 1:
-        raise DataError(f"task_bytes must be positive, got {task_bytes}")
-    task_bytes = int(task_bytes)
-    max_doc_tokens = None if max_doc_tokens is None else int(max_doc_tokens)
-    if max_doc_tokens is not None and max_doc_tokens < 2:
-        raise DataError(f"max_doc_tokens must be at least 2, got {max_doc_tokens}")
     fields = dict(fields or {})
     # Resolve every component before the output directory is touched.
     column_names = list(column_names) if column_names else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gristmill.errors import GristmillError
+from gristmill.arguments import check_int
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         for name in ("world_size", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GristmillError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name))
 
     @property
     def global_batch(self) -> int:
@@ -72,4 +70,3 @@ class Schedule:
         n = len(self.order)
         indices = self.order[positions % n] if n else positions
         return indices, positions >= n, counts
-

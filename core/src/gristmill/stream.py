@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from gristmill.arguments import check_int
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Segment
 from gristmill.encoding import encoded_batches
 from gristmill.errors import DataError, GristmillError
@@ -112,16 +113,20 @@ class Stream:
         piece_bytes: int = DEFAULT_PIECE_BYTES,
         manager: PluginManager | None = None,
     ):
+        seq_len = None if seq_len is None else check_int("seq_len", seq_len)
+        chunk_bytes = check_int("chunk_bytes", chunk_bytes)
+        piece_bytes = check_int("piece_bytes", piece_bytes)
+        max_record_bytes = check_int("max_record_bytes", max_record_bytes)
+        if max_doc_tokens is not None:
+            max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, at_least=2)
         self.manager = manager or get_manager()
         specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-        if seq_len is not None and seq_len < 1:
-            raise DataError(f"seq_len must be a positive number of tokens, got {seq_len}")
-        if not 1 <= chunk_bytes <= piece_bytes:
+        if not chunk_bytes <= piece_bytes:
             raise DataError(
                 f"chunk_bytes and piece_bytes must satisfy 1 <= chunk_bytes <= piece_bytes, got "
                 f"{chunk_bytes} and {piece_bytes}"
             )
-        self.chunk_bytes, self.piece_bytes = int(chunk_bytes), int(piece_bytes)
+        self.chunk_bytes, self.piece_bytes = chunk_bytes, piece_bytes
         self.seq_len = seq_len
         self.labels = check_labels(labels)
         self.format, self.fields = format, dict(fields or {})
@@ -135,7 +140,7 @@ class Stream:
             specs,
             self.manager,
             source_options,
-            max_record_bytes=int(max_record_bytes),
+            max_record_bytes=max_record_bytes,
             column_names=list(column_names) if column_names else None,
         )
         tokenizer_type = resolve_tokenizer(tokenizer, self.manager)

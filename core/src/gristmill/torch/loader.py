@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from gristmill.arguments import check_int
 from gristmill.dataset import Dataset
 from gristmill.errors import GristmillError
 from gristmill.mixture import Mixture
@@ -269,6 +270,11 @@ def dataloader(
     as soon as a rank lacks a full batch. torch.distributed must be initialised on more than
     one rank.
     """
+    batch_size = check_int("batch_size", batch_size)
+    seed = None if seed is None else check_int("seed", seed, at_least=None)
+    for name, at_least in (("rank", 0), ("world_size", 1)):
+        if options.get(name) is not None:
+            options[name] = check_int(name, options[name], at_least=at_least)
     if isinstance(data, Stream):
         if sampler is not None:
             raise GristmillError(
