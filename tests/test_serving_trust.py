@@ -20,7 +20,7 @@ from tests.helpers import run_gristmill
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    """Prompt/completion documents of 43 to 95 tokens, two shards, with loss masks: in 17 of the
+    """Prompt/completion documents of 44 to 95 tokens, two shards, with loss masks: in 17 of the
     40 the prompt and its separator fill 64 tokens or more."""
     folder = tmp_path_factory.mktemp("trust")
     src = folder / "qa.jsonl"
@@ -274,3 +274,10 @@ def test_truncate_left_keeps_the_completion_of_a_long_document(ds, packer):
         for piece in np.split(sample["input_ids"], np.cumsum(sample["seq_lens"])[:-1]):
             served.append(piece.tolist())
     assert sorted(served) == ends
+
+
+def test_a_stream_truncates_from_the_left_as_open_dataset_does(ds, pristine):
+    source = pristine.parent / "qa.jsonl"
+    options = dict(seq_len=64, packer="none", overlong="truncate-left")
+    streamed = [sample["input_ids"].tolist() for sample in gristmill.stream(source, **options)]
+    assert sorted(streamed) == sorted(_samples(gristmill.open_dataset(ds, **options)))
