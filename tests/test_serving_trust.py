@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,25 @@ def test_a_stream_truncates_from_the_left_as_open_dataset_does(ds, pristine):
     options = dict(seq_len=64, packer="none", overlong="truncate-left")
     streamed = [sample["input_ids"].tolist() for sample in gristmill.stream(source, **options)]
     assert sorted(streamed) == sorted(_samples(gristmill.open_dataset(ds, **options)))
+
+
+def test_a_plan_is_synced_before_it_is_renamed_into_place(ds, monkeypatch):
+    """The real calls, watched with a profiling hook: the plan's data reaches the disk before
+    its name does, and the rename before ``open_dataset`` returns."""
+    monkeypatch.setenv("GRISTMILL_FSYNC", "1")
+    calls = []
+
+    def watch(frame, event, arg):
+        if event == "c_call" and getattr(arg, "__name__", "") in ("fsync", "replace"):
+            calls.append((arg.__name__, frame.f_code.co_name))
+
+    sys.setprofile(watch)
+    try:
+        gristmill.open_dataset(ds, seq_len=128, packer="first-fit")
+    finally:
+        sys.setprofile(None)
+    assert calls == [
+        ("fsync", "_store_plan"),  # the temporary file
+        ("replace", "_store_plan"),
+        ("fsync", "sync_directory"),  # the directory holding the new name
+    ]
