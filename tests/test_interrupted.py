@@ -1,19 +1,23 @@
-"""An interrupted prepare never leaves a dataset that passes as complete."""
+"""An interrupted prepare or convert never leaves output that passes as complete, and running
+the same command again ends byte-identical to an uninterrupted run, with nothing stray left and
+no process of the killed run still running."""
 
 from __future__ import annotations
 
+import json
 import os
-import signal
+import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import gristmill
 from gristmill.errors import DataError, DatasetError
 from gristmill.manifest import INCOMPLETE, MANIFEST
-from tests.helpers import run_gristmill, tree_bytes
+from tests.helpers import alive, children, kill_when, run_gristmill, tree_bytes
 
 
 def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl):
@@ -30,28 +34,108 @@ def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl)
     assert result.returncode == 2 and "incomplete" in result.stderr
 
 
-def test_killing_prepare_then_rerunning_gives_the_uninterrupted_result(tmp_path):
-    out, clean = tmp_path / "killed", tmp_path / "clean"
-    args = ["sample:stdlib", "--tokens-per-shard", "65536", "--no-progress"]
-    durable = {**os.environ, "GRISTMILL_FSYNC": "1"}  # the real thing, whatever the suite uses
+# kill -9 at random moments: a few in the default run, many in `tox -e fuzz`.
+RANDOM_KILLS = max(2, int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100")) // 50)
+DURABLE = {"GRISTMILL_FSYNC": "1"}  # the real thing, whatever the suite uses
+OUTPUT = {"prepare": "ds", "convert": "out.jsonl"}
+
+
+def _arguments(command: str, source: Path, out: Path) -> list[str]:
+    args = [command, str(source), "-o", str(out), "--on-error", "skip"]
+    if command == "prepare":
+        args += ["--workers", "2", "--task-bytes", "300000", "--tokens-per-shard", "100000"]
+        args += ["--val-fraction", "0.1", "--dedup", "--no-progress"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """About 4 MB of JSONL: many tasks, duplicates, and a bad line for the reject file."""
+    rng = random.Random(7)
+    words = ["mill", "grist", "stone", "wheel", "flour", "grain", "water", "sack"]
+    lines = [
+        json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(20, 200)))})
+        for _ in range(6000)
+    ]
+    lines[3000:3000] = ["{not json", *lines[:500]]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean(corpus, tmp_path_factory) -> dict[str, tuple[float, dict[str, bytes]]]:
+    """Per command: how long an uninterrupted run took, and every file it left."""
+    runs = {}
+    for command, name in OUTPUT.items():
+        root = tmp_path_factory.mktemp(f"clean-{command}")
+        started = time.monotonic()
+        result = run_gristmill(*_arguments(command, corpus, root / name), env=DURABLE)
+        assert result.returncode == 0, result.stderr
+        runs[command] = (time.monotonic() - started, tree_bytes(root))
+    return runs
+
+
+def _descendants(pid: int) -> set[int]:
+    found, parents = set(), [pid]
+    while parents:
+        kids = children(parents.pop())
+        found.update(kids)
+        parents += kids
+    return found
+
+
+def _kill_9(args: list[str], when) -> set[int]:
+    """Run gristmill, SIGKILL its main process (only) once ``when()``; return its descendants
+    (workers) as they were at that moment."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gristmill.cli", "prepare", *args, "-o", str(out)],
+        [sys.executable, "-m", "gristmill.cli", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=durable,
+        env={**os.environ, **DURABLE},
     )
-    deadline = time.monotonic() + 120
-    while not list(out.glob("train/*.tokens")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert (out / INCOMPLETE).exists() and not (out / MANIFEST).exists()
-    with pytest.raises(DatasetError, match="incomplete"):
-        gristmill.open_dataset(out)
+    descendants: set[int] = set()
 
-    assert run_gristmill("prepare", *args, "-o", str(out), env=durable).returncode == 0
-    assert run_gristmill("prepare", *args, "-o", str(clean), env=durable).returncode == 0
+    def ready() -> bool:
+        if when():
+            descendants.update(_descendants(proc.pid))
+            return True
+        return False
 
-    assert tree_bytes(out) == tree_bytes(clean)
-    assert len(gristmill.open_dataset(out)) > 500
+    kill_when(proc, ready)
+    return descendants
+
+
+def _first_write(command: str, root: Path):
+    """The moment the first output file has bytes in it."""
+    pattern = "ds/train/*.tokens" if command == "prepare" else "out.jsonl.tmp-*"
+    return lambda: any(path.stat().st_size for path in root.glob(pattern))
+
+
+@pytest.mark.parametrize("command", list(OUTPUT))
+@pytest.mark.parametrize("moment", ["first-write", *(f"random-{i}" for i in range(RANDOM_KILLS))])
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(corpus, clean, tmp_path, command, moment):
+    duration, expected = clean[command]
+    out = tmp_path / OUTPUT[command]
+    args = _arguments(command, corpus, out)
+    if moment == "first-write":
+        when = _first_write(command, tmp_path)
+    else:
+        at = time.monotonic() + random.Random(moment).uniform(0, duration)
+        when = lambda: time.monotonic() >= at  # noqa: E731
+    workers = _kill_9(args, when)
+
+    # Nothing of the killed run goes on (a worker still starting exits once it has started).
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in workers if alive(pid)] == []
+    # Nothing looks finished unless it is: an unfinished dataset is refused, an output file is
+    # there only when complete (with its reject file: a finished convert is not run again).
+    if command == "prepare" and (out / INCOMPLETE).exists():
+        with pytest.raises(DatasetError, match="incomplete"):
+            gristmill.open_dataset(out)
+    if command == "prepare" or not out.exists():
+        result = run_gristmill(*args, env=DURABLE)
+        assert result.returncode == 0, result.stderr
+    assert tree_bytes(tmp_path) == expected  # every byte, and no stray file beside it

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from gristmill.plugins import get_manager
 from gristmill.resume import Claim
 from gristmill.sources import open_sources
 from gristmill.tasks import TASKS_DIR, plan_tasks
-from tests.helpers import run_gristmill, tree_bytes
+from tests.helpers import kill_when, run_gristmill, tree_bytes
 
 WORDS = [
     "alpha",
@@ -160,14 +159,6 @@ def test_a_bad_record_in_a_worker_is_reported_with_its_line(tmp_path, write_json
     assert (tmp_path / "out" / INCOMPLETE).exists() and not (tmp_path / "out" / MANIFEST).exists()
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers: no chance to clean up
-    proc.wait()
-
-
 @pytest.fixture
 def big_source(tmp_path, write_jsonl) -> Path:
     rng = random.Random(1)
@@ -202,7 +193,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_result(
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, to kill the workers with it
     )
-    _kill_when(proc, ready)
+    kill_when(proc, ready, group=True)  # the run and its workers: no chance to clean up
     assert proc.returncode == -signal.SIGKILL
     assert (out / INCOMPLETE).exists() and not (out / MANIFEST).exists()
     done = _records_done(out)
@@ -223,7 +214,7 @@ def test_after_a_kill_a_changed_config_or_input_is_refused_until_overwrite(big_s
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    _kill_when(proc, lambda: _records_done(out) >= 1)
+    kill_when(proc, lambda: _records_done(out) >= 1, group=True)
     before = tree_bytes(out)
     options = dict(workers=2, task_bytes=500_000, progress=False)
     with pytest.raises(DatasetError, match=r"unfinished prepare of other sources or settings"):

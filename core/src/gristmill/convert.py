@@ -87,8 +87,8 @@ def convert(
         except BaseException:
             policy.abort()
             raise
+        skipped = policy.close()  # the reject file first: the output, last, means both are there
         os.replace(tmp, out_path)
-    skipped = policy.close()
     if skipped:
         log.warning(f"{out_path}: {policy.summary()}")
     log.info(f"{out_path}: wrote {count:,} records")
