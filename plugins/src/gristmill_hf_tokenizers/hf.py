@@ -49,7 +49,7 @@ class HFTokenizer:
     @classmethod
     def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> HFTokenizer:
         """The tokenizer ``spec`` names; ``engine`` is ``auto``, ``hf`` or ``gigatoken`` (see
-        :mod:`gristmill_hf_tokenizers.engines`). Options it does not know are ignored."""
+        :mod:`gristmill_hf_tokenizers.engines`). Other context keywords are ignored."""
         name = spec.removeprefix("hf:")
         if not name:
             raise TokenizerLoadError(f"{spec!r}: name a tokenizer: hf:ORG/NAME or hf:FOLDER")

@@ -50,7 +50,7 @@ class JSONTokenizer:
     @classmethod
     def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> JSONTokenizer:
         """The tokenizer at ``spec``; ``engine`` is ``auto``, ``hf`` or ``gigatoken`` (see
-        :mod:`gristmill_hf_tokenizers.engines`). Options it does not know are ignored."""
+        :mod:`gristmill_hf_tokenizers.engines`). Other context keywords are ignored."""
         path = Path(spec).expanduser()
         if not path.is_file():
             raise TokenizerLoadError(f"{spec!r}: no such file")

@@ -26,8 +26,8 @@ class RayExecutor:
     """``RayExecutor(workers=N, address=None)``: see the module docstring.
 
     ``workers`` is how many tasks run at once (the CPUs of a Ray started here); ``address`` is a
-    Ray cluster's address (``HOST:PORT``, ``ray://HOST:10001``, ``auto``). Other options are
-    accepted and ignored, as the executor protocol asks.
+    Ray cluster's address (``HOST:PORT``, ``ray://HOST:10001``, ``auto``). Other keywords, context
+    a later gristmill may pass, are ignored; a user's unknown option never gets here.
     """
 
     def __init__(self, workers: int = 1, address: str | None = None, **options: Any):
