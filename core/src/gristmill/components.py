@@ -417,10 +417,10 @@ class Packer(Protocol):
 class PackerType(Component):
     """A packing strategy; ``factory(**options)`` returns a :class:`Packer`.
 
-    Context gristmill passes: ``overlong`` (``"truncate"``, ``"fragment"`` or ``"drop"``: what
-    happens to a document longer than ``seq_len``; :mod:`gristmill.overlong` implements them for
-    any packer), which a packer ignores if it means nothing to it; besides, the user's declared
-    ``packer_options``.
+    Context gristmill passes: ``overlong`` (``"truncate"``, ``"truncate-left"``, ``"fragment"``
+    or ``"drop"``: what happens to a document longer than ``seq_len``;
+    :mod:`gristmill.overlong` implements them for any packer), which a packer ignores if it
+    means nothing to it; besides, the user's declared ``packer_options``.
     """
 
     factory: Callable[..., Packer]
