@@ -60,6 +60,7 @@ class TokensExporter:
     "packer, options, says",
     [
         ("greedy-stream", {"buffer_sizee": 4}, "did you mean buffer_size?"),
+        ("greedy-stream", {"qqq": 4}, r"\. It takes: buffer_size \(open samples"),
         ("concat-chunk", {"window": 16}, "takes no options"),
         ("none", {"bogus": 1}, "takes no options"),
     ],

@@ -91,7 +91,7 @@ class Component:
         if not self.options:
             return f"{message}: it takes no options"
         close = difflib.get_close_matches(str(key), list(self.options), n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        hint = f"; did you mean {close[0]}?" if close else "."
         valid = "; ".join(f"{name} ({text})" for name, text in self.options.items())
         return f"{message}{hint} It takes: {valid}"
 
