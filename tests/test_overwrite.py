@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import gristmill
 from gristmill.convert import convert
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE
+from gristmill.manifest import INCOMPLETE, MANIFEST
 from tests.helpers import run_gristmill, tree_bytes
 
 
@@ -88,3 +90,19 @@ def test_convert_overwrite_never_replaces_a_directory(source, tmp_path):
         convert(source, out, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+@pytest.mark.parametrize("damage", ["a shard entry removed", "splits not an object"])
+def test_overwrite_replaces_a_dataset_whose_manifest_is_damaged(source, tmp_path, damage):
+    out = tmp_path / "ds"
+    gristmill.prepare(source, out, val_fraction=0.5, task_bytes=5_000, progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    if damage == "a shard entry removed":
+        manifest["splits"]["val"]["shards"].pop()
+    else:
+        manifest["splits"] = None
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    gristmill.prepare(source, out, task_bytes=5_000, overwrite=True, progress=False)
+    clean = tmp_path / "clean"
+    gristmill.prepare(source, clean, task_bytes=5_000, progress=False)
+    assert tree_bytes(out) == tree_bytes(clean)

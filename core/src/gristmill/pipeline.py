@@ -38,7 +38,7 @@ from gristmill.mapping import SchemaCheck, check_fields
 from gristmill.merge import merge
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.policy import POLICIES, ErrorPolicy, reject_file
-from gristmill.resume import Claim
+from gristmill.resume import SPLITS, Claim
 from gristmill.sources import open_sources
 from gristmill.tasks import DEFAULT_TASK_BYTES, TASKS_DIR, TaskRunner, TaskSettings, plan_tasks
 from gristmill.tokenizers import TOKENIZER_DIR, resolve_tokenizer, saved_files
@@ -177,9 +177,7 @@ def prepare(
     )
 
     out_dir = Path(out)
-    # Every asked-for split exists in the output, even if the hash leaves it empty.
-    splits = ("train", "val") if val_fraction > 0 else ("train",)
-    claim = Claim(out_dir, config_fp, overwrite, splits)
+    claim = Claim(out_dir, config_fp, overwrite)
     if claim.up_to_date is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
         return claim.up_to_date
@@ -233,7 +231,8 @@ def _write(
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
     tok_config = tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
-    splits = claim.splits
+    # Every asked-for split exists in the output, even if the hash leaves it empty.
+    splits = SPLITS if config["val_fraction"] > 0 else SPLITS[:1]
     for directory in (*splits, TASKS_DIR):
         (out_dir / directory).mkdir(exist_ok=True)
     admitted = [(i, s) for i, (s, problem) in enumerate(zip(opened, problems)) if problem is None]

@@ -8,10 +8,10 @@ two configs never mix, unless the unfinished run stopped on an error (bad input)
 input had to change, and the new run starts over. A live lock is refused, so two runs never
 interleave.
 
-Starting over removes only what gristmill wrote: the files the manifest lists (or, in an
-unfinished run, the files named after a task), the tokenizer, the tasks' records, the cached
-plans, the marker and temporary files. A directory that also holds anything else is refused,
-naming those files, and nothing is removed.
+Starting over removes only what gristmill wrote: the manifest, the shards (the files named after
+their task in the splits' directories), the tokenizer, the tasks' records, the cached plans, the
+marker and temporary files. A directory that also holds anything else is refused, naming those
+files, and nothing is removed.
 """
 
 from __future__ import annotations
@@ -39,25 +39,19 @@ except ImportError:  # Windows: no advisory locks; the fingerprint check still h
 
 log = logging.getLogger("gristmill")
 
+SPLITS = ("train", "val")  # the splits prepare writes: train always, val when asked for
 OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR)  # everything in them is gristmill's
 TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.Task.prefix)
-TEMPORARY = re.compile(r"\.tmp-\d+$")  # write_atomic's temporary names
+TEMPORARY = re.compile(r"\.tmp-\d+$")  # write_atomic's temporary names (of the manifest)
 SHOWN = 10  # foreign files named in a refusal
 
 
 class Claim:
     """An output directory this process writes: locked until :meth:`finish` or process exit."""
 
-    def __init__(
-        self,
-        out_dir: Path,
-        config_fp: str,
-        overwrite: bool,
-        splits: tuple[str, ...] = ("train",),
-    ):
+    def __init__(self, out_dir: Path, config_fp: str, overwrite: bool):
         self.out_dir = out_dir
         self.config_fp = config_fp
-        self.splits = splits
         self.up_to_date: dict[str, Any] | None = None  # the manifest, when there is nothing to do
         self.resuming = False
         self._fd: int | None = None
@@ -65,10 +59,8 @@ class Claim:
             raise DatasetError(f"{out_dir} exists and is not a directory; choose another -o")
         if (out_dir / INCOMPLETE).exists():
             previous = self._lock()
-            # The splits the unfinished run wrote (its marker says), and this run's.
-            written = (*previous.get("splits", ()), *splits)
             if previous.get("config_fingerprint") == config_fp or overwrite or "failed" in previous:
-                self._refuse_others(_others(out_dir, None, written))
+                self._refuse_others(_others(out_dir, SPLITS))
             if previous.get("config_fingerprint") == config_fp:
                 self.resuming = True
             elif overwrite:
@@ -94,7 +86,10 @@ class Claim:
                     f"{out_dir} already holds a dataset prepared from other sources or settings; "
                     "pass --overwrite to replace it, or choose another -o"
                 )
-            self._refuse_others(_others(out_dir, _listed(manifest), tuple(manifest["splits"])))
+            listed = manifest.get("splits")  # read unchecked: it may be damaged
+            self._refuse_others(
+                _others(out_dir, (*SPLITS, *(listed if isinstance(listed, dict) else ())))
+            )
             self._start_over()
         elif out_dir.exists() and any(out_dir.iterdir()):
             raise DatasetError(
@@ -146,12 +141,7 @@ class Claim:
 
     def _write_marker(self, **extra: str) -> None:
         assert self._fd is not None
-        content = {
-            "config_fingerprint": self.config_fp,
-            "pid": os.getpid(),
-            "splits": list(self.splits),
-            **extra,
-        }
+        content = {"config_fingerprint": self.config_fp, "pid": os.getpid(), **extra}
         data = json.dumps(content).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
@@ -220,24 +210,10 @@ def _dataset_manifest(out_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _listed(manifest: dict[str, Any]) -> set[str]:
-    """Every file a manifest names (``{"path": ...}`` entries, at any depth)."""
-    found: set[str] = set()
-    stack: list[Any] = [manifest]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            if isinstance(value.get("path"), str):
-                found.add(value["path"])
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return found
-
-
-def _others(out_dir: Path, listed: set[str] | None, splits: Iterable[str]) -> list[Path]:
-    """The files in ``out_dir`` that gristmill did not write. ``listed``: the files a manifest
-    names; ``None`` for an unfinished run, whose shards are known by their task's prefix."""
+def _others(out_dir: Path, splits: Iterable[str]) -> list[Path]:
+    """The files in ``out_dir`` that gristmill did not write: anything but the manifest, the
+    marker, gristmill's own directories, and in the splits' directories the files named after
+    a task (``TTTTT-``, shards and their temporary files)."""
     others: list[Path] = []
     for entry in out_dir.iterdir():
         name = entry.name
@@ -247,10 +223,7 @@ def _others(out_dir: Path, listed: set[str] | None, splits: Iterable[str]) -> li
             continue
         if name in splits and entry.is_dir() and not entry.is_symlink():
             for path in entry.iterdir():
-                ours = TASK_FILE.match(path.name) and (
-                    listed is None or f"{name}/{path.name}" in listed or TEMPORARY.search(path.name)
-                )
-                if not (ours and path.is_file() and not path.is_symlink()):
+                if not (TASK_FILE.match(path.name) and path.is_file() and not path.is_symlink()):
                     others += _files(path)
         else:
             others += _files(entry)
