@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="counts, length histogram and decoded samples of a dataset",
         description="Summarise a prepared dataset: documents, tokens and loss tokens per split, "
-        "a histogram of document lengths, packing efficiency per packer, and decoded documents "
-        "with the tokens that carry no loss shown between ⟦ and ⟧.",
+        "a histogram of document lengths, packing efficiency per packer (with the samples "
+        "that would carry no loss), and decoded documents with the tokens that carry no loss "
+        "shown between ⟦ and ⟧.",
     )
     i.add_argument("directory", metavar="DIR", help="dataset directory")
     i.add_argument("--decode", type=int, default=2, metavar="N", help="decode N documents (2)")
