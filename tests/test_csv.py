@@ -196,11 +196,15 @@ def test_each_bad_record_is_rejected_where_it_starts(tmp_path):
         b'y,"' + b"z" * 300 + b'"\n'  # 9
         b"after,all\n"  # 10
         b'last,"never closed\n'  # 11
-        b"more,text\n",  # 12: inside the unclosed quote
+        b"more,text\n",  # 12: read as a row again, since the quote on line 11 never closes
     )
     items = list(open_one(path, max_record_bytes=200).records())
     good = [(r, w.line) for r, w in (i for i in items if not isinstance(i, Rejected))]
-    assert good == [({"name": "ok", "text": "fine"}, 2), ({"name": "after", "text": "all"}, 10)]
+    assert good == [
+        ({"name": "ok", "text": "fine"}, 2),
+        ({"name": "after", "text": "all"}, 10),
+        ({"name": "more", "text": "text"}, 12),
+    ]
     bad = {i.where.line: i for i in items if isinstance(i, Rejected)}
     assert {line: r.reason for line, r in bad.items()} == {
         3: "ragged-row",
@@ -219,7 +223,8 @@ def test_each_bad_record_is_rejected_where_it_starts(tmp_path):
     assert bad[7].raw == "caf\ufffd,latin-1"
     assert "text follows the closing quote" in bad[8].message
     assert bad[9].message.startswith("the record is larger than 200 bytes; raise")
-    assert bad[11].message.startswith("malformed CSV: unexpected end of data")
+    assert bad[11].message.startswith("malformed CSV: a quote on this line is not closed on it")
+    assert bad[11].raw == 'last,"never closed'
     assert all(r.where.origin == str(path) for r in bad.values())
 
 
@@ -229,22 +234,33 @@ def test_under_fail_the_first_bad_record_stops_prepare_with_file_and_line(tmp_pa
         gristmill.prepare(path, tmp_path / "out", progress=False)
 
 
-def test_an_unclosed_quote_runs_on_but_is_reported_where_it_opened(tmp_path):
-    path = write(tmp_path / "u.csv", 'a,b\n1,"open\n' + "2,3\n" * 50)
-    [item] = list(open_one(path, max_record_bytes=100).records())
-    assert item.reason == "too-large" and item.where.line == 2
-    assert "it runs over 51 lines: a quote that is never closed" in item.message
+@pytest.mark.parametrize("name", ["u.csv", "u.csv.gz"])
+@pytest.mark.parametrize("limit", [100, None])
+def test_an_unclosed_quote_costs_its_line_and_the_rows_after_it_are_read(tmp_path, name, limit):
+    # Over the limit or not, the record the quote opens is not one row: its first line is set
+    # aside, and the lines after it (read again, for a compressed file) are rows again.
+    data = ('a,b\n1,"open\n' + "2,3\n" * 50).encode()
+    path = write(tmp_path / name, gzip.compress(data) if name.endswith(".gz") else data)
+    options = {} if limit is None else {"max_record_bytes": limit}
+    [item, *rows] = list(open_one(path, **options).records())
+    assert (item.reason, item.where.line, item.raw) == ("malformed-csv", 2, '1,"open')
+    assert "the line is set aside and the next line is read as a new row" in item.message
+    assert [(r, w.line) for r, w in rows] == [({"a": "2", "b": "3"}, n) for n in range(3, 53)]
 
 
-def test_a_bare_quote_in_an_unquoted_field_still_yields_its_rows(tmp_path):
-    # Not RFC 4180, but common by hand: 5'11" makes the record framing run on to the next quote,
-    # and the csv parser separates the rows inside again.
-    path = write(tmp_path / "h.csv", "who,height\nann,5'11\"\nbob,6'\"\ncy,5\n")
-    whole = [(r, w.line) for r, w in open_one(path).records()]
+def test_a_bare_quote_costs_its_line_and_nothing_else(tmp_path):
+    # Not RFC 4180, but common by hand: 5'11" leaves a quote open. A row whose quotes do not pair
+    # up cannot be told from a line of a damaged quoted field, so it is rejected, alone.
+    path = write(tmp_path / "h.csv", 'who,height\nann,5\'11"\nbob,6\'"\ncy,5\nwe,"6\'"""\n')
+    whole = [
+        (i.reason, i.where.line) if isinstance(i, Rejected) else (i[0], i[1].line)
+        for i in open_one(path).records()
+    ]
     assert whole == [
-        ({"who": "ann", "height": "5'11\""}, 2),
-        ({"who": "bob", "height": "6'\""}, 3),
+        ("malformed-csv", 2),
+        ("malformed-csv", 3),
         ({"who": "cy", "height": "5"}, 4),
+        ({"who": "we", "height": "6'\""}, 5),  # quoted, as RFC 4180 writes it
     ]
 
 

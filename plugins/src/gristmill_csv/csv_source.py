@@ -3,11 +3,14 @@
 Records are dicts column → string, exactly as written: no type guessing, so a ZIP code or an
 answer ``"007"`` reaches the tokenizer unchanged. Records are framed by quote parity (see
 :mod:`gristmill_csv.framing`) and parsed by the stdlib csv module in strict mode, so a malformed
-record is reported where it starts instead of being guessed at.
+record is reported where it starts instead of being guessed at. A record that spans lines is kept
+only when it is exactly one row of the right width; otherwise its first line is set aside and the
+next line starts a row, so one bad quote costs one line, not the rows after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -18,7 +21,7 @@ from typing import Any, NamedTuple
 from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.errors import DataError
 from gristmill.files import chunks, content_hash, is_compressed
-from gristmill_csv.framing import Frame, Run, record_starts, runs
+from gristmill_csv.framing import Frame, Run, frame_starts, runs
 
 BOM = b"\xef\xbb\xbf"  # Excel's "CSV UTF-8" and Windows editors start files with it
 DELIMITER_NAMES = {",": "commas", "\t": "tabs"}
@@ -103,15 +106,7 @@ class CsvSource:
 
     def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
         _allow_fields_up_to(self.max_record_bytes)
-        start, end, first_line = self.piece
-        if is_compressed(self.spec):
-            # A compressed stream cannot seek: read from the top and pass over the header again.
-            stream = _after(chunks(self.spec), start)
-        else:
-            stream = chunks(self.spec, start, end)
-        for run in runs(
-            stream, max_bytes=self.max_record_bytes, start=start, first_line=first_line
-        ):
+        for run in self._framed():
             yield from self._run_records(run)
 
     def split(self, pieces: int) -> list[CsvSource]:
@@ -122,7 +117,8 @@ class CsvSource:
         size = os.path.getsize(self.spec)
         targets = [start + (size - start) * k // pieces for k in range(1, pieces)]
         bounds = [(start, first_line)]
-        for offset, line in record_starts(chunks(self.spec), targets):
+        _allow_fields_up_to(self.max_record_bytes)  # records that span lines are parsed here too
+        for offset, line in frame_starts(self._framed(), targets):
             if bounds[-1][0] < offset < size:
                 bounds.append((offset, line))
         if len(bounds) == 1:
@@ -149,6 +145,45 @@ class CsvSource:
 
     # --- bytes to records -----------------------------------------------------------------------
 
+    def _framed(self) -> Iterator[Run]:
+        """The piece's records as framed, lines set aside where a quote ran on (see framing)."""
+        start, _, first_line = self.piece
+        return runs(
+            self._bytes_from(start),
+            max_bytes=self.max_record_bytes,
+            start=start,
+            first_line=first_line,
+            check=self._first_not_one_row,
+            reopen=self._bytes_from,
+        )
+
+    def _bytes_from(self, offset: int) -> Iterator[bytes]:
+        if is_compressed(self.spec):
+            # A compressed stream cannot seek: read from the top and pass over what came before.
+            return _after(chunks(self.spec), offset)
+        return chunks(self.spec, offset, self.piece.end)
+
+    def _first_not_one_row(self, data: bytes, line_ends: list[int], at_start: bool) -> int | None:
+        """Of records that span lines (joined in ``data``; ``line_ends``: where each ends), the
+        index of the first that does not parse as one row, or None.
+
+        One parser reads them all: it ends a row where each record ends exactly when each is one
+        row. Only where rows end counts here: a row with the wrong number of fields, or bytes
+        that are not UTF-8, are rejected whole by the reader, and reading goes on after them.
+        """
+        text = (data.removeprefix(BOM) if at_start else data).decode("utf-8", "surrogateescape")
+        reader = csv.reader(io.StringIO(text, newline="\n"), delimiter=self.delimiter, strict=True)
+        rows_end: list[int] = []
+        with contextlib.suppress(csv.Error):  # where it stops, the record is not one row
+            for _ in reader:
+                rows_end.append(reader.line_num)
+        if rows_end == line_ends:
+            return None
+        return next(
+            (i for i, (row, record) in enumerate(zip(rows_end, line_ends)) if row != record),
+            min(len(rows_end), len(line_ends) - 1),
+        )
+
     def _run_records(self, run: Run) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
         """A whole run through one csv reader; frame by frame when anything is amiss.
 
@@ -157,6 +192,9 @@ class CsvSource:
         its rows end prove. Anything else (a bad byte, a csv error, a frame of several rows) is
         rare and goes frame by frame, so the result never depends on how the file was chunked.
         """
+        if run.set_aside:
+            yield self._set_aside(run)
+            return
         rows = self._one_row_per_frame(run)
         if rows is None:
             for frame in run.frames():
@@ -192,18 +230,28 @@ class CsvSource:
             return None
         return rows if ends == run.line_ends else None
 
+    def _set_aside(self, run: Run) -> Rejected:
+        """A line whose quote ran on into lines that are not one row: it alone is lost.
+
+        The message cannot tell how far the quote ran: a piece of the file that ends after the
+        line sees less of it than the whole file does, and both must report the same.
+        """
+        return Rejected(
+            "malformed-csv",
+            "malformed CSV: a quote on this line is not closed on it, and the lines after it do "
+            "not complete one row (or that record is over --max-record-bytes); the line is set "
+            "aside and the next line is read as a new row. Quote every field that holds a "
+            'quote or a line break, and double the quotes inside it ("")',
+            Where(self.spec, run.line),
+            None if run.data is None else _text(run.data),
+        )
+
     def _frame_records(self, frame: Frame) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
         where = Where(self.spec, frame.line)
         if frame.data is None:
-            runs_on = (
-                f" (it runs over {frame.lines:,} lines: a quote that is never closed makes a "
-                "record run on)"
-                if frame.lines > 1
-                else ""
-            )
             yield Rejected(
                 "too-large",
-                f"the record is larger than {self.max_record_bytes:,} bytes{runs_on}; raise "
+                f"the record is larger than {self.max_record_bytes:,} bytes; raise "
                 "--max-record-bytes if such records are expected",
                 where,
             )
