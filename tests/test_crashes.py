@@ -147,6 +147,8 @@ def test_a_killed_worker_is_named_and_the_rerun_finishes(big_source, tmp_path): 
     while not any((out / TASKS_DIR).glob("*-record.json")) and time.monotonic() < deadline:
         time.sleep(0.01)
     victim = _workers(proc.pid)[0]
+    # As if it died writing a shard (whether it does depends on the moment).
+    (out / "train" / f"00000-99999.tokens.tmp-{victim}").write_bytes(b"part of a shard")
     os.kill(victim, signal.SIGKILL)  # as the out-of-memory killer does
     stderr = proc.communicate(timeout=120)[1]
     result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
@@ -156,6 +158,7 @@ def test_a_killed_worker_is_named_and_the_rerun_finishes(big_source, tmp_path): 
         "out-of-memory killer: run the same command again with fewer --workers or a smaller "
         "--task-bytes (finished tasks are kept)"
     )
+    assert _temporary_files(out) == []  # not even the killed worker's
     assert run_gristmill("prepare", *args, "-o", str(out)).returncode == 0
     assert run_gristmill("prepare", *args, "-o", str(clean)).returncode == 0
     assert tree_bytes(out) == tree_bytes(clean)

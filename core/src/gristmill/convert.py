@@ -80,7 +80,7 @@ def convert(
                 yield (example.normalized() if normalize else example), where
 
     for written in (out_path, rejects):  # what a killed convert left half-written
-        remove_stale_temporaries(written)
+        remove_stale_temporaries(written.parent, written.name)
     with temporary_for(out_path) as tmp:
         try:
             count = (_write_parquet if suffix == ".parquet" else _write_jsonl)(tmp, examples())

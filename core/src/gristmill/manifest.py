@@ -84,9 +84,11 @@ def temporary_for(path: Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of ``path`` whose writer is gone (killed before it could)."""
-    for tmp in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
+def remove_stale_temporaries(directory: Path, name: str | None = None) -> None:
+    """Remove the temporary files in ``directory`` (those of the file ``name``, or any) whose
+    writer is gone: killed before it could."""
+    of = "*" if name is None else glob.escape(name)
+    for tmp in directory.glob(f"{of}.tmp-*"):
         pid = tmp.name.rpartition("-")[2]
         if pid.isdigit() and not _running(int(pid)):
             tmp.unlink(missing_ok=True)

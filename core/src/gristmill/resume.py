@@ -28,7 +28,7 @@ from typing import Any
 
 from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST, load_manifest
+from gristmill.manifest import INCOMPLETE, MANIFEST, load_manifest, remove_stale_temporaries
 from gristmill.tasks import TASKS_DIR, read_record
 from gristmill.tokenizers import TOKENIZER_DIR
 
@@ -186,6 +186,10 @@ class Claim:
             self._write_marker(failed=message[:200])
         except OSError as exc:  # a full disk: the error being raised says more than this one
             log.warning(f"{self.out_dir / INCOMPLETE}: could not record the failure ({exc})")
+        # A worker killed mid-write (the out-of-memory killer) left its temporary file.
+        for directory in (*(self.out_dir / s for s in SPLITS), self.out_dir / TASKS_DIR):
+            if directory.is_dir():
+                remove_stale_temporaries(directory)
 
     def finish(self) -> None:
         """The manifest is written: drop the task records, then the marker and its lock."""
