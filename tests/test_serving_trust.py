@@ -4,6 +4,7 @@ carry no loss are counted, warned about, and left out on request."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -142,13 +143,18 @@ def _plan_file_for(ds: Path, **options) -> Path:
 
 
 def _flip_token(ds: Path, shard: int, at: int, value: int) -> tuple[str, int]:
-    """Overwrite token ``at`` of shard ``shard`` in place (as a damaged disk would: the manifest
-    is left alone); return the shard's tokens file and the document (of the shard) holding it."""
+    """Set token ``at`` of shard ``shard`` to ``value`` and record the file's new hash in the
+    manifest, as a dataset written wrong (rather than damaged afterwards, which the hash check
+    catches first) would be; return the shard's tokens file and the document (of the shard)
+    holding the token."""
     manifest = json.loads((ds / "manifest.json").read_text())
     entry = manifest["splits"]["train"]["shards"][shard]
-    tokens = np.memmap(ds / entry["tokens"]["path"], manifest["dtype"], "r+")
+    path = ds / entry["tokens"]["path"]
+    tokens = np.fromfile(path, manifest["dtype"])
     tokens[at] = value
-    tokens.flush()
+    tokens.tofile(path)
+    entry["tokens"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (ds / "manifest.json").write_text(json.dumps(manifest))
     offsets = np.fromfile(ds / entry["offsets"]["path"], "<i8")
     return entry["tokens"]["path"], int(np.searchsorted(offsets, at, "right") - 1)
 
