@@ -184,3 +184,30 @@ def test_workers_exit_when_the_main_process_is_killed(big_source, tmp_path):  # 
     while proc.stdout.read() is None and time.monotonic() < died + 5:  # None: open, nothing yet
         time.sleep(0.01)
     assert proc.stdout.read() == b""  # the end of the pipe: nobody holds it any more
+
+
+ORPHAN = """
+import os, subprocess, sys, time
+watched = (
+    "import os, threading, time\\n"
+    "from gristmill_local_executor import _watch_parent\\n"
+    "threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()\\n"
+    "print(os.getpid(), flush=True)\\n"
+    "time.sleep(120)\\n"
+)
+child = subprocess.Popen([sys.executable, "-c", watched], stdout=subprocess.PIPE)
+print(child.stdout.readline().decode().strip(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_portable_watch_ends_a_worker_whose_parent_died():
+    # Where PR_SET_PDEATHSIG does not exist (macOS), a thread of the worker watches its parent.
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], stdout=subprocess.PIPE)
+    worker = int(parent.stdout.readline())
+    assert alive(worker)
+    kill_when(parent, lambda: True)
+    died = time.monotonic()
+    while alive(worker) and time.monotonic() < died + 2:
+        time.sleep(0.01)
+    assert not alive(worker)
