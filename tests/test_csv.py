@@ -244,7 +244,7 @@ def test_an_unclosed_quote_costs_its_line_and_the_rows_after_it_are_read(tmp_pat
     options = {} if limit is None else {"max_record_bytes": limit}
     [item, *rows] = list(open_one(path, **options).records())
     assert (item.reason, item.where.line, item.raw) == ("malformed-csv", 2, '1,"open')
-    assert "the line is set aside and the next line is read as a new row" in item.message
+    assert "only this line is lost and the next line is read as a new row" in item.message
     assert [(r, w.line) for r, w in rows] == [({"a": "2", "b": "3"}, n) for n in range(3, 53)]
 
 

@@ -239,9 +239,10 @@ class CsvSource:
         return Rejected(
             "malformed-csv",
             "malformed CSV: a quote on this line is not closed on it, and the lines after it do "
-            "not complete one row (or that record is over --max-record-bytes); the line is set "
-            "aside and the next line is read as a new row. Quote every field that holds a "
-            'quote or a line break, and double the quotes inside it ("")',
+            "not complete one row (or that record is over --max-record-bytes); under "
+            "--on-error skip only this line is lost and the next line is read as a new row. "
+            "Quote every field that holds a quote or a line break, and double the quotes "
+            'inside it ("")',
             Where(self.spec, run.line),
             None if run.data is None else _text(run.data),
         )
