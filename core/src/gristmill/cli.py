@@ -401,8 +401,8 @@ OS_ADVICE = {
     errno.ENOSPC: "no space left on device; free some space, or write the output to a disk "
     "with room (-o)",
     errno.EDQUOT: "disk quota exceeded; free some space, or write the output elsewhere (-o)",
-    errno.EFBIG: "file too large (a file size limit, ulimit -f); raise the limit, or lower "
-    "--tokens-per-shard",
+    errno.EFBIG: "file too large (a file size limit, ulimit -f); raise the limit (for prepare, "
+    "or lower --tokens-per-shard)",
     errno.EROFS: "read-only file system; write the output elsewhere (-o)",
 }
 
