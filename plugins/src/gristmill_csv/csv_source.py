@@ -384,10 +384,10 @@ def decode(frame: Frame) -> str | tuple[int, int]:
 def parse_rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str] | None, str]]:
     """The rows of one frame: (line offset in the frame, fields, the row's text).
 
-    Nearly always one row. A frame holds several when a bare quote in an unquoted field made the
-    parity rule run on; the csv module then still separates them. On a csv error the row is None
-    and the text is the message, and the rest of the frame is dropped: there is no safe place to
-    resume inside it.
+    At most one row for a record of the body: a record that spans lines reaches the reader only
+    when it is one row (see :mod:`gristmill_csv.framing`). The header is framed without that
+    check, so a bare quote can make it run on into several rows, which the header reader refuses.
+    On a csv error the row is None and the text is the message.
     """
     lines = text.split("\n")
     # Lines that keep their "\n": the csv module keeps a line break inside a quoted field only if
