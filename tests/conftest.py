@@ -33,3 +33,9 @@ pytest_plugins = ["pytester"]
 # The tests write thousands of tiny files: skip fsync, here and in the processes they start (a
 # killed process still tears nothing). test_interrupted.py turns it back on for its runs.
 os.environ.setdefault("GRISTMILL_FSYNC", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Stamps of checked dataset files go to the session's folder, not the user's cache."""
+    os.environ.setdefault("GRISTMILL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -17,10 +17,12 @@ import numpy as np
 from gristmill.arguments import check_int
 from gristmill.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
 from gristmill.errors import DatasetError
+from gristmill.integrity import check_intact
 from gristmill.manifest import (
     check_generation,
     durable,
     fingerprint,
+    generation_changed,
     read_manifest,
     sync_directory,
 )
@@ -158,8 +160,10 @@ class Dataset:
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
-        # open it, not the mapped arrays or the plugin manager (modules do not pickle).
+        # open it, not the mapped arrays or the plugin manager (modules do not pickle), and the
+        # generation it was opened at.
         return {
+            "generation": self.manifest.get("generation"),
             "path": self.path,
             "split": self.split,
             "seq_len": self.seq_len,
@@ -173,11 +177,20 @@ class Dataset:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)  # type: ignore[misc]
+        options = dict(state)
+        generation = options.pop("generation")
+        self.__init__(**options)  # type: ignore[misc]
+        # A worker serves the samples its parent planned: from the dataset the parent opened,
+        # never from one prepared into the directory since.
+        if self.manifest.get("generation") != generation:
+            raise generation_changed(self.path, self.manifest.get("generation"), generation)
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer stored with the dataset (for decoding)."""
+        """The tokenizer stored with the dataset (for decoding), its files checked against the
+        manifest's SHA-256 first."""
+        for entry in self.manifest["tokenizer"].get("files", []):
+            check_intact(self.path, entry)
         return load_saved(self.path, self.manifest, self.manager)
 
     def __len__(self) -> int:
@@ -304,7 +317,9 @@ class Dataset:
 
     def with_seed(self, seed: int) -> Dataset:
         """The same dataset whose samplers are seeded with ``seed``."""
-        return Dataset(**{**self.__getstate__(), "seed": seed})
+        seeded = Dataset.__new__(Dataset)
+        seeded.__setstate__({**self.__getstate__(), "seed": seed})
+        return seeded
 
     @property
     def identity(self) -> str:
@@ -349,7 +364,15 @@ def cached_plan(
         planned, stored_key = _load_plan(path)
     except FileNotFoundError:
         pass
-    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        NotImplementedError,  # a damaged zip directory naming a compression zipfile lacks
+        zipfile.BadZipFile,
+    ) as error:
         problem = f"not a readable pack plan ({type(error).__name__}: {error})"
     else:
         problem = (

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import bisect
 import glob
 import json
 import os
 import shutil
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gristmill._version import __version__
-from gristmill.dataset import Dataset, open_dataset
+from gristmill.dataset import open_dataset
 from gristmill.errors import DatasetError, PluginError
+from gristmill.integrity import check_intact
 from gristmill.manifest import durable, read_manifest, sync_directory
 from gristmill.plugins import PluginManager, get_manager
-from gristmill.verify import check_file, files
+from gristmill.verify import files
 
 try:
     import fcntl
@@ -51,9 +48,10 @@ def export(
     directory beside ``output``, which is renamed to ``output`` only when every split is
     written and on disk, with ``export.json`` (exporter, gristmill version, the dataset's
     fingerprint and each split's summary): an ``output`` that exists is whole. Every file of
-    the exported splits is checked against the manifest's SHA-256 as it is first read (see
-    :class:`VerifiedReader`): a damaged dataset raises :class:`~gristmill.errors.DatasetError`
-    naming the file, and nothing is exported. ``overwrite`` replaces an earlier export, never a
+    the exported splits is checked against the manifest's SHA-256 as it is first read, and the
+    files the exporter did not read through the dataset before the output is kept (see
+    :mod:`gristmill.integrity`): a damaged dataset raises
+    :class:`~gristmill.errors.DatasetError` naming the file, and nothing is exported. ``overwrite`` replaces an earlier export, never a
     directory gristmill did not write. ``progress=None`` shows progress bars only on a
     terminal. Returns ``output`` as a :class:`~pathlib.Path`.
     """
@@ -85,10 +83,12 @@ def export(
                     f"{source}: the dataset was prepared again while it was being exported; "
                     "nothing was exported. Run the export again"
                 )
-            reader = VerifiedReader(dataset)
-            dataset.documents = reader
             summaries[split] = dict(record.export(dataset, partial, progress=show, **options))
-            reader.check_the_rest()
+            # The files the exporter read itself, or not at all (those read through the
+            # dataset were checked as they were opened, and are only looked up again).
+            for shard in manifest["splits"][split]["shards"]:
+                for entry in files(shard):
+                    check_intact(source, entry)
         for entry in manifest["tokenizer"].get("files", []):  # an exporter may copy them
             check_intact(source, entry)
         try:
@@ -145,71 +145,6 @@ def _sync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         sync_directory(Path(directory))
-
-
-class VerifiedReader:
-    """A split's shard reader that checks every file of a shard against the manifest's size and
-    SHA-256 the first time the exporter reads from that shard, before it serves any of its
-    tokens; :meth:`check_the_rest` checks the shards it never read, before the export is kept.
-
-    Each file is hashed once, front to back, just before the exporter reads it, so it comes
-    from the disk once and the exporter's reads find it in the page cache. ``lengths()`` reads
-    only the index, and is served as it is: an index that does not match its hash is found
-    when its shard is read, or by :meth:`check_the_rest`, before anything is committed.
-    """
-
-    def __init__(self, dataset: Dataset):
-        self._inner = dataset.documents
-        self._root = dataset.path
-        self._shards = dataset.manifest["splits"][dataset.split]["shards"]
-        self.num_documents: int = self._inner.num_documents
-        counts = [shard["num_documents"] for shard in self._shards]
-        self._first_doc = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self._starts = self._first_doc.tolist()
-        self._unchecked = set(range(len(self._shards)))
-        self._lock = threading.Lock()  # two threads never read a shard before its check ends
-        if hasattr(self._inner, "spans"):
-            self.spans = self._spans
-
-    def lengths(self) -> np.ndarray:
-        return self._inner.lengths()
-
-    def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        if self._unchecked:
-            self._check([bisect.bisect_right(self._starts, index) - 1])
-        return self._inner.document(index)
-
-    def _spans(
-        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        if self._unchecked and len(docs):
-            shards = np.unique(self._first_doc.searchsorted(np.asarray(docs), "right") - 1)
-            self._check(shards.tolist())
-        return self._inner.spans(docs, starts, lengths)
-
-    def check_the_rest(self) -> None:
-        """Check the shards the exporter did not read through this reader (it may have read
-        their files itself, or only the index)."""
-        self._check(sorted(self._unchecked))
-
-    def _check(self, shards: list[int]) -> None:
-        with self._lock:
-            for k in shards:
-                if k not in self._unchecked:
-                    continue  # checked already, or not a shard (the reader refuses the index)
-                for entry in files(self._shards[k]):
-                    check_intact(self._root, entry)
-                self._unchecked.discard(k)
-
-
-def check_intact(root: Path, entry: dict[str, Any]) -> None:
-    """Raise :class:`~gristmill.errors.DatasetError` unless the file of the manifest ``entry``
-    has the size and SHA-256 the manifest gives."""
-    for problem in check_file(root, entry, lambda nbytes: None):
-        raise DatasetError(
-            f"{root / problem.where}: {problem.message}; nothing was exported. Run "
-            f"`gristmill verify {root}` to list every damaged file, then prepare the dataset again"
-        )
 
 
 @contextmanager

@@ -338,8 +338,13 @@ def check_generation(directory: str | os.PathLike[str], manifest: dict[str, Any]
     except (OSError, ValueError, AttributeError):
         current = "(none: no readable manifest)"
     if current != generation:
-        raise DatasetError(
-            f"the dataset changed since it was opened: {MANIFEST} holds generation {current}, "
-            f"not {generation} (prepared again?); open it again",
-            where=str(path),
-        )
+        raise generation_changed(path, current, generation)
+
+
+def generation_changed(directory: Path, current: Any, opened: Any) -> DatasetError:
+    """The error for a dataset found at generation ``current`` where ``opened`` was opened."""
+    return DatasetError(
+        f"the dataset changed since it was opened: {MANIFEST} holds generation {current}, "
+        f"not {opened} (prepared again?); open it again",
+        where=str(directory),
+    )

@@ -1,4 +1,5 @@
-"""Reading shards: check every file against the manifest, map a shard when it is first read."""
+"""Reading shards: check every file against the manifest, map a shard when it is first read,
+and hash each file against the manifest's SHA-256 before its first bytes are used."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gristmill.errors import DatasetError
+from gristmill.integrity import check_open_file
 from gristmill.manifest import MANIFEST
 
 MAX_MAPPED = 8192  # three mappings a shard: well under Linux's default 65,530 per process
@@ -37,6 +39,11 @@ class MemmapShardReader:
     Mapping waits for a shard's first read, and only the most recently read shards stay mapped:
     Python's ``mmap`` keeps a file descriptor per mapped file, so mapping every shard of a large
     dataset at once would run out of them (the usual soft limit is 1,024 per process).
+
+    Every file is checked against the manifest's SHA-256 when it is first opened, before any of
+    its bytes are used (:mod:`gristmill.integrity`: hashed once per machine, stamped after): the
+    offsets when ``lengths()`` reads them for packing, a shard's files when it is first mapped.
+    A flipped byte that still reads as a valid id, mask or offset is refused, never served.
     """
 
     def __init__(self, directory: Path, shards: Sequence[dict[str, Any]], *, dtype: np.dtype):
@@ -46,6 +53,7 @@ class MemmapShardReader:
         self._folders: dict[str, str] = {}
         self._files: list[tuple[str, str, str | None]] = []
         self._identity: dict[str, tuple[int, ...]] = {}  # every file as it was checked
+        self._entries: dict[str, dict[str, Any]] = {}  # every file's manifest entry
         self._counts: list[tuple[int, int]] = []
         for k, shard in enumerate(shards):
             problem = _entry_problem(shard)
@@ -102,19 +110,26 @@ class MemmapShardReader:
                 "(truncated or replaced shard; run `gristmill prepare` again)"
             )
         self._identity[path] = _identity(info)
+        self._entries[path] = entry
         return path
 
     def _open(self, path: str) -> int:
         """A descriptor of the file checked at open, never of one put in its place since (a
         dataset prepared again into the same directory): that is refused, so that no reader
-        serves samples of two generations."""
+        serves samples of two generations. Its content is the manifest's (SHA-256)."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             fd = None
-        if fd is not None and _identity(os.fstat(fd)) == self._identity[path]:
-            return fd
         if fd is not None:
+            info = os.fstat(fd)
+            if _identity(info) == self._identity[path]:
+                try:
+                    check_open_file(fd, self._entries[path], dataset=self.root, info=info)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return fd
             os.close(fd)
         where = os.path.relpath(path, self.root)
         raise DatasetError(
