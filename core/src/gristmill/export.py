@@ -51,9 +51,10 @@ def export(
     the exported splits is checked against the manifest's SHA-256 as it is first read, and the
     files the exporter did not read through the dataset before the output is kept (see
     :mod:`gristmill.integrity`): a damaged dataset raises
-    :class:`~gristmill.errors.DatasetError` naming the file, and nothing is exported. ``overwrite`` replaces an earlier export, never a
-    directory gristmill did not write. ``progress=None`` shows progress bars only on a
-    terminal. Returns ``output`` as a :class:`~pathlib.Path`.
+    :class:`~gristmill.errors.DatasetError` naming the file, and nothing is exported.
+    ``overwrite`` replaces an earlier export, never a directory gristmill did not write.
+    ``progress=None`` shows progress bars only on a terminal. Returns ``output`` as a
+    :class:`~pathlib.Path`.
     """
     manager = manager or get_manager()
     record = manager.exporter(to)
