@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -346,10 +347,15 @@ def test_ids_outside_the_vocabulary_fail_the_export(prepare, tmp_path):
     with pytest.raises(DatasetError, match=r"00000\.tokens: SHA-256 .*gristmill verify"):
         gristmill.export(ds, tmp_path / "out", to="megatron")
     assert not (tmp_path / "out").exists()
-    # ...and the exporter refuses such ids itself, had they been written so in the first place.
-    (tmp_path / "direct").mkdir()
+    # ...and the exporter refuses such ids itself, had they been written so in the first place
+    # (the manifest then gives the file's hash as it is).
+    manifest = json.loads((ds / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]["shards"][0]["tokens"]
+    entry["sha256"] = hashlib.sha256((ds / entry["path"]).read_bytes()).hexdigest()
+    (ds / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match=r"token id 300 is outside the vocabulary of 259 ids"):
-        export_megatron(gristmill.open_dataset(ds, "train"), tmp_path / "direct")
+        gristmill.export(ds, tmp_path / "out", to="megatron")
+    assert not (tmp_path / "out").exists()
 
 
 class FakeDataset:
