@@ -36,7 +36,8 @@ SETTLED_NS = 2_000_000_000  # a file changed more recently than this is hashed e
 STAMP = re.compile(r"[0-9a-f]{64}")
 
 _checked: set[str] = set()  # the stamps this process found or wrote: no second lookup
-_logs: dict[tuple[Path, Path], _Stamps | None] = {}  # (cache, dataset): stamps, None: unwritable
+CACHE_VARIABLES = ("GRISTMILL_CACHE_DIR", "XDG_CACHE_HOME", "HOME")  # what cache_dir() reads
+_logs: dict[tuple[str | None, ...], _Stamps | None] = {}  # by dataset; None: cannot be written
 _lock = threading.Lock()
 
 
@@ -106,7 +107,8 @@ def check_open_file(
 
 def _hash(fd: int, info: os.stat_result, entry: Mapping[str, Any], dataset: Path) -> None:
     digest = hashlib.sha256()
-    block = memoryview(bytearray(HASH_READ))  # reused: a fresh block for every read is slower
+    # One block for every read (a fresh one each time is slower), no larger than the file.
+    block = memoryview(bytearray(max(1, min(HASH_READ, info.st_size))))
     os.lseek(fd, 0, os.SEEK_SET)
     with open(fd, "rb", buffering=0, closefd=False) as f:
         while size := f.readinto(block):
@@ -165,11 +167,12 @@ def _locked(fd: int) -> Iterator[None]:
 
 def _stamps(dataset: Path) -> _Stamps | None:
     """The stamps of the dataset at ``dataset``: one log a dataset directory, in the cache."""
-    key = (cache_dir(), dataset)
+    # Strings, not paths: looked up for every file a reader opens.
+    key = (*(os.environ.get(name) for name in CACHE_VARIABLES), os.fspath(dataset))
     with _lock:
         if key not in _logs:
             name = hashlib.sha256(os.fsencode(os.path.realpath(dataset))).hexdigest()[:32]
-            _logs[key] = _Stamps.open(key[0] / "checked" / f"{name}.log")
+            _logs[key] = _Stamps.open(cache_dir() / "checked" / f"{name}.log")
         return _logs[key]
 
 
