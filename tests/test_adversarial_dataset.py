@@ -429,3 +429,25 @@ def test_a_cache_folder_that_cannot_be_written_still_checks(tmp_path, hashed, mo
     monkeypatch.setattr(integrity, "_logs", {})
     _read_all(out)
     assert sorted(hashed) == _shard_paths(out)  # no stamps: hashed again, so checked
+
+
+def test_a_torn_or_damaged_stamp_log_only_costs_hashing(tmp_path, stamps, hashed, monkeypatch):
+    """Appends that raced on a filesystem without atomic appends, or a damaged cache: a line
+    that is not a whole stamp stamps nothing, and the stamps after it still count."""
+    out = _small(tmp_path)
+    monkeypatch.setattr(integrity, "SETTLED_NS", 0)
+    _read_all(out)
+    (log,) = (stamps / "checked").iterdir()
+    good = log.read_bytes()
+    torn = [line[:40] for line in good.split()]  # every stamp cut short
+    log.write_bytes(b"\n".join(torn) + b"\n\xff\x00not a stamp\n" + b"0" * 63)  # and no newline
+    hashed.clear()
+    monkeypatch.setattr(integrity, "_checked", set())
+    monkeypatch.setattr(integrity, "_logs", {})
+    _read_all(out)
+    assert sorted(hashed) == _shard_paths(out)  # no stamp trusted: every file hashed again
+    hashed.clear()
+    monkeypatch.setattr(integrity, "_checked", set())
+    monkeypatch.setattr(integrity, "_logs", {})
+    _read_all(out)
+    assert hashed == []  # the stamps written after the torn line count

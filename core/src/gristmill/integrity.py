@@ -209,15 +209,26 @@ class _Stamps:
             return key in self._keys
 
     def add(self, key: str) -> None:
-        # A write that fails (a full disk) leaves the file to be hashed again next time.
+        # A line of its own even after a torn one. A write that fails (a full disk) leaves the
+        # file to be hashed again by the next process.
         with self._lock, contextlib.suppress(OSError):
-            os.write(self._fd, f"{key}\n".encode())
+            os.write(self._fd, f"\n{key}\n".encode())
+            self._keys.add(key)
 
     def _read_new(self) -> None:
         size = os.fstat(self._fd).st_size
         if size <= self._read:
             return
-        data = os.pread(self._fd, size - self._read, self._read)
+        data = _read_at(self._fd, size - self._read, self._read)
         whole = data[: data.rfind(b"\n") + 1]  # a line still being written waits
         self._read += len(whole)
         self._keys.update(k for k in whole.decode("ascii", "replace").split() if STAMP.fullmatch(k))
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes of ``fd`` from ``offset``: ``pread``, which leaves the offset that forked
+    processes share alone; where there is none (Windows, where nothing forks), seek and read."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
