@@ -436,7 +436,10 @@ def open_dataset(
     """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
 
     Opening reads the manifest and maps the shard files: no pass over the tokens (but one over
-    the loss masks, where the split has them, when the plan is not cached yet). Packers: ``none``
+    the loss masks, where the split has them, when the plan is not cached yet). Every file is
+    checked against the manifest's SHA-256 before its bytes are first used, once per machine
+    (:mod:`gristmill.integrity`): the offsets files at open, a shard's files at its first read;
+    a damaged file raises :class:`~gristmill.errors.DatasetError`. Packers: ``none``
     (each sample is one document), ``first-fit`` (samples of ``seq_len`` tokens filled with whole
     documents, best fit over the whole split), ``greedy-stream`` (the same online, as ``stream()``
     packs; ``packer_options={"buffer_size": N}``), ``concat-chunk`` (the token stream cut into
