@@ -1,17 +1,19 @@
-"""Damage any byte of any file of a dataset: ``verify`` reports it, and every way of reading the
-dataset serves the original samples or raises a ``GristmillError``, never another exception and
-never different samples.
+"""Damage any byte of any file of a dataset: ``verify`` reports it (for every file the manifest
+lists), and every way of reading the dataset serves the original samples or raises a
+``GristmillError``, never another exception and never different samples.
 
 The dataset has loss masks (prompt/completion, byte tokenizer), a ``val`` split, several shards
 per split and cached ``first-fit`` plans. Each example copies it, flips a bit, replaces a byte,
 cuts the file short or appends bytes at a drawn position of a drawn file (the manifest, every
 shard file, the tokenizer's file, the cached plans), then reads every sample of every split with
-``ds[i]``, ``ds.batch`` and the torch loader. ``GRISTMILL_FUZZ_EXAMPLES`` sets the budget (a
-quarter of it: 25 examples by default, 500 in ``tox -e fuzz``).
+``ds[i]``, ``ds.batch`` and the torch loader (where torch is installed).
+``GRISTMILL_FUZZ_EXAMPLES`` sets the budget (a quarter of it: 25 examples by default, 500 in
+``tox -e fuzz``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -30,11 +32,12 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill import integrity
-from gristmill.dataset import PLANS_DIR
+from gristmill.dataset import PLANS_DIR, Dataset
 from gristmill.errors import DatasetError, GristmillError
 from gristmill.verify import verify
 
 EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))
+HAS_TORCH = importlib.util.find_spec("torch") is not None  # the loader is read too where it is
 DAMAGE = settings(
     max_examples=max(10, EXAMPLES // 4),  # each example reads its copy five ways
     deadline=None,
@@ -52,19 +55,20 @@ def _records(count: int) -> Iterator[str]:
         yield json.dumps({"prompt": prompt, "completion": completion}) + "\n"
 
 
-def _served(path: Path, split: str) -> dict[str, Any]:
-    """Every sample of ``split`` read three ways: one at a time, as one batch, and as the torch
-    loader's collated batches (0 workers)."""
+def _loader_batches(ds: Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """The torch loader's collated batches (0 workers), as numpy arrays."""
     from gristmill.torch import dataloader
 
+    for batch in dataloader(ds, batch_size=BATCH, num_workers=0, rank=0, world_size=1):
+        yield {key: value.numpy() for key, value in batch.items()}
+
+
+def _served(path: Path, split: str) -> dict[str, Any]:
+    """Every sample of ``split``, and the torch loader's batches (where torch is installed)."""
     ds = gristmill.open_dataset(path, split, **OPEN)
     return {
         "items": [ds[i] for i in range(len(ds))],
-        "batch": list(ds.batch(np.arange(len(ds)))),
-        "loader": [
-            {key: value.numpy() for key, value in batch.items()}
-            for batch in dataloader(ds, batch_size=BATCH, num_workers=0, rank=0, world_size=1)
-        ],
+        "loader": list(_loader_batches(ds)) if HAS_TORCH else [],
     }
 
 
@@ -163,8 +167,6 @@ def different_samples(path: Path, split: str, original: dict[str, Any]) -> str |
     """How reading ``split`` of the damaged ``path`` serves samples other than ``original``
     (``None`` when it serves them or raises a ``GristmillError``; any other exception
     propagates)."""
-    from gristmill.torch import dataloader
-
     try:
         ds = gristmill.open_dataset(path, split, **OPEN)
     except GristmillError:
@@ -179,16 +181,14 @@ def different_samples(path: Path, split: str, original: dict[str, Any]) -> str |
             except GristmillError:
                 yield original["items"][i]  # refused: each sample on its own
 
-    def loader() -> Iterator[dict[str, np.ndarray]]:
-        for batch in dataloader(ds, batch_size=BATCH, num_workers=0, rank=0, world_size=1):
-            yield {key: value.numpy() for key, value in batch.items()}
-
-    for name, read in (
-        ("ds[i]", items),
-        ("ds.batch", lambda: iter(ds.batch(np.arange(len(ds))))),
-        ("loader", loader),
-    ):
-        found = _each(read, original[name if name == "loader" else "items"])
+    reads = [
+        ("ds[i]", items, original["items"]),
+        ("ds.batch", lambda: iter(ds.batch(np.arange(len(ds)))), original["items"]),
+    ]
+    if HAS_TORCH:
+        reads.append(("loader", lambda: _loader_batches(ds), original["loader"]))
+    for name, read, want in reads:
+        found = _each(read, want)
         if found is not None:
             return f"{name}: {found}"
     return None
