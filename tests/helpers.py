@@ -31,9 +31,10 @@ def run_gristmill(*args: str, env: dict[str, str] | None = None, extra_path: Ite
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative path: for byte-identical comparisons. A manifest's
-    ``generation`` (random for every prepare, by design) reads as ``GENERATION``."""
+    ``generation`` (random for every prepare, by design) reads as ``GENERATION``, and its seal
+    (which hashes the generation too) as ``SEAL``."""
     return {
-        str(p.relative_to(root)): GENERATION.sub(rb'"generation": "GENERATION"', p.read_bytes())
+        str(p.relative_to(root)): masked_manifest(p.read_bytes())
         if p.name == "manifest.json"
         else p.read_bytes()
         for p in sorted(root.rglob("*"))
@@ -41,7 +42,14 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     }
 
 
+def masked_manifest(data: bytes) -> bytes:
+    """A manifest's bytes with its generation and seal masked: equal for two identical prepares."""
+    data = GENERATION.sub(rb'"generation": "GENERATION"', data)
+    return SEAL.sub(rb'"manifest_sha256": "SEAL"', data)
+
+
 GENERATION = re.compile(rb'"generation": "[0-9a-f]{32}"')
+SEAL = re.compile(rb'"manifest_sha256": "[0-9a-f]{64}"')
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120, group: bool = False) -> None:

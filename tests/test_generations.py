@@ -12,7 +12,7 @@ import pytest
 
 import gristmill
 from gristmill.errors import DatasetError
-from gristmill.manifest import MANIFEST, check_generation, read_manifest
+from gristmill.manifest import MANIFEST, SEAL, check_generation, read_manifest
 from gristmill.plugins import get_manager
 
 DOCS = 400
@@ -108,8 +108,10 @@ def test_a_manifest_replaced_while_opening_is_refused(tmp_path):
 
 
 def test_the_same_generation_written_otherwise_is_the_same(tmp_path):
+    """Without a seal (as an older gristmill wrote) the manifest may be laid out otherwise."""
     out = _prepare(tmp_path, "a")
     manifest = read_manifest(out)
+    del manifest[SEAL]
     (out / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
     check_generation(out, manifest)
     assert len(gristmill.open_dataset(out)) == DOCS

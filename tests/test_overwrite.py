@@ -9,7 +9,7 @@ import pytest
 import gristmill
 from gristmill.convert import convert
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST
+from gristmill.manifest import INCOMPLETE, MANIFEST, write_manifest
 from tests.helpers import run_gristmill, tree_bytes
 
 
@@ -106,3 +106,22 @@ def test_overwrite_replaces_a_dataset_whose_manifest_is_damaged(source, tmp_path
     clean = tmp_path / "clean"
     gristmill.prepare(source, clean, task_bytes=5_000, progress=False)
     assert tree_bytes(out) == tree_bytes(clean)
+
+
+@pytest.mark.parametrize("damage", ["a byte changed after prepare", "counts that disagree"])
+def test_a_damaged_dataset_is_prepared_again_not_called_up_to_date(source, tmp_path, damage):
+    """The same command again, without ``--overwrite``: a dataset whose manifest is damaged (its
+    seal broken, or written disagreeing with itself) is prepared again."""
+    out = tmp_path / "ds"
+    gristmill.prepare(source, out, task_bytes=5_000, progress=False)
+    clean = tree_bytes(out)
+    if damage == "a byte changed after prepare":  # in a field no reader uses
+        data = (out / MANIFEST).read_bytes()
+        (out / MANIFEST).write_bytes(data.replace(b'"duplicates": 0', b'"duplicates": 1', 1))
+    else:
+        manifest = json.loads((out / MANIFEST).read_text())
+        manifest["splits"]["train"]["num_tokens"] += 1
+        write_manifest(out, manifest)
+    assert tree_bytes(out) != clean
+    gristmill.prepare(source, out, task_bytes=5_000, progress=False)
+    assert tree_bytes(out) == clean

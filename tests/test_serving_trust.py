@@ -17,6 +17,7 @@ import pytest
 import gristmill
 from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
+from gristmill.manifest import write_manifest
 from tests.helpers import run_gristmill
 
 
@@ -154,7 +155,7 @@ def _flip_token(ds: Path, shard: int, at: int, value: int) -> tuple[str, int]:
     tokens[at] = value
     tokens.tofile(path)
     entry["tokens"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (ds / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(ds, manifest)
     offsets = np.fromfile(ds / entry["offsets"]["path"], "<i8")
     return entry["tokens"]["path"], int(np.searchsorted(offsets, at, "right") - 1)
 

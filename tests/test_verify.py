@@ -13,6 +13,7 @@ import pytest
 
 import gristmill
 from gristmill.errors import DatasetError
+from gristmill.manifest import write_manifest
 from gristmill.verify import verify
 from tests.helpers import run_gristmill
 
@@ -45,7 +46,8 @@ def _manifest(ds: Path) -> dict:
 
 
 def _save(ds: Path, manifest: dict) -> None:
-    (ds / "manifest.json").write_text(json.dumps(manifest))
+    """Write ``manifest`` sealed, as a writer that got it wrong would (not edited after)."""
+    write_manifest(ds, manifest)
 
 
 def _shard(ds: Path, index: int = 0) -> dict:
@@ -347,3 +349,73 @@ def test_a_dataset_whose_manifest_disagrees_can_be_prepared_again(ds, tmp_path):
     src.write_text("".join(json.dumps({"text": f"new {i}"}) + "\n" for i in range(50)))
     gristmill.prepare(src, ds, overwrite=True, progress=False)
     assert len(gristmill.open_dataset(ds)) == 50
+
+
+def _edit_after(ds: Path, change) -> None:
+    """Edit the manifest after prepare wrote it, as a person or a tool would: the seal stays."""
+    manifest = _manifest(ds)
+    change(manifest)
+    (ds / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+_BROKEN = "its manifest_sha256 does not match its bytes: the manifest was edited or damaged"
+
+
+def test_every_changed_byte_of_the_manifest_is_reported(tmp_path):
+    """The manifest's seal covers its every byte, those of fields no reader uses included
+    (provenance, stats, fingerprints): verify reports a bit flipped at any position."""
+    src = tmp_path / "tiny.jsonl"
+    src.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
+    ds = tmp_path / "ds"
+    gristmill.prepare(src, ds, progress=False)
+    path = ds / "manifest.json"
+    data = path.read_bytes()
+    assert verify(ds) == []
+    silent = []
+    for position in range(len(data)):
+        for bit in (0x01, 0x20):
+            damaged = bytearray(data)
+            damaged[position] ^= bit
+            path.write_bytes(damaged)
+            if not verify(ds):
+                silent.append((position, bit))
+    assert silent == []
+
+
+def test_an_edited_manifest_is_refused_at_open_and_reported(ds):
+    _edit_after(ds, lambda m: m["provenance"].update(created="yesterday"))
+    with pytest.raises(DatasetError) as refused:
+        gristmill.open_dataset(ds)
+    assert str(refused.value).startswith(f"{ds / 'manifest.json'}: {_BROKEN}")
+    assert f"run `gristmill verify {ds}`" in str(refused.value)
+    [(where, message)] = _problems(ds)  # nothing else changed
+    assert where == "manifest.json" and message.startswith(_BROKEN)
+    done = run_gristmill("verify", str(ds))
+    assert done.returncode == 1 and _BROKEN in done.stdout
+
+
+def test_an_unsealed_manifest_opens_and_verify_says_it_has_no_seal(ds):
+    """A manifest written before seals existed (no ``manifest_sha256``) is still served."""
+    _edit_after(ds, lambda m: m.pop("manifest_sha256"))
+    assert len(gristmill.open_dataset(ds)) == _manifest(ds)["splits"]["train"]["num_documents"]
+    [(where, message)] = _problems(ds)
+    assert where == "manifest.json" and message.startswith("no manifest_sha256: written by")
+    assert message.endswith("prepare the dataset again to seal it")
+
+
+def test_a_seal_that_is_not_a_digest_is_broken(ds):
+    path = ds / "manifest.json"
+    seal = _manifest(ds)["manifest_sha256"]
+    path.write_bytes(path.read_bytes().replace(seal.encode(), b"not-hex" * 9 + b"x"))
+    [(where, message)] = _problems(ds)
+    assert where == "manifest.json" and message.startswith(_BROKEN)
+
+
+def test_a_shard_format_nobody_provides_is_a_problem_not_a_crash(ds):
+    manifest = _manifest(ds)
+    manifest["shard_format"]["name"] = "memmap-shardz"
+    _save(ds, manifest)
+    problems = _problems(ds)
+    [(where, message)] = problems
+    assert where == "manifest.json: shard_format.name"
+    assert "no shard format named 'memmap-shardz'" in message

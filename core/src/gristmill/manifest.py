@@ -29,6 +29,8 @@ TOP_LEVEL = {
 }
 SHA256 = re.compile(r"[0-9a-f]{64}")
 HASH_READ = 1 << 22  # bytes hashed at a time
+SEAL = "manifest_sha256"  # the manifest's own SHA-256, see write_manifest
+UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
 
 def canonical_json(value: Any) -> bytes:
@@ -121,8 +123,40 @@ def sync_directory(directory: Path) -> None:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    write_atomic(directory / MANIFEST, text.encode())
+    """Write the manifest sealed: its key ``manifest_sha256`` holds the SHA-256 of the bytes
+    written with that value replaced by 64 zeros, so any changed byte breaks the seal."""
+    text = json.dumps({**manifest, SEAL: UNSEALED}, indent=2, sort_keys=True, ensure_ascii=False)
+    data = (text + "\n").encode()
+    sealed = data.replace(_seal_field(UNSEALED), _seal_field(hashlib.sha256(data).hexdigest()))
+    write_atomic(directory / MANIFEST, sealed)
+
+
+# Only a top-level key starts a line indented by two spaces (a string value holds no raw newline
+# or quote), so these bytes occur once in a manifest as written: the seal's value follows them.
+SEAL_START = f'\n  "{SEAL}": "'.encode()
+
+
+def _seal_field(value: str) -> bytes:
+    return SEAL_START + value.encode() + b'"'
+
+
+def seal_matches(data: bytes) -> bool | None:
+    """Whether the manifest bytes ``data`` hold exactly one seal, 64 hex digits, that matches
+    them; ``None`` when they hold no seal (written by a gristmill before seals)."""
+    if f'"{SEAL}"'.encode() not in data:
+        return None
+    if data.count(SEAL_START) != 1:
+        return False
+    start = data.index(SEAL_START) + len(SEAL_START)
+    end = start + len(UNSEALED)
+    seal = data[start:end].decode("ascii", "replace")
+    if not SHA256.fullmatch(seal) or data[end : end + 1] != b'"':
+        return False
+    view = memoryview(data)
+    digest = hashlib.sha256(view[:start])
+    digest.update(UNSEALED.encode())
+    digest.update(view[end:])
+    return digest.hexdigest() == seal
 
 
 def new_generation() -> str:
@@ -147,7 +181,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     files), no file read but the manifest) and the tokenizer files it lists are there with
     their sizes; a clear error for anything else."""
     path = Path(directory)
-    manifest = load_manifest(path)
+    manifest, data = load_manifest(path)
+    if seal_matches(data) is False:
+        raise DatasetError(broken_seal(path), where=str(path / MANIFEST))
     for key, problem in manifest_problems(manifest):
         raise DatasetError(
             f"{key}: {problem}; the manifest was edited or damaged: run "
@@ -159,9 +195,18 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def load_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a complete dataset of a format version this gristmill reads, unchecked
-    otherwise (``gristmill verify`` reports every problem of it)."""
+def broken_seal(directory: Path) -> str:
+    """What is wrong with a manifest whose seal does not match its bytes, and what to do."""
+    return (
+        f"its {SEAL} does not match its bytes: the manifest was edited or damaged after "
+        f"prepare wrote it; run `gristmill verify {directory}` to see what else changed, or "
+        "prepare the dataset again"
+    )
+
+
+def load_manifest(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The manifest of a complete dataset of a format version this gristmill reads, and its
+    bytes as read; unchecked otherwise (``gristmill verify`` reports every problem of it)."""
     if not path.is_dir():
         raise DatasetError(
             "no such dataset directory (create one with `gristmill prepare`)", where=str(path)
@@ -173,7 +218,8 @@ def load_manifest(path: Path) -> dict[str, Any]:
             where=str(path),
         )
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        data = (path / MANIFEST).read_bytes()
+        manifest = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise DatasetError(
             f"no {MANIFEST}; this is not a gristmill dataset", where=str(path)
@@ -189,7 +235,7 @@ def load_manifest(path: Path) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade gristmill",
             where=str(path),
         )
-    return manifest
+    return manifest, data
 
 
 def manifest_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:

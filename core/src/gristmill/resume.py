@@ -28,7 +28,14 @@ from typing import Any
 
 from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST, load_manifest, remove_stale_temporaries
+from gristmill.manifest import (
+    INCOMPLETE,
+    MANIFEST,
+    load_manifest,
+    manifest_problems,
+    remove_stale_temporaries,
+    seal_matches,
+)
 from gristmill.tasks import TASKS_DIR, read_record
 from gristmill.tokenizers import TOKENIZER_DIR
 
@@ -77,11 +84,15 @@ class Claim:
                     f"{out_dir} holds an unfinished prepare of other sources or settings: run "
                     "that command again to finish it, or pass --overwrite to start over"
                 )
-        elif (manifest := _dataset_manifest(out_dir)) is not None:
+        elif (found := _dataset_manifest(out_dir)) is not None:
+            manifest, damaged = found
             if manifest.get("config_fingerprint") == config_fp and not overwrite:
-                self.up_to_date = manifest
-                return
-            if not overwrite:
+                if not damaged:
+                    self.up_to_date = manifest
+                    return
+                # The same settings: preparing again restores what was damaged.
+                log.info(f"{out_dir}: its {MANIFEST} is damaged; preparing the dataset again")
+            elif not overwrite:
                 raise DatasetError(
                     f"{out_dir} already holds a dataset prepared from other sources or settings; "
                     "pass --overwrite to replace it, or choose another -o"
@@ -203,15 +214,18 @@ class Claim:
             self._fd = None
 
 
-def _dataset_manifest(out_dir: Path) -> dict[str, Any] | None:
-    """The manifest of the dataset in ``out_dir``; ``None`` when there is no gristmill dataset
-    (``--overwrite`` never deletes a directory gristmill did not write)."""
+def _dataset_manifest(out_dir: Path) -> tuple[dict[str, Any], bool] | None:
+    """The manifest of the dataset in ``out_dir``, and whether it is damaged (its seal broken,
+    or it disagrees with itself: still gristmill's, to replace, never up to date); ``None``
+    when there is no gristmill dataset (``--overwrite`` never deletes a directory gristmill
+    did not write)."""
     if not (out_dir / MANIFEST).exists():
         return None
-    try:  # a manifest that disagrees with itself is still gristmill's, to replace
-        return load_manifest(out_dir)
+    try:
+        manifest, data = load_manifest(out_dir)
     except DatasetError:
         return None
+    return manifest, seal_matches(data) is False or any(manifest_problems(manifest))
 
 
 def _others(out_dir: Path, splits: Iterable[str]) -> list[Path]:

@@ -1,7 +1,8 @@
 """``gristmill verify``: everything a dataset's manifest promises, checked against its files.
 
-The manifest is read as ``open_dataset`` reads it (format, version) and checked against itself
-(every split's counts add up to its shards', every entry well-formed). Then every file it lists,
+The manifest is read as ``open_dataset`` reads it (format, version), its seal
+(``manifest_sha256``) is checked against its bytes, and it is checked against itself (every
+split's counts add up to its shards', every entry well-formed). Then every file it lists,
 the tokenizer's and every shard's, stays inside the dataset directory, exists, has its size and
 its SHA-256; no file the manifest does not list lies in a directory gristmill owns (the splits'
 and ``tokenizer/``); and the shard format's own check reads each intact shard in full (for
@@ -17,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.components import Problem
-from gristmill.errors import DatasetError
+from gristmill.errors import DatasetError, PluginError, UnknownComponentError
 from gristmill.manifest import (
     HASH_READ,
     MANIFEST,
+    SEAL,
+    broken_seal,
     count_mismatches,
     inside,
     listed_files,
     load_manifest,
     malformed_entries,
+    seal_matches,
 )
 from gristmill.plugins import PluginManager, get_manager
 from gristmill.tokenizers import TOKENIZER_DIR
@@ -43,18 +47,33 @@ def verify(
     """
     root = Path(directory)
     try:
-        manifest = load_manifest(root)
+        manifest, data = load_manifest(root)
     except DatasetError as exc:
         return [Problem(exc.where or str(root), exc.reason)]
+    found = list(_seal_problems(root, data))
     malformed = [Problem(f"{MANIFEST}: {key}", what) for key, what in malformed_entries(manifest)]
     if malformed:  # the entries below cannot be followed
-        return malformed
-    found = [Problem(f"{MANIFEST}: {key}", what) for key, what in count_mismatches(manifest)]
+        return found + malformed
+    found += [Problem(f"{MANIFEST}: {key}", what) for key, what in count_mismatches(manifest)]
     try:
         found.extend(_problems(root, manifest, manager or get_manager(), progress))
     except (KeyError, TypeError, AttributeError) as exc:  # a key of the shard format's missing
         found.append(Problem(MANIFEST, f"malformed manifest ({type(exc).__name__}: {exc})"))
     return found
+
+
+def _seal_problems(root: Path, data: bytes) -> Iterator[Problem]:
+    """The manifest's own seal: a byte changed anywhere in it breaks the seal. A manifest
+    without one is reported too, since no change to it could be seen."""
+    sealed = seal_matches(data)
+    if sealed is False:
+        yield Problem(MANIFEST, broken_seal(root))
+    elif sealed is None:
+        yield Problem(
+            MANIFEST,
+            f"no {SEAL}: written by a gristmill from before manifests were sealed, so a change "
+            "to the manifest cannot be seen; prepare the dataset again to seal it",
+        )
 
 
 def _problems(
@@ -63,7 +82,12 @@ def _problems(
     manager: PluginManager,
     progress: Callable[[int], None],
 ) -> Iterator[Problem]:
-    fmt = manager.shard_format(manifest["shard_format"]["name"])
+    name = manifest["shard_format"]["name"]
+    try:
+        fmt = manager.shard_format(name)
+    except (UnknownComponentError, PluginError) as exc:  # damaged, or its plugin is not here
+        yield Problem(f"{MANIFEST}: shard_format.name", f"{exc}; its shards are not read")
+        fmt = None
     vocab_size = manifest["tokenizer"].get("vocab_size")
     for entry in manifest["tokenizer"].get("files", []):
         yield from check_file(root, entry, progress)
@@ -71,7 +95,7 @@ def _problems(
         for shard in entry["shards"]:
             found = [p for f in files(shard) for p in check_file(root, f, progress)]
             yield from found
-            if not found and fmt.verify is not None:
+            if not found and fmt is not None and fmt.verify is not None:
                 yield from fmt.verify(root, shard, dtype=manifest["dtype"], vocab_size=vocab_size)
     yield from _unlisted(root, manifest)
 
