@@ -28,7 +28,7 @@ TOP_LEVEL = {
     "splits": (dict, "an object"),
 }
 SHA256 = re.compile(r"[0-9a-f]{64}")
-HASH_READ = 1 << 22  # bytes hashed at a time
+HASH_READ = 1 << 20  # bytes hashed at a time (by file_entry, verify and integrity): fits the caches
 SEAL = "manifest_sha256"  # the manifest's own SHA-256, see write_manifest
 UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
