@@ -143,11 +143,12 @@ def _seal_field(value: str) -> bytes:
 def seal_matches(data: bytes) -> bool | None:
     """Whether the manifest bytes ``data`` hold exactly one seal, 64 hex digits, that matches
     them; ``None`` when they hold no seal (written by a gristmill before seals)."""
-    if f'"{SEAL}"'.encode() not in data:
-        return None
-    if data.count(SEAL_START) != 1:
+    at = data.find(SEAL_START)
+    if at < 0:
+        return False if f'"{SEAL}"'.encode() in data else None
+    if data.find(SEAL_START, at + 1) >= 0:
         return False
-    start = data.index(SEAL_START) + len(SEAL_START)
+    start = at + len(SEAL_START)
     end = start + len(UNSEALED)
     seal = data[start:end].decode("ascii", "replace")
     if not SHA256.fullmatch(seal) or data[end : end + 1] != b'"':
