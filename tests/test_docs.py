@@ -173,3 +173,19 @@ def test_the_plugin_guide_shows_the_template_as_it_is():
     template = DOCS.parent / "contrib" / "gristmill-example"
     for name in ("src/gristmill_example/__init__.py", "pyproject.toml", "tests/test_example.py"):
         assert (template / name).read_text("utf-8") in blocks, f"{name} differs from the guide"
+
+
+def test_every_guarantee_names_a_test_that_exists() -> None:
+    # A promise is only as good as the test that holds it: a renamed or removed test must not
+    # leave docs/guarantees.md pointing at nothing.
+    text = (DOCS / "guarantees.md").read_text(encoding="utf-8")
+    named = re.findall(r"`?(test_\w+\.py)(?:::(test_\w+))?", text)
+    assert len(named) > 50
+    missing = []
+    for module, test in named:
+        path = ROOT / "tests" / module
+        if not path.is_file():
+            missing.append(module)
+        elif test and not re.search(rf"^(async )?def {test}\(", path.read_text(), re.MULTILINE):
+            missing.append(f"{module}::{test}")
+    assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
