@@ -334,7 +334,7 @@ def test_an_edited_saved_copy_is_refused(tmp_path, spec, gristmill_manager):
     saved = tmp_path / "ds" / "tokenizer" / "ranks.tiktoken"
     saved.write_bytes(saved.read_bytes().replace(b" 300\n", b" 999\n"))
     # gristmill checks the saved files against the manifest's SHA-256 before the plugin loads them.
-    with pytest.raises(GristmillError, match="ranks.tiktoken: SHA-256 .* changed since prepare"):
+    with pytest.raises(GristmillError, match=r"ranks\.tiktoken: SHA-256 .* changed since prepare"):
         _ = gristmill.open_dataset(tmp_path / "ds").tokenizer
 
 

@@ -122,13 +122,15 @@ def sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the manifest sealed: its key ``manifest_sha256`` holds the SHA-256 of the bytes
-    written with that value replaced by 64 zeros, so any changed byte breaks the seal."""
+    written with that value replaced by 64 zeros, so any changed byte breaks the seal. Returns
+    the manifest as written, seal included (what reading it back gives)."""
     text = json.dumps({**manifest, SEAL: UNSEALED}, indent=2, sort_keys=True, ensure_ascii=False)
     data = (text + "\n").encode()
-    sealed = data.replace(_seal_field(UNSEALED), _seal_field(hashlib.sha256(data).hexdigest()))
-    write_atomic(directory / MANIFEST, sealed)
+    seal = hashlib.sha256(data).hexdigest()
+    write_atomic(directory / MANIFEST, data.replace(_seal_field(UNSEALED), _seal_field(seal)))
+    return {**manifest, SEAL: seal}
 
 
 # Only a top-level key starts a line indented by two spaces (a string value holds no raw newline

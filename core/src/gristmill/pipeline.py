@@ -340,7 +340,7 @@ def _write(
             "truncated": merged.truncated,
         },
     }
-    write_manifest(out_dir, manifest)
+    manifest = write_manifest(out_dir, manifest)
     claim.finish()
     totals = ", ".join(
         f"{s}: {e['num_documents']:,} documents, {e['num_tokens']:,} tokens"
