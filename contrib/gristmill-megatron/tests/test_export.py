@@ -18,6 +18,7 @@ import gristmill
 from gristmill import hookimpl
 from gristmill.components import TokenizerType
 from gristmill.errors import DatasetError
+from gristmill.manifest import write_manifest
 from gristmill.plugins import get_manager
 from gristmill_megatron import export_megatron
 
@@ -348,11 +349,11 @@ def test_ids_outside_the_vocabulary_fail_the_export(prepare, tmp_path):
         gristmill.export(ds, tmp_path / "out", to="megatron")
     assert not (tmp_path / "out").exists()
     # ...and the exporter refuses such ids itself, had they been written so in the first place
-    # (the manifest then gives the file's hash as it is).
+    # (the manifest then gives the file's hash as it is, and is sealed over it).
     manifest = json.loads((ds / "manifest.json").read_text())
     entry = manifest["splits"]["train"]["shards"][0]["tokens"]
     entry["sha256"] = hashlib.sha256((ds / entry["path"]).read_bytes()).hexdigest()
-    (ds / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(ds, manifest)
     with pytest.raises(DatasetError, match=r"token id 300 is outside the vocabulary of 259 ids"):
         gristmill.export(ds, tmp_path / "out", to="megatron")
     assert not (tmp_path / "out").exists()
