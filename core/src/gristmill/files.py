@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from gristmill.errors import DataError, MissingDependencyError
@@ -33,13 +33,30 @@ def is_compressed(path: str) -> bool:
     return without_compression(path) != path
 
 
+HASH_READ = 1 << 20  # bytes hashed at a time: fits the caches
+
+
 def content_hash(path: str) -> str:
     """SHA-256 of a file's bytes as stored (compressed files hash their compressed form)."""
+    with open(path, "rb", buffering=0) as f:
+        return sha256_of(f)[0]
+
+
+def sha256_of(f: BinaryIO, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """The SHA-256 (hex) and size of what ``f`` holds from where it stands to its end, read into
+    one reused block; ``progress`` hears the size of each block."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    # No larger than the file: zeroing a whole block for each of many small files costs more
+    # than hashing them.
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    block = memoryview(bytearray(max(1, min(HASH_READ, left))))
+    total = 0
+    while size := f.readinto(block):
+        digest.update(block[:size])
+        total += size
+        if progress is not None:
+            progress(size)
+    return digest.hexdigest(), total
 
 
 def _decompressor(path: str) -> Any:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DatasetError
-from gristmill.manifest import HASH_READ, inside
+from gristmill.files import sha256_of
+from gristmill.manifest import inside
 
 try:
     import fcntl
@@ -106,13 +107,9 @@ def check_open_file(
 
 
 def _hash(fd: int, info: os.stat_result, entry: Mapping[str, Any], dataset: Path) -> None:
-    digest = hashlib.sha256()
-    # One block for every read (a fresh one each time is slower), no larger than the file.
-    block = memoryview(bytearray(max(1, min(HASH_READ, info.st_size))))
     os.lseek(fd, 0, os.SEEK_SET)
     with open(fd, "rb", buffering=0, closefd=False) as f:
-        while size := f.readinto(block):
-            digest.update(block[:size])
+        found = sha256_of(f)[0]
     os.lseek(fd, 0, os.SEEK_SET)  # the caller reads the file from its start
     if _identity(os.fstat(fd)) != _identity(info):
         raise DatasetError(
@@ -120,7 +117,6 @@ def _hash(fd: int, info: os.stat_result, entry: Mapping[str, Any], dataset: Path
             "dataset again",
             where=str(dataset / entry["path"]),
         )
-    found = digest.hexdigest()
     if found != entry["sha256"]:
         raise _damaged(
             entry,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DatasetError
+from gristmill.files import sha256_of
 
 MANIFEST = "manifest.json"
 INCOMPLETE = ".gristmill-incomplete"  # present while prepare is writing; removed after the manifest
@@ -28,7 +29,6 @@ TOP_LEVEL = {
     "splits": (dict, "an object"),
 }
 SHA256 = re.compile(r"[0-9a-f]{64}")
-HASH_READ = 1 << 20  # bytes hashed at a time (by file_entry, verify and integrity): fits the caches
 SEAL = "manifest_sha256"  # the manifest's own SHA-256, see write_manifest
 UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
@@ -170,13 +170,9 @@ def new_generation() -> str:
 
 def file_entry(root: Path, relative: str) -> dict[str, Any]:
     """The manifest's entry for the file ``root / relative``: its path, size and SHA-256."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(root / relative, "rb") as f:
-        while block := f.read(HASH_READ):
-            digest.update(block)
-            size += len(block)
-    return {"path": relative, "bytes": size, "sha256": digest.hexdigest()}
+    with open(root / relative, "rb", buffering=0) as f:
+        sha256, size = sha256_of(f)
+    return {"path": relative, "bytes": size, "sha256": sha256}
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:

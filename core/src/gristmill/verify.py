@@ -11,7 +11,6 @@ memmap shards: the offsets, the token ids against the vocabulary, the mask).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 
 from gristmill.components import Problem
 from gristmill.errors import DatasetError, PluginError, UnknownComponentError
+from gristmill.files import sha256_of
 from gristmill.manifest import (
-    HASH_READ,
     MANIFEST,
     SEAL,
     broken_seal,
@@ -140,14 +139,11 @@ def check_file(
     if size != entry["bytes"]:
         yield Problem(where, f"{size} bytes, but the manifest says {entry['bytes']} (truncated?)")
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_READ):
-            digest.update(block)
-            progress(len(block))
-    if digest.hexdigest() != entry["sha256"]:
+    with open(path, "rb", buffering=0) as f:
+        found = sha256_of(f, progress)[0]
+    if found != entry["sha256"]:
         yield Problem(
             where,
-            f"SHA-256 {digest.hexdigest()[:16]}…, but the manifest says {entry['sha256'][:16]}… "
+            f"SHA-256 {found[:16]}…, but the manifest says {entry['sha256'][:16]}… "
             "(the content changed)",
         )
