@@ -307,7 +307,7 @@ def test_a_plan_is_synced_before_it_is_renamed_into_place(ds, monkeypatch):
     finally:
         sys.setprofile(None)
     assert calls == [
-        ("fsync", "_store_plan"),  # the temporary file
-        ("replace", "_store_plan"),
+        ("fsync", "write_atomic"),  # the temporary file
+        ("replace", "write_atomic"),
         ("fsync", "sync_directory"),  # the directory holding the new name
     ]

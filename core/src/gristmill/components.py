@@ -15,7 +15,6 @@ context keywords later versions of gristmill may add.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -90,6 +89,8 @@ class Component:
         message = f"{self.kind} {self.name!r} has no option {key!r}"
         if not self.options:
             return f"{message}: it takes no options"
+        import difflib  # on the error path only
+
         close = difflib.get_close_matches(str(key), list(self.options), n=1)
         hint = f"; did you mean {close[0]}?" if close else "."
         valid = "; ".join(f"{name} ({text})" for name, text in self.options.items())

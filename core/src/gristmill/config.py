@@ -540,13 +540,9 @@ def _check_across(sections: Mapping[str, Mapping[str, Any]], origin: str) -> lis
     return problems
 
 
-# An options key -> the key naming its component, and that component's kind.
-OPTIONS_OF = {
-    "packer_options": ("packer", "packer"),
-    "sampler_options": ("sampler", "sampler"),
-    "executor_options": ("executor", "executor"),
-    "tokenizer_options": ("tokenizer", "tokenizer"),
-}
+# The kinds whose options a table may give as KIND_options, beside the key KIND naming the
+# component.
+OPTIONS_OF = ("packer", "sampler", "executor", "tokenizer")
 # source_options are checked at the call: which sources a glob or directory holds is known then.
 
 
@@ -558,11 +554,12 @@ def _check_options(sections: Mapping[str, Mapping[str, Any]], origin: str) -> li
         tables.append((f"mixture.datasets.{entry}", DATASET_KEYS, table))
     problems = []
     for where, keys, table in tables:
-        for options_key, (component_key, kind) in OPTIONS_OF.items():
+        for kind in OPTIONS_OF:
+            options_key = f"{kind}_options"
             if options_key not in table:
                 continue
             # The loader's sampler defaults to None in the API, meaning "distributed".
-            name = table.get(component_key, keys[component_key].default or "distributed")
+            name = table.get(kind, keys[kind].default or "distributed")
             try:
                 _component(kind, name).check_options(table[options_key])
             except GristmillError as exc:

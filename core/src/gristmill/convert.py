@@ -16,7 +16,7 @@ from gristmill.examples import Example
 from gristmill.manifest import remove_stale_temporaries, temporary_for
 from gristmill.mapping import SchemaCheck, check_fields, mapped_examples
 from gristmill.plugins import PluginManager, get_manager
-from gristmill.policy import ErrorPolicy
+from gristmill.policy import ErrorPolicy, reject_file
 from gristmill.sources import open_sources
 
 log = logging.getLogger("gristmill")
@@ -66,7 +66,7 @@ def convert(
         max_record_bytes=check_int("max_record_bytes", max_record_bytes),
         column_names=list(column_names) if column_names else None,
     )
-    rejects = out_path.with_name(f"{out_path.name}.rejects.jsonl")
+    rejects = reject_file(out_path)
     policy = ErrorPolicy(on_error, rejects)
 
     def examples() -> Iterator[tuple[Example, Where]]:

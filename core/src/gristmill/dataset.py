@@ -6,7 +6,6 @@ import contextlib
 import logging
 import operator
 import os
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -20,11 +19,10 @@ from gristmill.errors import DatasetError
 from gristmill.integrity import check_intact
 from gristmill.manifest import (
     check_generation,
-    durable,
     fingerprint,
     generation_changed,
     read_manifest,
-    sync_directory,
+    write_atomic,
 )
 from gristmill.overlong import check_no_loss, check_policy
 from gristmill.packing import PLAN_ARRAYS, keep_samples, plan_problem
@@ -359,6 +357,8 @@ def cached_plan(
     temporary name, synced, and renames it into place, so the file is always whole. A directory
     that cannot be written (a read-only dataset) just means no cache.
     """
+    import zipfile  # only its error type; np.load imports the module to read a plan anyway
+
     problem = None
     try:
         planned, stored_key = _load_plan(path)
@@ -400,23 +400,17 @@ def _load_plan(path: Path) -> tuple[Planned, str]:
 def _store_plan(path: Path, key: str, planned: Planned) -> None:
     plan = planned.plan
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                key=np.array(key),
-                dropped=np.int64(plan.dropped),
-                without_loss=np.int64(planned.without_loss),
-                **{k: getattr(plan, k) for k in PLAN_ARRAYS},
-            )
-            f.flush()
-            if durable():
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    sync_directory(path.parent)
+    arrays = {k: getattr(plan, k) for k in PLAN_ARRAYS}
+    write_atomic(
+        path,
+        lambda f: np.savez(
+            f,
+            key=np.array(key),
+            dropped=np.int64(plan.dropped),
+            without_loss=np.int64(planned.without_loss),
+            **arrays,
+        ),
+    )
 
 
 def open_dataset(

@@ -8,10 +8,9 @@ import hashlib
 import json
 import os
 import re
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gristmill.errors import DatasetError
 from gristmill.files import sha256_of
@@ -52,15 +51,24 @@ def durable() -> bool:
     return os.environ.get("GRISTMILL_FSYNC", "1") != "0"
 
 
-def write_atomic(path: Path, data: bytes | memoryview, *, sync_directory_too: bool = True) -> None:
+def write_atomic(
+    path: Path,
+    data: bytes | memoryview | Callable[[BinaryIO], object],
+    *,
+    sync_directory_too: bool = True,
+) -> None:
     """Write ``data`` so that ``path`` holds either its old content or all of the new, never part.
+    ``data`` may be a function that writes to the open file (a large ``np.savez``, unbuffered).
 
     With ``sync_directory_too=False`` the rename is durable only after a later
     :func:`sync_directory` of the parent: one sync for many files.
     """
     with temporary_for(path) as tmp:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             if durable():
                 os.fsync(f.fileno())
@@ -165,7 +173,7 @@ def seal_matches(data: bytes) -> bool | None:
 def new_generation() -> str:
     """A fresh id for one prepare (the manifest's ``generation``): a reader tells the dataset it
     opened from one prepared into the same directory since by it."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # random, like a uuid4, without importing uuid
 
 
 def file_entry(root: Path, relative: str) -> dict[str, Any]:

@@ -15,9 +15,12 @@ from gristmill.errors import DataError
 POLICIES = ("fail", "skip")
 
 
+REJECTS = ".rejects.jsonl"
+
+
 def reject_file(out_dir: Path) -> Path:
     """Where skipped records go: ``OUT.rejects.jsonl`` beside the dataset directory."""
-    return out_dir.with_name(f"{out_dir.name}.rejects.jsonl")
+    return out_dir.with_name(f"{out_dir.name}{REJECTS}")
 
 
 class ErrorPolicy:

@@ -16,10 +16,9 @@ from gristmill.errors import DataError
 from gristmill.files import without_compression
 from gristmill.manifest import FORMAT, INCOMPLETE, MANIFEST
 from gristmill.plugins import PluginManager
-from gristmill.policy import reject_file
+from gristmill.policy import REJECTS, reject_file
 
 log = logging.getLogger("gristmill")
-REJECTS = ".rejects.jsonl"
 
 
 def open_sources(
