@@ -178,7 +178,9 @@ class _Framer:
     ):
         self.max_bytes = max_bytes
         self.stop_when_too_large = stop_when_too_large
-        self.check = check if reopen is not None else None
+        if check is not None and reopen is None:
+            raise ValueError("check needs reopen: a line set aside may have to be read again")
+        self.check = check
         self.reopen = reopen
         self.newline_last = False  # whether the last byte read is a newline
         self._restart(start, first_line)

@@ -6,7 +6,9 @@ a progress bar's monitor). Each worker encodes on one core, its tokenizer's thre
 to one thread, so that N workers use N cores without oversubscribing them.
 
 A worker ends when the process that started it dies, even by ``kill -9``: Linux kills it
-(``PR_SET_PDEATHSIG``); elsewhere a thread of the worker watches for its parent to change. So a
+(``PR_SET_PDEATHSIG``); elsewhere a thread of the worker watches for its parent to change.
+Linux ties that signal to the thread that started the worker, and the pool starts workers as
+tasks are submitted: drive ``map`` from a thread that outlives it (prepare uses its main thread). So a
 killed run leaves no worker behind, writing or holding the run's output streams open.
 A worker that dies (the out-of-memory killer) ends the run with an error naming it.
 """
