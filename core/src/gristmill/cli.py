@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a different existing dataset, or discard an unfinished one",
+        help="replace a different existing dataset, or discard an unfinished one (only the "
+        "files gristmill wrote: a directory that also holds others is refused, naming them)",
     )
     p.add_argument(
         "--progress",
@@ -204,11 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "verify",
         help="check a dataset's files against its manifest; exit 1 on any problem",
-        description="Read every file the manifest lists and check it: inside the dataset "
+        description="Check the manifest against its own seal and counts, then read every file "
+        "it lists (the tokenizer's too) and check it: inside the dataset "
         "directory, present, of its size and SHA-256, and (for memmap shards) offsets that "
         "start at 0, never decrease and end at the token count, token ids below the "
         "vocabulary size, and masks of 0s and 1s adding up to the loss tokens. Prints each "
-        "problem with the file and element index; exits 0 when there is none, 1 otherwise.",
+        "problem with the file and element index, and any file in a split's directory or "
+        "tokenizer/ that the manifest does not list; exits 0 when there is none, 1 otherwise.",
     )
     v.add_argument("directory", metavar="DIR", help="dataset directory")
     v.add_argument("--json", action="store_true", help="print one JSON object instead")
