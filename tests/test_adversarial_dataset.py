@@ -283,7 +283,8 @@ def test_a_change_that_reads_as_valid_is_refused_not_served(pristine, kind):
 
 def test_a_worker_never_reopens_a_newer_generation(tmp_path):
     """A spawned DataLoader worker unpickles the dataset and opens it again from its path: a
-    dataset prepared into the directory since is refused, not served to the worker."""
+    dataset prepared into the directory since is refused, not served to the worker, and the
+    error reaches the training loop as itself, not as a worker that exited."""
     source = tmp_path / "qa.jsonl"
     source.write_text("".join(_records(30)))
     out = tmp_path / "ds"
@@ -292,11 +293,20 @@ def test_a_worker_never_reopens_a_newer_generation(tmp_path):
     assert pickle.loads(pickle.dumps(ds))[0].keys() == ds[0].keys()  # the same generation
     source.write_text("".join(_records(31)))
     gristmill.prepare(source, out, tokens_per_shard=400, overwrite=True, progress=False)
-    with pytest.raises(DatasetError, match="the dataset changed since it was opened") as caught:
-        pickle.loads(pickle.dumps(ds))
-    assert str(caught.value).startswith(f"{out}: ") and "open it again" in str(caught.value)
+    copy = pickle.loads(pickle.dumps(ds))
+    for use in (lambda: copy[0], lambda: copy.batch([0, 1]), lambda: len(copy)):
+        with pytest.raises(DatasetError, match="the dataset changed since it was opened") as caught:
+            use()
+        assert str(caught.value).startswith(f"{out}: ") and "open it again" in str(caught.value)
     with pytest.raises(DatasetError, match="the dataset changed since it was opened"):
         ds.with_seed(1)
+    if importlib.util.find_spec("torch") is None:
+        return  # the min envs: no DataLoader to start a worker
+    from gristmill.torch import dataloader
+
+    loader = dataloader(ds, batch_size=2, num_workers=1, multiprocessing_context="spawn")
+    with pytest.raises(DatasetError, match="the dataset changed since it was opened"):
+        next(iter(loader))
 
 
 @pytest.fixture

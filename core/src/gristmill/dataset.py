@@ -15,7 +15,7 @@ import numpy as np
 
 from gristmill.arguments import check_int
 from gristmill.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
-from gristmill.errors import DatasetError
+from gristmill.errors import DatasetError, GristmillError
 from gristmill.integrity import check_intact
 from gristmill.manifest import (
     check_generation,
@@ -177,11 +177,25 @@ class Dataset:
     def __setstate__(self, state: dict[str, Any]) -> None:
         options = dict(state)
         generation = options.pop("generation")
-        self.__init__(**options)  # type: ignore[misc]
-        # A worker serves the samples its parent planned: from the dataset the parent opened,
-        # never from one prepared into the directory since.
-        if self.manifest.get("generation") != generation:
-            raise generation_changed(self.path, self.manifest.get("generation"), generation)
+        try:
+            self.__init__(**options)  # type: ignore[misc]
+            # A worker serves the samples its parent planned: from the dataset the parent
+            # opened, never from one prepared into the directory since.
+            if self.manifest.get("generation") != generation:
+                raise generation_changed(self.path, self.manifest.get("generation"), generation)
+        except GristmillError as error:
+            # Raised while a spawned DataLoader worker starts, torch would report only that the
+            # worker exited; kept, it is raised by the first use, and torch hands it on to the
+            # training loop as it is.
+            self.__dict__.clear()
+            self.__dict__["_unusable"] = error
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for what a copy that could not reopen lacks (see __setstate__).
+        unusable = self.__dict__.get("_unusable")
+        if unusable is None or name.startswith("__"):
+            raise AttributeError(name)
+        raise unusable
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
@@ -317,6 +331,7 @@ class Dataset:
         """The same dataset whose samplers are seeded with ``seed``."""
         seeded = Dataset.__new__(Dataset)
         seeded.__setstate__({**self.__getstate__(), "seed": seed})
+        seeded.plan  # noqa: B018 (raises here, in the caller, if it could not reopen)
         return seeded
 
     @property
