@@ -59,7 +59,7 @@ def main() -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
     import gristmill
-    from gristmill.verify import check_file, files
+    from gristmill.store.verify import check_file, files
 
     dataset = args.dataset
     if dataset is None:
@@ -96,7 +96,7 @@ def main() -> None:
     entries = [f for shard in manifest["splits"]["train"]["shards"] for f in files(shard)]
 
     # What export's check of the shards costs the first time (part of gristmill's row): one
-    # hashing pass; later exports on this machine find the files' stamps (gristmill.integrity).
+    # hashing pass; later exports on this machine find the files' stamps (gristmill.store.integrity).
     def hashing() -> None:
         for entry in entries:
             assert not list(check_file(dataset, entry, lambda nbytes: None)), entry["path"]

@@ -228,7 +228,7 @@ def kept(lengths: np.ndarray, seq_len: int, overlong: str) -> int:
 
 def gristmill_packer(overlong: str, notes: list[str]) -> Any:
     """The registered ``first-fit`` packer, found the way ``open_dataset`` finds it."""
-    from gristmill.plugins import get_manager
+    from gristmill.plugin.manager import get_manager
 
     factory = get_manager().packer("first-fit").factory
     if "overlong" in inspect.signature(factory).parameters:

@@ -95,9 +95,9 @@ def run(source: str, out: Path, executor: str, workers: int, args: argparse.Name
 
 def count_tasks(source: str, task_bytes: int) -> int:
     """How many tasks prepare cuts the input into (from its size alone)."""
-    from gristmill.plugins import get_manager
-    from gristmill.sources import open_sources
-    from gristmill.tasks import plan_tasks
+    from gristmill.ingest.sources import open_sources
+    from gristmill.plugin.manager import get_manager
+    from gristmill.store.tasks import plan_tasks
 
     opened = open_sources([source], get_manager())
     return len(plan_tasks(list(enumerate(opened)), task_bytes))

@@ -7,7 +7,7 @@ base size, then reads every file through its registered source (``open_sources``
 every row turned into a dict) in a fresh process and prints that process's peak RSS
 (``ru_maxrss``). A "baseline" process opens the same source and loads its libraries but reads no
 row: peak minus baseline is what reading costs. The base size is at least 10x both the JSONL
-reader's chunk (``gristmill.files.CHUNK``) and a Parquet row group, so even scale 1 streams many
+reader's chunk (``gristmill.plugin.files.CHUNK``) and a Parquet row group, so even scale 1 streams many
 buffers; a reader that held the file would grow 16x from scale 1 to 16.
 
 ``--one-row-group`` also writes each Parquet file as a single row group: memory then follows what
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROW_CHARS = 1024
-CHUNK = 1 << 20  # gristmill.files.CHUNK, the JSONL read size; not imported: see run_child
+CHUNK = 1 << 20  # gristmill.plugin.files.CHUNK, the JSONL read size; not imported: see run_child
 
 
 def rows(total_bytes: int, block_rows: int, seed: int):
@@ -86,8 +86,8 @@ def run_child(*args: str) -> dict:
 
 def read(path: str, baseline: bool) -> None:
     """Child process: read every record of ``path``; print rows, seconds and peak RSS."""
-    from gristmill.plugins import get_manager
-    from gristmill.sources import open_sources
+    from gristmill.ingest.sources import open_sources
+    from gristmill.plugin.manager import get_manager
 
     [source] = open_sources([path], get_manager())
     if hasattr(source, "schema"):

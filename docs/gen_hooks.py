@@ -1,4 +1,4 @@
-"""Render the hook reference (docs/hooks.md) from the docstrings in :mod:`gristmill.hookspecs`.
+"""Render the hook reference (docs/hooks.md) from the docstrings in :mod:`gristmill.plugin.hookspecs`.
 
 Run ``python docs/gen_hooks.py`` after changing a hook spec or a record type; ``tests/test_docs.py``
 fails while docs/hooks.md is out of date. The docstrings are reStructuredText-flavoured; only the
@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gristmill import components, hookspecs
+from gristmill.plugin import components, hookspecs
 
 OUT = Path(__file__).resolve().parent / "hooks.md"
 
@@ -155,7 +155,7 @@ def render() -> str:
         "",
         _rst_to_md(inspect.cleandoc(hookspecs.__doc__ or "")).rstrip(),
         "",
-        "Records are frozen dataclasses from `gristmill.components`, built with keyword arguments.",
+        "Records are frozen dataclasses from `gristmill.plugin.components`, built with keyword arguments.",
         "Every record has `name` (lowercase letters, digits and single dashes, starting with a",
         "letter), `description` (a one-line summary, not empty) and `requires` (the extra that",
         "installs what the component needs, or `None`).",

@@ -31,10 +31,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill import integrity
-from gristmill.dataset import PLANS_DIR, Dataset
 from gristmill.errors import DatasetError, GristmillError
-from gristmill.verify import verify
+from gristmill.layout import PLANS_DIR
+from gristmill.serve.dataset import Dataset
+from gristmill.store import integrity
+from gristmill.store.verify import verify
 
 EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the loader is read too where it is

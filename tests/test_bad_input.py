@@ -16,15 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gristmill
-import gristmill.files
+import gristmill.plugin.files
 from gristmill import hookimpl
 from gristmill.cli import main
-from gristmill.components import TokenizerType
 from gristmill.errors import DataError, DatasetError, UnknownComponentError
-from gristmill.files import line_ranges
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
-from gristmill.tasks import plan_tasks
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.components import TokenizerType
+from gristmill.plugin.files import line_ranges
+from gristmill.plugin.manager import get_manager
+from gristmill.store.tasks import plan_tasks
 from gristmill_byte import ByteTokenizer
 
 
@@ -297,7 +297,7 @@ def test_line_ranges_cut_at_line_starts_whatever_the_read_size(
 ):
     path = tmp_path_factory.mktemp("ranges") / "data.jsonl"
     path.write_bytes(data)
-    with patch.object(gristmill.files, "CHUNK", chunk):
+    with patch.object(gristmill.plugin.files, "CHUNK", chunk):
         ranges = line_ranges(str(path), pieces)
     assert 1 <= len(ranges) <= pieces
     assert [r[0] for r in ranges] == [0] + [r[1] for r in ranges[:-1]]

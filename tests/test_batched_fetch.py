@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.overlong import POLICIES
-from gristmill.samples import IGNORE_INDEX, LABELS
+from gristmill.plugin.overlong import POLICIES
+from gristmill.serve.samples import IGNORE_INDEX, LABELS
 
 PACKERS = ("first-fit", "greedy-stream", "concat-chunk", "none")
 KEYS = ("input_ids", "labels", "position_ids", "seq_lens")
@@ -171,7 +171,7 @@ def test_batch_refuses_what_indexing_refuses(prepared):
 def test_the_loader_fetches_steps_with_one_batch_call(prepared, monkeypatch, padding_free):
     torch = pytest.importorskip("torch")
     import gristmill.torch
-    from gristmill.dataset import Dataset
+    from gristmill.serve.dataset import Dataset
     from gristmill.torch.loader import READ_AHEAD
 
     ds = gristmill.open_dataset(prepared["mixed"], seq_len=64, packer="first-fit")

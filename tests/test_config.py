@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gristmill
-from gristmill.cli import build_parser
+from gristmill.cli.main import build_parser
 from gristmill.config import PREPARE, SECTIONS, ConfigError, from_config, reference
 from gristmill.errors import MissingDependencyError
 from tests.helpers import run_gristmill

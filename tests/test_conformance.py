@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gristmill.components import Rejected
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.components import Rejected
+from gristmill.plugin.manager import get_manager
 
 HAS = {m: importlib.util.find_spec(m) is not None for m in ("zstandard", "pyarrow", "datasets")}
 

@@ -8,8 +8,8 @@ import pytest
 
 import gristmill
 from gristmill.cli import main
-from gristmill.convert import convert
 from gristmill.errors import DataError, DatasetError
+from gristmill.store.convert import convert
 from tests.helpers import tree_bytes
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gristmill.tasks import TASKS_DIR
+from gristmill.layout import TASKS_DIR
 from tests.helpers import alive, children, kill_when, run_gristmill, tree_bytes
 from tests.test_parallel import big_source  # noqa: F401 (a fixture)
 

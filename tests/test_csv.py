@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.cli import main
-from gristmill.components import Rejected
 from gristmill.errors import DataError
-from gristmill.files import CHUNK
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.components import Rejected
+from gristmill.plugin.files import CHUNK
+from gristmill.plugin.manager import get_manager
 from gristmill_csv.framing import runs
 
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None

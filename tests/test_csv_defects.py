@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.components import Rejected
 from gristmill.errors import DataError
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.components import Rejected
+from gristmill.plugin.manager import get_manager
 from gristmill_csv.framing import runs
 
 COLUMNS = ["id", "text", "label"]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import gristmill
-from gristmill import hookspecs
-from gristmill.components import KINDS
+from gristmill.plugin import hookspecs
+from gristmill.plugin.components import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -40,7 +40,7 @@ HOOKS = {
 
 
 def test_there_are_hooks() -> None:
-    assert HOOKS, "no gristmill_* functions found in gristmill.hookspecs"
+    assert HOOKS, "no gristmill_* functions found in gristmill.plugin.hookspecs"
     assert [name for name, _ in gen_hooks.hook_functions()] == sorted(
         HOOKS, key=lambda n: HOOKS[n].__code__.co_firstlineno
     )
@@ -66,19 +66,19 @@ def test_hookspec_docstring_is_complete(name: str) -> None:
 def test_hook_reference_is_up_to_date() -> None:
     written = (DOCS / "hooks.md").read_text(encoding="utf-8")
     assert written == gen_hooks.render(), (
-        "docs/hooks.md is out of date with gristmill.hookspecs: run `python docs/gen_hooks.py`"
+        "docs/hooks.md is out of date with gristmill.plugin.hookspecs: run `python docs/gen_hooks.py`"
     )
 
 
 def test_cli_reference_is_up_to_date() -> None:
     written = (DOCS / "cli.md").read_text(encoding="utf-8")
     assert written == gen_cli.render(), (
-        "docs/cli.md is out of date with gristmill.cli.build_parser(): run `python docs/gen_cli.py`"
+        "docs/cli.md is out of date with gristmill.cli.main.build_parser(): run `python docs/gen_cli.py`"
     )
 
 
 def test_cli_reference_names_every_command_and_option() -> None:
-    from gristmill.cli import build_parser
+    from gristmill.cli.main import build_parser
 
     written = (DOCS / "cli.md").read_text(encoding="utf-8")
     for name, _, parser in gen_cli._subcommands(build_parser()):
@@ -112,13 +112,15 @@ def test_the_site_nav_lists_every_page_once() -> None:
 def test_every_hook_has_a_record_type(name: str) -> None:
     hooks_with_records = {hook for hook, _ in KINDS.values()}
     assert name in hooks_with_records, (
-        f"{name} has no entry in gristmill.components.KINDS (kind -> (hook, record type))"
+        f"{name} has no entry in gristmill.plugin.components.KINDS (kind -> (hook, record type))"
     )
 
 
 def test_every_kind_has_a_hook() -> None:
     missing = [hook for hook, _ in KINDS.values() if hook not in HOOKS]
-    assert not missing, f"KINDS names hooks that gristmill.hookspecs does not define: {missing}"
+    assert not missing, (
+        f"KINDS names hooks that gristmill.plugin.hookspecs does not define: {missing}"
+    )
 
 
 def _reader_example() -> str:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.cli import main
 from gristmill.errors import GristmillError, MissingDependencyError
-from gristmill.plugins import get_manager
-from gristmill.tokenizers import resolve_tokenizer
+from gristmill.ingest.tokenizers import resolve_tokenizer
+from gristmill.plugin.manager import get_manager
 from gristmill_sample import stdlib_modules
 from tests.helpers import tree_bytes
 

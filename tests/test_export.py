@@ -12,9 +12,9 @@ import pytest
 import gristmill
 from gristmill import hookimpl
 from gristmill.cli import main
-from gristmill.components import ExporterType
-from gristmill.dataset import Dataset
 from gristmill.errors import DatasetError, GristmillError, PluginError
+from gristmill.plugin.components import ExporterType
+from gristmill.serve.dataset import Dataset
 
 
 def export_npy(dataset: Dataset, directory: Path, *, progress: bool, **options: Any) -> dict:

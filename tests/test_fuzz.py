@@ -35,15 +35,16 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 import gristmill
-import gristmill.files
-from gristmill.components import Rejected, Where
+import gristmill.plugin.files
 from gristmill.errors import DataError, DatasetError, FieldError, GristmillError
-from gristmill.examples import ROLES, Example
-from gristmill.manifest import INCOMPLETE, MANIFEST, canonical_json
-from gristmill.mapping import check_fields, choose_mapper, mapped_examples
-from gristmill.plugins import get_manager
-from gristmill.policy import ErrorPolicy, reject_file
-from gristmill.sources import open_sources
+from gristmill.ingest.mapping import check_fields, choose_mapper, mapped_examples
+from gristmill.ingest.policy import ErrorPolicy
+from gristmill.ingest.sources import open_sources
+from gristmill.layout import INCOMPLETE, MANIFEST, reject_file
+from gristmill.plugin.atomic import canonical_json
+from gristmill.plugin.components import Rejected, Where
+from gristmill.plugin.examples import ROLES, Example
+from gristmill.plugin.manager import get_manager
 from gristmill_fields import CHAT_ALIASES, COMPLETION_ALIASES, PROMPT_ALIASES, SYSTEM_ALIASES
 
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None
@@ -363,11 +364,11 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 def content_size(path: Path) -> int:
     """Bytes in the file, decompressed (up to any damage)."""
-    if not gristmill.files.is_compressed(str(path)):
+    if not gristmill.plugin.files.is_compressed(str(path)):
         return path.stat().st_size
     size = 0
     with contextlib.suppress(GristmillError):
-        for chunk in gristmill.files.chunks(str(path)):
+        for chunk in gristmill.plugin.files.chunks(str(path)):
             size += len(chunk)
     return size
 
@@ -533,7 +534,7 @@ def test_json_files_parse_as_the_standard_parser_reads_them_whatever_the_read_si
     tmp_path, monkeypatch, records, chunk, array
 ):
     """Read sizes cut values anywhere (inside `true`, `1e+5`, `\\u00e9`): no value is lost."""
-    monkeypatch.setattr(gristmill.files, "CHUNK", chunk)
+    monkeypatch.setattr(gristmill.plugin.files, "CHUNK", chunk)
     texts = [json.dumps(r, ensure_ascii=True) for r in records]
     path = tmp_path / "data.json"
     path.write_text(("[" + ",\n".join(texts) + "]") if array else "\n".join(texts))
@@ -543,12 +544,12 @@ def test_json_files_parse_as_the_standard_parser_reads_them_whatever_the_read_si
 
 @contextlib.contextmanager
 def read_size(chunk: int) -> Iterator[None]:
-    default = gristmill.files.CHUNK
-    gristmill.files.CHUNK = chunk
+    default = gristmill.plugin.files.CHUNK
+    gristmill.plugin.files.CHUNK = chunk
     try:
         yield
     finally:
-        gristmill.files.CHUNK = default
+        gristmill.plugin.files.CHUNK = default
 
 
 @FUZZ
@@ -779,7 +780,7 @@ def test_a_value_cut_by_the_read_size_still_parses(tmp_path, monkeypatch, value)
     path.write_text(text)
     expected = json.loads(text)
     for chunk in range(1, 24):
-        monkeypatch.setattr(gristmill.files, "CHUNK", chunk)
+        monkeypatch.setattr(gristmill.plugin.files, "CHUNK", chunk)
         items = read_items(path)
         assert json.dumps(items) == json.dumps(expected), chunk
 

@@ -12,8 +12,9 @@ import pytest
 
 import gristmill
 from gristmill.errors import DatasetError
-from gristmill.manifest import MANIFEST, SEAL, check_generation, read_manifest
-from gristmill.plugins import get_manager
+from gristmill.layout import MANIFEST
+from gristmill.plugin.manager import get_manager
+from gristmill.store.manifest import SEAL, check_generation, read_manifest
 
 DOCS = 400
 

@@ -15,8 +15,8 @@ import pytest
 
 import gristmill
 from gristmill.cli import main
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.manager import get_manager
 
 pytest.importorskip("datasets")
 

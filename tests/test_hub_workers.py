@@ -11,8 +11,8 @@ import pytest
 
 import gristmill
 from gristmill import hookimpl
-from gristmill.components import PresetType
-from gristmill.plugins import get_manager
+from gristmill.plugin.components import PresetType
+from gristmill.plugin.manager import get_manager
 
 datasets = pytest.importorskip("datasets")
 torch = pytest.importorskip("torch")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gristmill
-from gristmill.convert import convert
+from gristmill.store.convert import convert
 from tests.helpers import tree_bytes
 
 EXPECTED = Path(__file__).parent / "data" / "identical.json"

@@ -34,7 +34,7 @@ class Recorder:
 sys.meta_path.insert(0, Recorder())
 import gristmill
 from gristmill.cli import main
-from gristmill.plugins import get_manager
+from gristmill.plugin.manager import get_manager
 code = main(["plugins", "--all"])
 assert code == 0, code
 assert all(p.status == "ok" for p in get_manager().plugins.values())

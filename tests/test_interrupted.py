@@ -16,7 +16,7 @@ import pytest
 
 import gristmill
 from gristmill.errors import DataError, DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST
+from gristmill.layout import INCOMPLETE, MANIFEST
 from tests.helpers import alive, children, kill_when, run_gristmill, tree_bytes
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.errors import DatasetError, OptionError
-from gristmill.mixture import apportion
+from gristmill.serve.mixture import apportion
 
 SIZES = {"a": 50, "b": 200, "c": 30}
 
@@ -156,7 +156,8 @@ def test_a_loader_serves_and_resumes_a_mixture_like_one_dataset(datasets):
         loader.load_state_dict(state)
     assert head + _epoch(resumed) == whole
     other = gristmill.torch.dataloader(
-        gristmill.mixture(datasets, {"a": 0.4, "b": 0.4, "c": 0.2}, max_repeat=2), batch_size=6
+        gristmill.mixture(datasets, {"a": 0.4, "b": 0.4, "c": 0.2}, max_repeat=2),
+        batch_size=6,
     )
     with pytest.raises(gristmill.GristmillError, match="the dataset, split or packing"):
         other.load_state_dict(state)

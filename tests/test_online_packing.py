@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.errors import DatasetError
-from gristmill.overlong import POLICIES
-from gristmill.packing import plan_from_samples
-from gristmill.samples import build_sample
+from gristmill.plugin.overlong import POLICIES
+from gristmill.plugin.packing import plan_from_samples
+from gristmill.serve.samples import build_sample
 from gristmill_concat_chunk import ConcatChunkPacker
 from gristmill_greedy_stream import GreedyStreamPacker
 from gristmill_none_packer import NonePacker

@@ -13,10 +13,10 @@ import pytest
 import gristmill
 from gristmill import hookimpl
 from gristmill.cli import main
-from gristmill.components import ExporterType, PackerType
-from gristmill.convert import convert
-from gristmill.dataset import Dataset
 from gristmill.errors import GristmillError, OptionError, PluginError
+from gristmill.plugin.components import ExporterType, PackerType
+from gristmill.serve.dataset import Dataset
+from gristmill.store.convert import convert
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import json
 import pytest
 
 import gristmill
-from gristmill.convert import convert
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST, write_manifest
+from gristmill.layout import INCOMPLETE, MANIFEST
+from gristmill.store.convert import convert
+from gristmill.store.manifest import write_manifest
 from tests.helpers import run_gristmill, tree_bytes
 
 

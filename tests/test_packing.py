@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
-from gristmill.overlong import POLICIES
+from gristmill.layout import PLANS_DIR
+from gristmill.plugin.overlong import POLICIES
 from gristmill_first_fit import FirstFitPacker
 from gristmill_none_packer import NonePacker
 from tests.helpers import run_gristmill

@@ -15,13 +15,13 @@ import pytest
 
 import gristmill
 from gristmill import hookimpl
-from gristmill.components import ExecutorType
 from gristmill.errors import DataError, DatasetError, OptionError
-from gristmill.manifest import INCOMPLETE, MANIFEST
-from gristmill.plugins import get_manager
-from gristmill.resume import Claim
-from gristmill.sources import open_sources
-from gristmill.tasks import TASKS_DIR, plan_tasks
+from gristmill.ingest.sources import open_sources
+from gristmill.layout import INCOMPLETE, MANIFEST, TASKS_DIR
+from gristmill.plugin.components import ExecutorType
+from gristmill.plugin.manager import get_manager
+from gristmill.store.claim import Claim
+from gristmill.store.tasks import plan_tasks
 from tests.helpers import kill_when, run_gristmill, tree_bytes
 
 WORDS = [

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.components import Rejected, Where
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.components import Rejected, Where
+from gristmill.plugin.manager import get_manager
 
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 needs_pyarrow = pytest.mark.skipif(

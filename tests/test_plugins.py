@@ -8,7 +8,8 @@ import pytest
 
 import gristmill
 from gristmill import hookimpl
-from gristmill.components import (
+from gristmill.errors import PluginError, UnknownComponentError
+from gristmill.plugin.components import (
     KINDS,
     ExecutorType,
     ExporterType,
@@ -20,8 +21,7 @@ from gristmill.components import (
     SourceType,
     TokenizerType,
 )
-from gristmill.errors import PluginError, UnknownComponentError
-from gristmill.plugins import PluginManager
+from gristmill.plugin.manager import PluginManager
 from tests.helpers import DISTS, run_gristmill
 
 FIRST_PARTY = {
@@ -289,8 +289,8 @@ def test_the_pytest_fixtures_register_for_one_test_only(pytester):
     pytester.makepyfile(
         """
         from gristmill import hookimpl
-        from gristmill.components import PackerType
-        from gristmill.plugins import get_manager
+        from gristmill.plugin.components import PackerType
+        from gristmill.plugin.manager import get_manager
 
         ORIGINAL = get_manager()
 

@@ -22,8 +22,7 @@ import pytest
 
 import gristmill
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.manifest import INCOMPLETE, MANIFEST
-from gristmill.tasks import TASKS_DIR
+from gristmill.layout import INCOMPLETE, MANIFEST, TASKS_DIR
 from gristmill_ray_executor import RayExecutor
 from tests.helpers import run_gristmill, tree_bytes
 

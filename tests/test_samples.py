@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gristmill.samples import (
+from gristmill.serve.samples import (
     IGNORE_INDEX,
     LABELS,
     Buffers,

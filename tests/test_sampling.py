@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gristmill.errors import GristmillError
-from gristmill.plugins import get_manager
-from gristmill.sampling import Schedule
+from gristmill.plugin.manager import get_manager
+from gristmill.serve.schedule import Schedule
 
 SAMPLERS = ("sequential", "random", "distributed", "distributed-length-grouped")
 

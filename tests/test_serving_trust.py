@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import gristmill
-from gristmill.dataset import PLANS_DIR
 from gristmill.errors import DatasetError
-from gristmill.manifest import write_manifest
+from gristmill.layout import PLANS_DIR
+from gristmill.store.manifest import write_manifest
 from tests.helpers import run_gristmill
 
 
@@ -287,7 +287,9 @@ def test_truncate_left_keeps_the_completion_of_a_long_document(ds, packer):
 def test_a_stream_truncates_from_the_left_as_open_dataset_does(ds, pristine):
     source = pristine.parent / "qa.jsonl"
     options = dict(seq_len=64, packer="none", overlong="truncate-left")
-    streamed = [sample["input_ids"].tolist() for sample in gristmill.stream(source, **options)]
+    streamed = [
+        sample["input_ids"].tolist() for sample in gristmill.stream(source, **options)
+    ]
     assert sorted(streamed) == sorted(_samples(gristmill.open_dataset(ds, **options)))
 
 

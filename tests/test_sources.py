@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.cli import main
-from gristmill.components import Rejected
-from gristmill.convert import convert
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.plugins import get_manager
-from gristmill.sources import open_sources
+from gristmill.ingest.sources import open_sources
+from gristmill.plugin.components import Rejected
+from gristmill.plugin.manager import get_manager
+from gristmill.store.convert import convert
 
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.cli import main
 from gristmill.errors import DatasetError
-from gristmill.manifest import INCOMPLETE, MANIFEST
-from gristmill.samples import IGNORE_INDEX
+from gristmill.layout import INCOMPLETE, MANIFEST
+from gristmill.serve.samples import IGNORE_INDEX
 from gristmill_byte import EOS
 from gristmill_sample import stdlib_modules
 from tests.helpers import tree_bytes

@@ -13,8 +13,8 @@ import pytest
 
 import gristmill
 from gristmill.errors import DatasetError
-from gristmill.manifest import write_manifest
-from gristmill.verify import verify
+from gristmill.store.manifest import write_manifest
+from gristmill.store.verify import verify
 from tests.helpers import run_gristmill
 
 

@@ -7,8 +7,8 @@ import pytest
 
 import gristmill
 from gristmill import hookimpl
-from gristmill.components import SamplerType
 from gristmill.errors import DataError
+from gristmill.plugin.components import SamplerType
 
 
 def test_registers_lines_source(gristmill_manager):

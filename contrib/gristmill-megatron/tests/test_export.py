@@ -16,10 +16,10 @@ from conftest import documents, texts
 
 import gristmill
 from gristmill import hookimpl
-from gristmill.components import TokenizerType
 from gristmill.errors import DatasetError
-from gristmill.manifest import write_manifest
-from gristmill.plugins import get_manager
+from gristmill.plugin.components import TokenizerType
+from gristmill.plugin.manager import get_manager
+from gristmill.store.manifest import write_manifest
 from gristmill_megatron import export_megatron
 
 

@@ -21,21 +21,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.arguments import is_integer
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Component
 from gristmill.errors import GristmillError, MissingDependencyError
-from gristmill.overlong import NO_LOSS
-from gristmill.overlong import POLICIES as OVERLONG_POLICIES
-from gristmill.pipeline import DEFAULT_TOKENS_PER_SHARD
-from gristmill.policy import POLICIES as ERROR_POLICIES
-from gristmill.samples import LABELS
-from gristmill.stream import DEFAULT_CHUNK_BYTES, DEFAULT_PIECE_BYTES
-from gristmill.tasks import DEFAULT_TASK_BYTES
+from gristmill.ingest.policy import POLICIES as ERROR_POLICIES
+from gristmill.plugin.arguments import is_integer
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Component
+from gristmill.plugin.overlong import NO_LOSS
+from gristmill.plugin.overlong import POLICIES as OVERLONG_POLICIES
+from gristmill.serve.samples import LABELS
+from gristmill.serve.stream import DEFAULT_CHUNK_BYTES, DEFAULT_PIECE_BYTES
+from gristmill.store.prepare import DEFAULT_TOKENS_PER_SHARD
+from gristmill.store.tasks import DEFAULT_TASK_BYTES
 
 if TYPE_CHECKING:
-    from gristmill.dataset import Dataset
-    from gristmill.mixture import Mixture
-    from gristmill.stream import Stream
+    from gristmill.serve.dataset import Dataset
+    from gristmill.serve.mixture import Mixture
+    from gristmill.serve.stream import Stream
 
 COMMAND_LINE = "command line"  # the origin of `gristmill prepare --config FILE`'s options
 
@@ -173,7 +173,7 @@ PREPARE = Section(
         "progress": Key(BOOL, None, "show a progress bar (default: only on a terminal)"),
     },
     call="`gristmill.prepare`",
-    api=("gristmill.pipeline:prepare",),
+    api=("gristmill.store.prepare:prepare",),
     ignored=("manager",),
     help="Tokenize sources into a dataset directory (`gristmill prepare`).",
 )
@@ -191,7 +191,7 @@ DATASET = Section(
     "dataset",
     DATASET_KEYS,
     call="`gristmill.open_dataset`",
-    api=("gristmill.dataset:open_dataset",),
+    api=("gristmill.serve.dataset:open_dataset",),
     ignored=("manager",),
     help="A prepared dataset, served as packed samples.",
 )
@@ -210,7 +210,7 @@ STREAM = Section(
         ),
     },
     call="`gristmill.stream`",
-    api=("gristmill.stream:Stream",),
+    api=("gristmill.serve.stream:Stream",),
     ignored=("manager",),
     help="Sources tokenized and packed on the fly, nothing written (instead of `[dataset]`).",
 )
@@ -230,7 +230,7 @@ MIXTURE = Section(
         "seed": Key(INTEGER, 0, "picks the samples; passes on to the sampler"),
     },
     call="`gristmill.mixture`",
-    api=("gristmill.mixture:mixture",),
+    api=("gristmill.serve.mixture:mixture",),
     help="Prepared datasets served in exact proportions per epoch (instead of `[dataset]`).",
 )
 
@@ -289,7 +289,7 @@ class Config:
 
     def prepare(self, **overrides: Any) -> dict[str, Any]:
         """Run :func:`gristmill.prepare` with ``[prepare]`` (and ``overrides``); its manifest."""
-        from gristmill.pipeline import prepare
+        from gristmill.store.prepare import prepare
 
         options = _arguments(PREPARE, {**self._section("prepare"), **overrides})
         return prepare(options.pop("sources"), options.pop("out"), **options)
@@ -298,12 +298,12 @@ class Config:
         """The samples: ``[stream]``, ``[mixture]``, or ``[dataset]`` (whose ``path`` defaults
         to ``prepare.output``; a file with only ``[prepare]`` opens that with the defaults)."""
         if "stream" in self.sections:
-            from gristmill.stream import stream
+            from gristmill.serve.stream import stream
 
             options = _arguments(STREAM, self.sections["stream"])
             return stream(options.pop("sources"), **options)
         if "mixture" in self.sections:
-            from gristmill.mixture import mixture
+            from gristmill.serve.mixture import mixture
 
             options = dict(self.sections["mixture"])
             datasets = {name: _open(table) for name, table in options.pop("datasets").items()}
@@ -355,7 +355,7 @@ def _arguments(section: Section, table: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _open(table: Mapping[str, Any]) -> Dataset:
-    from gristmill.dataset import open_dataset
+    from gristmill.serve.dataset import open_dataset
 
     options = dict(table)
     return open_dataset(options.pop("path"), **options)
@@ -568,8 +568,8 @@ def _check_options(sections: Mapping[str, Mapping[str, Any]], origin: str) -> li
 
 
 def _component(kind: str, name: str) -> Component:
-    from gristmill.plugins import get_manager
-    from gristmill.tokenizers import resolve_tokenizer
+    from gristmill.ingest.tokenizers import resolve_tokenizer
+    from gristmill.plugin.manager import get_manager
 
     manager = get_manager()
     if kind == "tokenizer":

@@ -3,7 +3,7 @@
 Installed with gristmill (entry point ``pytest11``), so these fixtures are available in any test
 suite of an environment that has gristmill:
 
-- ``gristmill_manager``: a freshly discovered :class:`~gristmill.plugins.PluginManager`, installed
+- ``gristmill_manager``: a freshly discovered :class:`~gristmill.plugin.manager.PluginManager`, installed
   as the process-wide manager for the duration of the test (so ``gristmill.prepare``, the CLI and
   ``open_dataset`` all see it), then the previous one is restored.
 - ``gristmill_register``: ``register(plugin, name=...)`` adds a plugin object (a module, class or
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gristmill.plugins import PluginInfo, PluginManager, set_manager
+from gristmill.plugin.manager import PluginInfo, PluginManager, set_manager
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import TokenizerType
 from gristmill.errors import OptionError
+from gristmill.plugin.components import TokenizerType
 
 EOS, PAD, BOS = 256, 257, 258
 SPECIALS = {EOS: "<|endoftext|>", PAD: "<|pad|>", BOS: "<|bos|>"}

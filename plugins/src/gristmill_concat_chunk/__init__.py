@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import PackerType, PackPlan, Segment
 from gristmill.errors import DatasetError
-from gristmill.overlong import check_policy
+from gristmill.plugin.components import PackerType, PackPlan, Segment
+from gristmill.plugin.overlong import check_policy
 
 
 class ConcatChunkPacker:
@@ -57,7 +57,7 @@ def _required(seq_len: int | None) -> int:
 
 
 class Window:
-    """The window being filled (an :class:`~gristmill.components.OnlinePacker`)."""
+    """The window being filled (an :class:`~gristmill.plugin.components.OnlinePacker`)."""
 
     dropped = 0  # nothing is ever left out
 

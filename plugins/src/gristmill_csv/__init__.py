@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import SourceType
+from gristmill.plugin.components import SourceType
 from gristmill_csv.csv_source import open_csv, open_tsv
 
 

@@ -18,9 +18,9 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.errors import DataError
-from gristmill.files import chunks, content_hash, is_compressed
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.plugin.files import chunks, content_hash, is_compressed
 from gristmill_csv.framing import Frame, Run, frame_starts, runs
 
 BOM = b"\xef\xbb\xbf"  # Excel's "CSV UTF-8" and Windows editors start files with it

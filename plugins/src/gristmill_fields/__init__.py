@@ -6,9 +6,9 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from gristmill import hookimpl
-from gristmill.components import FieldMap, FieldMapperType
 from gristmill.errors import FieldError
-from gristmill.examples import Example
+from gristmill.plugin.components import FieldMap, FieldMapperType
+from gristmill.plugin.examples import Example
 
 # Column names tried in order when --fields does not name one.
 PROMPT_ALIASES = ("instruction", "prompt", "question")

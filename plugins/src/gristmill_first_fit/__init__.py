@@ -3,10 +3,10 @@
 Documents are taken longest first (ties in document order) and each goes into the open sample
 whose free space is the smallest that still holds it, or a new sample when none does. The plan
 is computed from the document lengths alone. Open samples are indexed by free space
-(:class:`gristmill.packing.FreeSpace`), so each document costs a binary search and a few list
+(:class:`gristmill.plugin.packing.FreeSpace`), so each document costs a binary search and a few list
 operations in C: no per-token work, memory proportional to the number of documents. A document
 longer than ``seq_len`` is truncated, cut into pieces or dropped (``overlong``, see
-:mod:`gristmill.overlong`); a piece is placed like a document.
+:mod:`gristmill.plugin.overlong`); a piece is placed like a document.
 
 Samples come out in the order they were opened (the first hold the longest documents); within a
 sample, segments are in the order they were placed. The same lengths give the same plan.
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import PackerType, PackPlan
 from gristmill.errors import DatasetError
-from gristmill.overlong import check_policy, pieces
-from gristmill.packing import FreeSpace
+from gristmill.plugin.components import PackerType, PackPlan
+from gristmill.plugin.overlong import check_policy, pieces
+from gristmill.plugin.packing import FreeSpace
 
 
 class FirstFitPacker:

@@ -10,7 +10,7 @@ is. A larger buffer packs tighter but holds more and delays samples longer; ``st
 
 Over a prepared split's lengths the same algorithm gives ``open_dataset(packer="greedy-stream")``
 exactly the samples ``stream()`` gives for the same documents. Overlong documents are truncated,
-cut into pieces or dropped (``overlong``, see :mod:`gristmill.overlong`).
+cut into pieces or dropped (``overlong``, see :mod:`gristmill.plugin.overlong`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import PackerType, PackPlan, Segment
 from gristmill.errors import DatasetError
-from gristmill.overlong import check_policy, pieces
-from gristmill.packing import FreeSpace, plan_online
+from gristmill.plugin.components import PackerType, PackPlan, Segment
+from gristmill.plugin.overlong import check_policy, pieces
+from gristmill.plugin.packing import FreeSpace, plan_online
 
 DEFAULT_BUFFER_SIZE = 128  # open samples: ~99% full on real SFT lengths at seq_len 2048
 
@@ -53,7 +53,7 @@ class GreedyStreamPacker:
 
 
 class OpenSamples:
-    """The buffer of open samples (an :class:`~gristmill.components.OnlinePacker`)."""
+    """The buffer of open samples (an :class:`~gristmill.plugin.components.OnlinePacker`)."""
 
     def __init__(self, seq_len: int, buffer_size: int, overlong: str):
         self.seq_len, self.buffer_size, self.overlong = seq_len, buffer_size, overlong

@@ -16,7 +16,7 @@ created, so importing this plugin stays cheap.
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import TokenizerType
+from gristmill.plugin.components import TokenizerType
 from gristmill_hf_tokenizers.engines import ENGINES
 from gristmill_hf_tokenizers.hf import HFTokenizer
 from gristmill_hf_tokenizers.json_file import JSONTokenizer

@@ -19,7 +19,7 @@ datasets that need a loading script are refused by ``datasets`` itself.
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import PresetType, SourceType
+from gristmill.plugin.components import PresetType, SourceType
 from gristmill_hub_streaming.presets import PRESETS, open_preset
 from gristmill_hub_streaming.source import HubSource
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gristmill.components import PresetType
-from gristmill.plugins import get_manager
+from gristmill.plugin.components import PresetType
+from gristmill.plugin.manager import get_manager
 from gristmill_hub_streaming.source import HubSource
 
 PRESETS = (

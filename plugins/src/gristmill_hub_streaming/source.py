@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from gristmill.components import Where
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.files import content_hash, without_compression
-from gristmill.manifest import fingerprint
+from gristmill.plugin.atomic import fingerprint
+from gristmill.plugin.components import Where
+from gristmill.plugin.files import content_hash, without_compression
 
 URL_BUILDERS = {
     ".jsonl": "json",

@@ -4,7 +4,7 @@ objects such as JSON Lines saved with a ``.json`` name). Both read ``.gz``/``.zs
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import SourceType
+from gristmill.plugin.components import SourceType
 from gristmill_jsonl.json_source import JsonSource
 from gristmill_jsonl.jsonl_source import JsonlSource
 

@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.errors import DataError
-from gristmill.files import chunks, content_hash
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.plugin.files import chunks, content_hash
 from gristmill_jsonl.jsonl_source import unreadable
 
 SPACE = re.compile(r"[ \t\r\n]*")

@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
-from gristmill.files import content_hash, is_compressed, line_ranges, lines
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.plugin.files import content_hash, is_compressed, line_ranges, lines
 
 
 class JsonlSource:

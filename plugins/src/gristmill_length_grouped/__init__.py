@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import SamplerType
 from gristmill.errors import GristmillError
+from gristmill.plugin.components import SamplerType
 
 DEFAULT_MEGABATCH = 50  # global batches sorted together
 

@@ -29,8 +29,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from gristmill import hookimpl
-from gristmill.components import ExecutorType
 from gristmill.errors import GristmillError
+from gristmill.plugin.components import ExecutorType
 
 ONE_THREAD = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 

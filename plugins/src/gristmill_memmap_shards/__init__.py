@@ -14,7 +14,7 @@ Readers map the files with ``numpy.memmap``: opening costs O(number of shards).
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import ShardFormatType
+from gristmill.plugin.components import ShardFormatType
 from gristmill_memmap_shards.reader import MemmapShardReader
 from gristmill_memmap_shards.verify import verify_shard
 from gristmill_memmap_shards.writer import MemmapShardWriter

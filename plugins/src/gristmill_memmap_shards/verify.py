@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gristmill.components import Problem
+from gristmill.plugin.components import Problem
 
 BLOCK = 1 << 24  # elements read at a time, so memory stays flat on large shards
 

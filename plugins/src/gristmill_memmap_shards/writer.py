@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gristmill.errors import DataError
-from gristmill.manifest import write_atomic
+from gristmill.plugin.atomic import write_atomic
 
 
 class MemmapShardWriter:

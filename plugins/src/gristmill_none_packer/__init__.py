@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import PackerType, PackPlan, Segment
-from gristmill.overlong import check_policy, pieces
+from gristmill.plugin.components import PackerType, PackPlan, Segment
+from gristmill.plugin.overlong import check_policy, pieces
 
 
 class NonePacker:
@@ -32,7 +32,7 @@ class NonePacker:
 
 class OnePerSample:
     """Each document (or piece) closes its own sample (an
-    :class:`~gristmill.components.OnlinePacker`)."""
+    :class:`~gristmill.plugin.components.OnlinePacker`)."""
 
     def __init__(self, seq_len: int | None, overlong: str):
         self.seq_len, self.overlong = seq_len, overlong

@@ -7,7 +7,7 @@ Importing this plugin does not import pyarrow: every rank of a job imports every
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import SourceType
+from gristmill.plugin.components import SourceType
 from gristmill_parquet.parquet_source import ParquetSource
 
 

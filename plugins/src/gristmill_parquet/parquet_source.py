@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.errors import DataError, MissingDependencyError
-from gristmill.files import content_hash, is_compressed
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
+from gristmill.plugin.files import content_hash, is_compressed
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -1,7 +1,7 @@
 """The ``random`` sampler, also registered as ``distributed``: a new permutation every epoch.
 
 The permutation depends on ``(seed, epoch)`` only, so every rank computes the same one and
-takes its share (:mod:`gristmill.sampling`). ``distributed`` is the name PyTorch users look
+takes its share (:mod:`gristmill.serve.schedule`). ``distributed`` is the name PyTorch users look
 for (``DistributedSampler``); like it, it takes ``shuffle=False`` for index order.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import SamplerType
+from gristmill.plugin.components import SamplerType
 
 
 class Shuffled:

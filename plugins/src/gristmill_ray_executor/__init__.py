@@ -9,7 +9,7 @@ output directory itself, which every Ray node must therefore see (a shared files
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import ExecutorType
+from gristmill.plugin.components import ExecutorType
 from gristmill_ray_executor.executor import RayExecutor
 
 __all__ = ["RayExecutor"]

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from gristmill import hookimpl
-from gristmill.components import SourceType, Where
 from gristmill.errors import DataError
-from gristmill.manifest import fingerprint
+from gristmill.plugin.atomic import fingerprint
+from gristmill.plugin.components import SourceType, Where
 
 SKIPPED_DIRS = frozenset(
     {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import SamplerType
+from gristmill.plugin.components import SamplerType
 
 
 class Sequential:

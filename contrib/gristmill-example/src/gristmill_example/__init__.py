@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from gristmill import hookimpl
-from gristmill.components import DEFAULT_MAX_RECORD_BYTES, Rejected, SourceType, Where
-from gristmill.files import content_hash, is_compressed, line_ranges, lines
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, SourceType, Where
+from gristmill.plugin.files import content_hash, is_compressed, line_ranges, lines
 
 
 class LinesSource:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import ExporterType, ShardReader
 from gristmill.errors import DatasetError
+from gristmill.plugin.components import ExporterType, ShardReader
 from gristmill_megatron.indexed import (
     INT32_LIMIT,
     bin_path,

@@ -12,7 +12,7 @@ so listing plugins stays cheap.
 from __future__ import annotations
 
 from gristmill import hookimpl
-from gristmill.components import TokenizerType
+from gristmill.plugin.components import TokenizerType
 from gristmill_tiktoken.tokenizer import PREFIX, TiktokenTokenizer
 
 __all__ = ["TiktokenTokenizer", "gristmill_tokenizers"]

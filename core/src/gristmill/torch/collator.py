@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from gristmill.errors import GristmillError
-from gristmill.samples import IGNORE_INDEX, SampleBatch
+from gristmill.serve.samples import IGNORE_INDEX, SampleBatch
 
 KEYS = ("input_ids", "labels", "position_ids")  # a token's values, padded or concatenated
 
@@ -36,7 +36,7 @@ class Collator:
     also carries ``repeat``, a bool per sample. The int64 tensors of a batch are views of one
     buffer (and so is ``cu_seqlens`` of a padding-free batch of a gristmill dataset), so that a
     DataLoader worker hands it over as one block of shared memory. Samples of
-    :meth:`gristmill.dataset.Dataset.batch` are not copied where their buffer holds the rows
+    :meth:`gristmill.serve.dataset.Dataset.batch` are not copied where their buffer holds the rows
     already: padding-free, and (outside workers) padded with the 2-D mask when all are equally
     long, whose mask is then a tensor of its own.
     """

@@ -1,7 +1,7 @@
 """A ``torch.utils.data.DataLoader`` over a gristmill dataset that resumes exactly.
 
 The order is decided in the main process (a sampler plugin orders the epoch,
-:mod:`gristmill.sampling` gives this rank its share of every step) and the loader counts the
+:mod:`gristmill.serve.schedule` gives this rank its share of every step) and the loader counts the
 batches it has handed out. So the batches do not depend on ``num_workers``, and
 ``state_dict()`` is a position in the epoch that any world size with the same global batch can
 resume from.
@@ -16,13 +16,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from gristmill.arguments import check_int
-from gristmill.dataset import Dataset
 from gristmill.errors import GristmillError
-from gristmill.mixture import Mixture
-from gristmill.samples import SampleBatch
-from gristmill.sampling import Schedule
-from gristmill.stream import Stream
+from gristmill.plugin.arguments import check_int
+from gristmill.serve.dataset import Dataset
+from gristmill.serve.mixture import Mixture
+from gristmill.serve.samples import SampleBatch
+from gristmill.serve.schedule import Schedule
+from gristmill.serve.stream import Stream
 from gristmill.torch.collator import Collator
 from gristmill.torch.ranks import (
     as_repeat,
@@ -111,8 +111,8 @@ class _Steps(torch.utils.data.Sampler):
 
 
 class DataLoader(torch.utils.data.DataLoader):
-    """Batches of a gristmill :class:`~gristmill.dataset.Dataset` or
-    :class:`~gristmill.mixture.Mixture` for this rank (see :func:`dataloader`), with
+    """Batches of a gristmill :class:`~gristmill.serve.dataset.Dataset` or
+    :class:`~gristmill.serve.mixture.Mixture` for this rank (see :func:`dataloader`), with
     ``state_dict()``, ``load_state_dict()`` and ``set_epoch()``."""
 
     def __init__(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from gristmill.errors import GristmillError
-from gristmill.samples import IGNORE_INDEX
+from gristmill.serve.samples import IGNORE_INDEX
 
 
 def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 The model (docs/distributed.md, "Streams", says it for users):
 
 - **Pieces are dealt to ranks.** A stream's pieces (cut by input size alone, each packed on its
-  own: :mod:`gristmill.stream`) are ordered per epoch (a permutation from ``(seed, epoch)``, or
+  own: :mod:`gristmill.serve.stream`) are ordered per epoch (a permutation from ``(seed, epoch)``, or
   in order) and dealt round-robin: rank ``r`` gets positions ``r, r + R, …``. Every piece goes
   to exactly one rank, and a piece's samples depend on the piece alone.
 - **Workers tokenize; the main process packs.** The chunks of this rank's pieces are numbered
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from gristmill.errors import GristmillError
-from gristmill.samples import build_sample
-from gristmill.stream import Chunk, Stream, StreamStats
+from gristmill.serve.samples import build_sample
+from gristmill.serve.stream import Chunk, Stream, StreamStats
 from gristmill.torch.collator import Collator
 from gristmill.torch.ranks import (
     as_repeat,
@@ -141,7 +141,7 @@ class _Chunks(torch.utils.data.IterableDataset):
 
 
 class StreamLoader(torch.utils.data.DataLoader):
-    """Batches of a :class:`~gristmill.stream.Stream` for this rank, equal in number on every
+    """Batches of a :class:`~gristmill.serve.stream.Stream` for this rank, equal in number on every
     rank, resumable (see :func:`gristmill.torch.dataloader` and this module's docstring)."""
 
     def __init__(

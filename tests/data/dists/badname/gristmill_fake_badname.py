@@ -1,7 +1,7 @@
 """A plugin that registers an invalid component name."""
 
 from gristmill import hookimpl
-from gristmill.components import PackerType
+from gristmill.plugin.components import PackerType
 
 
 @hookimpl

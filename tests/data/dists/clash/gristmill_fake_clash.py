@@ -1,7 +1,7 @@
 """A plugin that registers a name a first-party plugin already has."""
 
 from gristmill import hookimpl
-from gristmill.components import SourceType
+from gristmill.plugin.components import SourceType
 
 
 @hookimpl

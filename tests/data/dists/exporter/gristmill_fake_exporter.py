@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gristmill import hookimpl
-from gristmill.components import ExporterType
+from gristmill.plugin.components import ExporterType
 
 CHUNK = 512  # tokens a file
 

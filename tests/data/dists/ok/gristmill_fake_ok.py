@@ -1,7 +1,7 @@
 """A well-formed third-party plugin: a .lines source (one text record per line)."""
 
 from gristmill import hookimpl
-from gristmill.components import SourceType, Where
+from gristmill.plugin.components import SourceType, Where
 
 
 class LinesSource:

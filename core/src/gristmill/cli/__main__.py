@@ -1,0 +1,7 @@
+"""``python -m gristmill.cli``: the ``gristmill`` command."""
+
+import sys
+
+from gristmill.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,469 @@
+"""The ``gristmill`` command."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gristmill._version import __version__
+from gristmill.errors import GristmillError
+from gristmill.ingest.policy import POLICIES
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES
+from gristmill.plugin.overlong import POLICIES as OVERLONG_POLICIES
+from gristmill.store.prepare import DEFAULT_TOKENS_PER_SHARD
+from gristmill.store.tasks import DEFAULT_TASK_BYTES
+
+EPILOG = """\
+examples:
+  gristmill prepare sample:stdlib-qa -o data/stdlib-qa --tokenizer byte
+  gristmill prepare 'corpus/*.jsonl' -o data/corpus --val-fraction 0.01
+  gristmill prepare --config run.toml --workers 8
+  gristmill convert data.csv -o data.jsonl
+  gristmill inspect data/stdlib-qa --decode 3
+  gristmill inspect data/stdlib-qa --seq-len 512,2048 --plot stdlib-qa.png
+  gristmill verify data/stdlib-qa
+  gristmill plugins --all
+  gristmill presets
+
+Source specs: files, globs and directories (.jsonl .json .csv .tsv .parquet, also .gz/.zst), or
+prefixed specs: sample:stdlib, hub:ORG/NAME, preset:NAME. Tokenizer specs: byte,
+hf:NAME_OR_DIR, PATH/tokenizer.json, or what plugins add.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gristmill",
+        description="Turn raw training data into exactly packed, resumable PyTorch batches.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gristmill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # Options left out are left out of the call too (SUPPRESS), so that gristmill.prepare's
+    # defaults apply, and so that `--config FILE` can tell the options given from the others.
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize sources into a dataset directory of memmap shards",
+        description="Read sources, map their fields, tokenize, and write shards plus a manifest "
+        "(written last, so an interrupted run never looks complete). The input is cut into "
+        "tasks run by parallel workers. Running the same command again finishes an interrupted "
+        "run, redoing only unfinished tasks, and does nothing on a finished dataset. With "
+        "--config FILE, the file's [prepare] section gives the settings (the same names, with _ "
+        "for -), and the options given here override them.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="file, glob, directory or spec (required unless the --config file has sources)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="dataset directory (required unless the --config file has output)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a .toml or .yaml config file: its [prepare] section, under the options given here "
+        "(docs/configuration.md)",
+    )
+    p.add_argument("--tokenizer", metavar="SPEC", help="tokenizer (default: byte)")
+    p.add_argument(
+        "--engine",
+        metavar="NAME",
+        help="tokenizer engine: auto (default: the fastest installed one whose ids match the "
+        "reference on the first batch), hf (the reference), or another the tokenizer offers",
+    )
+    _add_reading_options(p)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="fraction of examples (chosen by a seeded hash) for the 'val' split (default: 0)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the train/val split (default: 0)")
+    p.add_argument(
+        "--tokens-per-shard",
+        type=int,
+        metavar="N",
+        help="target tokens per shard file; documents are never split "
+        f"(default: {DEFAULT_TOKENS_PER_SHARD})",
+    )
+    p.add_argument(
+        "--max-doc-tokens",
+        type=int,
+        metavar="N",
+        help="truncate documents to N tokens (the EOS kept last); counted in the manifest",
+    )
+    p.add_argument(
+        "--train-on-prompt",
+        action="store_true",
+        help="put loss on prompts too, not only completions",
+    )
+    p.add_argument(
+        "--dedup",
+        action="store_true",
+        help="drop exact duplicate documents (same tokens and loss mask); keeps the first",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (default: one per CPU); the output is the same for any N",
+    )
+    p.add_argument(
+        "--executor",
+        metavar="NAME",
+        help="where tasks run: local (default: this machine), ray (Ray tasks; pip install "
+        "'gristmill[ray]'), or one a plugin adds (docs/executors.md)",
+    )
+    # The executor's options, as prepare's executor_options (and the config key of that name).
+    p.add_argument(
+        "--ray-address",
+        dest="executor_options",
+        type=lambda address: {"address": address},
+        metavar="ADDR",
+        help="run on this Ray cluster (HOST:PORT, ray://HOST:10001, auto); implies --executor "
+        "ray; every node must see the output directory (default: RAY_ADDRESS, else a Ray of "
+        "--workers CPUs started here)",
+    )
+    p.add_argument(
+        "--task-bytes",
+        type=int,
+        metavar="N",
+        help="input bytes per task, the unit of parallel work and of resuming after a crash "
+        f"(default: {DEFAULT_TASK_BYTES})",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a different existing dataset, or discard an unfinished one (only the "
+        "files gristmill wrote: a directory that also holds others is refused, naming them)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
+    c = sub.add_parser(
+        "convert",
+        help="write any readable source as one plain .jsonl or .parquet file",
+        description="Read sources, map their fields exactly as prepare does, and write the "
+        "canonical records ({text} | {prompt, completion, system} | {messages}) to one file, "
+        "which appears only when complete.",
+        argument_default=argparse.SUPPRESS,
+    )
+    c.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl or OUT.parquet")
+    _add_reading_options(c)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    i = sub.add_parser(
+        "inspect",
+        help="counts, length histogram and decoded samples of a dataset",
+        description="Summarise a prepared dataset: documents, tokens and loss tokens per split, "
+        "a histogram of document lengths, packing efficiency per packer (with the samples "
+        "that would carry no loss), and decoded documents with the tokens that carry no loss "
+        "shown between ⟦ and ⟧.",
+    )
+    i.add_argument("directory", metavar="DIR", help="dataset directory")
+    i.add_argument("--decode", type=int, default=2, metavar="N", help="decode N documents (2)")
+    i.add_argument("--split", default=None, help="decode from this split (default: train)")
+    i.add_argument(
+        "--seq-len",
+        default="2048",
+        metavar="N,...",
+        help="show packing efficiency of every packer at these sample lengths (default: 2048)",
+    )
+    i.add_argument(
+        "--overlong",
+        choices=OVERLONG_POLICIES,
+        default="truncate",
+        help="what packers do with documents longer than the sample length: keep the first "
+        "seq_len tokens, or the last, cut them into seq_len pieces, or drop them "
+        "(default: truncate)",
+    )
+    i.add_argument("--json", action="store_true", help="print one JSON object instead")
+    i.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the document length histogram and the packing efficiency per packer "
+        "and --seq-len to FILE.png (needs matplotlib: pip install 'gristmill[plot]')",
+    )
+
+    v = sub.add_parser(
+        "verify",
+        help="check a dataset's files against its manifest; exit 1 on any problem",
+        description="Check the manifest against its own seal and counts, then read every file "
+        "it lists (the tokenizer's too) and check it: inside the dataset "
+        "directory, present, of its size and SHA-256, and (for memmap shards) offsets that "
+        "start at 0, never decrease and end at the token count, token ids below the "
+        "vocabulary size, and masks of 0s and 1s adding up to the loss tokens. Prints each "
+        "problem with the file and element index, and any file in a split's directory or "
+        "tokenizer/ that the manifest does not list; exits 0 when there is none, 1 otherwise.",
+    )
+    v.add_argument("directory", metavar="DIR", help="dataset directory")
+    v.add_argument("--json", action="store_true", help="print one JSON object instead")
+    v.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
+    e = sub.add_parser(
+        "export",
+        help="write a prepared dataset in another project's format (an exporter plugin)",
+        description="Write a prepared dataset for a trainer that reads another format, with an "
+        "exporter plugin (e.g. `pip install gristmill-megatron` for Megatron-LM's .bin/.idx; "
+        "`gristmill plugins` lists the installed ones). OUT appears only when every split is "
+        "written, with export.json recording the exporter and the dataset's fingerprint.",
+    )
+    e.add_argument("directory", metavar="DIR", help="prepared dataset directory")
+    e.add_argument("--to", required=True, metavar="NAME", help="exporter, e.g. megatron")
+    e.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    e.add_argument(
+        "--split",
+        action="append",
+        metavar="NAME",
+        help="export this split; repeat for several (default: every split)",
+    )
+    e.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        metavar="NAME=VALUE",
+        help="an option of the exporter (`gristmill plugins --all` lists them); VALUE is read "
+        "as JSON where it is JSON (true, 8, [1, 2]), else as text; repeat for several",
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    e.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
+
+    pr = sub.add_parser(
+        "presets",
+        help="list named datasets (use them as preset:NAME)",
+        description="List the presets plugins provide: where each dataset lives, its default "
+        "tokenizer and whether it is streamed. Prepare one with "
+        "`gristmill prepare preset:NAME -o DIR`.",
+    )
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    pl = sub.add_parser(
+        "plugins",
+        help="list installed plugins and the components they provide",
+        description="List plugins found in the 'gristmill' entry-point group. Exits 1 when a "
+        "plugin failed to load or two plugins register the same name. Block plugins with "
+        "GRISTMILL_DISABLE_PLUGINS=a,b or allow only some with GRISTMILL_PLUGINS=a,b.",
+    )
+    pl.add_argument(
+        "--all", action="store_true", help="also blocked plugins, and describe each component"
+    )
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _add_reading_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by prepare and convert: how records are read and mapped (their defaults,
+    stated in the help, are the API's: the parsers leave out what is not given)."""
+    p.add_argument(
+        "--format",
+        metavar="NAME",
+        help="field mapper: auto (default: chosen from each source's first record), chat, "
+        "prompt-completion, text, or one a plugin adds",
+    )
+    p.add_argument(
+        "--fields",
+        metavar="NAME=COLUMN,...",
+        help="read canonical fields from other columns, e.g. prompt=question,completion=answer",
+    )
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        help="Unicode NFC normalisation of all text (default: on; --no-normalize for code "
+        "or data whose exact code points matter)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=POLICIES,
+        help="fail: stop at the first bad record, naming file, line and field (default); "
+        "skip: count bad records per reason, write them beside the output "
+        "(OUTPUT.rejects.jsonl), go on",
+    )
+    p.add_argument(
+        "--max-record-bytes",
+        type=int,
+        metavar="N",
+        help="a record larger than this is rejected instead of read "
+        f"(default: {DEFAULT_MAX_RECORD_BYTES})",
+    )
+    p.add_argument(
+        "--column-names",
+        metavar="NAME,...",
+        help="column names for CSV/TSV files without a header row",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("gristmill")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        if args.command == "prepare":
+            return _prepare(args)
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "inspect":
+            from gristmill.cli.report import inspect_dataset
+
+            return inspect_dataset(
+                args.directory,
+                decode=args.decode,
+                split=args.split,
+                seq_lens=_numbers(args.seq_len, "--seq-len"),
+                overlong=args.overlong,
+                as_json=args.json,
+                plot=args.plot,
+            )
+        if args.command == "verify":
+            from gristmill.cli.report import verify_dataset
+
+            return verify_dataset(args.directory, as_json=args.json, progress=args.progress)
+        if args.command == "export":
+            from gristmill.serve.export import export
+
+            out = export(
+                args.directory,
+                args.output,
+                to=args.to,
+                splits=args.split,
+                options=dict(args.option or ()),
+                overwrite=args.overwrite,
+                progress=args.progress,
+            )
+            print(f"exported {args.directory} to {out} ({args.to})")
+            return 0
+        if args.command == "presets":
+            from gristmill.cli.report import list_presets
+
+            return list_presets(as_json=args.json)
+        from gristmill.cli.report import list_plugins
+
+        return list_plugins(show_all=args.all, as_json=args.json)
+    except GristmillError as exc:
+        print(f"gristmill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gristmill: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gristmill inspect DIR | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # the system refused a read or a write: name the file, say what to do
+        print(f"gristmill: error: {_describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        log.removeHandler(handler)
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE``, the value read as JSON where it is JSON."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
+
+
+# What to do about the operating system errors a run meets for want of a right or of room.
+OS_ADVICE = {
+    errno.EACCES: "permission denied; check the permissions of it and of the directories above "
+    "it (this user must be able to read the input and write the output)",
+    errno.EPERM: "operation not permitted; check the permissions of it and of the directories "
+    "above it",
+    errno.ENOSPC: "no space left on device; free some space, or write the output to a disk "
+    "with room (-o)",
+    errno.EDQUOT: "disk quota exceeded; free some space, or write the output elsewhere (-o)",
+    errno.EFBIG: "file too large (a file size limit, ulimit -f); raise the limit (for prepare, "
+    "or lower --tokens-per-shard)",
+    errno.EROFS: "read-only file system; write the output elsewhere (-o)",
+}
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """``PATH: what went wrong; what to do`` for an error the operating system raised."""
+    what = OS_ADVICE.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
+def _numbers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GristmillError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    """The options given on the command line (the parsers leave out the others), under the
+    names of the API's keyword arguments and config keys."""
+    from gristmill.ingest.mapping import parse_fields
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    if "fields" in given:
+        given["fields"] = parse_fields(given["fields"])  # type: ignore[arg-type]
+    if "column_names" in given:
+        names = given["column_names"]
+        given["column_names"] = names.split(",") if names else None  # type: ignore[union-attr]
+    if not given.get("sources", True):
+        del given["sources"]  # SOURCE... is optional with --config
+    return given
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from gristmill.store.convert import convert
+
+    given = _given(args)
+    convert(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    given = _given(args)
+    # --ray-address implies --executor ray, and makes no sense with another.
+    if "executor_options" in given and given.setdefault("executor", "ray") != "ray":
+        raise GristmillError(f"--ray-address needs --executor ray, not {given['executor']}")
+    config = getattr(args, "config", None)
+    if config is not None:
+        from gristmill.config import COMMAND_LINE, load
+
+        load(config, {"prepare": given}, origin=COMMAND_LINE).prepare()
+        return 0
+    if "sources" not in given or "output" not in given:
+        raise GristmillError(
+            "prepare needs SOURCE... and -o DIR, on the command line or in the [prepare] "
+            "section of a --config FILE"
+        )
+    from gristmill.store.prepare import prepare
+
+    prepare(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
+    return 0

@@ -1,0 +1,336 @@
+"""What ``gristmill inspect`` and ``gristmill plugins`` print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import DatasetError
+from gristmill.plugin.components import KINDS
+from gristmill.plugin.manager import get_manager
+from gristmill.plugin.overlong import check_policy
+from gristmill.serve.dataset import Dataset
+from gristmill.store.manifest import read_manifest
+
+log = logging.getLogger("gristmill")
+
+NO_LOSS_OPEN, NO_LOSS_CLOSE = "⟦", "⟧"
+DECODE_CHARS = 600  # per decoded document: enough to judge it, short enough to skim
+BAR_WIDTH = 40
+
+
+def length_histogram(lengths: np.ndarray) -> list[dict[str, int]]:
+    """Document counts per power-of-two length bucket ``[lo, hi]``."""
+    if not len(lengths):
+        return []
+    buckets = np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    counts = np.bincount(buckets)
+    return [
+        {"min": 1 << b, "max": (1 << (b + 1)) - 1, "documents": int(c)}
+        for b, c in enumerate(counts)
+        if c
+    ]
+
+
+def packing_table(
+    dataset: Dataset, seq_lens: Sequence[int], overlong: str = "truncate"
+) -> list[dict[str, Any]]:
+    """Per packer and ``seq_len`` over ``dataset``'s split: samples, efficiency (tokens served /
+    (samples × seq_len)), the documents longer than ``seq_len``, what the ``overlong`` policy
+    leaves out (tokens truncated away, documents dropped), and the samples that would carry no
+    loss (every label -100)."""
+    manager = get_manager()
+    lengths = dataset.documents.lengths()
+    total = int(lengths.sum())
+    rows = []
+    for seq_len in seq_lens:
+        for name, record in sorted(manager.components("packers").items()):
+            plan = record.factory(overlong=overlong).plan(lengths, seq_len)  # type: ignore[attr-defined]
+            served = int(plan.seg_len.sum())
+            rows.append(
+                {
+                    "packer": name,
+                    "seq_len": seq_len,
+                    "overlong": overlong,
+                    "samples": len(plan),
+                    "efficiency": round(served / (len(plan) * seq_len), 4) if len(plan) else 0.0,
+                    "overlong_documents": int((lengths > seq_len).sum()),
+                    "dropped_documents": plan.dropped,
+                    "tokens_left_out": total - served,
+                    "samples_without_loss": int(
+                        dataset.without_loss(plan, restart=record.restart).sum()
+                    ),
+                }
+            )
+    return rows
+
+
+def decode_with_mask(dataset: Dataset, index: int) -> str:
+    """A document's text with the tokens that carry no loss between ⟦ and ⟧."""
+    ids, mask = dataset.documents.document(index)
+    tok = dataset.tokenizer
+    if mask is None:
+        return tok.decode(ids)
+    cuts = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+    parts = []
+    for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(ids)]])):
+        text = tok.decode(ids[start:end])
+        parts.append(text if mask[start] else f"{NO_LOSS_OPEN}{text}{NO_LOSS_CLOSE}")
+    return "".join(parts)
+
+
+def inspect_dataset(
+    directory: str | os.PathLike[str],
+    *,
+    decode: int = 2,
+    split: str | None = None,
+    seq_lens: Sequence[int] = (2048,),
+    overlong: str = "truncate",
+    as_json: bool = False,
+    plot: str | os.PathLike[str] | None = None,
+) -> int:
+    """``gristmill inspect``: print the report (``as_json``: as one JSON object); ``plot``:
+    also draw its length histogram and packing efficiency of the decoded split to that file."""
+    if plot is not None:
+        from gristmill.cli.plot import require
+
+        require()  # before the work, not after it
+    manifest = read_manifest(directory)
+    if any(n < 1 for n in seq_lens):
+        raise DatasetError(f"--seq-len takes positive numbers of tokens, got {list(seq_lens)}")
+    check_policy(overlong)
+    splits = manifest["splits"]
+    chosen = split or ("train" if "train" in splits else next(iter(splits)))
+    if chosen not in splits:
+        raise DatasetError(f"{directory}: no split {chosen!r}; it has {', '.join(sorted(splits))}")
+    datasets = {name: Dataset(directory, split=name) for name in splits}
+    report: dict[str, Any] = {
+        "path": str(directory),
+        "format_version": manifest["format_version"],
+        "gristmill_version": manifest["gristmill_version"],
+        "fingerprint": manifest["fingerprint"],
+        "tokenizer": {k: manifest["tokenizer"][k] for k in ("spec", "vocab_size", "eos_id")},
+        "dtype": manifest["dtype"],
+        "sources": manifest["provenance"]["sources"],
+        "splits": {},
+        "metadata": manifest.get("stats", {}).get("metadata", {}),
+        "skipped": manifest["provenance"].get("skipped", {}),
+        "samples": [],
+    }
+    for name, entry in splits.items():
+        report["splits"][name] = {
+            "documents": entry["num_documents"],
+            "tokens": entry["num_tokens"],
+            "loss_tokens": entry["num_loss_tokens"],
+            "shards": len(entry["shards"]),
+            "length": entry["length_stats"],
+            "histogram": length_histogram(datasets[name].documents.lengths()),
+            "packing": packing_table(datasets[name], seq_lens, overlong),
+        }
+    shown = datasets[chosen]
+    for index in range(min(decode, shown.documents.num_documents)):
+        ids, _ = shown.documents.document(index)
+        report["samples"].append(
+            {
+                "split": chosen,
+                "document": index,
+                "tokens": len(ids),
+                "text": decode_with_mask(shown, index),
+            }
+        )
+    if plot is not None:
+        from gristmill.cli.plot import plot_report
+
+        drawn = plot_report(report, chosen, plot)
+        log.info(f"{drawn}: drew the [{chosen}] length histogram and packing efficiency")
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    tok = report["tokenizer"]
+    print(
+        f"{report['path']}  (gristmill dataset v{report['format_version']}, "
+        f"fingerprint {report['fingerprint'][:12]})"
+    )
+    print(f"tokenizer {tok['spec']}: vocabulary {tok['vocab_size']:,}, stored as {report['dtype']}")
+    for source in report["sources"]:
+        print(f"source {source['spec']}: {source.get('records', 0):,} records")
+    for name, s in report["splits"].items():
+        share = s["loss_tokens"] / s["tokens"] if s["tokens"] else 0.0
+        length = s["length"]
+        print(
+            f"\n[{name}] {s['documents']:,} documents, {s['tokens']:,} tokens "
+            f"({share:.1%} with loss), {s['shards']} shard(s)"
+        )
+        print(
+            f"  document length: min {length['min']:,}, median {length['p50']:,.0f}, "
+            f"mean {length['mean']:,.1f}, p90 {length['p90']:,.0f}, p99 {length['p99']:,.0f}, "
+            f"max {length['max']:,}"
+        )
+        peak = max((b["documents"] for b in s["histogram"]), default=0)
+        spans = [f"{b['min']:,}–{b['max']:,}" for b in s["histogram"]]
+        width = max(map(len, spans), default=0)
+        for span, bucket in zip(spans, s["histogram"]):
+            bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
+            print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
+        for row in s["packing"]:
+            left_out = (
+                f"{row['tokens_left_out']:,} tokens left out"
+                + (f", {row['dropped_documents']:,} documents" if row["dropped_documents"] else "")
+                + f" (overlong={row['overlong']})"
+                if row["tokens_left_out"]
+                else "nothing left out"
+            )
+            empty = row["samples_without_loss"]
+            print(
+                f"  packing {row['packer']} @ {row['seq_len']:,}: {row['samples']:,} samples, "
+                f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer, "
+                f"{left_out}" + (f"; {empty:,} samples without loss" if empty else "")
+            )
+    if report["skipped"]:
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())
+        print(f"\nskipped while preparing: {reasons}")
+    for key, values in report["metadata"].items():
+        top = sorted(values.items(), key=lambda kv: -kv[1]["documents"])[:8]
+        shown = ", ".join(f"{v} ({c['documents']:,} docs, {c['tokens']:,} tokens)" for v, c in top)
+        more = f", … {len(values) - len(top)} more" if len(values) > len(top) else ""
+        print(f"metadata {key}: {shown}{more}")
+    if report["samples"]:
+        print(f"\ndecoded documents ({NO_LOSS_OPEN}…{NO_LOSS_CLOSE} = no loss):")
+    for sample in report["samples"]:
+        text = sample["text"]
+        cut = (
+            f"\n… ({len(text) - DECODE_CHARS:,} more characters)"
+            if len(text) > DECODE_CHARS
+            else ""
+        )
+        print(
+            f"\n── {sample['split']} document {sample['document']} ({sample['tokens']:,} tokens) ──"
+        )
+        print(text[:DECODE_CHARS] + cut)
+
+
+def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
+    manager = get_manager()
+    manager.components("sources")  # validate every plugin's records before listing
+    plugins = [p for p in manager.plugins.values() if show_all or p.status != "blocked"]
+    conflicts = manager.conflict_messages()
+    described: dict[str, dict[str, Any]] = {}
+    if show_all:
+        for kind in KINDS:
+            for name, record in manager.components(kind).items():
+                entry = {
+                    "description": record.description,
+                    "requires": record.requires,
+                    "options": dict(record.options),
+                }
+                described.setdefault(kind, {})[name] = entry
+    if as_json:
+        out: dict[str, Any] = {"plugins": [p.as_dict() for p in plugins], "conflicts": conflicts}
+        if show_all:
+            out["components"] = described
+        print(json.dumps(out, indent=2))
+    else:
+        for p in plugins:
+            print(f"{p.name:<24} {(p.dist or '-') + ' ' + (p.version or ''):<24} {p.status}")
+            if p.error:
+                print(f"    {p.error}")
+            for kind, names in p.components.items():
+                label = KINDS[kind][1].kind + "s"
+                if not show_all:
+                    print(f"    {label}: {', '.join(names)}")
+                    continue
+                for name in names:
+                    info = described[kind][name]
+                    needs = f" [requires {info['requires']}]" if info["requires"] else ""
+                    print(f"    {KINDS[kind][1].kind} {name}: {info['description']}{needs}")
+                    for option, text in info["options"].items():
+                        print(f"        option {option}: {text}")
+        for message in conflicts:
+            print(f"conflict: {message}")
+    failed = any(p.status == "error" for p in plugins)
+    return 1 if failed or conflicts else 0
+
+
+def list_presets(*, as_json: bool = False) -> int:
+    presets = get_manager().components("presets")
+    rows = [
+        {
+            "name": name,
+            "source": p.source,  # type: ignore[attr-defined]
+            "text_field": p.text_field,  # type: ignore[attr-defined]
+            "tokenizer": p.tokenizer,  # type: ignore[attr-defined]
+            "streaming": p.streaming,  # type: ignore[attr-defined]
+            "description": p.description,
+        }
+        for name, p in sorted(presets.items())
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        mode = "streamed" if row["streaming"] else "downloaded"
+        print(
+            f"{row['name']:<18} {row['source']}  ({mode}, text field {row['text_field']!r}, "
+            f"tokenizer {row['tokenizer']})"
+        )
+        print(f"{'':<18} {row['description']}")
+    return 0
+
+
+def verify_dataset(directory: str, *, as_json: bool = False, progress: bool | None = None) -> int:
+    """``gristmill verify``: 0 when the dataset is whole, 1 when a problem was found."""
+    from tqdm.auto import tqdm
+
+    from gristmill.store.verify import verify
+
+    total = sum(
+        f["bytes"]
+        for split in _manifest_or_empty(directory).get("splits", {}).values()
+        for shard in split.get("shards", [])
+        for f in shard.values()
+        if isinstance(f, dict) and "bytes" in f
+    )
+    with tqdm(
+        total=total,
+        desc="verify",
+        unit="B",
+        unit_scale=True,
+        disable=None if progress is None else not progress,
+    ) as bar:
+        problems = verify(directory, progress=bar.update)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "directory": str(directory),
+                    "ok": not problems,
+                    "bytes_checked": total,
+                    "problems": [p._asdict() for p in problems],
+                },
+                indent=2,
+            )
+        )
+    elif problems:
+        for problem in problems:
+            print(f"{problem.where}: {problem.message}")
+        print(f"{directory}: {len(problems)} problem(s)")
+    else:
+        print(f"{directory}: OK ({total:,} bytes checked)")
+    return 1 if problems else 0
+
+
+def _manifest_or_empty(directory: str) -> dict[str, Any]:
+    try:
+        return read_manifest(directory)
+    except DatasetError:
+        return {}  # verify reports why

@@ -1,0 +1,1 @@
+"""Records to token documents: opening sources, mapping fields, the error policy, encoding."""

@@ -1,0 +1,203 @@
+"""From examples to token documents: rendering, tokenizing in batches, loss masks, specials.
+
+Also each document's identity (its digest) and its split, both from its content alone, so that
+they do not depend on how the input was cut into tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import DataError
+from gristmill.ingest.policy import ErrorPolicy
+from gristmill.plugin.components import Rejected, Tokenizer, Where
+from gristmill.plugin.examples import Example, loss_mask
+
+Encoded = tuple[np.ndarray, np.ndarray | None, bool]  # ids, loss mask (None: all), truncated
+BATCH = 512  # examples per tokenizer call: large enough for batch APIs, small enough to stream
+Batch = tuple[list[np.ndarray], list[np.ndarray | None], list[Any], int]
+
+
+def encoded_batches(
+    examples: Iterator[tuple[Example, Where]],
+    tok: Tokenizer,
+    policy: ErrorPolicy,
+    *,
+    normalize: bool,
+    train_on_prompt: bool,
+    max_doc_tokens: int | None,
+) -> Iterator[Batch]:
+    """Batches of tokenized documents: ids, masks, metadata per document, and how many were cut.
+
+    Examples the tokenizer cannot take (a chat template refusing a conversation…) go to
+    ``policy``.
+    """
+    while batch := list(islice(examples, BATCH)):
+        if normalize:
+            batch = [(example.normalized(), where) for example, where in batch]
+        ids, masks, metadata, cut = [], [], [], 0
+        for (example, _), result in zip(batch, encode(tok, batch, train_on_prompt, max_doc_tokens)):
+            if isinstance(result, Rejected):
+                policy.reject(result)
+                continue
+            doc, mask, was_cut = result
+            cut += was_cut
+            ids.append(doc)
+            masks.append(mask)
+            metadata.append(example.metadata or None)
+        yield ids, masks, metadata, cut
+
+
+def encode(
+    tok: Tokenizer,
+    batch: list[tuple[Example, Where]],
+    train_on_prompt: bool,
+    max_doc_tokens: int | None = None,
+) -> list[Encoded | Rejected]:
+    """Per example: token ids, loss mask and whether it was truncated; or why not."""
+    rendered = [_render(tok, example, where, train_on_prompt) for example, where in batch]
+    valid = [r for r in rendered if not isinstance(r, Rejected)]
+    encoded = iter(_encode_rendered(tok, valid, max_doc_tokens))
+    return [r if isinstance(r, Rejected) else next(encoded) for r in rendered]
+
+
+Rendered = tuple[str, tuple[tuple[int, int], ...], Where]  # text, loss spans, origin
+
+
+def _render(
+    tok: Tokenizer, example: Example, where: Where, train_on_prompt: bool
+) -> Rendered | Rejected:
+    """The text to tokenize and its loss spans: chat through the tokenizer's own template when
+    it has one (``render_chat``), else the built-in templates of :meth:`Example.render`."""
+    render_chat = getattr(tok, "render_chat", None)
+    if example.messages is None or render_chat is None:
+        return (*example.render(train_on_prompt=train_on_prompt), where)
+    try:
+        return (*render_chat(example.messages, train_on_prompt=train_on_prompt), where)
+    except DataError as exc:  # a template that refuses this conversation or renders it unevenly
+        return Rejected("chat-template", exc.reason, where, field=exc.field)
+
+
+def _encode_rendered(
+    tok: Tokenizer, items: list[Rendered], max_doc_tokens: int | None
+) -> list[Encoded | Rejected]:
+    if not items:
+        return []
+    texts = [text for text, _, _ in items]
+    full = [spans == ((0, len(text)),) for text, spans, _ in items]
+    try:
+        ids, offsets = tok.encode_batch(texts, offsets=not all(full))
+    except (UnicodeError, ValueError) as exc:
+        if len(items) > 1:  # find the culprit(s): encode one by one
+            return [out for item in items for out in _encode_rendered(tok, [item], max_doc_tokens)]
+        return [
+            Rejected(
+                "untokenizable",
+                f"cannot tokenize ({exc}); the text holds characters that are not valid "
+                "Unicode, such as a lone surrogate from a JSON \\ud800 escape: fix or remove "
+                "the record",
+                items[0][2],
+                texts[0].encode("utf-8", "replace").decode(),
+            )
+        ]
+    out: list[Encoded | Rejected] = []
+    for i, doc in enumerate(ids):
+        text, spans, where = items[i]
+        if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
+            message = f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})"
+            out.append(Rejected("bad-token-ids", message, where))
+            continue
+        mask = None
+        if not full[i]:
+            assert offsets is not None
+            mask = loss_mask(offsets[i], spans)
+            if not mask.any():
+                message = "no token carries loss (the completion is empty after tokenizing)"
+                out.append(Rejected("no-loss", message, where, text))
+                continue
+        doc, mask = _add_specials(tok, doc, mask)
+        if not len(doc):
+            out.append(Rejected("no-tokens", "the text tokenizes to no tokens", where, text))
+            continue
+        cut = max_doc_tokens is not None and len(doc) > max_doc_tokens
+        if cut:
+            doc, mask = _truncate(tok, doc, mask, max_doc_tokens)  # type: ignore[arg-type]
+            if mask is not None and not mask.any():
+                message = f"no token carries loss within the first {max_doc_tokens:,} tokens"
+                out.append(Rejected("no-loss", message, where, text))
+                continue
+        out.append((doc, mask, cut))
+    return out
+
+
+def _truncate(
+    tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None, limit: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``limit`` tokens; a final EOS stays the last token, so documents still end.
+
+    The kept EOS carries loss only if the last kept token does: stopping is not learned from a
+    prompt cut in the middle.
+    """
+    keep = limit - 1 if tok.eos_id is not None and doc[-1] == tok.eos_id else limit
+    doc = np.concatenate([doc[:keep], doc[len(doc) - (limit - keep) :]])
+    if mask is not None:
+        mask = np.concatenate([mask[:keep], mask[keep - 1 : keep][: limit - keep]])
+    return doc, mask
+
+
+def _add_specials(
+    tok: Tokenizer, doc: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    # BOS never carries loss (nothing predicts it); EOS does whenever the text's end does, so a
+    # model learns to stop after a completion. A document whose text already yields them (a chat
+    # template that writes the BOS, or closes each answer with the EOS) does not get a second.
+    bos, eos = tok.bos_id, tok.eos_id
+    add_bos = tok.add_bos and bos is not None and not (len(doc) and doc[0] == bos)
+    add_eos = tok.add_eos and eos is not None and not (len(doc) and doc[-1] == eos)
+    head = [bos] if add_bos else []
+    tail = [eos] if add_eos else []
+    if not head and not tail:
+        return doc, mask
+    doc = np.concatenate([np.asarray(head, doc.dtype), doc, np.asarray(tail, doc.dtype)])
+    if mask is not None:
+        end = mask[-1:] if len(mask) else np.ones(1, np.uint8)
+        mask = np.concatenate([np.zeros(len(head), np.uint8), mask, end[: len(tail)]])
+    return doc, mask
+
+
+def digest(ids: np.ndarray, mask: np.ndarray | None) -> bytes:
+    """A document's identity: its tokens and loss mask (for --dedup and the split).
+
+    Hashed as little-endian uint32 ids and uint8 mask values, whatever array types the tokenizer
+    (or its engine) returned, so that the same document has one identity.
+    """
+    digest = hashlib.blake2b(np.asarray(ids, dtype="<u4").tobytes(), digest_size=16)
+    if mask is not None:
+        digest.update(np.asarray(mask, dtype=np.uint8).tobytes())
+    return digest.digest()
+
+
+def assign_splits(digests: list[bytes], seed: int, val_fraction: float) -> np.ndarray:
+    """``"train"`` or ``"val"`` per document, from a seeded hash of its content.
+
+    A document's split depends only on its content and the seed: stable under reordering and
+    parallelism, and identical documents never straddle train and val.
+    """
+    if val_fraction <= 0:
+        return np.full(len(digests), "train")
+    key = (seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+    hashes = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(d, digest_size=8, key=key).digest(), "little")
+            for d in digests
+        ),
+        dtype=np.uint64,
+        count=len(digests),
+    )
+    uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.where(uniform < val_fraction, "val", "train")

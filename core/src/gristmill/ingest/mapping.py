@@ -1,0 +1,198 @@
+"""Choosing a field mapper for a source and applying it with precise error locations."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+from gristmill.errors import DataError, FieldError
+from gristmill.ingest.policy import ErrorPolicy
+from gristmill.plugin.components import FieldMap, FieldMapperType, Rejected, Source, Where
+from gristmill.plugin.examples import Example
+from gristmill.plugin.manager import PluginManager
+
+TURN_INDEX = re.compile(r"\[\d+\]")
+
+
+def parse_fields(text: str | None) -> dict[str, str]:
+    """``"prompt=question,completion=answer"`` → ``{"prompt": "question", "completion": "answer"}``."""
+    fields: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, column = item.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            raise DataError(f"--fields expects NAME=COLUMN pairs separated by commas, got {item!r}")
+        fields[name.strip()] = column.strip()
+    return fields
+
+
+def choose_mapper(
+    record: Mapping[str, Any], fmt: str, fields: Mapping[str, str], manager: PluginManager
+) -> str:
+    """The field mapper name for records like ``record``: ``fmt`` itself unless it is ``auto``."""
+    if fmt != "auto":
+        return manager.field_mapper(fmt).name
+    keys = list(record)
+    # Keys holding null say little about the format (a Parquet file written by `convert` has
+    # every canonical column, most of them null): decide on the others first. Explicit --fields
+    # name canonical fields the record will provide.
+    for candidates in ({k for k, v in record.items() if v is not None}, set(keys)):
+        visible = candidates | set(fields)
+        for mapper in manager.field_mappers():
+            if mapper.detect(visible):
+                return mapper.name
+    formats = ", ".join(m.name for m in manager.field_mappers())
+    raise DataError(
+        f"cannot tell the format of records with keys {sorted(keys)}: pass --format ({formats}) "
+        "and, if the columns have other names, --fields e.g. text=body"
+    )
+
+
+def check_fields(mapper: FieldMapperType, fields: Mapping[str, str]) -> None:
+    """Refuse ``--fields`` names that the mapper does not read, and names without a column."""
+    blank = sorted(
+        name for name, column in fields.items() if not isinstance(column, str) or not column
+    )
+    if blank:  # parse_fields refuses them on the command line; the Python API comes here
+        raise DataError(f"--fields {blank[0]}= names no column (write --fields {blank[0]}=COLUMN)")
+    unknown = sorted(set(fields) - set(mapper.fields))
+    if unknown:
+        raise DataError(
+            f"--fields names {', '.join(unknown)}, but the {mapper.name} format reads only "
+            f"{', '.join(mapper.fields)} (write --fields NAME=COLUMN, NAME first)"
+        )
+
+
+class SchemaCheck:
+    """Sources of one kind that describe their columns (``schema()``) must all agree.
+
+    A Parquet file whose column types differ from the first one's would otherwise fail, or worse
+    pass, record by record; one clear message per file is better.
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[type, tuple[str, dict[str, str]]] = {}
+
+    def admit(self, source: Source, policy: ErrorPolicy) -> bool:
+        """Whether to read ``source``; a drifting or unreadable one goes to the error policy."""
+        problem = self.problem(source)
+        if problem is not None:
+            policy.handle(problem)
+        return problem is None
+
+    def problem(self, source: Source) -> Rejected | DataError | None:
+        """Why not to read ``source`` (its schema drifts, or cannot be read), or ``None``."""
+        try:
+            drift = self.drift(source)
+        except DataError as exc:  # e.g. a Parquet footer that cannot be read
+            return exc
+        return Rejected("schema-drift", drift, Where(source.spec)) if drift else None
+
+    def drift(self, source: Any) -> str | None:
+        describe = getattr(source, "schema", None)
+        if describe is None:
+            return None
+        schema = describe()
+        spec, reference = self.first.setdefault(type(source), (source.spec, schema))
+        differences = [
+            f"column {name!r} is {reference.get(name, 'absent')} there, "
+            f"{schema.get(name, 'absent')} here"
+            for name in sorted(set(reference) | set(schema))
+            if reference.get(name) != schema.get(name)
+        ]
+        if not differences:
+            return None
+        return (
+            f"the schema differs from {spec}'s: {'; '.join(differences)}; "
+            "make the files agree, or prepare them separately"
+        )
+
+
+def mapped_examples(
+    source: Source,
+    fmt: str,
+    fields: Mapping[str, str],
+    manager: PluginManager,
+    policy: ErrorPolicy,
+    report: Callable[[str], None],
+) -> Iterator[tuple[Example, Where]]:
+    """Every usable record of ``source`` as an :class:`Example` with its location.
+
+    Bad records go to ``policy`` (which raises under ``fail``). Choosing the format is not a
+    per-record problem: when the first record fits no format, that is raised whatever the policy.
+    """
+    mapper: FieldMap | None = None
+    items = iter(source.records())
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except DataError as exc:  # the source cannot go on (truncated archive…)
+            policy.source_failed(exc)
+            return
+        if isinstance(item, Rejected):
+            policy.reject(item)
+            continue
+        record, where = item
+        if not isinstance(record, Mapping):
+            policy.reject(
+                Rejected(
+                    "not-an-object",
+                    f"expected an object with named fields, got {type(record).__name__}",
+                    where,
+                    _raw(record),
+                )
+            )
+            continue
+        if mapper is None:
+            try:
+                name = choose_mapper(record, fmt, fields, manager)
+            except DataError as exc:
+                raise DataError(exc.reason, where=str(where)) from None
+            how = "chosen from its keys" if fmt == "auto" else "as asked"
+            report(f"{source.spec}: format {name} ({how})")
+            mapper_type = manager.field_mapper(name)
+            check_fields(mapper_type, fields)
+            mapper = mapper_type.factory(fields)
+        try:
+            example = mapper(record)
+        except FieldError as exc:
+            # Count "messages[3].content" and "messages[7].content" as one reason.
+            field = TURN_INDEX.sub("[]", exc.field) if exc.field else None
+            reason = f"{exc.reason}:{field}" if field else exc.reason
+            policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
+            continue
+        meta = record.get("metadata")
+        if isinstance(meta, Mapping) and example.metadata is None:
+            scalars = (
+                (_writable(str(k)), _writable(v) if isinstance(v, str) else v)
+                for k, v in meta.items()
+                if isinstance(v, (str, int, bool))
+            )
+            example = replace(example, metadata=tuple(sorted(scalars)))
+        yield example, where
+
+
+def _raw(record: Any) -> str | None:
+    """The record as JSON for the reject file; None when it is nested too deeply to write."""
+    try:
+        return _writable(json.dumps(record, ensure_ascii=False, default=str))
+    except RecursionError:
+        return None
+
+
+def _writable(text: str) -> str:
+    """``text`` with lone surrogates (from JSON ``\\ud800`` escapes) written as such escapes.
+
+    Python strings hold them, UTF-8 files cannot: the reject file and the manifest would fail.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

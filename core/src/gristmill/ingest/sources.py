@@ -1,0 +1,223 @@
+"""Turning source specs (prefixes, paths, globs, directories) into opened sources."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import DataError
+from gristmill.layout import FORMAT, INCOMPLETE, MANIFEST, REJECTS, reject_file
+from gristmill.plugin.components import Source, SourceType
+from gristmill.plugin.files import without_compression
+from gristmill.plugin.manager import PluginManager
+
+log = logging.getLogger("gristmill")
+
+
+def open_sources(
+    specs: Sequence[str | os.PathLike[str]],
+    manager: PluginManager,
+    options: Mapping[str, Any] | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    **context: Any,
+) -> list[Source]:
+    """Open every source, in the order given; paths expand to their files in sorted order.
+
+    The user's ``options`` go to every source factory, each checked against what its source type
+    declares; so does gristmill's ``context`` (``max_record_bytes``…). Directories and globs
+    pass over gristmill datasets, reject files and the run's ``output`` (a dataset directory or
+    a converted file, and its reject file); naming one of them is an error.
+    """
+    if not specs:
+        raise DataError("no sources given: name files, globs, directories or e.g. sample:stdlib")
+    opened: list[Source] = []
+    for raw in specs:
+        spec = os.fspath(raw)
+        claimed = manager.claim("sources", spec, by="prefixes")
+        if isinstance(claimed, SourceType):
+            opened.append(claimed.factory(spec, **context, **claimed.check_options(options)))
+            continue
+        for path in _expand(spec, manager, _Outputs(output)):
+            source_type = _for_file(path, manager)
+            opened.append(
+                source_type.factory(path, **context, **source_type.check_options(options))
+            )
+    return opened
+
+
+def _for_file(path: str, manager: PluginManager) -> SourceType:
+    claimed = manager.claim("sources", without_compression(path), by="suffixes")
+    if claimed is None:
+        suffixes = sorted(
+            {s for rec in manager.components("sources").values() for s in rec.suffixes}  # type: ignore[attr-defined]
+        )
+        raise manager.unknown_error(
+            "sources",
+            path,
+            f"no source reads {path!r}: known file suffixes are {', '.join(suffixes)}",
+        )
+    assert isinstance(claimed, SourceType)
+    return claimed
+
+
+def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
+    if glob.has_magic(spec):
+        found = [
+            p
+            for p in sorted(glob.glob(spec, recursive=True))
+            if outputs.readable(Path(p)) and _is_file(Path(p))
+        ]
+        if not found:
+            raise DataError(f"the pattern {spec!r} matches no files")
+        return found
+    path = Path(spec)
+    outputs.refuse(path)
+    if path.is_dir():
+        readable = sorted(
+            str(p)
+            for p in outputs.walk(path)
+            if manager.claim("sources", without_compression(str(p)), by="suffixes") and _is_file(p)
+        )
+        if not readable:
+            raise DataError(f"the directory {spec!r} holds no file that any source reads")
+        return readable
+    if not path.exists():
+        _refuse_broken_link(path)
+        prefixes = sorted(
+            {p for rec in manager.components("sources").values() for p in rec.prefixes}  # type: ignore[attr-defined]
+        )
+        raise DataError(
+            f"source {spec!r} not found: give an existing file, directory or glob, "
+            f"or a spec starting with {', '.join(prefixes)}"
+        )
+    return [spec]
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file to read; a link that leads nowhere is an error, not skipped."""
+    if path.is_file():
+        return True
+    _refuse_broken_link(path)
+    return False
+
+
+def _refuse_broken_link(path: Path) -> None:
+    """Raise when ``path`` is a symbolic link loop, or a link to nothing."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(
+                f"source {str(path)!r} is a symbolic link loop (a link that leads back to "
+                "itself): it never reaches a file; fix or remove the link"
+            ) from None
+        if os.path.islink(path):
+            raise DataError(
+                f"source {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does "
+                "not exist; fix or remove the link"
+            ) from None
+
+
+def is_dataset(directory: Path) -> bool:
+    """Whether ``directory`` is a gristmill dataset: finished (its manifest says so) or being
+    written (the incomplete marker)."""
+    if (directory / INCOMPLETE).exists():
+        return True
+    try:
+        manifest = json.loads((directory / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+class _Outputs:
+    """What gristmill wrote, which is never input: datasets, reject files, the run's output.
+
+    A dataset's files would come back as records (its manifest and tokenizer are JSON), and the
+    run's own output would be read while it is replaced.
+    """
+
+    OWN, DATASET = "this run's output", "a gristmill dataset"
+
+    def __init__(self, output: str | os.PathLike[str] | None):
+        own = () if output is None else (Path(output), reject_file(Path(output)))
+        self.own = {_real(p) for p in own}
+        self.datasets: dict[Path, bool] = {}  # directory -> is_dataset, looked up once
+        self.passed: set[Path] = set()  # said once in the log
+
+    def refuse(self, path: Path) -> None:
+        """Raise when ``path``, named as a source, is gristmill's output rather than raw input."""
+        found = self._written(path)
+        if found is None or found[1] not in (self.OWN, self.DATASET):
+            return  # another run's reject file, named on purpose, is read
+        thing, what = found
+        if what == self.OWN:
+            raise DataError(
+                f"source {str(path)!r} is this run's own output, which cannot be read while it "
+                "is written: give the raw files, or write the output elsewhere"
+            )
+        part = "" if thing == _real(path) else f"is part of {thing}, which "
+        raise DataError(
+            f"source {str(path)!r} {part}is a gristmill dataset, not raw input: read it with "
+            f"gristmill.open_dataset({str(thing)!r}), or write it in another format with "
+            f"`gristmill export {thing} --to NAME -o OUT`; to prepare again, give the raw "
+            "files it was prepared from (its manifest lists them under provenance.sources)"
+        )
+
+    def walk(self, top: Path) -> list[Path]:
+        """Every file below ``top`` that :meth:`readable` admits; datasets are not entered."""
+        found: list[Path] = []
+        for root, directories, files in os.walk(top):
+            here = Path(root)
+            directories[:] = [d for d in directories if self.readable(here / d)]
+            found += [here / name for name in files if self.readable(here / name)]
+        return found
+
+    def readable(self, path: Path) -> bool:
+        """Whether a file or directory found below a directory or by a glob is input."""
+        found = self._written(path)
+        if found is None:
+            return True
+        if found[0] not in self.passed:
+            self.passed.add(found[0])
+            log.info(f"{found[0]}: {found[1]}, not read as input")
+        return False
+
+    def _written(self, path: Path) -> tuple[Path, str] | None:
+        """What gristmill wrote that ``path`` is, lies in or links to, and what that is."""
+        places = (_real(path.parent) / path.name, _real(path))  # where it lies, where it leads
+        if any(place in self.own for place in places):
+            return path, self.OWN
+        for place in places:
+            dataset = self._dataset_holding(place)
+            if dataset is not None:
+                return dataset, self.DATASET
+        if path.name.endswith(REJECTS) and _rejected_by(path).exists():
+            return path, f"the records {_rejected_by(path).name} rejected"
+        return None
+
+    def _dataset_holding(self, real: Path) -> Path | None:
+        """The dataset directory that is or holds ``real``, if any."""
+        for directory in (real, *real.parents):
+            if directory not in self.datasets:
+                self.datasets[directory] = directory.is_dir() and is_dataset(directory)
+            if self.datasets[directory]:
+                return directory
+        return None
+
+
+def _real(path: Path) -> Path:
+    # realpath, unlike Path.resolve, returns a link loop as it is instead of raising.
+    return Path(os.path.realpath(path))
+
+
+def _rejected_by(rejects: Path) -> Path:
+    """``NAME`` for ``NAME.rejects.jsonl``: the output whose run wrote it."""
+    return rejects.with_name(rejects.name[: -len(REJECTS)])

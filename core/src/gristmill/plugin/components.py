@@ -1,0 +1,531 @@
+"""Typed records that plugins register, and the protocols their factories return.
+
+A registration hook returns a list of these records. Each carries a unique user-facing ``name``
+(lowercase letters, digits and dashes), a one-line ``description``, when the component needs a
+heavy optional library the ``requires`` extra that installs it, and the ``options`` the user may
+give it. The plugin manager validates them and keeps track of which plugin provided which record.
+
+Two kinds of keyword reach a component's factory: the *context* gristmill passes itself (a
+source's ``max_record_bytes``, a packer's ``overlong``, a sampler's ``seed``…, listed per kind
+below), and the *options* the user gives in a dict (``packer_options``, ``source_options``…).
+Only declared options pass: :meth:`Component.check_options` refuses any other key, naming the
+closest declared one, before the factory is called. Factories still take ``**context`` for the
+context keywords later versions of gristmill may add.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from gristmill.errors import OptionError
+from gristmill.plugin.examples import Example
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """Fields every registered component has."""
+
+    name: str
+    description: str
+    requires: str | None = None  # the extra that installs what it needs, e.g. "parquet"
+    # The options a user may give: name (a Python identifier) -> one-line description.
+    options: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    kind = "component"
+    creates = ""  # the field holding the callable that receives the options ("" for none)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this record (empty when it is valid)."""
+        out = []
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+            out.append(
+                f"{self.kind} name {self.name!r} is invalid: use lowercase letters, digits and "
+                "single dashes, starting with a letter"
+            )
+        if not isinstance(self.description, str) or not self.description.strip():
+            out.append(f"{self.kind} {self.name!r} has no description")
+        return out + self._option_problems()
+
+    def _option_problems(self) -> list[str]:
+        what = f"{self.kind} {self.name!r}"
+        if self.options and not self.creates:
+            return [f"{what}: a {self.kind} takes no options"]
+        if not isinstance(self.options, Mapping):
+            return [f"{what}: options must map each name to a one-line description"]
+        out = []
+        for name, text in self.options.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                out.append(f"{what}: option name {name!r} is invalid: use a Python identifier")
+            elif not isinstance(text, str) or not text.strip():
+                out.append(f"{what}: option {name!r} has no description")
+            elif self.creates and not _takes(getattr(self, self.creates), name):
+                out.append(
+                    f"{what} declares option {name!r} but its {self.creates} does not take it"
+                )
+        return out
+
+    def check_options(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The user's ``given`` options as a dict, once every key is one this component declares.
+
+        Raises :class:`~gristmill.errors.OptionError` naming the component, the unknown key, the
+        closest declared name and every declared one: a misspelt option must never be ignored.
+        """
+        given = dict(given or {})
+        for key in given:
+            if key not in self.options:
+                raise OptionError(self._unknown(key))
+        return given
+
+    def _unknown(self, key: Any) -> str:
+        message = f"{self.kind} {self.name!r} has no option {key!r}"
+        if not self.options:
+            return f"{message}: it takes no options"
+        import difflib  # on the error path only
+
+        close = difflib.get_close_matches(str(key), list(self.options), n=1)
+        hint = f"; did you mean {close[0]}?" if close else "."
+        valid = "; ".join(f"{name} ({text})" for name, text in self.options.items())
+        return f"{message}{hint} It takes: {valid}"
+
+
+def _takes(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` accepts the keyword ``name`` (by name, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: cannot tell, trust it
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+class Where(NamedTuple):
+    """Where a record came from, for error messages: a file (or URL) and a 1-based line or row."""
+
+    origin: str
+    line: int | None = None
+    unit: str = (
+        "line"  # "line": a physical line of a text file (JSON, CSV); "row": Parquet/Hub rows
+    )
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return self.origin
+        return (
+            f"{self.origin}:{self.line}"
+            if self.unit == "line"
+            else f"{self.origin}: row {self.line}"
+        )
+
+
+class Rejected(NamedTuple):
+    """A record a source could not read, yielded in its place so that the error policy decides.
+
+    ``reason`` is a short stable key for counting (``malformed-json``, ``not-utf8``,
+    ``too-large``, ``ragged-row``…); ``message`` says what is wrong and how to fix it; ``raw`` is
+    the record's text when there is one, for the reject file; ``rows``: how many input records
+    this stands for (a damaged Parquet row group whose rows the footer counts).
+    """
+
+    reason: str
+    message: str
+    where: Where
+    raw: str | None = None
+    field: str | None = None
+    rows: int = 1
+
+
+DEFAULT_MAX_RECORD_BYTES = 64 << 20
+
+
+class Source(Protocol):
+    """An opened source: yields raw records with their location, and splits into pieces.
+
+    ``factory(spec, *, max_record_bytes, column_names, **context)`` opens one, with the user's
+    declared ``source_options`` among the keywords. Context gristmill passes: ``max_record_bytes``
+    (a record larger than this is rejected with reason ``too-large`` instead of read into memory)
+    and ``column_names`` (names for the columns of header-less tables, or ``None``); a source
+    ignores context it does not use.
+
+    A tabular source may also offer ``schema() -> dict[str, str]`` (column → type): gristmill
+    then checks that every file read by that source type in one run has the same schema. A
+    source that is not one local file (its ``spec`` is not a path) may offer ``nbytes() -> int``,
+    about how many bytes it reads: prepare cuts its input into tasks by size. Sources pickle:
+    prepare's workers receive the pieces ``split`` returns.
+    """
+
+    spec: str
+
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
+        """Yield every record, or a :class:`Rejected` in its place, in a deterministic order.
+
+        Raise :class:`~gristmill.errors.DataError` only when reading cannot go on at all (a
+        truncated archive, an unreadable file); under ``--on-error skip`` gristmill counts it and
+        keeps the records read before it.
+        """
+        ...
+
+    def split(self, pieces: int) -> list[Source]:
+        """At most ``pieces`` disjoint sources, in order, whose records together are this one's.
+
+        Split by what the format allows (byte ranges of a text file, row groups); a source that
+        cannot split returns ``[self]``.
+        """
+        ...
+
+    def fingerprint(self) -> str:
+        """A string that changes whenever the data would change (e.g. a hash of the content)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceType(Component):
+    """A source of raw records: claims specs by prefix (``sample:``) or file suffix (``.jsonl``)."""
+
+    factory: Callable[..., Source]  # (spec, **context, **options)
+    prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()  # without compression: ".jsonl" also claims ".jsonl.gz/.zst"
+
+    kind = "source"
+    creates = "factory"
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not self.prefixes and not self.suffixes:
+            out.append(f"source {self.name!r} claims no prefix and no file suffix")
+        return out
+
+
+# --- field mappers -------------------------------------------------------------------------------
+
+
+FieldMap = Callable[[Mapping[str, Any]], Example]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldMapperType(Component):
+    """Turns a raw record into an :class:`~gristmill.plugin.examples.Example`.
+
+    ``detect(keys)`` says whether records with these keys look like this format; among the mappers
+    that accept, the highest ``priority`` wins. ``factory(fields)`` returns the mapping function;
+    ``fields`` maps canonical names (``text``, ``prompt``…) to the user's column names, and only
+    the canonical names listed in ``fields`` here are accepted.
+    """
+
+    factory: Callable[[Mapping[str, str]], FieldMap]
+    detect: Callable[[Collection[str]], bool]
+    fields: tuple[str, ...] = ()
+    priority: int = 0
+
+    kind = "field mapper"
+
+
+# --- tokenizers ----------------------------------------------------------------------------------
+
+
+class Tokenizer(Protocol):
+    """A loaded tokenizer. ``encode_batch`` is the hot path: it takes many texts at once.
+
+    ``encode_batch`` returns the text's own tokens only; gristmill adds ``bos_id`` before a
+    document when ``add_bos`` and ``eos_id`` after it when ``add_eos`` (not when the text's tokens
+    already start with that BOS or end with that EOS).
+
+    A tokenizer with a chat template of its own may also offer
+    ``render_chat(messages, *, train_on_prompt=False) -> (text, spans)``: chat examples
+    (``messages``, a tuple of ``(role, content)``) are then rendered by it instead of by the
+    built-in template of :meth:`~gristmill.plugin.examples.Example.render`. It returns the text to
+    tokenize and the sorted, disjoint ``(start, end)`` character spans that carry loss (the
+    assistant turns, or the whole text with ``train_on_prompt``), and raises
+    :class:`~gristmill.errors.DataError` for a conversation it cannot render (counted as
+    ``chat-template`` under ``--on-error skip``). It may also offer ``fingerprint() -> str``,
+    which changes whenever its ids, special tokens or chat rendering could.
+    """
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+    add_bos: bool
+    add_eos: bool
+
+    def encode_batch(
+        self, texts: Sequence[str], *, offsets: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Token ids per text, and (when asked) the character offset where each token starts."""
+        ...
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of the ids; special tokens shown by name."""
+        ...
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write what ``TokenizerType.load`` needs into ``directory``; return its JSON config."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerType(Component):
+    """A tokenizer family: claims a spec by exact name, prefix (``hf:``) or suffix.
+
+    ``factory(spec, *, engine, **options)`` creates a tokenizer, with the user's declared
+    ``tokenizer_options``; ``load(directory, config, *, engine)`` reloads the copy ``save`` wrote
+    (prepare's workers encode with that copy), so whatever an option changes must be in the
+    config ``save`` returns. Context gristmill passes both: ``engine`` (``"auto"`` or one of
+    ``engines``, the encoding engines the family offers; an engine must give exactly the same
+    ids); both ignore context they do not use (``**context``).
+    """
+
+    factory: Callable[..., Tokenizer]
+    load: Callable[..., Tokenizer]
+    prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+    engines: tuple[str, ...] = ()  # engine names besides "auto" that factory/load accept
+
+    kind = "tokenizer"
+    creates = "factory"
+
+
+# --- shard formats -------------------------------------------------------------------------------
+
+
+class ShardWriter(Protocol):
+    """Writes one split's documents into shard files, each complete before it is visible."""
+
+    def add(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]) -> None:
+        """Append documents (token ids and, where the document has one, its loss mask)."""
+        ...
+
+    def close(self) -> list[dict[str, Any]]:
+        """Flush the last shard; return one manifest entry per shard, in order.
+
+        An entry holds ``num_documents``, ``num_tokens``, ``num_loss_tokens`` and, per file,
+        ``{"path": "SPLIT/NAME", "bytes": N, "sha256": HEX}`` under keys of the format's choosing.
+        """
+        ...
+
+
+class ShardReader(Protocol):
+    """Serves one split's documents."""
+
+    num_documents: int
+
+    def lengths(self) -> np.ndarray:
+        """Token count of every document (int64), read from the index only."""
+        ...
+
+    def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token ids and loss mask (``None``: every token has loss) of one document."""
+        ...
+
+    # Optional: ``spans(docs, starts, lengths) -> (tokens, mask | None)``, the slices
+    # ``[starts[k], starts[k] + lengths[k])`` of documents ``docs[k]`` concatenated, for batched
+    # fetching; without it a batch takes one ``document()`` call per slice.
+
+
+class Problem(NamedTuple):
+    """Something wrong in a dataset: where (a file, with an element index where one applies, or
+    a manifest key) and what."""
+
+    where: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardFormatType(Component):
+    """An on-disk format for tokenized documents: a writer, a matching reader, and optionally
+    a deep check of the content."""
+
+    # (directory, split, *, dtype, tokens_per_shard, prefix): every file the writer creates is
+    # named PREFIX..., so the shards of parallel tasks never collide and a task's can be removed.
+    writer: Callable[..., ShardWriter]
+    reader: Callable[..., ShardReader]  # (directory, shards: list[dict], *, dtype)
+    # (directory, shard: dict, *, dtype, vocab_size) -> Iterable[Problem]: what ``gristmill
+    # verify`` checks inside one shard whose files are all there with their sizes and sums.
+    verify: Callable[..., Iterable[Problem]] | None = None
+    format_version: int = 1
+
+    kind = "shard format"
+
+
+# --- packers and samplers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Which document spans form each sample.
+
+    Sample ``i`` is the segments ``sample_bounds[i]:sample_bounds[i+1]``; segment ``j`` is tokens
+    ``[seg_start[j], seg_start[j] + seg_len[j])`` of document ``seg_doc[j]``. All int64.
+    """
+
+    sample_bounds: np.ndarray
+    seg_doc: np.ndarray
+    seg_start: np.ndarray
+    seg_len: np.ndarray
+    dropped: int = 0  # documents left out (longer than seq_len, with overlong="drop")
+
+    def __len__(self) -> int:
+        return len(self.sample_bounds) - 1
+
+
+Segment = tuple[Any, int, int]  # (document, first token, token count) of one sample's segment
+
+
+class OnlinePacker(Protocol):
+    """Packs documents as they arrive (``gristmill.stream``), holding a bounded number open.
+
+    A document is whatever the caller passes as an item (an index, or the tokens themselves);
+    samples are lists of :data:`Segment` naming those items, so a closed sample is all the
+    caller needs to assemble it.
+    """
+
+    dropped: int  # documents left out so far (overlong="drop")
+
+    def push(self, items: Sequence[Any], lengths: np.ndarray) -> list[list[Segment]]:
+        """Take the next documents (one item and one length each); return the samples this
+        closes, in the order they close."""
+        ...
+
+    def flush(self) -> list[list[Segment]]:
+        """The end of the stream: every sample still open."""
+        ...
+
+
+class Packer(Protocol):
+    """Packs documents by length. ``plan`` is required; a packer that can work online also
+    offers ``online(seq_len) -> OnlinePacker`` (without it, ``stream()`` refuses the packer)."""
+
+    def plan(self, lengths: np.ndarray, seq_len: int | None) -> PackPlan:
+        """Plan samples from document lengths alone (no token reads)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackerType(Component):
+    """A packing strategy; ``factory(**options)`` returns a :class:`Packer`.
+
+    Context gristmill passes: ``overlong`` (``"truncate"``, ``"truncate-left"``, ``"fragment"``
+    or ``"drop"``: what happens to a document longer than ``seq_len``;
+    :mod:`gristmill.plugin.overlong` implements them for any packer), which a packer ignores if it
+    means nothing to it; besides, the user's declared ``packer_options``.
+    """
+
+    factory: Callable[..., Packer]
+    cache: bool = True  # store plans beside the shards (False for plans cheaper than a read)
+    # Whether samples restart positions and labels at every document unless the user says
+    # otherwise (``restart=``); False for a token stream cut into windows, as nanoGPT's.
+    restart: bool = True
+
+    kind = "packer"
+    creates = "factory"
+
+
+class Sampler(Protocol):
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of one epoch, in order: every index once (int64)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerType(Component):
+    """An order over the samples of an epoch.
+
+    ``factory(num_samples, *, seed, lengths, global_batch, **context)`` returns a
+    :class:`Sampler`; gristmill always passes ``seed``, ``lengths`` (int64 tokens per sample)
+    and ``global_batch`` (samples per step over all ranks) for samplers that group by length,
+    and the user's declared ``sampler_options``. A sampler only orders: :mod:`gristmill.serve.schedule`
+    cuts the order into steps and ranks, the same way for every sampler.
+    """
+
+    factory: Callable[..., Sampler]
+
+    kind = "sampler"
+    creates = "factory"
+
+
+# --- presets and executors -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresetType(Component):
+    """A named dataset: where it lives and how to read it by default."""
+
+    source: str  # a source spec, e.g. "hub:HuggingFaceFW/fineweb-edu:sample-10BT"
+    text_field: str = "text"
+    tokenizer: str | None = None
+    streaming: bool = True
+
+    kind = "preset"
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
+        """Run ``fn`` on every task; yield each result as it completes, in any order.
+
+        ``fn`` and the tasks pickle, and every worker must see the output directory (a shared
+        filesystem): a task writes its shards and record there itself. Raise the first error a
+        task raises, and start no more tasks after it.
+        """
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorType(Component):
+    """Runs prepare tasks somewhere; ``factory(workers=N, **context)`` returns an
+    :class:`Executor`, with the user's declared ``executor_options`` among the keywords."""
+
+    factory: Callable[..., Executor]
+
+    kind = "executor"
+    creates = "factory"
+
+
+# --- exporters -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExporterType(Component):
+    """Writes a prepared dataset in another project's format, for trainers that read only that.
+
+    ``export(dataset, directory, *, progress, **context)`` is called once per split with the
+    split opened as a :class:`~gristmill.serve.dataset.Dataset` (packer ``none``: its ``documents``
+    reader, ``manifest``, ``split`` and ``tokenizer``). It writes its files into ``directory``,
+    a fresh directory that becomes the user's output only after every split is exported, and
+    returns a JSON-able summary of what it wrote. ``progress``: show a progress bar. It raises
+    :class:`~gristmill.errors.DatasetError` for a dataset the format cannot hold, saying why and
+    what to do instead. The user's declared options (``export(..., options=)``, ``--option``)
+    come as keywords too; it ignores context it does not use.
+    """
+
+    export: Callable[..., Mapping[str, Any]]
+
+    kind = "exporter"
+    creates = "export"
+
+
+KINDS: dict[str, tuple[str, type[Component]]] = {
+    "sources": ("gristmill_sources", SourceType),
+    "field_mappers": ("gristmill_field_mappers", FieldMapperType),
+    "tokenizers": ("gristmill_tokenizers", TokenizerType),
+    "shard_formats": ("gristmill_shard_formats", ShardFormatType),
+    "packers": ("gristmill_packers", PackerType),
+    "samplers": ("gristmill_samplers", SamplerType),
+    "presets": ("gristmill_presets", PresetType),
+    "executors": ("gristmill_executors", ExecutorType),
+    "exporters": ("gristmill_exporters", ExporterType),
+}
+"""Every component kind: its registration hook and record type."""

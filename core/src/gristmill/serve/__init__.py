@@ -1,0 +1,1 @@
+"""Samples for a trainer: prepared datasets packed and scheduled, mixtures, streams, exports."""

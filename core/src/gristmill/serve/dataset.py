@@ -1,0 +1,482 @@
+"""``open_dataset``: a prepared dataset served as packed training samples."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import operator
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gristmill.errors import DatasetError, GristmillError
+from gristmill.layout import PLANS_DIR
+from gristmill.plugin.arguments import check_int
+from gristmill.plugin.atomic import fingerprint, write_atomic
+from gristmill.plugin.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
+from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.plugin.overlong import check_no_loss, check_policy
+from gristmill.plugin.packing import PLAN_ARRAYS, keep_samples, plan_problem
+from gristmill.serve.samples import (
+    Buffers,
+    SampleBatch,
+    build_samples,
+    carry_no_loss,
+    check_labels,
+    join_parts,
+)
+from gristmill.store.integrity import check_intact
+from gristmill.store.manifest import check_generation, generation_changed, load_saved, read_manifest
+
+log = logging.getLogger("gristmill")
+
+
+class Dataset:
+    """Map-style packed samples of one split: ``len(ds)`` and ``ds[i]``.
+
+    ``ds[i]`` is a dict of int64 arrays: ``input_ids``; ``labels`` (the token id where it carries
+    loss, else -100; the first token of every document is -100 too, so that no position learns to
+    predict across a document boundary when the model shifts labels); ``position_ids`` restarting
+    at 0 for every document; ``seq_lens`` (the length of each document segment in the sample).
+    ``restart=False`` makes each sample one sequence instead (the default of ``concat-chunk``);
+    see :func:`gristmill.serve.samples.build_samples`. ``ds.batch(indices)`` gives many samples at once.
+
+    ``labels="shifted"`` serves the pair a plain training loop wants instead: ``input_ids`` are
+    the sample's tokens but the last, and ``labels[j]`` is the target of position ``j`` (the next
+    token, or -100 where it carries no loss or starts another document); ``position_ids`` and
+    ``seq_lens`` follow ``input_ids``. Pack with ``seq_len=N + 1`` for ``N``-token inputs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        split: str = "train",
+        seq_len: int | None = None,
+        packer: str = "none",
+        packer_options: Mapping[str, Any] | None = None,
+        overlong: str = "truncate",
+        no_loss: str = "keep",
+        restart: bool | None = None,
+        labels: str = "unshifted",
+        seed: int = 0,
+        manager: PluginManager | None = None,
+    ):
+        seq_len = None if seq_len is None else check_int("seq_len", seq_len)
+        seed = check_int("seed", seed, at_least=None)
+        self.path = Path(path)
+        self.labels = check_labels(labels)
+        self.manager = manager or get_manager()
+        self.manifest = read_manifest(self.path)
+        splits = self.manifest["splits"]
+        if split not in splits:
+            raise DatasetError(
+                f"{self.path}: no split {split!r}; this dataset has {', '.join(sorted(splits))}"
+            )
+        self.split, self.seq_len, self.seed = split, seq_len, seed
+        fmt = self.manager.shard_format(self.manifest["shard_format"]["name"])
+        self.documents: ShardReader = fmt.reader(
+            self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
+        )
+        check_generation(self.path, self.manifest)  # the shards checked are the manifest's
+        self.packer, self.overlong = packer, check_policy(overlong)
+        self.no_loss = check_no_loss(no_loss)
+        record = self.manager.packer(packer)
+        self.packer_options = record.check_options(packer_options)
+        self.restart = record.restart if restart is None else bool(restart)
+        # The samples whose labels are all -100: served (no_loss="keep") or left out ("drop").
+        self.samples_without_loss: int
+        self.plan, self.samples_without_loss = self._plan(record)
+        self._buffers = Buffers()
+
+    def _plan(self, record: PackerType) -> Planned:
+        """The pack plan and its samples without loss: from the cache beside the shards when a
+        run already computed them."""
+
+        # Read for planning, and to check a stored plan against: one small read per shard.
+        lengths = self.documents.lengths()
+
+        def make() -> Planned:
+            packer = record.factory(overlong=self.overlong, **self.packer_options)
+            plan = packer.plan(lengths, self.seq_len)
+            empty = self.without_loss(plan, restart=self.restart)
+            if self.no_loss == "drop":
+                plan = keep_samples(plan, ~empty)
+            return Planned(plan, int(empty.sum()))
+
+        # Finding the samples without loss reads every loss mask: worth a file even for a plan
+        # that is cheaper to compute than to read.
+        if not (record.cache or self._masked):
+            return make()
+        key = fingerprint({**self._plan_key(), "restart": self.restart, "no_loss": self.no_loss})
+        return cached_plan(
+            self.path / PLANS_DIR / f"{key[:32]}.npz",
+            key,
+            make,
+            lambda plan: plan_problem(plan, lengths, self.seq_len),
+        )
+
+    def _plan_key(self) -> dict[str, Any]:
+        return {
+            "packer": self.packer,
+            "options": self.packer_options,
+            "seq_len": self.seq_len,
+            "overlong": self.overlong,
+            "split": self.split,
+            "dataset": self.manifest["fingerprint"],
+        }
+
+    @property
+    def _masked(self) -> bool:
+        """Whether a shard of the split has a loss mask."""
+        return any(shard.get("mask") for shard in self.manifest["splits"][self.split]["shards"])
+
+    def without_loss(self, plan: PackPlan, *, restart: bool) -> np.ndarray:
+        """Which samples of ``plan`` (over this split) have every label -100 (bool per sample):
+        from the plan alone when no shard has a loss mask, else from the masks, read a block
+        of samples at a time."""
+        bounds = plan.sample_bounds
+        if not self._masked:
+            return carry_no_loss(None, plan.seg_len, np.diff(bounds), restart=restart)
+        blocks = []
+        for lo in range(0, len(plan), LOSS_BLOCK):
+            hi = min(lo + LOSS_BLOCK, len(plan))
+            seg = slice(bounds[lo], bounds[hi])
+            _, mask = self._spans(plan.seg_doc[seg], plan.seg_start[seg], plan.seg_len[seg])
+            segments = np.diff(bounds[lo : hi + 1])
+            blocks.append(carry_no_loss(mask, plan.seg_len[seg], segments, restart=restart))
+        return np.concatenate(blocks) if blocks else np.zeros(0, bool)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
+        # open it, not the mapped arrays or the plugin manager (modules do not pickle), and the
+        # generation it was opened at.
+        return {
+            "generation": self.manifest.get("generation"),
+            "path": self.path,
+            "split": self.split,
+            "seq_len": self.seq_len,
+            "packer": self.packer,
+            "packer_options": self.packer_options,
+            "overlong": self.overlong,
+            "no_loss": self.no_loss,
+            "restart": self.restart,
+            "labels": self.labels,
+            "seed": self.seed,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        options = dict(state)
+        generation = options.pop("generation")
+        try:
+            self.__init__(**options)  # type: ignore[misc]
+            # A worker serves the samples its parent planned: from the dataset the parent
+            # opened, never from one prepared into the directory since.
+            if self.manifest.get("generation") != generation:
+                raise generation_changed(self.path, self.manifest.get("generation"), generation)
+        except GristmillError as error:
+            # Raised while a spawned DataLoader worker starts, torch would report only that the
+            # worker exited; kept, it is raised by the first use, and torch hands it on to the
+            # training loop as it is.
+            self.__dict__.clear()
+            self.__dict__["_unusable"] = error
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for what a copy that could not reopen lacks (see __setstate__).
+        unusable = self.__dict__.get("_unusable")
+        if unusable is None or name.startswith("__"):
+            raise AttributeError(name)
+        raise unusable
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer stored with the dataset (for decoding), its files checked against the
+        manifest's SHA-256 first."""
+        for entry in self.manifest["tokenizer"].get("files", []):
+            check_intact(self.path, entry)
+        return load_saved(self.path, self.manifest, self.manager)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        n = len(self.plan)
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"sample {index} out of range for {n} samples")
+        lo, hi = self.plan.sample_bounds[index % n : index % n + 2].tolist()
+        return self._build(slice(lo, hi), [hi - lo])[0]
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> Sequence[dict[str, np.ndarray]]:
+        """Samples ``indices``, as ``[ds[i] for i in indices]`` but read together: a few array
+        operations gather every segment of the batch (the torch loader fetches steps so). A
+        :class:`~gristmill.serve.samples.SampleBatch`: a sequence of the sample dicts, over arrays of
+        the whole batch that :class:`~gristmill.torch.Collator` takes as they are."""
+        n = len(self.plan)
+        index = np.asarray(indices).reshape(-1)
+        if not len(index):
+            return []
+        if index.dtype.kind not in "iu":
+            raise TypeError(f"sample indices must be integers, got {index.dtype}")
+        if index.min() < -n or index.max() >= n:
+            bad = index[(index < -n) | (index >= n)][0]
+            raise IndexError(f"sample {bad} out of range for {n} samples")
+        index = index % n
+        first = self.plan.sample_bounds[index]
+        segments = self.plan.sample_bounds[index + 1] - first
+        # Every segment of the batch, sample by sample: the ranges first[k] + 0, 1, …
+        ends = np.cumsum(segments)
+        return self._build(
+            np.arange(ends[-1]) + np.repeat(first - ends + segments, segments), segments
+        )
+
+    def _build(self, seg: slice | np.ndarray, segments: Sequence[int] | np.ndarray) -> SampleBatch:
+        """The samples made of plan segments ``seg``, ``segments`` of them each, in order."""
+        plan = self.plan
+        docs, starts, lengths = plan.seg_doc[seg], plan.seg_start[seg], plan.seg_len[seg]
+        tokens, mask = self._spans(docs, starts, lengths)
+        # One max over the batch's ids (a small fraction of building it): an id past the
+        # vocabulary, from a damaged shard, would reach the model as an index out of range.
+        if self._id_limit is not None and len(tokens) and tokens.max() >= self._id_limit:
+            self._refuse_ids(tokens, docs, starts, lengths)
+        return build_samples(
+            tokens,
+            mask,
+            lengths,
+            segments,
+            restart=self.restart,
+            labels=self.labels,
+            buffers=self._buffers,
+        )
+
+    @cached_property
+    def _id_limit(self) -> int | None:
+        """The vocabulary size, where the shards' dtype can hold an id past it."""
+        vocab = self.manifest["tokenizer"].get("vocab_size")
+        if vocab is None or np.iinfo(self.manifest["dtype"]).max < vocab:
+            return None
+        return int(vocab)
+
+    def _refuse_ids(
+        self, tokens: np.ndarray, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> None:
+        """Name the shard file and document of the first id past the vocabulary in ``tokens``
+        (the segments ``docs``, ``starts``, ``lengths``, concatenated)."""
+        at = int(np.flatnonzero(tokens >= self._id_limit)[0])
+        ends = np.cumsum(lengths)
+        k = int(np.searchsorted(ends, at, "right"))
+        doc, token = int(docs[k]), int(starts[k] + at - (ends[k] - lengths[k]))
+        shards = self.manifest["splits"][self.split]["shards"]
+        first = np.cumsum([0] + [shard["num_documents"] for shard in shards])
+        shard = int(np.searchsorted(first, doc, "right")) - 1
+        raise DatasetError(
+            f"{self.path / shards[shard]['tokens']['path']}: token id {tokens[at]} in document "
+            f"{doc - first[shard]} of this shard (document {doc} of the {self.split!r} split, "
+            f"token {token}) is not below the vocabulary size {self._id_limit}: the shard is "
+            f"damaged; run `gristmill verify {self.path}` and prepare the dataset again"
+        )
+
+    def _spans(
+        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The segments' tokens and loss mask, concatenated: in bulk from a reader that offers
+        ``spans`` (as ``memmap-shards`` does), else one ``document()`` call per segment."""
+        spans = getattr(self.documents, "spans", None)
+        if spans is not None:
+            return spans(docs, starts, lengths)
+        parts = []
+        for doc, start, length in zip(docs.tolist(), starts.tolist(), lengths.tolist()):
+            ids, mask = self.documents.document(doc)
+            end = start + length
+            parts.append((ids[start:end], None if mask is None else mask[start:end]))
+        tokens, mask, _ = join_parts(parts)
+        return tokens, mask
+
+    def samples(
+        self, sampler: str = "sequential", *, epoch: int = 0, **options: Any
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Samples of one epoch in a sampler plugin's order, on this process."""
+        order = self.sampler(sampler, global_batch=1, **options).order(epoch)
+        return (self[int(i)] for i in order)
+
+    def sampler(self, name: str, *, global_batch: int, **options: Any) -> Sampler:
+        """The sampler plugin ``name`` over this dataset's samples, seeded with ``seed``;
+        ``options`` are the user's, checked against those it declares."""
+        record = self.manager.sampler(name)
+        return record.factory(
+            len(self),
+            seed=self.seed,
+            lengths=self.sample_lengths(),
+            global_batch=global_batch,
+            **record.check_options(options),
+        )
+
+    def sample_lengths(self) -> np.ndarray:
+        """Tokens in every sample (int64), from the plan alone."""
+        plan = self.plan
+        if not len(plan):
+            return np.zeros(0, np.int64)
+        return np.add.reduceat(plan.seg_len, plan.sample_bounds[:-1]).astype(np.int64)
+
+    def with_seed(self, seed: int) -> Dataset:
+        """The same dataset whose samplers are seeded with ``seed``."""
+        seeded = Dataset.__new__(Dataset)
+        seeded.__setstate__({**self.__getstate__(), "seed": seed})
+        seeded.plan  # noqa: B018 (raises here, in the caller, if it could not reopen)
+        return seeded
+
+    @property
+    def identity(self) -> str:
+        """Which samples this is: the dataset, split and packing (a loader's state names it)."""
+        key = {**self._plan_key(), "restart": self.restart, "labels": self.labels}
+        if self.no_loss != "keep":  # the default keeps the identities that loaders saved
+            key["no_loss"] = self.no_loss
+        return fingerprint(key)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.samples()
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({str(self.path)!r}, split={self.split!r}, samples={len(self)}, "
+            f"seq_len={self.seq_len}, packer={self.packer!r})"
+        )
+
+
+LOSS_BLOCK = 1024  # samples whose loss masks are read at once to find those without loss
+
+
+class Planned(NamedTuple):
+    plan: PackPlan
+    without_loss: int  # samples whose labels are all -100 (served, or left out of the plan)
+
+
+def cached_plan(
+    path: Path, key: str, make: Callable[[], Planned], check: Callable[[PackPlan], str | None]
+) -> Planned:
+    """The plan stored at ``path`` for ``key``, or ``make()``'s, stored there for the next process.
+
+    A stored plan is served only if it was stored for ``key`` and ``check`` finds no problem in
+    it; a file that cannot be read or does not match is recomputed with a warning naming it.
+    Several ranks opening a dataset at once may all compute the plan: each writes it under its own
+    temporary name, synced, and renames it into place, so the file is always whole. A directory
+    that cannot be written (a read-only dataset) just means no cache.
+    """
+    import zipfile  # only its error type; np.load imports the module to read a plan anyway
+
+    problem = None
+    try:
+        planned, stored_key = _load_plan(path)
+    except FileNotFoundError:
+        pass
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        NotImplementedError,  # a damaged zip directory naming a compression zipfile lacks
+        zipfile.BadZipFile,
+    ) as error:
+        problem = f"not a readable pack plan ({type(error).__name__}: {error})"
+    else:
+        problem = (
+            "stored for another dataset or packing" if stored_key != key else check(planned.plan)
+        )
+        if problem is None and planned.without_loss < 0:
+            problem = f"{planned.without_loss} samples without loss"
+        if problem is None:
+            return planned
+        problem = f"does not match the dataset: {problem}"
+    if problem is not None:
+        log.warning(f"{path}: {problem}; recomputed the pack plan (a cache, safe to delete)")
+    planned = make()
+    with contextlib.suppress(OSError):
+        _store_plan(path, key, planned)
+    return planned
+
+
+def _load_plan(path: Path) -> tuple[Planned, str]:
+    with np.load(path, allow_pickle=False) as stored:
+        plan = PackPlan(**{k: stored[k] for k in PLAN_ARRAYS}, dropped=int(stored["dropped"]))
+        return Planned(plan, int(stored["without_loss"])), str(stored["key"])
+
+
+def _store_plan(path: Path, key: str, planned: Planned) -> None:
+    plan = planned.plan
+    path.parent.mkdir(exist_ok=True)
+    arrays = {k: getattr(plan, k) for k in PLAN_ARRAYS}
+    write_atomic(
+        path,
+        lambda f: np.savez(
+            f,
+            key=np.array(key),
+            dropped=np.int64(plan.dropped),
+            without_loss=np.int64(planned.without_loss),
+            **arrays,
+        ),
+    )
+
+
+def open_dataset(
+    path: str | os.PathLike[str],
+    split: str = "train",
+    *,
+    seq_len: int | None = None,
+    packer: str = "none",
+    packer_options: Mapping[str, Any] | None = None,
+    overlong: str = "truncate",
+    no_loss: str = "keep",
+    restart: bool | None = None,
+    labels: str = "unshifted",
+    seed: int = 0,
+    manager: PluginManager | None = None,
+) -> Dataset:
+    """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
+
+    Opening reads the manifest and maps the shard files: no pass over the tokens (but one over
+    the loss masks, where the split has them, when the plan is not cached yet). Every file is
+    checked against the manifest's SHA-256 before its bytes are first used, once per machine
+    (:mod:`gristmill.store.integrity`): the offsets files at open, a shard's files at its first read;
+    a damaged file raises :class:`~gristmill.errors.DatasetError`. Packers: ``none``
+    (each sample is one document), ``first-fit`` (samples of ``seq_len`` tokens filled with whole
+    documents, best fit over the whole split), ``greedy-stream`` (the same online, as ``stream()``
+    packs; ``packer_options={"buffer_size": N}``), ``concat-chunk`` (the token stream cut into
+    ``seq_len`` windows, for pretraining), or any a plugin adds. A document longer than
+    ``seq_len`` is truncated, cut into pieces or dropped (``overlong``: ``"truncate"``, or
+    ``"truncate-left"`` to keep its end, ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts
+    drops). Samples whose labels are all -100 (``ds.samples_without_loss`` counts them) are
+    served with a warning, or left out with ``no_loss="drop"``. ``restart``: whether positions
+    and labels restart at every document (default: the packer's; all but ``concat-chunk`` do).
+    ``labels``: ``"unshifted"`` (models that shift themselves, as Hugging Face ones do) or
+    ``"shifted"`` (input/target pairs for a plain loop).
+    """
+    dataset = Dataset(
+        path,
+        split=split,
+        seq_len=seq_len,
+        packer=packer,
+        packer_options=packer_options,
+        overlong=overlong,
+        no_loss=no_loss,
+        restart=restart,
+        labels=labels,
+        seed=seed,
+        manager=manager,
+    )
+    empty = dataset.samples_without_loss
+    if empty and dataset.no_loss == "keep":
+        log.warning(
+            f"{dataset.path} [{split}]: {empty:,} of {len(dataset):,} samples carry no loss "
+            f"(every label -100: a completion cut away by overlong={dataset.overlong!r}, or a "
+            "document without loss tokens); they are served as they are: "
+            "no_loss='drop' leaves them out, overlong='truncate-left' keeps the end of a "
+            "long document instead of its start"
+        )
+    elif empty:
+        log.info(f"{dataset.path} [{split}]: {empty:,} samples without loss left out")
+    return dataset

@@ -1,0 +1,333 @@
+"""``stream``: sources → examples → token documents → packed samples, with nothing written.
+
+For data too large or too fresh to prepare first. It runs the chain ``prepare`` and
+``open_dataset`` run: the same field mappers, tokenizers, loss masks and sample contract, and
+the packers' online form, so streaming some sources gives the same samples as preparing them
+(without ``dedup`` or a validation split) and opening the result with the same packer, as long
+as they fit in one piece.
+
+A stream is cut by its input's size alone (never by the number of ranks or workers) into
+**chunks** of about ``chunk_bytes`` (the sources' ``split`` pieces, as prepare's tasks), read and
+tokenized as one unit of work, and **pieces** of consecutive chunks, each packed on its own: the
+packer starts empty at a piece's start and is flushed at its end. So a piece's samples depend on
+that piece alone, which lets ranks share pieces out, workers tokenize chunks, and a loader resume
+at (piece, samples served) exactly; see :mod:`gristmill.torch.streaming`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import DataError, GristmillError
+from gristmill.ingest.encoding import encoded_batches
+from gristmill.ingest.mapping import check_fields, mapped_examples
+from gristmill.ingest.policy import ErrorPolicy, describe_skips
+from gristmill.ingest.sources import open_sources
+from gristmill.ingest.tokenizers import resolve_tokenizer
+from gristmill.plugin.arguments import check_int
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Segment
+from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.plugin.overlong import check_policy
+from gristmill.serve.samples import Part, build_sample, check_labels
+from gristmill.store.tasks import Task, plan_tasks, source_size
+
+log = logging.getLogger("gristmill")
+
+DEFAULT_CHUNK_BYTES = 1 << 20  # a worker's unit: large enough to amortise reading a piece of file
+DEFAULT_PIECE_BYTES = 32 << 20  # packing restarts once per piece: rare enough to cost ~nothing
+MIN_PIECES = 64  # smaller input is cut into this many pieces, down to one chunk each, to balance
+
+
+@dataclass
+class StreamStats:
+    """What one pass over a stream has read and served so far."""
+
+    seq_len: int | None
+    documents: int = 0  # tokenized documents read
+    tokens: int = 0  # their tokens
+    samples: int = 0
+    served: int = 0  # tokens in the samples
+    dropped: int = 0  # documents left out by overlong="drop"
+    skipped: dict[str, int] = field(default_factory=dict)  # records skipped, per reason
+
+    def skip(self, counts: Mapping[str, int]) -> None:
+        for reason, n in counts.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    @property
+    def efficiency(self) -> float | None:
+        """Tokens served / (samples × seq_len); ``None`` without a ``seq_len``."""
+        if not self.seq_len or not self.samples:
+            return None
+        return self.served / (self.samples * self.seq_len)
+
+
+@dataclass
+class Chunk:
+    """One chunk of a stream, tokenized: its documents and the records it skipped."""
+
+    documents: list[Part]
+    skipped: dict[str, int]
+
+
+class Stream:
+    """Packed samples of some sources, tokenized as they are read (see :func:`stream`).
+
+    Each ``iter()`` reads the sources again from the start, piece by piece; ``stats`` describes
+    the pass under way, or the last one.
+    """
+
+    def __init__(
+        self,
+        sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        tokenizer: str = "byte",
+        seq_len: int | None = None,
+        packer: str = "greedy-stream",
+        packer_options: Mapping[str, Any] | None = None,
+        overlong: str = "truncate",
+        restart: bool | None = None,
+        labels: str = "unshifted",
+        format: str = "auto",
+        fields: Mapping[str, str] | None = None,
+        train_on_prompt: bool = False,
+        normalize: bool = True,
+        max_doc_tokens: int | None = None,
+        on_error: str = "fail",
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        column_names: Sequence[str] | None = None,
+        engine: str = "auto",
+        tokenizer_options: Mapping[str, Any] | None = None,
+        source_options: Mapping[str, Any] | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        piece_bytes: int = DEFAULT_PIECE_BYTES,
+        manager: PluginManager | None = None,
+    ):
+        seq_len = None if seq_len is None else check_int("seq_len", seq_len)
+        chunk_bytes = check_int("chunk_bytes", chunk_bytes)
+        piece_bytes = check_int("piece_bytes", piece_bytes)
+        max_record_bytes = check_int("max_record_bytes", max_record_bytes)
+        if max_doc_tokens is not None:
+            max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, at_least=2)
+        self.manager = manager or get_manager()
+        specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+        if not chunk_bytes <= piece_bytes:
+            raise DataError(
+                f"chunk_bytes and piece_bytes must satisfy 1 <= chunk_bytes <= piece_bytes, got "
+                f"{chunk_bytes} and {piece_bytes}"
+            )
+        self.chunk_bytes, self.piece_bytes = chunk_bytes, piece_bytes
+        self.seq_len = seq_len
+        self.labels = check_labels(labels)
+        self.format, self.fields = format, dict(fields or {})
+        if format != "auto":
+            check_fields(self.manager.field_mapper(format), self.fields)
+        self.train_on_prompt, self.normalize = train_on_prompt, normalize
+        self.max_doc_tokens, self.on_error = max_doc_tokens, on_error
+        ErrorPolicy(on_error, None)  # refuses an unknown policy now, not at the first record
+        # Everything is resolved before the first record is read, so a typo fails at once.
+        self.sources = open_sources(
+            specs,
+            self.manager,
+            source_options,
+            max_record_bytes=max_record_bytes,
+            column_names=list(column_names) if column_names else None,
+        )
+        tokenizer_type = resolve_tokenizer(tokenizer, self.manager)
+        tokenizer_options = tokenizer_type.check_options(tokenizer_options)
+        self.tokenizer = tokenizer_type.factory(tokenizer, engine=engine, **tokenizer_options)
+        # What the samples depend on besides the input, for `identity`.
+        self._settings = {
+            "tokenizer": tokenizer,
+            "packer": packer,
+            "packer_options": dict(packer_options or {}),
+            "overlong": overlong,
+            "restart": restart,
+            "labels": labels,
+            "format": format,
+            "fields": self.fields,
+            "train_on_prompt": train_on_prompt,
+            "normalize": normalize,
+            "max_doc_tokens": max_doc_tokens,
+            "engine": engine,
+            # Only when given: the identity of streams without them stays what it was.
+            **({"tokenizer_options": tokenizer_options} if tokenizer_options else {}),
+            **({"source_options": dict(source_options)} if source_options else {}),
+        }
+        record = self.manager.packer(packer)
+        self.packer = record.factory(
+            overlong=check_policy(overlong), **record.check_options(packer_options)
+        )
+        if not hasattr(self.packer, "online"):
+            online = ", ".join(
+                name
+                for name, r in sorted(self.manager.components("packers").items())
+                if hasattr(r.factory, "online")  # type: ignore[attr-defined]  # a packer class
+            )
+            raise DataError(
+                f"the {packer} packer needs every document's length before it packs, so it "
+                f"cannot pack a stream; prepare the data first, or stream with {online}"
+            )
+        self.packer.online(seq_len)  # refuses a missing seq_len now
+        self.restart = record.restart if restart is None else bool(restart)
+        self.stats = StreamStats(seq_len)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers started by spawn or forkserver receive the stream pickled: everything but the
+        # plugin manager (modules do not pickle), which the other process finds again.
+        return {k: v for k, v in vars(self).items() if k != "manager"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, manager=get_manager())
+
+    @cached_property
+    def pieces(self) -> list[tuple[Task, ...]]:
+        """The stream's pieces, in order, each a run of chunks (planned once, by size alone)."""
+        chunks = plan_tasks(list(enumerate(self.sources)), self.chunk_bytes)
+        per_piece = max(1, min(self.piece_bytes // self.chunk_bytes, len(chunks) // MIN_PIECES))
+        return [tuple(chunks[i : i + per_piece]) for i in range(0, len(chunks), per_piece)]
+
+    @cached_property
+    def identity(self) -> str:
+        """A fingerprint of what the samples depend on: the sources (names and sizes; their
+        content is not read), the cut into pieces, and every option that shapes documents or
+        samples. A loader's state names it, so it cannot resume another stream."""
+        described = {
+            "sources": [(s.spec, source_size(s)) for s in self.sources],
+            "pieces": [len(piece) for piece in self.pieces],
+            "seq_len": self.seq_len,
+            **self._settings,
+        }
+        text = json.dumps(described, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def read(self, chunk: Task) -> Chunk:
+        """Read, map and tokenize one chunk (any process may: what it needs travels with it)."""
+        policy = ErrorPolicy(self.on_error, None)
+        documents: list[Part] = []
+        for _, source in chunk.pieces:
+            examples = mapped_examples(
+                source, self.format, self.fields, self.manager, policy, report=log.info
+            )
+            batches = encoded_batches(
+                examples,
+                self.tokenizer,
+                policy,
+                normalize=self.normalize,
+                train_on_prompt=self.train_on_prompt,
+                max_doc_tokens=self.max_doc_tokens,
+            )
+            for ids, masks, _, _ in batches:
+                documents += zip(ids, masks)
+        return Chunk(documents, policy.close())
+
+    def pack(self, chunks: Iterable[Chunk], stats: StreamStats) -> Iterator[dict[str, np.ndarray]]:
+        """The samples of one piece, given its chunks in order (the packer starts empty and is
+        flushed at the end); counts what it reads and serves into ``stats``."""
+        online = self.packer.online(self.seq_len)
+        dropped = stats.dropped
+        for chunk in chunks:
+            stats.skip(chunk.skipped)
+            if not chunk.documents:
+                continue
+            lengths = np.fromiter((len(ids) for ids, _ in chunk.documents), np.int64)
+            stats.documents += len(lengths)
+            stats.tokens += int(lengths.sum())
+            closed = online.push(chunk.documents, lengths)
+            stats.dropped = dropped + online.dropped
+            yield from self._samples(closed, stats)
+        yield from self._samples(online.flush(), stats)
+        stats.dropped = dropped + online.dropped
+
+    def samples(self, pieces: Iterable[int], stats: StreamStats) -> Iterator[dict[str, np.ndarray]]:
+        """The samples of these pieces, in the order given, read in this process."""
+        for piece in pieces:
+            yield from self.pack(map(self.read, self.pieces[piece]), stats)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        _refuse_parallel_copies()
+        stats = self.stats = StreamStats(self.seq_len)
+        yield from self.samples(range(len(self.pieces)), stats)
+        if stats.skipped:
+            log.warning(f"stream: {describe_skips(stats.skipped)}")
+        efficiency = "" if stats.efficiency is None else f", {stats.efficiency:.1%} full"
+        log.info(
+            f"stream: {stats.samples:,} samples from {stats.documents:,} documents"
+            f"{efficiency}, {stats.dropped:,} dropped"
+        )
+
+    def _samples(
+        self, closed: list[list[Segment]], stats: StreamStats
+    ) -> Iterator[dict[str, np.ndarray]]:
+        for segments in closed:
+            parts = [
+                (ids[start : start + size], None if mask is None else mask[start : start + size])
+                for (ids, mask), start, size in segments
+            ]
+            stats.samples += 1
+            stats.served += sum(size for _, _, size in segments)
+            yield build_sample(parts, restart=self.restart, labels=self.labels)
+
+
+def _refuse_parallel_copies() -> None:
+    """Iterating a stream reads every piece: copies of it in several DataLoader workers or ranks
+    would each serve the whole data. Point to the forms that share the pieces out instead."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return  # no DataLoader and no process group without torch
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.num_workers > 1:
+        raise GristmillError(
+            f"a stream read by {info.num_workers} DataLoader workers would serve every sample "
+            "once per worker: use gristmill.torch.dataloader(stream, ...), or wrap it in "
+            "gristmill.torch.StreamDataset, which share the pieces out"
+        )
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise GristmillError(
+            f"a stream read on {dist.get_world_size()} ranks would serve every sample once per "
+            "rank: use gristmill.torch.dataloader(stream, ...), which shares the pieces out and "
+            "gives every rank the same number of steps"
+        )
+
+
+def stream(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    tokenizer: str = "byte",
+    seq_len: int | None = None,
+    packer: str = "greedy-stream",
+    **options: Any,
+) -> Stream:
+    """Packed training samples of ``sources``, tokenized on the fly; nothing is written.
+
+    An iterable of the samples :func:`~gristmill.open_dataset` serves (``input_ids``,
+    ``labels``, ``position_ids``, ``seq_lens``). ``packer``: ``greedy-stream`` (best fit into a
+    bounded buffer of open samples, ``packer_options={"buffer_size": N}``), ``concat-chunk``
+    (the token stream in ``seq_len`` windows) or ``none`` (one document per sample); packers
+    that need every length first (``first-fit``) are refused. Other options are those of
+    :func:`~gristmill.prepare` that shape documents (``format``, ``fields``,
+    ``train_on_prompt``, ``normalize``, ``max_doc_tokens``, ``on_error``: skipped records are
+    counted in ``stats.skipped``, ``max_record_bytes``, ``column_names``, ``engine``,
+    ``tokenizer_options``, ``source_options``) and of
+    :func:`~gristmill.open_dataset` that shape samples (``packer_options``, ``overlong``,
+    ``restart``, ``labels``). ``stats`` reports documents, samples and packing efficiency.
+
+    The input is cut into pieces of about ``piece_bytes`` (default 32 MiB; smaller input into
+    up to 64 pieces) made of chunks of about ``chunk_bytes`` (1 MiB); each piece is packed on
+    its own. Iterating the stream reads every piece in order in this process; for several
+    ranks and DataLoader workers, with equal steps and exact resumption, pass it to
+    :func:`gristmill.torch.dataloader` (or wrap it in :class:`gristmill.torch.StreamDataset`).
+    Copies of it iterated in several workers or ranks are refused (each would serve everything).
+    """
+    return Stream(sources, tokenizer=tokenizer, seq_len=seq_len, packer=packer, **options)

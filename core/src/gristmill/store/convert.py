@@ -1,0 +1,135 @@
+"""``convert``: any readable source to one plain JSONL or Parquet file of canonical records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import DataError, DatasetError, MissingDependencyError
+from gristmill.ingest.mapping import SchemaCheck, check_fields, mapped_examples
+from gristmill.ingest.policy import ErrorPolicy
+from gristmill.ingest.sources import open_sources
+from gristmill.layout import reject_file
+from gristmill.plugin.arguments import check_int
+from gristmill.plugin.atomic import remove_stale_temporaries, temporary_for
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Where
+from gristmill.plugin.examples import Example
+from gristmill.plugin.manager import PluginManager, get_manager
+
+log = logging.getLogger("gristmill")
+
+PARQUET_ROWS = 10_000  # rows per Parquet row group: bounded memory, decent compression
+
+
+def convert(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    fields: Mapping[str, str] | None = None,
+    normalize: bool = True,
+    on_error: str = "fail",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    column_names: Sequence[str] | None = None,
+    source_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    manager: PluginManager | None = None,
+) -> dict[str, Any]:
+    """Write the canonical records of ``sources`` to ``out`` (``.jsonl`` or ``.parquet``).
+
+    Records are mapped exactly as ``prepare`` maps them (``{"text"}``, ``{"prompt",
+    "completion"[, "system"]}`` or ``{"messages": [{"role", "content"}…]}``), with the same error
+    policy; the file appears only when complete. Returns ``{"records": N, "skipped": {...}}``.
+    ``source_options`` go to every source, as :func:`~gristmill.prepare`'s do.
+    """
+    manager = manager or get_manager()
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    out_path = Path(out)
+    suffix = out_path.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise DataError(f"{out_path}: the output must end in .jsonl or .parquet")
+    if out_path.is_dir():  # --overwrite replaces a file convert wrote, never a directory
+        raise DatasetError(f"{out_path} is a directory; choose another -o")
+    if out_path.exists() and not overwrite:
+        raise DatasetError(f"{out_path} exists; pass --overwrite to replace it")
+    fields = dict(fields or {})
+    if format != "auto":
+        check_fields(manager.field_mapper(format), fields)
+    opened = open_sources(
+        specs,
+        manager,
+        source_options,
+        output=out_path,
+        max_record_bytes=check_int("max_record_bytes", max_record_bytes),
+        column_names=list(column_names) if column_names else None,
+    )
+    rejects = reject_file(out_path)
+    policy = ErrorPolicy(on_error, rejects)
+
+    def examples() -> Iterator[tuple[Example, Where]]:
+        schemas = SchemaCheck()
+        for source in opened:
+            if not schemas.admit(source, policy):
+                continue
+            for example, where in mapped_examples(
+                source, format, fields, manager, policy, log.info
+            ):
+                yield (example.normalized() if normalize else example), where
+
+    for written in (out_path, rejects):  # what a killed convert left half-written
+        remove_stale_temporaries(written.parent, written.name)
+    with temporary_for(out_path) as tmp:
+        try:
+            count = (_write_parquet if suffix == ".parquet" else _write_jsonl)(tmp, examples())
+        except BaseException:
+            policy.abort()
+            raise
+        skipped = policy.close()  # the reject file first: the output, last, means both are there
+        os.replace(tmp, out_path)
+    if skipped:
+        log.warning(f"{out_path}: {policy.summary()}")
+    log.info(f"{out_path}: wrote {count:,} records")
+    return {"records": count, "skipped": skipped}
+
+
+def _write_jsonl(path: Path, examples: Iterator[tuple[Example, Where]]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for example, _ in examples:
+            f.write(json.dumps(example.as_record(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _write_parquet(path: Path, examples: Iterator[tuple[Example, Where]]) -> int:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError(
+            "writing Parquet needs pyarrow: pip install 'gristmill[parquet]'"
+        ) from None
+    turn = pa.struct([("role", pa.string()), ("content", pa.string())])
+    schema = pa.schema(
+        [(name, pa.string()) for name in ("text", "prompt", "completion", "system")]
+        + [("messages", pa.list_(turn)), ("metadata", pa.string())]  # metadata as JSON text
+    )
+    count = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        rows: list[dict[str, Any]] = []
+        for example, _ in examples:
+            row = example.as_record()
+            if "metadata" in row:
+                row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False)
+            rows.append(row)
+            if len(rows) == PARQUET_ROWS:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                count, rows = count + len(rows), []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            count += len(rows)
+    return count

@@ -1,0 +1,215 @@
+"""Task records → the manifest's splits, in task order: exact deduplication across tasks, counts,
+statistics and the reject file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import DatasetError
+from gristmill.layout import TASKS_DIR, reject_file
+from gristmill.plugin.atomic import sync_directory, temporary_for
+from gristmill.plugin.components import ShardFormatType
+from gristmill.store.stats import MetadataStats, length_stats
+from gristmill.store.tasks import TaskSettings, read_record, task_file
+
+log = logging.getLogger("gristmill")
+
+DEDUP_READ = 4096  # documents copied per writer call when a task's shards are rewritten
+
+
+@dataclass
+class _Part:
+    """One task's documents in one split."""
+
+    task: int
+    split: str
+    shards: list[dict[str, Any]]
+    positions: np.ndarray  # per document: the position of its source in the run
+    metadata: np.ndarray | None  # per document: row of the task's metadata table, -1 for none
+    digests: np.ndarray | None  # per document: its 16-byte digest (with dedup)
+
+
+@dataclass
+class Merged:
+    splits: dict[str, dict[str, Any]]
+    records: list[int]  # documents per source position
+    skipped: dict[str, int]
+    duplicates: int
+    truncated: int
+    metadata: dict[str, Any]
+
+
+def merge(
+    settings: TaskSettings,
+    tasks: int,
+    sources: int,
+    fmt: ShardFormatType,
+    main_skipped: dict[str, int],
+    announce: Callable[[str], None],
+) -> Merged:
+    """Read the records of ``tasks`` tasks; dedup, count, and publish ``OUT.rejects.jsonl``.
+
+    The tasks' news (the format chosen for each source) go to ``announce`` in task order.
+    """
+    out_dir = Path(settings.out_dir)
+    dtype = np.dtype(settings.dtype)
+    records = [read_record(out_dir, index) for index in range(tasks)]
+    missing = [index for index, record in enumerate(records) if record is None]
+    if missing:  # an executor that reported a task done whose record is not there
+        raise DatasetError(
+            f"{out_dir}: task {missing[0]} reported success but left no record in {TASKS_DIR}; "
+            "run the same command again (an executor needs a filesystem its workers share)"
+        )
+    parts = [
+        _part(out_dir, r, split) for r in records if r is not None for split in settings.splits
+    ]
+    duplicates = _dedup(out_dir, parts, fmt, settings) if settings.dedup else 0
+    for record in records:
+        assert record is not None
+        for _, message in sorted(record["formats"].items(), key=lambda kv: int(kv[0])):
+            announce(message)
+
+    metadata = MetadataStats()
+    counts = np.zeros(sources, np.int64)
+    splits: dict[str, dict[str, Any]] = {}
+    for split in settings.splits:
+        chosen = [p for p in parts if p.split == split]
+        shards = [shard for part in chosen for shard in part.shards]
+        lengths = fmt.reader(out_dir, shards, dtype=dtype).lengths()
+        first = 0
+        for part in chosen:
+            part_lengths = lengths[first : first + len(part.positions)]
+            first += len(part.positions)
+            counts += np.bincount(part.positions, minlength=sources)
+            record = records[part.task]
+            assert record is not None
+            if part.metadata is not None:
+                _count_metadata(metadata, record["metadata"], part.metadata, part_lengths)
+        if not len(lengths):
+            log.warning(f"{out_dir}: the {split} split is empty")
+        splits[split] = {
+            "num_documents": len(lengths),
+            "num_tokens": int(lengths.sum()),
+            "num_loss_tokens": sum(shard["num_loss_tokens"] for shard in shards),
+            "length_stats": length_stats(lengths),
+            "shards": shards,
+        }
+    skipped: Counter[str] = Counter(main_skipped)
+    for record in records:
+        assert record is not None
+        skipped.update(record["skipped"])
+    _publish_rejects(out_dir, tasks, main=bool(main_skipped))
+    return Merged(
+        splits=splits,
+        records=counts.tolist(),
+        skipped=dict(sorted(skipped.items())),
+        duplicates=duplicates,
+        truncated=sum(r["truncated"] for r in records if r is not None),
+        metadata=metadata.summary(),
+    )
+
+
+def _part(out_dir: Path, record: dict[str, Any], split: str) -> _Part:
+    entry = record["splits"][split]
+    positions = np.repeat(
+        np.asarray([p for p, _ in entry["sources"]], np.int64),
+        np.asarray([n for _, n in entry["sources"]], np.int64),
+    )
+
+    def load(key: str, dtype: str) -> np.ndarray | None:
+        if key not in entry:
+            return None
+        return np.fromfile(out_dir / TASKS_DIR / entry[key], dtype=dtype)
+
+    return _Part(
+        record["task"],
+        split,
+        entry["shards"],
+        positions,
+        load("metadata", "<i4"),
+        load("digests", "V16"),
+    )
+
+
+def _dedup(
+    out_dir: Path, parts: Sequence[_Part], fmt: ShardFormatType, settings: TaskSettings
+) -> int:
+    """Keep the first of every set of identical documents (in task order); rewrite the shards of
+    tasks that lose some. Returns how many documents were dropped.
+
+    A rewritten task's shards get new names and its old ones are removed after: a crash in
+    between leaves either the old files (the task's record still holds) or a task to redo.
+    """
+    digests = np.concatenate(
+        [np.zeros(0, "V16"), *(p.digests for p in parts if p.digests is not None)]
+    )
+    keep = np.zeros(len(digests), bool)
+    keep[np.unique(digests, return_index=True)[1]] = True
+    first = 0
+    for part in parts:
+        count = len(part.positions)
+        kept = np.flatnonzero(keep[first : first + count])
+        first += count
+        if len(kept) == count:
+            continue
+        dtype = np.dtype(settings.dtype)
+        reader = fmt.reader(out_dir, part.shards, dtype=dtype)
+        writer = fmt.writer(
+            out_dir,
+            part.split,
+            dtype=dtype,
+            tokens_per_shard=settings.tokens_per_shard,
+            prefix=f"{part.task:05d}-d",
+        )
+        for start in range(0, len(kept), DEDUP_READ):
+            docs = [reader.document(int(i)) for i in kept[start : start + DEDUP_READ]]
+            writer.add([ids for ids, _ in docs], [mask for _, mask in docs])
+        old = [v["path"] for shard in part.shards for v in shard.values() if isinstance(v, dict)]
+        part.shards = writer.close()
+        sync_directory(out_dir / part.split)  # the new files are durable before the old go
+        del reader
+        for path in old:
+            (out_dir / path).unlink()
+        part.positions = part.positions[kept]
+        if part.metadata is not None:
+            part.metadata = part.metadata[kept]
+    return len(digests) - int(keep.sum())
+
+
+def _count_metadata(
+    stats: MetadataStats, table: list[list[list[Any]]], rows: np.ndarray, lengths: np.ndarray
+) -> None:
+    present = rows >= 0
+    documents = np.bincount(rows[present], minlength=len(table))
+    tokens = np.bincount(rows[present], weights=lengths[present], minlength=len(table))
+    for row, pairs in enumerate(table):  # rows are numbered in first-seen order
+        if documents[row]:
+            stats.add(tuple((k, v) for k, v in pairs), int(documents[row]), int(tokens[row]))
+
+
+def _publish_rejects(out_dir: Path, tasks: int, *, main: bool) -> None:
+    """``OUT.rejects.jsonl``: the run's own rejects, then every task's, in order."""
+    path = reject_file(out_dir)
+    pieces = [out_dir / TASKS_DIR / "schema-rejects.jsonl"] if main else []
+    pieces += [task_file(out_dir, index, "rejects.jsonl") for index in range(tasks)]
+    pieces = [p for p in pieces if p.exists()]
+    if not pieces:
+        path.unlink(missing_ok=True)
+        return
+    with temporary_for(path) as tmp:
+        with open(tmp, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)

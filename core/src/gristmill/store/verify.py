@@ -1,0 +1,148 @@
+"""``gristmill verify``: everything a dataset's manifest promises, checked against its files.
+
+The manifest is read as ``open_dataset`` reads it (format, version), its seal
+(``manifest_sha256``) is checked against its bytes, and it is checked against itself (every
+split's counts add up to its shards', every entry well-formed). Then every file it lists,
+the tokenizer's and every shard's, stays inside the dataset directory, exists, has its size and
+its SHA-256; no file the manifest does not list lies in a directory gristmill owns (the splits'
+and ``tokenizer/``); and the shard format's own check reads each intact shard in full (for
+memmap shards: the offsets, the token ids against the vocabulary, the mask).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import DatasetError, PluginError, UnknownComponentError
+from gristmill.layout import MANIFEST, TOKENIZER_DIR
+from gristmill.plugin.components import Problem
+from gristmill.plugin.files import sha256_of
+from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.store.manifest import (
+    SEAL,
+    broken_seal,
+    count_mismatches,
+    inside,
+    listed_files,
+    load_manifest,
+    malformed_entries,
+    seal_matches,
+)
+
+
+def verify(
+    directory: str | os.PathLike[str],
+    *,
+    manager: PluginManager | None = None,
+    progress: Callable[[int], None] = lambda nbytes: None,
+) -> list[Problem]:
+    """Every problem found in the dataset at ``directory`` (an empty list: it is whole).
+
+    ``progress(nbytes)`` is called as file bytes are hashed.
+    """
+    root = Path(directory)
+    try:
+        manifest, data = load_manifest(root)
+    except DatasetError as exc:
+        return [Problem(exc.where or str(root), exc.reason)]
+    found = list(_seal_problems(root, data))
+    malformed = [Problem(f"{MANIFEST}: {key}", what) for key, what in malformed_entries(manifest)]
+    if malformed:  # the entries below cannot be followed
+        return found + malformed
+    found += [Problem(f"{MANIFEST}: {key}", what) for key, what in count_mismatches(manifest)]
+    try:
+        found.extend(_problems(root, manifest, manager or get_manager(), progress))
+    except (KeyError, TypeError, AttributeError) as exc:  # a key of the shard format's missing
+        found.append(Problem(MANIFEST, f"malformed manifest ({type(exc).__name__}: {exc})"))
+    return found
+
+
+def _seal_problems(root: Path, data: bytes) -> Iterator[Problem]:
+    """The manifest's own seal: a byte changed anywhere in it breaks the seal. A manifest
+    without one is reported too, since no change to it could be seen."""
+    sealed = seal_matches(data)
+    if sealed is False:
+        yield Problem(MANIFEST, broken_seal(root))
+    elif sealed is None:
+        yield Problem(
+            MANIFEST,
+            f"no {SEAL}: written by a gristmill from before manifests were sealed, so a change "
+            "to the manifest cannot be seen; prepare the dataset again to seal it",
+        )
+
+
+def _problems(
+    root: Path,
+    manifest: dict[str, Any],
+    manager: PluginManager,
+    progress: Callable[[int], None],
+) -> Iterator[Problem]:
+    name = manifest["shard_format"]["name"]
+    try:
+        fmt = manager.shard_format(name)
+    except (UnknownComponentError, PluginError) as exc:  # damaged, or its plugin is not here
+        yield Problem(f"{MANIFEST}: shard_format.name", f"{exc}; its shards are not read")
+        fmt = None
+    vocab_size = manifest["tokenizer"].get("vocab_size")
+    for entry in manifest["tokenizer"].get("files", []):
+        yield from check_file(root, entry, progress)
+    for entry in manifest["splits"].values():
+        for shard in entry["shards"]:
+            found = [p for f in files(shard) for p in check_file(root, f, progress)]
+            yield from found
+            if not found and fmt is not None and fmt.verify is not None:
+                yield from fmt.verify(root, shard, dtype=manifest["dtype"], vocab_size=vocab_size)
+    yield from _unlisted(root, manifest)
+
+
+def files(shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The file entries of a shard entry (``{"path", "bytes", "sha256"}``)."""
+    for value in shard.values():
+        if isinstance(value, dict) and "path" in value:
+            yield value
+
+
+def _unlisted(root: Path, manifest: dict[str, Any]) -> Iterator[Problem]:
+    """Files in the directories gristmill owns (every split's, the tokenizer's) that the
+    manifest does not list: nothing a reader would read, but not the dataset that was written."""
+    listed = {entry["path"] for entry in listed_files(manifest)}
+    for folder in (TOKENIZER_DIR, *manifest["splits"]):
+        if inside(root, folder) is None:
+            continue  # a split name that leads out of the directory is not gristmill's folder
+        for path in sorted((root / folder).rglob("*")):
+            where = path.relative_to(root).as_posix()
+            if not path.is_dir() and where not in listed:
+                yield Problem(
+                    where,
+                    "not listed in the manifest (added after prepare, or left by a killed "
+                    "run); remove it, or prepare the dataset again",
+                )
+
+
+def check_file(
+    root: Path, entry: dict[str, Any], progress: Callable[[int], None]
+) -> Iterator[Problem]:
+    where = entry["path"]
+    path = inside(root, where)
+    if path is None:
+        yield Problem(where, "the path leads outside the dataset directory")
+        return
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        yield Problem(where, "missing")
+        return
+    if size != entry["bytes"]:
+        yield Problem(where, f"{size} bytes, but the manifest says {entry['bytes']} (truncated?)")
+        return
+    with open(path, "rb", buffering=0) as f:
+        found = sha256_of(f, progress)[0]
+    if found != entry["sha256"]:
+        yield Problem(
+            where,
+            f"SHA-256 {found[:16]}…, but the manifest says {entry['sha256'][:16]}… "
+            "(the content changed)",
+        )
