@@ -176,8 +176,8 @@ def test_without_ray_the_plugin_lists_and_fails_with_the_extra(monkeypatch):
     )
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
-    assert plugins["ray-executor"]["status"] == "ok"
-    assert plugins["ray-executor"]["components"] == {"executors": ["ray"]}
+    assert plugins["ray"]["status"] == "ok"
+    assert plugins["ray"]["components"] == {"executors": ["ray"]}
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'gristmill\[ray\]'"):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from gristmill.errors import PluginError, UnknownComponentError
-from gristmill.plugin import hookspecs
+from gristmill.plugin import hookspecs, renamed
 from gristmill.plugin.components import (
     KINDS,
     Component,
@@ -75,7 +75,9 @@ class PluginInfo:
 
 
 def _names(value: str | None) -> set[str]:
-    return {n.strip() for n in (value or "").replace(";", ",").split(",") if n.strip()}
+    return renamed.current(
+        {n.strip() for n in (value or "").replace(";", ",").split(",") if n.strip()}
+    )
 
 
 class PluginManager:
