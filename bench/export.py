@@ -96,7 +96,7 @@ def main() -> None:
     entries = [f for shard in manifest["splits"]["train"]["shards"] for f in files(shard)]
 
     # What export's check of the shards costs the first time (part of gristmill's row): one
-    # hashing pass; later exports on this machine find the files' stamps (gristmill.store.integrity).
+    # hashing pass; later exports on this machine find the files' stamps (gristmill.plugin.integrity).
     def hashing() -> None:
         for entry in entries:
             assert not list(check_file(dataset, entry, lambda nbytes: None)), entry["path"]

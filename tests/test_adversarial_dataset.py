@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.errors import DatasetError, GristmillError
 from gristmill.layout import PLANS_DIR
+from gristmill.plugin import integrity
 from gristmill.serve.dataset import Dataset
-from gristmill.store import integrity
 from gristmill.store.verify import verify
 
 EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from gristmill.errors import DatasetError
 from gristmill.layout import MANIFEST
-from gristmill.store.integrity import check_open_file
+from gristmill.plugin.integrity import check_open_file
 
 MAX_MAPPED = 8192  # three mappings a shard: well under Linux's default 65,530 per process
 
@@ -41,8 +41,9 @@ class MemmapShardReader:
     dataset at once would run out of them (the usual soft limit is 1,024 per process).
 
     Every file is checked against the manifest's SHA-256 when it is first opened, before any of
-    its bytes are used (:mod:`gristmill.store.integrity`: hashed once per machine, stamped after): the
-    offsets when ``lengths()`` reads them for packing, a shard's files when it is first mapped.
+    its bytes are used (:mod:`gristmill.plugin.integrity`: hashed once per machine, stamped
+    after): the offsets when ``lengths()`` reads them for packing, a shard's files when it is
+    first mapped.
     A flipped byte that still reads as a valid id, mask or offset is refused, never served.
     """
 
