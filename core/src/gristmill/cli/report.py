@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from gristmill.errors import DatasetError
+from gristmill.options import DatasetOptions
 from gristmill.plugin.components import KINDS
 from gristmill.plugin.manager import get_manager
 from gristmill.plugin.overlong import check_policy
@@ -108,41 +109,7 @@ def inspect_dataset(
     chosen = split or ("train" if "train" in splits else next(iter(splits)))
     if chosen not in splits:
         raise DatasetError(f"{directory}: no split {chosen!r}; it has {', '.join(sorted(splits))}")
-    datasets = {name: Dataset(directory, split=name) for name in splits}
-    report: dict[str, Any] = {
-        "path": str(directory),
-        "format_version": manifest["format_version"],
-        "gristmill_version": manifest["gristmill_version"],
-        "fingerprint": manifest["fingerprint"],
-        "tokenizer": {k: manifest["tokenizer"][k] for k in ("spec", "vocab_size", "eos_id")},
-        "dtype": manifest["dtype"],
-        "sources": manifest["provenance"]["sources"],
-        "splits": {},
-        "metadata": manifest.get("stats", {}).get("metadata", {}),
-        "skipped": manifest["provenance"].get("skipped", {}),
-        "samples": [],
-    }
-    for name, entry in splits.items():
-        report["splits"][name] = {
-            "documents": entry["num_documents"],
-            "tokens": entry["num_tokens"],
-            "loss_tokens": entry["num_loss_tokens"],
-            "shards": len(entry["shards"]),
-            "length": entry["length_stats"],
-            "histogram": length_histogram(datasets[name].documents.lengths()),
-            "packing": packing_table(datasets[name], seq_lens, overlong),
-        }
-    shown = datasets[chosen]
-    for index in range(min(decode, shown.documents.num_documents)):
-        ids, _ = shown.documents.document(index)
-        report["samples"].append(
-            {
-                "split": chosen,
-                "document": index,
-                "tokens": len(ids),
-                "text": decode_with_mask(shown, index),
-            }
-        )
+    report = _build_report(directory, manifest, chosen, decode, seq_lens, overlong)
     if plot is not None:
         from gristmill.cli.plot import plot_report
 
@@ -155,6 +122,54 @@ def inspect_dataset(
     return 0
 
 
+def _build_report(
+    directory: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    chosen: str,
+    decode: int,
+    seq_lens: Sequence[int],
+    overlong: str,
+) -> dict[str, Any]:
+    """What ``inspect`` reports: the manifest's summary, every split's counts, length histogram
+    and packing table, and the first ``decode`` documents of split ``chosen``, decoded."""
+    datasets = {name: Dataset(directory, DatasetOptions(split=name)) for name in manifest["splits"]}
+    splits = {
+        name: {
+            "documents": entry["num_documents"],
+            "tokens": entry["num_tokens"],
+            "loss_tokens": entry["num_loss_tokens"],
+            "shards": len(entry["shards"]),
+            "length": entry["length_stats"],
+            "histogram": length_histogram(datasets[name].documents.lengths()),
+            "packing": packing_table(datasets[name], seq_lens, overlong),
+        }
+        for name, entry in manifest["splits"].items()
+    }
+    shown = datasets[chosen]
+    samples = [
+        {
+            "split": chosen,
+            "document": index,
+            "tokens": len(shown.documents.document(index)[0]),
+            "text": decode_with_mask(shown, index),
+        }
+        for index in range(min(decode, shown.documents.num_documents))
+    ]
+    return {
+        "path": str(directory),
+        "format_version": manifest["format_version"],
+        "gristmill_version": manifest["gristmill_version"],
+        "fingerprint": manifest["fingerprint"],
+        "tokenizer": {k: manifest["tokenizer"][k] for k in ("spec", "vocab_size", "eos_id")},
+        "dtype": manifest["dtype"],
+        "sources": manifest["provenance"]["sources"],
+        "splits": splits,
+        "metadata": manifest.get("stats", {}).get("metadata", {}),
+        "skipped": manifest["provenance"].get("skipped", {}),
+        "samples": samples,
+    }
+
+
 def _print_report(report: dict[str, Any]) -> None:
     tok = report["tokenizer"]
     print(
@@ -164,38 +179,8 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"tokenizer {tok['spec']}: vocabulary {tok['vocab_size']:,}, stored as {report['dtype']}")
     for source in report["sources"]:
         print(f"source {source['spec']}: {source.get('records', 0):,} records")
-    for name, s in report["splits"].items():
-        share = s["loss_tokens"] / s["tokens"] if s["tokens"] else 0.0
-        length = s["length"]
-        print(
-            f"\n[{name}] {s['documents']:,} documents, {s['tokens']:,} tokens "
-            f"({share:.1%} with loss), {s['shards']} shard(s)"
-        )
-        print(
-            f"  document length: min {length['min']:,}, median {length['p50']:,.0f}, "
-            f"mean {length['mean']:,.1f}, p90 {length['p90']:,.0f}, p99 {length['p99']:,.0f}, "
-            f"max {length['max']:,}"
-        )
-        peak = max((b["documents"] for b in s["histogram"]), default=0)
-        spans = [f"{b['min']:,}–{b['max']:,}" for b in s["histogram"]]
-        width = max(map(len, spans), default=0)
-        for span, bucket in zip(spans, s["histogram"]):
-            bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
-            print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
-        for row in s["packing"]:
-            left_out = (
-                f"{row['tokens_left_out']:,} tokens left out"
-                + (f", {row['dropped_documents']:,} documents" if row["dropped_documents"] else "")
-                + f" (overlong={row['overlong']})"
-                if row["tokens_left_out"]
-                else "nothing left out"
-            )
-            empty = row["samples_without_loss"]
-            print(
-                f"  packing {row['packer']} @ {row['seq_len']:,}: {row['samples']:,} samples, "
-                f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer, "
-                f"{left_out}" + (f"; {empty:,} samples without loss" if empty else "")
-            )
+    for name, entry in report["splits"].items():
+        _print_split(name, entry)
     if report["skipped"]:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())
         print(f"\nskipped while preparing: {reasons}")
@@ -217,6 +202,41 @@ def _print_report(report: dict[str, Any]) -> None:
             f"\n── {sample['split']} document {sample['document']} ({sample['tokens']:,} tokens) ──"
         )
         print(text[:DECODE_CHARS] + cut)
+
+
+def _print_split(name: str, s: dict[str, Any]) -> None:
+    """One split of the report: counts, length statistics, histogram bars, packing rows."""
+    share = s["loss_tokens"] / s["tokens"] if s["tokens"] else 0.0
+    length = s["length"]
+    print(
+        f"\n[{name}] {s['documents']:,} documents, {s['tokens']:,} tokens "
+        f"({share:.1%} with loss), {s['shards']} shard(s)"
+    )
+    print(
+        f"  document length: min {length['min']:,}, median {length['p50']:,.0f}, "
+        f"mean {length['mean']:,.1f}, p90 {length['p90']:,.0f}, p99 {length['p99']:,.0f}, "
+        f"max {length['max']:,}"
+    )
+    peak = max((b["documents"] for b in s["histogram"]), default=0)
+    spans = [f"{b['min']:,}–{b['max']:,}" for b in s["histogram"]]
+    width = max(map(len, spans), default=0)
+    for span, bucket in zip(spans, s["histogram"]):
+        bar = "█" * max(1, round(BAR_WIDTH * bucket["documents"] / peak))
+        print(f"  {span:>{width}} tokens │{bar} {bucket['documents']:,}")
+    for row in s["packing"]:
+        left_out = (
+            f"{row['tokens_left_out']:,} tokens left out"
+            + (f", {row['dropped_documents']:,} documents" if row["dropped_documents"] else "")
+            + f" (overlong={row['overlong']})"
+            if row["tokens_left_out"]
+            else "nothing left out"
+        )
+        empty = row["samples_without_loss"]
+        print(
+            f"  packing {row['packer']} @ {row['seq_len']:,}: {row['samples']:,} samples, "
+            f"{row['efficiency']:.1%} full; {row['overlong_documents']:,} documents longer, "
+            f"{left_out}" + (f"; {empty:,} samples without loss" if empty else "")
+        )
 
 
 def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:

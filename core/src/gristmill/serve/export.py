@@ -17,7 +17,7 @@ from gristmill._version import __version__
 from gristmill.errors import DatasetError, PluginError
 from gristmill.plugin.atomic import durable, sync_directory
 from gristmill.plugin.manager import PluginManager, get_manager
-from gristmill.serve.dataset import open_dataset
+from gristmill.serve.dataset import Dataset, open_dataset
 from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import read_manifest
 from gristmill.store.verify import files
@@ -62,13 +62,7 @@ def export(
     options = record.check_options(options)
     source = Path(path)
     manifest = read_manifest(source)
-    available = list(manifest["splits"])
-    chosen = list(splits) if splits else available
-    unknown = [s for s in chosen if s not in available]
-    if unknown:
-        raise DatasetError(
-            f"{source}: no split {unknown[0]!r}; this dataset has {', '.join(available)}"
-        )
+    chosen = _chosen_splits(source, manifest, splits)
     out = Path(output)
     _check_output(out, source, overwrite)
     show = sys.stderr.isatty() if progress is None else progress
@@ -78,13 +72,8 @@ def export(
         partial = work / "out"
         partial.mkdir()
         summaries: dict[str, Any] = {}
-        for split in dict.fromkeys(chosen):
-            dataset = open_dataset(source, split, manager=manager)
-            if dataset.manifest != manifest:  # the splits and export.json must be one dataset
-                raise DatasetError(
-                    f"{source}: the dataset was prepared again while it was being exported; "
-                    "nothing was exported. Run the export again"
-                )
+        for split in chosen:
+            dataset = _open_split(source, split, manifest, manager)
             summaries[split] = dict(record.export(dataset, partial, progress=show, **options))
             # The files the exporter read itself, or not at all (those read through the
             # dataset were checked as they were opened, and are only looked up again).
@@ -93,21 +82,7 @@ def export(
                     check_intact(source, entry)
         for entry in manifest["tokenizer"].get("files", []):  # an exporter may copy them
             check_intact(source, entry)
-        try:
-            text = json.dumps(
-                {
-                    "exporter": record.name,
-                    "gristmill_version": __version__,
-                    "dataset": str(source.resolve()),
-                    "fingerprint": manifest["fingerprint"],
-                    "splits": summaries,
-                },
-                indent=2,
-            )
-        except (TypeError, ValueError) as exc:
-            raise PluginError(
-                f"exporter {record.name!r} returned a summary that is not JSON: {exc}"
-            ) from None
+        text = _record_text(record.name, source, manifest, summaries)
         (partial / RECORD).write_text(text + "\n", encoding="utf-8")
         _sync_tree(partial)
         if out.exists():
@@ -115,6 +90,55 @@ def export(
         os.replace(partial, out)
         sync_directory(out.parent)
     return out
+
+
+def _open_split(
+    source: Path, split: str, manifest: dict[str, Any], manager: PluginManager
+) -> Dataset:
+    """Split ``split`` of the dataset ``manifest`` describes, refused if it was prepared again
+    since: the splits and ``export.json`` must be one dataset."""
+    dataset = open_dataset(source, split, manager=manager)
+    if dataset.manifest != manifest:
+        raise DatasetError(
+            f"{source}: the dataset was prepared again while it was being exported; "
+            "nothing was exported. Run the export again"
+        )
+    return dataset
+
+
+def _chosen_splits(
+    source: Path, manifest: dict[str, Any], splits: Sequence[str] | None
+) -> list[str]:
+    """The splits to export, each once: ``splits``, or all the dataset has."""
+    available = list(manifest["splits"])
+    chosen = list(splits) if splits else available
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        raise DatasetError(
+            f"{source}: no split {unknown[0]!r}; this dataset has {', '.join(available)}"
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def _record_text(
+    exporter: str, source: Path, manifest: dict[str, Any], summaries: dict[str, Any]
+) -> str:
+    """``export.json``: the exporter, gristmill's version, the dataset and each split's summary."""
+    try:
+        return json.dumps(
+            {
+                "exporter": exporter,
+                "gristmill_version": __version__,
+                "dataset": str(source.resolve()),
+                "fingerprint": manifest["fingerprint"],
+                "splits": summaries,
+            },
+            indent=2,
+        )
+    except (TypeError, ValueError) as exc:
+        raise PluginError(
+            f"exporter {exporter!r} returned a summary that is not JSON: {exc}"
+        ) from None
 
 
 def _check_output(out: Path, source: Path, overwrite: bool) -> None:
