@@ -36,7 +36,7 @@ def test_inspect_plot_writes_a_png_and_still_prints_the_report(dataset, tmp_path
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
     assert width > 800 and height > 300
-    assert not list(tmp_path.glob(".*tmp*"))  # written under a temporary name, then renamed
+    assert not list(tmp_path.glob("*.tmp-*"))  # written under a temporary name, then renamed
 
 
 def test_inspect_plot_with_json_keeps_stdout_json(dataset, tmp_path, capsys):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import GristmillError, MissingDependencyError
+from gristmill.plugin.atomic import write_atomic
 
 
 def require() -> None:
@@ -46,12 +47,7 @@ def plot_report(report: dict[str, Any], split: str, path: str | os.PathLike[str]
     lengths, packing = fig.subplots(1, 2, width_ratios=(3, 2))
     _histogram(lengths, entry)
     _packing(packing, entry["packing"])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
     return path
 
 

@@ -4,19 +4,18 @@ statistics and the reject file."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from gristmill.errors import DatasetError
 from gristmill.layout import TASKS_DIR, reject_file
-from gristmill.plugin.atomic import sync_directory, temporary_for
+from gristmill.plugin.atomic import sync_directory, write_atomic
 from gristmill.plugin.components import ShardFormatType
 from gristmill.store.stats import MetadataStats, length_stats
 from gristmill.store.tasks import TaskSettings, read_record, task_file
@@ -61,20 +60,10 @@ def merge(
     The tasks' news (the format chosen for each source) go to ``announce`` in task order.
     """
     out_dir = Path(settings.out_dir)
-    dtype = np.dtype(settings.dtype)
-    records = [read_record(out_dir, index) for index in range(tasks)]
-    missing = [index for index, record in enumerate(records) if record is None]
-    if missing:  # an executor that reported a task done whose record is not there
-        raise DatasetError(
-            f"{out_dir}: task {missing[0]} reported success but left no record in {TASKS_DIR}; "
-            "run the same command again (an executor needs a filesystem its workers share)"
-        )
-    parts = [
-        _part(out_dir, r, split) for r in records if r is not None for split in settings.splits
-    ]
+    records = _read_records(out_dir, tasks)
+    parts = [_part(out_dir, r, split) for r in records for split in settings.splits]
     duplicates = _dedup(out_dir, parts, fmt, settings) if settings.dedup else 0
     for record in records:
-        assert record is not None
         for _, message in sorted(record["formats"].items(), key=lambda kv: int(kv[0])):
             announce(message)
 
@@ -84,16 +73,8 @@ def merge(
     for split in settings.splits:
         chosen = [p for p in parts if p.split == split]
         shards = [shard for part in chosen for shard in part.shards]
-        lengths = fmt.reader(out_dir, shards, dtype=dtype).lengths()
-        first = 0
-        for part in chosen:
-            part_lengths = lengths[first : first + len(part.positions)]
-            first += len(part.positions)
-            counts += np.bincount(part.positions, minlength=sources)
-            record = records[part.task]
-            assert record is not None
-            if part.metadata is not None:
-                _count_metadata(metadata, record["metadata"], part.metadata, part_lengths)
+        lengths = fmt.reader(out_dir, shards, dtype=np.dtype(settings.dtype)).lengths()
+        _count(chosen, lengths, records, counts, metadata)
         if not len(lengths):
             log.warning(f"{out_dir}: the {split} split is empty")
         splits[split] = {
@@ -105,7 +86,6 @@ def merge(
         }
     skipped: Counter[str] = Counter(main_skipped)
     for record in records:
-        assert record is not None
         skipped.update(record["skipped"])
     _publish_rejects(out_dir, tasks, main=bool(main_skipped))
     return Merged(
@@ -113,9 +93,40 @@ def merge(
         records=counts.tolist(),
         skipped=dict(sorted(skipped.items())),
         duplicates=duplicates,
-        truncated=sum(r["truncated"] for r in records if r is not None),
+        truncated=sum(r["truncated"] for r in records),
         metadata=metadata.summary(),
     )
+
+
+def _read_records(out_dir: Path, tasks: int) -> list[dict[str, Any]]:
+    """Every task's record, in task order; refused when one is missing."""
+    records = [read_record(out_dir, index) for index in range(tasks)]
+    missing = [index for index, record in enumerate(records) if record is None]
+    if missing:  # an executor that reported a task done whose record is not there
+        raise DatasetError(
+            f"{out_dir}: task {missing[0]} reported success but left no record in {TASKS_DIR}; "
+            "run the same command again (an executor needs a filesystem its workers share)"
+        )
+    return [record for record in records if record is not None]
+
+
+def _count(
+    parts: Sequence[_Part],
+    lengths: np.ndarray,
+    records: Sequence[dict[str, Any]],
+    counts: np.ndarray,
+    metadata: MetadataStats,
+) -> None:
+    """Add one split's documents to ``counts`` (per source position) and ``metadata``;
+    ``lengths``: the split's document lengths, the parts' one after another."""
+    first = 0
+    for part in parts:
+        part_lengths = lengths[first : first + len(part.positions)]
+        first += len(part.positions)
+        counts += np.bincount(part.positions, minlength=len(counts))
+        if part.metadata is not None:
+            table = records[part.task]["metadata"]
+            _count_metadata(metadata, table, part.metadata, part_lengths)
 
 
 def _part(out_dir: Path, record: dict[str, Any], split: str) -> _Part:
@@ -205,11 +216,10 @@ def _publish_rejects(out_dir: Path, tasks: int, *, main: bool) -> None:
     if not pieces:
         path.unlink(missing_ok=True)
         return
-    with temporary_for(path) as tmp:
-        with open(tmp, "wb") as out:
-            for piece in pieces:
-                with open(piece, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 22)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+
+    def copy(out: BinaryIO) -> None:
+        for piece in pieces:
+            with open(piece, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+
+    write_atomic(path, copy)
