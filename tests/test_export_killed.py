@@ -34,10 +34,10 @@ from gristmill.cli import main
 
 CALLS = {"write", "mkdir", "mkdtemp", "rename", "replace", "unlink", "rmdir", "fsync", "flock"}
 MINE = ("export.py", "shutil.py", "tempfile.py", "pathlib.py", "gristmill_fake_exporter.py")
-EXPORT = os.path.join("gristmill", "export.py")
+EXPORT = os.path.join("gristmill", "serve", "export.py")
 # gristmill's record of the files it found intact: outside the output, and written only for
 # files a few seconds old, so not one of the export's own steps (and not the same in every run)
-STAMPS = os.path.join("gristmill", "integrity.py")
+STAMPS = os.path.join("gristmill", "plugin", "integrity.py")
 point, seen = int(sys.argv[1]), 0
 
 def exporting(frame):
@@ -63,6 +63,16 @@ sys.setprofile(None)
 print("calls:", seen)
 sys.exit(code)
 """
+
+
+def test_the_killer_names_modules_that_exist():
+    """The kill points are found by module path: a module moved elsewhere would silently leave
+    the export unkilled (or the stamps killed)."""
+    root = Path(gristmill.__file__).parent.parent
+    for name in ("EXPORT", "STAMPS"):
+        line = next(line for line in KILLER.splitlines() if line.startswith(f"{name} ="))
+        parts = line.split("os.path.join(", 1)[1].rstrip(")").replace('"', "").split(", ")
+        assert (root / os.path.join(*parts)).is_file(), line
 
 
 def export_args(root: Path, *extra: str) -> list[str]:
