@@ -95,12 +95,12 @@ def run(source: str, out: Path, executor: str, workers: int, args: argparse.Name
 
 def count_tasks(source: str, task_bytes: int) -> int:
     """How many tasks prepare cuts the input into (from its size alone)."""
+    from gristmill.ingest.plan import plan_chunks
     from gristmill.ingest.sources import open_sources
     from gristmill.plugin.manager import get_manager
-    from gristmill.store.tasks import plan_tasks
 
     opened = open_sources([source], get_manager())
-    return len(plan_tasks(list(enumerate(opened)), task_bytes))
+    return len(plan_chunks(enumerate(opened), task_bytes))
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ import gristmill.plugin.files
 from gristmill import hookimpl
 from gristmill.cli import main
 from gristmill.errors import DataError, DatasetError, UnknownComponentError
+from gristmill.ingest.plan import plan_chunks
 from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import TokenizerType
 from gristmill.plugin.files import line_ranges
 from gristmill.plugin.manager import get_manager
-from gristmill.store.tasks import plan_tasks
 from gristmill_byte import ByteTokenizer
 
 
@@ -247,15 +247,15 @@ def test_planning_streams_past_a_long_line(tmp_path):
     [source] = open_sources([str(path)], get_manager(), max_record_bytes=1000)
     tracemalloc.start()
     try:
-        tasks = plan_tasks([(0, source)], 8 << 20)
+        chunks = plan_chunks([(0, source)], 8 << 20)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20, f"peak {peak / 2**20:.0f} MiB"
     # No line cut: every cut falls inside the long line and moves to the next line's start.
     size = path.stat().st_size
-    pieces = [piece for task in tasks for _, piece in task.pieces]
-    assert [p.byte_range for p in pieces] == [(0, size - 17, 1), (size - 17, size, 3)]
+    parts = [part for chunk in chunks for _, part in chunk.parts]
+    assert [p.byte_range for p in parts] == [(0, size - 17, 1), (size - 17, size, 3)]
 
 
 PEAK_RSS = """

@@ -16,12 +16,12 @@ import pytest
 import gristmill
 from gristmill import hookimpl
 from gristmill.errors import DataError, DatasetError, OptionError
+from gristmill.ingest.plan import plan_chunks
 from gristmill.ingest.sources import open_sources
 from gristmill.layout import INCOMPLETE, MANIFEST, TASKS_DIR
 from gristmill.plugin.components import ExecutorType
 from gristmill.plugin.manager import get_manager
 from gristmill.store.claim import Claim
-from gristmill.store.tasks import plan_tasks
 from tests.helpers import kill_when, run_gristmill, tree_bytes
 
 WORDS = [
@@ -136,17 +136,17 @@ def test_documents_keep_the_input_order_across_tasks(tmp_path, write_jsonl):
 def test_the_task_plan_depends_on_the_input_only(corpus):
     manager = get_manager()
     opened = list(enumerate(open_sources(corpus, manager)))
-    plan = plan_tasks(opened, 20_000)
-    again = plan_tasks(list(enumerate(open_sources(corpus, manager))), 20_000)
-    assert [[(i, repr(vars(p))) for i, p in t.pieces] for t in plan] == [
-        [(i, repr(vars(p))) for i, p in t.pieces] for t in again
+    plan = plan_chunks(opened, 20_000)
+    again = plan_chunks(list(enumerate(open_sources(corpus, manager))), 20_000)
+    assert [[(i, repr(vars(p))) for i, p in t.parts] for t in plan] == [
+        [(i, repr(vars(p))) for i, p in t.parts] for t in again
     ]
     sizes = [os.path.getsize(p) for p in corpus[:2]]
     assert len(plan) >= sum(sizes) // 20_000
     # The five small files (about 150 bytes each) share one task.
     last = plan[-1]
-    assert [i for i, _ in last.pieces][-5:] == [2, 3, 4, 5, 6]
-    assert len({i for t in plan for i, _ in t.pieces}) == len(opened)
+    assert [i for i, _ in last.parts][-5:] == [2, 3, 4, 5, 6]
+    assert len({i for t in plan for i, _ in t.parts}) == len(opened)
 
 
 def test_a_bad_record_in_a_worker_is_reported_with_its_line(tmp_path, write_jsonl):

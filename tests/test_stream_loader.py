@@ -199,3 +199,18 @@ def test_a_stream_pickles_for_spawned_workers(sources):
     copy = pickle.loads(pickle.dumps(stream))
     assert len(copy.pieces) == len(stream.pieces) and copy.identity == stream.identity
     assert _keys(list(copy)) == _keys(list(stream))
+
+
+def test_a_loader_counts_a_source_refused_by_the_schema_check_once(tmp_path):
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for name, header in (("a", "text"), ("b", "text,extra"), ("c", "text")):
+        rows = "".join(f"{name} row {i}{',x' if name == 'b' else ''}\n" for i in range(200))
+        (folder / f"{name}.csv").write_text(f"{header}\n{rows}")
+    stream = _stream(sorted(folder.iterdir()), on_error="skip")
+    everything = _keys(list(stream))
+    assert stream.stats.skipped == {"schema-drift": 1}
+    for workers in (0, 2):
+        loader = _loader(stream, shuffle=False, num_workers=workers)
+        assert [key for batch in loader for key in batch] == everything
+        assert loader.stats.skipped == {"schema-drift": 1}

@@ -1,7 +1,7 @@
 """From examples to token documents: rendering, tokenizing in batches, loss masks, specials.
 
 Also each document's identity (its digest) and its split, both from its content alone, so that
-they do not depend on how the input was cut into tasks.
+they do not depend on how the input was cut into chunks.
 """
 
 from __future__ import annotations
@@ -28,18 +28,15 @@ def encoded_batches(
     tok: Tokenizer,
     policy: ErrorPolicy,
     *,
-    normalize: bool,
     train_on_prompt: bool,
     max_doc_tokens: int | None,
 ) -> Iterator[Batch]:
     """Batches of tokenized documents: ids, masks, metadata per document, and how many were cut.
 
     Examples the tokenizer cannot take (a chat template refusing a conversation…) go to
-    ``policy``.
+    ``policy``. The examples come normalised or not (see :mod:`gristmill.ingest.chain`).
     """
     while batch := list(islice(examples, BATCH)):
-        if normalize:
-            batch = [(example.normalized(), where) for example, where in batch]
         ids, masks, metadata, cut = [], [], [], 0
         for (example, _), result in zip(batch, encode(tok, batch, train_on_prompt, max_doc_tokens)):
             if isinstance(result, Rejected):

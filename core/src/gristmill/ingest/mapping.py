@@ -67,51 +67,6 @@ def check_fields(mapper: FieldMapperType, fields: Mapping[str, str]) -> None:
         )
 
 
-class SchemaCheck:
-    """Sources of one kind that describe their columns (``schema()``) must all agree.
-
-    A Parquet file whose column types differ from the first one's would otherwise fail, or worse
-    pass, record by record; one clear message per file is better.
-    """
-
-    def __init__(self) -> None:
-        self.first: dict[type, tuple[str, dict[str, str]]] = {}
-
-    def admit(self, source: Source, policy: ErrorPolicy) -> bool:
-        """Whether to read ``source``; a drifting or unreadable one goes to the error policy."""
-        problem = self.problem(source)
-        if problem is not None:
-            policy.handle(problem)
-        return problem is None
-
-    def problem(self, source: Source) -> Rejected | DataError | None:
-        """Why not to read ``source`` (its schema drifts, or cannot be read), or ``None``."""
-        try:
-            drift = self.drift(source)
-        except DataError as exc:  # e.g. a Parquet footer that cannot be read
-            return exc
-        return Rejected("schema-drift", drift, Where(source.spec)) if drift else None
-
-    def drift(self, source: Any) -> str | None:
-        describe = getattr(source, "schema", None)
-        if describe is None:
-            return None
-        schema = describe()
-        spec, reference = self.first.setdefault(type(source), (source.spec, schema))
-        differences = [
-            f"column {name!r} is {reference.get(name, 'absent')} there, "
-            f"{schema.get(name, 'absent')} here"
-            for name in sorted(set(reference) | set(schema))
-            if reference.get(name) != schema.get(name)
-        ]
-        if not differences:
-            return None
-        return (
-            f"the schema differs from {spec}'s: {'; '.join(differences)}; "
-            "make the files agree, or prepare them separately"
-        )
-
-
 def mapped_examples(
     source: Source,
     fmt: str,
@@ -126,6 +81,23 @@ def mapped_examples(
     per-record problem: when the first record fits no format, that is raised whatever the policy.
     """
     mapper: FieldMap | None = None
+    for record, where in _objects(source, policy):
+        if mapper is None:
+            mapper = _mapper_for(record, where, source.spec, fmt, fields, manager, report)
+        try:
+            example = mapper(record)
+        except FieldError as exc:
+            # Count "messages[3].content" and "messages[7].content" as one reason.
+            field = TURN_INDEX.sub("[]", exc.field) if exc.field else None
+            reason = f"{exc.reason}:{field}" if field else exc.reason
+            policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
+            continue
+        yield _with_metadata(example, record), where
+
+
+def _objects(source: Source, policy: ErrorPolicy) -> Iterator[tuple[Mapping[str, Any], Where]]:
+    """The records of ``source`` that are objects; the others, and a source that cannot go on,
+    go to ``policy``."""
     items = iter(source.records())
     while True:
         try:
@@ -139,43 +111,45 @@ def mapped_examples(
             policy.reject(item)
             continue
         record, where = item
-        if not isinstance(record, Mapping):
-            policy.reject(
-                Rejected(
-                    "not-an-object",
-                    f"expected an object with named fields, got {type(record).__name__}",
-                    where,
-                    _raw(record),
-                )
-            )
+        if isinstance(record, Mapping):
+            yield record, where
             continue
-        if mapper is None:
-            try:
-                name = choose_mapper(record, fmt, fields, manager)
-            except DataError as exc:
-                raise DataError(exc.reason, where=str(where)) from None
-            how = "chosen from its keys" if fmt == "auto" else "as asked"
-            report(f"{source.spec}: format {name} ({how})")
-            mapper_type = manager.field_mapper(name)
-            check_fields(mapper_type, fields)
-            mapper = mapper_type.factory(fields)
-        try:
-            example = mapper(record)
-        except FieldError as exc:
-            # Count "messages[3].content" and "messages[7].content" as one reason.
-            field = TURN_INDEX.sub("[]", exc.field) if exc.field else None
-            reason = f"{exc.reason}:{field}" if field else exc.reason
-            policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
-            continue
-        meta = record.get("metadata")
-        if isinstance(meta, Mapping) and example.metadata is None:
-            scalars = (
-                (_writable(str(k)), _writable(v) if isinstance(v, str) else v)
-                for k, v in meta.items()
-                if isinstance(v, (str, int, bool))
-            )
-            example = replace(example, metadata=tuple(sorted(scalars)))
-        yield example, where
+        message = f"expected an object with named fields, got {type(record).__name__}"
+        policy.reject(Rejected("not-an-object", message, where, _raw(record)))
+
+
+def _mapper_for(
+    record: Mapping[str, Any],
+    where: Where,
+    spec: str,
+    fmt: str,
+    fields: Mapping[str, str],
+    manager: PluginManager,
+    report: Callable[[str], None],
+) -> FieldMap:
+    """The field mapper for a source, chosen from its first object ``record``."""
+    try:
+        name = choose_mapper(record, fmt, fields, manager)
+    except DataError as exc:
+        raise DataError(exc.reason, where=str(where)) from None
+    how = "chosen from its keys" if fmt == "auto" else "as asked"
+    report(f"{spec}: format {name} ({how})")
+    mapper_type = manager.field_mapper(name)
+    check_fields(mapper_type, fields)
+    return mapper_type.factory(fields)
+
+
+def _with_metadata(example: Example, record: Mapping[str, Any]) -> Example:
+    """``example`` with the record's ``metadata`` scalars, unless its mapper set metadata."""
+    meta = record.get("metadata")
+    if not isinstance(meta, Mapping) or example.metadata is not None:
+        return example
+    scalars = (
+        (_writable(str(k)), _writable(v) if isinstance(v, str) else v)
+        for k, v in meta.items()
+        if isinstance(v, (str, int, bool))
+    )
+    return replace(example, metadata=tuple(sorted(scalars)))
 
 
 def _raw(record: Any) -> str | None:

@@ -7,11 +7,12 @@ the packers' online form, so streaming some sources gives the same samples as pr
 as they fit in one piece.
 
 A stream is cut by its input's size alone (never by the number of ranks or workers) into
-**chunks** of about ``chunk_bytes`` (the sources' ``split`` pieces, as prepare's tasks), read and
-tokenized as one unit of work, and **pieces** of consecutive chunks, each packed on its own: the
-packer starts empty at a piece's start and is flushed at its end. So a piece's samples depend on
-that piece alone, which lets ranks share pieces out, workers tokenize chunks, and a loader resume
-at (piece, samples served) exactly; see :mod:`gristmill.torch.streaming`.
+**chunks** of about ``chunk_bytes`` (runs of the sources' parts, planned as prepare's tasks are:
+see :mod:`gristmill.ingest.plan`), read and tokenized as one unit of work, and **pieces** of
+consecutive chunks, each packed on its own: the packer starts empty at a piece's start and is
+flushed at its end. So a piece's samples depend on that piece alone, which lets ranks share
+pieces out, workers tokenize chunks, and a loader resume at (piece, samples served) exactly; see
+:mod:`gristmill.torch.streaming`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from gristmill.errors import DataError, GristmillError
-from gristmill.ingest.encoding import encoded_batches
-from gristmill.ingest.mapping import check_fields, mapped_examples
+from gristmill.ingest.chain import Problem, Reading, check_schemas, document_batches
+from gristmill.ingest.mapping import check_fields
+from gristmill.ingest.plan import Chunk, plan_chunks, source_size
 from gristmill.ingest.policy import ErrorPolicy, describe_skips
 from gristmill.ingest.sources import open_sources
 from gristmill.ingest.tokenizers import resolve_tokenizer
@@ -39,7 +41,6 @@ from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Segment
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.plugin.overlong import check_policy
 from gristmill.serve.samples import Part, build_sample, check_labels
-from gristmill.store.tasks import Task, plan_tasks, source_size
 
 log = logging.getLogger("gristmill")
 
@@ -73,7 +74,7 @@ class StreamStats:
 
 
 @dataclass
-class Chunk:
+class TokenizedChunk:
     """One chunk of a stream, tokenized: its documents and the records it skipped."""
 
     documents: list[Part]
@@ -191,11 +192,17 @@ class Stream:
         self.__dict__.update(state, manager=get_manager())
 
     @cached_property
-    def pieces(self) -> list[tuple[Task, ...]]:
+    def pieces(self) -> list[tuple[Chunk, ...]]:
         """The stream's pieces, in order, each a run of chunks (planned once, by size alone)."""
-        chunks = plan_tasks(list(enumerate(self.sources)), self.chunk_bytes)
+        chunks = plan_chunks(enumerate(self.sources), self.chunk_bytes, unread=self._refused)
         per_piece = max(1, min(self.piece_bytes // self.chunk_bytes, len(chunks) // MIN_PIECES))
         return [tuple(chunks[i : i + per_piece]) for i in range(0, len(chunks), per_piece)]
+
+    @cached_property
+    def _refused(self) -> dict[int, Problem]:
+        """The sources the schema check refuses, by position; under ``on_error="fail"`` the
+        first raises, before any record is read."""
+        return check_schemas(self.sources, self.on_error)
 
     @cached_property
     def identity(self) -> str:
@@ -211,27 +218,29 @@ class Stream:
         text = json.dumps(described, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def read(self, chunk: Task) -> Chunk:
+    def read(self, chunk: Chunk) -> TokenizedChunk:
         """Read, map and tokenize one chunk (any process may: what it needs travels with it)."""
+        reading = Reading(
+            format=self.format,
+            fields=self.fields,
+            normalize=self.normalize,
+            train_on_prompt=self.train_on_prompt,
+            max_doc_tokens=self.max_doc_tokens,
+        )
         policy = ErrorPolicy(self.on_error, None)
         documents: list[Part] = []
-        for _, source in chunk.pieces:
-            examples = mapped_examples(
-                source, self.format, self.fields, self.manager, policy, report=log.info
-            )
-            batches = encoded_batches(
-                examples,
-                self.tokenizer,
-                policy,
-                normalize=self.normalize,
-                train_on_prompt=self.train_on_prompt,
-                max_doc_tokens=self.max_doc_tokens,
+        for position, part in chunk.parts:
+            refused = self._refused.get(position)
+            batches = document_batches(
+                part, self.tokenizer, reading, self.manager, policy, log.info, refused
             )
             for ids, masks, _, _ in batches:
                 documents += zip(ids, masks)
-        return Chunk(documents, policy.close())
+        return TokenizedChunk(documents, policy.close())
 
-    def pack(self, chunks: Iterable[Chunk], stats: StreamStats) -> Iterator[dict[str, np.ndarray]]:
+    def pack(
+        self, chunks: Iterable[TokenizedChunk], stats: StreamStats
+    ) -> Iterator[dict[str, np.ndarray]]:
         """The samples of one piece, given its chunks in order (the packer starts empty and is
         flushed at the end); counts what it reads and serves into ``stats``."""
         online = self.packer.online(self.seq_len)

@@ -41,7 +41,7 @@ log = logging.getLogger("gristmill")
 
 SPLITS = ("train", "val")  # the splits prepare writes: train always, val when asked for
 OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR)  # everything in them is gristmill's
-TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.Task.prefix)
+TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.task_prefix)
 TEMPORARY = re.compile(r"\.tmp-\d+$")  # write_atomic's temporary names (of the manifest)
 SHOWN = 10  # foreign files named in a refusal
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DataError, DatasetError, MissingDependencyError
-from gristmill.ingest.mapping import SchemaCheck, check_fields, mapped_examples
+from gristmill.ingest.chain import Reading, canonical_examples, check_schemas
+from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.policy import ErrorPolicy
 from gristmill.ingest.sources import open_sources
 from gristmill.layout import reject_file
@@ -69,16 +70,13 @@ def convert(
     )
     rejects = reject_file(out_path)
     policy = ErrorPolicy(on_error, rejects)
+    refused = check_schemas(opened, on_error)
+    reading = Reading(format=format, fields=fields, normalize=normalize)
 
     def examples() -> Iterator[tuple[Example, Where]]:
-        schemas = SchemaCheck()
-        for source in opened:
-            if not schemas.admit(source, policy):
-                continue
-            for example, where in mapped_examples(
-                source, format, fields, manager, policy, log.info
-            ):
-                yield (example.normalized() if normalize else example), where
+        for position, source in enumerate(opened):
+            refusal = refused.get(position)
+            yield from canonical_examples(source, reading, manager, policy, log.info, refusal)
 
     for written in (out_path, rejects):  # what a killed convert left half-written
         remove_stale_temporaries(written.parent, written.name)

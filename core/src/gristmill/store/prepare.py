@@ -17,7 +17,9 @@ import numpy as np
 
 from gristmill._version import __version__
 from gristmill.errors import DataError
-from gristmill.ingest.mapping import SchemaCheck, check_fields
+from gristmill.ingest.chain import check_schemas
+from gristmill.ingest.mapping import check_fields
+from gristmill.ingest.plan import plan_chunks
 from gristmill.ingest.policy import POLICIES, ErrorPolicy
 from gristmill.ingest.sources import open_sources
 from gristmill.ingest.tokenizers import resolve_tokenizer
@@ -37,7 +39,7 @@ from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.store.claim import SPLITS, Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
 from gristmill.store.merge import merge
-from gristmill.store.tasks import DEFAULT_TASK_BYTES, TaskRunner, TaskSettings, plan_tasks
+from gristmill.store.tasks import DEFAULT_TASK_BYTES, TaskRunner, TaskSettings
 
 log = logging.getLogger("gristmill")
 
@@ -154,12 +156,8 @@ def prepare(
     }
     provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
     # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
-    schemas = SchemaCheck()
-    problems = [schemas.problem(source) for source in opened]
-    if on_error == "fail":
-        for problem in problems:
-            if problem is not None:
-                ErrorPolicy("fail", reject_file(Path(out))).handle(problem)  # raises
+    refused = check_schemas(opened, on_error)
+    problems = [refused.get(position) for position in range(len(opened))]
     tok = tokenizer_type.factory(tokenizer, engine=engine, **tokenizer_options)
     # A tokenizer that can say when its files changed (hf:DIR re-trained in place) takes part.
     tok_fingerprint = getattr(tok, "fingerprint", None)
@@ -232,7 +230,7 @@ def _write(
     for directory in (*splits, TASKS_DIR):
         (out_dir / directory).mkdir(exist_ok=True)
     admitted = [(i, s) for i, (s, problem) in enumerate(zip(opened, problems)) if problem is None]
-    tasks = plan_tasks(admitted, config["task_bytes"])
+    tasks = plan_chunks(admitted, config["task_bytes"])
     done = claim.finished_tasks(len(tasks), splits)
     # Sources refused by the schema check (under --on-error skip) are recorded after the clean-up.
     policy = ErrorPolicy(config["on_error"], out_dir / TASKS_DIR / "schema-rejects.jsonl")
@@ -272,7 +270,7 @@ def _write(
         announced: set[str] = set()
 
         def announce(message: str) -> None:
-            if message not in announced:  # once per source, not once per piece of it
+            if message not in announced:  # once per source, not once per part of it
                 announced.add(message)
                 log.info(message)
 

@@ -1,7 +1,8 @@
-"""Prepare's unit of work: a task reads some pieces of the sources and writes its own shards.
+"""Prepare's unit of work: a task reads one chunk of the input and writes its own shards.
 
-The plan depends on the input alone (its size, never the worker count), and a task's output
-depends on its pieces alone; the manifest lists the tasks' shards in task order. So a dataset is
+The chunks are planned from the input alone (its size, never the worker count; see
+:mod:`gristmill.ingest.plan`), a task's number is its chunk's index, and its output depends on
+its chunk alone; the manifest lists the tasks' shards in task order. So a dataset is
 byte-identical whatever the number of workers or the executor, and after a crash only the tasks
 that left no record are run again.
 
@@ -14,71 +15,28 @@ metadata rows. The record names everything; ``prepare`` merges the records into 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gristmill.ingest.encoding import assign_splits, digest, encoded_batches
-from gristmill.ingest.mapping import mapped_examples
+from gristmill.ingest.chain import Reading, document_batches
+from gristmill.ingest.encoding import Batch, assign_splits, digest
+from gristmill.ingest.plan import Chunk
 from gristmill.ingest.policy import ErrorPolicy
 from gristmill.layout import TASKS_DIR
 from gristmill.plugin.atomic import canonical_json, sync_directory, write_atomic
-from gristmill.plugin.components import Source, Tokenizer
+from gristmill.plugin.components import Tokenizer
 from gristmill.plugin.manager import PluginManager, get_manager
 
 DEFAULT_TASK_BYTES = 16 << 20  # input per task: enough to amortise it, small enough to balance
-UNSIZED_PIECES = 64  # a source that cannot tell its size splits this finely, as far as it can
-
-
-@dataclass(frozen=True)
-class Task:
-    index: int
-    pieces: tuple[tuple[int, Source], ...]  # (position of the source in the run, a piece of it)
-
-    @property
-    def prefix(self) -> str:
-        """Every file of this task starts with this."""
-        return f"{self.index:05d}-"
-
-
-def plan_tasks(sources: Sequence[tuple[int, Source]], task_bytes: int) -> list[Task]:
-    """Cut sources into pieces of about ``task_bytes`` and group small neighbours into tasks."""
-    weighted: list[tuple[int, Source, int]] = []
-    for position, source in sources:
-        size = source_size(source)
-        pieces = UNSIZED_PIECES if size is None else -(-size // task_bytes)
-        parts = source.split(pieces) if pieces > 1 else [source]
-        weight = task_bytes if size is None else max(1, size // len(parts))
-        weighted += [(position, part, weight) for part in parts]
-    tasks: list[Task] = []
-    current: list[tuple[int, Source]] = []
-    filled = 0
-    for position, part, weight in weighted:
-        if current and filled + weight > task_bytes:
-            tasks.append(Task(len(tasks), tuple(current)))
-            current, filled = [], 0
-        current.append((position, part))
-        filled += weight
-    if current:
-        tasks.append(Task(len(tasks), tuple(current)))
-    return tasks
-
-
-def source_size(source: Source) -> int | None:
-    """Bytes of input: the source's ``nbytes()`` when it has one, else its file's size."""
-    nbytes = getattr(source, "nbytes", None)
-    if nbytes is not None:
-        return int(nbytes())
-    return os.path.getsize(source.spec) if os.path.isfile(source.spec) else None
 
 
 @dataclass(frozen=True)
 class TaskSettings:
-    """Everything a task needs besides its pieces; plain values, so it travels to any process."""
+    """Everything a task needs besides its chunk; plain values, so it travels to any process."""
 
     out_dir: str
     config_fingerprint: str
@@ -101,7 +59,7 @@ class TaskSettings:
 
 
 class TaskRunner:
-    """Runs one task (``runner(task)`` → a short summary); picklable, for other processes.
+    """Runs one task (``runner(chunk)`` → a short summary); picklable, for other processes.
 
     The tokenizer is loaded once per process from the copy saved in the dataset directory, so
     every worker encodes with exactly the same tokenizer, offline.
@@ -127,10 +85,10 @@ class TaskRunner:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["settings"])  # type: ignore[misc]
 
-    def __call__(self, task: Task) -> dict[str, Any]:
+    def __call__(self, chunk: Chunk) -> dict[str, Any]:
         manager = self.manager or get_manager()
         tok = _tokenizer(self.settings, manager)
-        summary = run_task(task, self.settings, tok, manager, self.progress, self.announce)
+        summary = run_task(chunk, self.settings, tok, manager, self.progress, self.announce)
         return {**summary, "progress_shown": self.progress is not None}
 
 
@@ -152,9 +110,13 @@ def _tokenizer(settings: TaskSettings, manager: PluginManager) -> Tokenizer:
     return _loaded[key]
 
 
-def task_file(out_dir: Path, task: int | Task, name: str) -> Path:
-    index = task.index if isinstance(task, Task) else task
-    return out_dir / TASKS_DIR / f"{index:05d}-{name}"
+def task_prefix(index: int) -> str:
+    """Every file of task ``index`` starts with this."""
+    return f"{index:05d}-"
+
+
+def task_file(out_dir: Path, index: int, name: str) -> Path:
+    return out_dir / TASKS_DIR / f"{task_prefix(index)}{name}"
 
 
 class _SplitLog:
@@ -174,114 +136,130 @@ class _SplitLog:
 
 
 def run_task(
-    task: Task,
+    chunk: Chunk,
     settings: TaskSettings,
     tok: Tokenizer,
     manager: PluginManager,
     progress: Callable[[int], None] | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Read, map and tokenize the task's pieces; write its shards, then its record."""
+    """Read, map and tokenize the chunk's parts; write the task's shards, then its record."""
     out_dir = Path(settings.out_dir)
-    fmt = manager.shard_format(settings.shard_format)
-    writers = {
-        split: fmt.writer(
-            out_dir,
-            split,
-            dtype=np.dtype(settings.dtype),
-            tokens_per_shard=settings.tokens_per_shard,
-            prefix=task.prefix,
-        )
-        for split in settings.splits
-    }
-    logs = {split: _SplitLog() for split in settings.splits}
-    table: dict[tuple[tuple[str, object], ...], int] = {}  # metadata → row
+    output = _TaskOutput(chunk.index, settings, manager)
+    reading = Reading(
+        format=settings.format,
+        fields=settings.fields,
+        normalize=settings.normalize,
+        train_on_prompt=settings.train_on_prompt,
+        max_doc_tokens=settings.max_doc_tokens,
+    )
     formats: dict[int, str] = {}
-    documents = truncated = 0
-    policy = ErrorPolicy(settings.on_error, task_file(out_dir, task, "rejects.jsonl"))
-    keep_digests = settings.dedup or settings.val_fraction > 0
+    policy = ErrorPolicy(settings.on_error, task_file(out_dir, chunk.index, "rejects.jsonl"))
     try:
-        for position, piece in task.pieces:
+        for position, part in chunk.parts:
 
             def report(message: str, position: int = position) -> None:
                 formats.setdefault(position, message)
                 if announce is not None:
                     announce(message)
 
-            examples = mapped_examples(
-                piece, settings.format, settings.fields, manager, policy, report=report
-            )
-            batches = encoded_batches(
-                examples,
-                tok,
-                policy,
-                normalize=settings.normalize,
-                train_on_prompt=settings.train_on_prompt,
-                max_doc_tokens=settings.max_doc_tokens,
-            )
-            for ids, masks, metadata, cut in batches:
-                truncated += cut
-                digests = [digest(d, m) for d, m in zip(ids, masks)] if keep_digests else []
-                # One split: every document; two: each by the hash of its content.
-                splits = (
-                    assign_splits(digests, settings.seed, settings.val_fraction)
-                    if len(settings.splits) > 1
-                    else None
-                )
-                for split in settings.splits:
-                    pick = (
-                        range(len(ids))
-                        if splits is None
-                        else np.flatnonzero(splits == split).tolist()
-                    )
-                    if not pick:
-                        continue
-                    writers[split].add([ids[i] for i in pick], [masks[i] for i in pick])
-                    log = logs[split]
-                    log.add_source(position, len(pick))
-                    if settings.dedup:
-                        log.digests += [digests[i] for i in pick]
-                    log.metadata += [
-                        -1 if metadata[i] is None else table.setdefault(metadata[i], len(table))
-                        for i in pick
-                    ]
-                documents += len(ids)
+            for batch in document_batches(part, tok, reading, manager, policy, report):
+                output.add(position, batch)
                 if progress is not None:
-                    progress(len(ids))
-        shards = {split: writer.close() for split, writer in writers.items()}
+                    progress(len(batch[0]))
+        shards = output.close()
     except BaseException:
         policy.abort()
         raise
-    skipped = policy.close()
-    record: dict[str, Any] = {
-        "task": task.index,
-        "config_fingerprint": settings.config_fingerprint,
-        "documents": documents,
-        "truncated": truncated,
-        "skipped": skipped,
-        "formats": {str(k): v for k, v in sorted(formats.items())},
-        "metadata": [list(map(list, row)) for row in table],
-        "splits": {},
-    }
-    for split, log in logs.items():
-        entry: dict[str, Any] = {"shards": shards[split], "sources": log.sources}
-        if settings.dedup:
-            entry["digests"] = _save(out_dir, task, f"{split}.digests", b"".join(log.digests))
-        if table:
-            rows = np.asarray(log.metadata, dtype="<i4")
-            entry["metadata"] = _save(out_dir, task, f"{split}.metadata", rows.tobytes())
-        record["splits"][split] = entry
+    record = output.record(shards, policy.close(), formats)
     # The record says the task is done: everything it names must be durable first.
     for directory in (*settings.splits, TASKS_DIR):
         sync_directory(out_dir / directory)
-    write_atomic(task_file(out_dir, task, "record.json"), canonical_json(record))
-    return {"task": task.index, "documents": documents}
+    write_atomic(task_file(out_dir, chunk.index, "record.json"), canonical_json(record))
+    return {"task": chunk.index, "documents": record["documents"]}
 
 
-def _save(out_dir: Path, task: Task, name: str, data: bytes) -> str:
-    path = task_file(out_dir, task, name)
-    write_atomic(path, data, sync_directory_too=False)
-    return path.name
+class _TaskOutput:
+    """What a task writes as it reads: per split its shards and :class:`_SplitLog`, and the
+    table of the documents' metadata."""
+
+    def __init__(self, index: int, settings: TaskSettings, manager: PluginManager):
+        self.index, self.settings = index, settings
+        fmt = manager.shard_format(settings.shard_format)
+        self.writers = {
+            split: fmt.writer(
+                Path(settings.out_dir),
+                split,
+                dtype=np.dtype(settings.dtype),
+                tokens_per_shard=settings.tokens_per_shard,
+                prefix=task_prefix(index),
+            )
+            for split in settings.splits
+        }
+        self.logs = {split: _SplitLog() for split in settings.splits}
+        self.table: dict[tuple[tuple[str, object], ...], int] = {}  # metadata → row
+        self.keep_digests = settings.dedup or settings.val_fraction > 0
+        self.documents = self.truncated = 0
+
+    def add(self, position: int, batch: Batch) -> None:
+        """A batch of documents of the source at ``position``, each to its split."""
+        ids, masks, metadata, cut = batch
+        settings = self.settings
+        self.truncated += cut
+        self.documents += len(ids)
+        digests = [digest(d, m) for d, m in zip(ids, masks)] if self.keep_digests else []
+        # One split: every document; two: each by the hash of its content.
+        splits = (
+            assign_splits(digests, settings.seed, settings.val_fraction)
+            if len(settings.splits) > 1
+            else None
+        )
+        for split in settings.splits:
+            pick = range(len(ids)) if splits is None else np.flatnonzero(splits == split).tolist()
+            if not pick:
+                continue
+            self.writers[split].add([ids[i] for i in pick], [masks[i] for i in pick])
+            log = self.logs[split]
+            log.add_source(position, len(pick))
+            if settings.dedup:
+                log.digests += [digests[i] for i in pick]
+            log.metadata += [
+                -1 if metadata[i] is None else self.table.setdefault(metadata[i], len(self.table))
+                for i in pick
+            ]
+
+    def close(self) -> dict[str, Any]:
+        """Close the shard writers; their shards, per split."""
+        return {split: writer.close() for split, writer in self.writers.items()}
+
+    def record(
+        self, shards: dict[str, Any], skipped: dict[str, int], formats: dict[int, str]
+    ) -> dict[str, Any]:
+        """The task's record, once its side files (digests, metadata rows) are written."""
+        record: dict[str, Any] = {
+            "task": self.index,
+            "config_fingerprint": self.settings.config_fingerprint,
+            "documents": self.documents,
+            "truncated": self.truncated,
+            "skipped": skipped,
+            "formats": {str(k): v for k, v in sorted(formats.items())},
+            "metadata": [list(map(list, row)) for row in self.table],
+            "splits": {},
+        }
+        for split, log in self.logs.items():
+            entry: dict[str, Any] = {"shards": shards[split], "sources": log.sources}
+            if self.settings.dedup:
+                entry["digests"] = self._save(f"{split}.digests", b"".join(log.digests))
+            if self.table:
+                rows = np.asarray(log.metadata, dtype="<i4")
+                entry["metadata"] = self._save(f"{split}.metadata", rows.tobytes())
+            record["splits"][split] = entry
+        return record
+
+    def _save(self, name: str, data: bytes) -> str:
+        path = task_file(Path(self.settings.out_dir), self.index, name)
+        write_atomic(path, data, sync_directory_too=False)
+        return path.name
 
 
 def read_record(out_dir: Path, task: int) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ import torch
 
 from gristmill.errors import GristmillError
 from gristmill.serve.samples import build_sample
-from gristmill.serve.stream import Chunk, Stream, StreamStats
+from gristmill.serve.stream import Stream, StreamStats, TokenizedChunk
 from gristmill.torch.collator import Collator
 from gristmill.torch.ranks import (
     as_repeat,
@@ -127,12 +127,12 @@ class _Chunks(torch.utils.data.IterableDataset):
         self.stream = stream
         self.pieces: list[int] | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, Chunk]]:
+    def __iter__(self) -> Iterator[tuple[int, TokenizedChunk]]:
         if self.pieces is None:
             raise rebuilt_elsewhere()
         return self._read(self.pieces)
 
-    def _read(self, pieces: list[int]) -> Iterator[tuple[int, Chunk]]:
+    def _read(self, pieces: list[int]) -> Iterator[tuple[int, TokenizedChunk]]:
         worker, workers = _worker()
         chunks = (chunk for piece in pieces for chunk in self.stream.pieces[piece])
         for number, chunk in enumerate(chunks):
@@ -241,12 +241,12 @@ class StreamLoader(torch.utils.data.DataLoader):
             self.set_epoch(epoch + 1)
 
     def _samples(
-        self, mine: list[list[int]], chunks: Iterator[tuple[int, Chunk]]
+        self, mine: list[list[int]], chunks: Iterator[tuple[int, TokenizedChunk]]
     ) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """This rank's samples with their place: (item, index in its piece, sample)."""
         expected = 0
 
-        def piece_chunks(count: int) -> Iterator[Chunk]:
+        def piece_chunks(count: int) -> Iterator[TokenizedChunk]:
             nonlocal expected
             for number, chunk in islice(chunks, count):
                 if number != expected:  # torch returns workers' results round-robin, in order
