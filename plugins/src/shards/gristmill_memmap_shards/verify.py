@@ -22,22 +22,34 @@ def verify_shard(
 ) -> Iterator[Problem]:
     """Offsets start at 0, never decrease and end at the token count; every id is below
     ``vocab_size``; the mask holds only 0 and 1, and its ones add up to ``num_loss_tokens``."""
+    wrong = list(_wrong_sizes(shard, dtype))
+    if wrong:
+        yield from wrong
+        return  # the arrays cannot be read as the counts say
+    yield from _check_offsets(directory, shard)
+    if vocab_size is not None:
+        yield from _check_ids(directory, shard["tokens"]["path"], dtype, vocab_size)
+    yield from _check_mask(directory, shard)
+
+
+def _wrong_sizes(shard: dict[str, Any], dtype: str) -> Iterator[Problem]:
+    """The files whose size does not fit the shard's document and token counts."""
     n_docs, n_tokens = shard["num_documents"], shard["num_tokens"]
     itemsize = np.dtype(dtype).itemsize
     sizes = [("tokens", n_tokens * itemsize), ("offsets", (n_docs + 1) * 8)]
     if shard.get("mask") is not None:
         sizes.append(("mask", n_tokens))
-    wrong = False
     for key, expected in sizes:
         if shard[key]["bytes"] != expected:
-            wrong = True
             yield Problem(
                 shard[key]["path"],
                 f"{shard[key]['bytes']} bytes, but {n_docs} documents of {n_tokens} tokens "
                 f"({dtype}) need {expected}",
             )
-    if wrong:
-        return  # the arrays cannot be read as the counts say
+
+
+def _check_offsets(directory: Path, shard: dict[str, Any]) -> Iterator[Problem]:
+    n_docs, n_tokens = shard["num_documents"], shard["num_tokens"]
     offsets_at = shard["offsets"]["path"]
     offsets = np.memmap(directory / offsets_at, "<i8", "r", shape=(n_docs + 1,))
     if offsets[0] != 0:
@@ -54,27 +66,34 @@ def verify_shard(
             f"{offsets_at}[{n_docs}]",
             f"the last offset is {offsets[-1]}, but the shard has {n_tokens} tokens",
         )
-    tokens_at = shard["tokens"]["path"]
+
+
+def _check_ids(directory: Path, tokens_at: str, dtype: str, vocab_size: int) -> Iterator[Problem]:
+    """The first id not below ``vocab_size``, if any."""
     tokens = np.memmap(directory / tokens_at, np.dtype(dtype).newbyteorder("<"), "r")
-    if vocab_size is not None:
-        for lo in range(0, len(tokens), BLOCK):
-            block = tokens[lo : lo + BLOCK]
-            bad = np.flatnonzero(block >= vocab_size)
-            if len(bad):
-                at = lo + int(bad[0])
-                yield Problem(
-                    f"{tokens_at}[{at}]",
-                    f"token id {tokens[at]} is not below the vocabulary size {vocab_size} "
-                    f"({len(bad)} such id(s) in elements {lo}…{lo + len(block) - 1})",
-                )
-                break
+    for lo in range(0, len(tokens), BLOCK):
+        block = tokens[lo : lo + BLOCK]
+        bad = np.flatnonzero(block >= vocab_size)
+        if len(bad):
+            at = lo + int(bad[0])
+            yield Problem(
+                f"{tokens_at}[{at}]",
+                f"token id {tokens[at]} is not below the vocabulary size {vocab_size} "
+                f"({len(bad)} such id(s) in elements {lo}…{lo + len(block) - 1})",
+            )
+            return
+
+
+def _check_mask(directory: Path, shard: dict[str, Any]) -> Iterator[Problem]:
+    """The mask holds only 0 and 1 and its ones add up to ``num_loss_tokens``; without a mask,
+    every token carries loss."""
     mask_entry = shard.get("mask")
     if mask_entry is None:
-        if shard["num_loss_tokens"] != n_tokens:
+        if shard["num_loss_tokens"] != shard["num_tokens"]:
             yield Problem(
-                tokens_at,
+                shard["tokens"]["path"],
                 f"no mask, so every token carries loss, but num_loss_tokens is "
-                f"{shard['num_loss_tokens']}, not {n_tokens}",
+                f"{shard['num_loss_tokens']}, not {shard['num_tokens']}",
             )
         return
     mask = np.memmap(directory / mask_entry["path"], "u1", "r")

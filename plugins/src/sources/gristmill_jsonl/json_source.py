@@ -56,54 +56,68 @@ class JsonSource:
                     yield self._malformed(reader, "unexpected data after the closing ]")
                 return
             where = Where(self.spec, reader.line())
-            while True:
-                try:
-                    value, end = decoder.raw_decode(reader.buffer, reader.pos)
-                except json.JSONDecodeError as exc:
-                    # A value cut where the text read so far ends fails near that end: in a
-                    # string, or in a literal, number or escape cut short (`tr`, `1e+`, `\u00`).
-                    incomplete = exc.pos >= len(reader.buffer) - CUT_SHORT or exc.msg.startswith(
-                        "Unterminated string"
-                    )
-                    if incomplete and len(reader.buffer) - reader.pos > self.max_record_bytes:
-                        yield self._too_large(where)
-                        return  # the rest of the value was never read: no place to resume
-                    if not incomplete or not reader.read_more():
-                        yield Rejected(
-                            "malformed-json",
-                            f"malformed JSON at line "
-                            f"{where.line + reader.buffer.count(chr(10), reader.pos, exc.pos)}: {exc.msg}",
-                            where,
-                            reader.buffer[reader.pos : reader.pos + 200],
-                        )
-                        return  # without a line structure there is no safe place to resume
-                except (RecursionError, ValueError) as exc:  # too deep, or too many digits
-                    raw = reader.buffer[reader.pos : reader.pos + 200]
-                    yield Rejected("malformed-json", unreadable(exc), where, raw)
-                    return  # where the value ends is unknown: no place to resume
-                else:
-                    if end < len(reader.buffer):
-                        break
-                    # A number that ends where the text read so far ends may go on after it.
-                    if len(reader.buffer) - reader.pos > self.max_record_bytes:
-                        yield self._too_large(where)
-                        return
-                    if not reader.read_more():
-                        break
+            decoded = self._decode(reader, decoder, where)
+            if isinstance(decoded, Rejected):
+                yield decoded
+                return
+            value, end = decoded
             size = end - reader.pos
             reader.advance(size)
             if size > self.max_record_bytes:  # parsed whole because it fit in one read
                 yield self._too_large(where)
             else:
                 yield value, where
-            if in_array:
-                if not reader.skip_whitespace():
-                    continue  # reported as an unclosed array above
-                if reader.peek() == ",":
-                    reader.advance(1)
-                elif reader.peek() != "]":
-                    yield self._malformed(reader, "expected , or ] between array items")
-                    return
+            if in_array and (problem := self._past_separator(reader)) is not None:
+                yield problem
+                return
+
+    def _decode(
+        self, reader: _Text, decoder: json.JSONDecoder, where: Where
+    ) -> tuple[Any, int] | Rejected:
+        """The value at the cursor and where it ends, read on while it may be cut short by the
+        end of the text read so far; or what ends the file's records there."""
+        while True:
+            try:
+                value, end = decoder.raw_decode(reader.buffer, reader.pos)
+            except json.JSONDecodeError as exc:
+                # A value cut where the text read so far ends fails near that end: in a
+                # string, or in a literal, number or escape cut short (`tr`, `1e+`, `\u00`).
+                incomplete = exc.pos >= len(reader.buffer) - CUT_SHORT or exc.msg.startswith(
+                    "Unterminated string"
+                )
+                if incomplete and len(reader.buffer) - reader.pos > self.max_record_bytes:
+                    return self._too_large(where)  # the rest was never read: no place to resume
+                if not incomplete or not reader.read_more():
+                    # Without a line structure there is no safe place to resume.
+                    return Rejected(
+                        "malformed-json",
+                        f"malformed JSON at line "
+                        f"{where.line + reader.buffer.count(chr(10), reader.pos, exc.pos)}: {exc.msg}",
+                        where,
+                        reader.buffer[reader.pos : reader.pos + 200],
+                    )
+            except (RecursionError, ValueError) as exc:  # too deep, or too many digits
+                raw = reader.buffer[reader.pos : reader.pos + 200]
+                # Where the value ends is unknown: no place to resume.
+                return Rejected("malformed-json", unreadable(exc), where, raw)
+            else:
+                if end < len(reader.buffer):
+                    return value, end
+                # A number that ends where the text read so far ends may go on after it.
+                if len(reader.buffer) - reader.pos > self.max_record_bytes:
+                    return self._too_large(where)
+                if not reader.read_more():
+                    return value, end
+
+    def _past_separator(self, reader: _Text) -> Rejected | None:
+        """Move past the comma after an array item; what is wrong when neither , nor ] comes."""
+        if not reader.skip_whitespace():
+            return None  # reported as an unclosed array by records()
+        if reader.peek() == ",":
+            reader.advance(1)
+        elif reader.peek() != "]":
+            return self._malformed(reader, "expected , or ] between array items")
+        return None
 
     def _too_large(self, where: Where) -> Rejected:
         return Rejected(
@@ -138,13 +152,13 @@ class _Text:
         if self._bad is not None:
             raise self._bad
         # None after the last chunk flushes the decoder: a character cut short by the end of
-        # the file is a bad byte too (it was once dropped without a word).
+        # the file is a bad byte too.
         for chunk in itertools.chain(self._chunks, [None]):
             try:
                 text = self._decoder.decode(chunk or b"", final=chunk is None)
             except UnicodeDecodeError as exc:
                 # The text before the bad byte is read first, so that the values there are
-                # kept whatever the read size (it once failed the whole read they were in).
+                # kept whatever the read size.
                 text = exc.object[: exc.start].decode("utf-8")
                 line = self._line + self.buffer.count("\n") + text.count("\n")
                 self._bad = DataError(
