@@ -10,7 +10,8 @@ import gristmill
 from gristmill import hookimpl
 from gristmill.errors import PluginError, UnknownComponentError
 from gristmill.plugin.components import (
-    KINDS,
+    RECORD_TYPES,
+    Component,
     ExecutorType,
     ExporterType,
     FieldMapperType,
@@ -45,7 +46,7 @@ def test_first_party_plugins_come_through_the_entry_point_group():
     manager = PluginManager(environ={})
     for name, components in FIRST_PARTY.items():
         info = manager.plugins[name]
-        manager.components("sources")
+        manager.components(SourceType)
         assert info.status == "ok", info.error
         assert info.dist == "gristmill"
         assert info.entry_point is not None and info.entry_point.startswith("gristmill_")
@@ -56,8 +57,8 @@ def test_a_third_party_distribution_is_discovered(monkeypatch):
     manager = manager_with(monkeypatch, "ok")
     info = manager.plugins["fake-ok"]
     assert (info.dist, info.version, info.status) == ("gristmill_fake_ok", "1.0", "ok")
-    assert manager.source("lines").suffixes == (".lines",)
-    assert manager.provider("sources", "lines") is info
+    assert manager.get(SourceType, "lines").suffixes == (".lines",)
+    assert manager.provider(SourceType, "lines") is info
 
 
 def test_an_import_error_is_reported_with_distribution_version_and_entry_point(monkeypatch):
@@ -71,13 +72,13 @@ def test_an_import_error_is_reported_with_distribution_version_and_entry_point(m
     assert [p.name for p in manager.failures()] == ["fake-broken"]
     # A run that needs it fails with the same message.
     with pytest.raises(PluginError) as exc:
-        manager.source("fake-broken")
+        manager.get(SourceType, "fake-broken")
     assert str(exc.value) == info.error
     # Asking for anything missing points at the broken plugin too.
     with pytest.raises(UnknownComponentError) as exc:
-        manager.tokenizer("nope")
+        manager.get(TokenizerType, "nope")
     assert info.error in str(exc.value)
-    assert manager.source("jsonl")  # everything else still works
+    assert manager.get(SourceType, "jsonl")  # everything else still works
 
 
 def test_a_name_conflict_names_both_providers(monkeypatch):
@@ -91,11 +92,11 @@ def test_a_name_conflict_names_both_providers(monkeypatch):
     )
     assert "block one of them by name with GRISTMILL_DISABLE_PLUGINS" in message
     with pytest.raises(PluginError, match="more than one plugin"):
-        manager.source("jsonl")
+        manager.get(SourceType, "jsonl")
     # Blocking one side resolves it.
     manager = manager_with(monkeypatch, "clash", GRISTMILL_DISABLE_PLUGINS="fake-clash")
     assert manager.conflict_messages() == []
-    assert manager.provider("sources", "jsonl").name == "jsonl"
+    assert manager.provider(SourceType, "jsonl").name == "jsonl"
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def test_a_name_conflict_names_both_providers(monkeypatch):
 )
 def test_invalid_registrations_fail_the_plugin(monkeypatch, dist, plugin, reason):
     manager = manager_with(monkeypatch, dist)
-    manager.components("packers")
+    manager.components(PackerType)
     info = manager.plugins[plugin]
     assert info.status == "error"
     assert reason in info.error
@@ -119,7 +120,7 @@ def test_block_and_allow_lists(monkeypatch):
     assert manager.plugins["fake-ok"].status == "blocked"
     assert "blocked by GRISTMILL_DISABLE_PLUGINS" in manager.plugins["jsonl"].error
     with pytest.raises(PluginError, match="blocked by GRISTMILL_DISABLE_PLUGINS"):
-        manager.source("jsonl")
+        manager.get(SourceType, "jsonl")
     manager = manager_with(monkeypatch, "ok", GRISTMILL_PLUGINS="fake-ok,byte")
     ok = {name for name, p in manager.plugins.items() if p.status == "ok"}
     assert ok == {"fake-ok", "byte"}
@@ -157,7 +158,7 @@ def test_a_bad_registration_fails_only_its_plugin_and_is_undone(gristmill_manage
         gristmill_manager.register(plugin, "bad")
     assert str(exc.value) == f"plugin 'bad' (registered at runtime) failed to load: {reason}"
     assert "bad" not in gristmill_manager.plugins and gristmill_manager.failures() == []
-    assert set(gristmill_manager.components("samplers")) == {
+    assert set(gristmill_manager.components(SamplerType)) == {
         "sequential",
         "random",
         "distributed",
@@ -166,47 +167,59 @@ def test_a_bad_registration_fails_only_its_plugin_and_is_undone(gristmill_manage
     gristmill_manager.register(object(), "bad")  # the name is free again
 
 
-RECORDS = {
-    "sources": SourceType(name="t-source", description="d", prefixes=("t:",), factory=str),
-    "field_mappers": FieldMapperType(
-        name="t-mapper", description="d", detect=bool, factory=dict, priority=99
-    ),
-    "tokenizers": TokenizerType(name="t-tok", description="d", factory=str, load=str),
-    "shard_formats": ShardFormatType(name="t-shards", description="d", writer=str, reader=str),
-    "packers": PackerType(name="t-packer", description="d", factory=str),
-    "samplers": SamplerType(name="t-sampler", description="d", factory=str),
-    "presets": PresetType(name="t-preset", description="d", source="hub:org/name"),
-    "executors": ExecutorType(name="t-executor", description="d", factory=str),
-    "exporters": ExporterType(name="t-exporter", description="d", export=dict),
-}
-GETTERS = {
-    "sources": "source",
-    "field_mappers": "field_mapper",
-    "tokenizers": "tokenizer",
-    "shard_formats": "shard_format",
-    "packers": "packer",
-    "samplers": "sampler",
-    "presets": "preset",
-    "executors": "executor",
-    "exporters": "exporter",
-}
+RECORDS = [
+    SourceType(name="t-source", description="d", prefixes=("t:",), factory=str),
+    FieldMapperType(name="t-mapper", description="d", detect=bool, factory=dict, priority=99),
+    TokenizerType(name="t-tok", description="d", factory=str, load=str),
+    ShardFormatType(name="t-shards", description="d", writer=str, reader=str),
+    PackerType(name="t-packer", description="d", factory=str),
+    SamplerType(name="t-sampler", description="d", factory=str),
+    PresetType(name="t-preset", description="d", source="hub:org/name"),
+    ExecutorType(name="t-executor", description="d", factory=str),
+    ExporterType(name="t-exporter", description="d", export=dict),
+]
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_every_hook_registers_through_its_typed_getter(gristmill_register, gristmill_manager, kind):
-    hook_name, record_type = KINDS[kind]
-    record = RECORDS[kind]
-    assert isinstance(record, record_type)
-    plugin = type("P", (), {hook_name: staticmethod(hookimpl(lambda: [record]))})
-    gristmill_register(plugin, name=f"temp-{kind.replace('_', '-')}")
-    assert getattr(gristmill_manager, GETTERS[kind])(record.name) is record
-    assert gristmill_manager.plugins[f"temp-{kind.replace('_', '-')}"].components == {
-        kind: [record.name]
+def test_there_is_a_record_for_every_kind():
+    assert [type(r) for r in RECORDS] == list(RECORD_TYPES)
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: r.kind)
+def test_every_kind_registers_through_its_hook_and_is_found_by_its_type(
+    gristmill_register, gristmill_manager, record
+):
+    kind = type(record)
+    plugin = type("P", (), {kind.hook: staticmethod(hookimpl(lambda: [record]))})
+    gristmill_register(plugin, name=f"temp-{kind.plural.replace('_', '-')}")
+    found: Component = gristmill_manager.get(kind, record.name)
+    assert found is record
+    assert gristmill_manager.components(kind)[record.name] is record
+    assert gristmill_manager.plugins[f"temp-{kind.plural.replace('_', '-')}"].components == {
+        kind.plural: [record.name]
     }
 
 
+def test_a_kind_is_looked_up_by_its_record_type_only(gristmill_manager):
+    packers = gristmill_manager.components(PackerType)
+    assert packers and all(isinstance(p, PackerType) for p in packers.values())
+    assert "jsonl" not in packers and "jsonl" in gristmill_manager.components(SourceType)
+    with pytest.raises(UnknownComponentError, match="no packer named 'jsonl'"):
+        gristmill_manager.get(PackerType, "jsonl")
+
+
+def test_string_kinds_and_the_old_getters_still_work_for_a_release_with_a_warning(
+    gristmill_manager,
+):
+    with pytest.warns(DeprecationWarning, match=r"by 'sources' is deprecated: .* SourceType"):
+        assert gristmill_manager.components("sources") == gristmill_manager.components(SourceType)
+    with pytest.warns(DeprecationWarning, match="by 'sources' is deprecated"):
+        assert gristmill_manager.provider("sources", "jsonl").name == "jsonl"
+    with pytest.warns(DeprecationWarning, match=r"packer\(name\) is deprecated: use get\("):
+        assert gristmill_manager.packer("none") is gristmill_manager.get(PackerType, "none")
+
+
 def test_registering_later_rebuilds_the_registry_cleanly(gristmill_manager):
-    gristmill_manager.components("sources")
+    gristmill_manager.components(SourceType)
     before = {name: dict(p.components) for name, p in gristmill_manager.plugins.items()}
     assert before["byte"] == {"tokenizers": ["byte"]}
     with pytest.raises(PluginError):
@@ -225,7 +238,7 @@ def test_unknown_component_lists_what_is_available(gristmill_manager):
         UnknownComponentError,
         match="no packer named 'best'; available: concat-chunk, first-fit, greedy-stream, none",
     ):
-        gristmill_manager.packer("best")
+        gristmill_manager.get(PackerType, "best")
 
 
 def test_plugins_command_lists_components_and_reports_failures():
@@ -275,8 +288,8 @@ def test_a_conflict_is_reported_for_its_own_kind_only(gristmill_register, gristm
         type("P", (), {"gristmill_tokenizers": staticmethod(hookimpl(lambda: [twin]))})
     )
     with pytest.raises(PluginError, match="tokenizer 'byte' is registered by more than one"):
-        gristmill_manager.tokenizer("byte")
-    assert gristmill_manager.source("jsonl")
+        gristmill_manager.get(TokenizerType, "byte")
+    assert gristmill_manager.get(SourceType, "jsonl")
 
 
 def test_unknown_names_in_the_block_list_are_warned_about(monkeypatch, caplog):
@@ -302,11 +315,11 @@ def test_the_pytest_fixtures_register_for_one_test_only(pytester):
         def test_registers(gristmill_register, gristmill_manager):
             gristmill_register(Plugin(), name="mine")
             assert get_manager() is gristmill_manager is not ORIGINAL
-            assert get_manager().packer("mine")
+            assert get_manager().get(PackerType, "mine")
 
         def test_gone_afterwards():
             assert get_manager() is ORIGINAL
-            assert "mine" not in get_manager().components("packers")
+            assert "mine" not in get_manager().components(PackerType)
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)

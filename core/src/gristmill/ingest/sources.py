@@ -1,4 +1,8 @@
-"""Turning source specs (prefixes, paths, globs, directories) into opened sources."""
+"""Turning source specs (prefixes, paths, globs, directories, presets) into opened sources.
+
+``preset:NAME`` is resolved here, not by a plugin: a preset names any source spec, which opens as
+if the user had named it, and the defaults it gives a run come from :func:`preset_defaults`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 
 from gristmill.errors import DataError
 from gristmill.layout import FORMAT, INCOMPLETE, MANIFEST, REJECTS, reject_file
-from gristmill.plugin.components import Source, SourceType
+from gristmill.plugin.components import PRESET_PREFIX, PresetType, Source, SourceType
 from gristmill.plugin.files import without_compression
 from gristmill.plugin.manager import PluginManager
 
@@ -31,39 +35,74 @@ def open_sources(
     """Open every source, in the order given; paths expand to their files in sorted order.
 
     The user's ``options`` go to every source factory, each checked against what its source type
-    declares; so does gristmill's ``context`` (``max_record_bytes``…). Directories and globs
-    pass over gristmill datasets, reject files and the run's ``output`` (a dataset directory or
-    a converted file, and its reject file); naming one of them is an error.
+    declares; so does gristmill's ``context`` (``max_record_bytes``…). A preset's source opens
+    with the preset's options under the user's. Directories and globs pass over gristmill
+    datasets, reject files and the run's ``output`` (a dataset directory or a converted file,
+    and its reject file); naming one of them is an error.
     """
     if not specs:
         raise DataError("no sources given: name files, globs, directories or e.g. sample:stdlib")
     opened: list[Source] = []
     for raw in specs:
-        spec = os.fspath(raw)
-        claimed = manager.claim("sources", spec, by="prefixes")
-        if isinstance(claimed, SourceType):
-            opened.append(claimed.factory(spec, **context, **claimed.check_options(options)))
+        spec, given = os.fspath(raw), dict(options or {})
+        preset = _preset(spec, manager)
+        if preset is not None:
+            spec, given = preset.source, {**preset.source_options(), **given}
+        claimed = manager.claim(SourceType, spec, by="prefixes")
+        if claimed is not None:
+            opened.append(claimed.factory(spec, **context, **claimed.check_options(given)))
             continue
         for path in _expand(spec, manager, _Outputs(output)):
             source_type = _for_file(path, manager)
-            opened.append(
-                source_type.factory(path, **context, **source_type.check_options(options))
-            )
+            opened.append(source_type.factory(path, **context, **source_type.check_options(given)))
     return opened
 
 
+def preset_defaults(
+    specs: Sequence[str | os.PathLike[str]], manager: PluginManager
+) -> dict[str, Any]:
+    """The settings the presets among ``specs`` give a run that does not give them itself.
+
+    ``tokenizer`` (where a preset names one) and ``fields`` (where a preset's text field is not
+    ``text``): see :class:`~gristmill.plugin.components.PresetType`. Presets that disagree on
+    one raise :class:`~gristmill.errors.DataError` asking for it to be given.
+    """
+    presets = [p for p in (_preset(os.fspath(s), manager) for s in specs) if p is not None]
+    wanted = {
+        "tokenizer": {(p.name, p.tokenizer) for p in presets if p.tokenizer is not None},
+        "fields": {(p.name, p.text_field) for p in presets if p.text_field != "text"},
+    }
+    defaults: dict[str, Any] = {}
+    for setting, named in wanted.items():
+        values = sorted({value for _, value in named})
+        if len(values) > 1:
+            says = ", ".join(f"preset:{name} {value!r}" for name, value in sorted(named))
+            raise DataError(
+                f"the presets of this run disagree on the {setting} ({says}): give it yourself"
+            )
+        if values:
+            defaults[setting] = values[0] if setting == "tokenizer" else {"text": values[0]}
+    return defaults
+
+
+def _preset(spec: str, manager: PluginManager) -> PresetType | None:
+    """The preset ``spec`` names (``preset:NAME``), or None for any other spec."""
+    if not spec.startswith(PRESET_PREFIX):
+        return None
+    return manager.get(PresetType, spec.removeprefix(PRESET_PREFIX))
+
+
 def _for_file(path: str, manager: PluginManager) -> SourceType:
-    claimed = manager.claim("sources", without_compression(path), by="suffixes")
+    claimed = manager.claim(SourceType, without_compression(path), by="suffixes")
     if claimed is None:
         suffixes = sorted(
-            {s for rec in manager.components("sources").values() for s in rec.suffixes}  # type: ignore[attr-defined]
+            {s for rec in manager.components(SourceType).values() for s in rec.suffixes}
         )
         raise manager.unknown_error(
-            "sources",
+            SourceType,
             path,
             f"no source reads {path!r}: known file suffixes are {', '.join(suffixes)}",
         )
-    assert isinstance(claimed, SourceType)
     return claimed
 
 
@@ -83,16 +122,15 @@ def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
         readable = sorted(
             str(p)
             for p in outputs.walk(path)
-            if manager.claim("sources", without_compression(str(p)), by="suffixes") and _is_file(p)
+            if manager.claim(SourceType, without_compression(str(p)), by="suffixes") and _is_file(p)
         )
         if not readable:
             raise DataError(f"the directory {spec!r} holds no file that any source reads")
         return readable
     if not path.exists():
         _refuse_broken_link(path)
-        prefixes = sorted(
-            {p for rec in manager.components("sources").values() for p in rec.prefixes}  # type: ignore[attr-defined]
-        )
+        records = manager.components(SourceType).values()
+        prefixes = sorted({PRESET_PREFIX, *(p for rec in records for p in rec.prefixes)})
         raise DataError(
             f"source {spec!r} not found: give an existing file, directory or glob, "
             f"or a spec starting with {', '.join(prefixes)}"

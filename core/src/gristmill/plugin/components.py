@@ -11,6 +11,11 @@ below), and the *options* the user gives in a dict (``packer_options``, ``source
 Only declared options pass: :meth:`Component.check_options` refuses any other key, naming the
 closest declared one, before the factory is called. Factories still take ``**context`` for the
 context keywords later versions of gristmill may add.
+
+What a component may do beyond its kind's protocol (a source's ``schema()``, a tokenizer's
+``render_chat()``, a packer's ``online()``…) is a runtime-checkable protocol of its own
+(:class:`HasSchema`, :class:`RendersChat`, :class:`PacksOnline`…): gristmill asks
+``isinstance(obj, RendersChat)``, and a plugin offers the capability by defining the method.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,8 +45,17 @@ class Component:
     # The options a user may give: name (a Python identifier) -> one-line description.
     options: Mapping[str, str] = field(default_factory=dict, hash=False)
 
-    kind = "component"
-    creates = ""  # the field holding the callable that receives the options ("" for none)
+    kind: ClassVar[str] = "component"  # what the messages call it: "source", "field mapper"…
+    creates: ClassVar[str] = ""  # the field holding the callable that receives the options
+    # Derived from ``kind`` for every record type: its key in the registry and in ``gristmill
+    # plugins --json`` ("sources", "field_mappers"…), and the hook that registers it.
+    plural: ClassVar[str] = "components"
+    hook: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.plural = cls.kind.replace(" ", "_") + "s"
+        cls.hook = f"gristmill_{cls.plural}"
 
     def problems(self) -> list[str]:
         """What is wrong with this record (empty when it is valid)."""
@@ -161,11 +175,10 @@ class Source(Protocol):
     and ``column_names`` (names for the columns of header-less tables, or ``None``); a source
     ignores context it does not use.
 
-    A tabular source may also offer ``schema() -> dict[str, str]`` (column → type): gristmill
-    then checks that every file read by that source type in one run has the same schema. A
-    source that is not one local file (its ``spec`` is not a path) may offer ``nbytes() -> int``,
-    about how many bytes it reads: prepare cuts its input into tasks by size. Sources pickle:
-    prepare's workers receive the pieces ``split`` returns.
+    Optional capabilities: :class:`HasSchema` (a tabular source's columns, checked to agree
+    across the files of one source type) and :class:`HasSize` (the bytes a source that is not
+    one local file reads). Sources pickle: prepare's workers receive the pieces ``split``
+    returns.
     """
 
     spec: str
@@ -179,7 +192,7 @@ class Source(Protocol):
         """
         ...
 
-    def split(self, pieces: int) -> list[Source]:
+    def split(self, pieces: int) -> Sequence[Source]:
         """At most ``pieces`` disjoint sources, in order, whose records together are this one's.
 
         Split by what the format allows (byte ranges of a text file, row groups); a source that
@@ -190,6 +203,24 @@ class Source(Protocol):
     def fingerprint(self) -> str:
         """A string that changes whenever the data would change (e.g. a hash of the content)."""
         ...
+
+
+@runtime_checkable
+class HasSchema(Protocol):
+    """A source that describes its columns: gristmill then checks that every file read by that
+    source type in one run has the same schema, with one clear message per file that drifts."""
+
+    def schema(self) -> dict[str, str]:
+        """Column name → type name."""
+        ...
+
+
+@runtime_checkable
+class HasSize(Protocol):
+    """A source that is not one local file (its ``spec`` is not a path) saying about how many
+    bytes it reads: prepare cuts its input into tasks by size."""
+
+    def nbytes(self) -> int: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,25 +273,26 @@ class Tokenizer(Protocol):
 
     ``encode_batch`` returns the text's own tokens only; gristmill adds ``bos_id`` before a
     document when ``add_bos`` and ``eos_id`` after it when ``add_eos`` (not when the text's tokens
-    already start with that BOS or end with that EOS).
+    already start with that BOS or end with that EOS). Its ids and flags are read, never set, by
+    gristmill (an attribute or a property serves).
 
-    A tokenizer with a chat template of its own may also offer
-    ``render_chat(messages, *, train_on_prompt=False) -> (text, spans)``: chat examples
-    (``messages``, a tuple of ``(role, content)``) are then rendered by it instead of by the
-    built-in template of :meth:`~gristmill.plugin.examples.Example.render`. It returns the text to
-    tokenize and the sorted, disjoint ``(start, end)`` character spans that carry loss (the
-    assistant turns, or the whole text with ``train_on_prompt``), and raises
-    :class:`~gristmill.errors.DataError` for a conversation it cannot render (counted as
-    ``chat-template`` under ``--on-error skip``). It may also offer ``fingerprint() -> str``,
-    which changes whenever its ids, special tokens or chat rendering could.
+    Optional capabilities: :class:`RendersChat` (a chat template of its own) and
+    :class:`HasFingerprint` (a string that changes whenever its ids, special tokens or chat
+    rendering could).
     """
 
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int | None
-    pad_id: int | None
-    add_bos: bool
-    add_eos: bool
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def bos_id(self) -> int | None: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def pad_id(self) -> int | None: ...
+    @property
+    def add_bos(self) -> bool: ...
+    @property
+    def add_eos(self) -> bool: ...
 
     def encode_batch(
         self, texts: Sequence[str], *, offsets: bool = False
@@ -274,6 +306,34 @@ class Tokenizer(Protocol):
 
     def save(self, directory: Path) -> dict[str, Any]:
         """Write what ``TokenizerType.load`` needs into ``directory``; return its JSON config."""
+        ...
+
+
+@runtime_checkable
+class RendersChat(Protocol):
+    """A tokenizer with a chat template of its own: chat examples are rendered by it instead of
+    by the built-in template of :meth:`~gristmill.plugin.examples.Example.render`."""
+
+    def render_chat(
+        self, messages: Sequence[tuple[str, str]], *, train_on_prompt: bool = False
+    ) -> tuple[str, Sequence[tuple[int, int]]]:
+        """The text to tokenize and the sorted, disjoint ``(start, end)`` character spans that
+        carry loss (the assistant turns, or the whole text with ``train_on_prompt``).
+
+        ``messages`` is a tuple of ``(role, content)``. Raises
+        :class:`~gristmill.errors.DataError` for a conversation it cannot render (counted as
+        ``chat-template`` under ``--on-error skip``).
+        """
+        ...
+
+
+@runtime_checkable
+class HasFingerprint(Protocol):
+    """A tokenizer that can say when it changed (a directory trained again in place): its
+    fingerprint takes part in deciding whether a dataset is already prepared."""
+
+    def fingerprint(self) -> str:
+        """A string that changes whenever its ids, special tokens or chat rendering could."""
         ...
 
 
@@ -321,7 +381,8 @@ class ShardWriter(Protocol):
 class ShardReader(Protocol):
     """Serves one split's documents."""
 
-    num_documents: int
+    @property
+    def num_documents(self) -> int: ...
 
     def lengths(self) -> np.ndarray:
         """Token count of every document (int64), read from the index only."""
@@ -331,9 +392,18 @@ class ShardReader(Protocol):
         """Token ids and loss mask (``None``: every token has loss) of one document."""
         ...
 
-    # Optional: ``spans(docs, starts, lengths) -> (tokens, mask | None)``, the slices
-    # ``[starts[k], starts[k] + lengths[k])`` of documents ``docs[k]`` concatenated, for batched
-    # fetching; without it a batch takes one ``document()`` call per slice.
+
+@runtime_checkable
+class ReadsSpans(Protocol):
+    """A shard reader that fetches many slices at once; without it a batch takes one
+    ``document()`` call per slice."""
+
+    def spans(
+        self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The slices ``[starts[k], starts[k] + lengths[k])`` of documents ``docs[k]``,
+        concatenated: tokens, and the loss mask (``None``: every token has loss)."""
+        ...
 
 
 class Problem(NamedTuple):
@@ -406,11 +476,21 @@ class OnlinePacker(Protocol):
 
 
 class Packer(Protocol):
-    """Packs documents by length. ``plan`` is required; a packer that can work online also
-    offers ``online(seq_len) -> OnlinePacker`` (without it, ``stream()`` refuses the packer)."""
+    """Packs documents by length. ``plan`` is required; a packer that can work online is also
+    :class:`PacksOnline` (without it, ``stream()`` refuses the packer)."""
 
     def plan(self, lengths: np.ndarray, seq_len: int | None) -> PackPlan:
         """Plan samples from document lengths alone (no token reads)."""
+        ...
+
+
+@runtime_checkable
+class PacksOnline(Protocol):
+    """A packer that packs documents as they arrive: what ``gristmill.stream()`` needs."""
+
+    def online(self, seq_len: int | None) -> OnlinePacker:
+        """A fresh online packer for samples of ``seq_len`` tokens (raises when ``seq_len``
+        is missing and the packer needs one)."""
         ...
 
 
@@ -460,9 +540,26 @@ class SamplerType(Component):
 # --- presets and executors -----------------------------------------------------------------------
 
 
+PRESET_PREFIX = "preset:"
+
+
 @dataclass(frozen=True, kw_only=True)
 class PresetType(Component):
-    """A named dataset: where it lives and how to read it by default."""
+    """A named dataset: ``preset:NAME`` reads ``source`` with the preset's defaults.
+
+    gristmill resolves presets itself, so ``source`` is any source spec (``hub:ORG/NAME``, a
+    file, a glob, ``sample:stdlib``…) but another preset. The other fields are defaults that
+    the user's own settings override, for the whole run, as if the user had given them:
+
+    - ``tokenizer``: the tokenizer of a run that names none (``prepare``, ``stream``); ``None``
+      leaves gristmill's default, ``byte``.
+    - ``text_field``: the column holding the text: a run that gives no ``fields`` maps it as
+      ``fields={"text": text_field}`` would (``text``, the canonical name, needs no mapping).
+    - ``streaming``: ``False`` opens the source with the option ``streaming=False`` (download
+      once, read from the local cache), which its source type must declare, as ``hub`` does.
+
+    Presets in one run that disagree on a default need the user to give that setting.
+    """
 
     source: str  # a source spec, e.g. "hub:HuggingFaceFW/fineweb-edu:sample-10BT"
     text_field: str = "text"
@@ -470,6 +567,24 @@ class PresetType(Component):
     streaming: bool = True
 
     kind = "preset"
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not isinstance(self.source, str) or not self.source.strip():
+            out.append(f"preset {self.name!r} names no source")
+        elif self.source.startswith(PRESET_PREFIX):
+            out.append(f"preset {self.name!r} names another preset: name its source instead")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            out.append(f"preset {self.name!r}: text_field names no column")
+        if self.tokenizer is not None and (
+            not isinstance(self.tokenizer, str) or not self.tokenizer
+        ):
+            out.append(f"preset {self.name!r}: tokenizer must be a spec or None")
+        return out
+
+    def source_options(self) -> dict[str, Any]:
+        """The options its source is opened with, under the user's ``source_options``."""
+        return {} if self.streaming else {"streaming": False}
 
 
 class Executor(Protocol):
@@ -517,15 +632,18 @@ class ExporterType(Component):
     creates = "export"
 
 
-KINDS: dict[str, tuple[str, type[Component]]] = {
-    "sources": ("gristmill_sources", SourceType),
-    "field_mappers": ("gristmill_field_mappers", FieldMapperType),
-    "tokenizers": ("gristmill_tokenizers", TokenizerType),
-    "shard_formats": ("gristmill_shard_formats", ShardFormatType),
-    "packers": ("gristmill_packers", PackerType),
-    "samplers": ("gristmill_samplers", SamplerType),
-    "presets": ("gristmill_presets", PresetType),
-    "executors": ("gristmill_executors", ExecutorType),
-    "exporters": ("gristmill_exporters", ExporterType),
-}
-"""Every component kind: its registration hook and record type."""
+RECORD_TYPES: tuple[type[Component], ...] = (
+    SourceType,
+    FieldMapperType,
+    TokenizerType,
+    ShardFormatType,
+    PackerType,
+    SamplerType,
+    PresetType,
+    ExecutorType,
+    ExporterType,
+)
+"""Every record type, in the order ``gristmill plugins`` lists them."""
+
+KINDS: dict[str, tuple[str, type[Component]]] = {t.plural: (t.hook, t) for t in RECORD_TYPES}
+"""Every component kind by its key (``"sources"``…): its registration hook and record type."""

@@ -8,6 +8,12 @@ an implementation must return the same records every time and do no expensive wo
 unique per kind across all installed plugins: a clash is reported naming both plugins. Hooks take
 no arguments today; arguments, when added, are only ever appended and passed by keyword.
 
+gristmill looks a component up by its record type and name (``manager.get(PackerType,
+"first-fit")``). What a component may do beyond what its kind requires is a capability, a
+runtime-checkable protocol in :mod:`gristmill.plugin.components` that gristmill tests with
+``isinstance``: a plugin offers one by defining its method, and declares nothing else. Each
+hook below lists the capabilities of its kind.
+
 A plugin is a module (or object) with ``@hookimpl`` functions, published under the ``gristmill``
 entry-point group::
 
@@ -52,6 +58,12 @@ def gristmill_sources() -> list[SourceType]:
     context they do not use (today: ``max_record_bytes``, ``column_names``). The user's
     ``source_options`` reach them only when the record declares them in ``options``; any other
     key is refused before the factory is called.
+
+    Capabilities of a source: :class:`~gristmill.plugin.components.HasSchema` (``schema()``,
+    its columns and their types: every file that one source type reads in a run must agree)
+    and :class:`~gristmill.plugin.components.HasSize` (``nbytes()``, the bytes a source that is
+    not one local file reads: prepare cuts its input into tasks by size). ``preset:NAME`` is
+    gristmill's own prefix (see :func:`gristmill_presets`).
 
     :return: a list of :class:`~gristmill.plugin.components.SourceType` records.
 
@@ -101,6 +113,11 @@ def gristmill_tokenizers() -> list[TokenizerType]:
     ``options``); ``load(directory, config, *, engine)`` loads the copy that ``Tokenizer.save``
     stored in a dataset, so reading a dataset never needs the original spec or options.
 
+    Capabilities of a tokenizer: :class:`~gristmill.plugin.components.RendersChat`
+    (``render_chat(messages, *, train_on_prompt)``, a chat template of its own, used for chat
+    examples instead of gristmill's) and :class:`~gristmill.plugin.components.HasFingerprint`
+    (``fingerprint()``, which changes whenever its ids, special tokens or chat rendering could).
+
     :return: a list of :class:`~gristmill.plugin.components.TokenizerType` records.
 
     .. versionadded:: 0.1
@@ -124,6 +141,9 @@ def gristmill_shard_formats() -> list[ShardFormatType]:
     matching reader. Writers must make every shard file complete before it becomes visible
     (temporary name, then rename); gristmill writes the manifest last.
 
+    Capability of a reader: :class:`~gristmill.plugin.components.ReadsSpans`
+    (``spans(docs, starts, lengths)``, many slices of documents in one call, for batches).
+
     :return: a list of :class:`~gristmill.plugin.components.ShardFormatType` records.
 
     .. versionadded:: 0.1
@@ -145,8 +165,11 @@ def gristmill_packers() -> list[PackerType]:
     is read and ``inspect`` reports packing. ``factory(*, overlong, **options)`` (the user's
     ``packer_options``, only those the record declares in ``options``) returns an object whose
     ``plan(lengths, seq_len)`` computes a :class:`~gristmill.plugin.components.PackPlan` from document
-    lengths alone; a packer that works online also offers ``online(seq_len)``, an
-    :class:`~gristmill.plugin.components.OnlinePacker` (``stream()`` needs it).
+    lengths alone.
+
+    Capability of a packer: :class:`~gristmill.plugin.components.PacksOnline`
+    (``online(seq_len)``, an :class:`~gristmill.plugin.components.OnlinePacker` that packs
+    documents as they arrive; ``stream()`` needs it).
 
     :return: a list of :class:`~gristmill.plugin.components.PackerType` records.
 
@@ -188,8 +211,11 @@ def gristmill_samplers() -> list[SamplerType]:
 def gristmill_presets() -> list[PresetType]:
     """Register presets: named datasets with their location and defaults.
 
-    Called when the plugin manager builds its registry. No first-party preset exists yet; the
-    Hub source (planned) resolves preset names through it.
+    Called when the plugin manager builds its registry. gristmill resolves ``preset:NAME``
+    itself: it opens the preset's ``source`` (any source spec but another preset) as if the
+    user had named it, and a run that does not give its own tokenizer or ``fields`` takes the
+    preset's (``tokenizer``; ``text_field``, when the text column is not ``text``).
+    ``gristmill presets`` lists them; the ``hub`` plugin registers the first-party ones.
 
     :return: a list of :class:`~gristmill.plugin.components.PresetType` records.
 

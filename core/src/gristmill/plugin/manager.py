@@ -1,35 +1,30 @@
 """Plugin discovery and the typed registry the rest of gristmill talks to.
 
 Every plugin, first-party or not, comes in through one door: the ``gristmill`` entry-point group.
-Feature code never calls ``pm.hook.*``; it asks this manager for a component by kind and name.
+Feature code never calls ``pm.hook.*``; it asks this manager for a component by its record type
+and name (``manager.get(PackerType, "first-fit")``), and gets that record type back.
+
+Reaching the manager: gristmill's public entry points (``prepare``, ``open_dataset``, the CLI…)
+take ``manager=None`` and use :func:`get_manager` only when none is given; everything below them
+is handed the manager explicitly, so a caller's own manager is the one used all the way down.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast, overload
 
 import pluggy
 
 from gristmill.errors import PluginError, UnknownComponentError
+from gristmill.plugin import components as records
 from gristmill.plugin import hookspecs, renamed
-from gristmill.plugin.components import (
-    KINDS,
-    Component,
-    ExecutorType,
-    ExporterType,
-    FieldMapperType,
-    PackerType,
-    PresetType,
-    SamplerType,
-    ShardFormatType,
-    SourceType,
-    TokenizerType,
-)
+from gristmill.plugin.components import RECORD_TYPES, Component, FieldMapperType
 
 log = logging.getLogger("gristmill")
 
@@ -38,6 +33,10 @@ DISABLE_ENV = "GRISTMILL_DISABLE_PLUGINS"
 ALLOW_ENV = "GRISTMILL_PLUGINS"
 
 C = TypeVar("C", bound=Component)
+Claimant = TypeVar("Claimant", records.SourceType, records.TokenizerType)
+Registry = dict[
+    type[Component], dict[str, tuple[Component, str]]
+]  # kind -> name -> (record, plugin)
 
 
 @dataclass
@@ -80,6 +79,32 @@ def _names(value: str | None) -> set[str]:
     )
 
 
+class _Deprecated(Generic[C]):
+    """``manager.source(name)`` and its like: ``manager.get(SourceType, name)``, warning."""
+
+    def __init__(self, kind: type[C]):
+        self.kind = kind
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, manager: None, owner: type) -> _Deprecated[C]: ...
+    @overload
+    def __get__(self, manager: PluginManager, owner: type) -> Callable[[str], C]: ...
+    def __get__(
+        self, manager: PluginManager | None, owner: type
+    ) -> _Deprecated[C] | Callable[[str], C]:
+        if manager is None:  # looked up on the class (help(), inspect): no call, no warning
+            return self
+        warnings.warn(
+            f"PluginManager.{self.name}(name) is deprecated: use get({self.kind.__name__}, name)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return lambda name: manager.get(self.kind, name)
+
+
 class PluginManager:
     """Discovers plugins, validates what they register, and hands out components by name."""
 
@@ -87,8 +112,9 @@ class PluginManager:
         self._pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self._pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
-        self._registry: dict[str, dict[str, tuple[Component, str]]] | None = None
-        self.conflicts: dict[tuple[str, str], list[str]] = {}
+        self._registry: Registry | None = None
+        # (record type, name) -> the plugins that register that name for that kind
+        self.conflicts: dict[tuple[type[Component], str], list[str]] = {}
         if discover:
             self.discover(os.environ if environ is None else environ)
 
@@ -159,17 +185,36 @@ class PluginManager:
         unknown = [c.name for c in self._pm.get_hookcallers(plugin) or () if c.spec is None]
         if unknown:
             self._pm.unregister(plugin)
-            known = ", ".join(name for name, _ in KINDS.values())
+            known = ", ".join(record_type.hook for record_type in RECORD_TYPES)
             info.fail(f"implements unknown hook(s) {', '.join(unknown)}; known hooks: {known}")
 
     # -- the registry -----------------------------------------------------------------------------
 
-    def _build(self) -> dict[str, dict[str, tuple[Component, str]]]:
+    def _build(self) -> Registry:
         if self._registry is not None:
             return self._registry
         for info in self.plugins.values():
             info.components = {}
-        offered: dict[str, dict[str, list[Component]]] = {}  # plugin -> kind -> records
+        offered = self._offered()
+        registry: Registry = {record_type: {} for record_type in RECORD_TYPES}
+        self.conflicts = {}
+        for plugin_name, found in offered.items():
+            info = self.plugins[plugin_name]
+            for kind, record in found:
+                taken = registry[kind].get(record.name)
+                if taken is not None:
+                    holders = self.conflicts.setdefault((kind, record.name), [taken[1]])
+                    holders.append(plugin_name)
+                    continue
+                registry[kind][record.name] = (record, plugin_name)
+                info.components.setdefault(kind.plural, []).append(record.name)
+        self._registry = registry
+        return registry
+
+    def _offered(self) -> dict[str, list[tuple[type[Component], Component]]]:
+        """Every valid record of every plugin that loaded, by plugin; a plugin whose hook raises
+        or returns anything invalid fails as a whole and offers nothing."""
+        offered: dict[str, list[tuple[type[Component], Component]]] = {}
         loaded = self._pm.list_name_plugin()
         for name, plugin in loaded:
             info = self.plugins.get(name)
@@ -178,54 +223,51 @@ class PluginManager:
             # Call each plugin's hooks on their own (through pluggy, so wrappers and appended
             # arguments keep working) to know who registered what and to contain failures.
             others = [p for _, p in loaded if p is not plugin]
-            for kind, (hook_name, record_type) in KINDS.items():
-                caller = self._pm.subset_hook_caller(hook_name, remove_plugins=others)
+            found: list[tuple[type[Component], Component]] = []
+            for record_type in RECORD_TYPES:
+                caller = self._pm.subset_hook_caller(record_type.hook, remove_plugins=others)
                 try:
-                    records = [r for result in caller() for r in (result or ())]
+                    results = [r for result in caller() for r in (result or ())]
                 except Exception as exc:
-                    info.fail(f"{hook_name}() raised {type(exc).__name__}: {exc}")
+                    info.fail(f"{record_type.hook}() raised {type(exc).__name__}: {exc}")
                     break
-                problems = [
-                    problem
-                    for record in records
-                    for problem in (
-                        record.problems()
-                        if isinstance(record, record_type)
-                        else [f"{hook_name}() returned {record!r}, not a {record_type.__name__}"]
-                    )
-                ]
-                names = [r.name for r in records if isinstance(r, record_type)]
-                problems += [f"registers {record_type.kind} {n!r} twice" for n in _repeated(names)]
+                problems = _problems(record_type, results)
                 if problems:
                     info.fail("; ".join(problems))
                     break
-                if records:
-                    offered.setdefault(name, {})[kind] = records
-        registry: dict[str, dict[str, tuple[Component, str]]] = {kind: {} for kind in KINDS}
-        self.conflicts = {}
-        for plugin_name, kinds in offered.items():
-            info = self.plugins[plugin_name]
-            if info.status != "ok":
-                continue
-            for kind, records in kinds.items():
-                for record in records:
-                    taken = registry[kind].get(record.name)
-                    if taken is not None:
-                        holders = self.conflicts.setdefault((kind, record.name), [taken[1]])
-                        holders.append(plugin_name)
-                        continue
-                    registry[kind][record.name] = (record, plugin_name)
-                    info.components.setdefault(kind, []).append(record.name)
-        self._registry = registry
-        return registry
+                found += [(record_type, record) for record in results]
+            if info.status == "ok":
+                offered[name] = found
+        return offered
 
-    def components(self, kind: str) -> dict[str, Component]:
-        """Every valid component of one kind (``"sources"``, ``"tokenizers"``…), by name."""
-        return {name: rec for name, (rec, _) in self._build()[kind].items()}
+    def components(self, kind: type[C]) -> dict[str, C]:
+        """Every valid component of one kind, by name: ``components(PackerType)``."""
+        kind = _checked(kind)
+        return {
+            name: record
+            for name, (record, _) in self._build()[kind].items()
+            if isinstance(record, kind)
+        }
 
-    def provider(self, kind: str, name: str) -> PluginInfo:
+    def get(self, kind: type[C], name: str) -> C:
+        """The component ``name`` of one kind: ``get(PackerType, "first-fit")``.
+
+        Raises :class:`~gristmill.errors.PluginError` when two plugins register that name, and
+        :class:`~gristmill.errors.UnknownComponentError` (listing what there is, and the plugins
+        that failed to load) when none does.
+        """
+        kind = _checked(kind)
+        registry = self._build()
+        if (kind, name) in self.conflicts:
+            raise PluginError(self._conflict_message(kind, name))
+        record = registry[kind].get(name, (None, ""))[0]
+        if isinstance(record, kind):
+            return record
+        raise self.unknown_error(kind, name, f"no {kind.kind} named {name!r}")
+
+    def provider(self, kind: type[Component], name: str) -> PluginInfo:
         """The plugin that registered a component."""
-        return self.plugins[self._build()[kind][name][1]]
+        return self.plugins[self._build()[_checked(kind)][name][1]]
 
     def failures(self) -> list[PluginInfo]:
         """Plugins that failed to load or registered something invalid."""
@@ -237,25 +279,15 @@ class PluginManager:
         self._build()
         return [self._conflict_message(kind, name) for kind, name in self.conflicts]
 
-    def _conflict_message(self, kind: str, name: str) -> str:
+    def _conflict_message(self, kind: type[Component], name: str) -> str:
         holders = self.conflicts[(kind, name)]
         return (
-            f"{KINDS[kind][1].kind} {name!r} is registered by more than one plugin: "
+            f"{kind.kind} {name!r} is registered by more than one plugin: "
             + " and ".join(self.plugins[p].label() for p in holders if p in self.plugins)
             + f"; block one of them by name with {DISABLE_ENV}"
         )
 
-    def _get(self, kind: str, name: str, record_type: type[C]) -> C:
-        registry = self._build()
-        if (kind, name) in self.conflicts:
-            raise PluginError(self._conflict_message(kind, name))
-        if name in registry[kind]:
-            record = registry[kind][name][0]
-            assert isinstance(record, record_type)
-            return record
-        raise self.unknown_error(kind, name, f"no {record_type.kind} named {name!r}")
-
-    def unknown_error(self, kind: str, name: str, message: str) -> Exception:
+    def unknown_error(self, kind: type[Component], name: str, message: str) -> Exception:
         """The error for a component nobody provides, pointing at plugins that failed to load."""
         for info in self.plugins.values():
             if info.name == name and info.status != "ok":
@@ -269,41 +301,11 @@ class PluginManager:
         lines.append("Run `gristmill plugins --all` to see what is installed.")
         return UnknownComponentError("\n".join(lines))
 
-    # -- typed getters ----------------------------------------------------------------------------
-
-    def source(self, name: str) -> SourceType:
-        return self._get("sources", name, SourceType)
-
-    def field_mapper(self, name: str) -> FieldMapperType:
-        return self._get("field_mappers", name, FieldMapperType)
-
-    def tokenizer(self, name: str) -> TokenizerType:
-        return self._get("tokenizers", name, TokenizerType)
-
-    def shard_format(self, name: str) -> ShardFormatType:
-        return self._get("shard_formats", name, ShardFormatType)
-
-    def packer(self, name: str) -> PackerType:
-        return self._get("packers", name, PackerType)
-
-    def sampler(self, name: str) -> SamplerType:
-        return self._get("samplers", name, SamplerType)
-
-    def preset(self, name: str) -> PresetType:
-        return self._get("presets", name, PresetType)
-
-    def executor(self, name: str) -> ExecutorType:
-        return self._get("executors", name, ExecutorType)
-
-    def exporter(self, name: str) -> ExporterType:
-        return self._get("exporters", name, ExporterType)
-
     def field_mappers(self) -> list[FieldMapperType]:
         """All field mappers, highest detection priority first."""
-        found = [m for m in self.components("field_mappers").values()]
-        return sorted(found, key=lambda m: -m.priority)  # type: ignore[attr-defined]
+        return sorted(self.components(FieldMapperType).values(), key=lambda m: -m.priority)
 
-    def claim(self, kind: str, spec: str, *, by: str) -> Component | None:
+    def claim(self, kind: type[Claimant], spec: str, *, by: str) -> Claimant | None:
         """The source or tokenizer claiming ``spec`` by its longest ``"prefixes"`` or ``"suffixes"``.
 
         Two components claiming the same longest affix is an error naming both.
@@ -311,7 +313,7 @@ class PluginManager:
         text = spec if by == "prefixes" else spec.lower()
         claims: dict[str, list[str]] = {}
         for name, record in self.components(kind).items():
-            for affix in getattr(record, by):
+            for affix in record.prefixes if by == "prefixes" else record.suffixes:
                 affix = affix if by == "prefixes" else affix.lower()
                 if text.startswith(affix) if by == "prefixes" else text.endswith(affix):
                     claims.setdefault(affix, []).append(name)
@@ -324,11 +326,50 @@ class PluginManager:
                 f"{spec!r}: {affix!r} is claimed by {' and '.join(holders)}; "
                 f"block one of them by name with {DISABLE_ENV}"
             )
-        return self._get(kind, claims[affix][0], Component)
+        return self.get(kind, claims[affix][0])
+
+    # -- deprecated getters -----------------------------------------------------------------------
+    # Plugin authors' code and tests call these; they keep working for one release, warning.
+
+    source = _Deprecated(records.SourceType)
+    field_mapper = _Deprecated(records.FieldMapperType)
+    tokenizer = _Deprecated(records.TokenizerType)
+    shard_format = _Deprecated(records.ShardFormatType)
+    packer = _Deprecated(records.PackerType)
+    sampler = _Deprecated(records.SamplerType)
+    preset = _Deprecated(records.PresetType)
+    executor = _Deprecated(records.ExecutorType)
+    exporter = _Deprecated(records.ExporterType)
 
 
-def _repeated(names: list[str]) -> list[str]:
-    return sorted({n for n in names if names.count(n) > 1})
+def _problems(record_type: type[Component], results: list[Any]) -> list[str]:
+    """What is wrong with what one plugin's hook returned for ``record_type``."""
+    problems = [
+        problem
+        for record in results
+        for problem in (
+            record.problems()
+            if isinstance(record, record_type)
+            else [f"{record_type.hook}() returned {record!r}, not a {record_type.__name__}"]
+        )
+    ]
+    names = [r.name for r in results if isinstance(r, record_type)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return problems + [f"registers {record_type.kind} {n!r} twice" for n in repeated]
+
+
+def _checked(kind: type[C] | str) -> type[C]:
+    """``kind``, a record type; a kind's old key (``"sources"``) still works for one release."""
+    if not isinstance(kind, str):
+        return kind
+    record_type = records.KINDS[kind][1]
+    warnings.warn(
+        f"looking components up by {kind!r} is deprecated: pass the record type, "
+        f"{record_type.__name__}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return cast("type[C]", record_type)
 
 
 _manager: PluginManager | None = None

@@ -2,8 +2,9 @@
 
 Workers start with ``spawn``: a fresh interpreter that imports gristmill and discovers its plugins
 through entry points, never a fork of a process that may hold threads (a tokenizer's thread pool,
-a progress bar's monitor). Each worker encodes on one core, its tokenizer's thread pool limited
-to one thread, so that N workers use N cores without oversubscribing them.
+a progress bar's monitor). Each worker encodes on one core
+(:func:`gristmill.plugin.workers.one_thread`), so that N workers use N cores without
+oversubscribing them.
 
 A worker ends when the process that started it dies, even by ``kill -9``: Linux kills it
 (``PR_SET_PDEATHSIG``); elsewhere a thread of the worker watches for its parent to change.
@@ -31,8 +32,7 @@ from typing import Any
 from gristmill import hookimpl
 from gristmill.errors import GristmillError
 from gristmill.plugin.components import ExecutorType
-
-ONE_THREAD = {"RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+from gristmill.plugin.workers import one_thread
 
 
 class LocalExecutor:
@@ -109,7 +109,7 @@ def _dead_worker(processes: list[multiprocessing.process.BaseProcess]) -> str:
 
 
 def _start_worker(parent: int) -> None:
-    os.environ.update(ONE_THREAD)
+    one_thread()
     _end_with_parent(parent)
 
 

@@ -2,7 +2,8 @@
 
 Importing this plugin does not import Ray (every rank imports every plugin, and ``gristmill
 plugins`` must list it without the extra); Ray loads when a run starts. The tasks are the ones the
-local executor runs, so the output is byte-identical; each writes its shards and record into the
+local executor runs, and their workers encode on one thread as its workers do
+(:mod:`gristmill.plugin.workers`), so the output is byte-identical; each writes its shards and record into the
 output directory itself, which every Ray node must therefore see (a shared filesystem).
 """
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from gristmill.errors import GristmillError, MissingDependencyError
-from gristmill_local_executor import ONE_THREAD
+from gristmill.plugin.workers import one_thread
 
 log = logging.getLogger("gristmill")
 
@@ -115,7 +115,7 @@ class RayExecutor:
 
 def _call(fn: Callable[[Any], Any], task: Any, cwd: str) -> Any:
     """One task in a Ray worker; its tokenizer encodes on one thread, as in a local worker."""
-    os.environ.update(ONE_THREAD)
+    one_thread()
     # Relative paths (`-o data/out`, `corpus/*.jsonl`) mean what they mean on the driver, where
     # the shared filesystem has the same directory; a node without it fails on the path.
     if os.path.isdir(cwd):

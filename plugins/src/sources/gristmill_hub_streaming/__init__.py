@@ -7,7 +7,9 @@ Specs:
 - ``hub:/path/to/folder`` or ``hub:./folder``: a local dataset folder (data files, a dataset card);
 - ``hub:http://host/file.jsonl`` (or ``.json``, ``.csv``, ``.parquet``, ``.txt``): files served over
   HTTP;
-- ``preset:NAME``: a named dataset from ``gristmill presets``.
+
+and the presets ``gristmill presets`` lists (``preset:NAME``, which gristmill resolves to their
+``hub:`` spec).
 
 A source splits into contiguous runs of the dataset's data files (of Parquet row groups when
 there are fewer files than pieces; of rows for a downloaded dataset), which gristmill deals to
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from gristmill import hookimpl
 from gristmill.plugin.components import PresetType, SourceType
-from gristmill_hub_streaming.presets import PRESETS, open_preset
+from gristmill_hub_streaming.presets import PRESETS
 from gristmill_hub_streaming.source import HubSource
 
 
@@ -35,13 +37,6 @@ def gristmill_sources() -> list[SourceType]:
             factory=HubSource,
             requires="hub",
             options={"streaming": "false: download once, read from the local cache (default true)"},
-        ),
-        SourceType(
-            name="preset",
-            description="a named dataset (see `gristmill presets`): preset:NAME",
-            prefixes=("preset:",),
-            factory=open_preset,
-            requires="hub",
         ),
     ]
 
