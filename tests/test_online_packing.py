@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.errors import DatasetError
+from gristmill.errors import DatasetError, OptionError
 from gristmill.plugin.overlong import POLICIES
 from gristmill.plugin.packing import plan_from_samples
 from gristmill.serve.samples import build_sample
@@ -139,7 +139,7 @@ def test_online_packers_need_a_seq_len(packer):
 
 @pytest.mark.parametrize("size", [0, -1, 2.5, "8", True])
 def test_buffer_size_must_be_a_positive_count(size):
-    with pytest.raises(DatasetError, match="buffer_size is a number of open samples"):
+    with pytest.raises(OptionError, match="greedy-stream's buffer_size must be a positive integer"):
         GreedyStreamPacker(buffer_size=size)
 
 
@@ -206,7 +206,7 @@ def test_packer_options_reach_the_packer_and_the_plan_cache(tmp_path, write_json
         tmp_path / "ds", seq_len=128, packer="greedy-stream", packer_options={"buffer_size": 1}
     )
     assert _same(again.plan, plans[1])
-    with pytest.raises(DatasetError, match="buffer_size"):
+    with pytest.raises(OptionError, match="buffer_size"):
         gristmill.open_dataset(
             tmp_path / "ds", seq_len=128, packer="greedy-stream", packer_options={"buffer_size": 0}
         )

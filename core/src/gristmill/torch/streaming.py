@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from gristmill.errors import GristmillError
+from gristmill.plugin.arguments import check_int
 from gristmill.serve.samples import build_sample
 from gristmill.serve.stream import Stream, StreamStats, TokenizedChunk
 from gristmill.torch.collator import Collator
@@ -158,8 +159,7 @@ class StreamLoader(torch.utils.data.DataLoader):
         collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
         **options: Any,
     ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise GristmillError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size)
         if options.get("persistent_workers"):
             raise GristmillError(
                 "a stream's workers read this epoch's pieces, which change every epoch: "

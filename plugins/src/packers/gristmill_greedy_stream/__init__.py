@@ -22,11 +22,12 @@ import numpy as np
 
 from gristmill import hookimpl
 from gristmill.errors import DatasetError
+from gristmill.plugin.arguments import check_int
 from gristmill.plugin.components import PackerType, PackPlan, Segment
 from gristmill.plugin.overlong import check_policy, pieces
 from gristmill.plugin.packing import FreeSpace, plan_online
 
-DEFAULT_BUFFER_SIZE = 128  # open samples: ~99% full on real SFT lengths at seq_len 2048
+DEFAULT_BUFFER_SIZE = 128  # open samples (docs/benchmarks.md weighs buffer sizes)
 
 
 class GreedyStreamPacker:
@@ -34,12 +35,7 @@ class GreedyStreamPacker:
         self, overlong: str = "truncate", buffer_size: int = DEFAULT_BUFFER_SIZE, **options: Any
     ):
         self.overlong = check_policy(overlong)
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-            raise DatasetError(
-                f"greedy-stream's buffer_size is a number of open samples, at least 1; "
-                f"got {buffer_size!r}"
-            )
-        self.buffer_size = buffer_size
+        self.buffer_size = check_int("greedy-stream's buffer_size", buffer_size)
 
     def online(self, seq_len: int | None) -> OpenSamples:
         if seq_len is None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from gristmill import hookimpl
 from gristmill.errors import GristmillError
+from gristmill.plugin.arguments import check_int
 from gristmill.plugin.components import SamplerType
 
 DEFAULT_MEGABATCH = 50  # global batches sorted together
@@ -40,12 +41,9 @@ class LengthGrouped:
             raise GristmillError(
                 "the distributed-length-grouped sampler needs every sample's length"
             )
-        if isinstance(megabatch, bool) or not isinstance(megabatch, int) or megabatch < 1:
-            raise GristmillError(
-                f"megabatch must be a positive number of global batches, got {megabatch!r}"
-            )
         self.lengths = np.asarray(lengths, np.int64)
-        self.seed, self.global_batch, self.megabatch = seed, global_batch, megabatch
+        self.seed, self.global_batch = seed, global_batch
+        self.megabatch = check_int("megabatch", megabatch)
 
     def order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
