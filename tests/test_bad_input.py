@@ -219,7 +219,7 @@ def test_a_tokenizer_file_with_an_unclaimed_name_says_which_names_count(tmp_path
     vocab = tmp_path / "bpe32k.json"
     vocab.write_text("{}")
     manager = get_manager()
-    suffixes = [s for rec in manager.components("tokenizers").values() for s in rec.suffixes]
+    suffixes = [s for rec in manager.components(TokenizerType).values() for s in rec.suffixes]
     with pytest.raises(
         gristmill.GristmillError, match=r"no tokenizer reads the file .*bpe32k\.json"
     ) as caught:

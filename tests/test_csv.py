@@ -20,7 +20,7 @@ import gristmill
 from gristmill.cli import main
 from gristmill.errors import DataError
 from gristmill.ingest.sources import open_sources
-from gristmill.plugin.components import Rejected
+from gristmill.plugin.components import Rejected, SourceType
 from gristmill.plugin.files import CHUNK
 from gristmill.plugin.manager import get_manager
 from gristmill_csv.framing import runs
@@ -127,7 +127,7 @@ def test_tsv_reads_tabs_and_claims_its_suffixes(tmp_path):
         raw = data.encode()
         write(path, gzip.compress(raw) if name.endswith(".gz") else raw)
         assert read_all(open_one(path)) == [{"prompt": "say hi", "completion": "hi, there"}]
-    names = {name: c.suffixes for name, c in get_manager().components("sources").items()}
+    names = {name: c.suffixes for name, c in get_manager().components(SourceType).items()}
     assert names["csv"] == (".csv",) and names["tsv"] == (".tsv", ".tab")
 
 

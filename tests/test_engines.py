@@ -20,6 +20,7 @@ import gristmill
 from gristmill.cli import main
 from gristmill.errors import GristmillError, MissingDependencyError
 from gristmill.ingest.tokenizers import resolve_tokenizer
+from gristmill.plugin.components import TokenizerType
 from gristmill.plugin.manager import get_manager
 from gristmill_sample import stdlib_modules
 from tests.helpers import tree_bytes
@@ -407,7 +408,7 @@ def test_an_unknown_engine_is_an_error(fams):
 
 def test_the_plugin_declares_its_engines():
     for name in ("hf", "tokenizer-json"):
-        assert get_manager().tokenizer(name).engines == ("hf", "gigatoken")
+        assert get_manager().get(TokenizerType, name).engines == ("hf", "gigatoken")
 
 
 @needs_gigatoken

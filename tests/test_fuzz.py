@@ -42,7 +42,7 @@ from gristmill.ingest.policy import ErrorPolicy
 from gristmill.ingest.sources import open_sources
 from gristmill.layout import INCOMPLETE, MANIFEST, reject_file
 from gristmill.plugin.atomic import canonical_json
-from gristmill.plugin.components import Rejected, Where
+from gristmill.plugin.components import FieldMapperType, Rejected, Where
 from gristmill.plugin.examples import ROLES, Example
 from gristmill.plugin.manager import get_manager
 from gristmill_fields import CHAT_ALIASES, COMPLETION_ALIASES, PROMPT_ALIASES, SYSTEM_ALIASES
@@ -609,7 +609,7 @@ def test_field_mappers_give_an_example_or_a_field_error(record, fmt, fields):
     manager = get_manager()
     try:
         name = choose_mapper(record, fmt, fields, manager)
-        mapper_type = manager.field_mapper(name)
+        mapper_type = manager.get(FieldMapperType, name)
         check_fields(mapper_type, fields)
     except DataError as exc:  # no format fits the keys, or --fields names what it does not read
         assert "--fields" in str(exc) or "--format" in str(exc)

@@ -13,6 +13,7 @@ import pytest
 import gristmill
 from gristmill.errors import DatasetError
 from gristmill.layout import MANIFEST
+from gristmill.plugin.components import ShardFormatType
 from gristmill.plugin.manager import get_manager
 from gristmill.store.manifest import SEAL, check_generation, read_manifest
 
@@ -76,7 +77,7 @@ def test_offsets_read_for_the_plan_are_checked_too(tmp_path):
     """A reader opened before the new generation plans from the offsets it checked at open."""
     out = _prepare(tmp_path, "a")
     manifest = read_manifest(out)
-    fmt = get_manager().shard_format(manifest["shard_format"]["name"])
+    fmt = get_manager().get(ShardFormatType, manifest["shard_format"]["name"])
     reader = fmt.reader(out, manifest["splits"]["train"]["shards"], dtype=manifest["dtype"])
     _prepare(tmp_path, "b")
     with pytest.raises(DatasetError, match="changed since it was opened"):
@@ -101,7 +102,7 @@ def test_a_manifest_replaced_while_opening_is_refused(tmp_path):
     out = _prepare(tmp_path, "a")
     manifest = read_manifest(out)
     _prepare(tmp_path, "b")
-    fmt = get_manager().shard_format(manifest["shard_format"]["name"])
+    fmt = get_manager().get(ShardFormatType, manifest["shard_format"]["name"])
     fmt.reader(out, manifest["splits"]["train"]["shards"], dtype=manifest["dtype"])  # same sizes
     with pytest.raises(DatasetError, match=r"changed since it was opened") as refused:
         check_generation(out, manifest)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.errors import DataError, MissingDependencyError
 from gristmill.ingest.sources import open_sources
-from gristmill.plugin.components import Rejected, Where
+from gristmill.plugin.components import Rejected, SourceType, Where
 from gristmill.plugin.manager import get_manager
 
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
@@ -369,7 +369,7 @@ def test_a_null_field_names_the_row(tmp_path):
 
 
 def test_the_source_is_registered_with_its_extra():
-    source = get_manager().components("sources")["parquet"]
+    source = get_manager().get(SourceType, "parquet")
     assert source.requires == "parquet"
     assert source.suffixes == (".parquet", ".pq")
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gristmill.errors import GristmillError
+from gristmill.plugin.components import SamplerType
 from gristmill.plugin.manager import get_manager
 from gristmill.serve.schedule import Schedule
 
@@ -16,7 +17,7 @@ SAMPLERS = ("sequential", "random", "distributed", "distributed-length-grouped")
 
 def _order(sampler: str, n: int, seed: int, epoch: int, global_batch: int, **options):
     lengths = np.random.default_rng(n).integers(1, 500, n)
-    record = get_manager().sampler(sampler)
+    record = get_manager().get(SamplerType, sampler)
     options = record.check_options(options)  # as gristmill checks the user's options
     return record.factory(
         n, seed=seed, lengths=lengths, global_batch=global_batch, **options
@@ -83,7 +84,7 @@ def test_shares_of_several_steps_are_their_batches_one_after_another(
 def test_length_grouped_steps_hold_similar_lengths():
     n, global_batch = 4000, 32
     lengths = np.random.default_rng(0).integers(1, 4000, n)
-    factory = get_manager().sampler("distributed-length-grouped").factory
+    factory = get_manager().get(SamplerType, "distributed-length-grouped").factory
     order = factory(n, seed=3, lengths=lengths, global_batch=global_batch).order(0)
     steps = lengths[order[: n - n % global_batch]].reshape(-1, global_batch)
     spread = (steps.max(1) - steps.min(1)).mean()

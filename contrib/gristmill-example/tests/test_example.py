@@ -8,12 +8,12 @@ import pytest
 import gristmill
 from gristmill import hookimpl
 from gristmill.errors import DataError
-from gristmill.plugin.components import SamplerType
+from gristmill.plugin.components import SamplerType, SourceType
 
 
 def test_registers_lines_source(gristmill_manager):
-    assert "lines" in gristmill_manager.components("sources")
-    assert gristmill_manager.provider("sources", "lines").dist == "gristmill-example"
+    assert "lines" in gristmill_manager.components(SourceType)
+    assert gristmill_manager.provider(SourceType, "lines").dist == "gristmill-example"
     assert not gristmill_manager.failures()
     assert not gristmill_manager.conflict_messages()
 
@@ -30,7 +30,7 @@ def test_prepare_with_plugin(tmp_path):
 def test_pieces_hold_the_same_records_with_the_same_lines(gristmill_manager, tmp_path):
     src = tmp_path / "corpus.txt"
     src.write_text("".join(f"line {i}\n" if i % 3 else "\n" for i in range(100)), "utf-8")
-    whole = gristmill_manager.source("lines").factory(str(src))
+    whole = gristmill_manager.get(SourceType, "lines").factory(str(src))
     expected = list(whole.records())
     for pieces in (1, 2, 7):
         parts = whole.split(pieces)
@@ -41,7 +41,7 @@ def test_pieces_hold_the_same_records_with_the_same_lines(gristmill_manager, tmp
 def test_compressed_files_are_read_whole(gristmill_manager, tmp_path):
     src = tmp_path / "corpus.txt.gz"
     src.write_bytes(gzip.compress(b"one\ntwo\n"))
-    source = gristmill_manager.source("lines").factory(str(src))
+    source = gristmill_manager.get(SourceType, "lines").factory(str(src))
     assert source.split(4) == [source]
     assert [record for record, _ in source.records()] == [{"text": "one"}, {"text": "two"}]
 

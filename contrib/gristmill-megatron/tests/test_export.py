@@ -17,7 +17,7 @@ from conftest import documents, texts
 import gristmill
 from gristmill import hookimpl
 from gristmill.errors import DatasetError
-from gristmill.plugin.components import TokenizerType
+from gristmill.plugin.components import ExporterType, TokenizerType
 from gristmill.plugin.manager import get_manager
 from gristmill.store.manifest import write_manifest
 from gristmill_megatron import export_megatron
@@ -43,7 +43,7 @@ def check_export(megatron, dataset: Path, out: Path, split: str, dtype: str) -> 
 
 def test_the_exporter_is_registered_by_its_distribution():
     manager = get_manager()
-    record = manager.exporter("megatron")
+    record = manager.get(ExporterType, "megatron")
     assert record.export is export_megatron
     assert "megatron" in record.description.lower()
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.cli import main
 from gristmill.errors import GristmillError
+from gristmill.plugin.components import TokenizerType
 
 EOT = "<|endoftext|>"
 # Text that exercises the boundaries: multi-byte characters the vocabulary splits, merges across
@@ -64,9 +65,9 @@ def starts_by_prefix(tokens: list[bytes]) -> list[int]:
 
 
 def test_registered_from_its_own_distribution(gristmill_manager):
-    record = gristmill_manager.components("tokenizers")["tiktoken"]
+    record = gristmill_manager.get(TokenizerType, "tiktoken")
     assert record.prefixes == ("tiktoken:",)
-    assert gristmill_manager.provider("tokenizers", "tiktoken").dist == "gristmill-tiktoken"
+    assert gristmill_manager.provider(TokenizerType, "tiktoken").dist == "gristmill-tiktoken"
     assert not gristmill_manager.failures()
     assert not gristmill_manager.conflict_messages()
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from gristmill.errors import DatasetError
 from gristmill.options import DatasetOptions
-from gristmill.plugin.components import KINDS
+from gristmill.plugin.components import KINDS, RECORD_TYPES, PackerType, PresetType
 from gristmill.plugin.manager import get_manager
 from gristmill.plugin.overlong import check_policy
 from gristmill.serve.dataset import Dataset
@@ -50,8 +50,8 @@ def packing_table(
     total = int(lengths.sum())
     rows = []
     for seq_len in seq_lens:
-        for name, record in sorted(manager.components("packers").items()):
-            plan = record.factory(overlong=overlong).plan(lengths, seq_len)  # type: ignore[attr-defined]
+        for name, record in sorted(manager.components(PackerType).items()):
+            plan = record.factory(overlong=overlong).plan(lengths, seq_len)
             served = int(plan.seg_len.sum())
             rows.append(
                 {
@@ -241,13 +241,14 @@ def _print_split(name: str, s: dict[str, Any]) -> None:
 
 def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
     manager = get_manager()
-    manager.components("sources")  # validate every plugin's records before listing
+    manager.failures()  # validate every plugin's records before listing
     plugins = [p for p in manager.plugins.values() if show_all or p.status != "blocked"]
     conflicts = manager.conflict_messages()
     described: dict[str, dict[str, Any]] = {}
     if show_all:
-        for kind in KINDS:
-            for name, record in manager.components(kind).items():
+        for record_type in RECORD_TYPES:
+            kind = record_type.plural
+            for name, record in manager.components(record_type).items():
                 entry = {
                     "description": record.description,
                     "requires": record.requires,
@@ -282,14 +283,14 @@ def list_plugins(*, show_all: bool = False, as_json: bool = False) -> int:
 
 
 def list_presets(*, as_json: bool = False) -> int:
-    presets = get_manager().components("presets")
+    presets = get_manager().components(PresetType)
     rows = [
         {
             "name": name,
-            "source": p.source,  # type: ignore[attr-defined]
-            "text_field": p.text_field,  # type: ignore[attr-defined]
-            "tokenizer": p.tokenizer,  # type: ignore[attr-defined]
-            "streaming": p.streaming,  # type: ignore[attr-defined]
+            "source": p.source,
+            "text_field": p.text_field,
+            "tokenizer": p.tokenizer,
+            "streaming": p.streaming,
             "description": p.description,
         }
         for name, p in sorted(presets.items())

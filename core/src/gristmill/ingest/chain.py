@@ -24,7 +24,7 @@ from gristmill.errors import DataError
 from gristmill.ingest.encoding import Batch, encoded_batches
 from gristmill.ingest.mapping import mapped_examples
 from gristmill.ingest.policy import ErrorPolicy
-from gristmill.plugin.components import Rejected, Source, Tokenizer, Where
+from gristmill.plugin.components import HasSchema, Rejected, Source, Tokenizer, Where
 from gristmill.plugin.examples import Example
 from gristmill.plugin.manager import PluginManager
 
@@ -61,10 +61,9 @@ class SchemaCheck:
         return Rejected("schema-drift", drift, Where(source.spec)) if drift else None
 
     def drift(self, source: Any) -> str | None:
-        describe = getattr(source, "schema", None)
-        if describe is None:
+        schema = source.schema() if isinstance(source, HasSchema) else None
+        if schema is None:
             return None
-        schema = describe()
         spec, reference = self.first.setdefault(type(source), (source.spec, schema))
         differences = [
             f"column {name!r} is {reference.get(name, 'absent')} there, "

@@ -15,7 +15,7 @@ import numpy as np
 
 from gristmill.errors import DataError
 from gristmill.ingest.policy import ErrorPolicy
-from gristmill.plugin.components import Rejected, Tokenizer, Where
+from gristmill.plugin.components import Rejected, RendersChat, Tokenizer, Where
 from gristmill.plugin.examples import Example, loss_mask
 
 Encoded = tuple[np.ndarray, np.ndarray | None, bool]  # ids, loss mask (None: all), truncated
@@ -57,7 +57,8 @@ def encode(
     max_doc_tokens: int | None = None,
 ) -> list[Encoded | Rejected]:
     """Per example: token ids, loss mask and whether it was truncated; or why not."""
-    rendered = [_render(tok, example, where, train_on_prompt) for example, where in batch]
+    chat = tok if isinstance(tok, RendersChat) else None  # asked once: isinstance is slow
+    rendered = [_render(chat, example, where, train_on_prompt) for example, where in batch]
     valid = [r for r in rendered if not isinstance(r, Rejected)]
     encoded = iter(_encode_rendered(tok, valid, max_doc_tokens))
     return [r if isinstance(r, Rejected) else next(encoded) for r in rendered]
@@ -67,15 +68,14 @@ Rendered = tuple[str, tuple[tuple[int, int], ...], Where]  # text, loss spans, o
 
 
 def _render(
-    tok: Tokenizer, example: Example, where: Where, train_on_prompt: bool
+    chat: RendersChat | None, example: Example, where: Where, train_on_prompt: bool
 ) -> Rendered | Rejected:
     """The text to tokenize and its loss spans: chat through the tokenizer's own template when
-    it has one (``render_chat``), else the built-in templates of :meth:`Example.render`."""
-    render_chat = getattr(tok, "render_chat", None)
-    if example.messages is None or render_chat is None:
+    it has one (``chat``), else the built-in templates of :meth:`Example.render`."""
+    if example.messages is None or chat is None:
         return (*example.render(train_on_prompt=train_on_prompt), where)
     try:
-        return (*render_chat(example.messages, train_on_prompt=train_on_prompt), where)
+        return (*chat.render_chat(example.messages, train_on_prompt=train_on_prompt), where)
     except DataError as exc:  # a template that refuses this conversation or renders it unevenly
         return Rejected("chat-template", exc.reason, where, field=exc.field)
 

@@ -35,7 +35,7 @@ def choose_mapper(
 ) -> str:
     """The field mapper name for records like ``record``: ``fmt`` itself unless it is ``auto``."""
     if fmt != "auto":
-        return manager.field_mapper(fmt).name
+        return manager.get(FieldMapperType, fmt).name
     keys = list(record)
     # Keys holding null say little about the format (a Parquet file written by `convert` has
     # every canonical column, most of them null): decide on the others first. Explicit --fields
@@ -134,7 +134,7 @@ def _mapper_for(
         raise DataError(exc.reason, where=str(where)) from None
     how = "chosen from its keys" if fmt == "auto" else "as asked"
     report(f"{spec}: format {name} ({how})")
-    mapper_type = manager.field_mapper(name)
+    mapper_type = manager.get(FieldMapperType, name)
     check_fields(mapper_type, fields)
     return mapper_type.factory(fields)
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from gristmill.plugin.components import Source
+from gristmill.plugin.components import HasSize, Source
 
 UNSIZED_PARTS = 64  # a source that cannot tell its size splits this finely, as far as it can
 
@@ -68,7 +68,6 @@ def plan_chunks(
 
 def source_size(source: Source) -> int | None:
     """Bytes of input: the source's ``nbytes()`` when it has one, else its file's size."""
-    nbytes = getattr(source, "nbytes", None)
-    if nbytes is not None:
-        return int(nbytes())
+    if isinstance(source, HasSize):
+        return int(source.nbytes())
     return os.path.getsize(source.spec) if os.path.isfile(source.spec) else None

@@ -315,8 +315,8 @@ class RendersChat(Protocol):
     by the built-in template of :meth:`~gristmill.plugin.examples.Example.render`."""
 
     def render_chat(
-        self, messages: Sequence[tuple[str, str]], *, train_on_prompt: bool = False
-    ) -> tuple[str, Sequence[tuple[int, int]]]:
+        self, messages: tuple[tuple[str, str], ...], *, train_on_prompt: bool = False
+    ) -> tuple[str, tuple[tuple[int, int], ...]]:
         """The text to tokenize and the sorted, disjoint ``(start, end)`` character spans that
         carry loss (the assistant turns, or the whole text with ``train_on_prompt``).
 

@@ -16,6 +16,7 @@ from typing import Any
 from gristmill._version import __version__
 from gristmill.errors import DatasetError, PluginError
 from gristmill.plugin.atomic import durable, sync_directory
+from gristmill.plugin.components import ExporterType
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.serve.dataset import Dataset, open_dataset
 from gristmill.store.integrity import check_intact
@@ -58,7 +59,7 @@ def export(
     :class:`~pathlib.Path`.
     """
     manager = manager or get_manager()
-    record = manager.exporter(to)
+    record = manager.get(ExporterType, to)
     options = record.check_options(options)
     source = Path(path)
     manifest = read_manifest(source)

@@ -28,7 +28,7 @@ import numpy as np
 from gristmill.errors import DatasetError
 from gristmill.plugin.arguments import check_int
 from gristmill.plugin.atomic import fingerprint
-from gristmill.plugin.components import Sampler
+from gristmill.plugin.components import Sampler, SamplerType
 from gristmill.serve.dataset import Dataset
 
 
@@ -192,7 +192,7 @@ class _EntriesSampler:
     def __init__(self, mix: Mixture, name: str, global_batch: int, options: dict[str, Any]):
         self.mix, self.name, self.global_batch = mix, name, global_batch
         self.lengths = mix.sample_lengths()
-        record = mix.datasets[0].manager.sampler(name)
+        record = mix.datasets[0].manager.get(SamplerType, name)
         self._factory, self.options = record.factory, record.check_options(options)
         self._sampler(self.mix.entries(0))  # a bad option value fails now, not at an epoch
 

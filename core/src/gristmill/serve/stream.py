@@ -37,7 +37,13 @@ from gristmill.ingest.policy import ErrorPolicy, describe_skips
 from gristmill.ingest.sources import open_sources
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.plugin.arguments import check_int
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Segment
+from gristmill.plugin.components import (
+    DEFAULT_MAX_RECORD_BYTES,
+    FieldMapperType,
+    PackerType,
+    PacksOnline,
+    Segment,
+)
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.plugin.overlong import check_policy
 from gristmill.serve.samples import Part, build_sample, check_labels
@@ -132,7 +138,7 @@ class Stream:
         self.labels = check_labels(labels)
         self.format, self.fields = format, dict(fields or {})
         if format != "auto":
-            check_fields(self.manager.field_mapper(format), self.fields)
+            check_fields(self.manager.get(FieldMapperType, format), self.fields)
         self.train_on_prompt, self.normalize = train_on_prompt, normalize
         self.max_doc_tokens, self.on_error = max_doc_tokens, on_error
         ErrorPolicy(on_error, None)  # refuses an unknown policy now, not at the first record
@@ -165,20 +171,21 @@ class Stream:
             **({"tokenizer_options": tokenizer_options} if tokenizer_options else {}),
             **({"source_options": dict(source_options)} if source_options else {}),
         }
-        record = self.manager.packer(packer)
-        self.packer = record.factory(
+        record = self.manager.get(PackerType, packer)
+        made = record.factory(
             overlong=check_policy(overlong), **record.check_options(packer_options)
         )
-        if not hasattr(self.packer, "online"):
+        if not isinstance(made, PacksOnline):
             online = ", ".join(
                 name
-                for name, r in sorted(self.manager.components("packers").items())
-                if hasattr(r.factory, "online")  # type: ignore[attr-defined]  # a packer class
+                for name, r in sorted(self.manager.components(PackerType).items())
+                if isinstance(r.factory, type) and issubclass(r.factory, PacksOnline)
             )
             raise DataError(
                 f"the {packer} packer needs every document's length before it packs, so it "
                 f"cannot pack a stream; prepare the data first, or stream with {online}"
             )
+        self.packer = made
         self.packer.online(seq_len)  # refuses a missing seq_len now
         self.restart = record.restart if restart is None else bool(restart)
         self.stats = StreamStats(seq_len)

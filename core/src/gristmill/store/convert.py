@@ -17,7 +17,7 @@ from gristmill.ingest.sources import open_sources
 from gristmill.layout import reject_file
 from gristmill.plugin.arguments import check_int
 from gristmill.plugin.atomic import remove_stale_temporaries, temporary_for
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Where
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, FieldMapperType, Where
 from gristmill.plugin.examples import Example
 from gristmill.plugin.manager import PluginManager, get_manager
 
@@ -59,7 +59,7 @@ def convert(
         raise DatasetError(f"{out_path} exists; pass --overwrite to replace it")
     fields = dict(fields or {})
     if format != "auto":
-        check_fields(manager.field_mapper(format), fields)
+        check_fields(manager.get(FieldMapperType, format), fields)
     opened = open_sources(
         specs,
         manager,

@@ -15,7 +15,7 @@ from gristmill.layout import FORMAT, FORMAT_VERSION, INCOMPLETE, MANIFEST, TOKEN
 from gristmill.plugin.atomic import (
     write_atomic,
 )
-from gristmill.plugin.components import Tokenizer
+from gristmill.plugin.components import Tokenizer, TokenizerType
 from gristmill.plugin.files import sha256_of
 from gristmill.plugin.manager import PluginManager
 
@@ -319,6 +319,7 @@ def load_saved(directory: Path, manifest: dict[str, Any], manager: PluginManager
     """The tokenizer stored in a dataset directory, refused if the dataset was prepared again
     since ``manifest`` was read (its files may be another tokenizer's)."""
     entry = manifest["tokenizer"]
-    tokenizer = manager.tokenizer(entry["name"]).load(directory / TOKENIZER_DIR, entry["config"])
+    family = manager.get(TokenizerType, entry["name"])
+    tokenizer = family.load(directory / TOKENIZER_DIR, entry["config"])
     check_generation(directory, manifest)
     return tokenizer

@@ -28,7 +28,7 @@ from gristmill.ingest.plan import Chunk
 from gristmill.ingest.policy import ErrorPolicy
 from gristmill.layout import TASKS_DIR
 from gristmill.plugin.atomic import canonical_json, sync_directory, write_atomic
-from gristmill.plugin.components import Tokenizer
+from gristmill.plugin.components import ShardFormatType, Tokenizer, TokenizerType
 from gristmill.plugin.manager import PluginManager, get_manager
 
 DEFAULT_TASK_BYTES = 16 << 20  # input per task: enough to amortise it, small enough to balance
@@ -101,7 +101,7 @@ def _tokenizer(settings: TaskSettings, manager: PluginManager) -> Tokenizer:
         from gristmill.layout import TOKENIZER_DIR
 
         _loaded.clear()  # one dataset at a time per process
-        family = manager.tokenizer(settings.tokenizer)
+        family = manager.get(TokenizerType, settings.tokenizer)
         _loaded[key] = family.load(
             Path(settings.out_dir) / TOKENIZER_DIR,
             settings.tokenizer_config,
@@ -185,7 +185,7 @@ class _TaskOutput:
 
     def __init__(self, index: int, settings: TaskSettings, manager: PluginManager):
         self.index, self.settings = index, settings
-        fmt = manager.shard_format(settings.shard_format)
+        fmt = manager.get(ShardFormatType, settings.shard_format)
         self.writers = {
             split: fmt.writer(
                 Path(settings.out_dir),

@@ -18,7 +18,7 @@ from typing import Any
 
 from gristmill.errors import DatasetError, PluginError, UnknownComponentError
 from gristmill.layout import MANIFEST, TOKENIZER_DIR
-from gristmill.plugin.components import Problem
+from gristmill.plugin.components import Problem, ShardFormatType
 from gristmill.plugin.files import sha256_of
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.store.manifest import (
@@ -82,7 +82,7 @@ def _problems(
 ) -> Iterator[Problem]:
     name = manifest["shard_format"]["name"]
     try:
-        fmt = manager.shard_format(name)
+        fmt = manager.get(ShardFormatType, name)
     except (UnknownComponentError, PluginError) as exc:  # damaged, or its plugin is not here
         yield Problem(f"{MANIFEST}: shard_format.name", f"{exc}; its shards are not read")
         fmt = None
