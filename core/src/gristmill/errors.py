@@ -8,6 +8,13 @@ and say how to fix it.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """``Type: the first line of its message`` (the type alone when it has none): how a library's
+    exception is named inside a gristmill message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class GristmillError(Exception):
     """Base class of every error gristmill raises on purpose."""
 

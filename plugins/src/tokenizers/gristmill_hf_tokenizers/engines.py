@@ -5,7 +5,7 @@ Both ``hf:`` and ``tokenizer.json`` tokenizers encode through an :class:`EngineS
 - ``hf`` is the library the tokenizer was written for (``tokenizers``, through ``transformers`` for
   ``hf:``); its ids and offsets are, by definition, right.
 - ``gigatoken`` re-implements byte-level BPE (and SentencePiece-style BPE with byte fallback) in
-  Rust, tens of times faster. It gives no character offsets, so a batch that needs them (loss
+  Rust, much faster (docs/benchmarks.md). It gives no character offsets, so a batch that needs them (loss
   masks) is encoded by ``hf``.
 - ``auto`` (the default) is gigatoken when it is installed and loads the tokenizer, else hf.
 
@@ -20,14 +20,15 @@ from __future__ import annotations
 import functools
 import importlib
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any, Protocol
 
 import numpy as np
 
-from gristmill.errors import GristmillError, MissingDependencyError
-from gristmill_hf_tokenizers.common import log
+from gristmill.errors import GristmillError, MissingDependencyError, first_line
+from gristmill_hf_tokenizers.common import Specials, log
 
 AUTO = "auto"
 REFERENCE = "hf"
@@ -144,7 +145,7 @@ class EngineSwitch:
             # A text that hf refuses too (a lone surrogate) is the data's fault: hf raises it
             # here and the fast engine stays. Otherwise the fast engine is what failed.
             expected = reference(texts, False)[0]
-            problem = f"failed on this batch ({type(exc).__name__}: {_first_line(exc)})"
+            problem = f"failed on this batch ({first_line(exc)})"
             self._fall_back(problem)
             return expected
         if not self.checked:
@@ -198,10 +199,45 @@ def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineS
         fast = Gigatoken(tokenizer_json())
     except Exception as exc:  # gigatoken refuses a model, normalizer or split regex it lacks
         raise EngineError(
-            f"{spec}: the gigatoken engine does not support this tokenizer: {_first_line(exc)}. "
+            f"{spec}: the gigatoken engine does not support this tokenizer: {first_line(exc)}. "
             f"Use --engine {REFERENCE} (or auto)"
         ) from None
     return EngineSwitch(spec, fast)
+
+
+class EngineTokenizer(ABC):
+    """What the ``hf:`` and ``tokenizer.json`` tokenizers share: the special tokens, and the
+    engine that encodes (see the module docstring), with the subclass's own library as the
+    reference (``_encode_reference``)."""
+
+    def __init__(
+        self,
+        spec: str,
+        specials: Specials,
+        vocab_size: int,
+        engine: str,
+        tokenizer_json: Callable[[], str],
+    ):
+        self.spec = spec
+        self.specials = specials
+        self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
+        self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
+        self.vocab_size = vocab_size
+        self._engines = choose(spec, engine, tokenizer_json)
+
+    @property
+    def engine(self) -> str:
+        """The engine encoding now: ``gigatoken`` or ``hf`` (also after a fallback)."""
+        return self._engines.name
+
+    def encode_batch(
+        self, texts: Sequence[str], *, offsets: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        return self._engines.encode_batch(texts, offsets, self._encode_reference)
+
+    @abstractmethod
+    def _encode_reference(self, texts: list[str], offsets: bool) -> Arrays:
+        """Ids (and token start offsets, with ``offsets``) from the tokenizer's own library."""
 
 
 def _gigatoken_if_any(spec: str, tokenizer_json: Callable[[], str]) -> FastEngine | None:
@@ -214,7 +250,7 @@ def _gigatoken_if_any(spec: str, tokenizer_json: Callable[[], str]) -> FastEngin
     try:
         fast = Gigatoken(tokenizer_json())
     except Exception as exc:  # gigatoken refuses a model, normalizer or split regex it lacks
-        log.debug(f"{spec}: gigatoken cannot load it ({_first_line(exc)}); using {REFERENCE}")
+        log.debug(f"{spec}: gigatoken cannot load it ({first_line(exc)}); using {REFERENCE}")
         return None
     log.debug(f"{spec}: encoding with gigatoken, checked against {REFERENCE} on first use")
     return fast
@@ -226,7 +262,7 @@ def _gigatoken() -> Any:
 
 @functools.cache
 def _unassigned() -> np.ndarray:
-    """Per code point: unassigned in this Python's Unicode tables (built once, ~0.1 s).
+    """Per code point: unassigned in this Python's Unicode tables (built once, on first use).
 
     Planes 4 to 13 hold no character in any Unicode version yet: they are not looked up.
     """
@@ -259,8 +295,3 @@ def _first_difference(got: list[np.ndarray], expected: list[np.ndarray]) -> int 
     return next(
         (i for i, (a, b) in enumerate(zip(got, expected)) if not np.array_equal(a, b)), None
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
-from gristmill.errors import DataError, MissingDependencyError
+from gristmill.errors import DataError, MissingDependencyError, first_line
+from gristmill.plugin.network import probe_url
 from gristmill_hf_tokenizers.chat import Conversation, render_by_prefixes
 from gristmill_hf_tokenizers.common import (
     PROBE_TEXT,
@@ -26,23 +25,19 @@ from gristmill_hf_tokenizers.common import (
     to_arrays,
     vocab_size,
 )
-from gristmill_hf_tokenizers.engines import choose
+from gristmill_hf_tokenizers.engines import EngineTokenizer
 
 PROBE_TIMEOUT = 5.0  # seconds: a clear "offline" beats the library's retries
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-class HFTokenizer:
+class HFTokenizer(EngineTokenizer):
     """A ``transformers`` fast tokenizer behind gristmill's Tokenizer protocol."""
 
     def __init__(self, spec: str, hf: Any, specials: Specials, engine: str = "auto"):
-        self.spec = spec
         self.hf = hf
-        self.specials = specials
-        self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
-        self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
-        self.vocab_size = vocab_size(hf.get_vocab(), len(hf))
-        self._engines = choose(spec, engine, hf.backend_tokenizer.to_str)
+        size = vocab_size(hf.get_vocab(), len(hf))
+        super().__init__(spec, specials, size, engine, hf.backend_tokenizer.to_str)
 
     # --- creating and reloading ------------------------------------------------------------------
 
@@ -84,21 +79,11 @@ class HFTokenizer:
         hf = _from_pretrained(spec, require("transformers", spec), str(directory), True)
         return cls.create(spec, hf, Specials.from_config(config), engine)
 
-    @property
-    def engine(self) -> str:
-        """The engine encoding now: ``gigatoken`` or ``hf`` (also after a fallback)."""
-        return self._engines.name
-
     def save(self, directory: Path) -> dict[str, Any]:
         self.hf.save_pretrained(str(directory))
         return self.specials.as_config()
 
     # --- the protocol ------------------------------------------------------------------------------
-
-    def encode_batch(
-        self, texts: Sequence[str], *, offsets: bool = False
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        return self._engines.encode_batch(texts, offsets, self._encode_reference)
 
     def _encode_reference(
         self, texts: list[str], offsets: bool
@@ -187,7 +172,7 @@ def _load(spec: str, name: str) -> Any:
                 f"cache. {_LOCAL_FOLDER_HINT.format(repo=repo)}"
             ) from None
     try:
-        _probe(constants.ENDPOINT)
+        probe_url(constants.ENDPOINT, timeout=PROBE_TIMEOUT)
     except OSError as exc:
         try:  # a copy cached by an earlier run still works offline
             hf = _from_pretrained(spec, transformers, repo, True, **hub)
@@ -209,12 +194,6 @@ _LOCAL_FOLDER_HINT = (
 )
 
 
-def _probe(endpoint: str) -> None:
-    url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT).close()
-
-
 def _from_pretrained(
     spec: str, transformers: Any, name: str, local_only: bool, **options: Any
 ) -> Any:
@@ -223,10 +202,10 @@ def _from_pretrained(
             name, local_files_only=local_only, use_fast=True, trust_remote_code=False, **options
         )
     except ImportError as exc:  # e.g. sentencepiece or protobuf, to convert a slow tokenizer
-        raise MissingDependencyError(f"{spec!r}: loading it needs {_first_line(exc)}") from None
+        raise MissingDependencyError(f"{spec!r}: loading it needs {first_line(exc)}") from None
     except Exception as exc:  # OSError, ValueError, the Hub client's own errors: one clear line
         raise TokenizerLoadError(
-            f"{spec!r}: cannot load the tokenizer: {_first_line(exc)}"
+            f"{spec!r}: cannot load the tokenizer: {first_line(exc)}"
         ) from None
     if not getattr(hf, "is_fast", False) or not hasattr(hf, "backend_tokenizer"):
         raise TokenizerLoadError(
@@ -235,8 +214,3 @@ def _from_pretrained(
             "for it with the tokenizers library and pass --tokenizer hf:DIR or its path"
         )
     return hf
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gristmill.errors import first_line
 from gristmill_hf_tokenizers.common import (
     PROBE_TEXT,
     Specials,
@@ -26,26 +27,23 @@ from gristmill_hf_tokenizers.common import (
     to_arrays,
     vocab_size,
 )
-from gristmill_hf_tokenizers.engines import choose
+from gristmill_hf_tokenizers.engines import EngineTokenizer
 
 FILE = "tokenizer.json"
 
 
-class JSONTokenizer:
+class JSONTokenizer(EngineTokenizer):
     """A ``tokenizers.Tokenizer`` loaded from a JSON file."""
 
     def __init__(
         self, spec: str, path: Path, backend: Any, specials: Specials, engine: str = "auto"
     ):
-        self.spec, self.path, self.backend = spec, path, backend
-        self.specials = specials
-        self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
-        self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
+        self.path, self.backend = path, backend
         vocab = backend.get_vocab(with_added_tokens=True)
-        self.vocab_size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
+        size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
         # Without offsets, the faster call that skips computing them (tokenizers >= 0.20).
         self._encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        self._engines = choose(spec, engine, backend.to_str)
+        super().__init__(spec, specials, size, engine, backend.to_str)
 
     @classmethod
     def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> JSONTokenizer:
@@ -68,20 +66,10 @@ class JSONTokenizer:
         path = directory / config.get("file", FILE)
         return cls(str(path), path, _open(str(path), path), Specials.from_config(config), engine)
 
-    @property
-    def engine(self) -> str:
-        """The engine encoding now: ``gigatoken`` or ``hf`` (also after a fallback)."""
-        return self._engines.name
-
     def save(self, directory: Path) -> dict[str, Any]:
         # The user's file as it is: byte for byte what they tokenized with.
         shutil.copyfile(self.path, directory / FILE)
         return {"file": FILE, **self.specials.as_config()}
-
-    def encode_batch(
-        self, texts: Sequence[str], *, offsets: bool = False
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        return self._engines.encode_batch(texts, offsets, self._encode_reference)
 
     def _encode_reference(
         self, texts: list[str], offsets: bool
@@ -106,9 +94,8 @@ def _open(spec: str, path: Path) -> Any:
     try:
         backend = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the library's own parse errors: one clear line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TokenizerLoadError(
-            f"{spec!r}: not a tokenizers JSON file ({type(exc).__name__}: {first})"
+            f"{spec!r}: not a tokenizers JSON file ({first_line(exc)})"
         ) from None
     # A saved file can carry truncation or padding settings; a document is never cut or padded.
     backend.no_truncation()
