@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 
 @pytest.fixture
@@ -29,6 +30,17 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
 
 
 pytest_plugins = ["pytester"]
+
+# Examples per property test, by GRISTMILL_HYPOTHESIS_PROFILE: "dev" (the default) for a quick
+# run at a desk, "ci" for every push (tox's test envs), "nightly" for the long fuzzing run (tox -e
+# fuzz). A test much costlier per example than the others takes a share of these
+# (tests.helpers.examples); the fuzz tests take all of them unless GRISTMILL_FUZZ_EXAMPLES says
+# otherwise. No deadline: timings on shared CI machines vary too much to fail a test on.
+PROFILE_VARIABLE = "GRISTMILL_HYPOTHESIS_PROFILE"
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True)
+settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get(PROFILE_VARIABLE) or "dev")
 
 # The tests write thousands of tiny files: skip fsync, here and in the processes they start (a
 # killed process still tears nothing). test_interrupted.py turns it back on for its runs.

@@ -11,7 +11,20 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from hypothesis import settings
+
 DISTS = Path(__file__).parent / "data" / "dists"
+
+
+def examples(share: float) -> int:
+    """``max_examples`` for a property test that costs much more per example than most: this
+    share of the loaded hypothesis profile's (tests/conftest.py), at least 2."""
+    return max(2, round(settings.default.max_examples * share))
+
+
+def fuzz_examples() -> int:
+    """The fuzz tests' budget: ``GRISTMILL_FUZZ_EXAMPLES``, else the hypothesis profile's."""
+    return int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES") or settings.default.max_examples)
 
 
 def run_gristmill(*args: str, env: dict[str, str] | None = None, extra_path: Iterable[Path] = ()):
@@ -84,3 +97,36 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def train_bpe(
+    texts: Iterable[str],
+    *,
+    vocab_size: int,
+    specials: Iterable[str] = (),
+    model=None,
+    normalizer=None,
+    pre_tokenizer=None,
+    decoder=None,
+    alphabet: Iterable[str] | None = None,
+):
+    """A BPE ``tokenizers.Tokenizer`` trained on ``texts``: byte-level (GPT-2 split, every byte
+    in the initial alphabet) unless ``pre_tokenizer``, ``decoder`` and ``alphabet`` say other.
+    Deterministic for the same arguments. ``model`` replaces a plain ``models.BPE()``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(model if model is not None else models.BPE())
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoder or decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        if alphabet is None
+        else list(alphabet),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok

@@ -1,6 +1,11 @@
-"""One conformance suite over every registered source: the same records from the same data in
-every layout (JSONL, JSON, CSV/TSV, Parquet, compressed, served over HTTP, a Hub folder), and
-splitting into k pieces gives disjoint, in-order pieces whose union is the whole."""
+"""Conformance over every registered component: the kit of gristmill.testing runs every check
+of every source, field mapper, tokenizer, shard format, packer, sampler, exporter, executor and
+preset registered here (first-party, contrib and any installed third-party plugin); a component
+it cannot exercise here is reported as a skip, with the reason.
+
+Sources also read the same records from the same data in every layout (JSONL, JSON, CSV/TSV,
+Parquet, compressed, served over HTTP, a Hub folder), and split into k pieces that are disjoint,
+in order, and together the whole."""
 
 from __future__ import annotations
 
@@ -20,15 +25,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gristmill.ingest.sources import open_sources
-from gristmill.plugin.components import Rejected
+from gristmill.plugin.components import Rejected, SourceType
 from gristmill.plugin.manager import get_manager
+from gristmill.testing import conformance
+from gristmill.testing.data import TEXTS
+from tests.helpers import examples, train_bpe
 
 HAS = {m: importlib.util.find_spec(m) is not None for m in ("zstandard", "pyarrow", "datasets")}
 
 # Sources that cannot serve arbitrary records, and why.
 EXEMPT = {
     "sample": "serves the installed standard library, not given data (tests/test_sources.py)",
-    "preset": "resolves to a hub: spec, covered through the hub source",
 }
 
 
@@ -119,7 +126,7 @@ def served_dir(tmp_path_factory):
 
 def test_every_registered_source_is_covered_or_exempt():
     covered = {source for source, _, _ in LAYOUTS.values()}
-    registered = set(get_manager().components("sources"))
+    registered = set(get_manager().components(SourceType))
     assert registered - covered - set(EXEMPT) == set(), "add a layout for the new source"
 
 
@@ -133,33 +140,66 @@ TEXT = st.text(
 )
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+def _layout(name: str):
+    needs = LAYOUTS[name][2]
+    reason = f"the {name} layout needs {needs}, which is not installed here"
+    return pytest.param(
+        name, marks=pytest.mark.skipif(bool(needs) and not HAS[needs], reason=reason)
+    )
+
+
+# Each example writes and reads a file, a Parquet table or a served page: a quarter of the
+# profile's examples per layout.
+@settings(max_examples=examples(0.25), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     records=st.lists(st.fixed_dictionaries({"text": TEXT, "tag": TEXT}), min_size=2, max_size=25),
     pieces=st.integers(1, 6),
 )
+@pytest.mark.parametrize("layout", [_layout(name) for name in LAYOUTS])
 def test_every_layout_gives_the_same_records_and_splits_cleanly(
-    tmp_path_factory, served_dir, records, pieces
+    tmp_path_factory, served_dir, layout, records, pieces
 ):
     root = tmp_path_factory.mktemp("conformance")
-    for name, (_, write, needs) in LAYOUTS.items():
-        if needs and not HAS[needs]:
-            continue
-        if name == "http":
-            directory, url = served_dir
-            sub = root.name
-            (directory / f"{sub}.jsonl").write_bytes(_jsonl(records))
-            spec = f"hub:{url}/{sub}.jsonl"
-        else:
-            spec = write(root / "data", records)
-        got, source = read(spec)
-        assert got == records, name
-        parts = source.split(pieces)
-        assert 1 <= len(parts) <= pieces, name
-        joined = [item[0] for part in parts for item in part.records()]
-        assert joined == records, name
-        if not spec.startswith("hub:"):  # files: every piece reports the file's own lines/rows
-            wheres = [item[1] for part in parts for item in part.records()]
-            assert wheres == [item[1] for item in source.records()], name
+    if layout == "http":
+        directory, url = served_dir
+        sub = root.name
+        (directory / f"{sub}.jsonl").write_bytes(_jsonl(records))
+        spec = f"hub:{url}/{sub}.jsonl"
+    else:
+        spec = LAYOUTS[layout][1](root / "data", records)
+    got, source = read(spec)
+    assert got == records
+    parts = source.split(pieces)
+    assert 1 <= len(parts) <= pieces
+    joined = [item[0] for part in parts for item in part.records()]
+    assert joined == records
+    if not spec.startswith("hub:"):  # files: every piece reports the file's own lines/rows
+        wheres = [item[1] for part in parts for item in part.records()]
+        assert wheres == [item[1] for item in source.records()]
+
+
+def _hub(folder: Path, records: list[dict]) -> str:
+    return _hub_folder(folder / "data", records)
+
+
+def _tokenizer_json(folder: Path) -> str:
+    tok = train_bpe(TEXTS * 4, vocab_size=400, specials=["<|endoftext|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    return str(folder / "tokenizer.json")
+
+
+def _hf_folder(folder: Path) -> str:
+    tok = train_bpe(TEXTS * 4, vocab_size=400, specials=["<|endoftext|>"])
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
+    return f"hf:{folder}"
+
+
+test_every_registered_component_conforms = conformance(
+    sources={
+        "hub": _hub,
+        "sample": "sample:stdlib",
+    },
+    tokenizers={"hf": _hf_folder, "tokenizer-json": _tokenizer_json},
+)
