@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gristmill.errors import MissingDependencyError
+from gristmill.errors import MissingDependencyError, first_line
 from gristmill_tiktoken.ranks import (
     MAX_ID,
     TiktokenLoadError,
@@ -349,7 +349,7 @@ def _from_named(spec: str, name: str, given: Mapping[str, Any]) -> Vocabulary:
     except (OSError, ImportError) as exc:  # requests' errors are OSErrors; blobfile for gs://…
         raise TiktokenLoadError(_offline_message(spec, name, exc)) from None
     except ValueError as exc:  # tiktoken checks a download against its SHA-256
-        raise TiktokenLoadError(f"{spec!r}: {_first_line(exc)}") from None
+        raise TiktokenLoadError(f"{spec!r}: {first_line(exc)}") from None
     try:
         # tiktoken keeps the parts an Encoding is built from in private attributes (its pickling
         # reads them too) and offers no public accessor; the tokenizer is rebuilt from them so
@@ -371,14 +371,9 @@ def _offline_message(spec: str, name: str, exc: BaseException) -> str:
     cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
     cache = cache or os.path.join(tempfile.gettempdir(), "data-gym-cache")
     return (
-        f"{spec!r}: tiktoken cannot download the {name} encoding ({_first_line(exc)}) and has no "
+        f"{spec!r}: tiktoken cannot download the {name} encoding ({first_line(exc)}) and has no "
         f"copy in its cache ({cache}). Where there is network, fill a cache folder "
         f"(TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('{name}')\") "
         "and set TIKTOKEN_CACHE_DIR=DIR here; or reuse the copy that a dataset prepared with "
         f"{spec} saved: --tokenizer tiktoken:DATASET/tokenizer/{SETTINGS_FILE}"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
