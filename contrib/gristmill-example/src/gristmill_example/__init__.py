@@ -6,23 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from gristmill import hookimpl
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, SourceType, Where
-from gristmill.plugin.files import content_hash, is_compressed, line_ranges, lines
+from gristmill.plugin.components import Rejected, SourceType, Where
+from gristmill.plugin.files import LineSource, lines
 
 
-class LinesSource:
-    def __init__(
-        self,
-        spec: str,
-        *,
-        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-        byte_range: tuple[int, int | None, int] = (0, None, 1),
-        **context: Any,  # what gristmill passes that this source does not use
-    ):
-        self.spec = spec
-        self.max_record_bytes = max_record_bytes
-        self.byte_range = byte_range  # (start, end, number of the first line)
-
+class LinesSource(LineSource):
     def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
         start, end, first_line = self.byte_range
         for raw, index in lines(self.spec, max_bytes=self.max_record_bytes, start=start, end=end):
@@ -39,17 +27,6 @@ class LinesSource:
                 continue
             if text.strip():
                 yield {"text": text}, where
-
-    def split(self, pieces: int) -> list[LinesSource]:
-        if is_compressed(self.spec) or self.byte_range != (0, None, 1):
-            return [self]  # a compressed stream cannot seek; a piece is not split again
-        return [
-            LinesSource(self.spec, max_record_bytes=self.max_record_bytes, byte_range=piece)
-            for piece in line_ranges(self.spec, pieces)
-        ]
-
-    def fingerprint(self) -> str:
-        return content_hash(self.spec)
 
 
 @hookimpl

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from gristmill.errors import DataError, MissingDependencyError
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES
 
 CHUNK = 1 << 20
 FEED_GZ, FEED_ZSTD = 8 << 10, 256  # compressed bytes per call: at most ~8 MiB out
@@ -231,3 +232,35 @@ def line_ranges(path: str, pieces: int) -> list[tuple[int, int, int]]:
         offset += len(chunk)
     ends = [begin for begin, _ in starts[1:]] + [size]
     return [(begin, end, first) for (begin, first), end in zip(starts, ends)]
+
+
+class LineSource:
+    """The part of a line-based source that is the same for every format: a file (plain,
+    ``.gz`` or ``.zst``) or a byte range of one, split into line-aligned byte ranges of a plain
+    file, fingerprinted by its content. A subclass writes ``records()``, reading
+    ``lines(self.spec, max_bytes=self.max_record_bytes, start=..., end=...)`` over
+    ``self.byte_range``; one that keeps more state than these also writes ``split``.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        byte_range: tuple[int, int | None, int] = (0, None, 1),
+        **context: Any,  # what gristmill passes that a line-based source does not use
+    ):
+        self.spec = spec
+        self.max_record_bytes = max_record_bytes
+        self.byte_range = byte_range  # (start, end, number of the first line)
+
+    def split(self, pieces: int) -> list[LineSource]:
+        if is_compressed(self.spec) or self.byte_range != (0, None, 1):
+            return [self]  # a compressed stream cannot seek; a piece is not split again
+        return [
+            type(self)(self.spec, max_record_bytes=self.max_record_bytes, byte_range=piece)
+            for piece in line_ranges(self.spec, pieces)
+        ]
+
+    def fingerprint(self) -> str:
+        return content_hash(self.spec)
