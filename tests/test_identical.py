@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -193,10 +194,12 @@ def _records(path: Path) -> str:
 
 def _bpe_cases(inputs: dict[str, Path], out: Path) -> dict[str, str]:
     chat = out / "chat"
+    tokenizer = inputs["chat"].parent / "tokenizer.json"  # relative: the manifest records it
+    shutil.copyfile(TOKENIZER, tokenizer)
     gristmill.prepare(
         [inputs["chat"], inputs["qa"]],
         chat,
-        tokenizer=str(TOKENIZER),
+        tokenizer=str(tokenizer),
         on_error="skip",
         val_fraction=0.25,
         progress=False,
