@@ -107,18 +107,20 @@ def _written_parquet(path: Path, records: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def dataset(folder: Path, manager: PluginManager) -> Path:
-    """A small dataset of the first-party plugins: text and prompt/completion documents (some
-    shards with loss masks, some without), two splits, several shards each."""
+def dataset(folder: Path, manager: PluginManager, *, masks: bool) -> Path:
+    """A small dataset of the first-party plugins, two splits of several shards each: text
+    documents, and with ``masks`` prompt/completion ones too (shards with loss masks)."""
     import gristmill
 
-    texts = [{"text": r["text"]} for r in RECORDS]
-    pairs = [{"prompt": f"question {i}?", "completion": f" answer {i}"} for i in range(30)]
-    (folder / "text.jsonl").write_bytes(_jsonl(texts))
-    (folder / "qa.jsonl").write_bytes(_jsonl(pairs))
+    (folder / "text.jsonl").write_bytes(_jsonl(RECORDS))
+    sources = [folder / "text.jsonl"]
+    if masks:
+        pairs = [{"prompt": f"question {i}?", "completion": f" answer {i}"} for i in range(30)]
+        (folder / "qa.jsonl").write_bytes(_jsonl(pairs))
+        sources.append(folder / "qa.jsonl")
     out = folder / "ds"
     gristmill.prepare(
-        [folder / "text.jsonl", folder / "qa.jsonl"],
+        sources,
         out,
         tokenizer="byte",
         val_fraction=0.25,

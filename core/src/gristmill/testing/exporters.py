@@ -1,5 +1,6 @@
 """Exporters: every split of a prepared dataset written, with a JSON summary each, the same bytes
-every time; a dataset the format cannot hold refused with a DatasetError (reported as a skip)."""
+every time. A format that cannot hold loss masks refuses a dataset with them (a DatasetError)
+and is checked on one without; one that refuses that too is reported as a skip."""
 
 from __future__ import annotations
 
@@ -23,20 +24,29 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def check_export(record: ExporterType, context: Context) -> None:
+def _exported(record: ExporterType, context: Context, out: Path) -> Path:
+    """The kit's dataset exported to ``out``: the one with loss masks, else the one without."""
     import gristmill
 
-    source = context.once("dataset", lambda folder: dataset(folder, context.manager))
-    splits = list(json.loads((source / MANIFEST).read_text("utf-8"))["splits"])
-    outputs = []
-    for name in ("first", "again"):
-        out = context.tmp_path / name
+    refusal = None
+    for masks in (True, False):
+        source = context.once(
+            f"dataset-masks={masks}", lambda f, m=masks: dataset(f, context.manager, masks=m)
+        )
         try:
             gristmill.export(source, out, to=record.name, progress=False, manager=context.manager)
         except DatasetError as exc:
-            pytest.skip(f"exporter {record.name!r} cannot hold the kit's dataset: {exc}")
-        outputs.append(_tree(out))
-    first, again = outputs
+            refusal = exc
+            continue
+        return source
+    pytest.skip(f"exporter {record.name!r} cannot hold the kit's datasets: {refusal}")
+
+
+def check_export(record: ExporterType, context: Context) -> None:
+    source = _exported(record, context, context.tmp_path / "first")
+    _exported(record, context, context.tmp_path / "again")
+    splits = list(json.loads((source / MANIFEST).read_text("utf-8"))["splits"])
+    first, again = _tree(context.tmp_path / "first"), _tree(context.tmp_path / "again")
     summary = json.loads(first["export.json"])
     assert list(summary["splits"]) == splits, f"summaries for {list(summary['splits'])}"
     assert set(first) - {"export.json"}, "the exporter wrote no file"
