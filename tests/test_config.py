@@ -329,10 +329,6 @@ def test_yaml_without_pyyaml_names_the_extra(tmp_path, monkeypatch):
         from_config(path)
 
 
-# Keys that the API requires but a file may leave out: the dataset defaults to prepare.output.
-OPTIONAL_IN_A_FILE = {("dataset", "path")}
-
-
 def _parameters(target: str) -> dict[str, inspect.Parameter]:
     module, name = target.split(":")
     signature = inspect.signature(getattr(importlib.import_module(module), name))
@@ -343,8 +339,10 @@ def _parameters(target: str) -> dict[str, inspect.Parameter]:
     }
 
 
-@pytest.mark.parametrize("name", SECTIONS)
-def test_a_section_holds_exactly_the_keyword_arguments_of_its_api(name):
+# [prepare], [dataset] and [stream] are made from the calls' options (gristmill.options), so they
+# cannot drift; the sections written by hand are held to the signatures of what they feed.
+@pytest.mark.parametrize("name", [name for name, section in SECTIONS.items() if section.api])
+def test_a_hand_written_section_holds_exactly_the_keyword_arguments_of_its_api(name):
     section = SECTIONS[name]
     if any(t.startswith(("torch", "gristmill.torch")) for t in section.api):
         pytest.importorskip("torch")
@@ -357,7 +355,7 @@ def test_a_section_holds_exactly_the_keyword_arguments_of_its_api(name):
         where = f"{name}.{key_name}"
         param = next((params[argument] for params in apis if argument in params), None)
         assert param is not None, f"{where}: no such argument in {section.api}"
-        if key.required or (name, key_name) in OPTIONAL_IN_A_FILE:
+        if key.required:
             assert param.default is param.empty, f"{where}: the API has a default"
             continue
         assert param.default is not param.empty, f"{where}: the API requires it"

@@ -7,8 +7,10 @@ Each section holds the keyword arguments of one call, under the same names: ``[p
 The whole file is checked before anything runs, against one declarative table per section
 (``SECTIONS``), and every ``*_options`` table against the options its component declares; every
 problem names the file and the key's path, e.g.
-``run.toml: loader.batch_size: expected a positive integer, got "eight"``. A test holds each
-table to the signatures of the functions it feeds, so the file cannot drift from the API.
+``run.toml: loader.batch_size: expected a positive integer, got "eight"``. The tables of
+``[prepare]``, ``[dataset]`` and ``[stream]`` are made from the fields of the calls' options
+(:mod:`gristmill.options`), so they cannot drift from the API; a test holds the others to the
+signatures of the functions they feed.
 """
 
 from __future__ import annotations
@@ -16,21 +18,30 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.errors import GristmillError, MissingDependencyError
-from gristmill.ingest.policy import POLICIES as ERROR_POLICIES
-from gristmill.plugin.arguments import is_integer
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Component
-from gristmill.plugin.overlong import NO_LOSS
-from gristmill.plugin.overlong import POLICIES as OVERLONG_POLICIES
-from gristmill.serve.samples import LABELS
-from gristmill.serve.stream import DEFAULT_CHUNK_BYTES, DEFAULT_PIECE_BYTES
-from gristmill.store.prepare import DEFAULT_TOKENS_PER_SHARD
-from gristmill.store.tasks import DEFAULT_TASK_BYTES
+from gristmill.options import (
+    BOOL,
+    COUNT,
+    INTEGER,
+    POSITIVE,
+    STRING,
+    TABLE,
+    DatasetOptions,
+    Kind,
+    Options,
+    PrepareOptions,
+    StreamOptions,
+    described,
+    is_number,
+    is_strings,
+    one_of,
+)
+from gristmill.plugin.components import RECORD_TYPES, Component
 
 if TYPE_CHECKING:
     from gristmill.serve.dataset import Dataset
@@ -49,53 +60,21 @@ class ConfigError(GristmillError):
         super().__init__("\n".join(problems))
 
 
-@dataclass(frozen=True)
-class Kind:
-    """The values a key takes; ``says`` completes "expected ..." in an error message."""
-
-    says: str
-    accepts: Callable[[Any], bool]
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def one_of(*choices: str) -> Kind:
-    return Kind(f"one of {', '.join(choices)}", lambda v: isinstance(v, str) and v in choices)
-
-
-STRING = Kind("a string", lambda v: isinstance(v, str))
-BOOL = Kind("true or false", lambda v: isinstance(v, bool))
-INTEGER = Kind("an integer", is_integer)
-POSITIVE = Kind("a positive integer", lambda v: is_integer(v) and v >= 1)
-COUNT = Kind("a non-negative integer", lambda v: is_integer(v) and v >= 0)
-FRACTION = Kind("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1)
-STRINGS = Kind("a list of strings", _strings)
 SOURCES = Kind(
     "a string or a non-empty list of strings",
-    lambda v: isinstance(v, str) or (_strings(v) and len(v) > 0),
-)
-TABLE = Kind("a table", lambda v: isinstance(v, Mapping))
-STRING_TABLE = Kind(
-    "a table of strings",
-    lambda v: isinstance(v, Mapping) and all(isinstance(s, str) for s in v.values()),
+    lambda v: isinstance(v, str) or (is_strings(v) and len(v) > 0),
 )
 WEIGHTS = Kind(
     "a table of non-negative numbers",
-    lambda v: isinstance(v, Mapping) and all(_number(w) and w >= 0 for w in v.values()),
+    lambda v: isinstance(v, Mapping) and all(is_number(w) and w >= 0 for w in v.values()),
 )
 DTYPE = one_of("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)
 class Key:
-    """One key of a section. ``default`` is the API's (shown in the docs; a test holds it to the
-    signature) and is not applied here: a key left out is an argument left out."""
+    """One key of a section. ``default`` is the API's (shown in the docs) and is not applied
+    here: a key left out is an argument left out."""
 
     kind: Kind
     default: Any = None
@@ -112,106 +91,51 @@ class Section:
     name: str
     keys: Mapping[str, Key]
     call: str  # what the docs say the keys feed
-    api: tuple[str, ...]  # "module:name" of the callables whose keyword arguments these are
+    # "module:name" of the callables whose keyword arguments these keys are, where the keys are
+    # written here rather than made from an options class (a test holds them to the signatures)
+    api: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # their parameters that a file cannot give
     help: str = ""
 
 
-# The keys that shape documents, shared by [prepare] and [stream].
-READING = {
-    "format": Key(STRING, "auto", "field mapper: `auto`, `chat`, `prompt-completion`, `text`…"),
-    "fields": Key(STRING_TABLE, None, 'canonical field → column, e.g. `{prompt = "question"}`'),
-    "train_on_prompt": Key(BOOL, False, "loss on prompts too, not only completions"),
-    "normalize": Key(BOOL, True, "Unicode NFC normalisation of all text"),
-    "on_error": Key(one_of(*ERROR_POLICIES), "fail", "stop at a bad record, or skip and count it"),
-    "max_record_bytes": Key(POSITIVE, DEFAULT_MAX_RECORD_BYTES, "larger records are rejected"),
-    "column_names": Key(STRINGS, None, "column names of CSV/TSV files without a header row"),
-    "max_doc_tokens": Key(POSITIVE, None, "truncate documents to this many tokens"),
-    "engine": Key(STRING, "auto", "the tokenizer's encoding engine (never changes the ids)"),
-    "tokenizer_options": Key(
-        TABLE, None, "options of the tokenizer, e.g. `{add_bos = true}` for `byte`"
-    ),
-    "source_options": Key(
-        TABLE, None, 'options of every source, e.g. `{columns = ["text"]}` for `parquet`'
-    ),
-}
+def keys_of(options: type[Options]) -> dict[str, Key]:
+    """The keys of an options class: one per field, under its name."""
+    return {f.name: Key(spec.kind, f.default, spec.help) for f, spec in described(options)}
 
-# The keys that shape samples, shared by [dataset], [stream] and the datasets of [mixture].
-PACKING = {
-    "seq_len": Key(POSITIVE, None, "tokens per sample"),
-    "packer_options": Key(TABLE, None, "options of the packer, e.g. `{buffer_size = 64}`"),
-    "overlong": Key(one_of(*OVERLONG_POLICIES), "truncate", "documents longer than `seq_len`"),
-    "restart": Key(BOOL, None, "positions and labels restart at every document (the packer's)"),
-    "labels": Key(one_of(*LABELS), "unshifted", "`shifted`: input/target pairs for a plain loop"),
-}
+
+SOURCES_KEY = Key(
+    SOURCES, required=True, flag="SOURCE...", help="files, globs, directories or specs"
+)
 
 PREPARE = Section(
     "prepare",
     {
-        "sources": Key(
-            SOURCES, required=True, flag="SOURCE...", help="files, globs, directories or specs"
-        ),
+        "sources": SOURCES_KEY,
         "output": Key(
             STRING, required=True, argument="out", flag="-o DIR", help="the dataset directory"
         ),
-        "tokenizer": Key(STRING, "byte", "`byte`, `hf:NAME_OR_DIR`, `PATH/tokenizer.json`…"),
-        "val_fraction": Key(FRACTION, 0.0, "share of documents for the `val` split"),
-        "seed": Key(INTEGER, 0, "seed of the train/val split"),
-        "tokens_per_shard": Key(POSITIVE, DEFAULT_TOKENS_PER_SHARD, "tokens per shard file"),
-        "shard_format": Key(STRING, "memmap-shards", "the shard format plugin"),
-        "dedup": Key(BOOL, False, "drop exact duplicate documents"),
-        **READING,
-        "workers": Key(POSITIVE, None, "worker processes (default: one per CPU)"),
-        "executor": Key(STRING, "local", "where tasks run"),
-        "executor_options": Key(
-            TABLE,
-            None,
-            'options of the executor, e.g. `{address = "HOST:PORT"}` for `ray` (`--ray-address`)',
-        ),
-        "task_bytes": Key(POSITIVE, DEFAULT_TASK_BYTES, "input bytes per task"),
-        "overwrite": Key(BOOL, False, "replace a different or unfinished dataset"),
-        "progress": Key(BOOL, None, "show a progress bar (default: only on a terminal)"),
+        **keys_of(PrepareOptions),
     },
     call="`gristmill.prepare`",
-    api=("gristmill.store.prepare:prepare",),
-    ignored=("manager",),
     help="Tokenize sources into a dataset directory (`gristmill prepare`).",
 )
 
 DATASET_KEYS = {
     "path": Key(STRING, None, "the dataset directory (default: `prepare.output`)"),
-    "split": Key(STRING, "train", "the split to serve"),
-    **PACKING,
-    "packer": Key(STRING, "none", "`none`, `first-fit`, `greedy-stream`, `concat-chunk`…"),
-    "no_loss": Key(one_of(*NO_LOSS), "keep", "samples whose labels are all -100: `drop` them"),
-    "seed": Key(INTEGER, 0, "seed of the samplers"),
+    **keys_of(DatasetOptions),
 }
 
 DATASET = Section(
     "dataset",
     DATASET_KEYS,
     call="`gristmill.open_dataset`",
-    api=("gristmill.serve.dataset:open_dataset",),
-    ignored=("manager",),
     help="A prepared dataset, served as packed samples.",
 )
 
 STREAM = Section(
     "stream",
-    {
-        "sources": Key(SOURCES, required=True, help="files, globs, directories or specs"),
-        "tokenizer": Key(STRING, "byte", "`byte`, `hf:NAME_OR_DIR`, `PATH/tokenizer.json`…"),
-        **PACKING,
-        "packer": Key(STRING, "greedy-stream", "`greedy-stream`, `concat-chunk` or `none`"),
-        **READING,
-        "chunk_bytes": Key(POSITIVE, DEFAULT_CHUNK_BYTES, "input bytes per unit of work"),
-        "piece_bytes": Key(
-            POSITIVE, DEFAULT_PIECE_BYTES, "input bytes per independently packed piece"
-        ),
-    },
+    {"sources": replace(SOURCES_KEY, flag=None), **keys_of(StreamOptions)},
     call="`gristmill.stream`",
-    api=("gristmill.serve.stream:Stream",),
-    ignored=("manager",),
     help="Sources tokenized and packed on the fly, nothing written (instead of `[dataset]`).",
 )
 
@@ -574,7 +498,7 @@ def _component(kind: str, name: str) -> Component:
     manager = get_manager()
     if kind == "tokenizer":
         return resolve_tokenizer(name, manager)
-    return getattr(manager, kind)(name)
+    return manager.get(next(t for t in RECORD_TYPES if t.kind == kind), name)
 
 
 def _suggest(name: str, choices: Mapping[str, Any]) -> str:

@@ -12,11 +12,15 @@ from collections.abc import Sequence
 
 from gristmill._version import __version__
 from gristmill.errors import GristmillError
-from gristmill.ingest.policy import POLICIES
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES
+from gristmill.options import (
+    BOOL,
+    STRING_TABLE,
+    ConvertOptions,
+    Options,
+    PrepareOptions,
+    described,
+)
 from gristmill.plugin.overlong import POLICIES as OVERLONG_POLICIES
-from gristmill.store.prepare import DEFAULT_TOKENS_PER_SHARD
-from gristmill.store.tasks import DEFAULT_TASK_BYTES
 
 EPILOG = """\
 examples:
@@ -45,7 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gristmill {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_prepare_parser, _convert_parser, _inspect_parser, _verify_parser):
+        add(sub)
+    for add in (_export_parser, _presets_parser, _plugins_parser):
+        add(sub)
+    return parser
 
+
+def add_options(parser: argparse.ArgumentParser, options: type[Options]) -> None:
+    """A flag for every option of ``options`` that has one (see :class:`gristmill.options.Flag`).
+    The parser leaves out what is not given (``argument_default=SUPPRESS``), so the defaults
+    that apply, and that the help states, are the API's."""
+    for f, spec in described(options):
+        flag = spec.flag
+        if flag is None:
+            continue
+        help = flag.help.replace("{default}", str(f.default))
+        name = flag.name or "--" + f.name.replace("_", "-")
+        if spec.kind is BOOL:
+            action = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            parser.add_argument(name, dest=f.name, action=action, help=help)
+            continue
+        parser.add_argument(
+            name,
+            dest=f.name,
+            type=flag.read or spec.kind.read,
+            choices=spec.kind.choices or None,
+            metavar=flag.metavar,
+            help=help,
+        )
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     # Options left out are left out of the call too (SUPPRESS), so that gristmill.prepare's
     # defaults apply, and so that `--config FILE` can tell the options given from the others.
     p = sub.add_parser(
@@ -77,85 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a .toml or .yaml config file: its [prepare] section, under the options given here "
         "(docs/configuration.md)",
     )
-    p.add_argument("--tokenizer", metavar="SPEC", help="tokenizer (default: byte)")
-    p.add_argument(
-        "--engine",
-        metavar="NAME",
-        help="tokenizer engine: auto (default: the fastest installed one whose ids match the "
-        "reference on the first batch), hf (the reference), or another the tokenizer offers",
-    )
-    _add_reading_options(p)
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        metavar="F",
-        help="fraction of examples (chosen by a seeded hash) for the 'val' split (default: 0)",
-    )
-    p.add_argument("--seed", type=int, help="seed of the train/val split (default: 0)")
-    p.add_argument(
-        "--tokens-per-shard",
-        type=int,
-        metavar="N",
-        help="target tokens per shard file; documents are never split "
-        f"(default: {DEFAULT_TOKENS_PER_SHARD})",
-    )
-    p.add_argument(
-        "--max-doc-tokens",
-        type=int,
-        metavar="N",
-        help="truncate documents to N tokens (the EOS kept last); counted in the manifest",
-    )
-    p.add_argument(
-        "--train-on-prompt",
-        action="store_true",
-        help="put loss on prompts too, not only completions",
-    )
-    p.add_argument(
-        "--dedup",
-        action="store_true",
-        help="drop exact duplicate documents (same tokens and loss mask); keeps the first",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes (default: one per CPU); the output is the same for any N",
-    )
-    p.add_argument(
-        "--executor",
-        metavar="NAME",
-        help="where tasks run: local (default: this machine), ray (Ray tasks; pip install "
-        "'gristmill[ray]'), or one a plugin adds (docs/executors.md)",
-    )
-    # The executor's options, as prepare's executor_options (and the config key of that name).
-    p.add_argument(
-        "--ray-address",
-        dest="executor_options",
-        type=lambda address: {"address": address},
-        metavar="ADDR",
-        help="run on this Ray cluster (HOST:PORT, ray://HOST:10001, auto); implies --executor "
-        "ray; every node must see the output directory (default: RAY_ADDRESS, else a Ray of "
-        "--workers CPUs started here)",
-    )
-    p.add_argument(
-        "--task-bytes",
-        type=int,
-        metavar="N",
-        help="input bytes per task, the unit of parallel work and of resuming after a crash "
-        f"(default: {DEFAULT_TASK_BYTES})",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a different existing dataset, or discard an unfinished one (only the "
-        "files gristmill wrote: a directory that also holds others is refused, naming them)",
-    )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    add_options(p, PrepareOptions)
 
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "convert",
         help="write any readable source as one plain .jsonl or .parquet file",
@@ -166,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("sources", nargs="+", metavar="SOURCE", help="file, glob, directory or spec")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.jsonl or OUT.parquet")
-    _add_reading_options(c)
-    c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_options(c, ConvertOptions)
 
+
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser(
         "inspect",
         help="counts, length histogram and decoded samples of a dataset",
@@ -202,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and --seq-len to FILE.png (needs matplotlib: pip install 'gristmill[plot]')",
     )
 
+
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser(
         "verify",
         help="check a dataset's files against its manifest; exit 1 on any problem",
@@ -222,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a progress bar (default: only on a terminal)",
     )
 
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export",
         help="write a prepared dataset in another project's format (an exporter plugin)",
@@ -255,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a progress bar (default: only on a terminal)",
     )
 
+
+def _presets_parser(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser(
         "presets",
         help="list named datasets (use them as preset:NAME)",
@@ -264,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+
+def _plugins_parser(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser(
         "plugins",
         help="list installed plugins and the components they provide",
@@ -275,48 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="also blocked plugins, and describe each component"
     )
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser
-
-
-def _add_reading_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by prepare and convert: how records are read and mapped (their defaults,
-    stated in the help, are the API's: the parsers leave out what is not given)."""
-    p.add_argument(
-        "--format",
-        metavar="NAME",
-        help="field mapper: auto (default: chosen from each source's first record), chat, "
-        "prompt-completion, text, or one a plugin adds",
-    )
-    p.add_argument(
-        "--fields",
-        metavar="NAME=COLUMN,...",
-        help="read canonical fields from other columns, e.g. prompt=question,completion=answer",
-    )
-    p.add_argument(
-        "--normalize",
-        action=argparse.BooleanOptionalAction,
-        help="Unicode NFC normalisation of all text (default: on; --no-normalize for code "
-        "or data whose exact code points matter)",
-    )
-    p.add_argument(
-        "--on-error",
-        choices=POLICIES,
-        help="fail: stop at the first bad record, naming file, line and field (default); "
-        "skip: count bad records per reason, write them beside the output "
-        "(OUTPUT.rejects.jsonl), go on",
-    )
-    p.add_argument(
-        "--max-record-bytes",
-        type=int,
-        metavar="N",
-        help="a record larger than this is rejected instead of read "
-        f"(default: {DEFAULT_MAX_RECORD_BYTES})",
-    )
-    p.add_argument(
-        "--column-names",
-        metavar="NAME,...",
-        help="column names for CSV/TSV files without a header row",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,47 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        if args.command == "prepare":
-            return _prepare(args)
-        if args.command == "convert":
-            return _convert(args)
-        if args.command == "inspect":
-            from gristmill.cli.report import inspect_dataset
-
-            return inspect_dataset(
-                args.directory,
-                decode=args.decode,
-                split=args.split,
-                seq_lens=_numbers(args.seq_len, "--seq-len"),
-                overlong=args.overlong,
-                as_json=args.json,
-                plot=args.plot,
-            )
-        if args.command == "verify":
-            from gristmill.cli.report import verify_dataset
-
-            return verify_dataset(args.directory, as_json=args.json, progress=args.progress)
-        if args.command == "export":
-            from gristmill.serve.export import export
-
-            out = export(
-                args.directory,
-                args.output,
-                to=args.to,
-                splits=args.split,
-                options=dict(args.option or ()),
-                overwrite=args.overwrite,
-                progress=args.progress,
-            )
-            print(f"exported {args.directory} to {out} ({args.to})")
-            return 0
-        if args.command == "presets":
-            from gristmill.cli.report import list_presets
-
-            return list_presets(as_json=args.json)
-        from gristmill.cli.report import list_plugins
-
-        return list_plugins(show_all=args.all, as_json=args.json)
+        return _run(args)
     except GristmillError as exc:
         print(f"gristmill: error: {exc}", file=sys.stderr)
         return 2
@@ -382,6 +269,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         log.removeHandler(handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command ``args`` names; its exit status."""
+    if args.command == "prepare":
+        return _prepare(args)
+    if args.command == "convert":
+        return _convert(args)
+    if args.command == "inspect":
+        from gristmill.cli.report import inspect_dataset
+
+        return inspect_dataset(
+            args.directory,
+            decode=args.decode,
+            split=args.split,
+            seq_lens=_numbers(args.seq_len, "--seq-len"),
+            overlong=args.overlong,
+            as_json=args.json,
+            plot=args.plot,
+        )
+    if args.command == "verify":
+        from gristmill.cli.report import verify_dataset
+
+        return verify_dataset(args.directory, as_json=args.json, progress=args.progress)
+    if args.command == "export":
+        from gristmill.serve.export import export
+
+        out = export(
+            args.directory,
+            args.output,
+            to=args.to,
+            splits=args.split,
+            options=dict(args.option or ()),
+            overwrite=args.overwrite,
+            progress=args.progress,
+        )
+        print(f"exported {args.directory} to {out} ({args.to})")
+        return 0
+    if args.command == "presets":
+        from gristmill.cli.report import list_presets
+
+        return list_presets(as_json=args.json)
+    from gristmill.cli.report import list_plugins
+
+    return list_plugins(show_all=args.all, as_json=args.json)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -423,17 +355,17 @@ def _numbers(text: str, option: str) -> list[int]:
         raise GristmillError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
-def _given(args: argparse.Namespace) -> dict[str, object]:
+def _given(args: argparse.Namespace, options: type[Options]) -> dict[str, object]:
     """The options given on the command line (the parsers leave out the others), under the
     names of the API's keyword arguments and config keys."""
     from gristmill.ingest.mapping import parse_fields
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-    if "fields" in given:
-        given["fields"] = parse_fields(given["fields"])  # type: ignore[arg-type]
-    if "column_names" in given:
-        names = given["column_names"]
-        given["column_names"] = names.split(",") if names else None  # type: ignore[union-attr]
+    # A table of strings is spelt NAME=VALUE,...; read here rather than by the parser, so that a
+    # mistake is reported as every other one is (exit 2, "gristmill: error: ...").
+    for f, spec in described(options):
+        if f.name in given and spec.kind is STRING_TABLE:
+            given[f.name] = parse_fields(given[f.name])  # type: ignore[arg-type]
     if not given.get("sources", True):
         del given["sources"]  # SOURCE... is optional with --config
     return given
@@ -442,13 +374,13 @@ def _given(args: argparse.Namespace) -> dict[str, object]:
 def _convert(args: argparse.Namespace) -> int:
     from gristmill.store.convert import convert
 
-    given = _given(args)
+    given = _given(args, ConvertOptions)
     convert(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    given = _given(args)
+    given = _given(args, PrepareOptions)
     # --ray-address implies --executor ray, and makes no sense with another.
     if "executor_options" in given and given.setdefault("executor", "ray") != "ray":
         raise GristmillError(f"--ray-address needs --executor ray, not {given['executor']}")

@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import IO
 
 from gristmill.errors import DataError
+from gristmill.options import ERROR_POLICIES
 from gristmill.plugin.components import Rejected, Where
-
-POLICIES = ("fail", "skip")
 
 
 class ErrorPolicy:
     """``rejects``: the file skipped records go to (``None``: count them only)."""
 
     def __init__(self, mode: str, rejects: Path | None):
-        if mode not in POLICIES:
-            raise DataError(f"on_error must be one of {', '.join(POLICIES)}, got {mode!r}")
+        if mode not in ERROR_POLICIES:
+            raise DataError(f"on_error must be one of {', '.join(ERROR_POLICIES)}, got {mode!r}")
         self.mode = mode
         self.path = rejects
         self.counts: Counter[str] = Counter()

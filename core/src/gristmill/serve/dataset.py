@@ -6,7 +6,8 @@ import contextlib
 import logging
 import operator
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,18 +16,25 @@ import numpy as np
 
 from gristmill.errors import DatasetError, GristmillError
 from gristmill.layout import PLANS_DIR
-from gristmill.plugin.arguments import check_int
+from gristmill.options import DatasetOptions, takes
 from gristmill.plugin.atomic import fingerprint, write_atomic
-from gristmill.plugin.components import PackerType, PackPlan, Sampler, ShardReader, Tokenizer
+from gristmill.plugin.components import (
+    PackerType,
+    PackPlan,
+    ReadsSpans,
+    Sampler,
+    SamplerType,
+    ShardFormatType,
+    ShardReader,
+    Tokenizer,
+)
 from gristmill.plugin.manager import PluginManager, get_manager
-from gristmill.plugin.overlong import check_no_loss, check_policy
 from gristmill.plugin.packing import PLAN_ARRAYS, keep_samples, plan_problem
 from gristmill.serve.samples import (
     Buffers,
     SampleBatch,
     build_samples,
     carry_no_loss,
-    check_labels,
     join_parts,
 )
 from gristmill.store.integrity import check_intact
@@ -54,40 +62,31 @@ class Dataset:
     def __init__(
         self,
         path: str | os.PathLike[str],
+        options: DatasetOptions | None = None,
         *,
-        split: str = "train",
-        seq_len: int | None = None,
-        packer: str = "none",
-        packer_options: Mapping[str, Any] | None = None,
-        overlong: str = "truncate",
-        no_loss: str = "keep",
-        restart: bool | None = None,
-        labels: str = "unshifted",
-        seed: int = 0,
         manager: PluginManager | None = None,
     ):
-        seq_len = None if seq_len is None else check_int("seq_len", seq_len)
-        seed = check_int("seed", seed, at_least=None)
+        self.options = options = options or DatasetOptions()
         self.path = Path(path)
-        self.labels = check_labels(labels)
         self.manager = manager or get_manager()
         self.manifest = read_manifest(self.path)
         splits = self.manifest["splits"]
-        if split not in splits:
+        if options.split not in splits:
             raise DatasetError(
-                f"{self.path}: no split {split!r}; this dataset has {', '.join(sorted(splits))}"
+                f"{self.path}: no split {options.split!r}; this dataset has "
+                f"{', '.join(sorted(splits))}"
             )
-        self.split, self.seq_len, self.seed = split, seq_len, seed
-        fmt = self.manager.shard_format(self.manifest["shard_format"]["name"])
+        self.split, self.seq_len, self.seed = options.split, options.seq_len, options.seed
+        self.labels, self.overlong, self.no_loss = options.labels, options.overlong, options.no_loss
+        fmt = self.manager.get(ShardFormatType, self.manifest["shard_format"]["name"])
         self.documents: ShardReader = fmt.reader(
-            self.path, splits[split]["shards"], dtype=np.dtype(self.manifest["dtype"])
+            self.path, splits[self.split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
         check_generation(self.path, self.manifest)  # the shards checked are the manifest's
-        self.packer, self.overlong = packer, check_policy(overlong)
-        self.no_loss = check_no_loss(no_loss)
-        record = self.manager.packer(packer)
-        self.packer_options = record.check_options(packer_options)
-        self.restart = record.restart if restart is None else bool(restart)
+        self.packer = options.packer
+        record = self.manager.get(PackerType, options.packer)
+        self.packer_options = record.check_options(options.packer_options)
+        self.restart = record.restart if options.restart is None else bool(options.restart)
         # The samples whose labels are all -100: served (no_loss="keep") or left out ("drop").
         self.samples_without_loss: int
         self.plan, self.samples_without_loss = self._plan(record)
@@ -158,26 +157,18 @@ class Dataset:
         return {
             "generation": self.manifest.get("generation"),
             "path": self.path,
-            "split": self.split,
-            "seq_len": self.seq_len,
-            "packer": self.packer,
-            "packer_options": self.packer_options,
-            "overlong": self.overlong,
-            "no_loss": self.no_loss,
-            "restart": self.restart,
-            "labels": self.labels,
-            "seed": self.seed,
+            "options": self.options,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        options = dict(state)
-        generation = options.pop("generation")
         try:
-            self.__init__(**options)  # type: ignore[misc]
+            self.__init__(state["path"], state["options"])  # type: ignore[misc]
             # A worker serves the samples its parent planned: from the dataset the parent
             # opened, never from one prepared into the directory since.
-            if self.manifest.get("generation") != generation:
-                raise generation_changed(self.path, self.manifest.get("generation"), generation)
+            if self.manifest.get("generation") != state["generation"]:
+                raise generation_changed(
+                    self.path, self.manifest.get("generation"), state["generation"]
+                )
         except GristmillError as error:
             # Raised while a spawned DataLoader worker starts, torch would report only that the
             # worker exited; kept, it is raised by the first use, and torch hands it on to the
@@ -280,14 +271,18 @@ class Dataset:
             f"damaged; run `gristmill verify {self.path}` and prepare the dataset again"
         )
 
+    @cached_property
+    def _bulk(self) -> ReadsSpans | None:
+        """The reader when it fetches many slices at once (asked once: isinstance is slow)."""
+        return self.documents if isinstance(self.documents, ReadsSpans) else None
+
     def _spans(
         self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The segments' tokens and loss mask, concatenated: in bulk from a reader that offers
         ``spans`` (as ``memmap-shards`` does), else one ``document()`` call per segment."""
-        spans = getattr(self.documents, "spans", None)
-        if spans is not None:
-            return spans(docs, starts, lengths)
+        if self._bulk is not None:
+            return self._bulk.spans(docs, starts, lengths)
         parts = []
         for doc, start, length in zip(docs.tolist(), starts.tolist(), lengths.tolist()):
             ids, mask = self.documents.document(doc)
@@ -306,7 +301,7 @@ class Dataset:
     def sampler(self, name: str, *, global_batch: int, **options: Any) -> Sampler:
         """The sampler plugin ``name`` over this dataset's samples, seeded with ``seed``;
         ``options`` are the user's, checked against those it declares."""
-        record = self.manager.sampler(name)
+        record = self.manager.get(SamplerType, name)
         return record.factory(
             len(self),
             seed=self.seed,
@@ -325,7 +320,7 @@ class Dataset:
     def with_seed(self, seed: int) -> Dataset:
         """The same dataset whose samplers are seeded with ``seed``."""
         seeded = Dataset.__new__(Dataset)
-        seeded.__setstate__({**self.__getstate__(), "seed": seed})
+        seeded.__setstate__({**self.__getstate__(), "options": replace(self.options, seed=seed)})
         seeded.plan  # noqa: B018 (raises here, in the caller, if it could not reopen)
         return seeded
 
@@ -422,18 +417,11 @@ def _store_plan(path: Path, key: str, planned: Planned) -> None:
     )
 
 
+@takes(DatasetOptions, positional=("split",))
 def open_dataset(
     path: str | os.PathLike[str],
-    split: str = "train",
+    options: DatasetOptions,
     *,
-    seq_len: int | None = None,
-    packer: str = "none",
-    packer_options: Mapping[str, Any] | None = None,
-    overlong: str = "truncate",
-    no_loss: str = "keep",
-    restart: bool | None = None,
-    labels: str = "unshifted",
-    seed: int = 0,
     manager: PluginManager | None = None,
 ) -> Dataset:
     """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
@@ -455,28 +443,16 @@ def open_dataset(
     ``labels``: ``"unshifted"`` (models that shift themselves, as Hugging Face ones do) or
     ``"shifted"`` (input/target pairs for a plain loop).
     """
-    dataset = Dataset(
-        path,
-        split=split,
-        seq_len=seq_len,
-        packer=packer,
-        packer_options=packer_options,
-        overlong=overlong,
-        no_loss=no_loss,
-        restart=restart,
-        labels=labels,
-        seed=seed,
-        manager=manager,
-    )
+    dataset = Dataset(path, options, manager=manager)
     empty = dataset.samples_without_loss
     if empty and dataset.no_loss == "keep":
         log.warning(
-            f"{dataset.path} [{split}]: {empty:,} of {len(dataset):,} samples carry no loss "
+            f"{dataset.path} [{dataset.split}]: {empty:,} of {len(dataset):,} samples carry no loss "
             f"(every label -100: a completion cut away by overlong={dataset.overlong!r}, or a "
             "document without loss tokens); they are served as they are: "
             "no_loss='drop' leaves them out, overlong='truncate-left' keeps the end of a "
             "long document instead of its start"
         )
     elif empty:
-        log.info(f"{dataset.path} [{split}]: {empty:,} samples without loss left out")
+        log.info(f"{dataset.path} [{dataset.split}]: {empty:,} samples without loss left out")
     return dataset

@@ -15,9 +15,9 @@ from typing import overload
 import numpy as np
 
 from gristmill.errors import DatasetError
+from gristmill.options import LABELS
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
-LABELS = ("unshifted", "shifted")
 
 Part = tuple[np.ndarray, "np.ndarray | None"]  # a segment's token ids and loss mask (None: all)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,19 @@ from gristmill._version import __version__
 from gristmill.errors import DataError
 from gristmill.ingest.chain import check_schemas
 from gristmill.ingest.mapping import check_fields
-from gristmill.ingest.plan import plan_chunks
-from gristmill.ingest.policy import POLICIES, ErrorPolicy
+from gristmill.ingest.plan import Chunk, plan_chunks
+from gristmill.ingest.policy import ErrorPolicy
 from gristmill.ingest.sources import open_sources
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.layout import FORMAT, FORMAT_VERSION, TASKS_DIR, TOKENIZER_DIR, reject_file
-from gristmill.plugin.arguments import check_int
+from gristmill.options import PrepareOptions, takes
 from gristmill.plugin.atomic import fingerprint
 from gristmill.plugin.components import (
-    DEFAULT_MAX_RECORD_BYTES,
     ExecutorType,
+    FieldMapperType,
+    HasFingerprint,
     Rejected,
+    RendersChat,
     ShardFormatType,
     Source,
     Tokenizer,
@@ -38,41 +41,18 @@ from gristmill.plugin.components import (
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.store.claim import SPLITS, Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
-from gristmill.store.merge import merge
-from gristmill.store.tasks import DEFAULT_TASK_BYTES, TaskRunner, TaskSettings
+from gristmill.store.merge import Merged, merge
+from gristmill.store.tasks import TaskRunner, TaskSettings
 
 log = logging.getLogger("gristmill")
 
-DEFAULT_TOKENS_PER_SHARD = 1 << 26  # 64 Mi tokens: 128 MiB per shard at uint16
 
-
+@takes(PrepareOptions)
 def prepare(
     sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
+    options: PrepareOptions,
     *,
-    tokenizer: str = "byte",
-    format: str = "auto",
-    fields: Mapping[str, str] | None = None,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-    tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD,
-    shard_format: str = "memmap-shards",
-    train_on_prompt: bool = False,
-    normalize: bool = True,
-    dedup: bool = False,
-    on_error: str = "fail",
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-    column_names: Sequence[str] | None = None,
-    max_doc_tokens: int | None = None,
-    engine: str = "auto",
-    tokenizer_options: Mapping[str, Any] | None = None,
-    source_options: Mapping[str, Any] | None = None,
-    workers: int | None = None,
-    executor: str = "local",
-    executor_options: Mapping[str, Any] | None = None,
-    task_bytes: int = DEFAULT_TASK_BYTES,
-    overwrite: bool = False,
-    progress: bool | None = None,
     manager: PluginManager | None = None,
 ) -> dict[str, Any]:
     """Tokenize ``sources`` into a dataset directory ``out``; return its manifest.
@@ -97,102 +77,15 @@ def prepare(
     :class:`~gristmill.errors.OptionError`.
     """
     manager = manager or get_manager()
-    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    # Plain Python numbers: numpy scalars would not serialise into the manifest.
-    val_fraction = float(val_fraction)
-    seed = check_int("seed", seed, at_least=None)
-    tokens_per_shard = check_int("tokens_per_shard", tokens_per_shard)
-    max_record_bytes = check_int("max_record_bytes", max_record_bytes)
-    task_bytes = check_int("task_bytes", task_bytes)
-    workers = None if workers is None else check_int("workers", workers)
-    if max_doc_tokens is not None:
-        max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, at_least=2)
-    if on_error not in POLICIES:
-        raise DataError(f"on_error must be one of {', '.join(POLICIES)}, got {on_error!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    fields = dict(fields or {})
-    # Resolve every component before the output directory is touched.
-    column_names = list(column_names) if column_names else None
-    opened = open_sources(
-        specs,
-        manager,
-        source_options,
-        output=out,
-        max_record_bytes=max_record_bytes,
-        column_names=column_names,
-    )
-    tokenizer_type = resolve_tokenizer(tokenizer, manager)
-    tokenizer_options = tokenizer_type.check_options(tokenizer_options)
-    if engine != "auto" and engine not in tokenizer_type.engines:
-        offered = ", ".join(("auto", *tokenizer_type.engines))
-        raise DataError(
-            f"the {tokenizer_type.name} tokenizer has no engine {engine!r}; choose from {offered}"
-        )
-    fmt = manager.shard_format(shard_format)
-    run_on = manager.executor(executor)
-    executor_options = run_on.check_options(executor_options)
-    if format != "auto":
-        check_fields(manager.field_mapper(format), fields)
-    config = {
-        "tokenizer": tokenizer,
-        "format": format,
-        "fields": fields,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "tokens_per_shard": tokens_per_shard,
-        "shard_format": shard_format,
-        "train_on_prompt": train_on_prompt,
-        "normalize": normalize,
-        "dedup": dedup,
-        "on_error": on_error,
-        "max_record_bytes": max_record_bytes,
-        "column_names": column_names,
-        "max_doc_tokens": max_doc_tokens,
-        "task_bytes": task_bytes,
-        # Only when given: datasets prepared without them keep their fingerprint.
-        **({"tokenizer_options": tokenizer_options} if tokenizer_options else {}),
-        **({"source_options": dict(source_options)} if source_options else {}),
-    }
-    provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
-    # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
-    refused = check_schemas(opened, on_error)
-    problems = [refused.get(position) for position in range(len(opened))]
-    tok = tokenizer_type.factory(tokenizer, engine=engine, **tokenizer_options)
-    # A tokenizer that can say when its files changed (hf:DIR re-trained in place) takes part.
-    tok_fingerprint = getattr(tok, "fingerprint", None)
-    config_fp = fingerprint(
-        {
-            "format_version": FORMAT_VERSION,
-            "config": config,
-            "sources": provenance,
-            "tokenizer": tok_fingerprint() if tok_fingerprint else None,
-        }
-    )
-
+    run = _resolve(sources, out, options, manager)
+    config_fp = config_fingerprint(options, run.provenance, run.tok)
     out_dir = Path(out)
-    claim = Claim(out_dir, config_fp, overwrite)
+    claim = Claim(out_dir, config_fp, options.overwrite)
     if claim.up_to_date is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
         return claim.up_to_date
     try:
-        manifest = _write(
-            claim,
-            opened,
-            problems,
-            tok,
-            tokenizer_type,
-            fmt,
-            config,
-            provenance,
-            config_fp,
-            workers=workers,
-            executor=run_on,
-            executor_options=executor_options,
-            engine=engine,
-            progress=progress,
-            manager=manager,
-        )
+        manifest = _write(claim, run, options, config_fp, manager)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the same command resumes, another one is refused
     except BaseException as exc:
@@ -203,114 +96,207 @@ def prepare(
     return manifest
 
 
-def _write(
-    claim: Claim,
-    opened: list[Source],
-    problems: list[Rejected | DataError | None],
-    tok: Tokenizer,
-    tokenizer_type: TokenizerType,
-    fmt: ShardFormatType,
-    config: dict[str, Any],
-    provenance: list[dict[str, Any]],
-    config_fp: str,
-    *,
-    workers: int | None,
-    executor: ExecutorType,
-    executor_options: dict[str, Any],
-    engine: str,
-    progress: bool | None,
+@dataclass(frozen=True)
+class Resolved:
+    """What a run resolves before it touches the output directory, so that a typo fails first."""
+
+    opened: list[Source]
+    problems: list[Rejected | DataError | None]  # per source: why it is not read, or None
+    provenance: list[dict[str, Any]]
+    tok: Tokenizer
+    tokenizer_type: TokenizerType
+    fmt: ShardFormatType
+    executor: ExecutorType
+    executor_options: dict[str, Any]
+
+
+def _resolve(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    options: PrepareOptions,
     manager: PluginManager,
+) -> Resolved:
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    opened = open_sources(
+        specs,
+        manager,
+        options.source_options,
+        output=out,
+        max_record_bytes=options.max_record_bytes,
+        column_names=options.column_names,
+    )
+    tokenizer_type = resolve_tokenizer(options.tokenizer, manager)
+    tokenizer_options = tokenizer_type.check_options(options.tokenizer_options)
+    if options.engine != "auto" and options.engine not in tokenizer_type.engines:
+        offered = ", ".join(("auto", *tokenizer_type.engines))
+        raise DataError(
+            f"the {tokenizer_type.name} tokenizer has no engine {options.engine!r}; choose from "
+            f"{offered}"
+        )
+    fmt = manager.get(ShardFormatType, options.shard_format)
+    executor = manager.get(ExecutorType, options.executor)
+    executor_options = executor.check_options(options.executor_options)
+    if options.format != "auto":
+        check_fields(manager.get(FieldMapperType, options.format), options.fields)
+    provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
+    # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
+    refused = check_schemas(opened, options.on_error)
+    problems = [refused.get(position) for position in range(len(opened))]
+    tok = tokenizer_type.factory(options.tokenizer, engine=options.engine, **tokenizer_options)
+    return Resolved(
+        opened, problems, provenance, tok, tokenizer_type, fmt, executor, executor_options
+    )
+
+
+def config_fingerprint(
+    options: PrepareOptions, provenance: list[dict[str, Any]], tok: Tokenizer
+) -> str:
+    """What "already prepared" compares: the format, the options that change the output, the
+    sources and the tokenizer."""
+    # A tokenizer that can say when its files changed (hf:DIR re-trained in place) takes part.
+    return fingerprint(
+        {
+            "format_version": FORMAT_VERSION,
+            "config": options.output(),
+            "sources": provenance,
+            "tokenizer": tok.fingerprint() if isinstance(tok, HasFingerprint) else None,
+        }
+    )
+
+
+def _write(
+    claim: Claim, run: Resolved, options: PrepareOptions, config_fp: str, manager: PluginManager
 ) -> dict[str, Any]:
     out_dir = claim.out_dir
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
-    tok_config = tok.save(out_dir / TOKENIZER_DIR)
-    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    tok_config = run.tok.save(out_dir / TOKENIZER_DIR)
+    dtype = np.dtype(np.uint16 if run.tok.vocab_size <= 1 << 16 else np.uint32)
     # Every asked-for split exists in the output, even if the hash leaves it empty.
-    splits = SPLITS if config["val_fraction"] > 0 else SPLITS[:1]
+    splits = SPLITS if options.val_fraction > 0 else SPLITS[:1]
     for directory in (*splits, TASKS_DIR):
         (out_dir / directory).mkdir(exist_ok=True)
-    admitted = [(i, s) for i, (s, problem) in enumerate(zip(opened, problems)) if problem is None]
-    tasks = plan_chunks(admitted, config["task_bytes"])
+    admitted = [(i, s) for i, (s, why) in enumerate(zip(run.opened, run.problems)) if why is None]
+    tasks = plan_chunks(admitted, options.task_bytes)
     done = claim.finished_tasks(len(tasks), splits)
     # Sources refused by the schema check (under --on-error skip) are recorded after the clean-up.
-    policy = ErrorPolicy(config["on_error"], out_dir / TASKS_DIR / "schema-rejects.jsonl")
-    for problem in problems:
+    policy = ErrorPolicy(options.on_error, out_dir / TASKS_DIR / "schema-rejects.jsonl")
+    for problem in run.problems:
         if problem is not None:
             policy.handle(problem)
     main_skipped = policy.close()
     settings = TaskSettings(
         out_dir=str(out_dir),
         config_fingerprint=config_fp,
-        format=config["format"],
-        fields=config["fields"],
-        normalize=config["normalize"],
-        train_on_prompt=config["train_on_prompt"],
-        max_doc_tokens=config["max_doc_tokens"],
-        on_error=config["on_error"],
-        val_fraction=config["val_fraction"],
-        seed=config["seed"],
-        dedup=config["dedup"],
+        format=options.format,
+        fields=dict(options.fields or {}),
+        normalize=options.normalize,
+        train_on_prompt=options.train_on_prompt,
+        max_doc_tokens=options.max_doc_tokens,
+        on_error=options.on_error,
+        val_fraction=options.val_fraction,
+        seed=options.seed,
+        dedup=options.dedup,
         splits=splits,
-        shard_format=fmt.name,
+        shard_format=run.fmt.name,
         dtype=dtype.name,
-        tokens_per_shard=config["tokens_per_shard"],
-        tokenizer=tokenizer_type.name,
+        tokens_per_shard=options.tokens_per_shard,
+        tokenizer=run.tokenizer_type.name,
         tokenizer_config=tok_config,
-        engine=engine,
+        engine=options.engine,
     )
-    pending = [task for task in tasks if task.index not in done]
-    workers = max(1, min(len(pending), workers or available_cpus()))
+    announced: set[str] = set()
 
+    def announce(message: str) -> None:
+        if message not in announced:  # once per source, not once per part of it
+            announced.add(message)
+            log.info(message)
+
+    _run_tasks(settings, run, options, tasks, done, manager, announce)
+    merged = merge(settings, len(tasks), len(run.opened), run.fmt, main_skipped, announce)
+    _log_merged(out_dir, merged, options)
+    if not sum(entry["num_documents"] for entry in merged.splits.values()):
+        raise DataError(
+            "the sources hold no usable records: "
+            + ", ".join(entry["spec"] for entry in run.provenance)
+        )
+    for entry, count in zip(run.provenance, merged.records):
+        entry["records"] = count
+    manifest = write_manifest(
+        out_dir, _manifest(out_dir, run, options, merged, config_fp, tok_config, dtype.name)
+    )
+    claim.finish()
+    totals = ", ".join(
+        f"{s}: {e['num_documents']:,} documents, {e['num_tokens']:,} tokens"
+        for s, e in merged.splits.items()
+    )
+    log.info(f"{out_dir}: wrote {totals}")
+    return manifest
+
+
+def _run_tasks(
+    settings: TaskSettings,
+    run: Resolved,
+    options: PrepareOptions,
+    tasks: list[Chunk],
+    done: set[int],
+    manager: PluginManager,
+    announce: Callable[[str], None],
+) -> None:
+    """Run the tasks not ``done`` on the run's executor, counting documents on a progress bar."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="prepare", unit=" docs", disable=None if progress is None else not progress)
+    pending = [task for task in tasks if task.index not in done]
+    workers = max(1, min(len(pending), options.workers or available_cpus()))
+    shown = options.progress
+    bar = tqdm(desc="prepare", unit=" docs", disable=None if shown is None else not shown)
     with bar:
         if len(done):
             bar.set_postfix_str(f"{len(done)} of {len(tasks)} tasks done before")
-        announced: set[str] = set()
-
-        def announce(message: str) -> None:
-            if message not in announced:  # once per source, not once per part of it
-                announced.add(message)
-                log.info(message)
-
         runner = TaskRunner(settings, manager, progress=bar.update, announce=announce)
-        for summary in executor.factory(workers=workers, **executor_options).map(runner, pending):
+        executor = run.executor.factory(workers=workers, **run.executor_options)
+        for summary in executor.map(runner, pending):
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
-    merged = merge(settings, len(tasks), len(opened), fmt, main_skipped, announce)
+
+
+def _log_merged(out_dir: Path, merged: Merged, options: PrepareOptions) -> None:
     if merged.skipped:
         total = sum(merged.skipped.values())
         reasons = ", ".join(f"{k}: {v:,}" for k, v in merged.skipped.items())
         log.warning(
             f"{out_dir}: skipped {total:,} record(s) ({reasons}); see {reject_file(out_dir)}"
         )
-    if config["dedup"]:
+    if options.dedup:
         log.info(f"{out_dir}: dropped {merged.duplicates:,} exact duplicate document(s)")
     if merged.truncated:
         log.info(
             f"{out_dir}: truncated {merged.truncated:,} document(s) to "
-            f"{config['max_doc_tokens']:,} tokens"
+            f"{options.max_doc_tokens:,} tokens"
         )
-    if not sum(entry["num_documents"] for entry in merged.splits.values()):
-        raise DataError(
-            "the sources hold no usable records: "
-            + ", ".join(entry["spec"] for entry in provenance)
-        )
-    for entry, count in zip(provenance, merged.records):
-        entry["records"] = count
-    manifest = {
+
+
+def _manifest(
+    out_dir: Path,
+    run: Resolved,
+    options: PrepareOptions,
+    merged: Merged,
+    config_fp: str,
+    tok_config: dict[str, Any],
+    dtype: str,
+) -> dict[str, Any]:
+    tok = run.tok
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "gristmill_version": __version__,
-        "shard_format": {"name": fmt.name, "version": fmt.format_version},
+        "shard_format": {"name": run.fmt.name, "version": run.fmt.format_version},
         "config_fingerprint": config_fp,
         "fingerprint": fingerprint([config_fp, merged.splits]),
         "generation": new_generation(),
-        "dtype": dtype.name,
+        "dtype": dtype,
         "tokenizer": {
-            "name": tokenizer_type.name,
-            "spec": config["tokenizer"],
+            "name": run.tokenizer_type.name,
+            "spec": options.tokenizer,
             "config": tok_config,
             "vocab_size": tok.vocab_size,
             "bos_id": tok.bos_id,
@@ -319,29 +305,19 @@ def _write(
             "add_bos": tok.add_bos,
             "add_eos": tok.add_eos,
             # How chat examples are rendered: the tokenizer's own template, or gristmill's.
-            "chat_template": "built-in"
-            if getattr(tok, "render_chat", None) is None
-            else "tokenizer",
+            "chat_template": "tokenizer" if isinstance(tok, RendersChat) else "built-in",
             "files": saved_files(out_dir),
         },
         "splits": merged.splits,
         "stats": {"metadata": merged.metadata},
         "provenance": {
-            "sources": provenance,
-            "config": config,
+            "sources": run.provenance,
+            "config": options.output(),
             "skipped": merged.skipped,
             "duplicates": merged.duplicates,
             "truncated": merged.truncated,
         },
     }
-    manifest = write_manifest(out_dir, manifest)
-    claim.finish()
-    totals = ", ".join(
-        f"{s}: {e['num_documents']:,} documents, {e['num_tokens']:,} tokens"
-        for s, e in merged.splits.items()
-    )
-    log.info(f"{out_dir}: wrote {totals}")
-    return manifest
 
 
 def available_cpus() -> int:
