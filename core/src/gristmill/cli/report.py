@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from gristmill.errors import DatasetError
+from gristmill.options import DatasetOptions
 from gristmill.plugin.components import KINDS, RECORD_TYPES, PackerType, PresetType
 from gristmill.plugin.manager import get_manager
 from gristmill.plugin.overlong import check_policy
@@ -44,7 +45,7 @@ def packing_table(
     (samples × seq_len)), the documents longer than ``seq_len``, what the ``overlong`` policy
     leaves out (tokens truncated away, documents dropped), and the samples that would carry no
     loss (every label -100)."""
-    manager = get_manager()
+    manager = dataset.manager  # the one that opened it, not the process-wide one
     lengths = dataset.documents.lengths()
     total = int(lengths.sum())
     rows = []
@@ -131,7 +132,7 @@ def _build_report(
 ) -> dict[str, Any]:
     """What ``inspect`` reports: the manifest's summary, every split's counts, length histogram
     and packing table, and the first ``decode`` documents of split ``chosen``, decoded."""
-    datasets = {name: Dataset(directory, split=name) for name in manifest["splits"]}
+    datasets = {name: Dataset(directory, DatasetOptions(split=name)) for name in manifest["splits"]}
     splits = {
         name: {
             "documents": entry["num_documents"],

@@ -6,14 +6,15 @@ if the user had named it, and the defaults it gives a run come from :func:`prese
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import glob
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gristmill.errors import DataError
 from gristmill.layout import FORMAT, INCOMPLETE, MANIFEST, REJECTS, reject_file
@@ -21,7 +22,13 @@ from gristmill.plugin.components import PRESET_PREFIX, PresetType, Source, Sourc
 from gristmill.plugin.files import without_compression
 from gristmill.plugin.manager import PluginManager
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger("gristmill")
+
+DEFAULT_TOKENIZER = "byte"  # a run's tokenizer when neither the user nor a preset names one
+Opts = TypeVar("Opts", bound="DataclassInstance")
 
 
 def open_sources(
@@ -58,22 +65,43 @@ def open_sources(
     return opened
 
 
-def preset_defaults(
-    specs: Sequence[str | os.PathLike[str]], manager: PluginManager
-) -> dict[str, Any]:
-    """The settings the presets among ``specs`` give a run that does not give them itself.
+def with_preset_defaults(
+    options: Opts,
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    manager: PluginManager,
+) -> Opts:
+    """``options`` (a call's options dataclass) with what the user left unset filled in: a
+    ``tokenizer`` of ``None`` and empty ``fields`` take the presets' among ``sources`` (see
+    :class:`~gristmill.plugin.components.PresetType`); a tokenizer still unset is ``byte``.
 
-    ``tokenizer`` (where a preset names one) and ``fields`` (where a preset's text field is not
-    ``text``): see :class:`~gristmill.plugin.components.PresetType`. Presets that disagree on
-    one raise :class:`~gristmill.errors.DataError` asking for it to be given.
+    Presets that disagree on a setting the user left unset raise
+    :class:`~gristmill.errors.DataError` asking for it to be given.
     """
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    names = {f.name for f in dataclasses.fields(options)}
+    unset = [
+        name for name in ("tokenizer", "fields") if name in names and not getattr(options, name)
+    ]
+    filled = {"tokenizer": DEFAULT_TOKENIZER} if "tokenizer" in unset else {}
+    filled.update(preset_defaults(specs, manager, unset))
+    return dataclasses.replace(options, **filled) if filled else options
+
+
+def preset_defaults(
+    specs: Sequence[str | os.PathLike[str]],
+    manager: PluginManager,
+    settings: Collection[str] = ("tokenizer", "fields"),
+) -> dict[str, Any]:
+    """Of ``settings``, those the presets among ``specs`` give: ``tokenizer`` (where a preset
+    names one) and ``fields`` (where a preset's text field is not ``text``)."""
     presets = [p for p in (_preset(os.fspath(s), manager) for s in specs) if p is not None]
     wanted = {
         "tokenizer": {(p.name, p.tokenizer) for p in presets if p.tokenizer is not None},
         "fields": {(p.name, p.text_field) for p in presets if p.text_field != "text"},
     }
     defaults: dict[str, Any] = {}
-    for setting, named in wanted.items():
+    for setting in settings:
+        named = wanted[setting]
         values = sorted({value for _, value in named})
         if len(values) > 1:
             says = ", ".join(f"preset:{name} {value!r}" for name, value in sorted(named))

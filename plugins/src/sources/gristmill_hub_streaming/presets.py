@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from gristmill.plugin.components import PresetType
 
+DESCRIPTIONS = {
+    "fineweb": "FineWeb, 15T tokens of deduplicated web text (the 10B-token sample)",
+    "fineweb-edu": "FineWeb-Edu, web text filtered for educational value (the 10B-token sample)",
+    "the-pile": "The Pile without its copyrighted parts (monology/pile-uncopyrighted)",
+    "tiny-shakespeare": "Tiny Shakespeare, 1 MB of plays, character level (nanoGPT's "
+    "shakespeare_char)",
+    "shakespeare": "Tiny Shakespeare with the GPT-2 tokenizer (nanoGPT's shakespeare)",
+}
+SHAKESPEARE = "hub:karpathy/tiny_shakespeare@refs/convert/parquet"
 
-def _hub(
-    name: str, description: str, source: str, tokenizer: str, *, streaming: bool = True
-) -> PresetType:
+
+def _hub(name: str, source: str, tokenizer: str, *, streaming: bool = True) -> PresetType:
     return PresetType(
         name=name,
-        description=description,
+        description=DESCRIPTIONS[name],
         source=source,
         tokenizer=tokenizer,
         streaming=streaming,
@@ -18,39 +26,10 @@ def _hub(
     )
 
 
-SHAKESPEARE = "hub:karpathy/tiny_shakespeare@refs/convert/parquet"
-
 PRESETS = (
-    _hub(
-        "fineweb",
-        "FineWeb, 15T tokens of deduplicated web text (the 10B-token sample)",
-        "hub:HuggingFaceFW/fineweb:sample-10BT",
-        "hf:gpt2",
-    ),
-    _hub(
-        "fineweb-edu",
-        "FineWeb-Edu, web text filtered for educational value (the 10B-token sample)",
-        "hub:HuggingFaceFW/fineweb-edu:sample-10BT",
-        "hf:gpt2",
-    ),
-    _hub(
-        "the-pile",
-        "The Pile without its copyrighted parts (monology/pile-uncopyrighted)",
-        "hub:monology/pile-uncopyrighted",
-        "hf:EleutherAI/gpt-neox-20b",
-    ),
-    _hub(
-        "tiny-shakespeare",
-        "Tiny Shakespeare, 1 MB of plays, character level (nanoGPT's shakespeare_char)",
-        SHAKESPEARE,
-        "byte",
-        streaming=False,
-    ),
-    _hub(
-        "shakespeare",
-        "Tiny Shakespeare with the GPT-2 tokenizer (nanoGPT's shakespeare)",
-        SHAKESPEARE,
-        "hf:gpt2",
-        streaming=False,
-    ),
+    _hub("fineweb", "hub:HuggingFaceFW/fineweb:sample-10BT", "hf:gpt2"),
+    _hub("fineweb-edu", "hub:HuggingFaceFW/fineweb-edu:sample-10BT", "hf:gpt2"),
+    _hub("the-pile", "hub:monology/pile-uncopyrighted", "hf:EleutherAI/gpt-neox-20b"),
+    _hub("tiny-shakespeare", SHAKESPEARE, "byte", streaming=False),
+    _hub("shakespeare", SHAKESPEARE, "hf:gpt2", streaming=False),
 )
