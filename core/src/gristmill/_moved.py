@@ -12,7 +12,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
-from types import ModuleType
+from types import FrameType, ModuleType
 
 MOVED = {
     "gristmill.arguments": "gristmill.plugin.arguments",
@@ -71,7 +71,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _caller_level() -> int:
     """The stack level of the first frame outside the import machinery: the ``import`` line."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and (
         frame.f_code.co_filename.startswith("<frozen importlib") or frame.f_globals is globals()
     ):

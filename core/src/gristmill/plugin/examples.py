@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, replace
+from typing import overload
 
 import numpy as np
 
@@ -84,6 +85,10 @@ class Example:
         return text, ((0 if train_on_prompt else len(head), len(text)),)
 
 
+@overload
+def _nfc(text: str) -> str: ...
+@overload
+def _nfc(text: None) -> None: ...
 def _nfc(text: str | None) -> str | None:
     if text is None or unicodedata.is_normalized("NFC", text):  # the fast, common case
         return text

@@ -8,13 +8,17 @@ so memory stays bounded whatever the file size; a truncated or corrupt archive i
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gristmill.errors import DataError, MissingDependencyError
 from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11 on
 
 CHUNK = 1 << 20
 FEED_GZ, FEED_ZSTD = 8 << 10, 256  # compressed bytes per call: at most ~8 MiB out
@@ -43,7 +47,9 @@ def content_hash(path: str) -> str:
         return sha256_of(f)[0]
 
 
-def sha256_of(f: BinaryIO, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+def sha256_of(
+    f: io.RawIOBase | io.BufferedIOBase, progress: Callable[[int], None] | None = None
+) -> tuple[str, int]:
     """The SHA-256 (hex) and size of what ``f`` holds from where it stands to its end, read into
     one reused block; ``progress`` hears the size of each block."""
     digest = hashlib.sha256()
@@ -254,7 +260,7 @@ class LineSource:
         self.max_record_bytes = max_record_bytes
         self.byte_range = byte_range  # (start, end, number of the first line)
 
-    def split(self, pieces: int) -> list[LineSource]:
+    def split(self, pieces: int) -> list[Self]:
         if is_compressed(self.spec) or self.byte_range != (0, None, 1):
             return [self]  # a compressed stream cannot seek; a piece is not split again
         return [

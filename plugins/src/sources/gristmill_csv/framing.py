@@ -81,7 +81,7 @@ def runs(
     stop_when_too_large: bool = False,
     check: Check | None = None,
     reopen: Reopen | None = None,
-) -> Iterator[Run]:
+) -> Generator[Run, None, None]:
     """Every record of a byte stream that begins at a record boundary (offset ``start``).
 
     Yields a run of frames per chunk, and a frame longer than ``max_bytes`` on its own with
@@ -199,7 +199,7 @@ class _Framer:
         self.second: int | None = None  # where the frame's second line starts, once known
         self.first: bytes | None = None  # its first line, kept when the rest is dropped
 
-    def runs(self, chunks: Iterable[bytes]) -> Iterator[Run]:
+    def runs(self, chunks: Iterable[bytes]) -> Generator[Run, None, None]:
         self.source = _Replay(chunks)
         while True:
             chunk = next(self.source, None)

@@ -76,6 +76,7 @@ class JsonSource:
     ) -> tuple[Any, int] | Rejected:
         """The value at the cursor and where it ends, read on while it may be cut short by the
         end of the text read so far; or what ends the file's records there."""
+        assert where.line is not None  # records() locates every value by its line
         while True:
             try:
                 value, end = decoder.raw_decode(reader.buffer, reader.pos)

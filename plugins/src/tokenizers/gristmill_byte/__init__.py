@@ -43,7 +43,7 @@ class ByteTokenizer:
         for cut in cuts:
             out.append(bytes(ids[start:cut].astype(np.uint8)).decode("utf-8", errors="replace"))
             out.append(SPECIALS.get(int(ids[cut]), f"<|unknown:{int(ids[cut])}|>"))
-            start = cut + 1
+            start = int(cut) + 1
         out.append(bytes(ids[start:].astype(np.uint8)).decode("utf-8", errors="replace"))
         return "".join(out)
 

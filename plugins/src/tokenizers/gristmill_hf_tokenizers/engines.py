@@ -77,7 +77,7 @@ class Gigatoken:
         return {"json": self._json}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["json"])
+        self.__init__(state["json"])  # type: ignore[misc]
 
 
 class EngineSwitch:

@@ -49,13 +49,14 @@ class HFTokenizer(EngineTokenizer):
         if not name:
             raise TokenizerLoadError(f"{spec!r}: name a tokenizer: hf:ORG/NAME or hf:FOLDER")
         hf = _load(spec, name)
-        probe = [
+        plain, with_specials = (
             hf(PROBE_TEXT, add_special_tokens=flag, verbose=False)["input_ids"]
             for flag in (False, True)
-        ]
+        )
         specials = detect_specials(
             spec,
-            *probe,
+            plain,
+            with_specials,
             hf.get_vocab(),
             bos=hf.bos_token_id,
             eos=hf.eos_token_id,
