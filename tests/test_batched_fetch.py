@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
+from gristmill.options import LABELS
 from gristmill.plugin.overlong import POLICIES
-from gristmill.serve.samples import IGNORE_INDEX, LABELS
+from gristmill.serve.samples import IGNORE_INDEX
 
 PACKERS = ("first-fit", "greedy-stream", "concat-chunk", "none")
 KEYS = ("input_ids", "labels", "position_ids", "seq_lens")
@@ -260,15 +261,16 @@ def test_a_batch_collates_as_its_samples_do(prepared, labels, options, packer):
                     for key, value in want.items():
                         same = torch.equal(got[key], value) if torch.is_tensor(value) else None
                         assert same if same is not None else got[key] == value
-                    if options.get("padding_free"):  # one block of memory, cu_seqlens included
-                        storages = {
-                            t.untyped_storage().data_ptr()
-                            for key, t in got.items()
-                            if key not in ("repeat", "attention_mask") and torch.is_tensor(t)
-                        }
-                        assert len(storages) == 1
-                    if full:
-                        buffer = whole.flat.ctypes.data
-                        assert got["input_ids"].untyped_storage().data_ptr() == buffer
+                    if options.get("padding_free"):  # the batch's rows, and a block of its own
+                        storages = [
+                            {got[key].untyped_storage().data_ptr() for key in keys}
+                            for keys in (
+                                ("input_ids", "labels", "position_ids"),
+                                ("seq_lens", "cu_seqlens"),
+                            )
+                        ]
+                        assert all(len(storage) == 1 for storage in storages)
+                    if options.get("padding_free") or full:  # the rows are not copied
+                        assert np.shares_memory(got["input_ids"].numpy(), whole.rows)
         with pytest.raises(ValueError, match="add up to"):
             collate.batches(batch, [5, 5])

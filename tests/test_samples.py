@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gristmill.options import LABELS
 from gristmill.serve.samples import (
     IGNORE_INDEX,
-    LABELS,
     Buffers,
     build_sample,
     build_samples,
@@ -112,10 +112,12 @@ def test_a_batch_splits_and_marks_repeats_sample_by_sample(samples, labels, data
     # Each piece's arrays are its samples' values concatenated.
     start = 0
     for piece, size in zip(pieces, sizes):
-        for key, array in zip(("input_ids", "labels", "position_ids", "seq_lens"), piece.arrays()):
+        for key in ("input_ids", "labels", "position_ids", "seq_lens"):
+            array = getattr(piece, key)
             parts_of = [s[key] for s in got[start : start + size]]
             joined = np.concatenate(parts_of) if parts_of else np.zeros(0, np.int64)
             assert np.array_equal(array, joined), key
+        assert piece.lengths() == [len(s["input_ids"]) for s in got[start : start + size]]
         start += size
     for sample, want in zip(batch, whole):  # marking copied the batch: this one is unchanged
         assert "repeat" not in sample and np.array_equal(sample["labels"], want["labels"])

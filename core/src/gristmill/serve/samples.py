@@ -10,22 +10,14 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from itertools import accumulate, pairwise
-from typing import overload
+from typing import NamedTuple, overload
 
 import numpy as np
 
-from gristmill.errors import DatasetError
-from gristmill.options import LABELS
-
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+ROWS = ("input_ids", "labels", "position_ids")  # a token's values: the rows of a SampleBatch
 
 Part = tuple[np.ndarray, "np.ndarray | None"]  # a segment's token ids and loss mask (None: all)
-
-
-def check_labels(labels: str) -> str:
-    if labels not in LABELS:
-        raise DatasetError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
-    return labels
 
 
 def join_parts(parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -73,7 +65,7 @@ def build_samples(
     ``input_ids``.
 
     A few array operations build the whole batch (a :class:`SampleBatch`); only the cut into
-    samples runs once per sample, and only when a sample is asked for. Its buffer comes from
+    samples runs once per sample, and only when a sample is asked for. Its rows come from
     ``buffers`` when given (see :class:`Buffers`).
     """
     seg_lens = np.asarray(seg_lens, np.int64)
@@ -88,53 +80,70 @@ def build_samples(
     else:
         seq_lens, seq_at = np.diff(token_at), list(range(len(token_at)))
         starts = np.array(token_at[:-1], np.int64)
-    firsts = starts[seq_lens > 0]
-    shift = labels == "shifted"
-    if shift:
-        # A sample's last token is only ever a target: its last sequence loses it (and goes if
-        # that empties it).
-        counts = seq_lens.tolist()
-        for last in seq_at[1:]:
-            counts[last - 1] -= 1
-        kept = [[n for n in counts[a:b] if n > 0] for a, b in pairwise(seq_at)]
-        out_lens = [n for sample in kept for n in sample]
-        out_seq_at = list(accumulate(map(len, kept), initial=0))
-        # Sample k keeps its tokens but the last as inputs and but the first as labels.
-        out_at = [max(0, hi - lo - 1) for lo, hi in pairwise(token_at)]
-        out_at = list(accumulate(out_at, initial=0))
-    else:
-        out_lens, out_seq_at, out_at = seq_lens, seq_at, token_at
-    width, count, samples = out_at[-1], len(out_lens), len(out_at) - 1
-    # One buffer for the batch: the collator hands it on as one tensor storage. It ends with
-    # room for the cu_seqlens of every batch cut from this one (see SampleBatch.seq_starts).
-    size = 3 * width + count + (count + samples + 1) // 2
-    flat = buffers.take(size) if buffers is not None else np.empty(size, np.int64)
-    input_ids, label_ids, position_ids = (
-        flat[:width],
-        flat[width : 2 * width],
-        flat[2 * width : 3 * width],
-    )
-    flat[3 * width : 3 * width + count] = out_lens
-    full = len(tokens)
-    if shift:  # build unshifted first, then drop each sample's last input and first label
-        ids, lab, pos = np.empty((3, full), np.int64)
-    else:
-        ids, lab, pos = input_ids, label_ids, position_ids
+    unshifted = _Cut(token_at, seq_at, seq_lens.tolist(), starts[seq_lens > 0])
+    if labels == "shifted":
+        return _shifted(tokens, mask, unshifted, buffers)
+    rows = _rows(buffers, token_at[-1])
+    _fill(rows, tokens, mask, unshifted)
+    return SampleBatch(rows, np.array(seq_lens, np.int64), token_at, seq_at)
+
+
+class _Cut(NamedTuple):
+    """Where a batch's samples begin in its tokens, then their end (``token_at``), and in its
+    sequences (``seq_at``); its sequences' lengths; and the first token of each that has one."""
+
+    token_at: list[int]
+    seq_at: list[int]
+    seq_lens: list[int]
+    firsts: np.ndarray
+
+
+def _rows(buffers: Buffers | None, width: int) -> np.ndarray:
+    """Uninitialised ``(3, width)`` int64 rows for a batch (see :data:`ROWS`)."""
+    flat = buffers.take(3 * width) if buffers is not None else np.empty(3 * width, np.int64)
+    return flat.reshape(3, width)
+
+
+def _fill(rows: np.ndarray, tokens: np.ndarray, mask: np.ndarray | None, cut: _Cut) -> None:
+    """The unshifted samples of ``cut`` into ``rows`` (contiguous, one column a token)."""
+    ids, labels, positions = rows
     ids[:] = tokens
-    lab[:] = ids
+    labels[:] = ids
     if mask is not None:
-        lab[mask == 0] = IGNORE_INDEX
-    lab[firsts] = IGNORE_INDEX
-    count_up(pos, seq_lens.tolist())
-    if shift:
-        last = np.zeros(full, bool)
-        last[[hi - 1 for lo, hi in pairwise(token_at) if hi > lo]] = True
-        first = np.zeros(full, bool)
-        first[[lo for lo, hi in pairwise(token_at) if hi > lo]] = True
-        input_ids[:] = ids[~last]
-        position_ids[:] = pos[~last]
-        label_ids[:] = lab[~first]
-    return SampleBatch(flat, width, list(out_at), list(out_seq_at))
+        labels[mask == 0] = IGNORE_INDEX
+    labels[cut.firsts] = IGNORE_INDEX
+    count_up(positions, cut.seq_lens)
+
+
+def _shifted(
+    tokens: np.ndarray, mask: np.ndarray | None, cut: _Cut, buffers: Buffers | None
+) -> SampleBatch:
+    """The shifted samples of ``cut``: built unshifted first, then every sample's last input
+    and first label dropped."""
+    # A sample's last token is only ever a target: its last sequence loses it (and goes if
+    # that empties it).
+    counts = list(cut.seq_lens)
+    for last in cut.seq_at[1:]:
+        counts[last - 1] -= 1
+    kept = [[n for n in counts[a:b] if n > 0] for a, b in pairwise(cut.seq_at)]
+    seq_at = list(accumulate(map(len, kept), initial=0))
+    # Sample k keeps its tokens but the last as inputs and but the first as labels.
+    spans = [(lo, hi) for lo, hi in pairwise(cut.token_at) if hi > lo]
+    token_at = list(
+        accumulate((max(0, hi - lo - 1) for lo, hi in pairwise(cut.token_at)), initial=0)
+    )
+    full = np.empty((3, len(tokens)), np.int64)
+    _fill(full, tokens, mask, cut)
+    inputs = np.ones(len(tokens), bool)
+    inputs[[hi - 1 for _, hi in spans]] = False
+    targets = np.ones(len(tokens), bool)
+    targets[[lo for lo, _ in spans]] = False
+    rows = _rows(buffers, token_at[-1])
+    np.compress(inputs, full[0], out=rows[0])
+    np.compress(targets, full[1], out=rows[1])
+    np.compress(inputs, full[2], out=rows[2])
+    seq_lens = np.array([n for sample in kept for n in sample], np.int64)
+    return SampleBatch(rows, seq_lens, token_at, seq_at)
 
 
 def carry_no_loss(
@@ -224,67 +233,52 @@ def _room_for(size: int) -> np.ndarray:
 
 
 class SampleBatch(Sequence[dict[str, np.ndarray]]):
-    """Samples built together: a sequence of sample dicts over arrays of the whole batch.
+    """Samples built together: a sequence of sample dicts, over arrays of the whole batch.
 
-    ``flat`` is one int64 buffer: ``input_ids``, ``labels`` and ``position_ids`` of every
-    sample concatenated (``width`` values each, in that order), then every sample's sequence
-    lengths. Sample ``k`` is values ``bounds[k]:bounds[k + 1]`` of the first three and
-    ``seq_bounds[k]:seq_bounds[k + 1]`` of the lengths; ``first`` is its first sample's place
-    in the batch that ``flat`` was built for, and ``flat`` ends with room for the ``cu_seqlens``
-    of every batch cut from that one (:meth:`seq_starts`). ``batch[k]`` is it as a dict of views
-    (with ``repeat: True`` for a sample in ``repeats``); ``split(sizes)`` cuts the batch into
-    smaller ones over the same buffer; a collator that knows this class takes the arrays whole.
+    ``rows`` is ``(3, tokens)`` int64: the ``input_ids``, ``labels`` and ``position_ids`` of every
+    sample, concatenated (:data:`ROWS`; also :attr:`input_ids`, :attr:`labels` and
+    :attr:`position_ids`); ``seq_lens`` is every sample's sequence lengths, concatenated. Sample
+    ``k`` is columns ``bounds[k]:bounds[k + 1]`` of ``rows`` (:meth:`rows_of`) and values
+    ``seq_bounds[k]:seq_bounds[k + 1]`` of ``seq_lens`` (:meth:`seq_lens_of`); both lists start
+    at 0. ``batch[k]`` is it as a dict of views (with ``repeat: True`` for a sample in
+    ``repeats``); :meth:`split` cuts the batch into smaller ones over the same arrays; a consumer
+    that knows this class takes the arrays whole.
     """
 
     def __init__(
         self,
-        flat: np.ndarray,
-        width: int,
+        rows: np.ndarray,
+        seq_lens: np.ndarray,
         bounds: list[int],
         seq_bounds: list[int],
         repeats: frozenset[int] = frozenset(),
-        first: int = 0,
     ):
-        self.flat, self.width = flat, width
+        self.rows, self.seq_lens = rows, seq_lens
         self.bounds, self.seq_bounds, self.repeats = bounds, seq_bounds, repeats
-        self.first = first
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``input_ids``, ``labels``, ``position_ids`` and ``seq_lens`` of these samples, each
-        concatenated: views of ``flat``."""
-        lo, hi = self.bounds[0], self.bounds[-1]
-        rows = self.flat[: 3 * self.width].reshape(3, self.width)[:, lo:hi]
-        lens = self.flat[3 * self.width + self.seq_bounds[0] : 3 * self.width + self.seq_bounds[-1]]
-        return rows[0], rows[1], rows[2], lens
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.rows[0]
 
-    def seq_starts(self, sizes: Sequence[int] | None = None) -> int:
-        """Write the ``cu_seqlens`` of this batch (where each of its sequences starts, then
-        their total; int32), or of its consecutive batches of ``sizes`` samples one after
-        another, into the room at the end of ``flat``, and return where they begin in ``flat``
-        viewed as int32: a padding-free batch is then one block of memory, which a DataLoader
-        worker hands over at half the cost of two.
+    @property
+    def labels(self) -> np.ndarray:
+        return self.rows[1]
 
-        A batch of samples ``[k0, k1)`` with sequences ``[s0, s1)`` of the whole batch writes
-        from int32 ``E - s1 - k1`` on, ``E`` the end of ``flat``: ``s1 - s0`` values and one
-        more per batch, so within ``[E - s1 - k1, E - s0 - k0)``, which no batch cut from the
-        samples before or after its own reaches, and all of them fit in the room."""
-        sizes = [len(self)] if sizes is None else sizes
-        s0, s1 = self.seq_bounds[0], self.seq_bounds[-1]
-        lens = self.flat[3 * self.width + s0 : 3 * self.width + s1]
-        total = np.zeros(len(lens) + 1, np.int64)
-        np.cumsum(lens, out=total[1:])
-        # Batch b's values are total[f_b : f_(b+1) + 1] - total[f_b], f_b its first sequence.
-        firsts = np.array([self.seq_bounds[k] - s0 for k in accumulate(sizes, initial=0)])
-        batch_of = np.repeat(np.arange(len(sizes)), np.diff(firsts) + 1)
-        at = 2 * len(self.flat) - s1 - (self.first + len(self))
-        room = self.flat.view(np.int32)[at : at + len(batch_of)]
-        np.subtract(
-            total[np.arange(len(batch_of)) - batch_of],
-            total[firsts[batch_of]],
-            out=room,
-            casting="unsafe",
-        )
-        return at
+    @property
+    def position_ids(self) -> np.ndarray:
+        return self.rows[2]
+
+    def lengths(self) -> list[int]:
+        """Each sample's tokens."""
+        return [hi - lo for lo, hi in pairwise(self.bounds)]
+
+    def rows_of(self, k: int) -> np.ndarray:
+        """Sample ``k``'s ``(3, tokens)`` rows: a view of :attr:`rows`."""
+        return self.rows[:, self.bounds[k] : self.bounds[k + 1]]
+
+    def seq_lens_of(self, k: int) -> np.ndarray:
+        """Sample ``k``'s sequence lengths: a view of :attr:`seq_lens`."""
+        return self.seq_lens[self.seq_bounds[k] : self.seq_bounds[k + 1]]
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -301,15 +295,8 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         if not -n <= k < n:
             raise IndexError(f"sample {k} out of range for a batch of {n}")
         k %= n
-        lo, hi = self.bounds[k], self.bounds[k + 1]
-        rows = self.flat[: 3 * self.width].reshape(3, self.width)[:, lo:hi]
-        seq_at = 3 * self.width
-        sample = {
-            "input_ids": rows[0],
-            "labels": rows[1],
-            "position_ids": rows[2],
-            "seq_lens": self.flat[seq_at + self.seq_bounds[k] : seq_at + self.seq_bounds[k + 1]],
-        }
+        sample = dict(zip(ROWS, self.rows_of(k)))
+        sample["seq_lens"] = self.seq_lens_of(k)
         if k in self.repeats:
             sample["repeat"] = True
         return sample
@@ -327,26 +314,27 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         return frozenset(k - start for k in self.repeats if start <= k < end)
 
     def split(self, sizes: Iterable[int]) -> list[SampleBatch]:
-        """Consecutive batches of ``sizes`` samples each (adding up to ``len(self)``)."""
-        return [
-            SampleBatch(
-                self.flat,
-                self.width,
-                self.bounds[a : b + 1],
-                self.seq_bounds[a : b + 1],
-                self.repeats_in(a, b),
-                self.first + a,
+        """Consecutive batches of ``sizes`` samples each (adding up to ``len(self)``), their
+        arrays views of these."""
+        parts = []
+        for a, b in pairwise(self.cuts(sizes)):
+            lo, hi, s0, s1 = self.bounds[a], self.bounds[b], self.seq_bounds[a], self.seq_bounds[b]
+            parts.append(
+                SampleBatch(
+                    self.rows[:, lo:hi],
+                    self.seq_lens[s0:s1],
+                    [at - lo for at in self.bounds[a : b + 1]],
+                    [at - s0 for at in self.seq_bounds[a : b + 1]],
+                    self.repeats_in(a, b),
+                )
             )
-            for a, b in pairwise(self.cuts(sizes))
-        ]
+        return parts
 
     def with_repeats(self, repeats: Iterable[int]) -> SampleBatch:
         """The same samples, those in ``repeats`` marked as served again to keep ranks in step:
         their labels all -100, and ``repeat`` set (see :func:`gristmill.torch.ranks.as_repeat`)."""
         marked = frozenset(repeats) | self.repeats
-        flat = self.flat.copy()
-        batch = SampleBatch(flat, self.width, self.bounds, self.seq_bounds, marked, self.first)
-        labels = batch.flat[self.width : 2 * self.width]
+        rows = self.rows.copy()
         for k in marked:
-            labels[self.bounds[k] : self.bounds[k + 1]] = IGNORE_INDEX
-        return batch
+            rows[1, self.bounds[k] : self.bounds[k + 1]] = IGNORE_INDEX
+        return SampleBatch(rows, self.seq_lens.copy(), self.bounds, self.seq_bounds, marked)

@@ -11,9 +11,7 @@ import numpy as np
 import torch
 
 from gristmill.errors import GristmillError
-from gristmill.serve.samples import IGNORE_INDEX, SampleBatch
-
-KEYS = ("input_ids", "labels", "position_ids")  # a token's values, padded or concatenated
+from gristmill.serve.samples import IGNORE_INDEX, ROWS, SampleBatch
 
 
 class Collator:
@@ -34,11 +32,11 @@ class Collator:
     ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
     loader repeated to give every rank the same number of steps (their labels are all -100)
     also carries ``repeat``, a bool per sample. The int64 tensors of a batch are views of one
-    buffer (and so is ``cu_seqlens`` of a padding-free batch of a gristmill dataset), so that a
-    DataLoader worker hands it over as one block of shared memory. Samples of
-    :meth:`gristmill.serve.dataset.Dataset.batch` are not copied where their buffer holds the rows
-    already: padding-free, and (outside workers) padded with the 2-D mask when all are equally
-    long, whose mask is then a tensor of its own.
+    buffer, so that a DataLoader worker hands it over as one block of shared memory. Samples of
+    :meth:`gristmill.serve.dataset.Dataset.batch` are not copied where their rows are the batch's
+    already: padding-free (whose ``seq_lens`` and ``cu_seqlens`` then share a small buffer of
+    their own), and (outside workers) padded with the 2-D mask when all are equally long, whose
+    mask is then a tensor of its own.
     """
 
     def __init__(
@@ -69,7 +67,7 @@ class Collator:
             batch = self._one_row(samples)
         else:
             batch = self._padded(
-                [[s[key] for key in KEYS] for s in samples],
+                [[s[key] for key in ROWS] for s in samples],
                 [np.asarray(s["seq_lens"]) for s in samples],
             )
         repeats = [bool(s.get("repeat", False)) for s in samples]
@@ -93,30 +91,17 @@ class Collator:
                 _marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts
             ]
         at = samples.cuts(sizes)
-        width, bounds, seq_bounds = samples.width, samples.bounds, samples.seq_bounds
-        lo, hi = bounds[0], bounds[-1]
+        bounds, seq_bounds = samples.bounds, samples.seq_bounds
         widths = [bounds[b] - bounds[a] for a, b in pairwise(at)]
         counts = [seq_bounds[b] - seq_bounds[a] for a, b in pairwise(at)]
-        whole = torch.from_numpy(samples.flat)
-        # One strided view per key, split into the batches' rows: (1, width) each.
-        keys = [
-            whole.as_strided((1, hi - lo), (hi - lo, 1), k * width + lo).split(widths, 1)
-            for k in range(3)
-        ]
-        seq_lo, seq_hi = 3 * width + seq_bounds[0], 3 * width + seq_bounds[-1]
-        out_lens = whole[seq_lo:seq_hi].split(counts)
-        start = samples.seq_starts(sizes)
-        starts = whole.view(torch.int32)[start : start + seq_hi - seq_lo + len(sizes)]
-        lens = samples.flat[seq_lo:seq_hi].tolist()
+        # Every batch's rows are views of the samples' (one storage): (3, 1, width) each.
+        rows = torch.from_numpy(samples.rows).unsqueeze(1).split(widths, 2)
+        out_lens, starts = _lengths_and_starts(samples.seq_lens, counts)
+        lens = samples.seq_lens.tolist()
         out = []
-        for b, part_starts in enumerate(starts.split([n + 1 for n in counts])):
-            first = seq_bounds[at[b]] - seq_bounds[0]
+        for b, first in enumerate(seq_bounds[k] for k in at[:-1]):
             batch = self._row(
-                lens[first : first + counts[b]],
-                widths[b],
-                [key[b] for key in keys],
-                out_lens[b],
-                part_starts,
+                lens[first : first + counts[b]], widths[b], rows[b].unbind(), out_lens[b], starts[b]
             )
             out.append(_marked(batch, samples.repeats_in(at[b], at[b + 1]), sizes[b]))
         return out
@@ -142,7 +127,7 @@ class Collator:
         if not self.block_mask:  # attended where a row has a token
             np.less(np.arange(shape[1]), np.array(lengths)[:, None], out=block[3], casting="unsafe")
         np.concatenate(seq_lens, out=lens)
-        out = {**dict(zip(KEYS, tensors)), "seq_lens": out_lens}
+        out = {**dict(zip(ROWS, tensors)), "seq_lens": out_lens}
         if self.block_mask:
             segments = [(x.tolist(), n) for x, n in zip(seq_lens, lengths)]
             out["attention_mask"] = self._block_mask(segments, shape[1])
@@ -152,9 +137,8 @@ class Collator:
 
     def _padded_size(self, samples: SampleBatch) -> int:
         """The int64 values :meth:`_padded` takes for ``samples``."""
-        width = max(b - a for a, b in pairwise(samples.bounds))
         count = 3 if self.block_mask else 4
-        return count * len(samples) * width + samples.seq_bounds[-1] - samples.seq_bounds[0]
+        return count * len(samples) * max(samples.lengths()) + len(samples.seq_lens)
 
     def _padded_batch(self, samples: SampleBatch, room: _Block | None) -> dict[str, Any]:
         """:meth:`_padded` of a :class:`SampleBatch`: its samples' rows are slices of its own.
@@ -162,30 +146,23 @@ class Collator:
         already: with the 2-D mask, views of them are returned, unless the batch is to be
         copied into ``room`` (in a DataLoader worker, which hands one block of memory over
         faster than two)."""
-        width, bounds, seq_bounds = samples.width, samples.bounds, samples.seq_bounds
-        lo, size = bounds[0], bounds[1] - bounds[0]
-        if room is None and not self.block_mask and all(b - a == size for a, b in pairwise(bounds)):
-            whole = torch.from_numpy(samples.flat)
-            rows = (len(samples), size)
-            out = {
-                key: whole.as_strided(rows, (size, 1), k * width + lo) for k, key in enumerate(KEYS)
-            }
-            out["seq_lens"] = whole[3 * width + seq_bounds[0] : 3 * width + seq_bounds[-1]]
-            out["attention_mask"] = torch.ones(rows, dtype=torch.int64)
+        lengths = samples.lengths()
+        if room is None and not self.block_mask and len(set(lengths)) == 1:
+            shape = (len(samples), lengths[0])
+            out = {key: row.view(shape) for key, row in zip(ROWS, torch.from_numpy(samples.rows))}
+            out["seq_lens"] = torch.from_numpy(samples.seq_lens)
+            out["attention_mask"] = torch.ones(shape, dtype=torch.int64)
             return out
-        keys = samples.flat[: 3 * width].reshape(3, width)
-        lens = samples.flat[3 * width :]
+        ks = range(len(samples))
         return self._padded(
-            [keys[:, a:b] for a, b in pairwise(bounds)],
-            [lens[a:b] for a, b in pairwise(seq_bounds)],
-            room,
+            [samples.rows_of(k) for k in ks], [samples.seq_lens_of(k) for k in ks], room
         )
 
     def _one_row(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         seq_lens = [np.asarray(s["seq_lens"]) for s in samples]
         width = sum(len(s["input_ids"]) for s in samples)
         rows, lens, tensors, out_lens = _one_block(3, (1, width), sum(len(x) for x in seq_lens))
-        for k, key in enumerate(KEYS):
+        for k, key in enumerate(ROWS):
             np.concatenate([s[key] for s in samples], out=rows[k, 0])
         np.concatenate(seq_lens, out=lens)
         sizes = lens.tolist()
@@ -204,7 +181,7 @@ class Collator:
         """The padding-free batch of one row of ``width`` tokens: ``tensors`` (input_ids,
         labels, position_ids), its sequences' lengths ``sizes`` and ``out_lens`` (the same, a
         tensor), and ``starts`` (their cu_seqlens, int32)."""
-        out: dict[str, Any] = dict(zip(KEYS, tensors))
+        out: dict[str, Any] = dict(zip(ROWS, tensors))
         out.update(cu_seqlens=starts, max_seqlen=max(sizes, default=0), seq_lens=out_lens)
         if self.block_mask:
             out["attention_mask"] = self._block_mask([(sizes, width)], width)
@@ -240,6 +217,28 @@ def _marked(batch: dict[str, Any], repeats: Collection[int], size: int) -> dict[
     if repeats:
         batch["repeat"] = torch.tensor([k in repeats for k in range(size)])
     return batch
+
+
+def _lengths_and_starts(
+    seq_lens: np.ndarray, counts: list[int]
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The ``seq_lens`` of consecutive batches of ``counts`` sequences each (int64), and each
+    batch's ``cu_seqlens`` (where each of its sequences starts, then their total; int32), all
+    in one buffer: a DataLoader worker hands every buffer over apart."""
+    n, batches = len(seq_lens), len(counts)
+    flat = np.empty(n + (n + batches + 1) // 2, np.int64)
+    flat[:n] = seq_lens
+    total = np.zeros(n + 1, np.int64)
+    np.cumsum(seq_lens, out=total[1:])
+    # Batch b's values are total[f_b : f_(b+1) + 1] - total[f_b], f_b its first sequence.
+    firsts = np.fromiter(accumulate(counts, initial=0), np.int64, batches + 1)
+    batch_of = np.repeat(np.arange(batches), np.diff(firsts) + 1)
+    starts = flat[n:].view(np.int32)[: n + batches]
+    at = np.arange(n + batches) - batch_of
+    np.subtract(total[at], total[firsts[batch_of]], out=starts, casting="unsafe")
+    whole = torch.from_numpy(flat)
+    lens = whole[:n].split(counts)
+    return lens, whole[n:].view(torch.int32)[: n + batches].split([c + 1 for c in counts])
 
 
 class _Block:
