@@ -12,7 +12,7 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gristmill
@@ -286,7 +286,6 @@ def test_prepare_of_a_long_line_costs_no_more_memory_than_a_short_one(tmp_path):
     assert long - short < 32 << 20, f"{short >> 20} MiB, then {long >> 20} MiB"
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     data=st.binary(max_size=80).map(lambda b: bytes(b"a\n"[x % 2] for x in b)),
     pieces=st.integers(1, 9),

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.errors import DataError
+from tests.helpers import examples
 
 
 def decoded(out, index=0):
@@ -76,9 +77,8 @@ def test_bad_conversations_are_located(tmp_path, write_jsonl, messages, message)
 TURN_TEXT = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30)
 
 
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Each example prepares a dataset: a third of the profile's examples.
+@settings(max_examples=examples(0.3), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     turns=st.lists(
         st.tuples(st.sampled_from(["user", "assistant"]), TURN_TEXT), min_size=1, max_size=8

@@ -70,9 +70,7 @@ def jsonl_records(records: list[dict], root: Path) -> list:
     return read_all(open_one(path))
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=RECORDS, newline=st.sampled_from(["\n", "\r\n"]), bom=st.booleans())
 def test_csv_and_tsv_yield_the_same_records_as_jsonl(tmp_path_factory, records, newline, bom):
     root = tmp_path_factory.mktemp("same")
@@ -296,9 +294,7 @@ def test_fields_longer_than_the_csv_module_default_are_read(tmp_path):
 CELL = st.text(st.sampled_from(list('ab ,"\n\r\té')), max_size=12)
 
 
-@settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(st.lists(CELL, min_size=2, max_size=2), max_size=40),
     pieces=st.integers(1, 12),
@@ -327,9 +323,7 @@ def test_split_pieces_are_disjoint_in_order_and_keep_line_numbers(
 BYTES = st.lists(st.sampled_from([b"a", b"bb", b",", b'"', b"\n", b"\r", b"\xff", "é".encode()]))
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(parts=BYTES, pieces=st.integers(2, 12), limit=st.integers(4, 40))
 def test_split_gives_the_same_rejections_too_whatever_the_input(
     tmp_path_factory, parts, pieces, limit
@@ -345,7 +339,6 @@ def test_split_gives_the_same_rejections_too_whatever_the_input(
     assert lines == sorted(set(lines))  # each item starts on a later line than the one before
 
 
-@settings(max_examples=300, deadline=None)
 @given(parts=BYTES, cuts=st.lists(st.integers(1, 7)), limit=st.integers(2, 30))
 def test_framing_does_not_depend_on_where_chunks_end(parts, cuts, limit):
     """Records cross the reader's chunk edges anywhere; small chunks put an edge everywhere."""

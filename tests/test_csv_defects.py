@@ -13,7 +13,6 @@ import functools
 import io
 import itertools
 import json
-import os
 import random
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected
 from gristmill.plugin.manager import get_manager
 from gristmill_csv.framing import runs
+from tests.helpers import fuzz_examples
 
 COLUMNS = ["id", "text", "label"]
 
@@ -131,7 +131,7 @@ def test_prepare_counts_the_damaged_row_and_fail_names_its_line(twenty_thousand,
 
 # --- any table, any defect, any task size ---------------------------------------------------------
 
-EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))
+EXAMPLES = fuzz_examples()
 PROPERTY = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -6,7 +6,7 @@ The export runs as a real process with a profiling hook that counts its filesyst
 of gristmill's export, of the exporter and of the standard library on their behalf) and sends
 itself SIGKILL just before call number ``point``: every point is reachable and each run is
 repeatable. The default run tries a few fixed points; ``tox -e fuzz`` tries many random ones
-(``GRISTMILL_FUZZ_EXAMPLES``).
+(``GRISTMILL_FUZZ_EXAMPLES``, else the hypothesis profile's examples).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
-from tests.helpers import DISTS, tree_bytes
+from tests.helpers import DISTS, fuzz_examples, tree_bytes
 
 PLUGIN = DISTS / "exporter"  # the `chunks` exporter: many small files per split
-EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))
+EXAMPLES = fuzz_examples()
 
 KILLER = """
 import os, signal, sys

@@ -3,9 +3,11 @@ gristmill error, never another exception, a hang or unbounded memory.
 
 Hypothesis mixes structured JSON (deep nesting, numbers past Python's digit limit, NaN, lone
 surrogates) with raw bytes (BOMs, CRLF, NUL, invalid UTF-8) and compressed streams (.gz/.zst, cut
-short or damaged). ``GRISTMILL_FUZZ_EXAMPLES`` sets the examples per test: small by default, so
-that CI stays within seconds; ``tox -e fuzz`` runs 20 times as many, and then the atheris harness
-at the bottom of this file (``python tests/test_fuzz.py -runs=N``) when atheris is installed.
+short or damaged). ``GRISTMILL_FUZZ_EXAMPLES`` sets the examples per test, else the hypothesis
+profile does (tests/conftest.py): few under ``dev`` and ``ci``, so that CI stays within seconds;
+``tox -e fuzz`` runs the ``nightly`` profile, 20 times as many as ``ci``, and then the atheris
+harness at the bottom of this file (``python tests/test_fuzz.py -runs=N``) when atheris is
+installed.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from gristmill_fields import CHAT_ALIASES, COMPLETION_ALIASES, PROMPT_ALIASES, S
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None
 COMPRESSIONS = ["", ".gz", ".zst"] if HAS_ZSTD else ["", ".gz"]
 
-EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))
+# tests.helpers.fuzz_examples, written out: this file also runs as a script (atheris), where the
+# tests package is not importable.
+EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES") or settings.default.max_examples)
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -17,7 +17,7 @@ import pytest
 import gristmill
 from gristmill.errors import DataError, DatasetError
 from gristmill.layout import INCOMPLETE, MANIFEST
-from tests.helpers import alive, children, kill_when, run_gristmill, tree_bytes
+from tests.helpers import alive, children, fuzz_examples, kill_when, run_gristmill, tree_bytes
 
 
 def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl):
@@ -35,7 +35,7 @@ def test_a_bad_record_midway_leaves_an_incomplete_dataset(tmp_path, write_jsonl)
 
 
 # kill -9 at random moments: a few in the default run, many in `tox -e fuzz`.
-RANDOM_KILLS = max(2, int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100")) // 50)
+RANDOM_KILLS = max(2, fuzz_examples() // 50)
 DURABLE = {"GRISTMILL_FSYNC": "1"}  # the real thing, whatever the suite uses
 OUTPUT = {"prepare": "ds", "convert": "out.jsonl"}
 

@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gristmill
@@ -39,7 +39,6 @@ def _same(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     lengths=LENGTHS,
     seq_len=SEQ_LENS,
@@ -71,7 +70,6 @@ def test_greedy_stream_covers_everything_within_its_buffer(
     )
 
 
-@settings(max_examples=300, deadline=None)
 @given(lengths=LENGTHS, seq_len=SEQ_LENS, cuts=st.lists(st.integers(0, 400), max_size=5))
 def test_concat_chunk_cuts_the_token_stream_into_windows(lengths, seq_len, cuts):
     lengths = np.asarray(lengths, np.int64)

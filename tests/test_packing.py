@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gristmill
@@ -78,7 +78,6 @@ def _lower_bound(items: np.ndarray, capacity: int) -> int:
     return best
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     lengths=st.lists(st.integers(0, 5000), max_size=300),
     seq_len=SEQ_LENS,

@@ -24,6 +24,7 @@ from gristmill.errors import DataError, MissingDependencyError
 from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected, SourceType, Where
 from gristmill.plugin.manager import get_manager
+from tests.helpers import examples
 
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 needs_pyarrow = pytest.mark.skipif(
@@ -84,9 +85,7 @@ def wheres(source: Any) -> list[Where]:
 
 
 @needs_pyarrow
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=RECORDS, group_size=st.integers(1, 12), batch_size=st.none() | st.integers(1, 5))
 def test_parquet_yields_the_same_records_as_jsonl(
     tmp_path_factory, records, group_size, batch_size
@@ -104,9 +103,8 @@ def test_parquet_yields_the_same_records_as_jsonl(
 
 
 @needs_pyarrow
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Each example writes a Parquet file and reads it whole, split, split again and pickled.
+@settings(max_examples=examples(0.6), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(groups=st.lists(st.integers(1, 12), max_size=12), pieces=st.integers(1, 10))
 def test_split_gives_disjoint_in_order_pieces_of_whole_row_groups(tmp_path_factory, groups, pieces):
     records = [{"text": f"row {i}"} for i in range(sum(groups))]
@@ -290,9 +288,7 @@ def test_pieces_after_a_damaged_row_group_read_in_full(tmp_path):
 
 
 @needs_pyarrow
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sizes=st.lists(st.integers(1, 30), min_size=1, max_size=8),
     data=st.data(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gristmill.errors import GristmillError
@@ -24,7 +24,6 @@ def _order(sampler: str, n: int, seed: int, epoch: int, global_batch: int, **opt
     ).order(epoch)
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     n=st.integers(0, 300),
     world=st.integers(1, 16),
@@ -60,7 +59,6 @@ def test_every_sample_once_and_equal_steps_on_every_rank(
         assert [i for i, _ in served][:n] == order.tolist()
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     n=st.integers(0, 200),
     world=st.integers(1, 8),

@@ -17,6 +17,7 @@ from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected
 from gristmill.plugin.manager import get_manager
 from gristmill.store.convert import convert
+from tests.helpers import examples
 
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None
 
@@ -225,9 +226,8 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Each example writes a file with huge integers and NaN, the slow path of the parser.
+@settings(max_examples=examples(0.5), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=5), max_size=6))
 def test_jsonl_lines_parse_exactly_as_the_standard_parser_reads_them(tmp_path, records):
     # Big integers, floats, escapes, NaN and lone surrogates: the fast parser must change nothing.

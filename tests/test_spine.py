@@ -18,7 +18,7 @@ from gristmill.layout import INCOMPLETE, MANIFEST
 from gristmill.serve.samples import IGNORE_INDEX
 from gristmill_byte import EOS
 from gristmill_sample import stdlib_modules
-from tests.helpers import tree_bytes
+from tests.helpers import examples, tree_bytes
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +116,8 @@ def test_stdlib_round_trips_byte_for_byte(tmp_path):
         assert bytes(ids[:-1].astype(np.uint8)) == text.encode("utf-8")
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Each example prepares and opens a dataset: a quarter of the profile's examples.
+@settings(max_examples=examples(0.25), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     texts=st.lists(
         st.text(st.characters(exclude_categories=["Cs"]), min_size=1).filter(str.strip),

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.errors import GristmillError
+from tests.helpers import examples
 
 torch = pytest.importorskip("torch")
 import gristmill.torch  # noqa: E402
@@ -83,7 +84,9 @@ def test_shuffled_epochs_differ_and_repeat_with_the_seed(sources):
     assert Counter(k for b in first for k in b) == Counter(k for b in second for k in b)
 
 
-@settings(max_examples=12, deadline=None)
+# Each example streams the epoch three times, with worker processes: an eighth of the
+# profile's examples.
+@settings(max_examples=examples(0.12))
 @given(
     cuts=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=2),
     workers=st.lists(st.integers(0, 2), min_size=3, max_size=3),
@@ -166,7 +169,6 @@ def test_stream_dataset_shares_every_sample_once_across_ranks_and_workers(source
     assert Counter(served) == Counter(_keys(list(stream)))
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     pieces=st.integers(0, 60),
     worlds=st.lists(st.integers(1, 16), min_size=2, max_size=3),
