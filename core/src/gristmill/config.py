@@ -18,12 +18,14 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.errors import GristmillError, MissingDependencyError
+from gristmill.ingest.sources import DEFAULT_TOKENIZER
 from gristmill.options import (
     BOOL,
     COUNT,
@@ -344,9 +346,9 @@ def read(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read it: {exc}"]) from None
     if suffix == ".toml":
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10: tomli, a dependency there
+        else:  # Python 3.10: tomli, a dependency there
             import tomli as tomllib
         try:
             data: Any = tomllib.loads(text)
@@ -468,6 +470,9 @@ def _check_across(sections: Mapping[str, Mapping[str, Any]], origin: str) -> lis
 # component.
 OPTIONS_OF = ("packer", "sampler", "executor", "tokenizer")
 # source_options are checked at the call: which sources a glob or directory holds is known then.
+# What a kind's key left at its API default of None stands for: the loader's sampler is
+# "distributed"; a tokenizer is the presets' (checked at the call), else byte.
+UNSET_MEANS = {"sampler": "distributed", "tokenizer": DEFAULT_TOKENIZER}
 
 
 def _check_options(sections: Mapping[str, Mapping[str, Any]], origin: str) -> list[str]:
@@ -482,8 +487,7 @@ def _check_options(sections: Mapping[str, Mapping[str, Any]], origin: str) -> li
             options_key = f"{kind}_options"
             if options_key not in table:
                 continue
-            # The loader's sampler defaults to None in the API, meaning "distributed".
-            name = table.get(kind, keys[kind].default or "distributed")
+            name = table.get(kind, keys[kind].default or UNSET_MEANS[kind])
             try:
                 _component(kind, name).check_options(table[options_key])
             except GristmillError as exc:

@@ -3,10 +3,11 @@
 One frozen dataclass per call: :class:`PrepareOptions` (:func:`gristmill.prepare`),
 :class:`StreamOptions` (:func:`gristmill.stream`), :class:`ConvertOptions`
 (:func:`gristmill.store.convert.convert`) and :class:`DatasetOptions`
-(:func:`gristmill.open_dataset`), made of shared groups: :class:`EncodingOptions` (examples →
-token documents), :class:`ReadingOptions` (records → examples) and :class:`PackingOptions`
-(documents → samples). Values are checked, and made plain (a numpy integer becomes an ``int``),
-when the object is made: a call refuses a bad value before it reads or writes anything.
+(:func:`gristmill.open_dataset`), made of shared groups: :class:`ReadingOptions` (records →
+examples), :class:`EncodingOptions` (examples → token documents), both together
+:class:`DocumentOptions`, and :class:`PackingOptions` (documents → samples). Values are checked,
+and made plain (a numpy integer becomes an ``int``), when the object is made: a call refuses a
+bad value before it reads or writes anything.
 
 Each field's metadata (:func:`option`) says which values it takes (a :class:`Kind`), its help,
 its flag on the command line and whether it changes the output. From the fields come the calls'
@@ -183,11 +184,13 @@ class Options:
 class EncodingOptions(Options):
     """How examples become token documents."""
 
-    tokenizer: str = option(
-        "byte",
+    # None until the run is resolved: then the preset's tokenizer, else byte
+    # (gristmill.ingest.sources.with_preset_defaults).
+    tokenizer: str | None = option(
+        None,
         STRING,
-        "`byte`, `hf:NAME_OR_DIR`, `PATH/tokenizer.json`…",
-        flag=Flag("tokenizer (default: byte)", metavar="SPEC"),
+        "`byte`, `hf:NAME_OR_DIR`, `PATH/tokenizer.json`… (default: a preset's, else `byte`)",
+        flag=Flag("tokenizer (default: the preset's tokenizer, else byte)", metavar="SPEC"),
         output=True,
     )
     engine: str = option(
@@ -200,7 +203,7 @@ class EncodingOptions(Options):
             metavar="NAME",
         ),
     )
-    tokenizer_options: Mapping[str, Any] | None = option(
+    tokenizer_options: Mapping[str, Any] = option(
         None,
         TABLE,
         "options of the tokenizer, e.g. `{add_bos = true}` for `byte`",
@@ -240,7 +243,7 @@ class ReadingOptions(Options):
         ),
         output=True,
     )
-    fields: Mapping[str, str] | None = option(
+    fields: Mapping[str, str] = option(
         None,
         STRING_TABLE,
         'canonical field → column, e.g. `{prompt = "question"}`',
@@ -288,12 +291,17 @@ class ReadingOptions(Options):
         flag=Flag("column names for CSV/TSV files without a header row", metavar="NAME,..."),
         output=True,
     )
-    source_options: Mapping[str, Any] | None = option(
+    source_options: Mapping[str, Any] = option(
         None,
         TABLE,
         'options of every source, e.g. `{columns = ["text"]}` for `parquet`',
         output=WHEN_GIVEN,
     )
+
+
+@dataclass(frozen=True)
+class DocumentOptions(ReadingOptions, EncodingOptions):
+    """How records become token documents: what prepare and stream share (the ingest chain's)."""
 
 
 @dataclass(frozen=True)
@@ -304,7 +312,7 @@ class PackingOptions(Options):
     packer: str = option(
         "none", STRING, "`none`, `first-fit`, `greedy-stream`, `concat-chunk`…", output=True
     )
-    packer_options: Mapping[str, Any] | None = option(
+    packer_options: Mapping[str, Any] = option(
         None, TABLE, "options of the packer, e.g. `{buffer_size = 64}`", output=True
     )
     overlong: str = option(
@@ -343,7 +351,7 @@ def _ray_address(address: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class PrepareOptions(ReadingOptions, EncodingOptions):
+class PrepareOptions(DocumentOptions):
     """:func:`gristmill.prepare`'s options."""
 
     val_fraction: float = option(
@@ -400,7 +408,7 @@ class PrepareOptions(ReadingOptions, EncodingOptions):
             metavar="NAME",
         ),
     )
-    executor_options: Mapping[str, Any] | None = option(
+    executor_options: Mapping[str, Any] = option(
         None,
         TABLE,
         'options of the executor, e.g. `{address = "HOST:PORT"}` for `ray` (`--ray-address`)',
@@ -442,7 +450,7 @@ class PrepareOptions(ReadingOptions, EncodingOptions):
 
 
 @dataclass(frozen=True)
-class StreamOptions(PackingOptions, ReadingOptions, EncodingOptions):
+class StreamOptions(PackingOptions, DocumentOptions):
     """:func:`gristmill.stream`'s options."""
 
     packer: str = option(

@@ -73,7 +73,7 @@ def add_options(parser: argparse.ArgumentParser, options: type[Options]) -> None
         parser.add_argument(
             name,
             dest=f.name,
-            type=flag.read or spec.kind.read,
+            type=flag.read or spec.kind.read or str,
             choices=spec.kind.choices or None,
             metavar=flag.metavar,
             help=help,
@@ -365,7 +365,7 @@ def _given(args: argparse.Namespace, options: type[Options]) -> dict[str, object
     # mistake is reported as every other one is (exit 2, "gristmill: error: ...").
     for f, spec in described(options):
         if f.name in given and spec.kind is STRING_TABLE:
-            given[f.name] = parse_fields(given[f.name])  # type: ignore[arg-type]
+            given[f.name] = parse_fields(given[f.name])
     if not given.get("sources", True):
         del given["sources"]  # SOURCE... is optional with --config
     return given
@@ -375,7 +375,7 @@ def _convert(args: argparse.Namespace) -> int:
     from gristmill.store.convert import convert
 
     given = _given(args, ConvertOptions)
-    convert(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
+    convert(given.pop("sources"), given.pop("output"), **given)
     return 0
 
 
@@ -397,5 +397,5 @@ def _prepare(args: argparse.Namespace) -> int:
         )
     from gristmill.store.prepare import prepare
 
-    prepare(given.pop("sources"), given.pop("output"), **given)  # type: ignore[arg-type]
+    prepare(given.pop("sources"), given.pop("output"), **given)
     return 0

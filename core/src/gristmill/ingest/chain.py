@@ -16,30 +16,19 @@ caller's :class:`ErrorPolicy`, which raises (``fail``) or counts and sets it asi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from gristmill.errors import DataError
 from gristmill.ingest.encoding import Batch, encoded_batches
 from gristmill.ingest.mapping import mapped_examples
 from gristmill.ingest.policy import ErrorPolicy
+from gristmill.options import DocumentOptions, ReadingOptions
 from gristmill.plugin.components import HasSchema, Rejected, Source, Tokenizer, Where
 from gristmill.plugin.examples import Example
 from gristmill.plugin.manager import PluginManager
 
 Problem = Rejected | DataError  # why a source is not read
-
-
-@dataclass(frozen=True)
-class Reading:
-    """The options that make documents of records; plain values, so they travel to any process."""
-
-    format: str = "auto"
-    fields: Mapping[str, str] = field(default_factory=dict)
-    normalize: bool = True
-    train_on_prompt: bool = False
-    max_doc_tokens: int | None = None
 
 
 class SchemaCheck:
@@ -97,7 +86,7 @@ def check_schemas(sources: Sequence[Source], on_error: str) -> dict[int, Problem
 
 def canonical_examples(
     source: Source,
-    reading: Reading,
+    options: ReadingOptions,
     manager: PluginManager,
     policy: ErrorPolicy,
     report: Callable[[str], None],
@@ -111,8 +100,8 @@ def canonical_examples(
     if refused is not None:
         policy.handle(refused)
         return
-    mapped = mapped_examples(source, reading.format, reading.fields, manager, policy, report)
-    if not reading.normalize:
+    mapped = mapped_examples(source, options.format, options.fields, manager, policy, report)
+    if not options.normalize:
         yield from mapped
         return
     for example, where in mapped:
@@ -122,7 +111,7 @@ def canonical_examples(
 def document_batches(
     source: Source,
     tok: Tokenizer,
-    reading: Reading,
+    options: DocumentOptions,
     manager: PluginManager,
     policy: ErrorPolicy,
     report: Callable[[str], None],
@@ -130,11 +119,11 @@ def document_batches(
 ) -> Iterator[Batch]:
     """The documents of ``source``, tokenized, in batches: ids, loss masks (``None``: every
     token), metadata per document, and how many were truncated to ``max_doc_tokens``."""
-    examples = canonical_examples(source, reading, manager, policy, report, refused)
+    examples = canonical_examples(source, options, manager, policy, report, refused)
     return encoded_batches(
         examples,
         tok,
         policy,
-        train_on_prompt=reading.train_on_prompt,
-        max_doc_tokens=reading.max_doc_tokens,
+        train_on_prompt=options.train_on_prompt,
+        max_doc_tokens=options.max_doc_tokens,
     )

@@ -30,28 +30,24 @@ from typing import Any
 import numpy as np
 
 from gristmill.errors import DataError, GristmillError
-from gristmill.ingest.chain import Problem, Reading, check_schemas, document_batches
+from gristmill.ingest.chain import Problem, check_schemas, document_batches
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks, source_size
 from gristmill.ingest.policy import ErrorPolicy, describe_skips
-from gristmill.ingest.sources import DEFAULT_TOKENIZER, open_sources, preset_defaults
+from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.ingest.tokenizers import resolve_tokenizer
-from gristmill.plugin.arguments import check_int
+from gristmill.options import StreamOptions, takes
 from gristmill.plugin.components import (
-    DEFAULT_MAX_RECORD_BYTES,
     FieldMapperType,
     PackerType,
     PacksOnline,
     Segment,
 )
 from gristmill.plugin.manager import PluginManager, get_manager
-from gristmill.plugin.overlong import check_policy
-from gristmill.serve.samples import Part, build_sample, check_labels
+from gristmill.serve.samples import Part, build_sample
 
 log = logging.getLogger("gristmill")
 
-DEFAULT_CHUNK_BYTES = 1 << 20  # a worker's unit: large enough to amortise reading a piece of file
-DEFAULT_PIECE_BYTES = 32 << 20  # packing restarts once per piece: rare enough to cost ~nothing
 MIN_PIECES = 64  # smaller input is cut into this many pieces, down to one chunk each, to balance
 
 
@@ -97,104 +93,34 @@ class Stream:
     def __init__(
         self,
         sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        options: StreamOptions | None = None,
         *,
-        tokenizer: str | None = None,
-        seq_len: int | None = None,
-        packer: str = "greedy-stream",
-        packer_options: Mapping[str, Any] | None = None,
-        overlong: str = "truncate",
-        restart: bool | None = None,
-        labels: str = "unshifted",
-        format: str = "auto",
-        fields: Mapping[str, str] | None = None,
-        train_on_prompt: bool = False,
-        normalize: bool = True,
-        max_doc_tokens: int | None = None,
-        on_error: str = "fail",
-        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-        column_names: Sequence[str] | None = None,
-        engine: str = "auto",
-        tokenizer_options: Mapping[str, Any] | None = None,
-        source_options: Mapping[str, Any] | None = None,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        piece_bytes: int = DEFAULT_PIECE_BYTES,
         manager: PluginManager | None = None,
     ):
-        seq_len = None if seq_len is None else check_int("seq_len", seq_len)
-        chunk_bytes = check_int("chunk_bytes", chunk_bytes)
-        piece_bytes = check_int("piece_bytes", piece_bytes)
-        max_record_bytes = check_int("max_record_bytes", max_record_bytes)
-        if max_doc_tokens is not None:
-            max_doc_tokens = check_int("max_doc_tokens", max_doc_tokens, at_least=2)
         self.manager = manager or get_manager()
         specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-        unset = [
-            name for name, value in (("tokenizer", tokenizer), ("fields", fields)) if not value
-        ]
-        presets = preset_defaults(specs, self.manager, unset)
-        tokenizer = tokenizer or presets.get("tokenizer", DEFAULT_TOKENIZER)
-        fields = fields or presets.get("fields")
-        if not chunk_bytes <= piece_bytes:
-            raise DataError(
-                f"chunk_bytes and piece_bytes must satisfy 1 <= chunk_bytes <= piece_bytes, got "
-                f"{chunk_bytes} and {piece_bytes}"
-            )
-        self.chunk_bytes, self.piece_bytes = chunk_bytes, piece_bytes
-        self.seq_len = seq_len
-        self.labels = check_labels(labels)
-        self.format, self.fields = format, dict(fields or {})
-        if format != "auto":
-            check_fields(self.manager.get(FieldMapperType, format), self.fields)
-        self.train_on_prompt, self.normalize = train_on_prompt, normalize
-        self.max_doc_tokens, self.on_error = max_doc_tokens, on_error
-        ErrorPolicy(on_error, None)  # refuses an unknown policy now, not at the first record
+        options = with_preset_defaults(options or StreamOptions(), specs, self.manager)
+        self.options, self.seq_len, self.labels = options, options.seq_len, options.labels
+        if options.format != "auto":
+            check_fields(self.manager.get(FieldMapperType, options.format), options.fields)
         # Everything is resolved before the first record is read, so a typo fails at once.
         self.sources = open_sources(
             specs,
             self.manager,
-            source_options,
-            max_record_bytes=max_record_bytes,
-            column_names=list(column_names) if column_names else None,
+            options.source_options,
+            max_record_bytes=options.max_record_bytes,
+            column_names=options.column_names,
         )
-        tokenizer_type = resolve_tokenizer(tokenizer, self.manager)
-        tokenizer_options = tokenizer_type.check_options(tokenizer_options)
-        self.tokenizer = tokenizer_type.factory(tokenizer, engine=engine, **tokenizer_options)
-        # What the samples depend on besides the input, for `identity`.
-        self._settings = {
-            "tokenizer": tokenizer,
-            "packer": packer,
-            "packer_options": dict(packer_options or {}),
-            "overlong": overlong,
-            "restart": restart,
-            "labels": labels,
-            "format": format,
-            "fields": self.fields,
-            "train_on_prompt": train_on_prompt,
-            "normalize": normalize,
-            "max_doc_tokens": max_doc_tokens,
-            "engine": engine,
-            # Only when given: the identity of streams without them stays what it was.
-            **({"tokenizer_options": tokenizer_options} if tokenizer_options else {}),
-            **({"source_options": dict(source_options)} if source_options else {}),
-        }
-        record = self.manager.get(PackerType, packer)
-        made = record.factory(
-            overlong=check_policy(overlong), **record.check_options(packer_options)
+        assert options.tokenizer is not None, "resolved by with_preset_defaults"
+        tokenizer_type = resolve_tokenizer(options.tokenizer, self.manager)
+        tokenizer_options = tokenizer_type.check_options(options.tokenizer_options)
+        self.tokenizer = tokenizer_type.factory(
+            options.tokenizer, engine=options.engine, **tokenizer_options
         )
-        if not isinstance(made, PacksOnline):
-            online = ", ".join(
-                name
-                for name, r in sorted(self.manager.components(PackerType).items())
-                if isinstance(r.factory, type) and issubclass(r.factory, PacksOnline)
-            )
-            raise DataError(
-                f"the {packer} packer needs every document's length before it packs, so it "
-                f"cannot pack a stream; prepare the data first, or stream with {online}"
-            )
-        self.packer = made
-        self.packer.online(seq_len)  # refuses a missing seq_len now
-        self.restart = record.restart if restart is None else bool(restart)
-        self.stats = StreamStats(seq_len)
+        record = self.manager.get(PackerType, options.packer)
+        self.packer = _online_packer(record, options, self.manager)
+        self.restart = record.restart if options.restart is None else bool(options.restart)
+        self.stats = StreamStats(options.seq_len)
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers started by spawn or forkserver receive the stream pickled: everything but the
@@ -207,15 +133,16 @@ class Stream:
     @cached_property
     def pieces(self) -> list[tuple[Chunk, ...]]:
         """The stream's pieces, in order, each a run of chunks (planned once, by size alone)."""
-        chunks = plan_chunks(enumerate(self.sources), self.chunk_bytes, unread=self._refused)
-        per_piece = max(1, min(self.piece_bytes // self.chunk_bytes, len(chunks) // MIN_PIECES))
+        chunk_bytes, piece_bytes = self.options.chunk_bytes, self.options.piece_bytes
+        chunks = plan_chunks(enumerate(self.sources), chunk_bytes, unread=self._refused)
+        per_piece = max(1, min(piece_bytes // chunk_bytes, len(chunks) // MIN_PIECES))
         return [tuple(chunks[i : i + per_piece]) for i in range(0, len(chunks), per_piece)]
 
     @cached_property
     def _refused(self) -> dict[int, Problem]:
         """The sources the schema check refuses, by position; under ``on_error="fail"`` the
         first raises, before any record is read."""
-        return check_schemas(self.sources, self.on_error)
+        return check_schemas(self.sources, self.options.on_error)
 
     @cached_property
     def identity(self) -> str:
@@ -225,27 +152,19 @@ class Stream:
         described = {
             "sources": [(s.spec, source_size(s)) for s in self.sources],
             "pieces": [len(piece) for piece in self.pieces],
-            "seq_len": self.seq_len,
-            **self._settings,
+            **self.options.identity(),
         }
         text = json.dumps(described, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def read(self, chunk: Chunk) -> TokenizedChunk:
         """Read, map and tokenize one chunk (any process may: what it needs travels with it)."""
-        reading = Reading(
-            format=self.format,
-            fields=self.fields,
-            normalize=self.normalize,
-            train_on_prompt=self.train_on_prompt,
-            max_doc_tokens=self.max_doc_tokens,
-        )
-        policy = ErrorPolicy(self.on_error, None)
+        policy = ErrorPolicy(self.options.on_error, None)
         documents: list[Part] = []
         for position, part in chunk.parts:
             refused = self._refused.get(position)
             batches = document_batches(
-                part, self.tokenizer, reading, self.manager, policy, log.info, refused
+                part, self.tokenizer, self.options, self.manager, policy, log.info, refused
             )
             for ids, masks, _, _ in batches:
                 documents += zip(ids, masks)
@@ -301,6 +220,23 @@ class Stream:
             yield build_sample(parts, restart=self.restart, labels=self.labels)
 
 
+def _online_packer(record: PackerType, options: StreamOptions, manager: PluginManager) -> Any:
+    """The stream's packer, refused unless it packs online (it would need every length first)."""
+    made = record.factory(overlong=options.overlong, **record.check_options(options.packer_options))
+    if not isinstance(made, PacksOnline):
+        online = ", ".join(
+            name
+            for name, r in sorted(manager.components(PackerType).items())
+            if isinstance(r.factory, type) and issubclass(r.factory, PacksOnline)
+        )
+        raise DataError(
+            f"the {options.packer} packer needs every document's length before it packs, so it "
+            f"cannot pack a stream; prepare the data first, or stream with {online}"
+        )
+    made.online(options.seq_len)  # refuses a missing seq_len now
+    return made
+
+
 def _refuse_parallel_copies() -> None:
     """Iterating a stream reads every piece: copies of it in several DataLoader workers or ranks
     would each serve the whole data. Point to the forms that share the pieces out instead."""
@@ -323,13 +259,12 @@ def _refuse_parallel_copies() -> None:
         )
 
 
+@takes(StreamOptions)
 def stream(
     sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    options: StreamOptions,
     *,
-    tokenizer: str | None = None,
-    seq_len: int | None = None,
-    packer: str = "greedy-stream",
-    **options: Any,
+    manager: PluginManager | None = None,
 ) -> Stream:
     """Packed training samples of ``sources``, tokenized on the fly; nothing is written.
 
@@ -352,4 +287,4 @@ def stream(
     :func:`gristmill.torch.dataloader` (or wrap it in :class:`gristmill.torch.StreamDataset`).
     Copies of it iterated in several workers or ranks are refused (each would serve everything).
     """
-    return Stream(sources, tokenizer=tokenizer, seq_len=seq_len, packer=packer, **options)
+    return Stream(sources, options, manager=manager)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DataError, DatasetError, MissingDependencyError
-from gristmill.ingest.chain import Reading, canonical_examples, check_schemas
+from gristmill.ingest.chain import canonical_examples, check_schemas
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.policy import ErrorPolicy
-from gristmill.ingest.sources import open_sources, preset_defaults
+from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.layout import reject_file
-from gristmill.plugin.arguments import check_int
+from gristmill.options import ConvertOptions, takes
 from gristmill.plugin.atomic import remove_stale_temporaries, temporary_for
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, FieldMapperType, Where
+from gristmill.plugin.components import FieldMapperType, Where
 from gristmill.plugin.examples import Example
 from gristmill.plugin.manager import PluginManager, get_manager
 
@@ -26,18 +26,12 @@ log = logging.getLogger("gristmill")
 PARQUET_ROWS = 10_000  # rows per Parquet row group: bounded memory, decent compression
 
 
+@takes(ConvertOptions)
 def convert(
     sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
+    options: ConvertOptions,
     *,
-    format: str = "auto",
-    fields: Mapping[str, str] | None = None,
-    normalize: bool = True,
-    on_error: str = "fail",
-    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-    column_names: Sequence[str] | None = None,
-    source_options: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
     manager: PluginManager | None = None,
 ) -> dict[str, Any]:
     """Write the canonical records of ``sources`` to ``out`` (``.jsonl`` or ``.parquet``).
@@ -50,39 +44,32 @@ def convert(
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     out_path = Path(out)
-    suffix = out_path.suffix.lower()
-    if suffix not in (".jsonl", ".parquet"):
-        raise DataError(f"{out_path}: the output must end in .jsonl or .parquet")
-    if out_path.is_dir():  # --overwrite replaces a file convert wrote, never a directory
-        raise DatasetError(f"{out_path} is a directory; choose another -o")
-    if out_path.exists() and not overwrite:
-        raise DatasetError(f"{out_path} exists; pass --overwrite to replace it")
-    fields = dict(fields or preset_defaults(specs, manager, ["fields"]).get("fields", {}))
-    if format != "auto":
-        check_fields(manager.get(FieldMapperType, format), fields)
+    write = _writer(out_path, options.overwrite)
+    options = with_preset_defaults(options, specs, manager)
+    if options.format != "auto":
+        check_fields(manager.get(FieldMapperType, options.format), options.fields)
     opened = open_sources(
         specs,
         manager,
-        source_options,
+        options.source_options,
         output=out_path,
-        max_record_bytes=check_int("max_record_bytes", max_record_bytes),
-        column_names=list(column_names) if column_names else None,
+        max_record_bytes=options.max_record_bytes,
+        column_names=options.column_names,
     )
     rejects = reject_file(out_path)
-    policy = ErrorPolicy(on_error, rejects)
-    refused = check_schemas(opened, on_error)
-    reading = Reading(format=format, fields=fields, normalize=normalize)
+    policy = ErrorPolicy(options.on_error, rejects)
+    refused = check_schemas(opened, options.on_error)
 
     def examples() -> Iterator[tuple[Example, Where]]:
         for position, source in enumerate(opened):
             refusal = refused.get(position)
-            yield from canonical_examples(source, reading, manager, policy, log.info, refusal)
+            yield from canonical_examples(source, options, manager, policy, log.info, refusal)
 
     for written in (out_path, rejects):  # what a killed convert left half-written
         remove_stale_temporaries(written.parent, written.name)
     with temporary_for(out_path) as tmp:
         try:
-            count = (_write_parquet if suffix == ".parquet" else _write_jsonl)(tmp, examples())
+            count = write(tmp, examples())
         except BaseException:
             policy.abort()
             raise
@@ -92,6 +79,20 @@ def convert(
         log.warning(f"{out_path}: {policy.summary()}")
     log.info(f"{out_path}: wrote {count:,} records")
     return {"records": count, "skipped": skipped}
+
+
+def _writer(
+    out_path: Path, overwrite: bool
+) -> Callable[[Path, Iterator[tuple[Example, Where]]], int]:
+    """What writes ``out_path``'s format, once the path may be written."""
+    suffix = out_path.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise DataError(f"{out_path}: the output must end in .jsonl or .parquet")
+    if out_path.is_dir():  # --overwrite replaces a file convert wrote, never a directory
+        raise DatasetError(f"{out_path} is a directory; choose another -o")
+    if out_path.exists() and not overwrite:
+        raise DatasetError(f"{out_path} exists; pass --overwrite to replace it")
+    return _write_parquet if suffix == ".parquet" else _write_jsonl
 
 
 def _write_jsonl(path: Path, examples: Iterator[tuple[Example, Where]]) -> int:

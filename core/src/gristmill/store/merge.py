@@ -62,7 +62,7 @@ def merge(
     out_dir = Path(settings.out_dir)
     records = _read_records(out_dir, tasks)
     parts = [_part(out_dir, r, split) for r in records for split in settings.splits]
-    duplicates = _dedup(out_dir, parts, fmt, settings) if settings.dedup else 0
+    duplicates = _dedup(out_dir, parts, fmt, settings) if settings.options.dedup else 0
     for record in records:
         for _, message in sorted(record["formats"].items(), key=lambda kv: int(kv[0])):
             announce(message)
@@ -178,7 +178,7 @@ def _dedup(
             out_dir,
             part.split,
             dtype=dtype,
-            tokens_per_shard=settings.tokens_per_shard,
+            tokens_per_shard=settings.options.tokens_per_shard,
             prefix=f"{part.task:05d}-d",
         )
         for start in range(0, len(kept), DEDUP_READ):

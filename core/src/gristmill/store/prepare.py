@@ -22,7 +22,7 @@ from gristmill.ingest.chain import check_schemas
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks
 from gristmill.ingest.policy import ErrorPolicy
-from gristmill.ingest.sources import open_sources
+from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.layout import FORMAT, FORMAT_VERSION, TASKS_DIR, TOKENIZER_DIR, reject_file
 from gristmill.options import PrepareOptions, takes
@@ -77,6 +77,7 @@ def prepare(
     :class:`~gristmill.errors.OptionError`.
     """
     manager = manager or get_manager()
+    options = with_preset_defaults(options, sources, manager)
     run = _resolve(sources, out, options, manager)
     config_fp = config_fingerprint(options, run.provenance, run.tok)
     out_dir = Path(out)
@@ -125,6 +126,7 @@ def _resolve(
         max_record_bytes=options.max_record_bytes,
         column_names=options.column_names,
     )
+    assert options.tokenizer is not None, "prepare resolves it first (with_preset_defaults)"
     tokenizer_type = resolve_tokenizer(options.tokenizer, manager)
     tokenizer_options = tokenizer_type.check_options(options.tokenizer_options)
     if options.engine != "auto" and options.engine not in tokenizer_type.engines:
@@ -185,24 +187,7 @@ def _write(
             policy.handle(problem)
     main_skipped = policy.close()
     settings = TaskSettings(
-        out_dir=str(out_dir),
-        config_fingerprint=config_fp,
-        format=options.format,
-        fields=dict(options.fields or {}),
-        normalize=options.normalize,
-        train_on_prompt=options.train_on_prompt,
-        max_doc_tokens=options.max_doc_tokens,
-        on_error=options.on_error,
-        val_fraction=options.val_fraction,
-        seed=options.seed,
-        dedup=options.dedup,
-        splits=splits,
-        shard_format=run.fmt.name,
-        dtype=dtype.name,
-        tokens_per_shard=options.tokens_per_shard,
-        tokenizer=run.tokenizer_type.name,
-        tokenizer_config=tok_config,
-        engine=options.engine,
+        str(out_dir), config_fp, options, splits, dtype.name, run.tokenizer_type.name, tok_config
     )
     announced: set[str] = set()
 

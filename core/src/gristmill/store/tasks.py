@@ -22,16 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from gristmill.ingest.chain import Reading, document_batches
+from gristmill.ingest.chain import document_batches
 from gristmill.ingest.encoding import Batch, assign_splits, digest
 from gristmill.ingest.plan import Chunk
 from gristmill.ingest.policy import ErrorPolicy
 from gristmill.layout import TASKS_DIR
+from gristmill.options import PrepareOptions
 from gristmill.plugin.atomic import canonical_json, sync_directory, write_atomic
 from gristmill.plugin.components import ShardFormatType, Tokenizer, TokenizerType
 from gristmill.plugin.manager import PluginManager, get_manager
-
-DEFAULT_TASK_BYTES = 16 << 20  # input per task: enough to amortise it, small enough to balance
 
 
 @dataclass(frozen=True)
@@ -40,22 +39,11 @@ class TaskSettings:
 
     out_dir: str
     config_fingerprint: str
-    format: str
-    fields: dict[str, str]
-    normalize: bool
-    train_on_prompt: bool
-    max_doc_tokens: int | None
-    on_error: str
-    val_fraction: float
-    seed: int
-    dedup: bool
+    options: PrepareOptions
     splits: tuple[str, ...]
-    shard_format: str
     dtype: str
-    tokens_per_shard: int
     tokenizer: str  # the tokenizer family's name; the tokenizer itself is the dataset's copy
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
-    engine: str = "auto"
 
 
 class TaskRunner:
@@ -96,7 +84,8 @@ _loaded: dict[tuple[str, str, str], Tokenizer] = {}
 
 
 def _tokenizer(settings: TaskSettings, manager: PluginManager) -> Tokenizer:
-    key = (settings.out_dir, settings.config_fingerprint, settings.engine)
+    engine = settings.options.engine
+    key = (settings.out_dir, settings.config_fingerprint, engine)
     if key not in _loaded:
         from gristmill.layout import TOKENIZER_DIR
 
@@ -105,7 +94,7 @@ def _tokenizer(settings: TaskSettings, manager: PluginManager) -> Tokenizer:
         _loaded[key] = family.load(
             Path(settings.out_dir) / TOKENIZER_DIR,
             settings.tokenizer_config,
-            engine=settings.engine,
+            engine=engine,
         )
     return _loaded[key]
 
@@ -146,15 +135,9 @@ def run_task(
     """Read, map and tokenize the chunk's parts; write the task's shards, then its record."""
     out_dir = Path(settings.out_dir)
     output = _TaskOutput(chunk.index, settings, manager)
-    reading = Reading(
-        format=settings.format,
-        fields=settings.fields,
-        normalize=settings.normalize,
-        train_on_prompt=settings.train_on_prompt,
-        max_doc_tokens=settings.max_doc_tokens,
-    )
+    options = settings.options
     formats: dict[int, str] = {}
-    policy = ErrorPolicy(settings.on_error, task_file(out_dir, chunk.index, "rejects.jsonl"))
+    policy = ErrorPolicy(options.on_error, task_file(out_dir, chunk.index, "rejects.jsonl"))
     try:
         for position, part in chunk.parts:
 
@@ -163,7 +146,7 @@ def run_task(
                 if announce is not None:
                     announce(message)
 
-            for batch in document_batches(part, tok, reading, manager, policy, report):
+            for batch in document_batches(part, tok, options, manager, policy, report):
                 output.add(position, batch)
                 if progress is not None:
                     progress(len(batch[0]))
@@ -185,20 +168,21 @@ class _TaskOutput:
 
     def __init__(self, index: int, settings: TaskSettings, manager: PluginManager):
         self.index, self.settings = index, settings
-        fmt = manager.get(ShardFormatType, settings.shard_format)
+        fmt = manager.get(ShardFormatType, settings.options.shard_format)
         self.writers = {
             split: fmt.writer(
                 Path(settings.out_dir),
                 split,
                 dtype=np.dtype(settings.dtype),
-                tokens_per_shard=settings.tokens_per_shard,
+                tokens_per_shard=settings.options.tokens_per_shard,
                 prefix=task_prefix(index),
             )
             for split in settings.splits
         }
         self.logs = {split: _SplitLog() for split in settings.splits}
         self.table: dict[tuple[tuple[str, object], ...], int] = {}  # metadata → row
-        self.keep_digests = settings.dedup or settings.val_fraction > 0
+        self.dedup, self.val_fraction = settings.options.dedup, settings.options.val_fraction
+        self.keep_digests = self.dedup or self.val_fraction > 0
         self.documents = self.truncated = 0
 
     def add(self, position: int, batch: Batch) -> None:
@@ -210,7 +194,7 @@ class _TaskOutput:
         digests = [digest(d, m) for d, m in zip(ids, masks)] if self.keep_digests else []
         # One split: every document; two: each by the hash of its content.
         splits = (
-            assign_splits(digests, settings.seed, settings.val_fraction)
+            assign_splits(digests, settings.options.seed, self.val_fraction)
             if len(settings.splits) > 1
             else None
         )
@@ -221,7 +205,7 @@ class _TaskOutput:
             self.writers[split].add([ids[i] for i in pick], [masks[i] for i in pick])
             log = self.logs[split]
             log.add_source(position, len(pick))
-            if settings.dedup:
+            if self.dedup:
                 log.digests += [digests[i] for i in pick]
             log.metadata += [
                 -1 if metadata[i] is None else self.table.setdefault(metadata[i], len(self.table))
@@ -248,7 +232,7 @@ class _TaskOutput:
         }
         for split, log in self.logs.items():
             entry: dict[str, Any] = {"shards": shards[split], "sources": log.sources}
-            if self.settings.dedup:
+            if self.dedup:
                 entry["digests"] = self._save(f"{split}.digests", b"".join(log.digests))
             if self.table:
                 rows = np.asarray(log.metadata, dtype="<i4")
