@@ -4,7 +4,8 @@ Importing this package is cheap: the names below load their module on first use,
 ``from gristmill import hookimpl`` loads the plugin kit only, not the read or write side.
 
 The layers, lowest first (each imports only those below it; ``.importlinter`` holds the rule):
-``plugin`` (what plugin authors import), ``ingest`` (records → token documents), ``store``
+``plugin`` (what plugin authors import), ``options`` (every option of the calls, declared once),
+``ingest`` (records → token documents), ``store``
 (datasets on disk: prepare, convert, verify), ``serve`` (samples from datasets and streams),
 ``torch``, then ``config`` and ``cli``. docs/architecture.md describes each.
 """
