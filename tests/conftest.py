@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,38 @@ def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def prepared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``prepared_dataset(records, **options)``: a dataset prepared with ``gristmill.prepare``
+    from ``records``, once per session for the same records and options (shared: a test that
+    changes the dataset copies it first).
+
+    ``records``: dicts, written as ``data.jsonl``; or name → dicts, one ``NAME.jsonl`` each,
+    prepared together in that order. The dataset is the folder ``ds`` beside those files.
+    """
+    import gristmill
+
+    made: dict[str, Path] = {}
+
+    def prepare(records: Sequence[dict] | Mapping[str, Sequence[dict]], **options: Any) -> Path:
+        files = dict(records) if isinstance(records, Mapping) else {"data": records}
+        key = json.dumps([files, sorted(options.items())], sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        if digest not in made:
+            root = tmp_path_factory.mktemp("prepared")
+            paths = []
+            for name, rows in files.items():
+                paths.append(root / f"{name}.jsonl")
+                paths[-1].write_text(
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8"
+                )
+            gristmill.prepare(paths, root / "ds", **{"progress": False, **options})
+            made[digest] = root / "ds"
+        return made[digest]
+
+    return prepare
 
 
 pytest_plugins = ["pytester"]

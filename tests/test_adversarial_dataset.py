@@ -7,8 +7,8 @@ per split and cached ``first-fit`` plans. Each example copies it, flips a bit, r
 cuts the file short or appends bytes at a drawn position of a drawn file (the manifest, every
 shard file, the tokenizer's file, the cached plans), then reads every sample of every split with
 ``ds[i]``, ``ds.batch`` and the torch loader (where torch is installed).
-``GRISTMILL_FUZZ_EXAMPLES`` sets the budget (a quarter of it: 25 examples by default, 500 in
-``tox -e fuzz``).
+The budget is a quarter of ``GRISTMILL_FUZZ_EXAMPLES``, else of the hypothesis profile's examples
+(tests/conftest.py: 25 under ``ci``, 500 in ``tox -e fuzz``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from gristmill.layout import PLANS_DIR
 from gristmill.plugin import integrity
 from gristmill.serve.dataset import Dataset
 from gristmill.store.verify import verify
+from tests.helpers import fuzz_examples
 
-EXAMPLES = int(os.environ.get("GRISTMILL_FUZZ_EXAMPLES", "100"))
+EXAMPLES = fuzz_examples()
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the loader is read too where it is
 DAMAGE = settings(
     max_examples=max(10, EXAMPLES // 4),  # each example reads its copy five ways
@@ -282,10 +283,8 @@ def test_a_change_that_reads_as_valid_is_refused_not_served(pristine, kind):
         assert f"gristmill verify {copy.resolve()}" in message and "prepare" in message
 
 
-def test_a_worker_never_reopens_a_newer_generation(tmp_path):
-    """A spawned DataLoader worker unpickles the dataset and opens it again from its path: a
-    dataset prepared into the directory since is refused, not served to the worker, and the
-    error reaches the training loop as itself, not as a worker that exited."""
+def _prepared_again(tmp_path: Path) -> Dataset:
+    """A dataset opened, then prepared again into its directory: the opened one is outdated."""
     source = tmp_path / "qa.jsonl"
     source.write_text("".join(_records(30)))
     out = tmp_path / "ds"
@@ -294,17 +293,30 @@ def test_a_worker_never_reopens_a_newer_generation(tmp_path):
     assert pickle.loads(pickle.dumps(ds))[0].keys() == ds[0].keys()  # the same generation
     source.write_text("".join(_records(31)))
     gristmill.prepare(source, out, tokens_per_shard=400, overwrite=True, progress=False)
+    return ds
+
+
+def test_a_copy_never_reopens_a_newer_generation(tmp_path):
+    """A copy of the dataset (as a worker unpickles it) opens it again from its path: a dataset
+    prepared into the directory since is refused, not served."""
+    ds = _prepared_again(tmp_path)
     copy = pickle.loads(pickle.dumps(ds))
     for use in (lambda: copy[0], lambda: copy.batch([0, 1]), lambda: len(copy)):
         with pytest.raises(DatasetError, match="the dataset changed since it was opened") as caught:
             use()
-        assert str(caught.value).startswith(f"{out}: ") and "open it again" in str(caught.value)
+        assert str(caught.value).startswith(f"{tmp_path / 'ds'}: ")
+        assert "open it again" in str(caught.value)
     with pytest.raises(DatasetError, match="the dataset changed since it was opened"):
         ds.with_seed(1)
-    if importlib.util.find_spec("torch") is None:
-        return  # the min envs: no DataLoader to start a worker
+
+
+def test_a_worker_never_reopens_a_newer_generation(tmp_path):
+    """A spawned DataLoader worker that finds the dataset prepared again: the error reaches the
+    training loop as itself, not as a worker that exited."""
+    pytest.importorskip("torch", reason="a DataLoader worker needs torch (the min envs lack it)")
     from gristmill.torch import dataloader
 
+    ds = _prepared_again(tmp_path)
     loader = dataloader(ds, batch_size=2, num_workers=1, multiprocessing_context="spawn")
     with pytest.raises(DatasetError, match="the dataset changed since it was opened"):
         next(iter(loader))

@@ -4,7 +4,6 @@ batch gives exactly the per-document losses, and padding-free gives the padded b
 from __future__ import annotations
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gristmill
+from tests.helpers import examples
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -20,8 +20,7 @@ from gristmill.torch import Collator  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("collate")
+def packed(prepared_dataset):
     rng = np.random.default_rng(0)
     lines = []
     for i in range(40):
@@ -30,12 +29,8 @@ def packed(tmp_path_factory):
             lines.append({"prompt": f"Q{i}: {words}?", "completion": f" A{i}."})
         else:
             lines.append({"text": words})
-    files = []
-    for name, kind in (("qa.jsonl", "prompt"), ("text.jsonl", "text")):
-        files.append(root / name)
-        files[-1].write_text("".join(json.dumps(x) + "\n" for x in lines if kind in x))
-    gristmill.prepare(files, root / "ds", progress=False)
-    return gristmill.open_dataset(root / "ds", seq_len=96, packer="first-fit")
+    files = {name: [x for x in lines if name in x] for name in ("prompt", "text")}
+    return gristmill.open_dataset(prepared_dataset(files), seq_len=96, packer="first-fit")
 
 
 def _model(attention: str):
@@ -131,7 +126,8 @@ def test_collated_fields(packed):
         Collator()([])
 
 
-@settings(max_examples=60, deadline=None)
+# Each example builds torch tensors for a whole batch.
+@settings(max_examples=examples(0.6))
 @given(
     st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=4), min_size=1, max_size=4),
     st.booleans(),
@@ -173,7 +169,8 @@ def test_batches_follow_the_segments_of_their_samples(segment_lists, padding_fre
         assert np.array_equal(seen, (segments[i] == segments[j]) & (j <= i))
 
 
-@settings(max_examples=60, deadline=None)
+# Each example builds a torch attention mask and compares it element by element.
+@settings(max_examples=examples(0.6))
 @given(
     st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=4), min_size=1, max_size=4),
     st.booleans(),

@@ -90,18 +90,11 @@ def _launch(world, path, out, stop_after=None, resume=None) -> list[list[list]]:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ranks") / "ds"
-    src = out.with_suffix(".jsonl")
+def prepared(prepared_dataset):
+    """The dataset, beside the file it was prepared from (``ds.jsonl``: streamed too)."""
     rng = np.random.default_rng(0)
-    src.write_text(
-        "".join(
-            json.dumps({"text": f"doc {i} " + "w" * int(rng.integers(1, 80))}) + "\n"
-            for i in range(400)
-        )
-    )
-    gristmill.prepare(src, out, progress=False)
-    return out
+    records = [{"text": f"doc {i} " + "w" * int(rng.integers(1, 80))} for i in range(400)]
+    return prepared_dataset({"ds": records})
 
 
 def _everything(path) -> list[int]:

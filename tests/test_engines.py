@@ -23,7 +23,7 @@ from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.plugin.components import TokenizerType
 from gristmill.plugin.manager import get_manager
 from gristmill_sample import stdlib_modules
-from tests.helpers import tree_bytes
+from tests.helpers import examples, train_bpe, tree_bytes
 
 try:
     import gigatoken
@@ -95,19 +95,13 @@ def fams(tmp_path_factory) -> dict[str, str]:
         specs[name] = str(root / name / "tokenizer.json")
 
     def byte_level(pre_tokenizer, normalizer=None):
-        tok = tokenizers.Tokenizer(models.BPE())
-        if normalizer is not None:
-            tok.normalizer = normalizer
-        tok.pre_tokenizer = pre_tokenizer
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
+        return train_bpe(
+            corpus,
             vocab_size=1000,
-            special_tokens=SPECIALS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            specials=SPECIALS,
+            normalizer=normalizer,
+            pre_tokenizer=pre_tokenizer,
         )
-        tok.train_from_iterator(corpus, trainer)
-        return tok
 
     bpe = byte_level(pre_tokenizers.ByteLevel(add_prefix_space=False))
     save("bpe", bpe)
@@ -130,13 +124,15 @@ def fams(tmp_path_factory) -> dict[str, str]:
     no_regex.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     save("no-regex", no_regex)
 
-    sentencepiece = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="[UNK]"))
-    sentencepiece.pre_tokenizer = pre_tokenizers.Metaspace()
-    sentencepiece.decoder = decoders.Metaspace()
     bytes_ = [f"<0x{i:02X}>" for i in range(256)]
-    sentencepiece.train_from_iterator(
+    sentencepiece = train_bpe(
         corpus,
-        trainers.BpeTrainer(vocab_size=1200, special_tokens=SPECIALS + bytes_, show_progress=False),
+        vocab_size=1200,
+        specials=SPECIALS + bytes_,
+        model=models.BPE(byte_fallback=True, unk_token="[UNK]"),
+        pre_tokenizer=pre_tokenizers.Metaspace(),
+        decoder=decoders.Metaspace(),
+        alphabet=(),
     )
     save("sentencepiece", sentencepiece)
 
@@ -224,7 +220,8 @@ TEXT = st.one_of(
 def test_random_texts_get_the_reference_ids(fams, family):
     fast, reference = _open(fams[family], "gigatoken"), _open(fams[family], "hf")
 
-    @settings(max_examples=40, deadline=None, database=None)
+    # Runs for every tokenizer family, each text through both engines.
+    @settings(max_examples=examples(0.4), database=None)
     @given(st.lists(TEXT, max_size=6))
     def check(texts):
         assert _same(fast.encode_batch(texts)[0], reference.encode_batch(texts)[0])
@@ -415,18 +412,8 @@ def test_the_plugin_declares_its_engines():
 def test_characters_of_a_newer_unicode_go_to_the_reference(tmp_path):
     # U+A7CF was assigned in Unicode 16: gigatoken's split regex reads it as a letter, hf's as
     # punctuation, so the pre-tokens (and, with merges across them, the ids) differ.
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     rows = "".join(f'    "\ua7cf",\n    None,\n    "{chr(0x61 + i % 26)}",\n' for i in range(300))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([rows] * 20, trainer)
+    tok = train_bpe([rows] * 20, vocab_size=400)
     (tmp_path / "t").mkdir()
     spec = str(tmp_path / "t" / "tokenizer.json")
     tok.save(spec)

@@ -26,7 +26,7 @@ from gristmill.errors import DataError, MissingDependencyError
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.plugin.manager import get_manager
 from gristmill_sample import stdlib_modules
-from tests.helpers import tree_bytes
+from tests.helpers import examples, train_bpe, tree_bytes
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -67,17 +67,8 @@ def toks(tmp_path_factory) -> types.SimpleNamespace:
     root = tmp_path_factory.mktemp("tokenizers")
     corpus = _texts(0, 80)
 
-    bpe = tokenizers.Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
+    bpe = train_bpe(corpus, vocab_size=2000, specials=SPECIALS)
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus, trainer)
     (root / "bpe").mkdir()
     bpe.save(str(root / "bpe" / "tokenizer.json"))
 
@@ -358,9 +349,9 @@ CONTENT = (
 )
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Each example prepares a dataset with a transformers chat template: a quarter of the
+# profile's examples.
+@settings(max_examples=examples(0.25), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     turns=st.lists(
         st.tuples(st.sampled_from(["system", "user", "assistant"]), CONTENT),

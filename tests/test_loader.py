@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import gristmill
 from gristmill.errors import GristmillError
+from tests.helpers import examples
 from tests.test_sampling import SAMPLERS
 
 torch = pytest.importorskip("torch")
@@ -16,12 +17,8 @@ import gristmill.torch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("loader") / "ds"
-    src = out.with_suffix(".jsonl")
-    src.write_text("".join(f'{{"text": "document {i} {"x" * (i % 23)}"}}\n' for i in range(157)))
-    gristmill.prepare(src, out, progress=False)
-    return out
+def prepared(prepared_dataset):
+    return prepared_dataset([{"text": f"document {i} {'x' * (i % 23)}"} for i in range(157)])
 
 
 def _loader(path, rank, world, batch, **options):
@@ -49,9 +46,9 @@ def _run(loaders, steps=None):
     return out
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# Each example runs a whole epoch on every rank three times: a quarter of the profile's
+# examples.
+@settings(max_examples=examples(0.25), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     world=st.sampled_from([1, 2, 3, 4, 6]),
     batch=st.integers(1, 5),

@@ -20,14 +20,11 @@ SIZES = {"a": 50, "b": 200, "c": 30}
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mixture")
+def datasets(prepared_dataset):
     opened = {}
     for name, size in SIZES.items():
-        src = folder / f"{name}.jsonl"
-        src.write_text("".join(json.dumps({"text": f"{name}-{i}"}) + "\n" for i in range(size)))
-        gristmill.prepare(src, folder / name, progress=False)
-        opened[name] = gristmill.open_dataset(folder / name)  # one document per sample
+        path = prepared_dataset({name: [{"text": f"{name}-{i}"} for i in range(size)]})
+        opened[name] = gristmill.open_dataset(path)  # one document per sample
     return opened
 
 
@@ -79,7 +76,6 @@ def test_what_a_mixture_refuses(datasets):
     assert zero.counts.tolist() == [30, 0, 30]
 
 
-@settings(max_examples=150, deadline=None)
 @given(
     weights=st.lists(st.integers(0, 5), min_size=1, max_size=5).filter(any),
     total=st.integers(0, 500),
@@ -90,9 +86,7 @@ def test_apportion_is_exact_and_within_one_of_the_share(weights, total):
     assert counts.sum() == total and np.all(np.abs(counts - w * total) < 1)
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     weights=st.lists(st.integers(0, 4), min_size=3, max_size=3).filter(any),
     max_repeat=st.one_of(st.none(), st.integers(1, 3)),
@@ -114,10 +108,6 @@ def test_every_epoch_keeps_the_proportions_and_the_cap(datasets, weights, max_re
             assert len(np.unique(mine)) == size
 
 
-torch = pytest.importorskip("torch")
-import gristmill.torch  # noqa: E402
-
-
 def _keys(samples):
     return [(bytes(s["input_ids"].astype(np.int64)), bool(s.get("repeat", False))) for s in samples]
 
@@ -128,6 +118,9 @@ def _epoch(loaders):
 
 
 def test_a_loader_serves_and_resumes_a_mixture_like_one_dataset(datasets):
+    pytest.importorskip("torch", reason="the data loader needs torch (the min envs lack it)")
+    import gristmill.torch
+
     mix = gristmill.mixture(datasets, {"a": 0.5, "b": 0.3, "c": 0.2}, max_repeat=2)
 
     def loaders(world=2, **options):

@@ -8,20 +8,15 @@ import sys
 
 import pytest
 
-import gristmill
 from gristmill.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("plot")
-    src = folder / "docs.jsonl"
+def dataset(prepared_dataset):
     # Lengths over several powers of two, so the histogram has several buckets.
-    src.write_text("".join(json.dumps({"text": "x" * (3 + i * i)}) + "\n" for i in range(60)))
-    gristmill.prepare(src, folder / "ds", val_fraction=0.2, progress=False)
-    return folder / "ds"
+    return prepared_dataset([{"text": "x" * (3 + i * i)} for i in range(60)], val_fraction=0.2)
 
 
 def test_inspect_plot_writes_a_png_and_still_prints_the_report(dataset, tmp_path, capsys):

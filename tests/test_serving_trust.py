@@ -22,20 +22,13 @@ from tests.helpers import run_gristmill
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
+def pristine(prepared_dataset) -> Path:
     """Prompt/completion documents of 44 to 95 tokens, two shards, with loss masks: in 17 of the
     40 the prompt and its separator fill 64 tokens or more."""
-    folder = tmp_path_factory.mktemp("trust")
-    src = folder / "qa.jsonl"
-    src.write_text(
-        "".join(
-            json.dumps({"prompt": "q" * (40 + i * 37 % 40), "completion": f"a{i}" * (i % 5 + 1)})
-            + "\n"
-            for i in range(40)
-        )
-    )
-    gristmill.prepare(src, folder / "ds", tokens_per_shard=2000, progress=False)
-    return folder / "ds"
+    records = [
+        {"prompt": "q" * (40 + i * 37 % 40), "completion": f"a{i}" * (i % 5 + 1)} for i in range(40)
+    ]
+    return prepared_dataset({"qa": records}, tokens_per_shard=2000)  # beside it, qa.jsonl
 
 
 @pytest.fixture
@@ -287,9 +280,7 @@ def test_truncate_left_keeps_the_completion_of_a_long_document(ds, packer):
 def test_a_stream_truncates_from_the_left_as_open_dataset_does(ds, pristine):
     source = pristine.parent / "qa.jsonl"
     options = dict(seq_len=64, packer="none", overlong="truncate-left")
-    streamed = [
-        sample["input_ids"].tolist() for sample in gristmill.stream(source, **options)
-    ]
+    streamed = [sample["input_ids"].tolist() for sample in gristmill.stream(source, **options)]
     assert sorted(streamed) == sorted(_samples(gristmill.open_dataset(ds, **options)))
 
 

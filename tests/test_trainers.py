@@ -3,8 +3,6 @@ PyTorch loop that checkpoints the loader mid-epoch and resumes with identical ba
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import gristmill
@@ -16,18 +14,13 @@ from tests.test_collator import _model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "ds"
-    src = out.with_suffix(".jsonl")
-    src.write_text(
-        "".join(
-            json.dumps({"prompt": f"question {i}? " * (i % 5 + 1), "completion": f"answer {i}."})
-            + "\n"
+def dataset(prepared_dataset):
+    return prepared_dataset(
+        [
+            {"prompt": f"question {i}? " * (i % 5 + 1), "completion": f"answer {i}."}
             for i in range(200)
-        )
+        ]
     )
-    gristmill.prepare(src, out, progress=False)
-    return out
 
 
 def test_hugging_face_trainer_trains_on_packed_samples(dataset, tmp_path):

@@ -19,19 +19,12 @@ from tests.helpers import run_gristmill
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+def pristine(prepared_dataset):
     """A dataset of two shards with loss masks (prompt/completion)."""
-    folder = tmp_path_factory.mktemp("verify")
-    src = folder / "qa.jsonl"
-    src.write_text(
-        "".join(
-            json.dumps({"prompt": f"question {i}?", "completion": f"answer {i}" * (i % 7 + 1)})
-            + "\n"
-            for i in range(300)
-        )
-    )
-    gristmill.prepare(src, folder / "ds", tokens_per_shard=4000, progress=False)
-    return folder / "ds"
+    records = [
+        {"prompt": f"question {i}?", "completion": f"answer {i}" * (i % 7 + 1)} for i in range(300)
+    ]
+    return prepared_dataset(records, tokens_per_shard=4000)
 
 
 @pytest.fixture
