@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gristmill.options import LABELS
@@ -25,7 +25,6 @@ SEGMENT = st.integers(1, 40).flatmap(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(segments=st.lists(SEGMENT, min_size=1, max_size=8), restart=st.booleans())
 def test_segments_become_one_sample_exactly(segments, restart):
     parts = [
@@ -68,7 +67,6 @@ def _batch_of(samples, **options):
     return parts, build_samples(tokens, mask, lengths, [len(p) for p in parts], **options)
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     samples=st.lists(
         st.lists(SEGMENT | st.just(([], None)), min_size=1, max_size=5), min_size=1, max_size=6
@@ -87,7 +85,6 @@ def test_a_batch_builds_the_samples_one_by_one_would(samples, restart, labels):
             assert got[key].dtype == np.int64 and np.array_equal(got[key], want[key]), key
 
 
-@settings(max_examples=100, deadline=None)
 @given(
     samples=st.lists(st.lists(SEGMENT, min_size=1, max_size=4), min_size=1, max_size=8),
     labels=st.sampled_from(LABELS),
@@ -141,7 +138,6 @@ def test_a_buffer_is_handed_out_again_only_when_nothing_uses_it():
     assert len(bigger) == 10_000 and len(buffers.pool) == 2
 
 
-@settings(max_examples=50, deadline=None)
 @given(lengths=st.lists(st.integers(0, 12_000), max_size=6))
 def test_positions_count_up_from_zero_in_every_sequence_also_past_the_kept_counting(lengths):
     positions = np.full(sum(lengths), -1, np.int64)
