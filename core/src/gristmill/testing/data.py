@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections.abc import Callable
@@ -86,24 +87,23 @@ ENCODERS: dict[str, Callable[[list[dict[str, Any]]], bytes]] = {
 }
 
 
+PARQUET = (".parquet", ".pq")
+
+
 def default_writer(suffixes: tuple[str, ...]) -> Writer | None:
     """A writer for the first of these file suffixes the kit knows, or ``None``."""
-    for suffix in suffixes:
-        suffix = suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            return lambda folder, records, s=suffix: _written_parquet(folder / f"data{s}", records)
-        if suffix in ENCODERS:
-            return lambda folder, records, s=suffix: _written(folder / f"data{s}", records)
+    for suffix in (s.lower() for s in suffixes):
+        if suffix in ENCODERS or suffix in PARQUET:
+            return functools.partial(_write, suffix)
     return None
 
 
-def _written(path: Path, records: list[dict[str, Any]]) -> str:
-    path.write_bytes(ENCODERS[path.suffix](records))
-    return str(path)
-
-
-def _written_parquet(path: Path, records: list[dict[str, Any]]) -> str:
-    _parquet(path, records)
+def _write(suffix: str, folder: Path, records: list[dict[str, Any]]) -> str:
+    path = folder / f"data{suffix}"
+    if suffix in PARQUET:
+        _parquet(path, records)
+    else:
+        path.write_bytes(ENCODERS[suffix](records))
     return str(path)
 
 

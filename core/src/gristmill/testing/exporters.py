@@ -4,6 +4,7 @@ and is checked on one without; one that refuses that too is reported as a skip."
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -30,9 +31,8 @@ def _exported(record: ExporterType, context: Context, out: Path) -> Path:
 
     refusal = None
     for masks in (True, False):
-        source = context.once(
-            f"dataset-masks={masks}", lambda f, m=masks: dataset(f, context.manager, masks=m)
-        )
+        made = functools.partial(dataset, manager=context.manager, masks=masks)
+        source = context.once(f"dataset-masks={masks}", made)
         try:
             gristmill.export(source, out, to=record.name, progress=False, manager=context.manager)
         except DatasetError as exc:

@@ -28,7 +28,7 @@ SAMPLES: list[dict[str, Any]] = [
     },
     {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
 ]
-JUNK = (None, 0, 1.5, True, "", [], {})
+JUNK: tuple[Any, ...] = (None, 0, 1.5, True, "", [], {})
 
 
 def checks(record: FieldMapperType) -> dict[str, Check]:

@@ -22,7 +22,8 @@ from gristmill.plugin.components import Component
 from gristmill.plugin.manager import PluginManager
 from gristmill.testing import Unavailable
 
-Check = Callable[[Component, "Context"], None]
+# check(record, context): the record is of the kind the check is for.
+Check = Callable[[Any, "Context"], None]
 
 
 @dataclass

@@ -128,16 +128,14 @@ def check_files(record: ShardFormatType, context: Context) -> None:
 
 
 def check_verify(record: ShardFormatType, context: Context) -> None:
+    verify = record.verify
+    assert verify is not None  # the check is only made for a format that offers it
     folder, dtype = context.folder(), np.dtype(np.uint16)
     docs = documents(dtype)
     top = max(int(ids.max()) for ids, _ in docs)
     shards = write(record, folder, docs, dtype=dtype)
     for shard in shards:
-        problems = list(record.verify(folder, shard, dtype=dtype.name, vocab_size=top + 1))
+        problems = list(verify(folder, shard, dtype=dtype.name, vocab_size=top + 1))
         assert not problems, f"intact shard reported: {problems}"
-    found = [
-        p
-        for shard in shards
-        for p in record.verify(folder, shard, dtype=dtype.name, vocab_size=top)
-    ]
+    found = [p for shard in shards for p in verify(folder, shard, dtype=dtype.name, vocab_size=top)]
     assert found, f"ids up to {top} are past a vocabulary of {top}, and verify found nothing"

@@ -106,6 +106,7 @@ def check_save_load(record: TokenizerType, context: Context) -> None:
         assert getattr(loaded, name) == getattr(tokenizer, name), f"{name} changed on reload"
     assert _encoded(loaded, TEXTS) == _encoded(tokenizer, TEXTS), "the reloaded copy's ids differ"
     if isinstance(tokenizer, HasFingerprint):
+        assert isinstance(loaded, HasFingerprint), "the reloaded copy has no fingerprint()"
         assert loaded.fingerprint() == tokenizer.fingerprint(), "the fingerprint changed on reload"
 
 
