@@ -139,9 +139,9 @@ def _shifted(
     targets = np.ones(len(tokens), bool)
     targets[[lo for lo, _ in spans]] = False
     rows = _rows(buffers, token_at[-1])
-    np.compress(inputs, full[0], out=rows[0])
-    np.compress(targets, full[1], out=rows[1])
-    np.compress(inputs, full[2], out=rows[2])
+    rows[0] = full[0][inputs]
+    rows[1] = full[1][targets]
+    rows[2] = full[2][inputs]
     seq_lens = np.array([n for sample in kept for n in sample], np.int64)
     return SampleBatch(rows, seq_lens, token_at, seq_at)
 
@@ -237,13 +237,18 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
 
     ``rows`` is ``(3, tokens)`` int64: the ``input_ids``, ``labels`` and ``position_ids`` of every
     sample, concatenated (:data:`ROWS`; also :attr:`input_ids`, :attr:`labels` and
-    :attr:`position_ids`); ``seq_lens`` is every sample's sequence lengths, concatenated. Sample
-    ``k`` is columns ``bounds[k]:bounds[k + 1]`` of ``rows`` (:meth:`rows_of`) and values
-    ``seq_bounds[k]:seq_bounds[k + 1]`` of ``seq_lens`` (:meth:`seq_lens_of`); both lists start
-    at 0. ``batch[k]`` is it as a dict of views (with ``repeat: True`` for a sample in
-    ``repeats``); :meth:`split` cuts the batch into smaller ones over the same arrays; a consumer
-    that knows this class takes the arrays whole.
+    :attr:`position_ids`); ``seq_lens`` is every sample's sequence lengths, concatenated.
+    :meth:`lengths` gives each sample's tokens, :meth:`rows_of` and :meth:`seq_lens_of` a sample's
+    part of both (views). ``batch[k]`` is sample ``k`` as a dict of views (with ``repeat: True``
+    for a sample in ``repeats``); :meth:`split` cuts the batch into smaller ones over the same
+    arrays; a consumer that knows this class takes the arrays whole.
+
+    Made from ``rows`` and ``seq_lens`` that hold sample ``k`` at columns ``bounds[k]`` to
+    ``bounds[k + 1]`` and values ``seq_bounds[k]`` to ``seq_bounds[k + 1]`` (what lies outside
+    belongs to other batches cut from the same arrays).
     """
+
+    __slots__ = ("_at", "_rows", "_seq_at", "_seq_lens", "repeats")
 
     def __init__(
         self,
@@ -253,35 +258,51 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         seq_bounds: list[int],
         repeats: frozenset[int] = frozenset(),
     ):
-        self.rows, self.seq_lens = rows, seq_lens
-        self.bounds, self.seq_bounds, self.repeats = bounds, seq_bounds, repeats
+        self._rows, self._seq_lens = rows, seq_lens
+        self._at, self._seq_at, self.repeats = bounds, seq_bounds, repeats
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows[:, self._at[0] : self._at[-1]]
+
+    @property
+    def seq_lens(self) -> np.ndarray:
+        return self._seq_lens[self._seq_at[0] : self._seq_at[-1]]
 
     @property
     def input_ids(self) -> np.ndarray:
-        return self.rows[0]
+        return self._rows[0, self._at[0] : self._at[-1]]
 
     @property
     def labels(self) -> np.ndarray:
-        return self.rows[1]
+        return self._rows[1, self._at[0] : self._at[-1]]
 
     @property
     def position_ids(self) -> np.ndarray:
-        return self.rows[2]
+        return self._rows[2, self._at[0] : self._at[-1]]
+
+    @property
+    def num_tokens(self) -> int:
+        return self._at[-1] - self._at[0]
+
+    @property
+    def num_sequences(self) -> int:
+        return self._seq_at[-1] - self._seq_at[0]
 
     def lengths(self) -> list[int]:
         """Each sample's tokens."""
-        return [hi - lo for lo, hi in pairwise(self.bounds)]
+        return [hi - lo for lo, hi in pairwise(self._at)]
 
     def rows_of(self, k: int) -> np.ndarray:
-        """Sample ``k``'s ``(3, tokens)`` rows: a view of :attr:`rows`."""
-        return self.rows[:, self.bounds[k] : self.bounds[k + 1]]
+        """Sample ``k``'s ``(3, tokens)`` rows."""
+        return self._rows[:, self._at[k] : self._at[k + 1]]
 
     def seq_lens_of(self, k: int) -> np.ndarray:
-        """Sample ``k``'s sequence lengths: a view of :attr:`seq_lens`."""
-        return self.seq_lens[self.seq_bounds[k] : self.seq_bounds[k + 1]]
+        """Sample ``k``'s sequence lengths."""
+        return self._seq_lens[self._seq_at[k] : self._seq_at[k + 1]]
 
     def __len__(self) -> int:
-        return len(self.bounds) - 1
+        return len(self._at) - 1
 
     @overload
     def __getitem__(self, k: int) -> dict[str, np.ndarray]: ...
@@ -314,27 +335,29 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         return frozenset(k - start for k in self.repeats if start <= k < end)
 
     def split(self, sizes: Iterable[int]) -> list[SampleBatch]:
-        """Consecutive batches of ``sizes`` samples each (adding up to ``len(self)``), their
-        arrays views of these."""
-        parts = []
-        for a, b in pairwise(self.cuts(sizes)):
-            lo, hi, s0, s1 = self.bounds[a], self.bounds[b], self.seq_bounds[a], self.seq_bounds[b]
-            parts.append(
-                SampleBatch(
-                    self.rows[:, lo:hi],
-                    self.seq_lens[s0:s1],
-                    [at - lo for at in self.bounds[a : b + 1]],
-                    [at - s0 for at in self.seq_bounds[a : b + 1]],
-                    self.repeats_in(a, b),
-                )
+        """Consecutive batches of ``sizes`` samples each (adding up to ``len(self)``), over the
+        same arrays."""
+        rows, seq_lens, at, seq_at = self._rows, self._seq_lens, self._at, self._seq_at
+        none: frozenset[int] = frozenset()
+        return [
+            SampleBatch(
+                rows,
+                seq_lens,
+                at[a : b + 1],
+                seq_at[a : b + 1],
+                self.repeats_in(a, b) if self.repeats else none,
             )
-        return parts
+            for a, b in pairwise(self.cuts(sizes))
+        ]
 
     def with_repeats(self, repeats: Iterable[int]) -> SampleBatch:
-        """The same samples, those in ``repeats`` marked as served again to keep ranks in step:
-        their labels all -100, and ``repeat`` set (see :func:`gristmill.torch.ranks.as_repeat`)."""
+        """The same samples in arrays of their own, those in ``repeats`` marked as served again
+        to keep ranks in step: their labels all -100, and ``repeat`` set (see
+        :func:`gristmill.torch.ranks.as_repeat`)."""
         marked = frozenset(repeats) | self.repeats
-        rows = self.rows.copy()
+        bounds = [at - self._at[0] for at in self._at]
+        seq_bounds = [at - self._seq_at[0] for at in self._seq_at]
+        batch = SampleBatch(self.rows.copy(), self.seq_lens.copy(), bounds, seq_bounds, marked)
         for k in marked:
-            rows[1, self.bounds[k] : self.bounds[k + 1]] = IGNORE_INDEX
-        return SampleBatch(rows, self.seq_lens.copy(), self.bounds, self.seq_bounds, marked)
+            batch.rows_of(k)[1] = IGNORE_INDEX
+        return batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -81,8 +81,8 @@ class Collator:
         made together (the loader fetches several steps at once): their arrays are the rows
         already, and a few torch calls cut every batch's tensors, where a dozen a batch cost
         more than the rest of loading it."""
+        parts = samples.split(sizes)
         if not self.padding_free:
-            parts = samples.split(sizes)
             block = None
             if torch.utils.data.get_worker_info() is not None:
                 # A worker hands each block of memory over apart: all of the batches in one.
@@ -90,20 +90,24 @@ class Collator:
             return [
                 _marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts
             ]
-        at = samples.cuts(sizes)
-        bounds, seq_bounds = samples.bounds, samples.seq_bounds
-        widths = [bounds[b] - bounds[a] for a, b in pairwise(at)]
-        counts = [seq_bounds[b] - seq_bounds[a] for a, b in pairwise(at)]
-        # Every batch's rows are views of the samples' (one storage): (3, 1, width) each.
-        rows = torch.from_numpy(samples.rows).unsqueeze(1).split(widths, 2)
+        widths = [part.num_tokens for part in parts]
+        counts = [part.num_sequences for part in parts]
+        # Every batch's rows are views of the samples' (one storage): (1, width) each.
+        keys = [
+            row.unsqueeze(0).split(widths, 1) for row in torch.from_numpy(samples.rows).unbind()
+        ]
         out_lens, starts = _lengths_and_starts(samples.seq_lens, counts)
         lens = samples.seq_lens.tolist()
         out = []
-        for b, first in enumerate(seq_bounds[k] for k in at[:-1]):
+        for b, (part, first) in enumerate(zip(parts, accumulate(counts, initial=0))):
             batch = self._row(
-                lens[first : first + counts[b]], widths[b], rows[b].unbind(), out_lens[b], starts[b]
+                lens[first : first + counts[b]],
+                widths[b],
+                [key[b] for key in keys],
+                out_lens[b],
+                starts[b],
             )
-            out.append(_marked(batch, samples.repeats_in(at[b], at[b + 1]), sizes[b]))
+            out.append(_marked(batch, part.repeats, len(part)))
         return out
 
     def _padded(
@@ -149,7 +153,7 @@ class Collator:
         lengths = samples.lengths()
         if room is None and not self.block_mask and len(set(lengths)) == 1:
             shape = (len(samples), lengths[0])
-            out = {key: row.view(shape) for key, row in zip(ROWS, torch.from_numpy(samples.rows))}
+            out = dict(zip(ROWS, torch.from_numpy(samples.rows).view(3, *shape).unbind()))
             out["seq_lens"] = torch.from_numpy(samples.seq_lens)
             out["attention_mask"] = torch.ones(shape, dtype=torch.int64)
             return out
