@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gristmill
+from gristmill.layout import MANIFEST
 from gristmill.options import LABELS
 from gristmill.plugin.overlong import POLICIES
 from gristmill.serve.samples import IGNORE_INDEX
@@ -23,34 +24,25 @@ KEYS = ("input_ids", "labels", "position_ids", "seq_lens")
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(prepared_dataset):
     """Three datasets in small shards: plain text (no masks), prompt/completion pairs (masked),
     and both (shards with masks and shards without), documents from 1 to about 400 tokens."""
-    root = tmp_path_factory.mktemp("batched")
     rng = np.random.default_rng(0)
-    text = root / "text.jsonl"
-    text.write_text(
-        "".join(
-            json.dumps({"text": f"d{i} " + "x" * int(rng.choice([0, 3, 40, 150, 400]))}) + "\n"
-            for i in range(60)
-        )
-    )
-    qa = root / "qa.jsonl"
-    qa.write_text(
-        "".join(
-            json.dumps({"prompt": f"q{i}? " + "p" * (i % 9), "completion": " a" * (i % 13 + 1)})
-            + "\n"
-            for i in range(60)
-        )
-    )
+    text = [{"text": f"d{i} " + "x" * int(rng.choice([0, 3, 40, 150, 400]))} for i in range(60)]
+    qa = [
+        {"prompt": f"q{i}? " + "p" * (i % 9), "completion": " a" * (i % 13 + 1)} for i in range(60)
+    ]
     out = {}
-    for name, sources in (("text", [text]), ("qa", [qa]), ("mixed", [text, qa])):
-        manifest = gristmill.prepare(sources, root / name, tokens_per_shard=300, progress=False)
-        shards = manifest["splits"]["train"]["shards"]
+    for name, files in (
+        ("text", {"text": text}),
+        ("qa", {"qa": qa}),
+        ("mixed", {"text": text, "qa": qa}),
+    ):
+        out[name] = prepared_dataset(files, tokens_per_shard=300)
+        shards = json.loads((out[name] / MANIFEST).read_text())["splits"]["train"]["shards"]
         assert len(shards) > 2
         masked = {"text": {False}, "qa": {True}, "mixed": {False, True}}[name]
         assert {shard["mask"] is not None for shard in shards} == masked
-        out[name] = root / name
     return out
 
 
@@ -113,9 +105,7 @@ def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
         assert np.array_equal(got[key], want[key]), key
 
 
-@settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     data=st.data(),
     name=st.sampled_from(["text", "qa", "mixed"]),
