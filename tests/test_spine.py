@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +200,11 @@ def test_documents_are_truncated_with_the_eos_kept_last(tmp_path, write_jsonl):
     assert manifest["provenance"]["truncated"] == 1
     # The completion fell beyond the limit: nothing left to train on.
     assert manifest["provenance"]["skipped"] == {"no-loss": 1}
+
+
+@pytest.mark.parametrize("module", ["gristmill", "gristmill.cli"])
+def test_the_command_runs_as_a_module(module):
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"gristmill {gristmill.__version__}"

@@ -1,0 +1,7 @@
+"""``python -m gristmill``: the ``gristmill`` command."""
+
+import sys
+
+from gristmill.cli.main import main
+
+sys.exit(main())
