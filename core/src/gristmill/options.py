@@ -22,7 +22,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from gristmill.errors import DataError, DatasetError, GristmillError
 from gristmill.plugin.arguments import check_int, is_integer
@@ -503,16 +503,19 @@ class ConvertOptions(ReadingOptions):
     )
 
 
+Result = TypeVar("Result")
+
+
 def takes(
     options_type: type[Options], *, positional: tuple[str, ...] = ()
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
     """The public form of a call written as ``function(ARGUMENTS, options, *, KEYWORDS)``: it
     takes the fields of ``options_type`` as keyword arguments (those in ``positional`` also by
     position, after ``ARGUMENTS``) and makes the options object before ``function`` runs. Its
     signature (``inspect.signature``, ``help()``) lists the fields with their defaults, and a
     wrong argument raises the ``TypeError`` a plain signature would."""
 
-    def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(function: Callable[..., Result]) -> Callable[..., Result]:
         own = inspect.signature(function)
         leading = [p for p in own.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
         trailing = [p for p in own.parameters.values() if p.kind is p.KEYWORD_ONLY]
@@ -538,7 +541,7 @@ def takes(
         )
 
         @functools.wraps(function)
-        def call(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Result:
             try:
                 arguments = signature.bind(*args, **kwargs).arguments
             except TypeError as exc:
