@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, pairwise
 from typing import NamedTuple, overload
 
@@ -65,8 +65,8 @@ def build_samples(
     ``input_ids``.
 
     A few array operations build the whole batch (a :class:`SampleBatch`); only the cut into
-    samples runs once per sample, and only when a sample is asked for. Its rows come from
-    ``buffers`` when given (see :class:`Buffers`).
+    samples runs once per sample, and only when a sample is asked for. Its arrays share one
+    buffer, from ``buffers`` when given (see :class:`Buffers`).
     """
     seg_lens = np.asarray(seg_lens, np.int64)
     ends = seg_lens.cumsum()
@@ -81,11 +81,12 @@ def build_samples(
         seq_lens, seq_at = np.diff(token_at), list(range(len(token_at)))
         starts = np.array(token_at[:-1], np.int64)
     unshifted = _Cut(token_at, seq_at, seq_lens.tolist(), starts[seq_lens > 0])
+    take = buffers.take if buffers is not None else _exactly
     if labels == "shifted":
-        return _shifted(tokens, mask, unshifted, buffers)
-    rows = _rows(buffers, token_at[-1])
+        return _shifted(tokens, mask, unshifted, take)
+    rows, out_lens, spare = _arrays(take, token_at[-1], seq_lens)
     _fill(rows, tokens, mask, unshifted)
-    return SampleBatch(rows, np.array(seq_lens, np.int64), token_at, seq_at)
+    return SampleBatch(rows, out_lens, token_at, seq_at, spare=spare)
 
 
 class _Cut(NamedTuple):
@@ -98,10 +99,19 @@ class _Cut(NamedTuple):
     firsts: np.ndarray
 
 
-def _rows(buffers: Buffers | None, width: int) -> np.ndarray:
-    """Uninitialised ``(3, width)`` int64 rows for a batch (see :data:`ROWS`)."""
-    flat = buffers.take(3 * width) if buffers is not None else np.empty(3 * width, np.int64)
-    return flat.reshape(3, width)
+def _arrays(
+    take: Callable[[int], np.ndarray], width: int, seq_lens: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's ``(3, width)`` rows (see :data:`ROWS`; uninitialised) and its ``seq_lens``, in
+    one int64 buffer of at least their size from ``take``; and the rest of that buffer."""
+    size = 3 * width + len(seq_lens)
+    buffer = take(size)
+    buffer[3 * width : size] = seq_lens
+    return buffer[: 3 * width].reshape(3, width), buffer[3 * width : size], buffer[size:]
+
+
+def _exactly(size: int) -> np.ndarray:
+    return np.empty(size, np.int64)
 
 
 def _fill(rows: np.ndarray, tokens: np.ndarray, mask: np.ndarray | None, cut: _Cut) -> None:
@@ -116,7 +126,7 @@ def _fill(rows: np.ndarray, tokens: np.ndarray, mask: np.ndarray | None, cut: _C
 
 
 def _shifted(
-    tokens: np.ndarray, mask: np.ndarray | None, cut: _Cut, buffers: Buffers | None
+    tokens: np.ndarray, mask: np.ndarray | None, cut: _Cut, take: Callable[[int], np.ndarray]
 ) -> SampleBatch:
     """The shifted samples of ``cut``: built unshifted first, then every sample's last input
     and first label dropped."""
@@ -138,12 +148,11 @@ def _shifted(
     inputs[[hi - 1 for _, hi in spans]] = False
     targets = np.ones(len(tokens), bool)
     targets[[lo for lo, _ in spans]] = False
-    rows = _rows(buffers, token_at[-1])
+    rows, seq_lens, spare = _arrays(take, token_at[-1], [n for sample in kept for n in sample])
     rows[0] = full[0][inputs]
     rows[1] = full[1][targets]
     rows[2] = full[2][inputs]
-    seq_lens = np.array([n for sample in kept for n in sample], np.int64)
-    return SampleBatch(rows, seq_lens, token_at, seq_at)
+    return SampleBatch(rows, seq_lens, token_at, seq_at, spare=spare)
 
 
 def carry_no_loss(
@@ -212,24 +221,26 @@ class Buffers:
         self.lock = threading.Lock()
 
     def take(self, size: int) -> np.ndarray:
-        """``size`` int64 values, uninitialised."""
+        """A buffer of ``size`` int64 values and a quarter as many to spare (at least),
+        uninitialised."""
         with self.lock:
             pool = self.pool
             for k in range(len(pool)):
                 # Two references (the pool's and the call's argument): nothing else holds it.
                 if sys.getrefcount(pool[k]) == 2:
-                    if len(pool[k]) < size:
+                    if len(pool[k]) < size + size // 4:
                         pool[k] = _room_for(size)
-                    return pool[k][:size]
+                    return pool[k]
             buffer = _room_for(size)
             if len(pool) < self.keep:
                 pool.append(buffer)
-            return buffer[:size]
+            return buffer
 
 
 def _room_for(size: int) -> np.ndarray:
-    # Room for a batch somewhat larger than this one: batch sizes vary a little.
-    return np.empty(size + size // 4, np.int64)
+    # Room to spare beside a batch (SampleBatch.spare), and for a later batch somewhat larger
+    # than this one (batch sizes vary a little).
+    return np.empty(size + size // 2, np.int64)
 
 
 class SampleBatch(Sequence[dict[str, np.ndarray]]):
@@ -245,10 +256,11 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
 
     Made from ``rows`` and ``seq_lens`` that hold sample ``k`` at columns ``bounds[k]`` to
     ``bounds[k + 1]`` and values ``seq_bounds[k]`` to ``seq_bounds[k + 1]`` (what lies outside
-    belongs to other batches cut from the same arrays).
+    belongs to other batches cut from the same arrays), and the ``spare`` memory of the buffer
+    they share (:meth:`spare`).
     """
 
-    __slots__ = ("_at", "_rows", "_seq_at", "_seq_lens", "repeats")
+    __slots__ = ("_at", "_rows", "_seq_at", "_seq_lens", "_spare", "repeats")
 
     def __init__(
         self,
@@ -257,9 +269,19 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         bounds: list[int],
         seq_bounds: list[int],
         repeats: frozenset[int] = frozenset(),
+        spare: np.ndarray | None = None,
     ):
-        self._rows, self._seq_lens = rows, seq_lens
+        self._rows, self._seq_lens, self._spare = rows, seq_lens, spare
         self._at, self._seq_at, self.repeats = bounds, seq_bounds, repeats
+
+    def spare(self) -> np.ndarray | None:
+        """The memory of the buffer that this batch's arrays share beyond them (int64,
+        uninitialised; ``None`` where there is none), to the first caller only: a consumer that
+        makes arrays of its own beside them keeps the batch one block of memory, which a
+        DataLoader worker hands over at once. A batch cut from another (:meth:`split`) has
+        none."""
+        spare, self._spare = self._spare, None
+        return spare
 
     @property
     def rows(self) -> np.ndarray:
@@ -357,7 +379,9 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         marked = frozenset(repeats) | self.repeats
         bounds = [at - self._at[0] for at in self._at]
         seq_bounds = [at - self._seq_at[0] for at in self._seq_at]
-        batch = SampleBatch(self.rows.copy(), self.seq_lens.copy(), bounds, seq_bounds, marked)
+        rows, seq_lens, spare = _arrays(_room_for, self.num_tokens, self.seq_lens)
+        rows[:] = self.rows
+        batch = SampleBatch(rows, seq_lens, bounds, seq_bounds, marked, spare)
         for k in marked:
             batch.rows_of(k)[1] = IGNORE_INDEX
         return batch

@@ -31,12 +31,13 @@ class Collator:
     Every batch also carries ``seq_lens`` concatenated over its samples (drop it before
     ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
     loader repeated to give every rank the same number of steps (their labels are all -100)
-    also carries ``repeat``, a bool per sample. The int64 tensors of a batch are views of one
-    buffer, so that a DataLoader worker hands it over as one block of shared memory. Samples of
-    :meth:`gristmill.serve.dataset.Dataset.batch` are not copied where their rows are the batch's
-    already: padding-free (whose ``seq_lens`` and ``cu_seqlens`` then share a small buffer of
-    their own), and (outside workers) padded with the 2-D mask when all are equally long, whose
-    mask is then a tensor of its own.
+    also carries ``repeat``, a bool per sample. In a DataLoader worker the int64 tensors of a
+    batch are views of one buffer (and so is ``cu_seqlens`` of a padding-free batch of a
+    gristmill dataset, in the memory its samples' buffer has to spare), so that the worker hands
+    it over as one block of shared memory. Samples of
+    :meth:`gristmill.serve.dataset.Dataset.batch` are not copied where their arrays are the
+    batch's already: padding-free, and (outside workers) padded with the 2-D mask when all are
+    equally long, whose mask is then a tensor of its own.
     """
 
     def __init__(
@@ -82,29 +83,42 @@ class Collator:
         already, and a few torch calls cut every batch's tensors, where a dozen a batch cost
         more than the rest of loading it."""
         parts = samples.split(sizes)
-        if not self.padding_free:
-            block = None
-            if torch.utils.data.get_worker_info() is not None:
-                # A worker hands each block of memory over apart: all of the batches in one.
-                block = _Block(sum(self._padded_size(part) for part in parts))
-            return [
-                _marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts
-            ]
+        # A DataLoader worker hands each block of memory over apart: all of the batches in one.
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if self.padding_free:
+            return self._rows_of(samples, parts, in_worker)
+        block = _Block(sum(self._padded_size(part) for part in parts)) if in_worker else None
+        return [_marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts]
+
+    def _rows_of(
+        self, samples: SampleBatch, parts: list[SampleBatch], in_worker: bool
+    ) -> list[dict[str, Any]]:
+        """The padding-free batches of ``parts`` (``samples`` split): views of the samples'
+        arrays and ``cu_seqlens``, which a worker puts in the memory their buffer has to spare
+        so that it hands them over as one block."""
         widths = [part.num_tokens for part in parts]
         counts = [part.num_sequences for part in parts]
-        # Every batch's rows are views of the samples' (one storage): (1, width) each.
-        keys = [
-            row.unsqueeze(0).split(widths, 1) for row in torch.from_numpy(samples.rows).unbind()
-        ]
-        out_lens, starts = _lengths_and_starts(samples.seq_lens, counts)
-        lens = samples.seq_lens.tolist()
+        n, need = samples.num_sequences, (samples.num_sequences + len(parts) + 1) // 2
+        spare = samples.spare() if in_worker else None
+        if spare is not None and len(spare) >= need:
+            room_np = spare[:need]
+            rows, lens, room = _one_storage([samples.rows, samples.seq_lens, room_np])
+        else:
+            room_np = np.empty(need, np.int64)
+            rows, lens, room = map(torch.from_numpy, (samples.rows, samples.seq_lens, room_np))
+        _cu_seqlens(samples.seq_lens, counts, room_np.view(np.int32)[: n + len(parts)])
+        # Every batch's rows: (1, width) views.
+        keys = [row.unsqueeze(0).split(widths, 1) for row in rows.unbind()]
+        lens_t = lens.split(counts)
+        starts = room.view(torch.int32)[: n + len(parts)].split([c + 1 for c in counts])
+        sizes = samples.seq_lens.tolist()
         out = []
         for b, (part, first) in enumerate(zip(parts, accumulate(counts, initial=0))):
             batch = self._row(
-                lens[first : first + counts[b]],
+                sizes[first : first + counts[b]],
                 widths[b],
                 [key[b] for key in keys],
-                out_lens[b],
+                lens_t[b],
                 starts[b],
             )
             out.append(_marked(batch, part.repeats, len(part)))
@@ -223,26 +237,47 @@ def _marked(batch: dict[str, Any], repeats: Collection[int], size: int) -> dict[
     return batch
 
 
-def _lengths_and_starts(
-    seq_lens: np.ndarray, counts: list[int]
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """The ``seq_lens`` of consecutive batches of ``counts`` sequences each (int64), and each
-    batch's ``cu_seqlens`` (where each of its sequences starts, then their total; int32), all
-    in one buffer: a DataLoader worker hands every buffer over apart."""
+def _cu_seqlens(seq_lens: np.ndarray, counts: list[int], out: np.ndarray) -> None:
+    """Into ``out`` (int32): the ``cu_seqlens`` of consecutive batches of ``counts`` sequences
+    of ``seq_lens`` each (where each of its sequences starts, then their total), in turn."""
     n, batches = len(seq_lens), len(counts)
-    flat = np.empty(n + (n + batches + 1) // 2, np.int64)
-    flat[:n] = seq_lens
     total = np.zeros(n + 1, np.int64)
     np.cumsum(seq_lens, out=total[1:])
     # Batch b's values are total[f_b : f_(b+1) + 1] - total[f_b], f_b its first sequence.
     firsts = np.fromiter(accumulate(counts, initial=0), np.int64, batches + 1)
     batch_of = np.repeat(np.arange(batches), np.diff(firsts) + 1)
-    starts = flat[n:].view(np.int32)[: n + batches]
     at = np.arange(n + batches) - batch_of
-    np.subtract(total[at], total[firsts[batch_of]], out=starts, casting="unsafe")
-    whole = torch.from_numpy(flat)
-    lens = whole[:n].split(counts)
-    return lens, whole[n:].view(torch.int32)[: n + batches].split([c + 1 for c in counts])
+    np.subtract(total[at], total[firsts[batch_of]], out=out, casting="unsafe")
+
+
+def _one_storage(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """Tensors over int64 ``arrays`` that are views of one buffer, as views of one storage
+    (the span of the buffer that holds them), which a DataLoader worker hands over at once;
+    over arrays of several buffers, one each."""
+    owner = arrays[0].base
+    if (
+        not isinstance(owner, np.ndarray)
+        or owner.dtype != np.int64
+        or not owner.flags.c_contiguous
+        or any(array.base is not owner for array in arrays)
+    ):
+        return [torch.from_numpy(array) for array in arrays]
+    base = owner.reshape(-1)
+    origin = base.__array_interface__["data"][0]
+    at = [(array.__array_interface__["data"][0] - origin) // 8 for array in arrays]
+    lo = min(at)
+    whole = torch.from_numpy(base[lo : max(k + _extent(a) for k, a in zip(at, arrays))])
+    return [
+        whole.as_strided(a.shape, [step // 8 for step in a.strides], k - lo)
+        for k, a in zip(at, arrays)
+    ]
+
+
+def _extent(array: np.ndarray) -> int:
+    """The int64 values from ``array``'s first to its last, both included (0 if empty)."""
+    if not array.size:
+        return 0
+    return sum((n - 1) * step for n, step in zip(array.shape, array.strides)) // 8 + 1
 
 
 class _Block:
