@@ -1,7 +1,7 @@
 """Safety: nothing gristmill reads runs code. No pickle in the format or the cache, a Hub
 dataset's loading script and a tokenizer's custom code are never executed, and every file a
-manifest names stays inside the dataset (tests/test_verify.py) unless a plugin is blocked by name
-(tests/test_plugins.py)."""
+manifest names stays inside the dataset (tests/store/test_verify.py) unless a plugin is blocked by name
+(tests/plugin/test_plugins.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and only one record batch is turned into Python dicts at once. The batch size fo
 group's own uncompressed size, so files with very wide rows get small batches.
 
 pyarrow is imported inside the functions that need it, never at module import: see
-``tests/test_import_cheap.py``.
+``tests/plugin/test_import_cheap.py``.
 """
 
 from __future__ import annotations

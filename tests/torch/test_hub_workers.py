@@ -18,7 +18,7 @@ datasets = pytest.importorskip("datasets")
 torch = pytest.importorskip("torch")
 pq = pytest.importorskip("pyarrow.parquet")
 import gristmill.torch  # noqa: E402
-from tests.test_distributed import _data, _identity, _launch, _step  # noqa: E402
+from tests.torch.test_distributed import _data, _identity, _launch, _step  # noqa: E402
 
 ROWS = 24  # records per data file
 LAYOUTS = {  # name: (format, data files)

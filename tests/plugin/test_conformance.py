@@ -35,7 +35,7 @@ HAS = {m: importlib.util.find_spec(m) is not None for m in ("zstandard", "pyarro
 
 # Sources that cannot serve arbitrary records, and why.
 EXEMPT = {
-    "sample": "serves the installed standard library, not given data (tests/test_sources.py)",
+    "sample": "serves the installed standard library, not given data (tests/ingest/test_sources.py)",
 }
 
 

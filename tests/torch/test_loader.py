@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import gristmill
 from gristmill.errors import GristmillError
 from tests.helpers import examples
-from tests.test_sampling import SAMPLERS
+from tests.serve.test_sampling import SAMPLERS
 
 torch = pytest.importorskip("torch")
 import gristmill.torch  # noqa: E402
@@ -124,7 +124,7 @@ def test_a_state_from_another_run_is_refused(prepared):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_loader_rebuilt_from_its_parts_is_refused(prepared, workers):
-    """accelerate's prepare (tests/test_trainers.py) rebuilds a loader from its dataset and
+    """accelerate's prepare (tests/torch/test_trainers.py) rebuilds a loader from its dataset and
     batch sampler: it would serve lists of batches, or shard the rank's steps again."""
     loader = _loader(prepared, 0, 1, 4, num_workers=workers, persistent_workers=bool(workers))
     first = _run([loader], steps=3)

@@ -10,7 +10,7 @@ import gristmill
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import gristmill.torch  # noqa: E402
-from tests.test_collator import _model  # noqa: E402
+from tests.torch.test_collator import _model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ surrogates) with raw bytes (BOMs, CRLF, NUL, invalid UTF-8) and compressed strea
 short or damaged). ``GRISTMILL_FUZZ_EXAMPLES`` sets the examples per test, else the hypothesis
 profile does (tests/conftest.py): few under ``dev`` and ``ci``, so that CI stays within seconds;
 ``tox -e fuzz`` runs the ``nightly`` profile, 20 times as many as ``ci``, and then the atheris
-harness at the bottom of this file (``python tests/test_fuzz.py -runs=N``) when atheris is
+harness at the bottom of this file (``python tests/ingest/test_fuzz.py -runs=N``) when atheris is
 installed.
 """
 
@@ -984,10 +984,6 @@ def atheris_main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(atheris_main(sys.argv))
-
-
 def test_the_zstandard_inputs_run_where_zstandard_is_installed():
     """The .zst inputs join the tests above only where zstandard is installed: say so here,
     rather than leave them out unseen."""
@@ -998,3 +994,7 @@ def test_the_zstandard_inputs_run_where_zstandard_is_installed():
     assert (
         zstandard.ZstdDecompressor().decompress(zstandard.ZstdCompressor().compress(b"x")) == b"x"
     )
+
+
+if __name__ == "__main__":
+    sys.exit(atheris_main(sys.argv))

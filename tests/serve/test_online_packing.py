@@ -18,7 +18,7 @@ from gristmill.serve.samples import build_sample
 from gristmill_concat_chunk import ConcatChunkPacker
 from gristmill_greedy_stream import GreedyStreamPacker
 from gristmill_none_packer import NonePacker
-from tests.test_packing import SEQ_LENS, _check, _samples
+from tests.serve.test_packing import SEQ_LENS, _check, _samples
 
 LENGTHS = st.lists(st.integers(0, 5000), max_size=300)
 

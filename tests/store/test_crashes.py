@@ -19,7 +19,7 @@ import pytest
 
 from gristmill.layout import TASKS_DIR
 from tests.helpers import alive, children, kill_when, run_gristmill, tree_bytes
-from tests.test_parallel import big_source  # noqa: F401 (a fixture)
+from tests.store.test_parallel import big_source  # noqa: F401 (a fixture)
 
 PR_CAPBSET_DROP = 24  # linux/prctl.h
 

@@ -21,7 +21,7 @@ from gristmill.config import PREPARE, SECTIONS, ConfigError, from_config, refere
 from gristmill.errors import MissingDependencyError
 from tests.helpers import run_gristmill
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # The same run, written as TOML and as YAML. {src} and {out} are filled in per test.
 TOML = """\
@@ -403,7 +403,7 @@ def test_a_trainer_built_from_a_config(prepared, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from tests.test_collator import _model
+    from tests.torch.test_collator import _model
 
     config = from_config(
         _write(
