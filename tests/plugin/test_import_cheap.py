@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -51,3 +52,34 @@ def test_import_and_plugin_listing_import_no_heavy_library():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "HEAVY:", result.stdout
+
+
+CORE_SIDES = ("gristmill.ingest", "gristmill.store", "gristmill.serve", "gristmill.torch")
+PLUGIN_PROBE = """
+import importlib, json, sys
+from importlib.metadata import entry_points
+
+loaded = dict()
+for entry in entry_points(group="gristmill"):
+    before = set(sys.modules)
+    importlib.import_module(entry.value.partition(":")[0])
+    loaded[entry.name] = sorted(
+        m for m in set(sys.modules) - before if m.startswith({sides!r})
+    )
+print(json.dumps(loaded))
+"""
+
+
+def test_importing_a_plugin_loads_neither_the_read_nor_the_write_side():
+    """A plugin's ``from gristmill import hookimpl`` and its kit imports stay cheap: listing
+    plugins, or a worker that loads one, does not pay for prepare's or the loader's modules."""
+    result = subprocess.run(
+        [sys.executable, "-c", PLUGIN_PROBE.format(sides=CORE_SIDES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert len(loaded) >= 18
+    assert {name: mods for name, mods in loaded.items() if mods} == {}
