@@ -178,7 +178,11 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("directory", metavar="DIR", help="dataset directory")
     v.add_argument("--json", action="store_true", help="print one JSON object instead")
-    v.add_argument(
+    _add_progress(v)
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -213,12 +217,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         "as JSON where it is JSON (true, 8, [1, 2]), else as text; repeat for several",
     )
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
-    e.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: only on a terminal)",
-    )
+    _add_progress(e)
 
 
 def _presets_parser(sub: argparse._SubParsersAction) -> None:
