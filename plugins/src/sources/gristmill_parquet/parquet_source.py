@@ -20,14 +20,12 @@ import numpy as np
 from gristmill.errors import DataError, MissingDependencyError
 from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, Where
 from gristmill.plugin.files import content_hash, is_compressed
+from gristmill.plugin.tables import balanced_bounds, batch_records, slice_rows, type_name
 
 if TYPE_CHECKING:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
 READ_BUFFER = 1 << 20  # bytes read at a time from a column chunk
-BATCH_BYTES = 8 << 20  # aim for record batches of about this many uncompressed bytes …
-MAX_BATCH_ROWS = 8192  # … but never more rows than this (each becomes a Python dict)
 
 HINT = "pip install 'gristmill[parquet]'"
 
@@ -135,7 +133,7 @@ class ParquetSource:
                 return
             if batch is None:
                 return
-            yield from self._batch_records(batch, row)
+            yield from batch_records(batch, self.spec, row, self.max_record_bytes)
             row += batch.num_rows
 
     def _damaged(self, group: int, first: int, rows: int, row: int, exc: Exception) -> Rejected:
@@ -153,35 +151,6 @@ class ParquetSource:
             rows=lost,
         )
 
-    def _batch_records(
-        self, batch: pa.RecordBatch, first: int
-    ) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
-        """The batch's rows as dicts; rows over the size limit as :class:`Rejected`, never decoded."""
-        # A batch that fits under the limit cannot hold a row over it: skip the per-row sizes.
-        if batch.nbytes <= self.max_record_bytes:
-            yield from self._plain(batch, first)
-            return
-        per_column = np.stack([_value_sizes(column) for column in batch.columns])
-        sizes = per_column.sum(axis=0)
-        start = 0
-        for bad in np.flatnonzero(sizes > self.max_record_bytes):
-            yield from self._plain(batch.slice(start, bad - start), first + start)
-            column = batch.schema.names[int(per_column[:, bad].argmax())]
-            yield Rejected(
-                "too-large",
-                f"the row holds about {int(sizes[bad]):,} bytes (most of them in column "
-                f"{column!r}), more than {self.max_record_bytes:,}; raise --max-record-bytes if "
-                "such records are expected",
-                Where(self.spec, first + int(bad), unit="row"),
-                field=column,
-            )
-            start = int(bad) + 1
-        yield from self._plain(batch.slice(start), first + start)
-
-    def _plain(self, batch: pa.RecordBatch, first: int) -> Iterator[tuple[dict[str, Any], Where]]:
-        for i, record in enumerate(batch.to_pylist()):
-            yield record, Where(self.spec, first + i, unit="row")
-
     # --- describing and splitting ----------------------------------------------------------------
 
     def schema(self) -> dict[str, str]:
@@ -195,7 +164,7 @@ class ParquetSource:
             columns = self._projection(pf)
             schema = pf.schema_arrow
             names = columns if columns is not None else schema.names
-            return {name: _type_name(schema.field(name).type) for name in names}
+            return {name: type_name(schema.field(name).type) for name in names}
 
     def split(self, pieces: int) -> list[ParquetSource]:
         """Runs of contiguous row groups of about equal uncompressed size, in file order."""
@@ -210,7 +179,7 @@ class ParquetSource:
         if n <= 1:
             return [self]
         # Weigh by bytes so that pieces cost about the same; an empty group still weighs 1.
-        bounds = _balanced_bounds([max(1, m.total_byte_size) for m in metas], n)
+        bounds = balanced_bounds([max(1, m.total_byte_size) for m in metas], n)
         firsts = np.cumsum([self.first_row] + [m.num_rows for m in metas])
         return [
             ParquetSource(
@@ -280,91 +249,4 @@ class ParquetSource:
     def _batch_rows(self, meta: pq.RowGroupMetaData) -> int:
         if self.batch_size:
             return int(self.batch_size)
-        per_row = meta.total_byte_size / max(1, meta.num_rows)
-        return int(min(MAX_BATCH_ROWS, max(1, BATCH_BYTES // max(1.0, per_row))))
-
-
-def _balanced_bounds(weights: Sequence[int], n: int) -> list[int]:
-    """``n + 1`` increasing cut points over ``weights`` (``n <= len``): pieces of near-equal weight.
-
-    Each cut goes to the boundary nearest its share of the total, then moves just enough that
-    every piece keeps at least one item: asking for ``n`` pieces gives ``n`` whenever it can.
-    """
-    cumulative = np.concatenate([[0], np.cumsum(weights)])
-    count = len(weights)
-    bounds = [0]
-    for k in range(1, n):
-        target = cumulative[-1] * k / n
-        nearest = int(np.abs(cumulative - target).argmin())
-        bounds.append(min(max(nearest, bounds[-1] + 1), count - (n - k)))
-    return [*bounds, count]
-
-
-def _value_sizes(array: pa.Array) -> np.ndarray:
-    """Approximate bytes of each value of ``array`` (int64), computed on whole buffers.
-
-    Strings and binaries count their lengths, nested values the sum of their children, fixed
-    width values their width; anything else the array's average.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    kind, n = array.type, len(array)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    if pa.types.is_dictionary(kind):
-        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False)
-        sizes = _value_sizes(array.dictionary)[indices]
-        return np.where(array.is_null().to_numpy(zero_copy_only=False), 0, sizes)
-    if (
-        pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or pa.types.is_binary(kind)
-        or pa.types.is_large_binary(kind)
-    ):
-        lengths = pc.binary_length(array).fill_null(0)
-        return lengths.to_numpy(zero_copy_only=False).astype(np.int64)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
-        offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-        child = array.values.slice(offsets[0], offsets[-1] - offsets[0])
-        total = np.concatenate([[0], np.cumsum(_value_sizes(child))])
-        offsets -= offsets[0]
-        return total[offsets[1:]] - total[offsets[:-1]]
-    if pa.types.is_fixed_size_list(kind):
-        width = kind.list_size
-        child = array.values.slice(array.offset * width, n * width)
-        return _value_sizes(child).reshape(n, width).sum(axis=1)
-    if pa.types.is_struct(kind):
-        sizes = np.zeros(n, np.int64)
-        for child in array.flatten():
-            sizes += _value_sizes(child)
-        return sizes
-    try:
-        bits = kind.bit_width
-    except ValueError:  # not fixed width: fall back to the average
-        return np.full(n, array.nbytes // n, np.int64)
-    return np.full(n, (bits + 7) // 8, np.int64)
-
-
-def _type_name(kind: pa.DataType) -> str:
-    """The type as text, with encodings that read to the same Python values made equal."""
-    return str(_plain_type(kind))
-
-
-def _plain_type(kind: pa.DataType) -> pa.DataType:
-    import pyarrow as pa
-
-    types = pa.types
-    if types.is_dictionary(kind):
-        return _plain_type(kind.value_type)
-    if types.is_large_string(kind) or getattr(types, "is_string_view", bool)(kind):
-        return pa.string()
-    if types.is_large_binary(kind) or getattr(types, "is_binary_view", bool)(kind):
-        return pa.binary()
-    if types.is_map(kind):
-        return pa.map_(_plain_type(kind.key_type), _plain_type(kind.item_type))
-    if types.is_list(kind) or types.is_large_list(kind):
-        return pa.list_(_plain_type(kind.value_type))
-    if types.is_struct(kind):
-        return pa.struct([f.with_type(_plain_type(f.type)) for f in kind])
-    return kind
+        return slice_rows(meta.total_byte_size, meta.num_rows)
