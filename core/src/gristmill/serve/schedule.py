@@ -57,6 +57,15 @@ class Schedule:
         indices, repeats, _ = self.shares(range(step, step + 1), rank)
         return list(zip(indices.tolist(), repeats.tolist()))
 
+    def step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global batch ``step`` on every rank: its sample indices and whether each is a repeat,
+        ``(world_size, share)`` each, row ``r`` rank ``r``'s share (as :meth:`shares` gives it)."""
+        lo = step * self.global_batch
+        positions = np.arange(lo, min(lo + self.global_batch, self.served))
+        positions = positions.reshape(self.world_size, -1)
+        n = len(self.order)
+        return (self.order[positions % n] if n else positions), positions >= n
+
     def shares(self, steps: range, rank: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Rank ``rank``'s shares of global batches ``steps`` (consecutive), in one go: their
         sample indices concatenated, whether each is a repeat, and how many each step has."""

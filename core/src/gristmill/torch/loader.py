@@ -19,6 +19,7 @@ import torch
 from gristmill.errors import GristmillError
 from gristmill.plugin.arguments import check_int
 from gristmill.serve.dataset import Dataset
+from gristmill.serve.metrics import SampleFigures, sample_figures, step_metrics
 from gristmill.serve.mixture import Mixture
 from gristmill.serve.samples import SampleBatch
 from gristmill.serve.schedule import Schedule
@@ -145,6 +146,8 @@ class DataLoader(torch.utils.data.DataLoader):
         )
         self.epoch = self.step = 0
         self._schedule: tuple[int, Schedule] | None = None
+        self._last: tuple[Schedule, int] | None = None  # the step last handed out, for metrics()
+        self._figures: SampleFigures | None = None  # every sample's, at the first metrics()
         self.schedule()  # checks the sizes now, not at the first batch
         # Not collate_fn either: torch's is the identity, a chunk's batches come collated.
         self.collate = collate_fn or Collator()
@@ -167,6 +170,7 @@ class DataLoader(torch.utils.data.DataLoader):
     def __iter__(self) -> Iterator[Any]:
         epoch = self.epoch
         for batch in self._batches():
+            self._last = (self.schedule(), self.step)
             self.step += 1  # counted as handed out, not as prefetched
             yield batch
         if self.epoch == epoch:  # a whole pass: iterating again serves the next epoch
@@ -191,6 +195,30 @@ class DataLoader(torch.utils.data.DataLoader):
     @property
     def global_batch(self) -> int:
         return self.world_size * self.per_rank
+
+    def metrics(self, step: int | None = None) -> dict[str, int | float]:
+        """The packing figures of a step over every rank (their keys and meaning:
+        :mod:`gristmill.serve.metrics`): of the batch last handed out, or of ``step`` of the
+        current epoch, served or not. Computed from the epoch's plan on this rank alone, with
+        no collective; the first call finds every sample's figures (from the pack plan, and
+        from the loss masks where the split has them)."""
+        if step is None:
+            if self._last is None:
+                raise GristmillError(
+                    "no batch has been handed out yet: call metrics() after taking a batch, "
+                    "or name a step of the epoch with metrics(step)"
+                )
+            schedule, step = self._last
+        else:
+            schedule, step = self.schedule(), check_int("step", step, at_least=0)
+            if step >= schedule.steps:
+                raise GristmillError(
+                    f"step {step} is past the end of epoch {self.epoch}, which has "
+                    f"{schedule.steps} steps"
+                )
+        if self._figures is None:
+            self._figures = sample_figures(self.source)
+        return step_metrics(self._figures, *schedule.step(step))
 
     def state_dict(self) -> dict[str, Any]:
         """Where this loader is: resume with ``load_state_dict`` on any rank and any world size

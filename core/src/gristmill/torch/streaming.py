@@ -36,6 +36,7 @@ import torch
 
 from gristmill.errors import GristmillError
 from gristmill.plugin.arguments import check_int
+from gristmill.serve.metrics import batch_figures, summarize, with_repeats
 from gristmill.serve.samples import build_sample
 from gristmill.serve.stream import Stream, StreamStats, TokenizedChunk
 from gristmill.torch.collator import Collator
@@ -68,6 +69,19 @@ def redeal(work: Work, world_size: int) -> Work:
     depth = max(map(len, work), default=0)
     interleaved = [w[d] for d in range(depth) for w in work if d < len(w)]
     return [interleaved[r::world_size] for r in range(world_size)]
+
+
+def no_length() -> TypeError:
+    """What ``len()`` of a stream's loader raises: a TypeError, as for any object without a
+    length, which ``list()`` and the trainers that ask whether their data has one (Hugging Face's
+    ``has_length``, Lightning's ``has_len``) catch."""
+    return TypeError(
+        "a stream has no length: its samples are packed as its sources are read, so an epoch's "
+        "number of steps is known only once it ends. Tell the trainer how many steps to run "
+        "instead (Hugging Face Trainer: TrainingArguments(max_steps=N); Lightning: "
+        "Trainer(max_steps=N)), or prepare the data (gristmill prepare) and open it with "
+        "gristmill.open_dataset: its loader has a length"
+    )
 
 
 def _as_is(item: Any) -> Any:
@@ -183,6 +197,7 @@ class StreamLoader(torch.utils.data.DataLoader):
                 "more files"
             )
         self.set_epoch(0)
+        self._last: np.ndarray | None = None  # every rank's numbers of the step last served
         self.chunks = _Chunks(stream)
         super().__init__(
             self.chunks, batch_size=None, num_workers=num_workers, collate_fn=_as_is, **options
@@ -227,15 +242,16 @@ class StreamLoader(torch.utils.data.DataLoader):
         while True:
             batch = list(islice(samples, self.per_rank))
             where = (batch[-1][0], batch[-1][1] + 1) if batch else (len(mine), 0)
-            agreed = self._agree(len(batch), where)
+            served = [sample for _, _, sample in batch]
+            spare = served[-1] if served else spare or self._blank()
+            agreed = self._agree(len(batch), where, served, spare)
             real = agreed[:, 0]
             if real.max() == 0 or (self.drop_last_steps and real.min() < self.per_rank):
                 break  # the same decision on every rank: they all see the same numbers
             self.step += 1
-            self.at = [(int(i), int(k)) for i, k in agreed[:, 1:].tolist()]
-            served = [sample for _, _, sample in batch]
-            spare = served[-1] if served else spare
-            served += [as_repeat(spare or self._blank())] * (int(real.max()) - len(served))
+            self.at = [(int(i), int(k)) for i, k in agreed[:, 1:3].tolist()]
+            self._last = agreed
+            served += [as_repeat(spare)] * (int(real.max()) - len(served))
             yield self.collate(served)
         if self.epoch == epoch:  # a whole pass: iterating again serves the next epoch
             self.set_epoch(epoch + 1)
@@ -263,14 +279,42 @@ class StreamLoader(torch.utils.data.DataLoader):
                 if index >= skip:
                     yield item, index, sample
 
-    def _agree(self, count: int, where: tuple[int, int]) -> np.ndarray:
-        """Every rank's (real samples this step, item, samples served in it), rank by rank."""
-        mine = torch.tensor([count, *where], dtype=torch.int64)
+    def _agree(
+        self,
+        count: int,
+        where: tuple[int, int],
+        served: list[dict[str, Any]],
+        spare: dict[str, Any],
+    ) -> np.ndarray:
+        """Every rank's numbers, rank by rank: real samples this step, item, samples served in
+        it; then for metrics(), the figures of the real samples (``batch_figures``) and the
+        tokens and sequences of the sample its repeats copy."""
+        figures = [*batch_figures(served), len(spare["input_ids"]), len(spare["seq_lens"])]
+        mine = torch.tensor([count, *where, *figures], dtype=torch.int64)
         if self.world_size == 1:
             return mine.numpy()[None]
         gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
         torch.distributed.all_gather(gathered, mine, group=self.group)
         return torch.stack(gathered).numpy()
+
+    def metrics(self) -> dict[str, int | float]:
+        """The packing figures of the step last served, over every rank (their keys and
+        meaning: :mod:`gristmill.serve.metrics`). A stream packs as it reads, so no step is
+        known before it is served; the figures travel with the numbers the ranks exchange to
+        agree on every step (no collective of their own)."""
+        if self._last is None:
+            raise GristmillError(
+                "no batch has been served yet: call metrics() after taking a batch (a stream's "
+                "steps are known only as they are served)"
+            )
+        agreed = self._last
+        size = int(agreed[:, 0].max())
+        row = self.stream.seq_len and self.stream.seq_len - (self.stream.labels == "shifted")
+        table = with_repeats(agreed[:, [0, 3, 4, 5, 6, 7]], agreed[:, 8:], size, row)
+        return summarize(table)
+
+    def __len__(self) -> int:
+        raise no_length()
 
     def _blank(self) -> dict[str, np.ndarray]:
         """A stand-in for a rank that has served nothing yet this pass (two tokens of id 0)."""
