@@ -210,7 +210,7 @@ def test_inspect_reports_packing_efficiency_per_packer(tmp_path, write_jsonl):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["splits"]["train"]["packing"]
     by = {(r["packer"], r["seq_len"]): r for r in rows}
-    packers = ("concat-chunk", "first-fit", "greedy-stream", "none")
+    packers = ("concat-chunk", "first-fit", "greedy-stream", "none", "window")
     assert set(by) == {(p, n) for p in packers for n in (100, 256)}
     total = int(lengths.sum())
     for (packer, seq_len), row in by.items():

@@ -44,6 +44,12 @@ class Component:
     requires: str | None = None  # the extra that installs what it needs, e.g. "parquet"
     # The options a user may give: name (a Python identifier) -> one-line description.
     options: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # The option a number ending the name sets: with ``number_option="window"``, ``window-16``
+    # and ``window_16`` name this component with ``window=16`` (:meth:`PluginManager.get`).
+    number_option: str | None = None
+    # The options the name as typed set (``window_16``: ``{"window": 16}``); the manager fills
+    # this in, a plugin leaves it empty. :meth:`check_options` adds them to the user's.
+    named_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     kind: ClassVar[str] = "component"  # what the messages call it: "source", "field mapper"…
     creates: ClassVar[str] = ""  # the field holding the callable that receives the options
@@ -76,6 +82,10 @@ class Component:
         if not isinstance(self.options, Mapping):
             return [f"{what}: options must map each name to a one-line description"]
         out = []
+        if self.number_option is not None and self.number_option not in self.options:
+            out.append(
+                f"{what}: its number_option {self.number_option!r} is not an option it declares"
+            )
         for name, text in self.options.items():
             if not isinstance(name, str) or not name.isidentifier():
                 out.append(f"{what}: option name {name!r} is invalid: use a Python identifier")
@@ -92,11 +102,20 @@ class Component:
 
         Raises :class:`~gristmill.errors.OptionError` naming the component, the unknown key, the
         closest declared name and every declared one: a misspelt option must never be ignored.
+        The options the name set (``named_options``) are added; one given again with another
+        value is an error, since either choice would ignore the other.
         """
         given = dict(given or {})
         for key in given:
             if key not in self.options:
                 raise OptionError(self._unknown(key))
+        for key, value in self.named_options.items():
+            if key in given and given[key] != value:
+                raise OptionError(
+                    f"{self.kind} name {self.name}-{value} sets {key}={value!r}, but the "
+                    f"options give {key}={given[key]!r}: give it in one place"
+                )
+            given[key] = value
         return given
 
     def _unknown(self, key: Any) -> str:

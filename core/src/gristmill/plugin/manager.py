@@ -11,8 +11,10 @@ is handed the manager explicitly, so a caller's own manager is the one used all 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -252,18 +254,28 @@ class PluginManager:
     def get(self, kind: type[C], name: str) -> C:
         """The component ``name`` of one kind: ``get(PackerType, "first-fit")``.
 
+        ``name`` is read as users type it, for every kind alike: case and ``_`` for ``-`` do not
+        matter (``First_Fit`` is ``first-fit``), and a number ending it (``window_16``,
+        ``window-16``) names the component with its ``number_option`` set to that number: the
+        record returned carries it in ``named_options``, which ``check_options`` adds to the
+        user's options (and refuses beside a different value for it).
+
         Raises :class:`~gristmill.errors.PluginError` when two plugins register that name, and
         :class:`~gristmill.errors.UnknownComponentError` (listing what there is, and the plugins
         that failed to load) when none does.
         """
         kind = _checked(kind)
-        registry = self._build()
-        if (kind, name) in self.conflicts:
-            raise PluginError(self._conflict_message(kind, name))
-        record = registry[kind].get(name, (None, ""))[0]
-        if isinstance(record, kind):
-            return record
-        raise self.unknown_error(kind, name, f"no {kind.kind} named {name!r}")
+        registered = self._build()[kind]
+        spelled = _spelled(name, registered)
+        if spelled is None:
+            raise self.unknown_error(kind, name, _unknown_name(kind, name, registered))
+        found, named = spelled
+        if (kind, found) in self.conflicts:
+            raise PluginError(self._conflict_message(kind, found))
+        record = registered[found][0]
+        if not isinstance(record, kind):
+            raise self.unknown_error(kind, name, f"no {kind.kind} named {name!r}")
+        return dataclasses.replace(record, named_options=named) if named else record
 
     def provider(self, kind: type[Component], name: str) -> PluginInfo:
         """The plugin that registered a component."""
@@ -340,6 +352,35 @@ class PluginManager:
     preset = _Deprecated(records.PresetType)
     executor = _Deprecated(records.ExecutorType)
     exporter = _Deprecated(records.ExporterType)
+
+
+NUMBERED = re.compile(r"(?P<base>.+)-(?P<number>[0-9]+)")
+
+
+def _spelled(name: str, registered: Mapping[str, Any]) -> tuple[str, dict[str, int]] | None:
+    """The registered name that ``name`` spells, with the options a number ending it sets."""
+    if name in registered:
+        return name, {}
+    plain = name.lower().replace("_", "-")
+    if plain in registered:
+        return plain, {}
+    numbered = NUMBERED.fullmatch(plain)
+    if numbered is None or numbered["base"] not in registered:
+        return None
+    option = registered[numbered["base"]][0].number_option
+    if option is None:
+        return None
+    return numbered["base"], {option: int(numbered["number"])}
+
+
+def _unknown_name(kind: type[Component], name: str, registered: Mapping[str, Any]) -> str:
+    numbered = NUMBERED.fullmatch(name.lower().replace("_", "-"))
+    if numbered is not None and numbered["base"] in registered:
+        return (
+            f"no {kind.kind} named {name!r}: {kind.kind} {numbered['base']!r} takes no number "
+            "after its name"
+        )
+    return f"no {kind.kind} named {name!r}"
 
 
 def _problems(record_type: type[Component], results: list[Any]) -> list[str]:

@@ -83,8 +83,8 @@ class Dataset:
             self.path, splits[self.split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
         check_generation(self.path, self.manifest)  # the shards checked are the manifest's
-        self.packer = options.packer
         record = self.manager.get(PackerType, options.packer)
+        self.packer = record.name  # as registered: first_fit and first-fit share a cached plan
         self.packer_options = record.check_options(options.packer_options)
         self.restart = record.restart if options.restart is None else bool(options.restart)
         # The samples whose labels are all -100: served (no_loss="keep") or left out ("drop").
