@@ -2,7 +2,8 @@
 
     python bench/packing.py [--work /tmp/gristmill-bench] [--seq-len 2048[,4096,...]]
                             [--scales 1,4,16] [--repeat 3] [--overlong truncate|fragment]
-                            [--buffer-sizes 16,128,1024] [--trl-max-scale 16] [--json results.json]
+                            [--buffer-sizes 16,128,1024] [--windows 16,64]
+                            [--trl-max-scale 16] [--json results.json]
 
 The lengths are real: every function of this interpreter's standard library (its ``.py`` files,
 site-packages left out, sorted paths; files that do not parse are skipped) as a prompt/completion
@@ -38,6 +39,11 @@ documents taken in order, the same overlong rule), and ``concat-chunk`` on the 1
 token stream cut into seq_len windows: it serves every token, truncating none, so its bound is
 ceil(all tokens / seq_len)). Both are imported from their modules rather than found by name, so
 that an editable install made before their entry points runs them too.
+
+A third table sets the ``window`` packer at each of --windows (best fit among that many of the
+earliest documents not placed yet, filling one sample at a time in corpus order; imported the same
+way) beside ``first-fit``, with the same lengths, overlong rule, checks and timing: its samples,
+efficiency and seconds, and its seconds over first-fit's.
 
 Setup (the venv of ``bench/prepare.py``, plus TRL with torch pinned; TRL 1.16.0 brought only
 accelerate and changed nothing else):
@@ -246,6 +252,13 @@ def stream_packers(overlong: str, sizes: list[int]) -> dict[int, Any]:
     return {size: GreedyStreamPacker(overlong=overlong, buffer_size=size) for size in sizes}
 
 
+def window_packers(overlong: str, sizes: list[int]) -> dict[int, Any]:
+    """``window`` at each window size (imported, not found by name, as ``stream_packers``)."""
+    from gristmill_window import WindowPacker
+
+    return {size: WindowPacker(overlong=overlong, window=size) for size in sizes}
+
+
 def run_gristmill(packer: Any, lengths: np.ndarray, seq_len: int, repeat: int) -> Packed:
     best, plan = math.inf, None
     for _ in range(repeat):
@@ -436,6 +449,34 @@ def print_stream_table(rows: list[dict[str, Any]], chunked: list[dict[str, Any]]
         )
 
 
+def print_window_table(rows: list[dict[str, Any]]) -> None:
+    """The window packer at each window size beside first-fit, against the same bound."""
+    sizes = list(rows[0]["window"]) if rows else []
+    groups = f"{'':<{GROUPS}}{'| first-fit':<35}"
+    head = f"{LEAD}{'| samples':>11}{'eff':>9}{'over %':>9}{'s':>7}"
+    for size in sizes:
+        groups += f"{f'| window, {size}':<43}"
+        head += f"{'| samples':>11}{'eff':>9}{'over %':>9}{'s':>7}{'× ff':>7}"
+    print(f"\n{groups.rstrip()}\n{head}\n{'-' * len(head)}")
+    for r in rows:
+        g, bound = r["gristmill"], r["lower_bound"]
+        line = (
+            f"{lead(r)}{g['samples']:>11,}{g['efficiency']:>9.3%}"
+            f"{g['samples'] / bound - 1:>+9.3%}{g['seconds']:>7.3f}"
+        )
+        for size in sizes:
+            w = r["window"][size]
+            line += (
+                f"{w['samples']:>11,}{w['efficiency']:>9.3%}{w['samples'] / bound - 1:>+9.3%}"
+                f"{w['seconds']:>7.3f}{w['seconds'] / g['seconds']:>6.2f}×"
+            )
+        print(line)
+    print(f"  {BOUND_KEY}; over %: samples over the bound; s: seconds, best run")
+    print(
+        "  × ff: window seconds / first-fit seconds; window: documents the best fit chooses among"
+    )
+
+
 def check_targets(rows: list[dict[str, Any]], modes: list[str]) -> list[tuple[str, bool | None]]:
     """The issue's targets at seq_len 2048, each True (pass), False (fail) or None (not run)."""
     at = sorted((r for r in rows if r["seq_len"] == 2048), key=lambda r: r["scale"])
@@ -495,6 +536,9 @@ def main() -> None:
     parser.add_argument(
         "--buffer-sizes", type=ints, default=[16, 128, 1024], help="greedy-stream's (16,128,1024)"
     )
+    parser.add_argument(
+        "--windows", type=ints, default=[16, 64], help="the window packer's sizes (16,64)"
+    )
     parser.add_argument("--trl-max-scale", type=int, default=16, help="largest scale TRL runs at")
     parser.add_argument("--no-trl", action="store_true", help="gristmill only")
     parser.add_argument("--json", type=Path, help="also save the results here")
@@ -512,6 +556,7 @@ def main() -> None:
     )
     packer = gristmill_packer(args.overlong, notes)
     streaming = stream_packers(args.overlong, args.buffer_sizes)
+    windows = window_packers(args.overlong, args.windows)
     strategy = "bfd" if args.overlong == "truncate" else "bfd_split"
     pack_dataset = None if args.no_trl else import_trl(notes)
     modes = [] if args.no_trl else list(TRL_MODES)
@@ -538,6 +583,10 @@ def main() -> None:
                 size: measure(f"{scale}× greedy-stream, buffer {size}", online, *same)
                 for size, online in streaming.items()
             }
+            row["window"] = {
+                size: measure(f"{scale}× window, {size}", window, *same)
+                for size, window in windows.items()
+            }
             for mode in modes:
                 label = f"{TRL_LABELS[mode]} (seq_len {seq_len})"
                 if scale > args.trl_max_scale:
@@ -555,6 +604,7 @@ def main() -> None:
 
     print_table(rows, modes)
     print_stream_table(rows, chunked)
+    print_window_table(rows)
     targets = check_targets(rows, modes)
     print("\ntargets (the issue's, at seq_len 2048):")
     for text, ok in targets:
