@@ -1,4 +1,5 @@
-"""From examples to token documents: rendering, tokenizing in batches, loss masks, specials.
+"""From examples to token documents: rendering, tokenizing in batches, loss masks, specials;
+examples that already hold token ids are checked against the vocabulary and kept as they are.
 
 Also each document's identity (its digest) and its split, both from its content alone, so that
 they do not depend on how the input was cut into chunks.
@@ -7,9 +8,10 @@ they do not depend on how the input was cut into chunks.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,13 +60,23 @@ def encode(
 ) -> list[Encoded | Rejected]:
     """Per example: token ids, loss mask and whether it was truncated; or why not."""
     chat = tok if isinstance(tok, RendersChat) else None  # asked once: isinstance is slow
-    rendered = [_render(chat, example, where, train_on_prompt) for example, where in batch]
-    valid = [r for r in rendered if not isinstance(r, Rejected)]
-    encoded = iter(_encode_rendered(tok, valid, max_doc_tokens))
-    return [r if isinstance(r, Rejected) else next(encoded) for r in rendered]
+    prepared = [
+        _render(chat, example, where, train_on_prompt)
+        if example.input_ids is None
+        else _stored(tok, example, where, train_on_prompt, max_doc_tokens)
+        for example, where in batch
+    ]
+    rendered = [r for r in prepared if isinstance(r, Rendered)]
+    encoded = iter(_encode_rendered(tok, rendered, max_doc_tokens))
+    return [next(encoded) if isinstance(r, Rendered) else r for r in prepared]
 
 
-Rendered = tuple[str, tuple[tuple[int, int], ...], Where]  # text, loss spans, origin
+class Rendered(NamedTuple):
+    """An example as the text to tokenize, with the character spans that carry loss."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+    where: Where
 
 
 def _render(
@@ -73,9 +85,9 @@ def _render(
     """The text to tokenize and its loss spans: chat through the tokenizer's own template when
     it has one (``chat``), else the built-in templates of :meth:`Example.render`."""
     if example.messages is None or chat is None:
-        return (*example.render(train_on_prompt=train_on_prompt), where)
+        return Rendered(*example.render(train_on_prompt=train_on_prompt), where)
     try:
-        return (*chat.render_chat(example.messages, train_on_prompt=train_on_prompt), where)
+        return Rendered(*chat.render_chat(example.messages, train_on_prompt=train_on_prompt), where)
     except DataError as exc:  # a template that refuses this conversation or renders it unevenly
         return Rejected("chat-template", exc.reason, where, field=exc.field)
 
@@ -89,6 +101,10 @@ def _encode_rendered(
     full = [spans == ((0, len(text)),) for text, spans, _ in items]
     try:
         ids, offsets = tok.encode_batch(texts, offsets=not all(full))
+    except DataError as exc:  # a tokenizer that takes no text at all (``ids``): no record could
+        raise DataError(
+            exc.reason, where=exc.where or str(items[0].where), field=exc.field
+        ) from None
     except (UnicodeError, ValueError) as exc:
         if len(items) > 1:  # find the culprit(s): encode one by one
             return [out for item in items for out in _encode_rendered(tok, [item], max_doc_tokens)]
@@ -130,6 +146,43 @@ def _encode_rendered(
                 continue
         out.append((doc, mask, cut))
     return out
+
+
+def _stored(
+    tok: Tokenizer, example: Example, where: Where, train_on_prompt: bool, limit: int | None
+) -> Encoded | Rejected:
+    """A document of the token ids an example holds, as they are: no special token is added
+    (the ids are the document the record's maker meant). Each id must lie inside the
+    vocabulary; ``train_on_prompt`` puts loss on every token, and ``limit`` truncates, as for
+    text."""
+    doc = np.asarray(example.input_ids, dtype=np.int64)
+    past = np.flatnonzero(doc >= tok.vocab_size)
+    if len(past):
+        i = int(past[0])
+        message = (
+            f"input_ids[{i}] is {doc[i]}, outside the tokenizer's vocabulary of "
+            f"{tok.vocab_size:,} ids (0 to {tok.vocab_size - 1:,}): give the tokenizer that "
+            "made these ids (--tokenizer), or ids below its vocabulary size"
+        )
+        return Rejected("bad-token-id:input_ids", message, where, _record(example), "input_ids")
+    mask = None
+    if example.loss_mask is not None and not train_on_prompt:
+        mask = np.asarray(example.loss_mask, dtype=np.uint8)
+        if not mask.any():
+            message = "no token carries loss (its labels are all -100, or its loss_mask all 0)"
+            return Rejected("no-loss", message, where, _record(example))
+    cut = limit is not None and len(doc) > limit
+    if cut:
+        doc, mask = _truncate(tok, doc, mask, limit)  # type: ignore[arg-type]
+        if mask is not None and not mask.any():
+            message = f"no token carries loss within the first {limit:,} tokens"
+            return Rejected("no-loss", message, where, _record(example))
+    return doc, mask, cut
+
+
+def _record(example: Example) -> str:
+    """An example of token ids as JSON, for the reject file."""
+    return json.dumps(example.as_record(), ensure_ascii=False)
 
 
 def _truncate(

@@ -81,18 +81,45 @@ def mapped_examples(
     per-record problem: when the first record fits no format, that is raised whatever the policy.
     """
     mapper: FieldMap | None = None
+    name = ""
     for record, where in _objects(source, policy):
         if mapper is None:
-            mapper = _mapper_for(record, where, source.spec, fmt, fields, manager, report)
+            name = _mapper_for(record, where, source.spec, fmt, fields, manager, report)
+            mapper = manager.get(FieldMapperType, name).factory(fields)
         try:
             example = mapper(record)
         except FieldError as exc:
             # Count "messages[3].content" and "messages[7].content" as one reason.
             field = TURN_INDEX.sub("[]", exc.field) if exc.field else None
             reason = f"{exc.reason}:{field}" if field else exc.reason
-            policy.reject(Rejected(reason, str(exc), where, _raw(record), exc.field))
+            message = str(exc) + _other_format(record, exc, name, fmt, fields, manager)
+            policy.reject(Rejected(reason, message, where, _raw(record), exc.field))
             continue
         yield _with_metadata(example, record), where
+
+
+def _other_format(
+    record: Mapping[str, Any],
+    exc: FieldError,
+    name: str,
+    fmt: str,
+    fields: Mapping[str, str],
+    manager: PluginManager,
+) -> str:
+    """When a field is missing from a record of another format than its source's (text among
+    token ids…), a hint saying so: the format is chosen once per source, from its first record."""
+    if exc.reason != "missing-field" or fmt != "auto" or fields:
+        return ""
+    try:
+        other = choose_mapper(record, "auto", fields, manager)
+    except DataError:  # fits no format: the message says what is missing already
+        return ""
+    if other == name:
+        return ""
+    return (
+        f" (this record is in the {other} format, but its source's first record chose "
+        f"{name}: give records of each format their own source)"
+    )
 
 
 def _objects(source: Source, policy: ErrorPolicy) -> Iterator[tuple[Mapping[str, Any], Where]]:
@@ -126,17 +153,16 @@ def _mapper_for(
     fields: Mapping[str, str],
     manager: PluginManager,
     report: Callable[[str], None],
-) -> FieldMap:
-    """The field mapper for a source, chosen from its first object ``record``."""
+) -> str:
+    """The name of the field mapper for a source, chosen from its first object ``record``."""
     try:
         name = choose_mapper(record, fmt, fields, manager)
     except DataError as exc:
         raise DataError(exc.reason, where=str(where)) from None
     how = "chosen from its keys" if fmt == "auto" else "as asked"
     report(f"{spec}: format {name} ({how})")
-    mapper_type = manager.get(FieldMapperType, name)
-    check_fields(mapper_type, fields)
-    return mapper_type.factory(fields)
+    check_fields(manager.get(FieldMapperType, name), fields)
+    return name
 
 
 def _with_metadata(example: Example, record: Mapping[str, Any]) -> Example:

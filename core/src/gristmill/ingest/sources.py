@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gristmill.errors import DataError
+from gristmill.ingest.tokenizers import declared_tokenizer
 from gristmill.layout import FORMAT, INCOMPLETE, MANIFEST, REJECTS, reject_file
 from gristmill.plugin.components import PRESET_PREFIX, PresetType, Source, SourceType
 from gristmill.plugin.files import without_compression
@@ -72,7 +73,8 @@ def with_preset_defaults(
 ) -> Opts:
     """``options`` (a call's options dataclass) with what the user left unset filled in: a
     ``tokenizer`` of ``None`` and empty ``fields`` take the presets' among ``sources`` (see
-    :class:`~gristmill.plugin.components.PresetType`); a tokenizer still unset is ``byte``.
+    :class:`~gristmill.plugin.components.PresetType`); a tokenizer still unset is the one the
+    sources' own token ids belong to (``SourceType.tokenizer``), else ``byte``.
 
     Presets that disagree on a setting the user left unset raise
     :class:`~gristmill.errors.DataError` asking for it to be given.
@@ -82,7 +84,10 @@ def with_preset_defaults(
     unset = [
         name for name in ("tokenizer", "fields") if name in names and not getattr(options, name)
     ]
-    filled = {"tokenizer": DEFAULT_TOKENIZER} if "tokenizer" in unset else {}
+    filled = {}
+    if "tokenizer" in unset:  # the one the sources' own ids belong to (synthetic:), else byte
+        declared = declared_tokenizer(specs, getattr(options, "source_options", None), manager)
+        filled["tokenizer"] = declared or DEFAULT_TOKENIZER
     filled.update(preset_defaults(specs, manager, unset))
     return dataclasses.replace(options, **filled) if filled else options
 

@@ -249,6 +249,10 @@ class SourceType(Component):
     factory: Callable[..., Source]  # (spec, **context, **options)
     prefixes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()  # without compression: ".jsonl" also claims ".jsonl.gz/.zst"
+    # For a source whose records hold token ids of its own making (``synthetic:``):
+    # ``tokenizer(spec, **options)`` names the tokenizer those ids belong to (``ids:1000``),
+    # the run's tokenizer when neither the user nor a preset names one.
+    tokenizer: Callable[..., str] | None = None
 
     kind = "source"
     creates = "factory"

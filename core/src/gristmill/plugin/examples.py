@@ -24,7 +24,9 @@ ROLES = ("system", "user", "assistant")
 @dataclass(frozen=True, slots=True)
 class Example:
     """One training example: plain ``text``; a ``prompt``/``completion`` pair (with ``system``);
-    or chat ``messages``, a tuple of ``(role, content)`` with roles from :data:`ROLES`."""
+    chat ``messages``, a tuple of ``(role, content)`` with roles from :data:`ROLES`; or token ids
+    already made (``input_ids``, with a ``loss_mask`` of 0s and 1s, ``None`` when every token
+    carries loss), stored as they are instead of rendered and tokenized."""
 
     text: str | None = None
     prompt: str | None = None
@@ -34,6 +36,8 @@ class Example:
     # The record's "metadata" object, as sorted (key, value) pairs of scalars: summarised per
     # value in the manifest's statistics, never tokenized.
     metadata: tuple[tuple[str, str | int | bool], ...] | None = None
+    input_ids: tuple[int, ...] | None = None
+    loss_mask: tuple[int, ...] | None = None
 
     def as_record(self) -> dict[str, object]:
         """The canonical record: the fields that are set (chat turns as role/content objects)."""
@@ -45,6 +49,10 @@ class Example:
         }
         if self.messages is not None:
             fields = {"messages": [{"role": r, "content": c} for r, c in self.messages]}
+        if self.input_ids is not None:
+            fields = {"input_ids": list(self.input_ids)}
+            if self.loss_mask is not None:
+                fields["loss_mask"] = list(self.loss_mask)
         if self.metadata is not None:
             fields["metadata"] = dict(self.metadata)
         return {k: v for k, v in fields.items() if v is not None}
@@ -73,8 +81,11 @@ class Example:
         (the system part only when present); the completion alone carries loss unless
         ``train_on_prompt``. Chat examples use the built-in template: each turn is
         ``<|{role}|>\n{content}\n``, and each assistant turn's ``{content}\n`` carries loss.
-        Tokenizers with a chat template of their own render differently.
+        Tokenizers with a chat template of their own render differently. Token ids are not
+        text: an example of ``input_ids`` has nothing to render.
         """
+        if self.input_ids is not None:
+            raise ValueError("an example of token ids is stored as it is, not rendered")
         if self.text is not None:
             return self.text, ((0, len(self.text)),)
         if self.messages is not None:

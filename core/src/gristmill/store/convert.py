@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -37,8 +38,8 @@ def convert(
     """Write the canonical records of ``sources`` to ``out`` (``.jsonl`` or ``.parquet``).
 
     Records are mapped exactly as ``prepare`` maps them (``{"text"}``, ``{"prompt",
-    "completion"[, "system"]}`` or ``{"messages": [{"role", "content"}…]}``), with the same error
-    policy; the file appears only when complete. Returns ``{"records": N, "skipped": {...}}``.
+    "completion"[, "system"]}``, ``{"messages": [{"role", "content"}…]}`` or ``{"input_ids"[,
+    "loss_mask"]}``), with the same error policy; the file appears only when complete. Returns ``{"records": N, "skipped": {...}}``.
     ``source_options`` go to every source, as :func:`~gristmill.prepare`'s do.
     """
     manager = manager or get_manager()
@@ -117,10 +118,23 @@ def _write_parquet(path: Path, examples: Iterator[tuple[Example, Where]]) -> int
         [(name, pa.string()) for name in ("text", "prompt", "completion", "system")]
         + [("messages", pa.list_(turn)), ("metadata", pa.string())]  # metadata as JSON text
     )
+    # Token ids have columns of their own; the first example decides which the file holds.
+    first = next(examples, None)
+    ids = first is not None and first[0].input_ids is not None
+    if ids:
+        tokens = [("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.uint8()))]
+        schema = pa.schema([*tokens, ("metadata", pa.string())])
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         rows: list[dict[str, Any]] = []
-        for example, _ in examples:
+        for example, where in itertools.chain([first] if first else [], examples):
+            if (example.input_ids is not None) != ids:
+                raise DataError(
+                    "records of token ids and records of text cannot share one Parquet file, "
+                    "whose columns the first record chose: convert them to separate files, or "
+                    "to .jsonl",
+                    where=str(where),
+                )
             row = example.as_record()
             if "metadata" in row:
                 row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False)

@@ -14,7 +14,7 @@ from gristmill.plugin.examples import ROLES, Example
 from gristmill.testing.kit import Check, Context, given
 
 # Records in the shapes the usual datasets have: plain text, prompt/completion (with the
-# Alpaca names too), OpenAI-style and ShareGPT-style chats.
+# Alpaca names too), OpenAI-style and ShareGPT-style chats, token ids with Hugging Face labels.
 SAMPLES: list[dict[str, Any]] = [
     {"text": "Plain text."},
     {"prompt": "What is 2 + 2?", "completion": "4"},
@@ -27,6 +27,7 @@ SAMPLES: list[dict[str, Any]] = [
         ]
     },
     {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+    {"input_ids": [17, 4, 99, 3], "labels": [-100, -100, 99, 3]},
 ]
 JUNK: tuple[Any, ...] = (None, 0, 1.5, True, "", [], {})
 
@@ -65,14 +66,29 @@ def _well_formed(example: Any, raw: Mapping[str, Any]) -> None:
         example.text is not None,
         example.prompt is not None and example.completion is not None,
         example.messages is not None,
+        example.input_ids is not None,
     ]
-    assert sum(shapes) == 1, f"{raw}: {example} is not one of text, prompt/completion, messages"
+    assert sum(shapes) == 1, (
+        f"{raw}: {example} is not one of text, prompt/completion, messages, input_ids"
+    )
+    if example.input_ids is not None:
+        _well_formed_ids(example, raw)
+        return
     for role, content in example.messages or ():
         assert role in ROLES and isinstance(content, str), f"{raw}: turn {(role, content)!r}"
     text, spans = example.render()
     assert isinstance(text, str)
     ends = [0, *(x for span in spans for x in span), len(text)]
     assert ends == sorted(ends), f"{raw}: loss spans {spans} not sorted, disjoint, in the text"
+
+
+def _well_formed_ids(example: Example, raw: Mapping[str, Any]) -> None:
+    ids, mask = example.input_ids, example.loss_mask
+    assert isinstance(ids, tuple) and ids, f"{raw}: input_ids {ids!r} is not a tuple of ids"
+    assert all(type(i) is int and i >= 0 for i in ids), f"{raw}: input_ids {ids!r}"
+    if mask is not None:
+        assert len(mask) == len(ids), f"{raw}: {len(mask)} loss_mask values for {len(ids)} ids"
+        assert set(mask) <= {0, 1}, f"{raw}: loss_mask {mask!r} is not 0s and 1s"
 
 
 def check_bad_records(record: FieldMapperType, context: Context) -> None:

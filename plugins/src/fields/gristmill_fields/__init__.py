@@ -1,4 +1,5 @@
-"""Field mappers ``chat``, ``prompt-completion`` and ``text``: raw records to canonical examples."""
+"""Field mappers ``chat``, ``prompt-completion``, ``text`` and ``token-ids``: raw records to
+canonical examples."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from gristmill import hookimpl
 from gristmill.errors import FieldError
 from gristmill.plugin.components import FieldMap, FieldMapperType
 from gristmill.plugin.examples import Example
+from gristmill_fields.token_ids import FIELDS as TOKEN_FIELDS
+from gristmill_fields.token_ids import token_ids_mapper
 
 # Column names tried in order when --fields does not name one.
 PROMPT_ALIASES = ("instruction", "prompt", "question")
@@ -146,6 +149,15 @@ def _has_any(keys: Collection[str], names: tuple[str, ...]) -> bool:
 @hookimpl
 def gristmill_field_mappers() -> list[FieldMapperType]:
     return [
+        FieldMapperType(
+            name="token-ids",
+            description="token ids already made (input_ids), stored as they are; loss from "
+            "labels (-100: none) or loss_mask (0: none), else on every token",
+            detect=lambda keys: "input_ids" in keys,
+            factory=token_ids_mapper,
+            fields=TOKEN_FIELDS,
+            priority=40,
+        ),
         FieldMapperType(
             name="chat",
             description="OpenAI messages (role/content) or ShareGPT conversations (from/value), "
