@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gristmill
-from gristmill.errors import DataError, FieldError
+from gristmill.errors import DataError, FieldError, GristmillError
 from gristmill.plugin.components import FieldMapperType
 from gristmill.plugin.manager import get_manager
 from gristmill.store.convert import convert
@@ -249,3 +249,40 @@ def test_the_mapper_gives_an_example_or_a_field_error(ids, labels, mask, attenti
     if example.loss_mask is not None:
         assert len(example.loss_mask) == len(example.input_ids)
         assert set(example.loss_mask) == {0, 1}  # all ones is stored as None
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "message"),
+    [
+        ("ids", {}, "write ids:VOCAB"),
+        ("ids:0", {}, "write ids:VOCAB"),
+        ("ids:many", {}, "write ids:VOCAB"),
+        ("ids:4294967297", {}, "write ids:VOCAB"),
+        ("ids:10", {"eos_id": 10}, "eos_id 10 is not below the vocabulary size 10"),
+        ("ids:10", {"pad_id": -1}, "pad_id must be a non-negative integer"),
+        ("ids:10", {"add_eos": True}, "tokenizer 'ids' has no option 'add_eos'"),
+    ],
+)
+def test_the_ids_tokenizer_refuses_a_spec_or_option_it_cannot_take(
+    tmp_path, write_jsonl, spec, options, message
+):
+    path = write_jsonl(GOOD[:1])
+    with pytest.raises(GristmillError, match=message):
+        gristmill.prepare(path, tmp_path / "ds", tokenizer=spec, tokenizer_options=options)
+
+
+def test_the_ids_tokenizers_specials_are_kept_and_named(tmp_path, write_jsonl):
+    path = write_jsonl([{"input_ids": [5, 6, 7, 9]}])
+    manifest = gristmill.prepare(
+        path,
+        tmp_path / "ds",
+        tokenizer="ids:10",
+        tokenizer_options={"eos_id": 9, "bos_id": 0},
+        max_doc_tokens=3,
+        progress=False,
+    )
+    assert (manifest["tokenizer"]["eos_id"], manifest["tokenizer"]["bos_id"]) == (9, 0)
+    assert _documents(tmp_path / "ds") == [([5, 6, 9], None)]  # truncated, the EOS kept last
+    tokenizer = gristmill.open_dataset(tmp_path / "ds").tokenizer  # the saved copy, reloaded
+    assert (tokenizer.vocab_size, tokenizer.eos_id, tokenizer.add_eos) == (10, 9, False)
+    assert tokenizer.decode([0, 5, 9]) == "<|bos|> 5 <|eos|>"

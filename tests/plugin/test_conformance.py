@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected, SourceType
 from gristmill.plugin.manager import get_manager
-from gristmill.testing import conformance
+from gristmill.testing import Unavailable, conformance
 from gristmill.testing.data import TEXTS
 from tests.helpers import examples, train_bpe
 
@@ -36,6 +36,7 @@ HAS = {m: importlib.util.find_spec(m) is not None for m in ("zstandard", "pyarro
 # Sources that cannot serve arbitrary records, and why.
 EXEMPT = {
     "sample": "serves the installed standard library, not given data (tests/ingest/test_sources.py)",
+    "synthetic": "makes random token ids, not given data (tests/ingest/test_synthetic.py)",
 }
 
 
@@ -200,6 +201,11 @@ test_every_registered_component_conforms = conformance(
     sources={
         "hub": _hub,
         "sample": "sample:stdlib",
+        "synthetic": "synthetic:documents=40,length=3..30,vocab_size=500",
     },
-    tokenizers={"hf": _hf_folder, "tokenizer-json": _tokenizer_json},
+    tokenizers={
+        "hf": _hf_folder,
+        "tokenizer-json": _tokenizer_json,
+        "ids": Unavailable("encodes no text (tests/ingest/test_pretokenized.py)"),
+    },
 )

@@ -10,7 +10,14 @@ from typing import Any
 
 from gristmill.errors import DataError, FieldError
 from gristmill.ingest.policy import ErrorPolicy
-from gristmill.plugin.components import FieldMap, FieldMapperType, Rejected, Source, Where
+from gristmill.plugin.components import (
+    FieldMap,
+    FieldMapperType,
+    PassedOver,
+    Rejected,
+    Source,
+    Where,
+)
 from gristmill.plugin.examples import Example
 from gristmill.plugin.manager import PluginManager
 
@@ -136,6 +143,9 @@ def _objects(source: Source, policy: ErrorPolicy) -> Iterator[tuple[Mapping[str,
             return
         if isinstance(item, Rejected):
             policy.reject(item)
+            continue
+        if isinstance(item, PassedOver):
+            policy.pass_over(item)
             continue
         record, where = item
         if isinstance(record, Mapping):

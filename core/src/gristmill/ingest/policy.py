@@ -11,7 +11,7 @@ from typing import IO
 
 from gristmill.errors import DataError
 from gristmill.options import ERROR_POLICIES
-from gristmill.plugin.components import Rejected, Where
+from gristmill.plugin.components import PassedOver, Rejected, Where
 
 
 class ErrorPolicy:
@@ -23,6 +23,7 @@ class ErrorPolicy:
         self.mode = mode
         self.path = rejects
         self.counts: Counter[str] = Counter()
+        self.passed: Counter[str] = Counter()  # units a source left out on purpose, per reason
         self._tmp = (
             None if rejects is None else rejects.with_name(f"{rejects.name}.tmp-{os.getpid()}")
         )
@@ -47,6 +48,14 @@ class ErrorPolicy:
             "rows": rejected.rows,
         }
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def pass_over(self, passed: PassedOver) -> None:
+        """Units a source left out on purpose (blank, repeated): counted whatever the mode."""
+        self.passed[passed.reason] += passed.rows
+
+    def passed_over(self) -> dict[str, int]:
+        """The units sources left out on purpose, per reason."""
+        return dict(sorted(self.passed.items()))
 
     def source_failed(self, error: DataError) -> None:
         """A source that cannot go on (truncated archive…): raise, or count it and move on."""
@@ -85,3 +94,9 @@ def describe_skips(counts: Mapping[str, int]) -> str:
     """``skipped N record(s) (reason: n, ...)``."""
     reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items()))
     return f"skipped {sum(counts.values()):,} record(s) ({reasons})"
+
+
+def describe_passed(counts: Mapping[str, int]) -> str:
+    """``N unit(s) left out on purpose (reason: n, ...)``."""
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items()))
+    return f"{sum(counts.values()):,} unit(s) left out on purpose ({reasons})"

@@ -182,6 +182,18 @@ class Rejected(NamedTuple):
     rows: int = 1
 
 
+class PassedOver(NamedTuple):
+    """Units a source leaves out by a rule of its format or of an option the user chose (a blank
+    line of a text file, a line seen before): not errors, so neither policy stops or writes them
+    to the reject file, but counted per ``reason`` (``blank-line``, ``duplicate-line``…) in the
+    manifest's ``provenance.passed_over``. ``rows``: how many units this stands for, so that a
+    source may yield one per reason at the end of a piece instead of one per unit."""
+
+    reason: str
+    where: Where
+    rows: int = 1
+
+
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
 
 
@@ -202,8 +214,9 @@ class Source(Protocol):
 
     spec: str
 
-    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected]:
-        """Yield every record, or a :class:`Rejected` in its place, in a deterministic order.
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | Rejected | PassedOver]:
+        """Yield every record, or a :class:`Rejected` in its place, in a deterministic order;
+        units left out on purpose are counted by yielding :class:`PassedOver`.
 
         Raise :class:`~gristmill.errors.DataError` only when reading cannot go on at all (a
         truncated archive, an unreadable file); under ``--on-error skip`` gristmill counts it and

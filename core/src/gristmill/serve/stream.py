@@ -33,7 +33,7 @@ from gristmill.errors import DataError, GristmillError
 from gristmill.ingest.chain import Problem, check_schemas, document_batches
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks, source_size
-from gristmill.ingest.policy import ErrorPolicy, describe_skips
+from gristmill.ingest.policy import ErrorPolicy, describe_passed, describe_skips
 from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.options import StreamOptions, takes
@@ -62,10 +62,14 @@ class StreamStats:
     served: int = 0  # tokens in the samples
     dropped: int = 0  # documents left out by overlong="drop"
     skipped: dict[str, int] = field(default_factory=dict)  # records skipped, per reason
+    # Units sources left out on purpose (blank lines…), per reason.
+    passed_over: dict[str, int] = field(default_factory=dict)
 
-    def skip(self, counts: Mapping[str, int]) -> None:
+    def skip(self, counts: Mapping[str, int], passed: Mapping[str, int] | None = None) -> None:
         for reason, n in counts.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + n
+        for reason, n in (passed or {}).items():
+            self.passed_over[reason] = self.passed_over.get(reason, 0) + n
 
     @property
     def efficiency(self) -> float | None:
@@ -81,6 +85,7 @@ class TokenizedChunk:
 
     documents: list[Part]
     skipped: dict[str, int]
+    passed_over: dict[str, int] = field(default_factory=dict)
 
 
 class Stream:
@@ -168,7 +173,7 @@ class Stream:
             )
             for ids, masks, _, _ in batches:
                 documents += zip(ids, masks)
-        return TokenizedChunk(documents, policy.close())
+        return TokenizedChunk(documents, policy.close(), policy.passed_over())
 
     def pack(
         self, chunks: Iterable[TokenizedChunk], stats: StreamStats
@@ -178,7 +183,7 @@ class Stream:
         online = self.packer.online(self.seq_len)
         dropped = stats.dropped
         for chunk in chunks:
-            stats.skip(chunk.skipped)
+            stats.skip(chunk.skipped, chunk.passed_over)
             if not chunk.documents:
                 continue
             lengths = np.fromiter((len(ids) for ids, _ in chunk.documents), np.int64)
@@ -201,6 +206,8 @@ class Stream:
         yield from self.samples(range(len(self.pieces)), stats)
         if stats.skipped:
             log.warning(f"stream: {describe_skips(stats.skipped)}")
+        if stats.passed_over:
+            log.info(f"stream: {describe_passed(stats.passed_over)}")
         efficiency = "" if stats.efficiency is None else f", {stats.efficiency:.1%} full"
         log.info(
             f"stream: {stats.samples:,} samples from {stats.documents:,} documents"

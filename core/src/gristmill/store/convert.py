@@ -13,7 +13,7 @@ from typing import Any
 from gristmill.errors import DataError, DatasetError, MissingDependencyError
 from gristmill.ingest.chain import canonical_examples, check_schemas
 from gristmill.ingest.mapping import check_fields
-from gristmill.ingest.policy import ErrorPolicy
+from gristmill.ingest.policy import ErrorPolicy, describe_passed
 from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.layout import reject_file
 from gristmill.options import ConvertOptions, takes
@@ -39,8 +39,10 @@ def convert(
 
     Records are mapped exactly as ``prepare`` maps them (``{"text"}``, ``{"prompt",
     "completion"[, "system"]}``, ``{"messages": [{"role", "content"}…]}`` or ``{"input_ids"[,
-    "loss_mask"]}``), with the same error policy; the file appears only when complete. Returns ``{"records": N, "skipped": {...}}``.
-    ``source_options`` go to every source, as :func:`~gristmill.prepare`'s do.
+    "loss_mask"]}``), with the same error policy; the file appears only when complete. Returns
+    ``{"records": N, "skipped": {...}}``, and ``"passed_over"`` (units left out on purpose, per
+    reason) when there are any. ``source_options`` go to every source, as
+    :func:`~gristmill.prepare`'s do.
     """
     manager = manager or get_manager()
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
@@ -78,8 +80,11 @@ def convert(
         os.replace(tmp, out_path)
     if skipped:
         log.warning(f"{out_path}: {policy.summary()}")
+    passed = policy.passed_over()
+    if passed:
+        log.info(f"{out_path}: {describe_passed(passed)}")
     log.info(f"{out_path}: wrote {count:,} records")
-    return {"records": count, "skipped": skipped}
+    return {"records": count, "skipped": skipped, **({"passed_over": passed} if passed else {})}
 
 
 def _writer(

@@ -42,6 +42,7 @@ class Merged:
     splits: dict[str, dict[str, Any]]
     records: list[int]  # documents per source position
     skipped: dict[str, int]
+    passed_over: dict[str, int]  # units sources left out on purpose (blank lines…), per reason
     duplicates: int
     truncated: int
     metadata: dict[str, Any]
@@ -85,13 +86,17 @@ def merge(
             "shards": shards,
         }
     skipped: Counter[str] = Counter(main_skipped)
+    passed: Counter[str] = Counter()
     for record in records:
         skipped.update(record["skipped"])
+        # A task record written before the key existed, by a run this one resumes, has none.
+        passed.update(record.get("passed_over", {}))
     _publish_rejects(out_dir, tasks, main=bool(main_skipped))
     return Merged(
         splits=splits,
         records=counts.tolist(),
         skipped=dict(sorted(skipped.items())),
+        passed_over=dict(sorted(passed.items())),
         duplicates=duplicates,
         truncated=sum(r["truncated"] for r in records),
         metadata=metadata.summary(),

@@ -21,7 +21,7 @@ from gristmill.errors import DataError
 from gristmill.ingest.chain import check_schemas
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks
-from gristmill.ingest.policy import ErrorPolicy
+from gristmill.ingest.policy import ErrorPolicy, describe_passed
 from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.layout import FORMAT, FORMAT_VERSION, TASKS_DIR, TOKENIZER_DIR, reject_file
@@ -251,6 +251,8 @@ def _log_merged(out_dir: Path, merged: Merged, options: PrepareOptions) -> None:
         log.warning(
             f"{out_dir}: skipped {total:,} record(s) ({reasons}); see {reject_file(out_dir)}"
         )
+    if merged.passed_over:
+        log.info(f"{out_dir}: {describe_passed(merged.passed_over)}")
     if options.dedup:
         log.info(f"{out_dir}: dropped {merged.duplicates:,} exact duplicate document(s)")
     if merged.truncated:
@@ -301,6 +303,9 @@ def _manifest(
             "skipped": merged.skipped,
             "duplicates": merged.duplicates,
             "truncated": merged.truncated,
+            # Only when there are any: the manifests of sources that leave nothing out stay as
+            # they were before the key existed.
+            **({"passed_over": merged.passed_over} if merged.passed_over else {}),
         },
     }
 

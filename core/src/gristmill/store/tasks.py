@@ -155,6 +155,7 @@ def run_task(
         policy.abort()
         raise
     record = output.record(shards, policy.close(), formats)
+    record["passed_over"] = policy.passed_over()
     # The record says the task is done: everything it names must be durable first.
     for directory in (*settings.splits, TASKS_DIR):
         sync_directory(out_dir / directory)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import Counter
 from typing import Any
 
 import pytest
 
-from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, Rejected, SourceType, Where
+from gristmill.plugin.components import (
+    DEFAULT_MAX_RECORD_BYTES,
+    PassedOver,
+    Rejected,
+    SourceType,
+    Where,
+)
 from gristmill.testing.data import CHANGED, RECORDS, default_writer
 from gristmill.testing.kit import Check, Context, given
 
@@ -46,8 +53,15 @@ def _open(record: SourceType, context: Context, records: list[dict] = RECORDS) -
     return source, expected
 
 
-def _items(source: Any) -> list[tuple[dict, Where]]:
-    items = list(source.records())
+def _items(source: Any, passed: Counter[str] | None = None) -> list[tuple[dict, Where]]:
+    """The records of ``source``; the units it passed over are added to ``passed``."""
+    items = []
+    for item in source.records():
+        if isinstance(item, PassedOver):
+            if passed is not None:
+                passed[item.reason] += item.rows
+        else:
+            items.append(item)
     rejected = [item for item in items if isinstance(item, Rejected)]
     assert not rejected, f"well-formed input rejected: {rejected[:3]}"
     for item in items:
@@ -72,12 +86,18 @@ def check_split(record: SourceType, context: Context) -> None:
     # A piece of a file reports the file's own lines or rows; a piece of anything else (a Hub
     # dataset's shard) may say where it is in its own terms.
     placed = os.path.exists(source.spec)
-    whole = [item if placed else item[0] for item in _items(source)]
+    passed: Counter[str] = Counter()
+    whole = [item if placed else item[0] for item in _items(source, passed)]
     for pieces in (1, 2, 3, 7):
         parts = source.split(pieces)
         assert 1 <= len(parts) <= pieces, f"split({pieces}) gave {len(parts)} pieces"
-        joined = [item if placed else item[0] for part in parts for item in _items(part)]
+        counted: Counter[str] = Counter()
+        joined = [item if placed else item[0] for part in parts for item in _items(part, counted)]
         assert joined == whole, f"the {len(parts)} pieces of split({pieces}) are not the whole"
+        assert counted == passed, (
+            f"the {len(parts)} pieces of split({pieces}) pass over {dict(counted)}, "
+            f"the whole {dict(passed)}"
+        )
 
 
 def check_pickle(record: SourceType, context: Context) -> None:
