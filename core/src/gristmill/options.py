@@ -454,7 +454,7 @@ class StreamOptions(PackingOptions, DocumentOptions):
     """:func:`gristmill.stream`'s options."""
 
     packer: str = option(
-        "greedy-stream", STRING, "`greedy-stream`, `concat-chunk` or `none`", output=True
+        "greedy-stream", STRING, "`greedy-stream`, `window`, `concat-chunk` or `none`", output=True
     )
     chunk_bytes: int = option(
         DEFAULT_CHUNK_BYTES, POSITIVE, "input bytes per unit of work", output=True

@@ -433,8 +433,10 @@ def open_dataset(
     a damaged file raises :class:`~gristmill.errors.DatasetError`. Packers: ``none``
     (each sample is one document), ``first-fit`` (samples of ``seq_len`` tokens filled with whole
     documents, best fit over the whole split), ``greedy-stream`` (the same online, as ``stream()``
-    packs; ``packer_options={"buffer_size": N}``), ``concat-chunk`` (the token stream cut into
-    ``seq_len`` windows, for pretraining), or any a plugin adds. A document longer than
+    packs; ``packer_options={"buffer_size": N}``), ``window`` (best fit among the next
+    documents, keeping the corpus order; ``window_N``), ``concat-chunk`` (the token stream cut
+    into ``seq_len`` windows, for pretraining), or any a plugin adds; names as users type them
+    (``first_fit``). A document longer than
     ``seq_len`` is truncated, cut into pieces or dropped (``overlong``: ``"truncate"``, or
     ``"truncate-left"`` to keep its end, ``"fragment"``, ``"drop"``; ``ds.plan.dropped`` counts
     drops). Samples whose labels are all -100 (``ds.samples_without_loss`` counts them) are

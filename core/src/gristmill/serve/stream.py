@@ -277,8 +277,9 @@ def stream(
 
     An iterable of the samples :func:`~gristmill.open_dataset` serves (``input_ids``,
     ``labels``, ``position_ids``, ``seq_lens``). ``packer``: ``greedy-stream`` (best fit into a
-    bounded buffer of open samples, ``packer_options={"buffer_size": N}``), ``concat-chunk``
-    (the token stream in ``seq_len`` windows) or ``none`` (one document per sample); packers
+    bounded buffer of open samples, ``packer_options={"buffer_size": N}``), ``window`` (best
+    fit among the next documents, in corpus order; ``window_N``), ``concat-chunk`` (the token
+    stream in ``seq_len`` windows) or ``none`` (one document per sample); packers
     that need every length first (``first-fit``) are refused. Other options are those of
     :func:`~gristmill.prepare` that shape documents (``format``, ``fields``,
     ``train_on_prompt``, ``normalize``, ``max_doc_tokens``, ``on_error``: skipped records are
