@@ -1,0 +1,229 @@
+"""``text``: plain text files, one record ``{"text": ...}`` per file, paragraph or line.
+
+The unit is the source option ``unit``. Blank units are not records and not errors: each piece
+counts them, with the lines dropped as repeats, and yields the counts as
+:class:`~gristmill.plugin.components.PassedOver` at its end (the manifest's
+``provenance.passed_over``). Bytes that are not UTF-8 are rejected as jsonl rejects them
+(reason ``not-utf8``), naming the file, the line and the byte.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from gristmill.errors import DataError, OptionError
+from gristmill.plugin.components import DEFAULT_MAX_RECORD_BYTES, PassedOver, Rejected, Where
+from gristmill.plugin.files import (
+    chunks,
+    content_hash,
+    is_compressed,
+    line_ranges,
+    lines,
+    without_compression,
+)
+from gristmill_text.cleaning import SeenLines, check_clean, line_cleaner, rewrite
+from gristmill_text.ranges import paragraph_ranges
+
+UNITS = ("file", "paragraph", "line")
+BOM = b"\xef\xbb\xbf"  # editors on Windows start files with it: not part of the text
+# A Markdown file's structure (headings, lists, code blocks) spans its lines; a .txt file is
+# read line by line, as the Hugging Face `text` loader and gristmill's hub: source read it.
+DEFAULT_UNIT = {".md": "file"}
+Item = tuple[dict[str, Any], Where] | Rejected | PassedOver
+
+
+class TextSource:
+    """A text file (plain, ``.gz`` or ``.zst``), or a byte range of a plain one."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        unit: str | None = None,
+        clean: Any = False,
+        dedup_lines: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        byte_range: tuple[int, int | None, int] = (0, None, 1),
+        **context: Any,  # what gristmill passes that a text source does not use
+    ):
+        self.spec = spec
+        self.unit = _unit(spec) if unit is None else unit
+        if self.unit not in UNITS:
+            raise OptionError(
+                f"source 'text': unit must be one of {', '.join(UNITS)}, got {unit!r} "
+                "(file is what the Hugging Face text loader calls document)"
+            )
+        self.rules = check_clean(clean)
+        if not isinstance(dedup_lines, bool):
+            raise OptionError(
+                f"source 'text': dedup_lines must be true or false, got {dedup_lines!r}"
+            )
+        self.dedup_lines = dedup_lines
+        self.max_record_bytes = max_record_bytes
+        self.byte_range = byte_range  # (start, end, number of the first line)
+
+    def __repr__(self) -> str:
+        start, end, _ = self.byte_range
+        return f"TextSource({self.spec!r}, unit={self.unit!r}, bytes {start}:{end})"
+
+    def split(self, pieces: int) -> list[TextSource]:
+        """Byte ranges cut at line starts (``line``) or blank lines (``paragraph``).
+
+        A whole file is one record, a compressed stream cannot seek, and line deduplication
+        must see every earlier line of the file: those stay one piece.
+        """
+        whole = self.byte_range != (0, None, 1) or is_compressed(self.spec)
+        if self.unit == "file" or self.dedup_lines or whole:
+            return [self]
+        ranges = line_ranges if self.unit == "line" else paragraph_ranges
+        return [
+            TextSource(
+                self.spec,
+                unit=self.unit,
+                clean=self.rules,
+                max_record_bytes=self.max_record_bytes,
+                byte_range=piece,
+            )
+            for piece in ranges(self.spec, pieces)
+        ]
+
+    def fingerprint(self) -> str:
+        return content_hash(self.spec)
+
+    def records(self) -> Iterator[Item]:
+        counts: Counter[str] = Counter()
+        units = {"file": self._file, "paragraph": self._paragraphs, "line": self._lines}
+        try:
+            yield from units[self.unit](counts)
+        except DataError:  # a truncated archive: what was counted before it still counts
+            yield from self._passed(counts)
+            raise
+        yield from self._passed(counts)
+
+    def _passed(self, counts: Counter[str]) -> Iterator[PassedOver]:
+        for reason, n in sorted(counts.items()):
+            yield PassedOver(reason, Where(self.spec), n)
+
+    # --- units -----------------------------------------------------------------------------------
+
+    def _lines(self, counts: Counter[str]) -> Iterator[Item]:
+        spec, seen = self.spec, SeenLines() if self.dedup_lines else None
+        for number, line, _ in self._each_line():
+            if type(line) is not str:
+                yield line
+            elif not line or line.isspace():
+                counts["blank-line"] += 1
+            elif seen is not None and seen.repeats(line):
+                counts["duplicate-line"] += 1
+            else:
+                yield {"text": line}, Where(spec, number)
+
+    def _paragraphs(self, counts: Counter[str]) -> Iterator[Item]:
+        """Runs of lines that are not blank, joined with ``\\n``. A paragraph with a line that
+        cannot be read is rejected whole; one whose every line is a repeat leaves no record."""
+        seen = SeenLines() if self.dedup_lines else None
+        kept: list[str] = []
+        first, size, problem = 0, 0, None
+        for number, line, nbytes in self._each_line():
+            if type(line) is str and (not line or line.isspace()):
+                if kept or problem is not None:
+                    yield problem or ({"text": "\n".join(kept)}, Where(self.spec, first))
+                kept, size, problem, first = [], 0, None, 0
+                continue
+            first = first or number
+            size += nbytes + 1
+            if problem is not None:
+                continue
+            if type(line) is not str:
+                problem = _in_paragraph(line, first)
+            elif size > self.max_record_bytes:
+                problem = self._too_large("paragraph", first)
+                kept = []
+            elif seen is not None and seen.repeats(line):
+                counts["duplicate-line"] += 1
+            else:
+                kept.append(line)
+        if kept or problem is not None:
+            yield problem or ({"text": "\n".join(kept)}, Where(self.spec, first))
+
+    def _file(self, counts: Counter[str]) -> Iterator[Item]:
+        data, size = [], 0
+        for chunk in chunks(self.spec):
+            size += len(chunk)
+            if size > self.max_record_bytes:
+                yield self._too_large("file", 1)
+                return
+            data.append(chunk)
+        raw = b"".join(data)
+        skip = len(BOM) if raw.startswith(BOM) else 0
+        try:
+            text = raw[skip:].decode()
+        except UnicodeDecodeError as exc:
+            yield _not_utf8(self.spec, raw, skip + exc.start, 1)
+            return
+        if self.rules or self.dedup_lines:
+            seen = SeenLines() if self.dedup_lines else None
+            collapse = "blank-lines" in self.rules
+            text = rewrite(text, line_cleaner(self.rules), seen, collapse, counts)
+        if not text or text.isspace():
+            counts["blank-file"] += 1
+        else:
+            yield {"text": text}, Where(self.spec, 1)
+
+    # --- lines -----------------------------------------------------------------------------------
+
+    def _each_line(self) -> Iterator[tuple[int, str | Rejected, int]]:
+        """Per line of the piece: its number, its text (``\\r\\n`` ending and first-line BOM
+        taken off, the cleaning rules applied) or why it cannot be read, and its bytes."""
+        start, end, first_line = self.byte_range
+        clean = line_cleaner(self.rules)
+        for raw, index in lines(self.spec, max_bytes=self.max_record_bytes, start=start, end=end):
+            number = first_line + index
+            if raw is None:
+                yield number, self._too_large("line", number), self.max_record_bytes
+                continue
+            skip = len(BOM) if number == 1 and raw.startswith(BOM) else 0
+            try:
+                line = (raw[skip:] if skip else raw).decode()
+            except UnicodeDecodeError as exc:
+                yield number, _not_utf8(self.spec, raw, skip + exc.start, number), len(raw)
+                continue
+            if line.endswith("\r"):
+                line = line[:-1]
+            yield number, line if clean is None else clean(line), len(raw)
+
+    def _too_large(self, unit: str, number: int) -> Rejected:
+        finer = {"file": "paragraph or line", "paragraph": "line", "line": None}[unit]
+        hint = f"read it by {finer} (source option unit), or raise" if finer else "raise"
+        return Rejected(
+            "too-large",
+            f"the {unit} is longer than {self.max_record_bytes:,} bytes; {hint} "
+            "--max-record-bytes if such records are expected",
+            Where(self.spec, number),
+        )
+
+
+def _unit(spec: str) -> str:
+    name = without_compression(spec).lower()
+    return next((unit for suffix, unit in DEFAULT_UNIT.items() if name.endswith(suffix)), "line")
+
+
+def _not_utf8(spec: str, raw: bytes, at: int, first: int) -> Rejected:
+    """Where ``raw`` (lines from number ``first`` on) stops being UTF-8, at its byte ``at``:
+    the line and the byte in it; that line is the raw text kept for the reject file."""
+    line_start = raw.rfind(b"\n", 0, at) + 1
+    line_end = raw.find(b"\n", at)
+    line = raw[line_start : len(raw) if line_end < 0 else line_end]
+    return Rejected(
+        "not-utf8",
+        f"not UTF-8 (byte {at - line_start + 1} of the line); re-encode the file as UTF-8",
+        Where(spec, first + raw.count(b"\n", 0, at)),
+        line.decode("utf-8", errors="replace"),
+    )
+
+
+def _in_paragraph(problem: Rejected, first: int) -> Rejected:
+    """A line's problem, said of the paragraph it belongs to."""
+    return problem._replace(message=f"{problem.message} (in the paragraph from line {first})")
