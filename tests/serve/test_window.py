@@ -22,6 +22,7 @@ from gristmill.plugin.overlong import POLICIES, pieces
 from gristmill.testing import conformance
 from gristmill_first_fit import FirstFitPacker
 from gristmill_window import DEFAULT_WINDOW, WindowPacker
+from tests.helpers import run_gristmill
 from tests.serve.test_online_packing import _in_batches, _same
 from tests.serve.test_packing import _check, _samples
 
@@ -303,3 +304,25 @@ def test_names_through_config_files(dataset, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"dataset\.packer_options: .*window-4 sets window=4"):
         from_config(config)
+
+
+def test_names_through_the_command_line(tmp_path):
+    source = tmp_path / "qa.jsonl"
+    source.write_text('{"question": "a b", "answer": "c"}\n{"question": "d", "answer": "e f"}\n')
+    result = run_gristmill(
+        "prepare",
+        str(source),
+        "-o",
+        str(tmp_path / "ds"),
+        "--format",
+        "Prompt_Completion",
+        "--fields",
+        "prompt=question,completion=answer",
+        "--executor",
+        "LOCAL",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "format prompt-completion (as asked)" in result.stdout + result.stderr
+    bad = run_gristmill("prepare", str(source), "-o", str(tmp_path / "x"), "--executor", "rayy")
+    assert bad.returncode == 2 and "no executor named 'rayy'; available: local" in bad.stderr
