@@ -4,8 +4,8 @@ preset registered here (first-party, contrib and any installed third-party plugi
 it cannot exercise here is reported as a skip, with the reason.
 
 Sources also read the same records from the same data in every layout (JSONL, JSON, CSV/TSV,
-Parquet, compressed, served over HTTP, a Hub folder), and split into k pieces that are disjoint,
-in order, and together the whole."""
+Parquet, Arrow files and streams, a folder datasets saved, compressed, served over HTTP, a Hub
+folder), and split into k pieces that are disjoint, in order, and together the whole."""
 
 from __future__ import annotations
 
@@ -87,6 +87,29 @@ def _parquet_file(base: Path, records: list[dict]) -> str:
     return str(path)
 
 
+def _arrow_file(suffix: str, *, stream: bool) -> Writer:
+    def write(base: Path, records: list[dict]) -> str:
+        import pyarrow as pa
+
+        path = base.with_name(base.name + suffix)
+        table = pa.Table.from_pylist(records)
+        with (pa.ipc.new_stream if stream else pa.ipc.new_file)(path, table.schema) as writer:
+            writer.write_table(table, max_chunksize=3)
+        return str(path)
+
+    return write
+
+
+def _saved_dataset(base: Path, records: list[dict]) -> str:
+    """A folder that datasets' save_to_disk wrote, in two data files."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    folder = base.with_name(base.name + "-saved")
+    datasets.Dataset.from_list(records).save_to_disk(str(folder), num_shards=2)
+    return str(folder)
+
+
 def _hub_folder(base: Path, records: list[dict]) -> str:
     folder = base.with_name(base.name + "-hub") / "data"
     folder.mkdir(parents=True)
@@ -110,6 +133,10 @@ LAYOUTS: dict[str, tuple[str, Writer, str | None]] = {
     "csv.zst": ("csv", _file(".csv.zst", lambda r: _zstd(_table(r, ","))), "zstandard"),
     "tsv.gz": ("tsv", _file(".tsv.gz", lambda r: gzip.compress(_table(r, "\t"))), None),
     "parquet": ("parquet", _parquet_file, "pyarrow"),
+    "arrow file": ("arrow", _arrow_file(".arrow", stream=False), "pyarrow"),
+    "arrow stream": ("arrow", _arrow_file(".arrows", stream=True), "pyarrow"),
+    "feather": ("arrow", _arrow_file(".feather", stream=False), "pyarrow"),
+    "saved dataset": ("arrow", _saved_dataset, "datasets"),
     "hub folder": ("hub", _hub_folder, "datasets"),
     "http": ("hub", None, "datasets"),  # written by the served_dir fixture below  # type: ignore[dict-item]
 }

@@ -12,7 +12,7 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -126,7 +126,8 @@ def _preset(spec: str, manager: PluginManager) -> PresetType | None:
 
 
 def _for_file(path: str, manager: PluginManager) -> SourceType:
-    claimed = manager.claim(SourceType, without_compression(path), by="suffixes")
+    folder = _folder_type(Path(path), manager) if os.path.isdir(path) else None
+    claimed = folder or manager.claim(SourceType, without_compression(path), by="suffixes")
     if claimed is None:
         suffixes = sorted(
             {s for rec in manager.components(SourceType).values() for s in rec.suffixes}
@@ -152,10 +153,16 @@ def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
     path = Path(spec)
     outputs.refuse(path)
     if path.is_dir():
+        if _folder_type(path, manager) is not None:
+            return [spec]
         readable = sorted(
             str(p)
-            for p in outputs.walk(path)
-            if manager.claim(SourceType, without_compression(str(p)), by="suffixes") and _is_file(p)
+            for p in outputs.walk(path, lambda d: _folder_type(d, manager) is not None)
+            if p.is_dir()
+            or (
+                manager.claim(SourceType, without_compression(str(p)), by="suffixes")
+                and _is_file(p)
+            )
         )
         if not readable:
             raise DataError(f"the directory {spec!r} holds no file that any source reads")
@@ -169,6 +176,22 @@ def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
             f"or a spec starting with {', '.join(prefixes)}"
         )
     return [spec]
+
+
+def _folder_type(path: Path, manager: PluginManager) -> SourceType | None:
+    """The source type that reads the directory ``path`` as one source (it holds one of the
+    type's ``markers``, as a folder ``datasets`` saved does), or None for a folder of files."""
+    claims = [
+        record
+        for record in manager.components(SourceType).values()
+        if any((path / marker).is_file() for marker in record.markers)
+    ]
+    if len(claims) > 1:
+        names = " and ".join(repr(record.name) for record in claims)
+        raise DataError(
+            f"the folder {str(path)!r} is claimed by the sources {names}: name its files"
+        )
+    return claims[0] if claims else None
 
 
 def _is_file(path: Path) -> bool:
@@ -242,12 +265,16 @@ class _Outputs:
             "files it was prepared from (its manifest lists them under provenance.sources)"
         )
 
-    def walk(self, top: Path) -> list[Path]:
-        """Every file below ``top`` that :meth:`readable` admits; datasets are not entered."""
+    def walk(self, top: Path, whole: Callable[[Path], bool]) -> list[Path]:
+        """Every file below ``top`` that :meth:`readable` admits, and every directory that is
+        ``whole`` (one source), not entered; datasets are not entered."""
         found: list[Path] = []
         for root, directories, files in os.walk(top):
             here = Path(root)
-            directories[:] = [d for d in directories if self.readable(here / d)]
+            kept = [d for d in directories if self.readable(here / d)]
+            folders = [d for d in kept if whole(here / d)]
+            found += [here / d for d in folders]
+            directories[:] = [d for d in kept if d not in folders]
             found += [here / name for name in files if self.readable(here / name)]
         return found
 

@@ -257,11 +257,16 @@ class HasSize(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class SourceType(Component):
-    """A source of raw records: claims specs by prefix (``sample:``) or file suffix (``.jsonl``)."""
+    """A source of raw records: claims specs by prefix (``sample:``) or file suffix (``.jsonl``),
+    and directories by the files that mark them (``markers``)."""
 
     factory: Callable[..., Source]  # (spec, **context, **options)
     prefixes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()  # without compression: ".jsonl" also claims ".jsonl.gz/.zst"
+    # File names that make a directory holding one of them a single source of this type (a
+    # folder that ``datasets`` saved), opened with the directory as its spec, instead of a
+    # folder whose files are read one by one.
+    markers: tuple[str, ...] = ()
     # For a source whose records hold token ids of its own making (``synthetic:``):
     # ``tokenizer(spec, **options)`` names the tokenizer those ids belong to (``ids:1000``),
     # the run's tokenizer when neither the user nor a preset names one.
@@ -272,8 +277,8 @@ class SourceType(Component):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        if not self.prefixes and not self.suffixes:
-            out.append(f"source {self.name!r} claims no prefix and no file suffix")
+        if not self.prefixes and not self.suffixes and not self.markers:
+            out.append(f"source {self.name!r} claims no prefix, file suffix or folder marker")
         return out
 
 

@@ -72,6 +72,14 @@ def _parquet(path: Path, records: list[dict[str, Any]]) -> None:
     pq.write_table(pa.Table.from_pylist(records), path, row_group_size=7)
 
 
+def _arrow(path: Path, records: list[dict[str, Any]], *, stream: bool) -> None:
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(records)
+    with (pa.ipc.new_stream if stream else pa.ipc.new_file)(path, table.schema) as writer:
+        writer.write_table(table, max_chunksize=7)
+
+
 def _lines(records: list[dict[str, Any]]) -> bytes:
     return "".join(r["text"] + "\n" for r in records).encode()
 
@@ -88,12 +96,15 @@ ENCODERS: dict[str, Callable[[list[dict[str, Any]]], bytes]] = {
 
 
 PARQUET = (".parquet", ".pq")
+# Arrow IPC: suffix -> whether the kit writes the stream format (.arrows, as the media type
+# names it) rather than the file format.
+ARROW = {".arrow": False, ".feather": False, ".ipc": False, ".arrows": True}
 
 
 def default_writer(suffixes: tuple[str, ...]) -> Writer | None:
     """A writer for the first of these file suffixes the kit knows, or ``None``."""
     for suffix in (s.lower() for s in suffixes):
-        if suffix in ENCODERS or suffix in PARQUET:
+        if suffix in ENCODERS or suffix in PARQUET or suffix in ARROW:
             return functools.partial(_write, suffix)
     return None
 
@@ -102,6 +113,8 @@ def _write(suffix: str, folder: Path, records: list[dict[str, Any]]) -> str:
     path = folder / f"data{suffix}"
     if suffix in PARQUET:
         _parquet(path, records)
+    elif suffix in ARROW:
+        _arrow(path, records, stream=ARROW[suffix])
     else:
         path.write_bytes(ENCODERS[suffix](records))
     return str(path)
