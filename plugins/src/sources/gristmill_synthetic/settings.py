@@ -7,6 +7,7 @@ this one alone; ``source_options`` give the same names to every source of a run.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 from collections.abc import Mapping
@@ -119,12 +120,14 @@ def _read(name: str, value: Any, spec: str) -> Any:
 
 
 def _sigma(value: Any) -> float:
-    try:
-        sigma = float(value) if isinstance(value, str) else value
-    except ValueError:
-        sigma = None
-    if (is_integer(sigma) or isinstance(sigma, float)) and math.isfinite(sigma) and sigma > 0:
-        return float(sigma)
+    sigma = math.nan
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            sigma = float(value)
+    elif is_integer(value) or isinstance(value, float):
+        sigma = float(value)
+    if math.isfinite(sigma) and sigma > 0:
+        return sigma
     raise OptionError(f"sigma must be a number above 0, got {value!r}")
 
 
