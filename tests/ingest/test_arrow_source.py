@@ -340,10 +340,19 @@ def test_a_saved_folder_missing_a_data_file_is_named_incomplete(tmp_path):
 # --- parallel prepare -----------------------------------------------------------------------------
 
 
-@needs_pyarrow
-def test_prepare_with_one_or_two_workers_is_byte_identical(tmp_path):
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param("stream", marks=needs_pyarrow),
+        pytest.param("saved folder", marks=needs_datasets),
+    ],
+)
+def test_prepare_with_one_or_two_workers_is_byte_identical(tmp_path, layout):
     records = [{"text": f"document {i}: " + "words " * (i % 50)} for i in range(3000)]
-    path = write_ipc(tmp_path / "d.arrow", records, 100, stream=True)
+    if layout == "stream":
+        path = write_ipc(tmp_path / "d.arrow", records, 100, stream=True)
+    else:  # tasks over runs of its data files
+        path = save(tmp_path / "saved", records, shards=5)
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
