@@ -33,10 +33,10 @@ def packed(prepared_dataset):
     return gristmill.open_dataset(prepared_dataset(files), seq_len=96, packer="first-fit")
 
 
-def _model(attention: str):
+def _model(attention: str, vocab_size: int = 260):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=260,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -213,3 +213,26 @@ def test_seq_lens_must_add_up_to_the_tokens():
     for collate in (Collator(), Collator(padding_free=True)):
         with pytest.raises(gristmill.errors.GristmillError, match="5 tokens but seq_lens"):
             collate([sample])
+
+
+def test_hf_names_add_the_boundaries_under_transformers_names(packed):
+    """The same batch, and the same facts again under the names transformers and TRL take; the
+    batch of a loader's worker too (its cu_seqlens in the samples' spare memory)."""
+    samples = [packed[i] for i in range(3)]
+    plain = Collator(padding_free=True, block_mask=False)(samples)
+    named = Collator(padding_free=True, block_mask=False, hf_names=True)
+    for batch in (named(samples), named.batches(packed.batch([0, 1, 2, 3]), [3, 1])[0]):
+        assert set(batch) - set(plain) == {
+            "cu_seq_lens_q",
+            "cu_seq_lens_k",
+            "max_length_q",
+            "max_length_k",
+        }
+        for key in plain:
+            assert torch.equal(torch.as_tensor(batch[key]), torch.as_tensor(plain[key])), key
+        for suffix in ("q", "k"):
+            assert torch.equal(batch[f"cu_seq_lens_{suffix}"], plain["cu_seqlens"])
+            assert batch[f"cu_seq_lens_{suffix}"].dtype == torch.int32
+            assert batch[f"max_length_{suffix}"] == plain["max_seqlen"]
+    with pytest.raises(gristmill.errors.GristmillError, match="pass padding_free=True"):
+        Collator(hf_names=True)

@@ -124,8 +124,9 @@ def test_a_state_from_another_run_is_refused(prepared):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_loader_rebuilt_from_its_parts_is_refused(prepared, workers):
-    """accelerate's prepare (tests/torch/test_trainers.py) rebuilds a loader from its dataset and
-    batch sampler: it would serve lists of batches, or shard the rank's steps again."""
+    """accelerate's prepare (tests/integrations/test_accelerate.py) rebuilds a loader from its
+    dataset and batch sampler: it would serve lists of batches, or shard the rank's steps
+    again."""
     loader = _loader(prepared, 0, 1, 4, num_workers=workers, persistent_workers=bool(workers))
     first = _run([loader], steps=3)
     rebuilt = torch.utils.data.DataLoader(

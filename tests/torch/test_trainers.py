@@ -1,8 +1,13 @@
-"""Real trainer clients: Hugging Face Trainer on a gristmill dataset and collator, and a plain
-PyTorch loop that checkpoints the loader mid-epoch and resumes with identical batches."""
+"""A plain PyTorch loop with a real (tiny) model that checkpoints the loader mid-epoch and resumes
+with identical batches, and a dataset as Hugging Face's trainers take it. The trainers
+themselves (Hugging Face Trainer, TRL, accelerate, Lightning) run in tox's integrations env,
+tests/integrations/."""
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import pytest
 
 import gristmill
@@ -21,36 +26,6 @@ def dataset(prepared_dataset):
             for i in range(200)
         ]
     )
-
-
-def test_hugging_face_trainer_trains_on_packed_samples(dataset, tmp_path):
-    pytest.importorskip("accelerate")
-    ds = gristmill.open_dataset(dataset, seq_len=128, packer="first-fit")
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        max_steps=6,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        remove_unused_columns=False,  # keep seq_lens: the collator builds the mask from it
-    )
-    trainer = transformers.Trainer(
-        model=_model("sdpa"), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
-    )
-    result = trainer.train()
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    assert result.global_step == 6 and len(losses) == 6
-    assert losses[-1] < losses[0]  # it learns
-    # Without remove_unused_columns=False the collator says how to fix it.
-    args.remove_unused_columns = True
-    trainer = transformers.Trainer(
-        model=_model("sdpa"), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
-    )
-    with pytest.raises(gristmill.GristmillError, match="remove_unused_columns=False"):
-        trainer.train()
 
 
 def _train(model, optimizer, loader, batches, steps=None):
@@ -110,23 +85,20 @@ def test_a_plain_loop_resumes_mid_epoch_with_identical_batches(dataset, tmp_path
         assert torch.allclose(value, reference[key], atol=1e-6), key
 
 
-def test_accelerate_trains_on_the_loader_as_it_is(dataset):
-    """accelerate prepares the model and optimizer; the loader, which already serves this
-    rank's share, is iterated as it is, and preparing it is refused with a way out."""
-    accelerate = pytest.importorskip("accelerate")
-    accelerator = accelerate.Accelerator(cpu=True)
-    model = _model("sdpa")
-    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
+def test_as_hf_dataset_serves_the_samples_it_is_asked_for(dataset):
+    datasets = pytest.importorskip("datasets")
     ds = gristmill.open_dataset(dataset, seq_len=128, packer="first-fit")
-    loader = gristmill.torch.dataloader(ds, batch_size=4)
-    with pytest.raises(gristmill.GristmillError, match="prepare the model and optimizer only"):
-        next(iter(accelerator.prepare(loader)))
-    losses = []
-    for batch in loader:
-        keys = ("input_ids", "labels", "position_ids", "attention_mask")
-        loss = model(**{k: batch[k].to(accelerator.device) for k in keys}).loss
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert len(losses) == len(loader) and losses[-1] < losses[0]
+    hf = gristmill.torch.as_hf_dataset(ds)
+    assert isinstance(hf, datasets.Dataset) and hf.column_names == ["index"] and len(hf) == len(ds)
+    # One row, rows together (as a DataLoader asks), and after a trip to a spawned worker.
+    for keys, rows in (
+        ([5], [hf[5]]),
+        ([3, 0, 7], hf.__getitems__([3, 0, 7])),
+        ([1, 2], pickle.loads(pickle.dumps(hf)).__getitems__([1, 2])),
+    ):
+        for key, row in zip(keys, rows, strict=True):
+            assert row.keys() == ds[key].keys()
+            assert all(np.array_equal(row[name], ds[key][name]) for name in row)
+    mix = gristmill.mixture({"a": ds, "b": ds}, weights={"a": 1, "b": 3})
+    with pytest.raises(gristmill.GristmillError, match="a mixture's weights"):
+        gristmill.torch.as_hf_dataset(mix)

@@ -195,6 +195,7 @@ COLLATOR = Section(
         "block_mask": Key(BOOL, True, "a block-diagonal causal `attention_mask`"),
         "pad_id": Key(COUNT, 0, "token id of padding"),
         "dtype": Key(DTYPE, "float32", "the torch dtype of the additive mask"),
+        "hf_names": Key(BOOL, False, "also `cu_seq_lens_q`/`_k`, `max_length_q`/`_k` (TRL)"),
     },
     call="`gristmill.torch.Collator`",
     api=("gristmill.torch.collator:Collator",),

@@ -27,6 +27,9 @@ class Collator:
       ``position_ids``, ``cu_seqlens`` (int32 start of every document segment, then the total) and
       ``max_seqlen``, as flash-attention's variable-length kernels take them. ``block_mask=True``
       adds the ``(1, 1, N, N)`` mask for backends without such kernels; ``False`` leaves it out.
+      ``hf_names=True`` adds the same boundaries under the names transformers' attention takes
+      and TRL's collator emits: ``cu_seq_lens_q``, ``cu_seq_lens_k`` (``cu_seqlens``) and
+      ``max_length_q``, ``max_length_k`` (``max_seqlen``).
 
     Every batch also carries ``seq_lens`` concatenated over its samples (drop it before
     ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
@@ -47,11 +50,18 @@ class Collator:
         block_mask: bool = True,
         pad_id: int = 0,
         dtype: torch.dtype = torch.float32,
+        hf_names: bool = False,
     ):
+        if hf_names and not padding_free:
+            raise GristmillError(
+                "hf_names=True names the document boundaries of a padding-free batch (padded "
+                "batches have none to name): pass padding_free=True as well"
+            )
         self.padding_free = padding_free
         self.block_mask = block_mask
         self.pad_id = pad_id
         self.dtype = dtype
+        self.hf_names = hf_names
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -200,7 +210,15 @@ class Collator:
         labels, position_ids), its sequences' lengths ``sizes`` and ``out_lens`` (the same, a
         tensor), and ``starts`` (their cu_seqlens, int32)."""
         out: dict[str, Any] = dict(zip(ROWS, tensors))
-        out.update(cu_seqlens=starts, max_seqlen=max(sizes, default=0), seq_lens=out_lens)
+        longest = max(sizes, default=0)
+        out.update(cu_seqlens=starts, max_seqlen=longest, seq_lens=out_lens)
+        if self.hf_names:
+            out.update(
+                cu_seq_lens_q=starts,
+                cu_seq_lens_k=starts,
+                max_length_q=longest,
+                max_length_k=longest,
+            )
         if self.block_mask:
             out["attention_mask"] = self._block_mask([(sizes, width)], width)
         return out
