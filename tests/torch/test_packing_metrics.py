@@ -31,15 +31,21 @@ PACKINGS.append(("none", None))  # no seq_len: a row is the step's longest sampl
 
 @pytest.fixture(scope="module")
 def data(prepared_dataset):
-    """Plain text (no loss mask) and prompt/completion pairs (loss on the completion only),
-    each prepared, beside the JSON Lines file it came from."""
+    """Plain text (no loss mask); prompt/completion pairs (loss on the completion only) with
+    text documents among them (loss from their first token on); and documents of one to three
+    tokens (so that samples end in one-token segments, which shifted labels empty)."""
     rng = np.random.default_rng(5)
     text = [{"text": f"doc {i} " + "w" * int(rng.integers(1, 90))} for i in range(150)]
     pairs = [
         {"prompt": f"q{i} " + "p" * int(rng.integers(1, 40)), "completion": "c" * int(n)}
         for i, n in enumerate(rng.integers(1, 50, 120))
     ]
-    return {"text": prepared_dataset(text), "pairs": prepared_dataset(pairs)}
+    short = [{"text": chr(97 + i % 26) * int(n)} for i, n in enumerate(rng.integers(1, 4, 200))]
+    return {
+        "text": prepared_dataset(text),
+        "pairs": prepared_dataset({"pairs": pairs, "text": text[:40]}),
+        "short": prepared_dataset(short),
+    }
 
 
 def _seen(batch) -> dict:
@@ -95,21 +101,22 @@ def _loaders(path, world: int, batch: int, options: dict, loader_options: dict):
     ]
 
 
-@settings(max_examples=examples(0.25), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("which", ["text", "pairs", "short"])
+@pytest.mark.parametrize("labels", ["unshifted", "shifted"])
+@pytest.mark.parametrize("restart", [None, True, False])
+@settings(max_examples=examples(0.1), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    which=st.sampled_from(["text", "pairs"]),
     packing=st.sampled_from(PACKINGS),
-    labels=st.sampled_from(["unshifted", "shifted"]),
     world=st.integers(1, 4),
     batch=st.integers(1, 4),
     sampler=st.sampled_from(SAMPLERS),
     drop_last=st.booleans(),
 )
 def test_every_rank_reports_the_figures_all_ranks_served(
-    data, which, packing, labels, world, batch, sampler, drop_last
+    data, which, labels, restart, packing, world, batch, sampler, drop_last
 ):
     packer, seq_len = packing
-    options = {"seq_len": seq_len, "packer": packer, "labels": labels, "seed": 3}
+    options = {"seq_len": seq_len, "packer": packer, "labels": labels, "restart": restart}
     loader_options = {"sampler": sampler, "drop_last": drop_last}
     loaders = _loaders(data[which], world, batch, options, loader_options)
     ahead = _loaders(data[which], world, batch, options, loader_options)[world - 1]
@@ -139,6 +146,19 @@ def test_a_mixture_reports_the_figures_of_both_datasets(data):
         for loader in loaders:
             _check(loader.metrics(), expected)
         _check(ahead[0].metrics(step), expected)
+
+
+@pytest.mark.parametrize("block", [1, 7, 20])
+def test_steps_found_a_block_at_a_time_are_those_found_all_at_once(data, monkeypatch, block):
+    ds = gristmill.open_dataset(data["pairs"], seq_len=SEQ_LEN, packer="first-fit")
+    world, batch = 2, 3  # 6 samples a step: blocks of 1, 1 and 3 steps
+    whole = gristmill.torch.dataloader(ds, batch_size=batch, rank=1, world_size=world)
+    steps = len(whole)
+    expected = [whole.metrics(step) for step in range(steps)]
+    monkeypatch.setattr("gristmill.serve.metrics.STEPS_BLOCK", block)
+    loader = gristmill.torch.dataloader(ds, batch_size=batch, rank=1, world_size=world)
+    order = np.random.default_rng(block).permutation(steps).tolist()
+    assert {step: loader.metrics(step) for step in order} == dict(enumerate(expected))
 
 
 def test_the_loss_of_masked_samples_counts_only_their_completions(data):

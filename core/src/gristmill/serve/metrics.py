@@ -33,25 +33,27 @@ import numpy as np
 from gristmill.serve.dataset import Dataset
 from gristmill.serve.mixture import Mixture
 from gristmill.serve.samples import IGNORE_INDEX
+from gristmill.serve.schedule import Schedule
 
-KEYS = (
+INT_KEYS = (
     "packing/samples",
     "packing/repeats",
     "packing/tokens",
     "packing/loss_tokens",
-    "packing/seq_len_mean",
     "packing/seq_len_min",
     "packing/seq_len_max",
     "packing/rank_tokens_min",
     "packing/rank_tokens_max",
-    "packing/padding_fraction",
-    "packing/docs_per_sample",
 )
+FLOAT_KEYS = ("packing/seq_len_mean", "packing/padding_fraction", "packing/docs_per_sample")
+KEYS = INT_KEYS + FLOAT_KEYS
 
-# A rank's share of a step: the columns of the table :func:`summarize` takes, one row a rank.
+# A rank's share of a planned step: the columns of the table :func:`summarize` takes.
 COLUMNS = ("samples", "repeats", "tokens", "loss", "sequences", "shortest", "longest", "room")
 
 LOSS_BLOCK = 1024  # samples whose loss masks are read at once
+# Samples whose steps' figures are found together: the array work is per call, not per sample.
+STEPS_BLOCK = 1 << 16
 
 
 class SampleFigures(NamedTuple):
@@ -76,16 +78,17 @@ def sample_figures(data: Dataset | Mixture) -> SampleFigures:
     seg_len = plan.seg_len.astype(np.int64)
     segments = np.diff(bounds)
     length = data.sample_lengths()  # tokens before the shift
+    # Shifted labels carry as much loss as unshifted ones: the label they drop, a sample's
+    # first, has none. Without masks every label has loss but a sequence's first.
     if data.restart:
         # Shifted, a sample's last sequence loses its last token (and goes if that empties it).
         sequences = segments - shifted * (seg_len[bounds[1:] - 1] == 1)
-        loss = length - segments  # every segment's first label is -100
+        loss = length - segments
     else:
         sequences = (length > shifted).astype(np.int64)
         loss = np.maximum(length - 1, 0)
     if data._masked:
         loss = _masked_loss(data)
-    # Shifted labels carry the same loss as unshifted ones: the label dropped is a first one.
     row = 0 if data.seq_len is None else data.seq_len - shifted
     return SampleFigures(
         np.maximum(length - shifted, 0), sequences, loss, np.full(len(length), row, np.int64)
@@ -112,29 +115,70 @@ def _masked_loss(data: Dataset) -> np.ndarray:
     return out
 
 
-def step_metrics(
-    figures: SampleFigures, indices: np.ndarray, repeats: np.ndarray
-) -> dict[str, Any]:
-    """The figures of a step from its samples on every rank: ``indices`` and ``repeats``
-    (``(world_size, share)``, row ``r`` rank ``r``'s, as
-    :meth:`~gristmill.serve.schedule.Schedule.step` gives them)."""
+class Steps(NamedTuple):
+    """The figures of consecutive steps, a row a step: the values of :data:`INT_KEYS` and of
+    :data:`FLOAT_KEYS`, as Python lists (a step's dict is then made without numpy calls)."""
+
+    ints: list[list[int]]
+    floats: list[list[float]]
+
+    def of(self, k: int) -> dict[str, int | float]:
+        """Step ``k``'s figures (of these steps)."""
+        return dict(zip(KEYS, [*self.ints[k], *self.floats[k]]))
+
+
+class PlannedMetrics:
+    """The figures of any step of a planned epoch, from its
+    :class:`~gristmill.serve.schedule.Schedule` and every sample's figures (found at the first
+    call), a block of steps at a time."""
+
+    def __init__(self, data: Dataset | Mixture):
+        self.data = data
+        self.figures: SampleFigures | None = None
+        self.block: tuple[Schedule, range, Steps] | None = None
+
+    def step(self, schedule: Schedule, step: int) -> dict[str, int | float]:
+        block = self.block
+        if block is None or block[0] is not schedule or step not in block[1]:
+            if self.figures is None:
+                self.figures = sample_figures(self.data)
+            per = max(1, STEPS_BLOCK // schedule.global_batch)
+            steps = range(step - step % per, min(step - step % per + per, schedule.steps))
+            indices, repeats, counts = schedule.everyone(steps)
+            table = planned_steps(self.figures, indices, repeats, counts, schedule.world_size)
+            self.block = block = (schedule, steps, table)
+        return block[2].of(step - block[1].start)
+
+
+def planned_steps(
+    figures: SampleFigures,
+    indices: np.ndarray,
+    repeats: np.ndarray,
+    counts: list[int],
+    world_size: int,
+) -> Steps:
+    """The figures of consecutive steps from their samples on every rank, as
+    :meth:`~gristmill.serve.schedule.Schedule.everyone` gives them."""
+    shares = np.asarray(counts, np.int64)
+    sizes = shares * world_size  # samples a step
+    step_at = np.cumsum(sizes) - sizes
+    rank_at = (step_at[:, None] + np.arange(world_size) * shares[:, None]).reshape(-1)
     tokens = figures.tokens[indices]
     rows = figures.rows[indices]
-    rows = np.where(rows > 0, rows, tokens.max(initial=0))
-    table = np.stack(
-        [
-            np.full(len(indices), indices.shape[1]),
-            repeats.sum(1),
-            tokens.sum(1),
-            np.where(repeats, 0, figures.loss[indices]).sum(1),
-            figures.sequences[indices].sum(1),
-            tokens.min(1, initial=np.iinfo(np.int64).max),
-            tokens.max(1, initial=0),
-            rows.sum(1),
-        ],
-        1,
-    )
-    return summarize(table)
+    if not rows.all():  # no seq_len: a row is the step's longest sample
+        longest = np.repeat(np.maximum.reduceat(tokens, step_at), sizes)
+        rows = np.where(rows > 0, rows, longest)
+    columns = [
+        np.repeat(shares, world_size),
+        np.add.reduceat(repeats.astype(np.int64), rank_at),
+        np.add.reduceat(tokens, rank_at),
+        np.add.reduceat(np.where(repeats, 0, figures.loss[indices]), rank_at),
+        np.add.reduceat(figures.sequences[indices], rank_at),
+        np.minimum.reduceat(tokens, rank_at),
+        np.maximum.reduceat(tokens, rank_at),
+        np.add.reduceat(rows, rank_at),
+    ]
+    return summarize(np.stack(columns, 1).reshape(len(shares), world_size, len(COLUMNS)))
 
 
 def batch_figures(samples: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -146,50 +190,44 @@ def batch_figures(samples: Sequence[Mapping[str, Any]]) -> list[int]:
     return [sum(lengths), loss, sequences, min(lengths, default=0), max(lengths, default=0)]
 
 
-def with_repeats(real: np.ndarray, spare: np.ndarray, size: int, row: int | None) -> np.ndarray:
-    """The :data:`COLUMNS` table of a step where every rank's batch has ``size`` samples: rank
-    ``r`` served ``real[r]`` samples (columns ``count`` then :func:`batch_figures`' five) and
-    filled up with repeats of a spare sample (``spare[r]``: its tokens and sequences).
-    ``row``: the tokens of a sample's row (``None``: the step's longest sample)."""
-    count, tokens, loss, sequences, shortest, longest = real.T
-    repeats = size - count
-    spare_tokens, spare_sequences = spare.T
-    any_repeat, any_real = repeats > 0, count > 0
-    shortest = np.where(any_real, shortest, np.iinfo(np.int64).max)
-    shortest = np.where(any_repeat, np.minimum(shortest, spare_tokens), shortest)
-    longest = np.where(any_repeat, np.maximum(longest, spare_tokens), longest)
-    room = size * (int(longest.max()) if row is None else row)
-    return np.stack(
-        [
-            np.full(len(real), size),
-            repeats,
-            tokens + repeats * spare_tokens,
-            loss,
-            sequences + repeats * spare_sequences,
-            shortest,
-            longest,
-            np.full(len(real), room),
-        ],
-        1,
-    )
+def stream_step(ranks: list[list[int]], row: int | None) -> dict[str, int | float]:
+    """The figures of a stream's step from every rank's numbers: its real samples,
+    :func:`batch_figures`' five, and the tokens and sequences of the sample its repeats copy
+    (every rank's batch is filled up to the fullest's size with such repeats). ``row``: a
+    sample's row (``None``: the step's longest sample). In plain Python, which for a few
+    numbers a rank costs less than numpy calls."""
+    size = max(rank[0] for rank in ranks)
+    repeated = loss_tokens = sequences = 0
+    per_rank: list[int] = []  # tokens
+    lengths: list[int] = []  # every rank's shortest and longest sample
+    for count, tokens, loss, rank_sequences, shortest, longest, spare, spare_seqs in ranks:
+        repeats = size - count
+        if repeats:
+            tokens += repeats * spare
+            rank_sequences += repeats * spare_seqs
+            shortest = min(shortest, spare) if count else spare
+            longest = max(longest, spare)
+        repeated += repeats
+        loss_tokens += loss
+        sequences += rank_sequences
+        per_rank.append(tokens)
+        lengths += (shortest, longest)
+    n, total = size * len(ranks), sum(per_rank)
+    filled = n * (max(lengths) if row is None else row)
+    ints = [n, repeated, total, loss_tokens, min(lengths), max(lengths)]
+    floats = [total / n, (filled - total) / filled if filled else 0.0, sequences / n]
+    return dict(zip(KEYS, [*ints, min(per_rank), max(per_rank), *floats]))
 
 
-def summarize(table: np.ndarray) -> dict[str, Any]:
-    """:data:`KEYS` from a step's :data:`COLUMNS` table, one row a rank."""
-    samples, repeats, tokens, loss, sequences, shortest, longest, room = (
-        table[:, k] for k in range(len(COLUMNS))
-    )
-    n, total, filled = int(samples.sum()), int(tokens.sum()), int(room.sum())
-    return {
-        "packing/samples": n,
-        "packing/repeats": int(repeats.sum()),
-        "packing/tokens": total,
-        "packing/loss_tokens": int(loss.sum()),
-        "packing/seq_len_mean": total / n if n else 0.0,
-        "packing/seq_len_min": int(shortest.min()) if n else 0,
-        "packing/seq_len_max": int(longest.max()) if n else 0,
-        "packing/rank_tokens_min": int(tokens.min()),
-        "packing/rank_tokens_max": int(tokens.max()),
-        "packing/padding_fraction": 1 - total / filled if filled else 0.0,
-        "packing/docs_per_sample": int(sequences.sum()) / n if n else 0.0,
-    }
+def summarize(table: np.ndarray) -> Steps:
+    """The figures of planned steps from their :data:`COLUMNS` tables, ``(steps, ranks,
+    columns)`` (as :func:`stream_step` finds them for a stream's step)."""
+    samples, repeats, tokens, loss, sequences, shortest, longest, room = np.moveaxis(table, 2, 0)
+    n, total, filled = samples.sum(1), tokens.sum(1), room.sum(1)
+    ints = [n, repeats.sum(1), total, loss.sum(1)]
+    ints += [shortest.min(1), longest.max(1), tokens.min(1), tokens.max(1)]
+    floats = np.zeros((len(table), len(FLOAT_KEYS)))
+    np.divide(total, n, out=floats[:, 0], where=n > 0)
+    np.divide(filled - total, filled, out=floats[:, 1], where=filled > 0)
+    np.divide(sequences.sum(1), n, out=floats[:, 2], where=n > 0)
+    return Steps(np.stack(ints, 1).tolist(), floats.tolist())

@@ -57,14 +57,16 @@ class Schedule:
         indices, repeats, _ = self.shares(range(step, step + 1), rank)
         return list(zip(indices.tolist(), repeats.tolist()))
 
-    def step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Global batch ``step`` on every rank: its sample indices and whether each is a repeat,
-        ``(world_size, share)`` each, row ``r`` rank ``r``'s share (as :meth:`shares` gives it)."""
-        lo = step * self.global_batch
-        positions = np.arange(lo, min(lo + self.global_batch, self.served))
-        positions = positions.reshape(self.world_size, -1)
+    def everyone(self, steps: range) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Global batches ``steps`` (consecutive) on every rank, in one go: their sample
+        indices and whether each is a repeat, step by step and rank by rank (each rank's share
+        as :meth:`shares` gives it), and how many samples each step gives a rank."""
+        size = self.global_batch
+        lo, hi = steps.start * size, min(steps.stop * size, self.served)
+        counts = [(min(at + size, hi) - at) // self.world_size for at in range(lo, hi, size)]
+        positions = np.arange(lo, hi)
         n = len(self.order)
-        return (self.order[positions % n] if n else positions), positions >= n
+        return (self.order[positions % n] if n else positions), positions >= n, counts
 
     def shares(self, steps: range, rank: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Rank ``rank``'s shares of global batches ``steps`` (consecutive), in one go: their

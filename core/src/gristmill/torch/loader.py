@@ -19,7 +19,7 @@ import torch
 from gristmill.errors import GristmillError
 from gristmill.plugin.arguments import check_int
 from gristmill.serve.dataset import Dataset
-from gristmill.serve.metrics import SampleFigures, sample_figures, step_metrics
+from gristmill.serve.metrics import PlannedMetrics
 from gristmill.serve.mixture import Mixture
 from gristmill.serve.samples import SampleBatch
 from gristmill.serve.schedule import Schedule
@@ -147,7 +147,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self.epoch = self.step = 0
         self._schedule: tuple[int, Schedule] | None = None
         self._last: tuple[Schedule, int] | None = None  # the step last handed out, for metrics()
-        self._figures: SampleFigures | None = None  # every sample's, at the first metrics()
+        self._metrics = PlannedMetrics(dataset)
         self.schedule()  # checks the sizes now, not at the first batch
         # Not collate_fn either: torch's is the identity, a chunk's batches come collated.
         self.collate = collate_fn or Collator()
@@ -216,9 +216,7 @@ class DataLoader(torch.utils.data.DataLoader):
                     f"step {step} is past the end of epoch {self.epoch}, which has "
                     f"{schedule.steps} steps"
                 )
-        if self._figures is None:
-            self._figures = sample_figures(self.source)
-        return step_metrics(self._figures, *schedule.step(step))
+        return self._metrics.step(schedule, step)
 
     def state_dict(self) -> dict[str, Any]:
         """Where this loader is: resume with ``load_state_dict`` on any rank and any world size

@@ -36,7 +36,7 @@ import torch
 
 from gristmill.errors import GristmillError
 from gristmill.plugin.arguments import check_int
-from gristmill.serve.metrics import batch_figures, summarize, with_repeats
+from gristmill.serve.metrics import batch_figures, stream_step
 from gristmill.serve.samples import build_sample
 from gristmill.serve.stream import Stream, StreamStats, TokenizedChunk
 from gristmill.torch.collator import Collator
@@ -307,11 +307,8 @@ class StreamLoader(torch.utils.data.DataLoader):
                 "no batch has been served yet: call metrics() after taking a batch (a stream's "
                 "steps are known only as they are served)"
             )
-        agreed = self._last
-        size = int(agreed[:, 0].max())
         row = self.stream.seq_len and self.stream.seq_len - (self.stream.labels == "shifted")
-        table = with_repeats(agreed[:, [0, 3, 4, 5, 6, 7]], agreed[:, 8:], size, row)
-        return summarize(table)
+        return stream_step([[r[0], *r[3:]] for r in self._last.tolist()], row)
 
     def __len__(self) -> int:
         raise no_length()
