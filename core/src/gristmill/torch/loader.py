@@ -281,7 +281,9 @@ def dataloader(
     the same number of steps, and repeated samples that keep them in step have labels all -100
     (the batch marks them in ``repeat``). Batches are collated by
     :class:`~gristmill.torch.Collator` unless ``collate_fn`` says otherwise; other options
-    (``num_workers``, ``pin_memory``…) go to ``torch.utils.data.DataLoader``.
+    (``num_workers``, ``pin_memory``…) go to ``torch.utils.data.DataLoader``. After a batch,
+    ``loader.metrics()`` gives the step's packing figures over every rank, a dict to log
+    (:mod:`gristmill.serve.metrics`).
 
     A dataset: ``sampler`` names a sampler plugin: ``distributed`` (a new shuffle every epoch,
     the default; ``sampler_options={"shuffle": False}`` keeps index order), ``random`` (the
@@ -294,7 +296,8 @@ def dataloader(
     workers tokenize, the main process packs, and the ranks agree on every step. A rank that
     runs out first serves repeats until the others are done; with ``drop_last`` the epoch ends
     as soon as a rank lacks a full batch. torch.distributed must be initialised on more than
-    one rank.
+    one rank. A stream has no length: ``len()`` says so, and a trainer takes a number of steps
+    instead.
     """
     batch_size = check_int("batch_size", batch_size)
     seed = None if seed is None else check_int("seed", seed, at_least=None)
