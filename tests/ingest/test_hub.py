@@ -15,8 +15,10 @@ import pytest
 
 import gristmill
 from gristmill.cli import main
-from gristmill.ingest.sources import open_sources
+from gristmill.errors import DataError
+from gristmill.ingest.sources import named_spec, open_sources
 from gristmill.plugin.manager import get_manager
+from tests.helpers import run_gristmill
 
 pytest.importorskip("datasets")
 
@@ -81,7 +83,9 @@ OFFLINE_MODE = {
 }
 
 
-@pytest.mark.parametrize("spec", ["hub:some-org/some-dataset", "preset:tiny-shakespeare"])
+@pytest.mark.parametrize(
+    "spec", ["hub:some-org/some-dataset", "some-org/some-dataset", "preset:tiny-shakespeare"]
+)
 @pytest.mark.parametrize(
     "variables", [NO_NETWORK, OFFLINE_MODE], ids=["no-network", "offline-mode"]
 )
@@ -97,10 +101,12 @@ def test_offline_fails_at_once_with_a_way_out(tmp_path, spec, variables):
     )
     assert result.returncode == 2
     assert time.monotonic() - start < 60
-    assert (
-        "gristmill looks offline" in result.stderr
-        and "hub:/path/to/dataset-folder" in result.stderr
-    )
+    assert "hub:/path/to/dataset-folder" in result.stderr
+    if variables is OFFLINE_MODE:  # set already: the way out is not to set it again
+        assert "HF_HUB_OFFLINE is set" in result.stderr
+        assert "HF_HUB_OFFLINE=1" not in result.stderr
+    else:
+        assert "gristmill looks offline. Use a cached copy with HF_HUB_OFFLINE=1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -108,6 +114,65 @@ def test_offline_fails_at_once_with_a_way_out(tmp_path, spec, variables):
 def test_presets_are_listed(capsys):
     assert main(["presets", "--json"]) == 0
     presets = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
-    assert set(presets) >= {"fineweb", "fineweb-edu", "the-pile", "tiny-shakespeare", "shakespeare"}
+    assert set(presets) >= {
+        "fineweb",
+        "fineweb-edu",
+        "the-pile",
+        "pile",
+        "tiny-shakespeare",
+        "shakespeare",
+    }
     assert presets["fineweb-edu"]["source"] == "hub:HuggingFaceFW/fineweb-edu:sample-10BT"
     assert presets["tiny-shakespeare"]["tokenizer"] == "byte"
+
+
+def test_a_bare_org_name_is_a_hub_dataset_unless_a_local_path_is_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    manager = get_manager()
+    assert named_spec("some-org/some-data", manager) == "hub:some-org/some-data"
+    assert named_spec("org/name:config@v1#test", manager) == "hub:org/name:config@v1#test"
+    (tmp_path / "some-org" / "some-data").mkdir(parents=True)  # a local path always wins
+    assert named_spec("some-org/some-data", manager) == "some-org/some-data"
+    # A local ORG folder, or a NAME with a file's suffix: a path not found, not a Hub name.
+    assert named_spec("some-org/missing", manager) == "some-org/missing"
+    assert named_spec("corpus/train.jsonl", manager) == "corpus/train.jsonl"
+    with pytest.raises(DataError, match=r"source 'corpus/train\.jsonl' not found"):
+        open_sources(["corpus/train.jsonl"], manager)
+
+
+def test_a_bare_org_name_reads_the_hub_dataset_by_cli_and_config(tmp_path):
+    result = run_gristmill(
+        "prepare", "some-org/some-dataset", "-o", str(tmp_path / "o"), env=OFFLINE_MODE
+    )
+    assert result.returncode == 2
+    assert "some-org/some-dataset: no such local path; reading hub:some-org/some-dataset" in (
+        result.stderr
+    )
+    assert "hub:some-org/some-dataset: cannot load some-org/some-dataset" in result.stderr
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[prepare]\nsources = "some-org/some-dataset"\noutput = "{tmp_path / "c"}"\n'
+    )
+    result = run_gristmill("prepare", "--config", str(config), env=OFFLINE_MODE)
+    assert "hub:some-org/some-dataset: cannot load" in result.stderr
+
+
+def test_a_missing_local_folder_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"hub:./missing: no such folder: ./missing"):
+        open_sources(["hub:./missing"], get_manager())
+    (tmp_path / "data.jsonl").write_text('{"text": "a"}\n')
+    with pytest.raises(DataError, match=r"data\.jsonl is a file: hub: reads a dataset folder"):
+        open_sources([f"hub:{tmp_path / 'data.jsonl'}"], get_manager())
+
+
+def test_blank_lines_of_a_text_dataset_are_passed_over_and_counted(tmp_path):
+    folder = tmp_path / "works"
+    folder.mkdir()
+    (folder / "works.txt").write_text("ACT I\n\nSCENE I. Elsinore.\n   \nEnter two sentinels\n")
+    [source] = open_sources([f"hub:{folder}"], get_manager())
+    rows = [(r["text"], where.line) for r, where in (i for i in source.records() if len(i) == 2)]
+    assert rows == [("ACT I", 1), ("SCENE I. Elsinore.", 3), ("Enter two sentinels", 5)]
+    manifest = gristmill.prepare(f"hub:{folder}", tmp_path / "out", progress=False)
+    assert manifest["splits"]["train"]["num_documents"] == 3
+    assert manifest["provenance"]["passed_over"] == {"blank-line": 2}

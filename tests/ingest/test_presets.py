@@ -4,19 +4,29 @@ passes is the one that resolves it (never the process-wide one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 import gristmill
 from gristmill import hookimpl
-from gristmill.errors import DataError, OptionError, PluginError, UnknownComponentError
-from gristmill.ingest.sources import open_sources
+from gristmill.errors import (
+    DataError,
+    GristmillError,
+    OptionError,
+    PluginError,
+    UnknownComponentError,
+)
+from gristmill.ingest.sources import named_spec, open_sources, with_preset_defaults
+from gristmill.options import PrepareOptions, StreamOptions
 from gristmill.plugin.components import PresetType, TokenizerType
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.store.convert import convert
 from gristmill_byte import BOS, ByteTokenizer
+from tests.helpers import run_gristmill
 
 RECORDS = [{"title": f"title {i}", "body": f"body of note {i}"} for i in range(5)]
 
@@ -151,3 +161,89 @@ def test_an_unknown_preset_lists_the_presets_there_are(notes):
     manager = _manager(Notes(notes))
     with pytest.raises(UnknownComponentError, match=r"no preset named 'nope'; available: .*notes"):
         open_sources(["preset:nope"], manager)
+
+
+# --- names as users write them, and the tokenizer a preset chooses --------------------------------
+
+
+def test_preset_names_as_guides_write_them():
+    manager = get_manager()
+    presets = manager.components(PresetType)
+    assert named_spec("pile", manager) == "preset:pile"
+    assert presets["pile"].source == presets["the-pile"].source
+    assert presets["pile"].tokenizer == presets["the-pile"].tokenizer
+    assert named_spec("tiny_shakespeare", manager) == "preset:tiny-shakespeare"
+    # shakespeare: the complete works, one row per line, not Tiny Shakespeare again.
+    assert presets["shakespeare"].source != presets["tiny-shakespeare"].source
+    assert "complete works" in presets["shakespeare"].description
+    assert "line by line" in presets["shakespeare"].description
+
+
+def test_a_bare_preset_name_is_read_unless_a_local_path_is_there(notes, tmp_path, monkeypatch):
+    manager = _manager(Notes(notes))
+    monkeypatch.chdir(tmp_path)
+    gristmill.prepare("notes", tmp_path / "out", workers=1, progress=False, manager=manager)
+    assert _texts(tmp_path / "out", manager)[0] == "bos-byte"  # the preset's tokenizer
+    (tmp_path / "notes").mkdir()  # a local path always wins: here, an empty folder
+    with pytest.raises(DataError, match="the directory 'notes' holds no file"):
+        gristmill.prepare("notes", tmp_path / "o2", progress=False, manager=manager)
+
+
+def test_a_presets_tokenizer_is_the_runs_unless_one_is_given():
+    manager = get_manager()
+    for options in (PrepareOptions(), StreamOptions()):
+        assert with_preset_defaults(options, "preset:fineweb-edu", manager).tokenizer == "hf:gpt2"
+        assert with_preset_defaults(options, ["fineweb-edu"], manager).tokenizer == "hf:gpt2"
+        given = dataclasses.replace(options, tokenizer="byte")
+        assert with_preset_defaults(given, "preset:fineweb-edu", manager).tokenizer == "byte"
+    assert with_preset_defaults(PrepareOptions(), "tiny_shakespeare", manager).tokenizer == "byte"
+
+
+def test_a_presets_tokenizer_offline_fails_at_once_saying_how_to_give_another(
+    notes, tmp_path, monkeypatch
+):
+    pytest.importorskip("transformers", reason="hf: tokenizers need transformers")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = PresetType(
+        name="offline-notes",
+        description="d",
+        source=str(notes),
+        text_field="body",
+        tokenizer="hf:gristmill-tests/not-in-any-cache",
+    )
+    manager = _manager(Notes(notes, offline=offline))
+    start = time.monotonic()
+    for run in (
+        lambda: gristmill.prepare("preset:offline-notes", tmp_path / "o", manager=manager),
+        lambda: gristmill.stream("offline-notes", seq_len=64, manager=manager),
+    ):
+        with pytest.raises(GristmillError) as caught:
+            run()
+        says = str(caught.value)
+        assert "not in the local Hugging Face cache" in says
+        assert "the tokenizer preset:offline-notes uses when none is given; --tokenizer" in says
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "o").exists()
+    served = gristmill.stream("offline-notes", seq_len=64, tokenizer="byte", manager=manager)
+    assert sum(len(sample["seq_lens"]) for sample in served) == len(RECORDS)
+
+
+@pytest.mark.parametrize("name", ["pile", "tiny_shakespeare", "shakespeare"])
+def test_the_cli_reads_preset_names_as_guides_write_them(name, tmp_path):
+    result = run_gristmill(
+        "prepare",
+        name,
+        "-o",
+        str(tmp_path / "o"),
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_ENDPOINT": "http://127.0.0.1:9",
+        },
+    )
+    assert result.returncode == 2
+    source = get_manager().get(PresetType, name).source
+    assert f"{name}: no such local path; reading preset:" in result.stderr
+    assert f"{source}: cannot load" in result.stderr

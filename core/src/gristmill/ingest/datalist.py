@@ -135,6 +135,7 @@ def _entry(item: Any, listed: str, number: int) -> Entry:
     path, ratio, fmt = item.get("path"), item.get("ratio", 1), item.get("format")
     if not isinstance(path, str) or not path.strip():
         raise DataError("path must name a file, folder, glob or spec", where=where)
+    where = f"{where} ({path})"
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
         raise DataError(
             f"ratio must be a positive number (0.5 keeps half the records, 2 repeats each "

@@ -1,22 +1,31 @@
-"""Turning source specs (prefixes, paths, globs, directories, presets) into opened sources.
+"""Turning source specs (prefixes, paths, globs, directories, presets, data lists, bare names)
+into opened sources.
 
-``preset:NAME`` is resolved here, not by a plugin: a preset names any source spec, which opens as
-if the user had named it, and the defaults it gives a run come from :func:`preset_defaults`.
+``preset:NAME`` and data lists (:mod:`gristmill.ingest.datalist`) are resolved here, not by a
+plugin: a preset names any source spec, which opens as if the user had named it, and the defaults
+it gives a run come from :func:`preset_defaults`; a data list's entries open as if each had been
+named. A name that is not a local path may stand for a preset (``pile``) or a Hub dataset
+(``ORG/NAME``): :func:`named_spec`. In-memory records arrive already made into sources
+(:mod:`gristmill.ingest.records`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import errno
 import glob
 import json
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gristmill.errors import DataError
+from gristmill.errors import DataError, GristmillError, OptionError, UnknownComponentError
+from gristmill.ingest.datalist import LIST_PREFIX, Entry, Sampled, list_file, read_entries, sampled
 from gristmill.ingest.tokenizers import declared_tokenizer
 from gristmill.layout import FORMAT, INCOMPLETE, MANIFEST, REJECTS, reject_file
 from gristmill.plugin.components import PRESET_PREFIX, PresetType, Source, SourceType
@@ -29,46 +38,161 @@ if TYPE_CHECKING:
 log = logging.getLogger("gristmill")
 
 DEFAULT_TOKENIZER = "byte"  # a run's tokenizer when neither the user nor a preset names one
+HUB_PREFIX = "hub:"  # where a bare ORG/NAME goes, when a source claims it
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # before :config, @rev, #split
+PRESET_NAME = re.compile(r"[A-Za-z][\w-]*")
 Opts = TypeVar("Opts", bound="DataclassInstance")
+Input = str | os.PathLike[str] | Source  # a spec, or in-memory records made into a source
 
 
 def open_sources(
-    specs: Sequence[str | os.PathLike[str]],
+    specs: Sequence[Input],
     manager: PluginManager,
     options: Mapping[str, Any] | None = None,
     *,
     output: str | os.PathLike[str] | None = None,
     **context: Any,
 ) -> list[Source]:
-    """Open every source, in the order given; paths expand to their files in sorted order.
+    """Open every source, in the order given; paths expand to their files in sorted order, data
+    lists to their entries' sources.
 
     The user's ``options`` go to every source factory, each checked against what its source type
     declares; so does gristmill's ``context`` (``max_record_bytes``…). A preset's source opens
     with the preset's options under the user's. Directories and globs pass over gristmill
     datasets, reject files and the run's ``output`` (a dataset directory or a converted file,
-    and its reject file); naming one of them is an error.
+    and its reject file); naming one of them is an error. A source already made (in-memory
+    records) takes no options.
     """
     if not specs:
         raise DataError("no sources given: name files, globs, directories or e.g. sample:stdlib")
+    opener = _Opener(manager, _Outputs(output), context)
     opened: list[Source] = []
     for raw in specs:
-        spec, given = os.fspath(raw), dict(options or {})
-        preset = _preset(spec, manager)
-        if preset is not None:
-            spec, given = preset.source, {**preset.source_options(), **given}
-        claimed = manager.claim(SourceType, spec, by="prefixes")
-        if claimed is not None:
-            opened.append(claimed.factory(spec, **context, **claimed.check_options(given)))
-            continue
-        for path in _expand(spec, manager, _Outputs(output)):
-            source_type = _for_file(path, manager)
-            opened.append(source_type.factory(path, **context, **source_type.check_options(given)))
+        if isinstance(raw, (str, os.PathLike)):
+            opened += opener.open(os.fspath(raw), dict(options or {}))
+        elif options:
+            raise OptionError(f"{raw.spec}: in-memory records take no source options: {options}")
+        else:
+            opened.append(raw)
     return opened
+
+
+class _Opener:
+    """Opens one spec of a run: what every spec of it shares."""
+
+    def __init__(self, manager: PluginManager, outputs: _Outputs, context: dict[str, Any]):
+        self.manager, self.outputs, self.context = manager, outputs, context
+
+    def open(
+        self,
+        spec: str,
+        given: dict[str, Any],
+        reader: SourceType | None = None,
+        entry: Entry | None = None,
+    ) -> list[Source]:
+        """The sources ``spec`` names; ``reader`` reads its files whatever their suffix, and
+        ``entry`` is the data-list entry that names it (a data list cannot name another)."""
+        manager, named = self.manager, named_spec(spec, self.manager)
+        if named != spec:
+            log.info(f"{spec}: no such local path; reading {named}")
+        preset = _preset(named, manager)
+        if preset is not None:
+            named, given = preset.source, {**preset.source_options(), **given}
+        listed = list_file(named)
+        if listed is not None and entry is not None:
+            raise DataError(f"{named} is a data list: a data list cannot name another one")
+        if listed is not None:
+            return self.open_list(listed, given)
+        claimed = manager.claim(SourceType, named, by="prefixes")
+        if claimed is not None and reader is not None:
+            raise DataError(f"format names the source of files, folders and globs, not of {named}")
+        if claimed is not None:
+            return [claimed.factory(named, **self.context, **claimed.check_options(given))]
+        opened = []
+        for path in _expand(named, manager, self.outputs, every_file=reader is not None):
+            kind = reader or _for_file(path, manager)
+            opened.append(kind.factory(path, **self.context, **kind.check_options(given)))
+        return opened
+
+    def open_list(self, path: str, given: dict[str, Any]) -> list[Source]:
+        """The sources of a data list's entries, in order, each at its ratio."""
+        opened: list[Source] = []
+        for entry in read_entries(path):
+            try:
+                reader = (
+                    None if entry.format is None else self.manager.get(SourceType, entry.format)
+                )
+                sources = self.open(_entry_spec(entry, self.manager), given, reader, entry)
+            except GristmillError as exc:
+                raise reworded(exc, where=entry.where) from None
+            if entry.ratio != 1:
+                sources = [sampled(source, entry.ratio, entry) for source in sources]
+            opened += sources
+        return opened
+
+
+def named_spec(spec: str, manager: PluginManager, folder: str = ".") -> str:
+    """``spec``, or what a bare name that is not a local path stands for: a preset
+    (``pile`` → ``preset:pile``), else a Hub dataset (``ORG/NAME`` → ``hub:ORG/NAME``) unless
+    ``ORG`` is a local folder or ``NAME`` ends in a suffix a source reads (a file not found).
+    A local path always wins. ``folder``: where a relative path starts."""
+    if _prefixed(spec, manager) or glob.has_magic(spec):
+        return spec
+    if os.path.lexists(os.path.join(folder, os.path.expanduser(spec))):
+        return spec
+    if PRESET_NAME.fullmatch(spec):
+        try:
+            return PRESET_PREFIX + manager.get(PresetType, spec).name
+        except UnknownComponentError:
+            return spec
+    name = re.split(r"[:@#]", spec, maxsplit=1)[0]
+    hub = HUB_PREFIX + spec
+    if (
+        HUB_NAME.fullmatch(name)
+        and not os.path.isdir(os.path.join(folder, name.split("/")[0]))
+        and manager.claim(SourceType, without_compression(name), by="suffixes") is None
+        and manager.claim(SourceType, hub, by="prefixes") is not None
+    ):
+        return hub
+    return spec
+
+
+def _entry_spec(entry: Entry, manager: PluginManager) -> str:
+    """What a data-list entry names: a path relative to the list's folder, or a spec."""
+    named = named_spec(entry.path, manager, entry.folder)
+    if named != entry.path or _prefixed(entry.path, manager):
+        return named
+    return os.path.join(entry.folder, os.path.expanduser(entry.path))
+
+
+def _prefixed(spec: str, manager: PluginManager) -> bool:
+    return spec.startswith((PRESET_PREFIX, LIST_PREFIX)) or (
+        manager.claim(SourceType, spec, by="prefixes") is not None
+    )
+
+
+def sampling(source: Source) -> dict[str, Any]:
+    """Where a source read at a ratio comes from (its data list and entry) and the ratio; for
+    a manifest's provenance. Empty for any other source."""
+    if not isinstance(source, Sampled):
+        return {}
+    entry = source.entry
+    return {"list": entry.listed, "entry": entry.number, "ratio": source.ratio}
+
+
+def reworded(exc: GristmillError, *, where: str = "", after: str = "") -> GristmillError:
+    """``exc`` (of the same type) with ``where`` before its message and ``after`` after it."""
+    if isinstance(exc, DataError):
+        place = ": ".join(p for p in (where, exc.where) if p) or None
+        return type(exc)(exc.reason + after, where=place, field=exc.field)
+    made = copy.copy(exc)
+    made.args = (f"{where}: {exc}{after}" if where else f"{exc}{after}",)
+    return made
 
 
 def with_preset_defaults(
     options: Opts,
-    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    sources: Input | Sequence[Input],
     manager: PluginManager,
 ) -> Opts:
     """``options`` (a call's options dataclass) with what the user left unset filled in: a
@@ -79,7 +203,7 @@ def with_preset_defaults(
     Presets that disagree on a setting the user left unset raise
     :class:`~gristmill.errors.DataError` asking for it to be given.
     """
-    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)  # type: ignore[arg-type]
     names = {f.name for f in dataclasses.fields(options)}
     unset = [
         name for name in ("tokenizer", "fields") if name in names and not getattr(options, name)
@@ -93,13 +217,14 @@ def with_preset_defaults(
 
 
 def preset_defaults(
-    specs: Sequence[str | os.PathLike[str]],
+    specs: Sequence[Input],
     manager: PluginManager,
     settings: Collection[str] = ("tokenizer", "fields"),
 ) -> dict[str, Any]:
-    """Of ``settings``, those the presets among ``specs`` give: ``tokenizer`` (where a preset
-    names one) and ``fields`` (where a preset's text field is not ``text``)."""
-    presets = [p for p in (_preset(os.fspath(s), manager) for s in specs) if p is not None]
+    """Of ``settings``, those the presets among ``specs`` (data lists' entries included) give:
+    ``tokenizer`` (where a preset names one) and ``fields`` (where a preset's text field is not
+    ``text``)."""
+    presets = _presets(specs, manager)
     wanted = {
         "tokenizer": {(p.name, p.tokenizer) for p in presets if p.tokenizer is not None},
         "fields": {(p.name, p.text_field) for p in presets if p.text_field != "text"},
@@ -116,6 +241,47 @@ def preset_defaults(
         if values:
             defaults[setting] = values[0] if setting == "tokenizer" else {"text": values[0]}
     return defaults
+
+
+def _presets(specs: Sequence[Input], manager: PluginManager) -> list[PresetType]:
+    """The presets ``specs`` name, directly or as entries of a data list."""
+    found = []
+    for raw in specs:
+        if not isinstance(raw, (str, os.PathLike)):
+            continue
+        spec = named_spec(os.fspath(raw), manager)
+        listed = list_file(spec)
+        entries = [spec] if listed is None else _listed_specs(listed, manager)
+        found += [p for p in (_preset(s, manager) for s in entries) if p is not None]
+    return found
+
+
+def _listed_specs(path: str, manager: PluginManager) -> list[str]:
+    try:
+        return [_entry_spec(entry, manager) for entry in read_entries(path)]
+    except GristmillError:
+        return []  # opening the list says what is wrong with it
+
+
+@contextlib.contextmanager
+def presets_tokenizer(
+    given: str | None, specs: Sequence[Input], manager: PluginManager
+) -> Iterator[None]:
+    """A tokenizer that fails to load, where a preset chose it (``given`` is the user's, None),
+    fails naming the preset and how to give another."""
+    try:
+        yield
+    except GristmillError as exc:
+        chosen = [p for p in _presets(specs, manager) if p.tokenizer is not None]
+        if given is not None or not chosen:
+            raise
+        raise reworded(
+            exc,
+            after=(
+                f" (the tokenizer preset:{chosen[0].name} uses when none is given; --tokenizer, "
+                "or tokenizer= in Python and config files, chooses another)"
+            ),
+        ) from None
 
 
 def _preset(spec: str, manager: PluginManager) -> PresetType | None:
@@ -140,7 +306,11 @@ def _for_file(path: str, manager: PluginManager) -> SourceType:
     return claimed
 
 
-def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
+def _expand(
+    spec: str, manager: PluginManager, outputs: _Outputs, *, every_file: bool = False
+) -> list[str]:
+    """The files (and whole-folder sources) ``spec`` names; ``every_file``: a directory's files
+    whatever their suffix (a data-list entry's ``format`` reads them), hidden ones left out."""
     if glob.has_magic(spec):
         found = [
             p
@@ -160,7 +330,10 @@ def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
             for p in outputs.walk(path, lambda d: _folder_type(d, manager) is not None)
             if p.is_dir()
             or (
-                manager.claim(SourceType, without_compression(str(p)), by="suffixes")
+                (
+                    (every_file and not p.name.startswith("."))
+                    or manager.claim(SourceType, without_compression(str(p)), by="suffixes")
+                )
                 and _is_file(p)
             )
         )
@@ -170,7 +343,9 @@ def _expand(spec: str, manager: PluginManager, outputs: _Outputs) -> list[str]:
     if not path.exists():
         _refuse_broken_link(path)
         records = manager.components(SourceType).values()
-        prefixes = sorted({PRESET_PREFIX, *(p for rec in records for p in rec.prefixes)})
+        prefixes = sorted(
+            {PRESET_PREFIX, LIST_PREFIX, *(p for rec in records for p in rec.prefixes)}
+        )
         raise DataError(
             f"source {spec!r} not found: give an existing file, directory or glob, "
             f"or a spec starting with {', '.join(prefixes)}"

@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +33,8 @@ from gristmill.ingest.chain import Problem, check_schemas, document_batches
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks, source_size
 from gristmill.ingest.policy import ErrorPolicy, describe_passed, describe_skips
-from gristmill.ingest.sources import open_sources, with_preset_defaults
+from gristmill.ingest.records import source_inputs
+from gristmill.ingest.sources import open_sources, presets_tokenizer, with_preset_defaults
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.options import StreamOptions, takes
 from gristmill.plugin.components import (
@@ -45,6 +45,9 @@ from gristmill.plugin.components import (
 )
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.serve.samples import Part, build_sample
+
+if TYPE_CHECKING:
+    from gristmill.ingest.records import Sources
 
 log = logging.getLogger("gristmill")
 
@@ -97,14 +100,15 @@ class Stream:
 
     def __init__(
         self,
-        sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        sources: Sources,
         options: StreamOptions | None = None,
         *,
         manager: PluginManager | None = None,
     ):
         self.manager = manager or get_manager()
-        specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-        options = with_preset_defaults(options or StreamOptions(), specs, self.manager)
+        specs = source_inputs(sources)
+        given = options or StreamOptions()
+        options = with_preset_defaults(given, specs, self.manager)
         self.options, self.seq_len, self.labels = options, options.seq_len, options.labels
         if options.format != "auto":
             check_fields(self.manager.get(FieldMapperType, options.format), options.fields)
@@ -119,9 +123,10 @@ class Stream:
         assert options.tokenizer is not None, "resolved by with_preset_defaults"
         tokenizer_type = resolve_tokenizer(options.tokenizer, self.manager)
         tokenizer_options = tokenizer_type.check_options(options.tokenizer_options)
-        self.tokenizer = tokenizer_type.factory(
-            options.tokenizer, engine=options.engine, **tokenizer_options
-        )
+        with presets_tokenizer(given.tokenizer, specs, self.manager):
+            self.tokenizer = tokenizer_type.factory(
+                options.tokenizer, engine=options.engine, **tokenizer_options
+            )
         record = self.manager.get(PackerType, options.packer)
         self.packer = _online_packer(record, options, self.manager)
         self.restart = record.restart if options.restart is None else bool(options.restart)
@@ -268,7 +273,7 @@ def _refuse_parallel_copies() -> None:
 
 @takes(StreamOptions)
 def stream(
-    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    sources: Sources,
     options: StreamOptions,
     *,
     manager: PluginManager | None = None,
@@ -294,5 +299,9 @@ def stream(
     ranks and DataLoader workers, with equal steps and exact resumption, pass it to
     :func:`gristmill.torch.dataloader` (or wrap it in :class:`gristmill.torch.StreamDataset`).
     Copies of it iterated in several workers or ranks are refused (each would serve everything).
+
+    ``sources`` are what :func:`~gristmill.prepare` takes: specs, or records in memory (a list of
+    dicts, a ``pyarrow.Table``, a ``datasets.Dataset`` or ``IterableDataset``; any other iterable
+    of dicts is read once, so the stream serves one pass).
     """
     return Stream(sources, options, manager=manager)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +22,15 @@ from gristmill.ingest.chain import check_schemas
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks
 from gristmill.ingest.policy import ErrorPolicy, describe_passed
-from gristmill.ingest.sources import open_sources, with_preset_defaults
+from gristmill.ingest.records import source_inputs
+from gristmill.ingest.sources import (
+    Input,
+    open_sources,
+    presets_tokenizer,
+    sampling,
+    with_preset_defaults,
+)
+from gristmill.ingest.splits import kept_splits, planned_splits
 from gristmill.ingest.tokenizers import resolve_tokenizer
 from gristmill.layout import FORMAT, FORMAT_VERSION, TASKS_DIR, TOKENIZER_DIR, reject_file
 from gristmill.options import PrepareOptions, takes
@@ -39,17 +47,20 @@ from gristmill.plugin.components import (
     TokenizerType,
 )
 from gristmill.plugin.manager import PluginManager, get_manager
-from gristmill.store.claim import SPLITS, Claim
+from gristmill.store.claim import Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
 from gristmill.store.merge import Merged, merge
 from gristmill.store.tasks import TaskRunner, TaskSettings
+
+if TYPE_CHECKING:
+    from gristmill.ingest.records import Sources
 
 log = logging.getLogger("gristmill")
 
 
 @takes(PrepareOptions)
 def prepare(
-    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    sources: Sources,
     out: str | os.PathLike[str],
     options: PrepareOptions,
     *,
@@ -75,10 +86,16 @@ def prepare(
     ``source_options`` to every source's (``{"columns": ["text"]}`` for ``parquet``). Each
     component declares the options it takes (``gristmill plugins --all``); any other key is an
     :class:`~gristmill.errors.OptionError`.
+
+    ``sources`` are specs (files, globs, directories, ``hub:``, ``preset:``, data lists: see
+    docs/formats.md) or records in memory: a list of dicts, a ``pyarrow.Table``, a
+    ``datasets.Dataset`` or ``IterableDataset``, or any iterable of dicts (read once, in one
+    task), alone or in a list beside specs.
     """
     manager = manager or get_manager()
-    options = with_preset_defaults(options, sources, manager)
-    run = _resolve(sources, out, options, manager)
+    inputs = source_inputs(sources)
+    run = _resolve(inputs, out, options, manager)
+    options = run.options
     config_fp = config_fingerprint(options, run.provenance, run.tok)
     out_dir = Path(out)
     claim = Claim(out_dir, config_fp, options.overwrite)
@@ -101,6 +118,7 @@ def prepare(
 class Resolved:
     """What a run resolves before it touches the output directory, so that a typo fails first."""
 
+    options: PrepareOptions  # the caller's, with the presets' defaults
     opened: list[Source]
     problems: list[Rejected | DataError | None]  # per source: why it is not read, or None
     provenance: list[dict[str, Any]]
@@ -112,12 +130,12 @@ class Resolved:
 
 
 def _resolve(
-    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    specs: Sequence[Input],
     out: str | os.PathLike[str],
-    options: PrepareOptions,
+    given: PrepareOptions,
     manager: PluginManager,
 ) -> Resolved:
-    specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    options = with_preset_defaults(given, specs, manager)
     opened = open_sources(
         specs,
         manager,
@@ -126,6 +144,7 @@ def _resolve(
         max_record_bytes=options.max_record_bytes,
         column_names=options.column_names,
     )
+    opened, own_splits = kept_splits(opened, options)
     assert options.tokenizer is not None, "prepare resolves it first (with_preset_defaults)"
     tokenizer_type = resolve_tokenizer(options.tokenizer, manager)
     tokenizer_options = tokenizer_type.check_options(options.tokenizer_options)
@@ -140,13 +159,22 @@ def _resolve(
     executor_options = executor.check_options(options.executor_options)
     if options.format != "auto":
         check_fields(manager.get(FieldMapperType, options.format), options.fields)
-    provenance = [{"spec": s.spec, "fingerprint": s.fingerprint()} for s in opened]
+    if options.dedup and any(sampling(s).get("ratio", 1) > 1 for s in opened):
+        raise DataError(
+            "a data list's ratio above 1 repeats records, which dedup would drop again: "
+            "give one or the other"
+        )
+    provenance = [
+        {"spec": s.spec, "fingerprint": s.fingerprint(), **sampling(s), **own}
+        for s, own in zip(opened, own_splits)
+    ]
     # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
     refused = check_schemas(opened, options.on_error)
     problems = [refused.get(position) for position in range(len(opened))]
-    tok = tokenizer_type.factory(options.tokenizer, engine=options.engine, **tokenizer_options)
+    with presets_tokenizer(given.tokenizer, specs, manager):
+        tok = tokenizer_type.factory(options.tokenizer, engine=options.engine, **tokenizer_options)
     return Resolved(
-        opened, problems, provenance, tok, tokenizer_type, fmt, executor, executor_options
+        options, opened, problems, provenance, tok, tokenizer_type, fmt, executor, executor_options
     )
 
 
@@ -174,7 +202,7 @@ def _write(
     tok_config = run.tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if run.tok.vocab_size <= 1 << 16 else np.uint32)
     # Every asked-for split exists in the output, even if the hash leaves it empty.
-    splits = SPLITS if options.val_fraction > 0 else SPLITS[:1]
+    splits, source_splits = planned_splits(options, run.provenance)
     for directory in (*splits, TASKS_DIR):
         (out_dir / directory).mkdir(exist_ok=True)
     admitted = [(i, s) for i, (s, why) in enumerate(zip(run.opened, run.problems)) if why is None]
@@ -187,7 +215,14 @@ def _write(
             policy.handle(problem)
     main_skipped = policy.close()
     settings = TaskSettings(
-        str(out_dir), config_fp, options, splits, dtype.name, run.tokenizer_type.name, tok_config
+        str(out_dir),
+        config_fp,
+        options,
+        splits,
+        dtype.name,
+        run.tokenizer_type.name,
+        tok_config,
+        source_splits,
     )
     announced: set[str] = set()
 
@@ -204,8 +239,7 @@ def _write(
             "the sources hold no usable records: "
             + ", ".join(entry["spec"] for entry in run.provenance)
         )
-    for entry, count in zip(run.provenance, merged.records):
-        entry["records"] = count
+    _count_documents(run.provenance, merged.records)
     manifest = write_manifest(
         out_dir, _manifest(out_dir, run, options, merged, config_fp, tok_config, dtype.name)
     )
@@ -242,6 +276,18 @@ def _run_tasks(
         for summary in executor.map(runner, pending):
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
+
+
+def _count_documents(provenance: list[dict[str, Any]], documents: list[int]) -> None:
+    """Each source's documents into its provenance entry; those read at a data list's ratio
+    also to the log."""
+    for entry, count in zip(provenance, documents):
+        entry["records"] = count
+        if "ratio" in entry:
+            log.info(
+                f"{entry['list']}: entry {entry['entry']} ({entry['spec']}) at ratio "
+                f"{entry['ratio']:g}: {count:,} documents"
+            )
 
 
 def _log_merged(out_dir: Path, merged: Merged, options: PrepareOptions) -> None:

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from gristmill.errors import DataError, MissingDependencyError
 from gristmill.plugin.atomic import fingerprint
-from gristmill.plugin.components import Where
+from gristmill.plugin.components import PassedOver, Where
 from gristmill.plugin.files import content_hash, without_compression
 
 URL_BUILDERS = {
@@ -43,6 +43,8 @@ class HubSource:
             self.revision = revision or None
         name, _, config = body.partition(":") if self.kind == "hub" else (body, "", "")
         self.name, self.config = name, config or None
+        if self.kind == "local":
+            _check_folder(spec, os.path.expanduser(name))
         # Opening resolves the dataset's metadata (no data yet), so that a missing dataset or no
         # network fails here, before prepare touches its output directory.
         self.dataset = self._dataset()
@@ -86,16 +88,23 @@ class HubSource:
             raise DataError(_explain(self, exc), where=self.spec) from None
         return dataset
 
-    def records(self) -> Iterator[tuple[dict[str, Any], Where]]:
+    def records(self) -> Iterator[tuple[dict[str, Any], Where] | PassedOver]:
         origin = (
             self.spec
             if self.shard[1] == 1
             else f"{self.spec} [shard {self.shard[0]}/{self.shard[1]}]"
         )
+        # Plain text read line by line (datasets' text builder): a blank line separates, as in
+        # a JSON Lines file; counted, and the rows keep the file's line numbers.
+        lines = getattr(self.dataset.info, "builder_name", None) == "text"
         row = 0
         try:
             for row, record in enumerate(_rows(self.dataset), 1):
-                yield record, Where(origin, row, unit="row")
+                where = Where(origin, row, unit="row")
+                if lines and not str(record.get("text", "")).strip():
+                    yield PassedOver("blank-line", where)
+                else:
+                    yield record, where
         except Exception as exc:  # the library failed mid-stream (network, a damaged file…)
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataError(
@@ -118,6 +127,27 @@ class HubSource:
         piece.shard = (index, count)
         piece.dataset = dataset.shard(num_shards=count, index=index, contiguous=True)
         return piece
+
+    def named_splits(self) -> dict[str, HubSource]:
+        """Every split of the dataset, each as a source (``HasSplits``), in the dataset's
+        order; only the named one when the spec names one (``#test``) or is a URL (one file, the
+        ``train`` split)."""
+        if "#" in self.spec or self.kind == "url":
+            return {self.split_name: self}
+        import datasets
+
+        try:
+            names = datasets.get_dataset_split_names(
+                os.path.expanduser(self.name), self.config, revision=self.revision
+            )
+        except Exception as exc:
+            raise DataError(_explain(self, exc), where=self.spec) from None
+        return {
+            name: self
+            if name == self.split_name
+            else HubSource(f"{self.spec}#{name}", streaming=self.streaming)
+            for name in names
+        }
 
     def fingerprint(self) -> str:
         if self.kind == "local":
@@ -176,9 +206,32 @@ def _probe_endpoint(spec: str, endpoint: str) -> None:
 
 
 def _offline(detail: str) -> str:
-    return (
-        f"{detail}; gristmill looks offline. Use a cached copy with HF_HUB_OFFLINE=1, or point "
-        "at local files: `gristmill prepare data/*.parquet` or hub:/path/to/dataset-folder"
+    import datasets
+
+    local = (
+        "point at local files: `gristmill prepare data/*.parquet` or hub:/path/to/dataset-folder"
+    )
+    if datasets.config.HF_HUB_OFFLINE:
+        return (
+            f"{detail}; HF_HUB_OFFLINE is set and this dataset is not in the local Hugging Face "
+            f"cache: run once with network to cache it, or {local}"
+        )
+    return f"{detail}; gristmill looks offline. Use a cached copy with HF_HUB_OFFLINE=1, or {local}"
+
+
+def _check_folder(spec: str, folder: str) -> None:
+    """A local dataset folder that is not there fails naming it, before ``datasets`` reads the
+    name as a Hub id."""
+    if os.path.isdir(folder):
+        return
+    if os.path.exists(folder):
+        raise DataError(
+            f"{folder} is a file: hub: reads a dataset folder; name a file without hub: "
+            f"(`gristmill prepare {folder}`)",
+            where=spec,
+        )
+    raise DataError(
+        f"no such folder: {folder} (hub:./DIR and hub:/DIR read a local folder)", where=spec
     )
 
 
