@@ -219,7 +219,7 @@ def test_a_loader_counts_a_source_refused_by_the_schema_check_once(tmp_path):
 
 
 def test_len_of_a_stream_loader_says_a_stream_has_none_and_what_to_do(sources):
-    loader = _loader(_stream(sources))
+    loader = _loader(_stream(sources), shuffle=False)
     with pytest.raises(TypeError, match=r"a stream has no length.*max_steps=N.*open_dataset"):
         len(loader)
     # A TypeError, as for anything without a length: list() and trainers' checks take it so.
