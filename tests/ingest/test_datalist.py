@@ -168,7 +168,10 @@ def test_dedup_is_refused_beside_a_ratio_that_repeats(corpus, tmp_path):
             r"entry 2 \(qa.jsonl\): ratio must be a positive",
         ),
         ("- {path: qa.jsonl, ratio: half}\n", r"entry 1 \(qa.jsonl\): ratio must be a positive"),
-        ("- {path: qa.jsonl, ratoi: 2}\n", r"entry 1: no key 'ratoi': did you mean ratio\?"),
+        (
+            "- {path: qa.jsonl, ratoi: 2}\n",
+            r"entry 1 \(qa.jsonl\): no key 'ratoi': did you mean ratio\?",
+        ),
         ("- {ratio: 2}\n", r"entry 1: path must name"),
         ("- [qa.jsonl]\n", r"entry 1: expected a path or a mapping"),
         ("- mix.yaml\n", r"entry 1 \(mix.yaml\): .* a data list cannot name another one"),

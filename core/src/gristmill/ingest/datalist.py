@@ -126,16 +126,16 @@ def _entry(item: Any, listed: str, number: int) -> Entry:
         item = {"path": item}
     if not isinstance(item, Mapping):
         raise DataError(f"expected a path or a mapping with path, got {item!r}", where=where)
+    path, ratio, fmt = item.get("path"), item.get("ratio", 1), item.get("format")
+    if not isinstance(path, str) or not path.strip():
+        raise DataError("path must name a file, folder, glob or spec", where=where)
+    where = f"{where} ({path})"
     for key in item:
         if key not in KEYS:
             close = difflib.get_close_matches(str(key), KEYS, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             takes = "; ".join(f"{name} ({text})" for name, text in KEYS.items())
             raise DataError(f"no key {key!r}: {hint}an entry takes {takes}", where=where)
-    path, ratio, fmt = item.get("path"), item.get("ratio", 1), item.get("format")
-    if not isinstance(path, str) or not path.strip():
-        raise DataError("path must name a file, folder, glob or spec", where=where)
-    where = f"{where} ({path})"
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
         raise DataError(
             f"ratio must be a positive number (0.5 keeps half the records, 2 repeats each "
