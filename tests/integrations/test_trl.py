@@ -117,6 +117,12 @@ def test_what_a_user_meets_without_the_recipe(ds, tokenizer, tmp_path):
     # TRL takes datasets' own classes only, whatever gristmill's is called.
     with pytest.raises(TypeError, match="must be a `Dataset` or `IterableDataset`"):
         _trainer(ds, tokenizer, tmp_path, train_dataset=ds, max_steps=1)
+    # TRL would tokenize and pack again: it refuses a dataset read through a transform.
+    with pytest.raises(ValueError, match="skip_prepare_dataset"):
+        _trainer(ds, tokenizer, tmp_path, max_steps=1, dataset_kwargs=None)
+    # Its own padding-free mode is its own collator's.
+    with pytest.raises(ValueError, match="custom data collator"):
+        _trainer(ds, tokenizer, tmp_path, max_steps=1, padding_free=True)
     # Removing "unused" columns would remove the one that finds the samples; transformers
     # refuses and names the fix.
     trainer = _trainer(ds, tokenizer, tmp_path, max_steps=1, remove_unused_columns=True)
