@@ -200,6 +200,7 @@ def test_metadata_is_summarised_in_the_manifest(tmp_path, write_jsonl, capsys):
     manifest = gristmill.prepare(write_jsonl(records), tmp_path / "out", progress=False)
     assert manifest["stats"]["metadata"] == {
         "lang": {"de": {"documents": 1, "tokens": 5}, "en": {"documents": 2, "tokens": 6}},
+        "nested.x": {"1": {"documents": 1, "tokens": 3}},  # nested objects are flattened
         "score": {"3": {"documents": 1, "tokens": 3}},
     }
     assert main(["inspect", str(tmp_path / "out")]) == 0

@@ -15,6 +15,7 @@ FORMAT_VERSION = 1
 TASKS_DIR = ".gristmill-tasks"  # prepare's tasks' records and side files, until the merge
 PLANS_DIR = ".gristmill-plans"  # pack plans, cached beside the shards; safe to delete
 TOKENIZER_DIR = "tokenizer"  # the dataset's own copy of its tokenizer
+METADATA_DIR = "metadata"  # the documents' metadata: a folder of values per split, string tables
 REJECTS = ".rejects.jsonl"
 
 

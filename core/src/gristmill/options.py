@@ -291,6 +291,17 @@ class ReadingOptions(Options):
         flag=Flag("column names for CSV/TSV files without a header row", metavar="NAME,..."),
         output=True,
     )
+    metadata_columns: Sequence[str] | None = option(
+        None,
+        STRINGS,
+        "record columns kept per document as metadata, beside its `metadata` object",
+        flag=Flag(
+            "keep these record columns per document as metadata, beside the record's "
+            "metadata object (served with each document and packed segment)",
+            metavar="NAME,...",
+        ),
+        output=WHEN_GIVEN,
+    )
     source_options: Mapping[str, Any] = option(
         None,
         TABLE,
@@ -329,6 +340,11 @@ class PackingOptions(Options):
         one_of(*LABELS, error=DatasetError),
         "`shifted`: input/target pairs for a plain loop",
         output=True,
+    )
+    segment_metadata: Sequence[str] | None = option(
+        None,
+        STRINGS,
+        'metadata keys served with each sample, per segment (`sample["metadata"]`)',
     )
 
 

@@ -100,7 +100,15 @@ def canonical_examples(
     if refused is not None:
         policy.handle(refused)
         return
-    mapped = mapped_examples(source, options.format, options.fields, manager, policy, report)
+    mapped = mapped_examples(
+        source,
+        options.format,
+        options.fields,
+        manager,
+        policy,
+        report,
+        options.metadata_columns or (),
+    )
     if not options.normalize:
         yield from mapped
         return

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from gristmill.errors import DataError, FieldError
 from gristmill.ingest.policy import ErrorPolicy
@@ -81,8 +83,10 @@ def mapped_examples(
     manager: PluginManager,
     policy: ErrorPolicy,
     report: Callable[[str], None],
+    metadata_columns: Sequence[str] = (),
 ) -> Iterator[tuple[Example, Where]]:
-    """Every usable record of ``source`` as an :class:`Example` with its location.
+    """Every usable record of ``source`` as an :class:`Example` with its location, with its
+    metadata: its ``metadata`` object's and its ``metadata_columns``' values.
 
     Bad records go to ``policy`` (which raises under ``fail``). Choosing the format is not a
     per-record problem: when the first record fits no format, that is raised whatever the policy.
@@ -94,7 +98,7 @@ def mapped_examples(
             name = _mapper_for(record, where, source.spec, fmt, fields, manager, report)
             mapper = manager.get(FieldMapperType, name).factory(fields)
         try:
-            example = mapper(record)
+            example = _with_metadata(mapper(record), record, metadata_columns)
         except FieldError as exc:
             # Count "messages[3].content" and "messages[7].content" as one reason.
             field = TURN_INDEX.sub("[]", exc.field) if exc.field else None
@@ -102,7 +106,7 @@ def mapped_examples(
             message = str(exc) + _other_format(record, exc, name, fmt, fields, manager)
             policy.reject(Rejected(reason, message, where, _raw(record), exc.field))
             continue
-        yield _with_metadata(example, record), where
+        yield example, where
 
 
 def _other_format(
@@ -175,17 +179,58 @@ def _mapper_for(
     return name
 
 
-def _with_metadata(example: Example, record: Mapping[str, Any]) -> Example:
-    """``example`` with the record's ``metadata`` scalars, unless its mapper set metadata."""
-    meta = record.get("metadata")
-    if not isinstance(meta, Mapping) or example.metadata is not None:
+def _with_metadata(example: Example, record: Mapping[str, Any], columns: Sequence[str]) -> Example:
+    """``example`` with the record's metadata, unless its mapper set some: the values of its
+    ``metadata`` object, nested objects flattened to ``outer.inner`` keys (a value that is not
+    an object is kept under the key ``metadata``), and of its ``columns`` (null where missing).
+    A key given twice is a bad record."""
+    if example.metadata is not None:
         return example
-    scalars = (
-        (_writable(str(k)), _writable(v) if isinstance(v, str) else v)
-        for k, v in meta.items()
-        if isinstance(v, (str, int, bool))
-    )
-    return replace(example, metadata=tuple(sorted(scalars)))
+    meta = record.get("metadata")
+    pairs: dict[str, Any] = {}
+    if isinstance(meta, Mapping):
+        pending = [("", meta)]
+        while pending:  # a loop, not recursion: metadata may nest deeper than the stack
+            prefix, mapping = pending.pop()
+            for name, value in mapping.items():
+                key = _writable(prefix + str(name))
+                if isinstance(value, Mapping):
+                    pending.append((key + ".", value))
+                else:
+                    _put(pairs, key, value, "the record's metadata object")
+    elif meta is not None:
+        _put(pairs, "metadata", meta, "the record's metadata")
+    for column in columns:
+        _put(pairs, column, record.get(column), "--metadata-columns")
+    if not pairs and not isinstance(meta, Mapping):
+        return example
+    return replace(example, metadata=tuple(sorted(pairs.items())))
+
+
+def _put(pairs: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    """``pairs[key]``: ``value`` as a metadata scalar (None for null and NaN; numpy scalars as
+    Python's; a list as its JSON text, anything else as its text)."""
+    if key in pairs:
+        raise FieldError(
+            key,
+            f"metadata key {key!r} is given twice (by {origin} and before it; nested objects "
+            "are flattened to outer.inner keys): rename one",
+            "metadata-key-clash",
+        )
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
+    if isinstance(value, float) and value != value:
+        value = None
+    elif isinstance(value, (list, tuple)):
+        try:
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        except (RecursionError, ValueError):
+            raise FieldError(
+                key, "metadata value nested too deeply to store", "bad-metadata"
+            ) from None
+    elif value is not None and not isinstance(value, (str, int, float)):
+        value = str(value)
+    pairs[key] = _writable(value) if isinstance(value, str) else value
 
 
 def _raw(record: Any) -> str | None:

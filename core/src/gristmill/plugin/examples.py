@@ -33,9 +33,10 @@ class Example:
     completion: str | None = None
     system: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
-    # The record's "metadata" object, as sorted (key, value) pairs of scalars: summarised per
-    # value in the manifest's statistics, never tokenized.
-    metadata: tuple[tuple[str, str | int | bool], ...] | None = None
+    # The record's "metadata" object (nested objects flattened to "outer.inner" keys) and the
+    # columns named by metadata_columns, as sorted (key, value) pairs of scalars (None: null):
+    # stored per document and summarised in the manifest, never tokenized.
+    metadata: tuple[tuple[str, str | int | float | bool | None], ...] | None = None
     input_ids: tuple[int, ...] | None = None
     loss_mask: tuple[int, ...] | None = None
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,9 +31,11 @@ from gristmill.plugin.components import (
 )
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.plugin.packing import PLAN_ARRAYS, keep_samples, plan_problem
+from gristmill.serve.metadata import DocumentMetadata
 from gristmill.serve.samples import (
     Buffers,
     SampleBatch,
+    Segments,
     build_samples,
     carry_no_loss,
     join_parts,
@@ -57,6 +60,14 @@ class Dataset:
     the sample's tokens but the last, and ``labels[j]`` is the target of position ``j`` (the next
     token, or -100 where it carries no loss or starts another document); ``position_ids`` and
     ``seq_lens`` follow ``input_ids``. Pack with ``seq_len=N + 1`` for ``N``-token inputs.
+
+    Documents prepared with metadata (a record's ``metadata`` object, ``metadata_columns``)
+    keep it: ``ds.metadata(doc)`` is one document's, ``ds.metadata_values(key, docs)`` a
+    column's stored values for many (strings as codes: ``ds.decode_metadata``,
+    ``ds.metadata_code``), ``ds.documents_of(i)`` the documents of sample ``i``'s segments, and
+    a batch's :meth:`~gristmill.serve.samples.SampleBatch.metadata_of` their metadata, aligned
+    with the segments. ``segment_metadata=[KEY, ...]`` puts those keys' values in every sample
+    dict too (``sample["metadata"]``: per key, a list of one value per segment).
     """
 
     def __init__(
@@ -91,6 +102,14 @@ class Dataset:
         self.samples_without_loss: int
         self.plan, self.samples_without_loss = self._plan(record)
         self._buffers = Buffers()
+        self._served = tuple(options.segment_metadata or ())
+        unknown = sorted(set(self._served) - set(self.metadata_columns))
+        if unknown:
+            raise DatasetError(
+                f"{self.path}: segment_metadata names {', '.join(map(repr, unknown))}, not a "
+                f"metadata column of this dataset; its columns: "
+                f"{', '.join(sorted(self.metadata_columns)) or 'none'}"
+            )
 
     def _plan(self, record: PackerType) -> Planned:
         """The pack plan and its samples without loss: from the cache beside the shards when a
@@ -191,6 +210,51 @@ class Dataset:
             check_intact(self.path, entry)
         return load_saved(self.path, self.manifest, self.manager)
 
+    @cached_property
+    def document_metadata(self) -> DocumentMetadata:
+        """The split's metadata columns (see :class:`~gristmill.serve.metadata.DocumentMetadata`)."""
+        return DocumentMetadata(self.path, self.manifest, self.split)
+
+    @property
+    def metadata_columns(self) -> dict[str, str]:
+        """Each metadata key and its type: ``bool``, ``int``, ``float`` or ``string``."""
+        return self.document_metadata.columns
+
+    def metadata(self, doc: int) -> dict[str, Any]:
+        """Document ``doc``'s metadata (its index in the split): every column's value, ``None``
+        where it has none."""
+        n = self.manifest["splits"][self.split]["num_documents"]
+        doc = operator.index(doc)
+        if not 0 <= doc < n:
+            raise IndexError(f"document {doc} out of range for {n} documents")
+        return self.document_metadata.row(doc)
+
+    def metadata_values(
+        self, key: str, docs: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Column ``key``'s stored values of documents ``docs`` (every document's when
+        ``None``): bool as int8 0/1, int as int64, float as float64, string as int32 codes;
+        null as -1, the smallest int64, NaN and -1."""
+        return self.document_metadata.values(key, docs)
+
+    def decode_metadata(self, key: str, values: Sequence[Any] | np.ndarray) -> list[Any]:
+        """Stored values of column ``key`` as Python values (strings for codes, ``None`` for
+        null)."""
+        return self.document_metadata.decode(key, values)
+
+    def metadata_code(self, key: str, text: str) -> int:
+        """The code of ``text`` in string column ``key`` (-1 when no document holds it)."""
+        return self.document_metadata.code(key, text)
+
+    def documents_of(self, index: int) -> np.ndarray:
+        """The documents (indices in the split) of sample ``index``'s segments, in order."""
+        n = len(self.plan)
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"sample {index} out of range for {n} samples")
+        lo, hi = self.plan.sample_bounds[index % n : index % n + 2].tolist()
+        return self.plan.seg_doc[lo:hi]
+
     def __len__(self) -> int:
         return len(self.plan)
 
@@ -234,7 +298,7 @@ class Dataset:
         # vocabulary, from a damaged shard, would reach the model as an index out of range.
         if self._id_limit is not None and len(tokens) and tokens.max() >= self._id_limit:
             self._refuse_ids(tokens, docs, starts, lengths)
-        return build_samples(
+        batch = build_samples(
             tokens,
             mask,
             lengths,
@@ -243,6 +307,9 @@ class Dataset:
             labels=self.labels,
             buffers=self._buffers,
         )
+        at = list(accumulate(np.asarray(segments).tolist(), initial=0))
+        batch.segments = Segments(docs, at, self.document_metadata, self._served)
+        return batch
 
     @cached_property
     def _id_limit(self) -> int | None:

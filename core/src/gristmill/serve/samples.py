@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, pairwise
-from typing import NamedTuple, overload
+from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
 
@@ -243,6 +243,33 @@ def _room_for(size: int) -> np.ndarray:
     return np.empty(size + size // 2, np.int64)
 
 
+class MetadataReader(Protocol):
+    """Where a batch's segments find their documents' metadata
+    (:class:`gristmill.serve.metadata.DocumentMetadata`)."""
+
+    columns: dict[str, str]
+
+    def values(self, key: str, docs: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, key: str, values: np.ndarray) -> list[Any]: ...
+
+
+class Segments(NamedTuple):
+    """The documents a batch's samples are made of: ``docs``, the document (its index in the
+    split) of every segment, sample after sample, as the pack plan lists them; ``at``, where
+    each sample's segments begin in ``docs``, then the end; ``metadata``, the documents'
+    metadata; ``served``, the metadata keys each sample dict carries (``segment_metadata``)."""
+
+    docs: np.ndarray
+    at: list[int]
+    metadata: MetadataReader
+    served: tuple[str, ...] = ()
+
+    def of(self, a: int, b: int) -> Segments:
+        """Those of samples ``a`` to ``b`` (excluded), over the same array."""
+        return self._replace(at=self.at[a : b + 1])
+
+
 class SampleBatch(Sequence[dict[str, np.ndarray]]):
     """Samples built together: a sequence of sample dicts, over arrays of the whole batch.
 
@@ -258,9 +285,12 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
     ``bounds[k + 1]`` and values ``seq_bounds[k]`` to ``seq_bounds[k + 1]`` (what lies outside
     belongs to other batches cut from the same arrays), and the ``spare`` memory of the buffer
     they share (:meth:`spare`).
+
+    A dataset's batch also knows its ``segments`` (:class:`Segments`): :meth:`documents_of`
+    gives the documents of a sample's segments, :meth:`metadata_of` their metadata.
     """
 
-    __slots__ = ("_at", "_rows", "_seq_at", "_seq_lens", "_spare", "repeats")
+    __slots__ = ("_at", "_rows", "_seq_at", "_seq_lens", "_spare", "repeats", "segments")
 
     def __init__(
         self,
@@ -270,9 +300,11 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         seq_bounds: list[int],
         repeats: frozenset[int] = frozenset(),
         spare: np.ndarray | None = None,
+        segments: Segments | None = None,
     ):
         self._rows, self._seq_lens, self._spare = rows, seq_lens, spare
         self._at, self._seq_at, self.repeats = bounds, seq_bounds, repeats
+        self.segments = segments
 
     def spare(self) -> np.ndarray | None:
         """The memory of the buffer that this batch's arrays share beyond them (int64,
@@ -323,6 +355,35 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         """Sample ``k``'s sequence lengths."""
         return self._seq_lens[self._seq_at[k] : self._seq_at[k + 1]]
 
+    def documents_of(self, k: int) -> np.ndarray:
+        """The documents (their indices in the split) of sample ``k``'s segments, in order."""
+        segments = self._segments()
+        return segments.docs[segments.at[k] : segments.at[k + 1]]
+
+    def metadata_of(
+        self, k: int, keys: Iterable[str] | None = None, *, decode: bool = False
+    ) -> dict[str, Any]:
+        """The metadata of sample ``k``'s segments' documents: for each of ``keys`` (default:
+        every column), an array aligned with :meth:`documents_of` of the stored values (int32
+        codes for strings: see :meth:`gristmill.serve.metadata.DocumentMetadata.values`), or
+        with ``decode`` a list of Python values (``None`` for null)."""
+        reader = self._segments().metadata
+        docs = self.documents_of(k)
+        found = {}
+        for key in reader.columns if keys is None else keys:
+            values = reader.values(key, docs)
+            found[key] = reader.decode(key, values) if decode else values
+        return found
+
+    def _segments(self) -> Segments:
+        if self.segments is None:
+            raise ValueError(
+                "these samples do not say which documents they hold (a stream's or a "
+                "mixture's): ask the stream or dataset for segment_metadata=[KEY, ...] to "
+                "find each segment's metadata in its sample"
+            )
+        return self.segments
+
     def __len__(self) -> int:
         return len(self._at) - 1
 
@@ -342,6 +403,8 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         sample["seq_lens"] = self.seq_lens_of(k)
         if k in self.repeats:
             sample["repeat"] = True
+        if self.segments is not None and self.segments.served:
+            sample["metadata"] = self.metadata_of(k, self.segments.served, decode=True)
         return sample
 
     def cuts(self, sizes: Iterable[int]) -> list[int]:
@@ -361,6 +424,7 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         same arrays."""
         rows, seq_lens, at, seq_at = self._rows, self._seq_lens, self._at, self._seq_at
         none: frozenset[int] = frozenset()
+        segments = self.segments
         return [
             SampleBatch(
                 rows,
@@ -368,6 +432,7 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
                 at[a : b + 1],
                 seq_at[a : b + 1],
                 self.repeats_in(a, b) if self.repeats else none,
+                segments=None if segments is None else segments.of(a, b),
             )
             for a, b in pairwise(self.cuts(sizes))
         ]
@@ -381,7 +446,7 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         seq_bounds = [at - self._seq_at[0] for at in self._seq_at]
         rows, seq_lens, spare = _arrays(_room_for, self.num_tokens, self.seq_lens)
         rows[:] = self.rows
-        batch = SampleBatch(rows, seq_lens, bounds, seq_bounds, marked, spare)
+        batch = SampleBatch(rows, seq_lens, bounds, seq_bounds, marked, spare, self.segments)
         for k in marked:
             batch.rows_of(k)[1] = IGNORE_INDEX
         return batch

@@ -9,9 +9,9 @@ input had to change, and the new run starts over. A live lock is refused, so two
 interleave.
 
 Starting over removes only what gristmill wrote: the manifest, the shards (the files named after
-their task in the splits' directories), the tokenizer, the tasks' records, the cached plans, the
-marker and temporary files. A directory that also holds anything else is refused, naming those
-files, and nothing is removed.
+their task in the splits' directories), the tokenizer, the documents' metadata, the tasks'
+records, the cached plans, the marker and temporary files. A directory that also holds
+anything else is refused, naming those files, and nothing is removed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DatasetError
-from gristmill.layout import INCOMPLETE, MANIFEST, PLANS_DIR, TASKS_DIR, TOKENIZER_DIR
+from gristmill.layout import (
+    INCOMPLETE,
+    MANIFEST,
+    METADATA_DIR,
+    PLANS_DIR,
+    TASKS_DIR,
+    TOKENIZER_DIR,
+)
 from gristmill.plugin.atomic import remove_stale_temporaries
 from gristmill.store.manifest import load_manifest, manifest_problems, seal_matches
 from gristmill.store.tasks import read_record
@@ -40,7 +47,8 @@ except ImportError:  # Windows: no advisory locks; the fingerprint check still h
 log = logging.getLogger("gristmill")
 
 SPLITS = ("train", "val")  # the splits prepare writes: train always, val when asked for
-OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR)  # everything in them is gristmill's
+# Everything in them is gristmill's.
+OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR, METADATA_DIR)
 TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.task_prefix)
 TEMPORARY = re.compile(r"\.tmp-\d+$")  # write_atomic's temporary names (of the manifest)
 SHOWN = 10  # foreign files named in a refusal

@@ -29,6 +29,7 @@ TOP_LEVEL = {
 }
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SEAL = "manifest_sha256"  # the manifest's own SHA-256, see write_manifest
+METADATA_TYPES = ("bool", "int", "float", "string")  # of a metadata column (store.metadata)
 UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
 
@@ -177,6 +178,36 @@ def malformed_entries(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield from _file_problems(f"tokenizer.files[{i}]", entry)
     for split, entry in manifest["splits"].items():
         yield from _split_problems(f"splits.{split}", entry)
+    yield from _metadata_problems(manifest)
+
+
+def _metadata_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """The metadata columns' entries, where the documents have metadata: every column of a
+    known type with its string table's files, and in every split the file of each column."""
+    columns = manifest.get("metadata", {})
+    if not isinstance(columns, dict):
+        yield "metadata", "not an object"
+        return
+    for key, column in columns.items():
+        at = f"metadata.{key}"
+        if not isinstance(column, dict) or column.get("type") not in METADATA_TYPES:
+            yield at, f"not a column of a type among {', '.join(METADATA_TYPES)}"
+        elif column["type"] == "string":
+            yield from _file_problems(f"{at}.strings", column.get("strings"))
+            yield from _file_problems(f"{at}.offsets", column.get("offsets"))
+            if not _is_count(column.get("distinct")):
+                yield f"{at}.distinct", f"{column.get('distinct')!r} is not a count"
+    for split, entry in manifest["splits"].items():
+        values = entry.get("metadata", {}) if isinstance(entry, dict) else {}
+        at = f"splits.{split}.metadata"
+        if not isinstance(values, dict):
+            yield at, "not an object"
+            continue
+        for key in sorted(set(columns) ^ set(values)):
+            where = "the split" if key in columns else "the manifest's metadata"
+            yield f"{at}.{key}", f"missing from {where}"
+        for key, entry in values.items():
+            yield from _file_problems(f"{at}.{key}", entry)
 
 
 def _split_problems(key: str, split: Any) -> Iterator[tuple[str, str]]:
@@ -239,11 +270,21 @@ def _is_count(value: Any) -> bool:
 
 def listed_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every file entry of a manifest that :func:`manifest_problems` accepts: the tokenizer's
-    files, then every split's shard files."""
+    files, then every split's shard files, then the metadata's."""
     yield from manifest["tokenizer"].get("files", [])
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             yield from (value for value in shard.values() if isinstance(value, dict))
+    yield from metadata_files(manifest)
+
+
+def metadata_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The file entries of the metadata (of a manifest :func:`manifest_problems` accepts): the
+    string columns' tables, then every split's values."""
+    for column in manifest.get("metadata", {}).values():
+        yield from (column[name] for name in ("strings", "offsets") if name in column)
+    for split in manifest["splits"].values():
+        yield from split.get("metadata", {}).values()
 
 
 def inside(root: Path, relative: str) -> Path | None:

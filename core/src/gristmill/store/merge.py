@@ -1,5 +1,5 @@
 """Task records → the manifest's splits, in task order: exact deduplication across tasks, counts,
-statistics and the reject file."""
+statistics, the metadata columns and the reject file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from gristmill.errors import DatasetError
 from gristmill.layout import TASKS_DIR, reject_file
 from gristmill.plugin.atomic import sync_directory, write_atomic
 from gristmill.plugin.components import ShardFormatType
-from gristmill.store.stats import MetadataStats, length_stats
+from gristmill.store.metadata import (
+    MergedColumns,
+    PartColumns,
+    TaskColumns,
+    check_record,
+    merge_columns,
+)
+from gristmill.store.stats import length_stats
 from gristmill.store.tasks import TaskSettings, read_record, task_file
 
 log = logging.getLogger("gristmill")
@@ -33,7 +40,7 @@ class _Part:
     split: str
     shards: list[dict[str, Any]]
     positions: np.ndarray  # per document: the position of its source in the run
-    metadata: np.ndarray | None  # per document: row of the task's metadata table, -1 for none
+    columns: TaskColumns | None  # its documents' metadata, as the task saved it
     digests: np.ndarray | None  # per document: its 16-byte digest (with dedup)
 
 
@@ -45,7 +52,8 @@ class Merged:
     passed_over: dict[str, int]  # units sources left out on purpose (blank lines…), per reason
     duplicates: int
     truncated: int
-    metadata: dict[str, Any]
+    metadata: dict[str, Any]  # the statistics of the documents' metadata
+    columns: MergedColumns | None  # the metadata columns' files (None: no document has any)
 
 
 def merge(
@@ -68,14 +76,16 @@ def merge(
         for _, message in sorted(record["formats"].items(), key=lambda kv: int(kv[0])):
             announce(message)
 
-    metadata = MetadataStats()
     counts = np.zeros(sources, np.int64)
     splits: dict[str, dict[str, Any]] = {}
+    split_lengths: dict[str, np.ndarray] = {}
     for split in settings.splits:
         chosen = [p for p in parts if p.split == split]
         shards = [shard for part in chosen for shard in part.shards]
         lengths = fmt.reader(out_dir, shards, dtype=np.dtype(settings.dtype)).lengths()
-        _count(chosen, lengths, records, counts, metadata)
+        split_lengths[split] = lengths
+        for part in chosen:
+            counts += np.bincount(part.positions, minlength=len(counts))
         if not len(lengths):
             log.warning(f"{out_dir}: the {split} split is empty")
         splits[split] = {
@@ -92,6 +102,13 @@ def merge(
         # A task record written before the key existed, by a run this one resumes, has none.
         passed.update(record.get("passed_over", {}))
     _publish_rejects(out_dir, tasks, main=bool(main_skipped))
+    columns = merge_columns(
+        out_dir,
+        [PartColumns(p.split, len(p.positions), p.columns) for p in parts],
+        split_lengths,
+    )
+    for split, entry in (columns.splits if columns else {}).items():
+        splits[split]["metadata"] = entry
     return Merged(
         splits=splits,
         records=counts.tolist(),
@@ -99,7 +116,8 @@ def merge(
         passed_over=dict(sorted(passed.items())),
         duplicates=duplicates,
         truncated=sum(r["truncated"] for r in records),
-        metadata=metadata.summary(),
+        metadata=columns.stats if columns else {},
+        columns=columns,
     )
 
 
@@ -115,25 +133,6 @@ def _read_records(out_dir: Path, tasks: int) -> list[dict[str, Any]]:
     return [record for record in records if record is not None]
 
 
-def _count(
-    parts: Sequence[_Part],
-    lengths: np.ndarray,
-    records: Sequence[dict[str, Any]],
-    counts: np.ndarray,
-    metadata: MetadataStats,
-) -> None:
-    """Add one split's documents to ``counts`` (per source position) and ``metadata``;
-    ``lengths``: the split's document lengths, the parts' one after another."""
-    first = 0
-    for part in parts:
-        part_lengths = lengths[first : first + len(part.positions)]
-        first += len(part.positions)
-        counts += np.bincount(part.positions, minlength=len(counts))
-        if part.metadata is not None:
-            table = records[part.task]["metadata"]
-            _count_metadata(metadata, table, part.metadata, part_lengths)
-
-
 def _part(out_dir: Path, record: dict[str, Any], split: str) -> _Part:
     entry = record["splits"][split]
     positions = np.repeat(
@@ -141,19 +140,18 @@ def _part(out_dir: Path, record: dict[str, Any], split: str) -> _Part:
         np.asarray([n for _, n in entry["sources"]], np.int64),
     )
 
-    def load(key: str, dtype: str) -> np.ndarray | None:
-        if key not in entry:
-            return None
-        return np.fromfile(out_dir / TASKS_DIR / entry[key], dtype=dtype)
-
-    return _Part(
-        record["task"],
-        split,
-        entry["shards"],
-        positions,
-        load("metadata", "<i4"),
-        load("digests", "V16"),
+    check_record(entry, str(task_file(out_dir, record["task"], "record.json")))
+    columns = (
+        TaskColumns(out_dir / TASKS_DIR / entry["metadata"], entry["metadata_columns"])
+        if "metadata" in entry
+        else None
     )
+    digests = (
+        np.fromfile(out_dir / TASKS_DIR / entry["digests"], dtype="V16")
+        if "digests" in entry
+        else None
+    )
+    return _Part(record["task"], split, entry["shards"], positions, columns, digests)
 
 
 def _dedup(
@@ -196,20 +194,9 @@ def _dedup(
         for path in old:
             (out_dir / path).unlink()
         part.positions = part.positions[kept]
-        if part.metadata is not None:
-            part.metadata = part.metadata[kept]
+        if part.columns is not None:
+            part.columns.kept = kept
     return len(digests) - int(keep.sum())
-
-
-def _count_metadata(
-    stats: MetadataStats, table: list[list[list[Any]]], rows: np.ndarray, lengths: np.ndarray
-) -> None:
-    present = rows >= 0
-    documents = np.bincount(rows[present], minlength=len(table))
-    tokens = np.bincount(rows[present], weights=lengths[present], minlength=len(table))
-    for row, pairs in enumerate(table):  # rows are numbered in first-seen order
-        if documents[row]:
-            stats.add(tuple((k, v) for k, v in pairs), int(documents[row]), int(tokens[row]))
 
 
 def _publish_rejects(out_dir: Path, tasks: int, *, main: bool) -> None:

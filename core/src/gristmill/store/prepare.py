@@ -342,6 +342,8 @@ def _manifest(
             "files": saved_files(out_dir),
         },
         "splits": merged.splits,
+        # Only where documents have metadata: other manifests stay as they were before it.
+        **({"metadata": merged.columns.columns} if merged.columns else {}),
         "stats": {"metadata": merged.metadata},
         "provenance": {
             "sources": run.provenance,

@@ -15,19 +15,19 @@ class MetadataStats:
     """
 
     MAX_VALUES = 100
+    OTHER = "(other)"
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, list[int]]] = {}
 
-    def add(self, metadata: tuple[tuple[str, object], ...], documents: int, tokens: int) -> None:
-        for key, value in metadata:
-            values = self.counts.setdefault(key, {})
-            label = json.dumps(value) if not isinstance(value, str) else value
-            if label not in values and len(values) >= self.MAX_VALUES:
-                label = "(other)"
-            entry = values.setdefault(label, [0, 0])
-            entry[0] += documents
-            entry[1] += tokens
+    def add(self, key: str, value: object, documents: int, tokens: int) -> None:
+        values = self.counts.setdefault(key, {})
+        label = json.dumps(value) if not isinstance(value, str) else value
+        if label not in values and len(values) >= self.MAX_VALUES:
+            label = self.OTHER
+        entry = values.setdefault(label, [0, 0])
+        entry[0] += documents
+        entry[1] += tokens
 
     def summary(self) -> dict[str, dict[str, dict[str, int]]]:
         return {

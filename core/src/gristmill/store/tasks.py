@@ -9,7 +9,7 @@ that left no record are run again.
 A task's files: its shards ``SPLIT/TTTTT-SSSSS.*`` and, in ``.gristmill-tasks/``, its record
 ``TTTTT-record.json`` (written last, atomically: the task is done when it exists), its skipped
 records ``TTTTT-rejects.jsonl``, and per split the documents' digests (with ``dedup``) and
-metadata rows. The record names everything; ``prepare`` merges the records into the manifest.
+metadata columns (:mod:`gristmill.store.metadata`). The record names everything; ``prepare`` merges the records into the manifest.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gristmill.options import PrepareOptions
 from gristmill.plugin.atomic import canonical_json, sync_directory, write_atomic
 from gristmill.plugin.components import ShardFormatType, Tokenizer, TokenizerType
 from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.store.metadata import ColumnLog
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,12 @@ def task_file(out_dir: Path, index: int, name: str) -> Path:
 
 class _SplitLog:
     """What a task wrote to one split, beyond the shards: which source each run of documents
-    came from, and per document its digest and metadata row."""
+    came from, and per document its digest and metadata."""
 
     def __init__(self) -> None:
         self.sources: list[list[int]] = []  # [[source position, documents], ...] in order
         self.digests: list[bytes] = []
-        self.metadata: list[int] = []  # row of the task's metadata table, -1 for none
+        self.metadata = ColumnLog()
 
     def add_source(self, position: int, documents: int) -> None:
         if self.sources and self.sources[-1][0] == position:
@@ -164,8 +165,7 @@ def run_task(
 
 
 class _TaskOutput:
-    """What a task writes as it reads: per split its shards and :class:`_SplitLog`, and the
-    table of the documents' metadata."""
+    """What a task writes as it reads: per split its shards and :class:`_SplitLog`."""
 
     def __init__(self, index: int, settings: TaskSettings, manager: PluginManager):
         self.index, self.settings = index, settings
@@ -181,7 +181,6 @@ class _TaskOutput:
             for split in settings.splits
         }
         self.logs = {split: _SplitLog() for split in settings.splits}
-        self.table: dict[tuple[tuple[str, object], ...], int] = {}  # metadata → row
         self.dedup, self.val_fraction = settings.options.dedup, settings.options.val_fraction
         self.keep_digests = self.dedup or self.val_fraction > 0
         self.documents = self.truncated = 0
@@ -208,10 +207,8 @@ class _TaskOutput:
             log.add_source(position, len(pick))
             if self.dedup:
                 log.digests += [digests[i] for i in pick]
-            log.metadata += [
-                -1 if metadata[i] is None else self.table.setdefault(metadata[i], len(self.table))
-                for i in pick
-            ]
+            for i in pick:
+                log.metadata.add(metadata[i])
 
     def close(self) -> dict[str, Any]:
         """Close the shard writers; their shards, per split."""
@@ -220,7 +217,7 @@ class _TaskOutput:
     def record(
         self, shards: dict[str, Any], skipped: dict[str, int], formats: dict[int, str]
     ) -> dict[str, Any]:
-        """The task's record, once its side files (digests, metadata rows) are written."""
+        """The task's record, once its side files (digests, metadata columns) are written."""
         record: dict[str, Any] = {
             "task": self.index,
             "config_fingerprint": self.settings.config_fingerprint,
@@ -228,16 +225,16 @@ class _TaskOutput:
             "truncated": self.truncated,
             "skipped": skipped,
             "formats": {str(k): v for k, v in sorted(formats.items())},
-            "metadata": [list(map(list, row)) for row in self.table],
             "splits": {},
         }
         for split, log in self.logs.items():
             entry: dict[str, Any] = {"shards": shards[split], "sources": log.sources}
             if self.dedup:
                 entry["digests"] = self._save(f"{split}.digests", b"".join(log.digests))
-            if self.table:
-                rows = np.asarray(log.metadata, dtype="<i4")
-                entry["metadata"] = self._save(f"{split}.metadata", rows.tobytes())
+            path = task_file(Path(self.settings.out_dir), self.index, f"{split}.metadata.npz")
+            kinds = log.metadata.save(path)
+            if kinds is not None:
+                entry["metadata"], entry["metadata_columns"] = path.name, kinds
             record["splits"][split] = entry
         return record
 

@@ -3,10 +3,12 @@
 The manifest is read as ``open_dataset`` reads it (format, version), its seal
 (``manifest_sha256``) is checked against its bytes, and it is checked against itself (every
 split's counts add up to its shards', every entry well-formed). Then every file it lists,
-the tokenizer's and every shard's, stays inside the dataset directory, exists, has its size and
-its SHA-256; no file the manifest does not list lies in a directory gristmill owns (the splits'
-and ``tokenizer/``); and the shard format's own check reads each intact shard in full (for
-memmap shards: the offsets, the token ids against the vocabulary, the mask).
+the tokenizer's, every shard's and the metadata's, stays inside the dataset directory, exists,
+has its size and its SHA-256; no file the manifest does not list lies in a directory gristmill
+owns (the splits', ``tokenizer/`` and ``metadata/``); the shard format's own check reads each
+intact shard in full (for memmap shards: the offsets, the token ids against the vocabulary, the
+mask); and intact metadata files are checked against their columns' types, the documents'
+count and the string tables.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DatasetError, PluginError, UnknownComponentError
-from gristmill.layout import MANIFEST, TOKENIZER_DIR
+from gristmill.layout import MANIFEST, METADATA_DIR, TOKENIZER_DIR
 from gristmill.plugin.components import Problem, ShardFormatType
 from gristmill.plugin.files import sha256_of
 from gristmill.plugin.manager import PluginManager, get_manager
@@ -29,8 +31,10 @@ from gristmill.store.manifest import (
     listed_files,
     load_manifest,
     malformed_entries,
+    metadata_files,
     seal_matches,
 )
+from gristmill.store.metadata import column_problems
 
 
 def verify(
@@ -95,6 +99,10 @@ def _problems(
             yield from found
             if not found and fmt is not None and fmt.verify is not None:
                 yield from fmt.verify(root, shard, dtype=manifest["dtype"], vocab_size=vocab_size)
+    found = [p for entry in metadata_files(manifest) for p in check_file(root, entry, progress)]
+    yield from found
+    if not found:
+        yield from column_problems(root, manifest)
     yield from _unlisted(root, manifest)
 
 
@@ -109,7 +117,7 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> Iterator[Problem]:
     """Files in the directories gristmill owns (every split's, the tokenizer's) that the
     manifest does not list: nothing a reader would read, but not the dataset that was written."""
     listed = {entry["path"] for entry in listed_files(manifest)}
-    for folder in (TOKENIZER_DIR, *manifest["splits"]):
+    for folder in (TOKENIZER_DIR, *manifest["splits"], METADATA_DIR):
         if inside(root, folder) is None:
             continue  # a split name that leads out of the directory is not gristmill's folder
         for path in sorted((root / folder).rglob("*")):
