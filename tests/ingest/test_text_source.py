@@ -404,6 +404,27 @@ def test_a_unit_larger_than_max_record_bytes_is_rejected_with_the_finer_unit_nam
     assert line.message.endswith("(in the paragraph from line 7)")
 
 
+def test_a_line_longer_than_the_limit_across_reads_is_rejected_and_reading_goes_on(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"before\n" + b"x" * (3 * CHUNK + 5) + b"\nafter\n\n" + b"y" * (CHUNK + 7))
+
+    def read_as(unit: str) -> list:
+        opened = open_sources([str(path)], get_manager(), {"unit": unit}, max_record_bytes=CHUNK)
+        return read(opened[0])[0]
+
+    before, long, after, last = read_as("line")
+    assert (before, after) == (("before", 1), ("after", 3))
+    assert (long.reason, long.where.line, last.reason, last.where.line) == (
+        "too-large",
+        2,
+        "too-large",
+        5,
+    )
+    first, second = read_as("paragraph")
+    assert (first.where.line, second.where.line) == (2, 5)
+    assert first.message.endswith("(in the paragraph from line 1)")
+
+
 # --- command line ----------------------------------------------------------------------------
 
 

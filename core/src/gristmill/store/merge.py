@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -95,12 +95,6 @@ def merge(
             "length_stats": length_stats(lengths),
             "shards": shards,
         }
-    skipped: Counter[str] = Counter(main_skipped)
-    passed: Counter[str] = Counter()
-    for record in records:
-        skipped.update(record["skipped"])
-        # A task record written before the key existed, by a run this one resumes, has none.
-        passed.update(record.get("passed_over", {}))
     _publish_rejects(out_dir, tasks, main=bool(main_skipped))
     columns = merge_columns(
         out_dir,
@@ -112,13 +106,24 @@ def merge(
     return Merged(
         splits=splits,
         records=counts.tolist(),
-        skipped=dict(sorted(skipped.items())),
-        passed_over=dict(sorted(passed.items())),
+        skipped=_tally(records, "skipped", main_skipped),
+        passed_over=_tally(records, "passed_over"),
         duplicates=duplicates,
         truncated=sum(r["truncated"] for r in records),
         metadata=columns.stats if columns else {},
         columns=columns,
     )
+
+
+def _tally(
+    records: Sequence[dict[str, Any]], key: str, start: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """The tasks' counts per reason under ``key``, added up (to ``start``), in reason order. A
+    task record written before the key existed, by a run this one resumes, counts none."""
+    total: Counter[str] = Counter(start or {})
+    for record in records:
+        total.update(record.get(key, {}))
+    return dict(sorted(total.items()))
 
 
 def _read_records(out_dir: Path, tasks: int) -> list[dict[str, Any]]:

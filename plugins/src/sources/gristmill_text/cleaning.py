@@ -8,6 +8,7 @@ blank lines at the start and end of a unit that holds several lines (a whole fil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -19,6 +20,8 @@ from gristmill.errors import OptionError
 RULES = ("control", "trailing-space", "blank-lines")
 # Cc is U+0000–U+001F and U+007F–U+009F; tab (U+0009) and newline (U+000A) stay.
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
+# Whitespace (what str.isspace calls whitespace) but newlines, at the end of each line.
+TRAILING = re.compile(r"[^\S\n]+$", re.MULTILINE)
 
 
 def check_clean(clean: Any) -> tuple[str, ...]:
@@ -39,16 +42,28 @@ def check_clean(clean: Any) -> tuple[str, ...]:
     raise OptionError(f"source 'text': clean {problem}; its rules are {', '.join(RULES)}")
 
 
-def line_cleaner(rules: tuple[str, ...]) -> Callable[[str], str] | None:
-    """What the rules do to one line (``None``: nothing)."""
+def line_ends(text: str) -> str:
+    """``text`` whose lines end with ``\\n`` alone: a ``\\r\\n`` ending loses its ``\\r``, and so
+    does a last line that ends with ``\\r``."""
+    if "\r" not in text:
+        return text
+    text = text.replace("\r\n", "\n")
+    return text[:-1] if text.endswith("\r") else text
+
+
+def cleaner(rules: tuple[str, ...]) -> Callable[[str], str] | None:
+    """What the line rules do to a text of any number of lines (``None``: nothing); each
+    runs over the whole text at once. A partial, so that a source holding it pickles."""
     control, trailing = "control" in rules, "trailing-space" in rules
-    if control and trailing:
-        return lambda line: CONTROL.sub("", line).rstrip()
+    if not (control or trailing):
+        return None
+    return functools.partial(_clean, control=control, trailing=trailing)
+
+
+def _clean(text: str, *, control: bool, trailing: bool) -> str:
     if control:
-        return lambda line: CONTROL.sub("", line)
-    if trailing:
-        return str.rstrip
-    return None
+        text = CONTROL.sub("", text)
+    return TRAILING.sub("", text) if trailing else text
 
 
 class SeenLines:
@@ -75,16 +90,17 @@ def rewrite(
     collapse: bool,
     counts: Counter[str],
 ) -> str:
-    """A whole file's text with the rules applied line by line: lines end with ``\\n`` (a
-    ``\\r\\n`` ending loses its ``\\r``), repeats of earlier lines are dropped and counted under
-    ``duplicate-line``, and with ``collapse`` blank runs become one empty line."""
+    """A whole file's text with the rules applied: lines end with ``\\n``, the line rules run,
+    repeats of earlier lines are dropped and counted under ``duplicate-line``, and with
+    ``collapse`` each run of blank lines becomes one empty line."""
+    text = line_ends(text)
+    if clean is not None:
+        text = clean(text)
+    if seen is None and not collapse:
+        return text
     out: list[str] = []
     gap = False  # a blank line since the last line kept
     for line in text.split("\n"):
-        if line.endswith("\r"):
-            line = line[:-1]
-        if clean is not None:
-            line = clean(line)
         blank = not line or line.isspace()
         if not blank and seen is not None and seen.repeats(line):
             counts["duplicate-line"] += 1

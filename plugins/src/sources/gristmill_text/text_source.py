@@ -20,10 +20,9 @@ from gristmill.plugin.files import (
     content_hash,
     is_compressed,
     line_ranges,
-    lines,
     without_compression,
 )
-from gristmill_text.cleaning import SeenLines, check_clean, line_cleaner, rewrite
+from gristmill_text.cleaning import SeenLines, check_clean, cleaner, line_ends, rewrite
 from gristmill_text.ranges import paragraph_ranges
 
 UNITS = ("file", "paragraph", "line")
@@ -56,6 +55,7 @@ class TextSource:
                 "(file is what the Hugging Face text loader calls document)"
             )
         self.rules = check_clean(clean)
+        self._clean = cleaner(self.rules)
         if not isinstance(dedup_lines, bool):
             raise OptionError(
                 f"source 'text': dedup_lines must be true or false, got {dedup_lines!r}"
@@ -110,43 +110,53 @@ class TextSource:
 
     def _lines(self, counts: Counter[str]) -> Iterator[Item]:
         spec, seen = self.spec, SeenLines() if self.dedup_lines else None
-        for number, line, _ in self._each_line():
-            if type(line) is not str:
-                yield line
-            elif not line or line.isspace():
-                counts["blank-line"] += 1
-            elif seen is not None and seen.repeats(line):
-                counts["duplicate-line"] += 1
-            else:
-                yield {"text": line}, Where(spec, number)
+        for number, lines in self._line_blocks():
+            for line in lines:
+                if type(line) is not str:
+                    yield line
+                elif not line or line.isspace():
+                    counts["blank-line"] += 1
+                elif seen is not None and seen.repeats(line):
+                    counts["duplicate-line"] += 1
+                else:
+                    yield {"text": line}, Where(spec, number)
+                number += 1
 
     def _paragraphs(self, counts: Counter[str]) -> Iterator[Item]:
         """Runs of lines that are not blank, joined with ``\\n``. A paragraph with a line that
-        cannot be read is rejected whole; one whose every line is a repeat leaves no record."""
+        cannot be read is rejected whole; one whose every line is a repeat leaves no record.
+        The common line costs a test and an append: the rest is :class:`_Paragraph`'s."""
         seen = SeenLines() if self.dedup_lines else None
-        kept: list[str] = []
-        first, size, problem = 0, 0, None
-        for number, line, nbytes in self._each_line():
-            if type(line) is str and (not line or line.isspace()):
-                if kept or problem is not None:
-                    yield problem or ({"text": "\n".join(kept)}, Where(self.spec, first))
-                kept, size, problem, first = [], 0, None, 0
-                continue
-            first = first or number
-            size += nbytes + 1
-            if problem is not None:
-                continue
-            if type(line) is not str:
-                problem = _in_paragraph(line, first)
-            elif size > self.max_record_bytes:
-                problem = self._too_large("paragraph", first)
-                kept = []
-            elif seen is not None and seen.repeats(line):
-                counts["duplicate-line"] += 1
-            else:
-                kept.append(line)
-        if kept or problem is not None:
-            yield problem or ({"text": "\n".join(kept)}, Where(self.spec, first))
+        paragraph = _Paragraph(self)
+        kept, chars = paragraph.kept, 0
+        check = self.max_record_bytes // 4  # more characters may be more bytes than the limit
+        for number, lines in self._line_blocks():
+            for line in lines:
+                if type(line) is str and line and not line.isspace():
+                    if seen is not None:
+                        paragraph.start(number)  # its first line may not be kept
+                        if seen.repeats(line):
+                            counts["duplicate-line"] += 1
+                            number += 1
+                            continue
+                    kept.append(line)
+                    chars += len(line) + 1
+                    if chars > check:
+                        kept = paragraph.check_size(number)
+                    number += 1
+                    continue
+                if type(line) is not str:
+                    kept = paragraph.reject(line, number)
+                elif kept or paragraph.first:
+                    item = paragraph.close(number - len(kept))
+                    kept, chars = paragraph.kept, 0
+                    if item is not None:
+                        yield item
+                number += 1
+        if kept or paragraph.first:
+            item = paragraph.close(number - len(kept))
+            if item is not None:
+                yield item
 
     def _file(self, counts: Counter[str]) -> Iterator[Item]:
         data, size = [], 0
@@ -166,7 +176,7 @@ class TextSource:
         if self.rules or self.dedup_lines:
             seen = SeenLines() if self.dedup_lines else None
             collapse = "blank-lines" in self.rules
-            text = rewrite(text, line_cleaner(self.rules), seen, collapse, counts)
+            text = rewrite(text, cleaner(self.rules), seen, collapse, counts)
         if not text or text.isspace():
             counts["blank-file"] += 1
         else:
@@ -174,25 +184,73 @@ class TextSource:
 
     # --- lines -----------------------------------------------------------------------------------
 
-    def _each_line(self) -> Iterator[tuple[int, str | Rejected, int]]:
-        """Per line of the piece: its number, its text (``\\r\\n`` ending and first-line BOM
-        taken off, the cleaning rules applied) or why it cannot be read, and its bytes."""
-        start, end, first_line = self.byte_range
-        clean = line_cleaner(self.rules)
-        for raw, index in lines(self.spec, max_bytes=self.max_record_bytes, start=start, end=end):
-            number = first_line + index
-            if raw is None:
-                yield number, self._too_large("line", number), self.max_record_bytes
-                continue
-            skip = len(BOM) if number == 1 and raw.startswith(BOM) else 0
+    def _line_blocks(self) -> Iterator[tuple[int, list[str | Rejected]]]:
+        """The piece's lines a block at a time: the number of the block's first line, and each
+        line (its ending, and a byte-order mark at the start of the file, taken off; the line
+        rules applied) or why it cannot be read.
+
+        Each read of the file is decoded and split whole, so that a line costs no Python call of
+        its own; a line longer than ``max_record_bytes`` is passed over as it streams, never held.
+        """
+        start, end, number = self.byte_range
+        limit = self.max_record_bytes
+        pending: list[bytes] = []  # the start of a line that the reads so far have not ended
+        size, overlong = 0, False
+        for chunk in chunks(self.spec, start, end):
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                block = chunk[:cut]
+                if overlong:
+                    yield number, [self._too_large("line", number)]
+                    number, overlong = number + 1, False
+                    after = block.find(b"\n")
+                    block = None if after < 0 else block[after + 1 :]
+                elif pending:
+                    block = b"".join([*pending, block])
+                if block is not None:
+                    lines = self._decoded(block, number)
+                    yield number, lines
+                    number += len(lines)
+                pending, size = [], 0
+                chunk = chunk[cut + 1 :]
+            size += len(chunk)
+            if size > limit:
+                overlong, pending = True, []
+            elif chunk and not overlong:
+                pending.append(chunk)
+        if overlong:
+            yield number, [self._too_large("line", number)]
+        elif pending:
+            yield number, self._decoded(b"".join(pending), number)
+
+    def _decoded(self, block: bytes, number: int) -> list[str | Rejected]:
+        """The lines of ``block`` (whole lines, the last without its newline), the first of
+        which is line ``number``: decoded at once, or line by line where a line is not UTF-8 or
+        may be too long."""
+        skip = len(BOM) if number == 1 and block.startswith(BOM) else 0
+        if len(block) <= self.max_record_bytes:
             try:
-                line = (raw[skip:] if skip else raw).decode()
-            except UnicodeDecodeError as exc:
-                yield number, _not_utf8(self.spec, raw, skip + exc.start, number), len(raw)
-                continue
-            if line.endswith("\r"):
-                line = line[:-1]
-            yield number, line if clean is None else clean(line), len(raw)
+                text = (block[skip:] if skip else block).decode()
+            except UnicodeDecodeError:
+                pass
+            else:
+                return self._tidy(text).split("\n")
+        return [
+            self._one_line(raw, number + index, skip if index == 0 else 0)
+            for index, raw in enumerate(block.split(b"\n"))
+        ]
+
+    def _one_line(self, raw: bytes, number: int, skip: int) -> str | Rejected:
+        if len(raw) > self.max_record_bytes:
+            return self._too_large("line", number)
+        try:
+            return self._tidy(raw[skip:].decode())
+        except UnicodeDecodeError as exc:
+            return _not_utf8(self.spec, raw, skip + exc.start, number)
+
+    def _tidy(self, text: str) -> str:
+        text = line_ends(text)
+        return text if self._clean is None else self._clean(text)
 
     def _too_large(self, unit: str, number: int) -> Rejected:
         finer = {"file": "paragraph or line", "paragraph": "line", "line": None}[unit]
@@ -203,6 +261,57 @@ class TextSource:
             "--max-record-bytes if such records are expected",
             Where(self.spec, number),
         )
+
+
+class _Paragraph:
+    """What is known of the paragraph being read beyond its lines (which the reader appends
+    to ``kept``): where it starts when that is not its first kept line, its size in UTF-8 bytes
+    once it may pass the limit, or why it is rejected (it then keeps no line).
+
+    Each method returns the list the reader appends to from then on.
+    """
+
+    def __init__(self, source: TextSource):
+        self.source, self.limit = source, source.max_record_bytes
+        self.clear()
+
+    def clear(self) -> None:
+        self.kept: list[str] = []
+        self.first = 0  # its first line when a line before the kept ones belongs to it; else 0
+        self.counted, self.nbytes = 0, 0  # nbytes: of the first `counted` kept lines
+        self.problem: Rejected | None = None
+
+    def start(self, number: int) -> None:
+        self.first = self.first or number
+
+    def reject(self, problem: Rejected, number: int) -> list[str]:
+        """A line that cannot be read: the paragraph is rejected with the first such line."""
+        self.start(number - len(self.kept))
+        if self.problem is None:
+            self.problem, self.kept = _in_paragraph(problem, self.first), []
+        return self.kept
+
+    def check_size(self, number: int) -> list[str]:
+        """Counts the bytes of the lines kept so far; rejects the paragraph past the limit."""
+        if self.problem is None:
+            self.nbytes += sum(len(line.encode()) + 1 for line in self.kept[self.counted :])
+            self.counted = len(self.kept)
+            if self.nbytes - 1 <= self.limit:
+                return self.kept
+            self.start(number - len(self.kept) + 1)
+            self.problem = self.source._too_large("paragraph", self.first)
+        self.kept = []
+        return self.kept
+
+    def close(self, first_kept: int) -> Item | None:
+        """Its record, or why not (``None`` when every line was a repeat, each counted as
+        such); then the next paragraph starts empty. ``first_kept``: its first kept line."""
+        item: Item | None = self.problem
+        if item is None and self.kept:
+            first = self.first or first_kept
+            item = {"text": "\n".join(self.kept)}, Where(self.source.spec, first)
+        self.clear()
+        return item
 
 
 def _unit(spec: str) -> str:
