@@ -1,0 +1,110 @@
+"""Each packed sample's segments carry the metadata of the documents they come from."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import gristmill
+from gristmill.errors import DatasetError
+
+LANGS = ["en", "fr", "de", "nl"]
+
+
+def _records(count: int = 400, seed: int = 5) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "text": f"doc {i} " + "token " * rng.randint(0, 70),
+            "metadata": {"lang": LANGS[i % 4], "i": i, "score": i / 3, "even": i % 2 == 0},
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segments")
+    src = root / "data.jsonl"
+    import json
+
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    gristmill.prepare(src, root / "ds", val_fraction=0.25, progress=False)
+    return root / "ds"
+
+
+PACKINGS = {
+    "none": {},
+    "first-fit": {"packer": "first-fit", "seq_len": 160},
+    "first-fit/fragment": {"packer": "first-fit", "seq_len": 64, "overlong": "fragment"},
+    "greedy-stream": {"packer": "greedy-stream", "seq_len": 160},
+    "window": {"packer": "window", "seq_len": 160},
+    "concat-chunk": {"packer": "concat-chunk", "seq_len": 100},
+    "shifted": {"packer": "first-fit", "seq_len": 161, "labels": "shifted"},
+}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("packing", sorted(PACKINGS))
+def test_segments_carry_their_documents_metadata(dataset, packing, split):
+    ds = gristmill.open_dataset(dataset, split, **PACKINGS[packing])
+    batch = ds.batch(np.arange(len(ds)))
+    rows = [ds.metadata(d) for d in range(ds.manifest["splits"][split]["num_documents"])]
+    for k in range(len(batch)):
+        docs = batch.documents_of(k)
+        assert docs.tolist() == ds.documents_of(k).tolist()
+        assert len(docs) == len(
+            ds.plan.seg_doc[ds.plan.sample_bounds[k] : ds.plan.sample_bounds[k + 1]]
+        )
+        decoded = batch.metadata_of(k, decode=True)
+        for key in ds.metadata_columns:
+            assert decoded[key] == [rows[d][key] for d in docs.tolist()]
+        stored = batch.metadata_of(k, ["lang", "score"])
+        assert stored["lang"].dtype == np.int32
+        assert np.array_equal(stored["score"], ds.metadata_values("score", docs))
+        # The segment's tokens are its document's: its record's number leads its text.
+        if ds.plan.seg_start[ds.plan.sample_bounds[k]] == 0 and packing != "shifted":
+            first = ds.tokenizer.decode(ds[k]["input_ids"][:12].tolist())
+            assert first.startswith(f"doc {decoded['i'][0]} ")
+
+
+def test_split_batches_and_repeats_keep_their_segments(dataset):
+    ds = gristmill.open_dataset(dataset, seq_len=160, packer="first-fit")
+    batch = ds.batch([3, 1, 4, 1, 5])
+    expected = [ds.documents_of(i).tolist() for i in (3, 1, 4, 1, 5)]
+    parts = batch.split([2, 3])
+    assert [p.documents_of(k).tolist() for p in parts for k in range(len(p))] == expected
+    assert parts[1].metadata_of(0, ["i"])["i"].tolist() == [
+        ds.metadata(d)["i"] for d in expected[2]
+    ]
+    marked = batch.with_repeats([0])
+    assert [marked.documents_of(k).tolist() for k in range(5)] == expected
+
+
+def test_samples_carry_metadata_only_when_asked(dataset):
+    plain = gristmill.open_dataset(dataset, seq_len=160, packer="first-fit")
+    asked = gristmill.open_dataset(
+        dataset, seq_len=160, packer="first-fit", segment_metadata=["lang", "even"]
+    )
+    assert "metadata" not in plain[0]
+    sample = asked[0]
+    docs = asked.documents_of(0).tolist()
+    assert sample["metadata"] == {
+        "lang": [LANGS[asked.metadata(d)["i"] % 4] for d in docs],
+        "even": [asked.metadata(d)["i"] % 2 == 0 for d in docs],
+    }
+    for key in ("input_ids", "labels", "position_ids", "seq_lens"):
+        assert np.array_equal(sample[key], plain[0][key])
+    assert asked.batch([0, 1])[1]["metadata"] == asked[1]["metadata"]
+    with pytest.raises(DatasetError, match="segment_metadata names 'url'"):
+        gristmill.open_dataset(dataset, segment_metadata=["url"])
+
+
+def test_a_column_selects_documents_by_value(dataset):
+    ds = gristmill.open_dataset(dataset)
+    codes = ds.metadata_values("lang")
+    french = np.flatnonzero(codes == ds.metadata_code("lang", "fr"))
+    assert [ds.metadata(int(d))["i"] % 4 for d in french] == [1] * len(french)
+    assert len(french) and ds.metadata_values("even")[french].tolist() == [0] * len(french)
