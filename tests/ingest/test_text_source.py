@@ -20,7 +20,7 @@ import gristmill
 from gristmill.errors import DataError, OptionError
 from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import PassedOver, Rejected
-from gristmill.plugin.files import CHUNK
+from gristmill.plugin.files import CHUNK, lines
 from gristmill.plugin.manager import get_manager
 from gristmill.store.convert import convert
 from gristmill.testing import conformance
@@ -423,6 +423,48 @@ def test_a_line_longer_than_the_limit_across_reads_is_rejected_and_reading_goes_
     first, second = read_as("paragraph")
     assert (first.where.line, second.where.line) == (2, 5)
     assert first.message.endswith("(in the paragraph from line 1)")
+
+
+def _by_line(path: Path, limit: int) -> list:
+    """What reading ``path`` line by line gives, the plain way: the reference for the blocks."""
+    out = []
+    for raw, index in lines(str(path), max_bytes=limit):
+        number = index + 1
+        if raw is None:
+            out.append(("too-large", number))
+            continue
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            out.append(("not-utf8", number))
+            continue
+        text = text[:-1] if text.endswith("\r") else text
+        if text.strip():
+            out.append((text, number))
+    return out
+
+
+@pytest.mark.parametrize("limit", [64 << 20, 300_000])
+def test_reading_in_blocks_gives_the_lines_read_one_by_one(tmp_path, limit):
+    rng = random.Random(limit)
+    parts, size = [b"\xef\xbb\xbf"], 0
+    while size < 3 * CHUNK + 1000:
+        kind = rng.random()
+        if kind < 0.04:
+            line = b"y" * rng.randint(200_000, 1_500_000)  # across reads, some over the limit
+        elif kind < 0.3:
+            line = b" \t"[: rng.randint(0, 2)]
+        elif kind < 0.33:
+            line = "café".encode("latin-1")
+        else:
+            line = ("é" * rng.randint(1, 80)).encode()
+        parts.append(line + rng.choice([b"\n", b"\r\n", b"\n"]))
+        size += len(parts[-1])
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"".join(parts) + b"last, with no newline\r")
+    [source] = open_sources([str(path)], get_manager(), {"unit": "line"}, max_record_bytes=limit)
+    got = [(i.reason, i.where.line) if isinstance(i, Rejected) else i for i in read(source)[0]]
+    assert got == _by_line(path, limit)
 
 
 # --- command line ----------------------------------------------------------------------------
