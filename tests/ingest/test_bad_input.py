@@ -67,9 +67,9 @@ def test_empty_inputs(tmp_path, write_jsonl):
         gristmill.prepare(tmp_path / "nope.jsonl", tmp_path / "out", progress=False)
     with pytest.raises(DataError, match="matches no files"):
         gristmill.prepare(str(tmp_path / "*.nothing"), tmp_path / "out", progress=False)
-    (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(UnknownComponentError, match=r"no source reads .*notes.txt.*\.jsonl"):
-        gristmill.prepare(tmp_path / "notes.txt", tmp_path / "out", progress=False)
+    (tmp_path / "notes.rtf").write_text("hi")
+    with pytest.raises(UnknownComponentError, match=r"no source reads .*notes.rtf.*\.jsonl"):
+        gristmill.prepare(tmp_path / "notes.rtf", tmp_path / "out", progress=False)
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, write_jsonl, capsys):
