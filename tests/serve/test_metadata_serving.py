@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
@@ -108,3 +109,29 @@ def test_a_column_selects_documents_by_value(dataset):
     french = np.flatnonzero(codes == ds.metadata_code("lang", "fr"))
     assert [ds.metadata(int(d))["i"] % 4 for d in french] == [1] * len(french)
     assert len(french) and ds.metadata_values("even")[french].tolist() == [0] * len(french)
+
+
+def test_a_stream_carries_its_segments_metadata(tmp_path, write_jsonl):
+    src = write_jsonl([{**r, "site": f"s{r['metadata']['i'] % 3}"} for r in _records(150)])
+    options = dict(seq_len=160, chunk_bytes=2048, piece_bytes=4096, metadata_columns=["site"])
+    plain = list(gristmill.stream(src, **options))
+    stream = gristmill.stream(src, segment_metadata=["i", "site", "missing"], **options)
+    asked = list(stream)
+    assert "metadata" not in plain[0] and len(asked) == len(plain) > 1
+    seen = []
+    for sample, same in zip(asked, plain):
+        for key in ("input_ids", "labels", "position_ids", "seq_lens"):
+            assert np.array_equal(sample[key], same[key])
+        found = sample["metadata"]
+        assert len(found["i"]) == len(sample["seq_lens"])
+        assert found["missing"] == [None] * len(found["i"])
+        starts = np.cumsum(sample["seq_lens"]) - sample["seq_lens"]
+        for i, site, start in zip(found["i"], found["site"], starts.tolist()):
+            text = stream.tokenizer.decode(sample["input_ids"][start : start + 8].tolist())
+            assert text.startswith(f"doc {i} ")
+            assert site == f"s{i % 3}"
+        seen += found["i"]
+    assert sorted(seen) == list(range(150))
+    # A chunk tokenized in a DataLoader worker crosses to the packing process pickled.
+    chunk = pickle.loads(pickle.dumps(stream.read(stream.pieces[0][0])))
+    assert [dict(d.metadata)["i"] for d in chunk.documents[:3]] == [0, 1, 2]

@@ -291,3 +291,13 @@ def test_nan_reads_as_null(tmp_path, write_jsonl):
 def test_metadata_is_read_without_holding_it_in_memory(typed):
     ds = gristmill.open_dataset(typed)
     assert isinstance(ds.metadata_values("n"), np.memmap)  # the whole column: a map of the file
+
+
+def test_inspect_shows_the_columns_and_their_tables(typed, capsys):
+    assert main(["inspect", str(typed)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "metadata columns per document: lang (string, 2 distinct), n (int), ok (bool), "
+        "score (float), src.rank.top (int), src.site (string, 2 distinct), tags (string, "
+        "1 distinct), url (string, 2 distinct)"
+    ) in out

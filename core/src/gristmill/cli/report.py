@@ -164,6 +164,10 @@ def _build_report(
         "dtype": manifest["dtype"],
         "sources": manifest["provenance"]["sources"],
         "splits": splits,
+        "metadata_columns": {
+            key: {k: v for k, v in column.items() if k in ("type", "distinct")}
+            for key, column in manifest.get("metadata", {}).items()
+        },
         "metadata": manifest.get("stats", {}).get("metadata", {}),
         "skipped": manifest["provenance"].get("skipped", {}),
         "samples": samples,
@@ -184,6 +188,12 @@ def _print_report(report: dict[str, Any]) -> None:
     if report["skipped"]:
         reasons = ", ".join(f"{k}: {v:,}" for k, v in report["skipped"].items())
         print(f"\nskipped while preparing: {reasons}")
+    if report["metadata_columns"]:
+        columns = ", ".join(
+            f"{key} ({c['type']}" + (f", {c['distinct']:,} distinct)" if "distinct" in c else ")")
+            for key, c in report["metadata_columns"].items()
+        )
+        print(f"\nmetadata columns per document: {columns}")
     for key, values in report["metadata"].items():
         top = sorted(values.items(), key=lambda kv: -kv[1]["documents"])[:8]
         shown = ", ".join(f"{v} ({c['documents']:,} docs, {c['tokens']:,} tokens)" for v, c in top)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -80,6 +80,22 @@ class StreamStats:
         if not self.seq_len or not self.samples:
             return None
         return self.served / (self.samples * self.seq_len)
+
+
+class Document(tuple):  # type: ignore[type-arg]
+    """A streamed document, ``(ids, mask)`` as a :data:`~gristmill.serve.samples.Part`, with
+    its metadata pairs beside (``metadata``), for a stream asked for ``segment_metadata``: the
+    packer hands it back in its samples' segments."""
+
+    metadata: tuple[tuple[str, Any], ...] | None
+
+    def __new__(cls, ids: np.ndarray, mask: np.ndarray | None, metadata: Any) -> Document:
+        document = super().__new__(cls, (ids, mask))
+        document.metadata = metadata
+        return document
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Document, (*self, self.metadata)
 
 
 @dataclass
@@ -176,8 +192,11 @@ class Stream:
             batches = document_batches(
                 part, self.tokenizer, self.options, self.manager, policy, log.info, refused
             )
-            for ids, masks, _, _ in batches:
-                documents += zip(ids, masks)
+            for ids, masks, metadata, _ in batches:
+                if self.options.segment_metadata:
+                    documents += map(Document, ids, masks, metadata)
+                else:
+                    documents += zip(ids, masks)
         return TokenizedChunk(documents, policy.close(), policy.passed_over())
 
     def pack(
@@ -229,7 +248,17 @@ class Stream:
             ]
             stats.samples += 1
             stats.served += sum(size for _, _, size in segments)
-            yield build_sample(parts, restart=self.restart, labels=self.labels)
+            sample = build_sample(parts, restart=self.restart, labels=self.labels)
+            if self.options.segment_metadata:
+                sample["metadata"] = _segment_metadata(segments, self.options.segment_metadata)
+            yield sample
+
+
+def _segment_metadata(segments: list[Segment], keys: Sequence[str]) -> dict[str, list[Any]]:
+    """Per key, the value of each segment's document (``None`` where it has none), as its
+    record held it: a stream has no column to give values one type, as a dataset does."""
+    pairs = [dict(document.metadata or ()) for document, _, _ in segments]
+    return {key: [found.get(key) for found in pairs] for key in keys}
 
 
 def _online_packer(record: PackerType, options: StreamOptions, manager: PluginManager) -> Any:
@@ -292,6 +321,9 @@ def stream(
     ``tokenizer_options``, ``source_options``) and of
     :func:`~gristmill.open_dataset` that shape samples (``packer_options``, ``overlong``,
     ``restart``, ``labels``). ``stats`` reports documents, samples and packing efficiency.
+    ``metadata_columns`` and ``segment_metadata=[KEY, ...]`` put each segment's document's
+    metadata in its sample (``sample["metadata"]``: per key, one value per segment, as the
+    record held it).
 
     The input is cut into pieces of about ``piece_bytes`` (default 32 MiB; smaller input into
     up to 64 pieces) made of chunks of about ``chunk_bytes`` (1 MiB); each piece is packed on
