@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 import gristmill
+from gristmill import hookimpl
 from gristmill.config import from_config
 from gristmill.errors import DataError, UnknownComponentError
-from gristmill.ingest.sources import open_sources
-from gristmill.plugin.manager import get_manager
+from gristmill.ingest.sources import open_sources, with_preset_defaults
+from gristmill.options import PrepareOptions
+from gristmill.plugin.components import PresetType
+from gristmill.plugin.manager import PluginManager, get_manager
 from tests.helpers import run_gristmill, tree_bytes
 
 WEB = [{"text": f"web page {i}"} for i in range(1000)]
@@ -207,3 +210,31 @@ def test_a_folder_with_a_format_reads_every_file_in_it(tmp_path):
     (tmp_path / "list.yml").write_text("- {path: logs, format: jsonl}\n")
     sources = open_sources([str(tmp_path / "list.yml")], get_manager())
     assert [os.path.basename(s.spec) for s in sources] == ["day1.log", "day2.log"]
+
+
+class _NotesPreset:
+    """A preset over a local file, with a tokenizer other than the default."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @hookimpl
+    def gristmill_presets(self) -> list[PresetType]:
+        return [
+            PresetType(name="notes", description="d", source=str(self.path), tokenizer="hf:DIR")
+        ]
+
+
+def test_a_list_may_name_a_preset_whose_defaults_the_run_takes(corpus, tmp_path, caplog):
+    manager = PluginManager()
+    manager.register(_NotesPreset(corpus / "qa.jsonl"), "notes-preset")
+    (corpus / "mix.yaml").write_text("- notes\n- {path: web/a.jsonl, ratio: 0.1}\n")
+    assert with_preset_defaults(
+        PrepareOptions(), [str(corpus / "mix.yaml")], manager
+    ).tokenizer == ("hf:DIR")
+    with caplog.at_level(logging.INFO, logger="gristmill"):
+        sources = open_sources([str(corpus / "mix.yaml")], manager)
+    assert f"{corpus / 'mix.yaml'}: entry 1 (notes): no such local path; reading preset:notes" in (
+        caplog.text
+    )
+    assert [s.spec for s in sources] == [str(corpus / "qa.jsonl"), str(corpus / "web" / "a.jsonl")]

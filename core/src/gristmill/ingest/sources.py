@@ -122,7 +122,10 @@ class _Opener:
                 reader = (
                     None if entry.format is None else self.manager.get(SourceType, entry.format)
                 )
-                sources = self.open(_entry_spec(entry, self.manager), given, reader, entry)
+                spec = _entry_spec(entry, self.manager)
+                if spec.startswith((PRESET_PREFIX, HUB_PREFIX)) and spec != entry.path:
+                    log.info(f"{entry.where}: no such local path; reading {spec}")
+                sources = self.open(spec, given, reader, entry)
             except GristmillError as exc:
                 raise reworded(exc, where=entry.where) from None
             if entry.ratio != 1:
