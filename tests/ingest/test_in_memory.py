@@ -182,3 +182,15 @@ def test_a_stream_of_an_iterator_serves_one_pass_and_stays_in_its_process():
         list(stream)
     with pytest.raises(GristmillError, match="cannot be sent to another process"):
         pickle.dumps(gristmill.stream(iter(RECORDS), seq_len=64))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pieces_together_give_the_whole_in_order(kind):
+    [source] = source_inputs(_make(kind))
+    whole = [record for record, _ in source.records()]
+    assert whole == RECORDS
+    for pieces in (1, 3, 7, 1000):
+        parts = source.split(pieces)
+        assert 1 <= len(parts) <= pieces
+        joined = [record for part in parts for record, _ in part.records()]
+        assert joined == RECORDS
