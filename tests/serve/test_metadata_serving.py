@@ -135,3 +135,13 @@ def test_a_stream_carries_its_segments_metadata(tmp_path, write_jsonl):
     # A chunk tokenized in a DataLoader worker crosses to the packing process pickled.
     chunk = pickle.loads(pickle.dumps(stream.read(stream.pieces[0][0])))
     assert [dict(d.metadata)["i"] for d in chunk.documents[:3]] == [0, 1, 2]
+
+
+def test_segment_metadata_is_a_config_key(dataset, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[dataset]\npath = "{dataset}"\nseq_len = 160\npacker = "first-fit"\n'
+        'segment_metadata = ["lang"]\n'
+    )
+    ds = gristmill.from_config(config).data()
+    assert ds[0]["metadata"] == {"lang": [ds.metadata(d)["lang"] for d in ds.documents_of(0)]}

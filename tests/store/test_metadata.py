@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +302,17 @@ def test_inspect_shows_the_columns_and_their_tables(typed, capsys):
         "score (float), src.rank.top (int), src.site (string, 2 distinct), tags (string, "
         "1 distinct), url (string, 2 distinct)"
     ) in out
+
+
+def test_the_format_pages_reader_reads_the_columns_open_dataset_serves(typed):
+    text = (Path(__file__).parents[2] / "docs" / "format.md").read_text(encoding="utf-8")
+    block = text[text.index("def column(root") :]
+    namespace: dict = {}
+    exec("import json, os\nimport numpy as np\n" + block[: block.index("```")], namespace)
+    ds = gristmill.open_dataset(typed)
+    for key in ds.metadata_columns:
+        read = namespace["column"](str(typed), key)
+        if ds.metadata_columns[key] == "string":
+            assert read == ds.decode_metadata(key, ds.metadata_values(key))
+        else:
+            assert np.array_equal(read, ds.metadata_values(key), equal_nan=True)
