@@ -334,9 +334,7 @@ def unrepeatable(spec: str) -> str:
 def record_bytes(record: Any) -> bytes:
     """A record's content as bytes that differ whenever the record does."""
     try:
-        text = json.dumps(
-            record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_plain
-        )
+        text = _ENCODER.encode(record)
     except (TypeError, ValueError, RecursionError):  # keys of mixed types, a cycle, deep nesting
         text = repr(record)
     return text.encode("utf-8", "surrogatepass")
@@ -350,3 +348,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
     return repr(value)
+
+
+# One encoder for every record: json.dumps with options makes a new one per call, which costs
+# more than encoding a short record.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_plain
+)
