@@ -352,7 +352,9 @@ class PackingOptions(Options):
 class DatasetOptions(PackingOptions):
     """:func:`gristmill.open_dataset`'s options."""
 
-    split: str = option("train", STRING, "the split to serve", output=True)
+    split: str = option(
+        "train", STRING, "the split to serve: `train`, `val` or `test`", output=True
+    )
     no_loss: str = option(
         "keep",
         one_of(*NO_LOSS, error=DatasetError),
@@ -380,11 +382,36 @@ class PrepareOptions(DocumentOptions):
         ),
         output=True,
     )
+    # Fingerprinted only when given, as the options after it: datasets prepared without them
+    # keep the fingerprint they had before the options existed.
+    test_fraction: float = option(
+        0.0,
+        FRACTION,
+        "share of documents for the `test` split (with `val_fraction`, at most 1)",
+        flag=Flag(
+            "fraction of examples (chosen by the same hash, never those of val) for the 'test' "
+            "split (default: 0)",
+            metavar="F",
+        ),
+        output=WHEN_GIVEN,
+    )
+    keep_source_splits: bool = option(
+        False,
+        BOOL,
+        "keep the sources' own splits: a Hub dataset's or `DatasetDict`'s, files named "
+        "`train.*`, `val.*`/`validation.*`/`dev.*`, `test.*`",
+        flag=Flag(
+            "keep the sources' own splits: a Hub dataset's or a saved DatasetDict's train, "
+            "validation and test, files or folders named train.*, val.*/validation.*/dev.*, "
+            "test.*; the fractions take their share from train and sources of no split"
+        ),
+        output=WHEN_GIVEN,
+    )
     seed: int = option(
         0,
         INTEGER,
-        "seed of the train/val split",
-        flag=Flag("seed of the train/val split (default: 0)"),
+        "seed of the hash that chooses the `val` and `test` documents",
+        flag=Flag("seed of the hash that chooses the val and test documents (default: 0)"),
         output=True,
     )
     tokens_per_shard: int = option(
@@ -463,6 +490,14 @@ class PrepareOptions(DocumentOptions):
         "show a progress bar (default: only on a terminal)",
         flag=Flag("show a progress bar (default: only on a terminal)"),
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.val_fraction + self.test_fraction > 1:
+            raise DataError(
+                f"val_fraction + test_fraction must be at most 1 (a document goes to one split), "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
 
 
 @dataclass(frozen=True)

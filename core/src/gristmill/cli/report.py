@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from gristmill.errors import DatasetError
+from gristmill.ingest.splits import in_order
 from gristmill.options import DatasetOptions
 from gristmill.plugin.components import KINDS, RECORD_TYPES, PackerType, PresetType
 from gristmill.plugin.manager import get_manager
 from gristmill.plugin.overlong import check_policy
-from gristmill.serve.dataset import Dataset
+from gristmill.serve.dataset import Dataset, how_to_make
 from gristmill.store.manifest import read_manifest
 
 log = logging.getLogger("gristmill")
@@ -108,7 +109,10 @@ def inspect_dataset(
     splits = manifest["splits"]
     chosen = split or ("train" if "train" in splits else next(iter(splits)))
     if chosen not in splits:
-        raise DatasetError(f"{directory}: no split {chosen!r}; it has {', '.join(sorted(splits))}")
+        raise DatasetError(
+            f"{directory}: no split {chosen!r}; it has {', '.join(in_order(splits))}"
+            + how_to_make(chosen)
+        )
     report = _build_report(directory, manifest, chosen, decode, seq_lens, overlong)
     if plot is not None:
         from gristmill.cli.plot import plot_report
@@ -143,7 +147,7 @@ def _build_report(
             "histogram": length_histogram(datasets[name].documents.lengths()),
             "packing": packing_table(datasets[name], seq_lens, overlong),
         }
-        for name, entry in manifest["splits"].items()
+        for name, entry in ((name, manifest["splits"][name]) for name in in_order(datasets))
     }
     shown = datasets[chosen]
     samples = [
@@ -182,7 +186,9 @@ def _print_report(report: dict[str, Any]) -> None:
     )
     print(f"tokenizer {tok['spec']}: vocabulary {tok['vocab_size']:,}, stored as {report['dtype']}")
     for source in report["sources"]:
-        print(f"source {source['spec']}: {source.get('records', 0):,} records")
+        # The split kept from the source itself (keep_source_splits), where it has one.
+        split = f" [{source['split']}]" if "split" in source else ""
+        print(f"source {source['spec']}{split}: {source.get('records', 0):,} records")
     for name, entry in report["splits"].items():
         _print_split(name, entry)
     if report["skipped"]:

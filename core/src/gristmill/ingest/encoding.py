@@ -1,8 +1,8 @@
 """From examples to token documents: rendering, tokenizing in batches, loss masks, specials;
 examples that already hold token ids are checked against the vocabulary and kept as they are.
 
-Also each document's identity (its digest) and its split, both from its content alone, so that
-they do not depend on how the input was cut into chunks.
+Also each document's identity (its digest), from its content alone, so that it does not depend
+on how the input was cut into chunks (:mod:`gristmill.ingest.splits` chooses a split by it).
 """
 
 from __future__ import annotations
@@ -230,24 +230,3 @@ def digest(ids: np.ndarray, mask: np.ndarray | None) -> bytes:
     if mask is not None:
         digest.update(np.asarray(mask, dtype=np.uint8).tobytes())
     return digest.digest()
-
-
-def assign_splits(digests: list[bytes], seed: int, val_fraction: float) -> np.ndarray:
-    """``"train"`` or ``"val"`` per document, from a seeded hash of its content.
-
-    A document's split depends only on its content and the seed: stable under reordering and
-    parallelism, and identical documents never straddle train and val.
-    """
-    if val_fraction <= 0:
-        return np.full(len(digests), "train")
-    key = (seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-    hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(d, digest_size=8, key=key).digest(), "little")
-            for d in digests
-        ),
-        dtype=np.uint64,
-        count=len(digests),
-    )
-    uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.where(uniform < val_fraction, "val", "train")

@@ -207,9 +207,9 @@ class Source(Protocol):
     ignores context it does not use.
 
     Optional capabilities: :class:`HasSchema` (a tabular source's columns, checked to agree
-    across the files of one source type) and :class:`HasSize` (the bytes a source that is not
-    one local file reads). Sources pickle: prepare's workers receive the pieces ``split``
-    returns.
+    across the files of one source type), :class:`HasSize` (the bytes a source that is not
+    one local file reads) and :class:`HasSplits` (the data's own named splits). Sources pickle:
+    prepare's workers receive the pieces ``split`` returns.
     """
 
     spec: str
@@ -253,6 +253,21 @@ class HasSize(Protocol):
     bytes it reads: prepare cuts its input into tasks by size."""
 
     def nbytes(self) -> int: ...
+
+
+@runtime_checkable
+class HasSplits(Protocol):
+    """A source over data that comes in named splits of its own (a Hub dataset's ``train``,
+    ``validation`` and ``test``; a ``DatasetDict`` folder's): when the user asks to keep the
+    sources' splits (``keep_source_splits``), gristmill reads each split as a source of its own
+    into the dataset's split of that name. Without it, gristmill never asks."""
+
+    def named_splits(self) -> Mapping[str, Source]:
+        """Split name, as the data names it → a source over that split alone, in the data's
+        order: every split the data has, or only the one the user named (``hub:NAME#test``).
+        Empty when the data has no named splits (a plain ``Dataset`` folder, a file): its
+        file name then decides, as for any file."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,10 +60,12 @@ def gristmill_sources() -> list[SourceType]:
     key is refused before the factory is called.
 
     Capabilities of a source: :class:`~gristmill.plugin.components.HasSchema` (``schema()``,
-    its columns and their types: every file that one source type reads in a run must agree)
-    and :class:`~gristmill.plugin.components.HasSize` (``nbytes()``, the bytes a source that is
-    not one local file reads: prepare cuts its input into tasks by size). ``preset:NAME`` is
-    gristmill's own prefix (see :func:`gristmill_presets`).
+    its columns and their types: every file that one source type reads in a run must agree),
+    :class:`~gristmill.plugin.components.HasSize` (``nbytes()``, the bytes a source that is
+    not one local file reads: prepare cuts its input into tasks by size) and
+    :class:`~gristmill.plugin.components.HasSplits` (``named_splits()``, the data's own splits,
+    each as a source: ``prepare --keep-source-splits`` reads each into its split).
+    ``preset:NAME`` is gristmill's own prefix (see :func:`gristmill_presets`).
 
     :return: a list of :class:`~gristmill.plugin.components.SourceType` records.
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gristmill.errors import DatasetError, GristmillError
+from gristmill.ingest.splits import in_order
 from gristmill.layout import PLANS_DIR
 from gristmill.options import DatasetOptions, takes
 from gristmill.plugin.atomic import fingerprint, write_atomic
@@ -44,6 +45,24 @@ from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import check_generation, generation_changed, load_saved, read_manifest
 
 log = logging.getLogger("gristmill")
+
+MADE_BY = {  # a split prepare makes when asked, and what asks for it
+    "val": "--val-fraction F (val_fraction=F)",
+    "test": "--test-fraction F (test_fraction=F)",
+}
+VALIDATION = ("validation", "valid", "dev")  # what gristmill calls val
+
+
+def how_to_make(split: str) -> str:
+    """What to add to a "no split" error: how ``prepare`` makes that split, or its name."""
+    if split in VALIDATION:
+        return "; gristmill calls the validation split val"
+    if split in MADE_BY:
+        return (
+            f"; prepare makes one with {MADE_BY[split]}, or keeps a source's own with "
+            "--keep-source-splits"
+        )
+    return ""
 
 
 class Dataset:
@@ -85,7 +104,7 @@ class Dataset:
         if options.split not in splits:
             raise DatasetError(
                 f"{self.path}: no split {options.split!r}; this dataset has "
-                f"{', '.join(sorted(splits))}"
+                f"{', '.join(in_order(splits))}{how_to_make(options.split)}"
             )
         self.split, self.seq_len, self.seed = options.split, options.seq_len, options.seed
         self.labels, self.overlong, self.no_loss = options.labels, options.overlong, options.no_loss

@@ -18,7 +18,7 @@ from gristmill.errors import DatasetError, PluginError
 from gristmill.plugin.atomic import durable, sync_directory
 from gristmill.plugin.components import ExporterType
 from gristmill.plugin.manager import PluginManager, get_manager
-from gristmill.serve.dataset import Dataset, open_dataset
+from gristmill.serve.dataset import Dataset, how_to_make, open_dataset
 from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import read_manifest
 from gristmill.store.verify import files
@@ -117,6 +117,7 @@ def _chosen_splits(
     if unknown:
         raise DatasetError(
             f"{source}: no split {unknown[0]!r}; this dataset has {', '.join(available)}"
+            + how_to_make(unknown[0])
         )
     return list(dict.fromkeys(chosen))
 

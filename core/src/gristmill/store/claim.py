@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DatasetError
+from gristmill.ingest.splits import SPLITS  # those prepare may write
 from gristmill.layout import (
     INCOMPLETE,
     MANIFEST,
@@ -46,7 +47,6 @@ except ImportError:  # Windows: no advisory locks; the fingerprint check still h
 
 log = logging.getLogger("gristmill")
 
-SPLITS = ("train", "val")  # the splits prepare writes: train always, val when asked for
 # Everything in them is gristmill's.
 OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR, METADATA_DIR)
 TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.task_prefix)

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from gristmill.ingest.chain import document_batches
-from gristmill.ingest.encoding import Batch, assign_splits, digest
+from gristmill.ingest.encoding import Batch, digest
 from gristmill.ingest.plan import Chunk
 from gristmill.ingest.policy import ErrorPolicy
+from gristmill.ingest.splits import assign_splits
 from gristmill.layout import TASKS_DIR
 from gristmill.options import PrepareOptions
 from gristmill.plugin.atomic import canonical_json, sync_directory, write_atomic
@@ -45,6 +46,9 @@ class TaskSettings:
     dtype: str
     tokenizer: str  # the tokenizer family's name; the tokenizer itself is the dataset's copy
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    # Per source position, the split of its own that the run keeps (None, or no entry at all:
+    # its documents are shared out by the fractions).
+    source_splits: tuple[str | None, ...] = ()
 
 
 class TaskRunner:
@@ -181,8 +185,9 @@ class _TaskOutput:
             for split in settings.splits
         }
         self.logs = {split: _SplitLog() for split in settings.splits}
-        self.dedup, self.val_fraction = settings.options.dedup, settings.options.val_fraction
-        self.keep_digests = self.dedup or self.val_fraction > 0
+        options = settings.options
+        self.dedup, self.fractions = options.dedup, (options.val_fraction, options.test_fraction)
+        self.keep_digests = self.dedup or any(self.fractions)
         self.documents = self.truncated = 0
 
     def add(self, position: int, batch: Batch) -> None:
@@ -192,14 +197,9 @@ class _TaskOutput:
         self.truncated += cut
         self.documents += len(ids)
         digests = [digest(d, m) for d, m in zip(ids, masks)] if self.keep_digests else []
-        # One split: every document; two: each by the hash of its content.
-        splits = (
-            assign_splits(digests, settings.options.seed, self.val_fraction)
-            if len(settings.splits) > 1
-            else None
-        )
+        splits = self._splits(position, digests, len(ids))
         for split in settings.splits:
-            pick = range(len(ids)) if splits is None else np.flatnonzero(splits == split).tolist()
+            pick = np.flatnonzero(splits == split).tolist()
             if not pick:
                 continue
             self.writers[split].add([ids[i] for i in pick], [masks[i] for i in pick])
@@ -209,6 +209,16 @@ class _TaskOutput:
                 log.digests += [digests[i] for i in pick]
             for i in pick:
                 log.metadata.add(metadata[i])
+
+    def _splits(self, position: int, digests: list[bytes], count: int) -> np.ndarray:
+        """The split of each of ``count`` documents of the source at ``position``: the source's
+        own (kept, and not train), else each by the hash of its content where fractions ask for
+        it, else train."""
+        own = self.settings.source_splits
+        kept = own[position] if position < len(own) else None
+        if kept in (None, "train") and any(self.fractions):
+            return assign_splits(digests, self.settings.options.seed, *self.fractions)
+        return np.full(count, kept or "train")
 
     def close(self) -> dict[str, Any]:
         """Close the shard writers; their shards, per split."""

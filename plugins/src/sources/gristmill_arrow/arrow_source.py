@@ -95,12 +95,13 @@ class ArrowSource:
         self.files = folder.files if folder else (spec,)
         self.split_name = folder.split if folder else None
         self.splits = folder.splits if folder else ()
+        self.split_given = split is not None
         shown = folder.columns if folder else None
         self.columns = tuple(columns) if columns is not None else shown
         # A saved format's columns come in the file's order, as datasets gives them.
         self.file_order = columns is None and shown is not None
         self.runs = None if runs is None else tuple(Run(*r) for r in runs)
-        if folder is not None and runs is None and len(folder.splits) > 1:
+        if folder is not None and split is None and len(folder.splits) > 1:
             others = ", ".join(repr(s) for s in folder.splits if s != folder.split)
             log.info(
                 f"{spec}: a DatasetDict; reading its split {folder.split!r} (it also has "
@@ -164,6 +165,24 @@ class ArrowSource:
         theirs), compared by the values they read to, as the Parquet source does."""
         schema = self._ipc(self.files[0]).schema
         return {field.name: type_name(field.type) for field in schema}
+
+    def named_splits(self) -> dict[str, ArrowSource]:
+        """A ``DatasetDict`` folder's splits, each as a source (``HasSplits``), in its order;
+        only the one the ``split`` option names, when it names one; none for a ``Dataset``
+        folder or a file."""
+        if self.split_given:
+            return {self.split_name: self} if self.split_name else {}
+        return {
+            name: self
+            if name == self.split_name
+            else ArrowSource(
+                self.spec,
+                max_record_bytes=self.max_record_bytes,
+                columns=None if self.file_order else self.columns,
+                split=name,
+            )
+            for name in self.splits
+        }
 
     def split(self, pieces: int) -> list[ArrowSource]:
         """Runs of contiguous record batches of about equal size, in order; a piece may span the
