@@ -425,6 +425,27 @@ def test_a_line_longer_than_the_limit_across_reads_is_rejected_and_reading_goes_
     assert first.message.endswith("(in the paragraph from line 1)")
 
 
+@pytest.mark.parametrize("bad", [b"", b"caf\xe9\n"])
+def test_a_paragraph_over_the_limit_across_reads_is_one_rejection(tmp_path, bad):
+    """It leaves no tail behind as a record; a line that cannot be read names the rejection
+    wherever the reads end, so every split gives the same."""
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"start\n" + (b"z" * 1000 + b"\n") * 3000 + bad + b"tail\n\nnext\n")
+    [source] = open_sources(
+        [str(path)], get_manager(), {"unit": "paragraph"}, max_record_bytes=CHUNK
+    )
+    whole = read(source)
+    rejected, after = whole[0]
+    assert after == ("next", 3004 + bool(bad))
+    if bad:
+        assert (rejected.reason, rejected.where.line) == ("not-utf8", 3002)
+        assert rejected.message.endswith("(in the paragraph from line 1)")
+    else:
+        assert (rejected.reason, rejected.where.line) == ("too-large", 1)
+    for pieces in (2, 3):
+        assert [item for part in source.split(pieces) for item in read(part)[0]] == whole[0]
+
+
 def _by_line(path: Path, limit: int) -> list:
     """What reading ``path`` line by line gives, the plain way: the reference for the blocks."""
     out = []

@@ -128,35 +128,20 @@ class TextSource:
         The common line costs a test and an append: the rest is :class:`_Paragraph`'s."""
         seen = SeenLines() if self.dedup_lines else None
         paragraph = _Paragraph(self)
-        kept, chars = paragraph.kept, 0
-        check = self.max_record_bytes // 4  # more characters may be more bytes than the limit
-        for number, lines in self._line_blocks():
-            for line in lines:
+        kept, number = paragraph.kept, 0
+        for start, lines in self._line_blocks():
+            for number, line in enumerate(lines, start):
                 if type(line) is str and line and not line.isspace():
-                    if seen is not None:
-                        paragraph.start(number)  # its first line may not be kept
-                        if seen.repeats(line):
-                            counts["duplicate-line"] += 1
-                            number += 1
-                            continue
-                    kept.append(line)
-                    chars += len(line) + 1
-                    if chars > check:
-                        kept = paragraph.check_size(number)
-                    number += 1
-                    continue
-                if type(line) is not str:
-                    kept = paragraph.reject(line, number)
-                elif kept or paragraph.first:
-                    item = paragraph.close(number - len(kept))
-                    kept, chars = paragraph.kept, 0
-                    if item is not None:
-                        yield item
-                number += 1
-        if kept or paragraph.first:
-            item = paragraph.close(number - len(kept))
-            if item is not None:
-                yield item
+                    if seen is None or paragraph.keeps(line, number, seen, counts):
+                        kept.append(line)
+                elif type(line) is not str:
+                    paragraph.reject(line, number)
+                elif (kept or paragraph.first) and (item := paragraph.close(number - len(kept))):
+                    yield item
+            if kept:  # a paragraph that runs on past a block: its size so far
+                paragraph.check_size(number)
+        if (kept or paragraph.first) and (item := paragraph.close(number + 1 - len(kept))):
+            yield item
 
     def _file(self, counts: Counter[str]) -> Iterator[Item]:
         data, size = [], 0
@@ -265,51 +250,66 @@ class TextSource:
 
 class _Paragraph:
     """What is known of the paragraph being read beyond its lines (which the reader appends
-    to ``kept``): where it starts when that is not its first kept line, its size in UTF-8 bytes
-    once it may pass the limit, or why it is rejected (it then keeps no line).
-
-    Each method returns the list the reader appends to from then on.
-    """
+    to ``kept``, one list throughout): where it starts when that is not its first kept line,
+    the UTF-8 size of its lines once it runs on past a block, and why it is rejected (it then
+    keeps no line): for its first line that cannot be read, else for its size. The reason never
+    depends on where the file's reads end, so pieces give the whole's."""
 
     def __init__(self, source: TextSource):
         self.source, self.limit = source, source.max_record_bytes
+        self.kept: list[str] = []
         self.clear()
 
     def clear(self) -> None:
-        self.kept: list[str] = []
+        self.kept.clear()
         self.first = 0  # its first line when a line before the kept ones belongs to it; else 0
         self.counted, self.nbytes = 0, 0  # nbytes: of the first `counted` kept lines
-        self.problem: Rejected | None = None
+        self.problem: Rejected | None = None  # its first line that cannot be read
+        self.oversize = False
 
     def start(self, number: int) -> None:
         self.first = self.first or number
 
-    def reject(self, problem: Rejected, number: int) -> list[str]:
+    def keeps(self, line: str, number: int, seen: SeenLines, counts: Counter[str]) -> bool:
+        """Whether a line (under ``dedup_lines``) is kept: not when it is a repeat."""
+        self.start(number)  # the paragraph's first line may not be kept
+        if seen.repeats(line):
+            counts["duplicate-line"] += 1
+            return False
+        return True
+
+    def reject(self, problem: Rejected, number: int) -> None:
         """A line that cannot be read: the paragraph is rejected with the first such line."""
         self.start(number - len(self.kept))
         if self.problem is None:
-            self.problem, self.kept = _in_paragraph(problem, self.first), []
-        return self.kept
+            self.problem = _in_paragraph(problem, self.first)
+        self.kept.clear()
 
-    def check_size(self, number: int) -> list[str]:
-        """Counts the bytes of the lines kept so far; rejects the paragraph past the limit."""
-        if self.problem is None:
+    def check_size(self, number: int) -> None:
+        """Counts the bytes of the lines kept so far (``number``: the last line read); past the
+        limit the paragraph is too large, and its lines are dropped."""
+        if not self.oversize:
             self.nbytes += sum(len(line.encode()) + 1 for line in self.kept[self.counted :])
             self.counted = len(self.kept)
             if self.nbytes - 1 <= self.limit:
-                return self.kept
+                return
             self.start(number - len(self.kept) + 1)
-            self.problem = self.source._too_large("paragraph", self.first)
-        self.kept = []
-        return self.kept
+            self.oversize = True
+        self.kept.clear()
 
     def close(self, first_kept: int) -> Item | None:
         """Its record, or why not (``None`` when every line was a repeat, each counted as
         such); then the next paragraph starts empty. ``first_kept``: its first kept line."""
+        first = self.first or first_kept
         item: Item | None = self.problem
-        if item is None and self.kept:
-            first = self.first or first_kept
-            item = {"text": "\n".join(self.kept)}, Where(self.source.spec, first)
+        if item is None and self.kept and not self.oversize:
+            text = "\n".join(self.kept)
+            if len(text) * 4 > self.limit and len(text.encode()) > self.limit:
+                self.oversize = True
+            else:
+                item = {"text": text}, Where(self.source.spec, first)
+        if item is None and self.oversize:
+            item = self.source._too_large("paragraph", first)
         self.clear()
         return item
 
