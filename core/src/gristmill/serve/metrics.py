@@ -138,6 +138,7 @@ class PlannedMetrics:
         self.block: tuple[Schedule, range, Steps] | None = None
 
     def step(self, schedule: Schedule, step: int) -> dict[str, int | float]:
+        """The figures of step ``step`` of ``schedule``'s epoch."""
         block = self.block
         if block is None or block[0] is not schedule or step not in block[1]:
             if self.figures is None:
