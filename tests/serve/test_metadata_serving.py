@@ -145,3 +145,42 @@ def test_segment_metadata_is_a_config_key(dataset, tmp_path):
     )
     ds = gristmill.from_config(config).data()
     assert ds[0]["metadata"] == {"lang": [ds.metadata(d)["lang"] for d in ds.documents_of(0)]}
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+@pytest.mark.parametrize("labels", ["unshifted", "shifted"])
+def test_the_collator_puts_each_tokens_document_metadata_in_the_batch(
+    dataset, padding_free, labels
+):
+    torch = pytest.importorskip("torch", reason="the collator needs torch")
+    from gristmill.torch import Collator, dataloader
+
+    ds = gristmill.open_dataset(dataset, seq_len=161, packer="first-fit", labels=labels)
+    collate = Collator(padding_free=padding_free, metadata=["i", "lang", "score"])
+    picked = [5, 0, 7, 2]
+    plain = Collator(padding_free=padding_free)(ds.batch(picked))
+    batch = collate(ds.batch(picked))
+    assert set(batch) - set(plain) == {"metadata"}
+    for key, value in plain.items():  # the rest of the batch as without metadata
+        assert torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value
+    found = batch["metadata"]
+    assert found["i"].shape == batch["input_ids"].shape and found["i"].dtype == torch.int64
+    assert found["lang"].dtype == torch.int32 and found["score"].dtype == torch.float64
+    ids, rows = ds.metadata_values("i"), found["i"].reshape(-1).tolist()
+    width, at = batch["input_ids"].shape[-1], 0
+    for k, index in enumerate(picked):
+        n = len(ds[index]["input_ids"])
+        start = at if padding_free else k * width
+        lengths = ds.plan.seg_len[ds.plan.sample_bounds[index] : ds.plan.sample_bounds[index + 1]]
+        assert (
+            rows[start : start + n] == np.repeat(ids[ds.documents_of(index)], lengths)[:n].tolist()
+        )
+        if not padding_free:  # padding holds the null of int columns
+            assert set(rows[start + n : (k + 1) * width]) <= {-(2**63)}
+        at += n
+    with pytest.raises(gristmill.errors.GristmillError, match="needs a dataset's batches"):
+        collate([ds[0], ds[1]])
+    # Through the loader's own path (several steps collated at once) too.
+    loader = dataloader(ds, batch_size=2, collate_fn=collate, num_workers=0)
+    step = next(iter(loader))
+    assert step["metadata"]["lang"].shape == step["input_ids"].shape

@@ -327,7 +327,7 @@ class Dataset:
             buffers=self._buffers,
         )
         at = list(accumulate(np.asarray(segments).tolist(), initial=0))
-        batch.segments = Segments(docs, at, self.document_metadata, self._served)
+        batch.segments = Segments(docs, lengths, at, self.document_metadata, self._served)
         return batch
 
     @cached_property

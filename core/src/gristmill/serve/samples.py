@@ -256,11 +256,13 @@ class MetadataReader(Protocol):
 
 class Segments(NamedTuple):
     """The documents a batch's samples are made of: ``docs``, the document (its index in the
-    split) of every segment, sample after sample, as the pack plan lists them; ``at``, where
-    each sample's segments begin in ``docs``, then the end; ``metadata``, the documents'
-    metadata; ``served``, the metadata keys each sample dict carries (``segment_metadata``)."""
+    split) of every segment, sample after sample, as the pack plan lists them, and ``lengths``,
+    its tokens; ``at``, where each sample's segments begin in ``docs``, then the end;
+    ``metadata``, the documents' metadata; ``served``, the metadata keys each sample dict
+    carries (``segment_metadata``)."""
 
     docs: np.ndarray
+    lengths: np.ndarray
     at: list[int]
     metadata: MetadataReader
     served: tuple[str, ...] = ()
@@ -374,6 +376,16 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
             values = reader.values(key, docs)
             found[key] = reader.decode(key, values) if decode else values
         return found
+
+    def metadata_per_token(self, k: int, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """For each of ``keys``, the stored value (see :meth:`metadata_of`) of the document of
+        each of sample ``k``'s tokens: arrays aligned with its ``input_ids``."""
+        segments = self._segments()
+        lengths = segments.lengths[segments.at[k] : segments.at[k + 1]]
+        # Shifted samples' inputs are their tokens but the last: a prefix of the segments'.
+        count = self._at[k + 1] - self._at[k]
+        found = self.metadata_of(k, keys)
+        return {key: np.repeat(values, lengths)[:count] for key, values in found.items()}
 
     def _segments(self) -> Segments:
         if self.segments is None:

@@ -12,6 +12,7 @@ import torch
 
 from gristmill.errors import GristmillError
 from gristmill.serve.samples import IGNORE_INDEX, ROWS, SampleBatch
+from gristmill.store.metadata import NULLS
 
 
 class Collator:
@@ -30,6 +31,12 @@ class Collator:
       ``hf_names=True`` adds the same boundaries under the names transformers' attention takes
       and TRL's collator emits: ``cu_seq_lens_q``, ``cu_seq_lens_k`` (``cu_seqlens``) and
       ``max_length_q``, ``max_length_k`` (``max_seqlen``).
+
+    ``metadata=["lang", "score"]`` adds ``batch["metadata"]``: per key, each token's document's
+    value as the dataset stores it (string codes, int8 bools, int64, float64; null on padding,
+    see :meth:`gristmill.serve.dataset.Dataset.metadata_values`), shaped as ``input_ids``. It
+    needs a dataset's batches (:func:`gristmill.torch.dataloader`, ``Dataset.batch``), which
+    know each segment's document; pop it before ``model(**batch)``.
 
     Every batch also carries ``seq_lens`` concatenated over its samples (drop it before
     ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
@@ -51,6 +58,7 @@ class Collator:
         pad_id: int = 0,
         dtype: torch.dtype = torch.float32,
         hf_names: bool = False,
+        metadata: Sequence[str] | None = None,
     ):
         if hf_names and not padding_free:
             raise GristmillError(
@@ -62,12 +70,19 @@ class Collator:
         self.pad_id = pad_id
         self.dtype = dtype
         self.hf_names = hf_names
+        self.metadata = tuple(metadata or ())
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
         if isinstance(samples, SampleBatch):
             return self.batches(samples, [len(samples)])[0]
+        if self.metadata:
+            raise GristmillError(
+                "Collator(metadata=...) needs a dataset's batches, which know each segment's "
+                "document (gristmill.torch.dataloader, or Dataset.batch); samples given one by "
+                "one do not"
+            )
         if "seq_lens" not in samples[0]:
             raise GristmillError(
                 "samples without seq_lens: the collator needs the document boundaries. With "
@@ -96,9 +111,33 @@ class Collator:
         # A DataLoader worker hands each block of memory over apart: all of the batches in one.
         in_worker = torch.utils.data.get_worker_info() is not None
         if self.padding_free:
-            return self._rows_of(samples, parts, in_worker)
-        block = _Block(sum(self._padded_size(part) for part in parts)) if in_worker else None
-        return [_marked(self._padded_batch(part, block), part.repeats, len(part)) for part in parts]
+            made = self._rows_of(samples, parts, in_worker)
+        else:
+            block = _Block(sum(self._padded_size(part) for part in parts)) if in_worker else None
+            made = [_marked(self._padded_batch(p, block), p.repeats, len(p)) for p in parts]
+        for part, batch in zip(parts, made) if self.metadata else ():
+            batch["metadata"] = self._token_metadata(part, tuple(batch["input_ids"].shape))
+        return made
+
+    def _token_metadata(
+        self, samples: SampleBatch, shape: tuple[int, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Per key of ``metadata``, each token's document's stored value (null on padding),
+        in a tensor of ``shape``: the batch's ``input_ids``'."""
+        rows = [samples.metadata_per_token(k, self.metadata) for k in range(len(samples))]
+        assert samples.segments is not None  # metadata_per_token raised otherwise
+        found = {}
+        for key in self.metadata:
+            values = [row[key] for row in rows]
+            if self.padding_free:
+                laid = np.concatenate(values).reshape(shape)
+            else:
+                null = NULLS[samples.segments.metadata.columns[key]]
+                laid = np.full(shape, null, values[0].dtype)
+                for k, row in enumerate(values):
+                    laid[k, : len(row)] = row
+            found[key] = torch.from_numpy(laid)
+        return found
 
     def _rows_of(
         self, samples: SampleBatch, parts: list[SampleBatch], in_worker: bool
