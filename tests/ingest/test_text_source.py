@@ -488,6 +488,48 @@ def test_reading_in_blocks_gives_the_lines_read_one_by_one(tmp_path, limit):
     assert got == _by_line(path, limit)
 
 
+def _paragraphs_by_line(path: Path) -> list:
+    """Paragraphs gathered from :func:`_by_line`'s reading, blank lines included."""
+    out, kept, first, bad = [], [], 0, None
+    for raw, index in [*lines(str(path), max_bytes=1 << 30), (b"", -1)]:
+        number = index + 1
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8").removesuffix("\r")
+        except UnicodeDecodeError:
+            text, bad = "x", bad or ("not-utf8", number)
+        if text.strip():
+            kept.append(text)
+            first = first or number
+        elif first:
+            out.append(bad or ("\n".join(kept), first))
+            kept, first, bad = [], 0, None
+    return out
+
+
+def test_paragraphs_read_in_blocks_are_the_lines_gathered_one_by_one(tmp_path):
+    rng = random.Random(2)
+    parts, size = [], 0
+    while size < 3 * CHUNK:
+        kind = rng.random()
+        if kind < 0.25:
+            line = rng.choice([b"", b" ", b"\t \r", "\u3000".encode()])
+        elif kind < 0.26:
+            line = "café".encode("latin-1")
+        elif kind < 0.27:
+            line = b"w" * rng.randint(100_000, 700_000)  # paragraphs across reads
+        else:
+            line = ("é" * rng.randint(1, 80)).encode() + rng.choice([b"", b"\r"])
+        parts.append(line + b"\n")
+        size += len(parts[-1])
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"".join(parts))
+    got = [
+        (i.reason, i.where.line) if isinstance(i, Rejected) else i
+        for i in read(open_one(path, unit="paragraph"))[0]
+    ]
+    assert got == _paragraphs_by_line(path)
+
+
 # --- command line ----------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from gristmill.plugin.files import (
     without_compression,
 )
 from gristmill_text.cleaning import SeenLines, check_clean, cleaner, line_ends, rewrite
+from gristmill_text.paragraphs import Paragraphs
 from gristmill_text.ranges import paragraph_ranges
 
 UNITS = ("file", "paragraph", "line")
@@ -110,8 +111,8 @@ class TextSource:
 
     def _lines(self, counts: Counter[str]) -> Iterator[Item]:
         spec, seen = self.spec, SeenLines() if self.dedup_lines else None
-        for number, lines in self._line_blocks():
-            for line in lines:
+        for number, block in self._line_blocks():
+            for line in block.split("\n") if type(block) is str else block:
                 if type(line) is not str:
                     yield line
                 elif not line or line.isspace():
@@ -123,25 +124,10 @@ class TextSource:
                 number += 1
 
     def _paragraphs(self, counts: Counter[str]) -> Iterator[Item]:
-        """Runs of lines that are not blank, joined with ``\\n``. A paragraph with a line that
-        cannot be read is rejected whole; one whose every line is a repeat leaves no record.
-        The common line costs a test and an append: the rest is :class:`_Paragraph`'s."""
+        """Runs of lines that are not blank, joined with ``\\n`` (see :mod:`.paragraphs`)."""
         seen = SeenLines() if self.dedup_lines else None
-        paragraph = _Paragraph(self)
-        kept, number = paragraph.kept, 0
-        for start, lines in self._line_blocks():
-            for number, line in enumerate(lines, start):
-                if type(line) is str and line and not line.isspace():
-                    if seen is None or paragraph.keeps(line, number, seen, counts):
-                        kept.append(line)
-                elif type(line) is not str:
-                    paragraph.reject(line, number)
-                elif (kept or paragraph.first) and (item := paragraph.close(number - len(kept))):
-                    yield item
-            if kept:  # a paragraph that runs on past a block: its size so far
-                paragraph.check_size(number)
-        if (kept or paragraph.first) and (item := paragraph.close(number + 1 - len(kept))):
-            yield item
+        paragraphs = Paragraphs(self.spec, self.max_record_bytes, self._too_large)
+        return paragraphs.read(self._line_blocks(), seen, counts)
 
     def _file(self, counts: Counter[str]) -> Iterator[Item]:
         data, size = [], 0
@@ -169,10 +155,11 @@ class TextSource:
 
     # --- lines -----------------------------------------------------------------------------------
 
-    def _line_blocks(self) -> Iterator[tuple[int, list[str | Rejected]]]:
-        """The piece's lines a block at a time: the number of the block's first line, and each
-        line (its ending, and a byte-order mark at the start of the file, taken off; the line
-        rules applied) or why it cannot be read.
+    def _line_blocks(self) -> Iterator[tuple[int, str | list[str | Rejected]]]:
+        """The piece's lines a block at a time: the number of the block's first line, and its
+        text (lines joined with ``\\n``) or, where it was read line by line, each line or why
+        it cannot be read; line endings, and a byte-order mark at the start of the file, taken
+        off, the line rules applied.
 
         Each read of the file is decoded and split whole, so that a line costs no Python call of
         its own; a line longer than ``max_record_bytes`` is passed over as it streams, never held.
@@ -195,7 +182,7 @@ class TextSource:
                 if block is not None:
                     lines = self._decoded(block, number)
                     yield number, lines
-                    number += len(lines)
+                    number += lines.count("\n") + 1 if type(lines) is str else len(lines)
                 pending, size = [], 0
                 chunk = chunk[cut + 1 :]
             size += len(chunk)
@@ -208,8 +195,8 @@ class TextSource:
         elif pending:
             yield number, self._decoded(b"".join(pending), number)
 
-    def _decoded(self, block: bytes, number: int) -> list[str | Rejected]:
-        """The lines of ``block`` (whole lines, the last without its newline), the first of
+    def _decoded(self, block: bytes, number: int) -> str | list[str | Rejected]:
+        """The text of ``block`` (whole lines, the last without its newline), the first of
         which is line ``number``: decoded at once, or line by line where a line is not UTF-8 or
         may be too long."""
         skip = len(BOM) if number == 1 and block.startswith(BOM) else 0
@@ -219,7 +206,7 @@ class TextSource:
             except UnicodeDecodeError:
                 pass
             else:
-                return self._tidy(text).split("\n")
+                return self._tidy(text)
         return [
             self._one_line(raw, number + index, skip if index == 0 else 0)
             for index, raw in enumerate(block.split(b"\n"))
@@ -248,72 +235,6 @@ class TextSource:
         )
 
 
-class _Paragraph:
-    """What is known of the paragraph being read beyond its lines (which the reader appends
-    to ``kept``, one list throughout): where it starts when that is not its first kept line,
-    the UTF-8 size of its lines once it runs on past a block, and why it is rejected (it then
-    keeps no line): for its first line that cannot be read, else for its size. The reason never
-    depends on where the file's reads end, so pieces give the whole's."""
-
-    def __init__(self, source: TextSource):
-        self.source, self.limit = source, source.max_record_bytes
-        self.kept: list[str] = []
-        self.clear()
-
-    def clear(self) -> None:
-        self.kept.clear()
-        self.first = 0  # its first line when a line before the kept ones belongs to it; else 0
-        self.counted, self.nbytes = 0, 0  # nbytes: of the first `counted` kept lines
-        self.problem: Rejected | None = None  # its first line that cannot be read
-        self.oversize = False
-
-    def start(self, number: int) -> None:
-        self.first = self.first or number
-
-    def keeps(self, line: str, number: int, seen: SeenLines, counts: Counter[str]) -> bool:
-        """Whether a line (under ``dedup_lines``) is kept: not when it is a repeat."""
-        self.start(number)  # the paragraph's first line may not be kept
-        if seen.repeats(line):
-            counts["duplicate-line"] += 1
-            return False
-        return True
-
-    def reject(self, problem: Rejected, number: int) -> None:
-        """A line that cannot be read: the paragraph is rejected with the first such line."""
-        self.start(number - len(self.kept))
-        if self.problem is None:
-            self.problem = _in_paragraph(problem, self.first)
-        self.kept.clear()
-
-    def check_size(self, number: int) -> None:
-        """Counts the bytes of the lines kept so far (``number``: the last line read); past the
-        limit the paragraph is too large, and its lines are dropped."""
-        if not self.oversize:
-            self.nbytes += sum(len(line.encode()) + 1 for line in self.kept[self.counted :])
-            self.counted = len(self.kept)
-            if self.nbytes - 1 <= self.limit:
-                return
-            self.start(number - len(self.kept) + 1)
-            self.oversize = True
-        self.kept.clear()
-
-    def close(self, first_kept: int) -> Item | None:
-        """Its record, or why not (``None`` when every line was a repeat, each counted as
-        such); then the next paragraph starts empty. ``first_kept``: its first kept line."""
-        first = self.first or first_kept
-        item: Item | None = self.problem
-        if item is None and self.kept and not self.oversize:
-            text = "\n".join(self.kept)
-            if len(text) * 4 > self.limit and len(text.encode()) > self.limit:
-                self.oversize = True
-            else:
-                item = {"text": text}, Where(self.source.spec, first)
-        if item is None and self.oversize:
-            item = self.source._too_large("paragraph", first)
-        self.clear()
-        return item
-
-
 def _unit(spec: str) -> str:
     name = without_compression(spec).lower()
     return next((unit for suffix, unit in DEFAULT_UNIT.items() if name.endswith(suffix)), "line")
@@ -331,8 +252,3 @@ def _not_utf8(spec: str, raw: bytes, at: int, first: int) -> Rejected:
         Where(spec, first + raw.count(b"\n", 0, at)),
         line.decode("utf-8", errors="replace"),
     )
-
-
-def _in_paragraph(problem: Rejected, first: int) -> Rejected:
-    """A line's problem, said of the paragraph it belongs to."""
-    return problem._replace(message=f"{problem.message} (in the paragraph from line {first})")
