@@ -316,3 +316,35 @@ def test_the_format_pages_reader_reads_the_columns_open_dataset_serves(typed):
             assert read == ds.decode_metadata(key, ds.metadata_values(key))
         else:
             assert np.array_equal(read, ds.metadata_values(key), equal_nan=True)
+
+
+@pytest.mark.parametrize("block", [7, 1 << 20])
+def test_value_counts_keep_the_first_hundred_values_and_count_the_rest(
+    tmp_path, write_jsonl, monkeypatch, block
+):
+    import gristmill.store.metadata as metadata
+
+    monkeypatch.setattr(metadata, "COUNT_BLOCK", block)  # blocks of documents, or all at once
+    records = [
+        {"text": "x" * (i % 9 + 1), "metadata": {"k": (i * 7) % 150, "s": f"v{i % 130}"}}
+        for i in range(400)
+    ]
+    out = tmp_path / "ds"
+    manifest = gristmill.prepare(write_jsonl(records), out, val_fraction=0.3, progress=False)
+    expected: dict[str, dict[str, list[int]]] = {}
+    for split in ("train", "val"):
+        ds = gristmill.open_dataset(out, split)
+        lengths = ds.documents.lengths()
+        for doc in range(len(lengths)):
+            for key, value in ds.metadata(doc).items():
+                counted = expected.setdefault(key, {})
+                label = value if isinstance(value, str) else json.dumps(value)
+                if label not in counted and len(counted) >= 100:
+                    label = "(other)"
+                entry = counted.setdefault(label, [0, 0])
+                entry[0] += 1
+                entry[1] += int(lengths[doc])
+    assert manifest["stats"]["metadata"] == {
+        key: {v: {"documents": d, "tokens": t} for v, (d, t) in sorted(values.items())}
+        for key, values in sorted(expected.items())
+    }

@@ -82,7 +82,7 @@ class StreamStats:
         return self.served / (self.samples * self.seq_len)
 
 
-class Document(tuple):  # type: ignore[type-arg]
+class Document(tuple):
     """A streamed document, ``(ids, mask)`` as a :data:`~gristmill.serve.samples.Part`, with
     its metadata pairs beside (``metadata``), for a stream asked for ``segment_metadata``: the
     packer hands it back in its samples' segments."""
@@ -248,7 +248,7 @@ class Stream:
             ]
             stats.samples += 1
             stats.served += sum(size for _, _, size in segments)
-            sample = build_sample(parts, restart=self.restart, labels=self.labels)
+            sample: dict[str, Any] = build_sample(parts, restart=self.restart, labels=self.labels)
             if self.options.segment_metadata:
                 sample["metadata"] = _segment_metadata(segments, self.options.segment_metadata)
             yield sample

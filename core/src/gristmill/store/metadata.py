@@ -52,6 +52,7 @@ NULL_CODE = -1
 DTYPES = dict(zip(METADATA_TYPES, map(np.dtype, ("<i1", "<i8", "<f8", "<i4"))))
 NULLS: dict[str, Any] = {"bool": -1, "int": NULL_INT, "float": np.nan, "string": NULL_CODE}
 INT_RANGE = (NULL_INT + 1, int(np.iinfo(np.int64).max))
+COUNT_BLOCK = 1 << 20  # documents whose values the statistics count at once
 
 
 def kind_of(value: Any) -> str | None:
@@ -106,7 +107,8 @@ class ColumnLog:
         """Write the columns to ``path`` (``.npz``) unless there are none; their types by key."""
         if not self.docs:
             return None
-        kinds, arrays = {}, {}
+        kinds: dict[str, str] = {}
+        arrays: dict[str, Any] = {}
         for i, key in enumerate(sorted(self.docs)):
             present = [(d, v) for d, v in zip(self.docs[key], self.values[key]) if v is not None]
             kind = join(k for _, v in present if (k := kind_of(v)) is not None)
@@ -277,25 +279,37 @@ class _Column:
 
     def count(self, stats: MetadataStats, lengths: Mapping[str, np.ndarray]) -> None:
         """Documents and tokens per value into ``stats``: the first ``MAX_VALUES`` values in the
-        order they first appear, the rest together (floats are not counted by value)."""
+        order they first appear, the rest together (floats are not counted by value); read a
+        block of documents at a time."""
         if self.kind == "float":
             return
-        values = np.concatenate([self.read(split) for split in lengths])
-        weights = np.concatenate(list(lengths.values())).astype(np.float64)
-        present = values != NULLS[self.kind]
-        values, weights = values[present], weights[present]
-        distinct, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        which = np.minimum(rank[inverse], MetadataStats.MAX_VALUES)
-        documents = np.bincount(which, minlength=MetadataStats.MAX_VALUES + 1)
-        tokens = np.bincount(which, weights=weights, minlength=MetadataStats.MAX_VALUES + 1)
-        shown: list[Any] = distinct[order[: MetadataStats.MAX_VALUES]].tolist()
+        top = MetadataStats.MAX_VALUES
+        seen: list[Any] = []  # the values counted on their own, in the order they appear
+        documents, tokens = np.zeros(top + 1, np.int64), np.zeros(top + 1, np.float64)
+        for split, split_lengths in lengths.items():
+            stored = self.read(split)
+            for lo in range(0, len(stored), COUNT_BLOCK):
+                values = np.asarray(stored[lo : lo + COUNT_BLOCK])
+                present = values != NULLS[self.kind]
+                values, weights = values[present], split_lengths[lo : lo + COUNT_BLOCK][present]
+                if len(seen) < top:
+                    distinct, first = np.unique(values, return_index=True)
+                    # The first `top` to appear hold any value not seen yet that is counted.
+                    firsts = distinct[np.argsort(first)[:top]].tolist()
+                    new = [v for v in firsts if v not in seen]
+                    seen += new[: top - len(seen)]
+                keys = np.array(seen, values.dtype)
+                order = np.argsort(keys)
+                at = np.minimum(np.searchsorted(keys[order], values), max(len(keys) - 1, 0))
+                hit = keys[order][at] == values if len(keys) else np.zeros(len(values), bool)
+                slot = np.where(hit, order[at] if len(keys) else 0, top)
+                documents += np.bincount(slot, minlength=top + 1)
+                tokens += np.bincount(slot, weights=weights, minlength=top + 1)
+        shown: list[Any] = seen
         if self.table is not None:
-            shown = self.table.texts(shown)
+            shown = self.table.texts(seen)
         elif self.kind == "bool":
-            shown = [bool(v) for v in shown]
+            shown = [bool(v) for v in seen]
         for slot, value in enumerate([*shown, MetadataStats.OTHER]):
             if documents[slot]:
                 stats.add(self.key, value, int(documents[slot]), int(tokens[slot]))
@@ -330,8 +344,8 @@ class _Table:
         self.codes = [code[a:b] for a, b in bounds]
         self.new = [is_first[a:b] for a, b in bounds]
         self.size = len(order)
-        self.offsets: np.ndarray | None = None
-        self.blob: np.ndarray | None = None
+        self.offsets = np.zeros(1, np.int64)
+        self.strings = ""
 
     def local(
         self, k: int, loaded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -346,35 +360,37 @@ class _Table:
         return loaded if kind == "string" else _as_strings(loaded[0], kind)
 
     def write(self) -> dict[str, Any]:
-        """Write the table's two files; their manifest entries, and its size."""
-        name = self.column.name
-        out_dir = self.column.out_dir
-        blobs, lengths = [], [np.zeros(1, np.int64)]
-        for k in range(len(self.column.parts)):
-            _, blob, offsets = self.local(k)
-            for j in np.flatnonzero(self.new[k]).tolist():
-                piece = blob[offsets[j] : offsets[j + 1]]
-                blobs.append(piece.tobytes())
-                lengths.append(np.array([len(piece)], np.int64))
-        offsets_all = np.cumsum(np.concatenate(lengths))
-        self.offsets, self.blob = offsets_all, np.frombuffer(b"".join(blobs), np.uint8)
+        """Write the table's two files, a part at a time; their manifest entries, and its
+        size."""
+        out_dir, name = self.column.out_dir, self.column.name
+        sizes = []
+
+        def strings(f: BinaryIO) -> None:
+            for k in range(len(self.column.parts)):
+                _, blob, offsets = self.local(k)
+                new = np.flatnonzero(self.new[k])
+                sizes.append(offsets[new + 1] - offsets[new])
+                f.write(b"".join(blob[offsets[j] : offsets[j + 1]].tobytes() for j in new))
+
         (out_dir / METADATA_DIR).mkdir(exist_ok=True)
-        strings = f"{METADATA_DIR}/{name}.strings"
+        self.strings = f"{METADATA_DIR}/{name}.strings"
         starts = f"{METADATA_DIR}/{name}.offsets.npy"
-        write_atomic(out_dir / strings, self.blob.tobytes(), sync_directory_too=False)
-        write_atomic(out_dir / starts, lambda f: np.save(f, offsets_all), sync_directory_too=False)
+        write_atomic(out_dir / self.strings, strings, sync_directory_too=False)
+        self.offsets = np.zeros(self.size + 1, np.int64)
+        np.cumsum(np.concatenate([np.zeros(0, np.int64), *sizes]), out=self.offsets[1:])
+        write_atomic(out_dir / starts, lambda f: np.save(f, self.offsets), sync_directory_too=False)
         return {
-            "strings": file_entry(out_dir, strings),
+            "strings": file_entry(out_dir, self.strings),
             "offsets": file_entry(out_dir, starts),
             "distinct": self.size,
         }
 
     def texts(self, codes: Sequence[int]) -> list[str]:
-        assert self.offsets is not None and self.blob is not None
-        return [
-            self.blob[self.offsets[c] : self.offsets[c + 1]].tobytes().decode("utf-8")
-            for c in codes
-        ]
+        """Strings ``codes`` of the table, once it is written."""
+        path = self.column.out_dir / self.strings
+        data = np.memmap(path, np.uint8, mode="r") if self.offsets[-1] else np.zeros(0, np.uint8)
+        cuts = self.offsets
+        return [data[cuts[c] : cuts[c + 1]].tobytes().decode("utf-8") for c in codes]
 
 
 def _digest(data: np.ndarray) -> bytes:
