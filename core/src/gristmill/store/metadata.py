@@ -292,19 +292,20 @@ class _Column:
                 values = np.asarray(stored[lo : lo + COUNT_BLOCK])
                 present = values != NULLS[self.kind]
                 values, weights = values[present], split_lengths[lo : lo + COUNT_BLOCK][present]
+                if not len(values):
+                    continue
                 if len(seen) < top:
                     distinct, first = np.unique(values, return_index=True)
                     # The first `top` to appear hold any value not seen yet that is counted.
                     firsts = distinct[np.argsort(first)[:top]].tolist()
                     new = [v for v in firsts if v not in seen]
                     seen += new[: top - len(seen)]
-                keys = np.array(seen, values.dtype)
+                keys = np.array(seen, values.dtype)  # not empty: the block's first is in it
                 order = np.argsort(keys)
-                at = np.minimum(np.searchsorted(keys[order], values), max(len(keys) - 1, 0))
-                hit = keys[order][at] == values if len(keys) else np.zeros(len(values), bool)
-                slot = np.where(hit, order[at] if len(keys) else 0, top)
-                documents += np.bincount(slot, minlength=top + 1)
-                tokens += np.bincount(slot, weights=weights, minlength=top + 1)
+                at = np.minimum(np.searchsorted(keys[order], values), len(keys) - 1)
+                slots = np.where(keys[order][at] == values, order[at], top)
+                documents += np.bincount(slots, minlength=top + 1)
+                tokens += np.bincount(slots, weights=weights, minlength=top + 1)
         shown: list[Any] = seen
         if self.table is not None:
             shown = self.table.texts(seen)
