@@ -13,6 +13,8 @@ from pathlib import Path
 
 from hypothesis import settings
 
+from gristmill.plugin.components import Rejected, Where
+
 DISTS = Path(__file__).parent / "data" / "dists"
 
 
@@ -130,3 +132,13 @@ def train_bpe(
     )
     tok.train_from_iterator(texts, trainer)
     return tok
+
+
+def read_all(source) -> list:
+    """A source's records, and its rejections in their place."""
+    return [item if isinstance(item, Rejected) else item[0] for item in source.records()]
+
+
+def wheres(source) -> list[Where]:
+    """Where each record (or rejection) of a source came from."""
+    return [item.where if isinstance(item, Rejected) else item[1] for item in source.records()]

@@ -29,7 +29,7 @@ from gristmill.errors import DataError, MissingDependencyError
 from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected, SourceType, Where
 from gristmill.plugin.manager import PluginManager, get_manager
-from tests.helpers import run_gristmill, tree_bytes
+from tests.helpers import read_all, run_gristmill, tree_bytes, wheres
 
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 HAS_DATASETS = importlib.util.find_spec("datasets") is not None
@@ -95,14 +95,6 @@ def save(folder: Path, records: list[dict[str, Any]], shards: int = 3) -> Path:
 def open_one(spec: Path | str, max_record_bytes: int = 64 << 20, **options: Any) -> Any:
     [source] = open_sources([str(spec)], get_manager(), options, max_record_bytes=max_record_bytes)
     return source
-
-
-def read_all(source: Any) -> list[Any]:
-    return [item if isinstance(item, Rejected) else item[0] for item in source.records()]
-
-
-def wheres(source: Any) -> list[Where]:
-    return [item.where if isinstance(item, Rejected) else item[1] for item in source.records()]
 
 
 # --- the same records in every layout, splitting --------------------------------------------------

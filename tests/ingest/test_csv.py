@@ -24,6 +24,7 @@ from gristmill.plugin.components import Rejected, SourceType
 from gristmill.plugin.files import CHUNK
 from gristmill.plugin.manager import get_manager
 from gristmill_csv.framing import runs
+from tests.helpers import read_all
 
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None
 COLUMNS = ["text", "note", "label"]
@@ -32,10 +33,6 @@ COLUMNS = ["text", "note", "label"]
 def open_one(path, **options):
     [source] = open_sources([str(path)], get_manager(), **options)
     return source
-
-
-def read_all(source) -> list:
-    return [item if isinstance(item, Rejected) else item[0] for item in source.records()]
 
 
 def delimited(rows: list[list[str]], delimiter: str = ",", lineterminator: str = "\r\n") -> bytes:

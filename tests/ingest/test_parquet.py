@@ -24,7 +24,7 @@ from gristmill.errors import DataError, MissingDependencyError
 from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected, SourceType, Where
 from gristmill.plugin.manager import get_manager
-from tests.helpers import examples
+from tests.helpers import examples, read_all, wheres
 
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 needs_pyarrow = pytest.mark.skipif(
@@ -71,14 +71,6 @@ def chunked(total: int, size: int) -> list[int]:
 def open_one(path: Path, **options: Any) -> Any:
     [source] = open_sources([str(path)], get_manager(), **options)
     return source
-
-
-def read_all(source: Any) -> list[Any]:
-    return [item if isinstance(item, Rejected) else item[0] for item in source.records()]
-
-
-def wheres(source: Any) -> list[Where]:
-    return [item.where if isinstance(item, Rejected) else item[1] for item in source.records()]
 
 
 # --- same records, splitting ----------------------------------------------------------------------

@@ -17,13 +17,9 @@ from gristmill.ingest.sources import open_sources
 from gristmill.plugin.components import Rejected
 from gristmill.plugin.manager import get_manager
 from gristmill.store.convert import convert
-from tests.helpers import examples
+from tests.helpers import examples, read_all
 
 HAS_ZSTD = importlib.util.find_spec("zstandard") is not None
-
-
-def read_all(source) -> list:
-    return [item if isinstance(item, Rejected) else item[0] for item in source.records()]
 
 
 def open_one(path, **options):
