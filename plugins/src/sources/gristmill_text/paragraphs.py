@@ -52,11 +52,10 @@ class Paragraphs:
     ) -> Iterator[Item]:
         """Every paragraph of ``blocks`` (each the number of its first line, and its text or
         its lines), as a record or a rejection."""
-        end = 1
+        end = 1  # one past the last line read, where it is needed: after lines read one by one
         for start, block in blocks:
             if type(block) is str and seen is None:
-                yield from self._from_text(block, start)
-                end = start + block.count("\n") + 1
+                yield from self._from_text(block, start)  # what it keeps has its first line set
             else:
                 lines = block.split("\n") if type(block) is str else block
                 yield from self._from_lines(lines, start, seen, counts)
@@ -70,33 +69,31 @@ class Paragraphs:
         """The paragraphs of a block decoded whole: slices of it, found at once. The one under
         way goes on only if the block's first line is not blank; one that reaches the block's
         last line is kept open, to go on in the next block."""
-        pos, number = 0, start  # number: of the line at pos
-        matched = False
-        for found in PARAGRAPH.finditer(text):
-            begin, stop = found.span()
-            number += text.count("\n", pos, begin)
-            pos, matched = begin, True
-            under_way = bool(self.kept or self.first)
-            if under_way and begin:  # a blank line ended it
-                if item := self.close(start - len(self.kept)):
-                    yield item
-                under_way = False
-            if under_way or stop == len(text):
-                self.start(number - len(self.kept))
+        pos = 0  # where the paragraphs of this block start
+        if self.kept or self.first:
+            found = PARAGRAPH.match(text)
+            if found is not None:  # it goes on into this block
+                self.start(start - len(self.kept))
                 self.kept.append(found.group())
-                if stop == len(text):
-                    continue
-                if item := self.close(number):  # it ended in this block
-                    yield item
+                pos = found.end()
+                if pos == len(text):
+                    return
+            if item := self.close(start - len(self.kept)):
+                yield item
+        spec, size, count, quarter = self.spec, len(text), text.count, self.limit // 4
+        number = start + count("\n", 0, pos)  # of the line at pos
+        for found in PARAGRAPH.finditer(text, pos):
+            begin, stop = found.span()
+            number += count("\n", pos, begin)
+            pos = begin
+            if stop == size:  # it may go on in the next block
+                self.start(number)
+                self.kept.append(text[begin:])
+                return
+            if stop - begin > quarter:  # may be more bytes than the limit
+                yield self._record(text[begin:stop], number)
             else:
-                yield self._record(found.group(), number)
-        # A block of blank lines alone ends the one under way.
-        if (
-            not matched
-            and (self.kept or self.first)
-            and (item := self.close(start - len(self.kept)))
-        ):
-            yield item
+                yield {"text": text[begin:stop]}, Where(spec, number)
 
     def _from_lines(
         self,
@@ -128,6 +125,8 @@ class Paragraphs:
         """Counts the bytes of what is kept so far (``number``: the last line read); past the
         limit the paragraph is too large, and what it kept is dropped."""
         if not self.oversize:
+            if not self.counted and sum(map(len, self.kept)) * 4 <= self.limit:
+                return  # small enough in any encoding: not worth encoding
             self.nbytes += sum(len(piece.encode()) + 1 for piece in self.kept[self.counted :])
             self.counted = len(self.kept)
             if self.nbytes - 1 <= self.limit:

@@ -95,13 +95,14 @@ class TextSource:
 
     def records(self) -> Iterator[Item]:
         counts: Counter[str] = Counter()
-        units = {"file": self._file, "paragraph": self._paragraphs, "line": self._lines}
+        units = self._lines if self.unit == "line" else self._paragraphs
         try:
-            yield from units[self.unit](counts)
+            yield from (self._file if self.unit == "file" else units)(counts)
         except DataError:  # a truncated archive: what was counted before it still counts
             yield from self._passed(counts)
             raise
-        yield from self._passed(counts)
+        if counts:
+            yield from self._passed(counts)
 
     def _passed(self, counts: Counter[str]) -> Iterator[PassedOver]:
         for reason, n in sorted(counts.items()):
