@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from gristmill.plugin.components import Rejected, Where
@@ -54,10 +54,10 @@ class Paragraphs:
         its lines), as a record or a rejection."""
         end = 1  # one past the last line read, where it is needed: after lines read one by one
         for start, block in blocks:
-            if type(block) is str and seen is None:
+            if isinstance(block, str) and seen is None:
                 yield from self._from_text(block, start)  # what it keeps has its first line set
             else:
-                lines = block.split("\n") if type(block) is str else block
+                lines = block.split("\n") if isinstance(block, str) else block
                 yield from self._from_lines(lines, start, seen, counts)
                 end = start + len(lines)
             if self.kept:  # a paragraph that runs on past a block: its size so far
@@ -97,21 +97,21 @@ class Paragraphs:
 
     def _from_lines(
         self,
-        lines: list[str | Rejected],
+        lines: Sequence[str | Rejected],
         start: int,
         seen: SeenLines | None,
         counts: Counter[str],
     ) -> Iterator[Item]:
         kept = self.kept
         for number, line in enumerate(lines, start):
-            if type(line) is str and line and not line.isspace():
+            if isinstance(line, str) and line and not line.isspace():
                 if seen is not None:
                     self.start(number)  # its first line may not be kept
                     if seen.repeats(line):
                         counts["duplicate-line"] += 1
                         continue
                 kept.append(line)
-            elif type(line) is not str:
+            elif not isinstance(line, str):
                 self.start(number - len(kept))
                 self.problem = self.problem or _in_paragraph(line, self.first)
                 kept.clear()

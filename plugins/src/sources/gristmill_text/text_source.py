@@ -113,8 +113,8 @@ class TextSource:
     def _lines(self, counts: Counter[str]) -> Iterator[Item]:
         spec, seen = self.spec, SeenLines() if self.dedup_lines else None
         for number, block in self._line_blocks():
-            for line in block.split("\n") if type(block) is str else block:
-                if type(line) is not str:
+            for line in block.split("\n") if isinstance(block, str) else block:
+                if not isinstance(line, str):
                     yield line
                 elif not line or line.isspace():
                     counts["blank-line"] += 1
@@ -172,18 +172,19 @@ class TextSource:
         for chunk in chunks(self.spec, start, end):
             cut = chunk.rfind(b"\n")
             if cut >= 0:
-                block = chunk[:cut]
+                head = chunk[:cut]
+                block: bytes | None = head
                 if overlong:
                     yield number, [self._too_large("line", number)]
                     number, overlong = number + 1, False
-                    after = block.find(b"\n")
-                    block = None if after < 0 else block[after + 1 :]
+                    after = head.find(b"\n")
+                    block = None if after < 0 else head[after + 1 :]
                 elif pending:
-                    block = b"".join([*pending, block])
+                    block = b"".join([*pending, head])
                 if block is not None:
                     lines = self._decoded(block, number)
                     yield number, lines
-                    number += lines.count("\n") + 1 if type(lines) is str else len(lines)
+                    number += lines.count("\n") + 1 if isinstance(lines, str) else len(lines)
                 pending, size = [], 0
                 chunk = chunk[cut + 1 :]
             size += len(chunk)
