@@ -260,6 +260,25 @@ def test_folders_and_globs_find_text_files_beside_other_formats(tmp_path):
     assert [s.spec for s in globbed] == [str(folder / "deeper" / "b.md")]
 
 
+def test_a_folder_passes_over_its_dataset_card_but_not_a_markdown_corpus(tmp_path, caplog):
+    data, docs = tmp_path / "data", tmp_path / "docs"
+    data.mkdir(), docs.mkdir()
+    (data / "README.md").write_text("# the card\n")
+    (data / "train.jsonl").write_text(json.dumps({"text": "a record"}) + "\n")
+    (docs / "README.md").write_text("# intro\n")
+    (docs / "guide.md").write_text("# guide\n")
+
+    def texts(spec: Path) -> list[str]:
+        found = open_sources([str(spec)], get_manager())
+        return [record["text"] for source in found for record, _ in source.records()]
+
+    with caplog.at_level("INFO", logger="gristmill"):
+        assert texts(data) == ["a record"]
+    assert "README.md: a dataset card" in caplog.text
+    assert texts(docs) == ["# intro\n", "# guide\n"]
+    assert texts(data / "README.md") == ["# the card\n"]
+
+
 # --- pieces and workers ----------------------------------------------------------------------
 
 

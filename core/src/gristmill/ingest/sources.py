@@ -342,7 +342,7 @@ def _expand(
         )
         if not readable:
             raise DataError(f"the directory {spec!r} holds no file that any source reads")
-        return readable
+        return _without_cards(readable)
     if not path.exists():
         _refuse_broken_link(path)
         records = manager.components(SourceType).values()
@@ -354,6 +354,17 @@ def _expand(
             f"or a spec starting with {', '.join(prefixes)}"
         )
     return [spec]
+
+
+def _without_cards(paths: list[str]) -> list[str]:
+    """``paths`` less the dataset cards (``README.md``) a walk found beside data files other than
+    Markdown: a card describes the data and is not part of it. A card named on its own, or in a
+    folder of Markdown documents, is read."""
+    cards = [p for p in paths if Path(p).name.lower() == "readme.md"]
+    if not cards or all(without_compression(p).lower().endswith(".md") for p in paths):
+        return paths
+    log.info(f"passed over {', '.join(cards)}: a dataset card, not data (name it to read it)")
+    return [p for p in paths if p not in cards]
 
 
 def _folder_type(path: Path, manager: PluginManager) -> SourceType | None:
