@@ -19,7 +19,7 @@ def test_registers_lines_source(gristmill_manager):
 
 
 def test_prepare_with_plugin(tmp_path):
-    src = tmp_path / "corpus.txt"
+    src = tmp_path / "corpus.lines"
     src.write_text("first\n\nsecond\n", encoding="utf-8")
     manifest = gristmill.prepare(str(src), tmp_path / "ds")
     assert manifest["splits"]["train"]["num_documents"] == 2
@@ -28,7 +28,7 @@ def test_prepare_with_plugin(tmp_path):
 
 
 def test_pieces_hold_the_same_records_with_the_same_lines(gristmill_manager, tmp_path):
-    src = tmp_path / "corpus.txt"
+    src = tmp_path / "corpus.lines"
     src.write_text("".join(f"line {i}\n" if i % 3 else "\n" for i in range(100)), "utf-8")
     whole = gristmill_manager.get(SourceType, "lines").factory(str(src))
     expected = list(whole.records())
@@ -39,7 +39,7 @@ def test_pieces_hold_the_same_records_with_the_same_lines(gristmill_manager, tmp
 
 
 def test_compressed_files_are_read_whole(gristmill_manager, tmp_path):
-    src = tmp_path / "corpus.txt.gz"
+    src = tmp_path / "corpus.lines.gz"
     src.write_bytes(gzip.compress(b"one\ntwo\n"))
     source = gristmill_manager.get(SourceType, "lines").factory(str(src))
     assert source.split(4) == [source]
@@ -47,9 +47,9 @@ def test_compressed_files_are_read_whole(gristmill_manager, tmp_path):
 
 
 def test_a_line_that_is_not_utf8_is_rejected_with_its_line_number(tmp_path):
-    src = tmp_path / "corpus.txt"
+    src = tmp_path / "corpus.lines"
     src.write_bytes(b"good\n\xff\xfe\nalso good\n")
-    with pytest.raises(DataError, match=r"corpus\.txt:2: not UTF-8"):
+    with pytest.raises(DataError, match=r"corpus\.lines:2: not UTF-8"):
         gristmill.prepare(str(src), tmp_path / "strict")
     manifest = gristmill.prepare(str(src), tmp_path / "lenient", on_error="skip")
     assert manifest["splits"]["train"]["num_documents"] == 2
@@ -76,7 +76,7 @@ def test_reverse_sampler(gristmill_register, gristmill_manager, tmp_path):
     gristmill_register(ReversePlugin(), name="reverse-sampler")
     assert not gristmill_manager.failures()
 
-    corpus = tmp_path / "corpus.txt"
+    corpus = tmp_path / "corpus.lines"
     corpus.write_text("one\ntwo\nthree\n", encoding="utf-8")
     gristmill.prepare(str(corpus), tmp_path / "ds")
     ds = gristmill.open_dataset(tmp_path / "ds")

@@ -1,4 +1,4 @@
-"""gristmill_example: every non-empty line of a .txt file is one text record."""
+"""gristmill_example: every non-empty line of a .lines file is one text record."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def gristmill_sources() -> list[SourceType]:
         SourceType(
             name="lines",
             description="plain text files, one record per non-empty line",
-            suffixes=(".txt",),
+            suffixes=(".lines",),
             factory=LinesSource,
         )
     ]
