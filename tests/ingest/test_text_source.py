@@ -568,3 +568,11 @@ def test_the_command_line_prepares_a_folder_of_notes(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "wrote train: 4 documents" in result.stderr
+    flags = ("--source-option", "unit=paragraph", "--source-option", "clean=true")
+    result = run_gristmill("prepare", str(folder), "-o", str(tmp_path / "flags"), *flags)
+    assert result.returncode == 0, result.stderr
+    assert "wrote train: 4 documents" in result.stderr
+    result = run_gristmill(
+        "prepare", str(folder), "-o", str(tmp_path / "bad"), "--source-option", "unit"
+    )
+    assert result.returncode == 2 and "expected NAME=VALUE, got 'unit'" in result.stderr

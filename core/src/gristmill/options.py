@@ -18,8 +18,10 @@ output's fingerprint is made of (:meth:`Options.output`): an option added here i
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
@@ -126,6 +128,19 @@ class Flag:
     metavar: str | None = None
     name: str | None = None
     read: Callable[[str], Any] | None = None
+    repeat: bool = False  # the flag may be given again; a table gets its (name, value) pairs
+
+
+def name_value(text: str) -> tuple[str, Any]:
+    """The command line's ``NAME=VALUE``: the value read as JSON where it is JSON (``true``,
+    ``8``, ``[1, 2]``), else as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
 
 
 WHEN_GIVEN = "when given"  # Option.output: in the fingerprint only when not empty
@@ -306,6 +321,15 @@ class ReadingOptions(Options):
         None,
         TABLE,
         'options of every source, e.g. `{columns = ["text"]}` for `parquet`',
+        flag=Flag(
+            "an option of the sources (`gristmill plugins --all` lists them), e.g. "
+            "unit=paragraph for text files; VALUE is read as JSON where it is JSON (true, 8, "
+            '["text"]), else as text; repeat for several',
+            metavar="NAME=VALUE",
+            name="--source-option",
+            read=name_value,
+            repeat=True,
+        ),
         output=WHEN_GIVEN,
     )
 

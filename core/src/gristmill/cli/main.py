@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from gristmill.options import (
     Options,
     PrepareOptions,
     described,
+    name_value,
 )
 from gristmill.plugin.overlong import POLICIES as OVERLONG_POLICIES
 
@@ -73,6 +73,7 @@ def add_options(parser: argparse.ArgumentParser, options: type[Options]) -> None
         parser.add_argument(
             name,
             dest=f.name,
+            action="append" if flag.repeat else "store",
             type=flag.read or spec.kind.read or str,
             choices=spec.kind.choices or None,
             metavar=flag.metavar,
@@ -211,7 +212,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--option",
         action="append",
-        type=_option,
+        type=name_value,
         metavar="NAME=VALUE",
         help="an option of the exporter (`gristmill plugins --all` lists them); VALUE is read "
         "as JSON where it is JSON (true, 8, [1, 2]), else as text; repeat for several",
@@ -313,17 +314,6 @@ def _run(args: argparse.Namespace) -> int:
     from gristmill.cli.report import list_plugins
 
     return list_plugins(show_all=args.all, as_json=args.json)
-
-
-def _option(text: str) -> tuple[str, object]:
-    """``NAME=VALUE``, the value read as JSON where it is JSON."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    try:
-        return name.strip(), json.loads(value)
-    except ValueError:
-        return name.strip(), value
 
 
 # What to do about the operating system errors a run meets for want of a right or of room.
