@@ -28,10 +28,14 @@ from tests.helpers import DISTS, run_gristmill
 FIRST_PARTY = {
     "sample": {"sources": ["sample"]},
     "jsonl": {"sources": ["jsonl", "json"]},
-    "fields": {"field_mappers": ["chat", "prompt-completion", "text"]},
+    "fields": {"field_mappers": ["token-ids", "chat", "prompt-completion", "text"]},
     "byte": {"tokenizers": ["byte"]},
     "memmap-shards": {"shard_formats": ["memmap-shards"]},
     "none": {"packers": ["none"]},
+    "window": {"packers": ["window"]},
+    "text": {"sources": ["text"]},
+    "arrow": {"sources": ["arrow"]},
+    "synthetic": {"sources": ["synthetic"], "tokenizers": ["ids"]},
     "sequential": {"samplers": ["sequential"]},
 }
 

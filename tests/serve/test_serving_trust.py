@@ -187,7 +187,7 @@ def test_ids_inside_the_vocabulary_are_served(ds):
 
 # Samples that carry no loss
 
-PACKERS = ["none", "first-fit", "greedy-stream", "concat-chunk"]
+PACKERS = ["none", "first-fit", "greedy-stream", "concat-chunk", "window"]
 
 
 def _without_loss(dataset) -> list[int]:
