@@ -4,6 +4,7 @@ file); the ratio's choice rests on content alone and is counted; errors name the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import pytest
 import gristmill
 from gristmill import hookimpl
 from gristmill.config import from_config
-from gristmill.errors import DataError, UnknownComponentError
+from gristmill.errors import DataError, MissingDependencyError, UnknownComponentError
 from gristmill.ingest.sources import open_sources, with_preset_defaults
 from gristmill.options import PrepareOptions
 from gristmill.plugin.components import PresetType
@@ -24,6 +25,8 @@ from tests.helpers import run_gristmill, tree_bytes
 WEB = [{"text": f"web page {i}"} for i in range(1000)]
 QA = [{"question": f"q{i}?", "answer": f"a{i}"} for i in range(10)]
 NOTES = [{"text": f"note {i}"} for i in range(5)]
+HAS_YAML = importlib.util.find_spec("yaml") is not None
+needs_yaml = pytest.mark.skipif(not HAS_YAML, reason="YAML data lists need PyYAML (the yaml extra)")
 
 
 def _write(path: Path, records: list[dict]) -> Path:
@@ -62,6 +65,7 @@ def _web_kept(directory: Path) -> set[str]:
     return {d.removesuffix("<|endoftext|>") for d in _documents(directory) if d.startswith("web")}
 
 
+@needs_yaml
 def test_a_yaml_list_reads_each_entry_at_its_ratio(corpus, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gristmill"):
         manifest = gristmill.prepare(corpus / "mix.yaml", tmp_path / "out", progress=False)
@@ -91,6 +95,7 @@ def test_a_yaml_list_reads_each_entry_at_its_ratio(corpus, tmp_path, caplog):
     assert sum("q3?" in document for document in documents) == 2
 
 
+@needs_yaml
 def test_a_ratio_keeps_the_same_records_whatever_the_order_cut_or_company(corpus, tmp_path):
     gristmill.prepare(corpus / "mix.yaml", tmp_path / "one", progress=False, workers=1)
     chosen = _web_kept(tmp_path / "one")
@@ -106,6 +111,7 @@ def test_a_ratio_keeps_the_same_records_whatever_the_order_cut_or_company(corpus
     assert _web_kept(tmp_path / "three") == chosen
 
 
+@needs_yaml
 def test_workers_write_the_same_bytes(corpus, tmp_path):
     outputs = []
     for workers in (1, 2):
@@ -127,6 +133,7 @@ def test_a_json_list_is_named_with_list_and_a_json_file_alone_holds_records(corp
         gristmill.prepare(corpus / "mix.json", tmp_path / "j", progress=False)
 
 
+@needs_yaml
 def test_paths_are_relative_to_the_list_not_to_the_working_directory(corpus, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -135,6 +142,7 @@ def test_paths_are_relative_to_the_list_not_to_the_working_directory(corpus, tmp
     assert [s.spec for s in sources][-1] == str(corpus / "notes.dat")
 
 
+@needs_yaml
 def test_a_stream_reads_the_list_as_prepare_does(corpus, tmp_path):
     gristmill.prepare(corpus / "mix.yaml", tmp_path / "out", progress=False)
     stream = gristmill.stream(corpus / "mix.yaml", seq_len=512, packer="none")
@@ -143,6 +151,7 @@ def test_a_stream_reads_the_list_as_prepare_does(corpus, tmp_path):
     assert stream.stats.documents == len(served)
 
 
+@needs_yaml
 def test_the_command_line_and_a_config_file_take_a_list(corpus, tmp_path):
     result = run_gristmill("prepare", str(corpus / "mix.yaml"), "-o", str(tmp_path / "cli"))
     assert result.returncode == 0, result.stderr
@@ -157,11 +166,13 @@ def test_the_command_line_and_a_config_file_take_a_list(corpus, tmp_path):
     )
 
 
+@needs_yaml
 def test_dedup_is_refused_beside_a_ratio_that_repeats(corpus, tmp_path):
     with pytest.raises(DataError, match="ratio above 1 repeats records, which dedup would drop"):
         gristmill.prepare(corpus / "mix.yaml", tmp_path / "o", dedup=True, progress=False)
 
 
+@needs_yaml
 @pytest.mark.parametrize(
     ("text", "says"),
     [
@@ -196,12 +207,14 @@ def test_mistakes_name_the_list_and_the_entry(corpus, tmp_path, text, says):
     assert not (tmp_path / "o").exists()  # refused before the output was touched
 
 
+@needs_yaml
 def test_an_unknown_format_lists_the_sources(corpus, tmp_path):
     (corpus / "mix.yaml").write_text("- {path: notes.dat, format: jsnol}\n")
     with pytest.raises(UnknownComponentError, match=r"mix.yaml: entry 1 \(notes.dat\): .*jsonl"):
         gristmill.prepare(corpus / "mix.yaml", tmp_path / "o", progress=False)
 
 
+@needs_yaml
 def test_a_folder_with_a_format_reads_every_file_in_it(tmp_path):
     folder = tmp_path / "logs"
     _write(folder / "day1.log", NOTES[:2])
@@ -225,6 +238,7 @@ class _NotesPreset:
         ]
 
 
+@needs_yaml
 def test_a_list_may_name_a_preset_whose_defaults_the_run_takes(corpus, tmp_path, caplog):
     manager = PluginManager()
     manager.register(_NotesPreset(corpus / "qa.jsonl"), "notes-preset")
@@ -238,3 +252,11 @@ def test_a_list_may_name_a_preset_whose_defaults_the_run_takes(corpus, tmp_path,
         caplog.text
     )
     assert [s.spec for s in sources] == [str(corpus / "qa.jsonl"), str(corpus / "web" / "a.jsonl")]
+
+
+@pytest.mark.skipif(HAS_YAML, reason="PyYAML is installed here: the YAML lists are read")
+def test_a_yaml_list_without_pyyaml_says_how_to_get_it(corpus, tmp_path):
+    with pytest.raises(
+        MissingDependencyError, match=r"mix.yaml: reading a YAML data list needs PyYAML"
+    ):
+        gristmill.prepare(corpus / "mix.yaml", tmp_path / "o", progress=False)
