@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 from gristmill.errors import DataError, MissingDependencyError
 from gristmill.ingest.records import record_bytes
+from gristmill.ingest.splits import hash_share
 from gristmill.plugin.atomic import fingerprint
 from gristmill.plugin.components import HasSchema, HasSize, PassedOver, Rejected, Source, Where
 
@@ -204,5 +204,4 @@ def _sampled_type(kind: type) -> type[Sampled]:
 
 def share(record: Any) -> float:
     """Where a record's content hashes to in [0, 1)."""
-    digest = hashlib.blake2b(record_bytes(record), digest_size=8, key=SAMPLING_KEY).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return hash_share(record_bytes(record), SAMPLING_KEY)

@@ -148,6 +148,13 @@ def planned_splits(
     return tuple(s for s in SPLITS if s in wanted), own
 
 
+def hash_share(data: bytes, key: bytes) -> float:
+    """Where ``data`` falls in [0, 1) under a keyed hash (53 bits of BLAKE2b, exact as a float):
+    the content-chosen fraction behind the val/test splits and data-list ratios."""
+    word = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=key).digest(), "little")
+    return (word >> 11) / float(1 << 53)
+
+
 def assign_splits(
     digests: Sequence[bytes], seed: int, val_fraction: float, test_fraction: float = 0.0
 ) -> np.ndarray:
@@ -161,15 +168,7 @@ def assign_splits(
     if val_fraction <= 0 and test_fraction <= 0:
         return np.full(len(digests), "train")
     key = (seed & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-    hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(d, digest_size=8, key=key).digest(), "little")
-            for d in digests
-        ),
-        dtype=np.uint64,
-        count=len(digests),
-    )
-    uniform = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    uniform = np.fromiter((hash_share(d, key) for d in digests), np.float64, count=len(digests))
     test = (
         np.where(uniform >= 1.0 - test_fraction, "test", "train") if test_fraction > 0 else "train"
     )
