@@ -36,10 +36,13 @@ from gristmill.serve.metadata import DocumentMetadata
 from gristmill.serve.samples import (
     Buffers,
     SampleBatch,
+    SampleList,
     Segments,
     build_samples,
     carry_no_loss,
     join_parts,
+    shift_sample,
+    unshifted_sample,
 )
 from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import check_generation, generation_changed, load_saved, read_manifest
@@ -283,7 +286,32 @@ class Dataset:
         if not -n <= index < n:
             raise IndexError(f"sample {index} out of range for {n} samples")
         lo, hi = self.plan.sample_bounds[index % n : index % n + 2].tolist()
-        return self._build(slice(lo, hi), [hi - lo])[0]
+        if self._served:  # the segments' metadata too: what a batch knows of its documents
+            return self._build(slice(lo, hi), [hi - lo])[0]
+        return self._sample(lo, hi)
+
+    def _sample(self, lo: int, hi: int) -> dict[str, np.ndarray]:
+        """The sample of plan segments ``lo`` to ``hi``, alone: each segment sliced from its
+        document and copied into the sample's arrays (see :func:`unshifted_sample`)."""
+        plan, document = self.plan, self.documents.document
+        docs, starts = plan.seg_doc[lo:hi].tolist(), plan.seg_start[lo:hi].tolist()
+        parts = []
+        for doc, start, length in zip(docs, starts, plan.seg_len[lo:hi].tolist()):
+            ids, mask = document(doc)
+            end = start + length
+            parts.append((ids[start:end], None if mask is None else mask[start:end]))
+        sample = unshifted_sample(parts, restart=self.restart)
+        ids = sample["input_ids"]
+        if self._id_limit is not None and len(ids) and ids.max() >= self._id_limit:
+            seg = slice(lo, hi)
+            self._refuse_ids(ids, plan.seg_doc[seg], plan.seg_start[seg], plan.seg_len[seg])
+        return shift_sample(sample) if self.labels == "shifted" else sample
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Samples ``indices`` as a list, built together: what torch's DataLoader asks a
+        map-style dataset for when it batches (instead of one ``ds[i]`` a sample). A
+        :class:`~gristmill.serve.samples.SampleList`: its ``batch`` is :meth:`batch`'s."""
+        return SampleList(self.batch(indices))
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> Sequence[dict[str, np.ndarray]]:
         """Samples ``indices``, as ``[ds[i] for i in indices]`` but read together: a few array
@@ -382,7 +410,12 @@ class Dataset:
     ) -> Iterator[dict[str, np.ndarray]]:
         """Samples of one epoch in a sampler plugin's order, on this process."""
         order = self.sampler(sampler, global_batch=1, **options).order(epoch)
-        return (self[int(i)] for i in order)
+        return self._in_blocks(order)
+
+    def _in_blocks(self, order: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """Samples ``order``, built a block at a time (see :meth:`batch`)."""
+        for lo in range(0, len(order), SAMPLE_BLOCK):
+            yield from self.batch(order[lo : lo + SAMPLE_BLOCK])
 
     def sampler(self, name: str, *, global_batch: int, **options: Any) -> Sampler:
         """The sampler plugin ``name`` over this dataset's samples, seeded with ``seed``;
@@ -429,6 +462,7 @@ class Dataset:
 
 
 LOSS_BLOCK = 1024  # samples whose loss masks are read at once to find those without loss
+SAMPLE_BLOCK = 16  # samples an iteration over the dataset builds at once
 
 
 class Planned(NamedTuple):

@@ -1,7 +1,9 @@
 """The sample contract: document segments → ``input_ids``, ``labels``, ``position_ids``, ``seq_lens``.
 
-One function, :func:`build_samples`, defines a sample for map-style datasets (a batch at a time)
-and streams (one at a time, through :func:`build_sample`), so both give exactly the same samples.
+:func:`build_samples` defines a sample for map-style datasets (a batch at a time);
+:func:`build_sample` builds one sample alone (``ds[i]``, streams) straight into its arrays, as a
+batch's machinery costs more than one sample's tokens. tests/serve/test_samples.py holds the two
+to each other on any segments, so both give exactly the same samples.
 """
 
 from __future__ import annotations
@@ -32,11 +34,61 @@ def join_parts(parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray | None, np
 
 
 def build_sample(
-    parts: Sequence[Part], *, restart: bool = True, labels: str = "unshifted"
+    parts: Sequence[Part],
+    *,
+    restart: bool = True,
+    labels: str = "unshifted",
+    buffers: Buffers | None = None,
 ) -> dict[str, np.ndarray]:
-    """A sample from its segments, in order (see :func:`build_samples`)."""
-    tokens, mask, lengths = join_parts(parts)
-    return build_samples(tokens, mask, lengths, [len(parts)], restart=restart, labels=labels)[0]
+    """A sample from its segments, in order: what :func:`build_samples` gives for them."""
+    sample = unshifted_sample(parts, restart=restart, buffers=buffers)
+    return shift_sample(sample) if labels == "shifted" else sample
+
+
+def unshifted_sample(
+    parts: Sequence[Part], *, restart: bool = True, buffers: Buffers | None = None
+) -> dict[str, np.ndarray]:
+    """The unshifted sample of ``parts`` (see :func:`build_samples`), its arrays views of one
+    int64 buffer (from ``buffers`` when given): each segment's ids copied into place, its mask
+    applied to its own labels, no array as long as the sample made on the way."""
+    lengths = [len(ids) for ids, _ in parts]
+    total = sum(lengths)
+    seq_lens = lengths if restart else [total]
+    buffer = (buffers.take if buffers is not None else _exactly)(3 * total + len(seq_lens))
+    ids, labels = buffer[:total], buffer[total : 2 * total]
+    positions, out = buffer[2 * total : 3 * total], buffer[3 * total : 3 * total + len(seq_lens)]
+    masked, at = [], 0
+    for (tokens, mask), n in zip(parts, lengths):
+        ids[at : at + n] = tokens
+        if mask is not None:
+            masked.append((at, mask))
+        at += n
+    labels[:] = ids
+    for at, mask in masked:
+        np.copyto(labels[at : at + len(mask)], IGNORE_INDEX, where=mask == 0)
+    at = 0
+    for n in seq_lens:  # the first label of every sequence
+        if n:
+            labels[at] = IGNORE_INDEX
+        at += n
+    count_up(positions, seq_lens)
+    out[:] = seq_lens
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lens": out}
+
+
+def shift_sample(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An unshifted sample as ``labels="shifted"`` serves it: its inputs but the last and its
+    labels but the first (views), its last sequence one shorter (and gone if that empties it)."""
+    counts = sample["seq_lens"].tolist()
+    if counts:
+        counts[-1] -= 1
+    kept = [n for n in counts if n > 0]
+    seq_lens = sample["seq_lens"][: len(kept)]
+    seq_lens[:] = kept
+    ids, labels, positions = sample["input_ids"], sample["labels"], sample["position_ids"]
+    if len(ids):
+        ids, labels, positions = ids[:-1], labels[1:], positions[:-1]
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lens": seq_lens}
 
 
 def build_samples(
@@ -462,3 +514,13 @@ class SampleBatch(Sequence[dict[str, np.ndarray]]):
         for k in marked:
             batch.rows_of(k)[1] = IGNORE_INDEX
         return batch
+
+
+class SampleList(list[dict[str, np.ndarray]]):
+    """A :class:`SampleBatch`'s samples as a plain list (what torch's DataLoader hands its
+    ``collate_fn``, and what transformers' collators take), the batch kept as ``batch`` for a
+    consumer that takes its arrays whole."""
+
+    def __init__(self, batch: SampleBatch | Sequence[dict[str, np.ndarray]]):
+        super().__init__(batch)
+        self.batch = batch
