@@ -496,7 +496,16 @@ def test_bad_specs_are_clear(toks, tmp_path, monkeypatch):
         lambda *args, **kwargs: types.SimpleNamespace(is_fast=False),
     )
     with pytest.raises(TokenizerLoadError, match="no fast"):
-        _open(f"hf:{toks.chatml}")
+        _open(f"hf:{_only_transformers_loads(toks.chatml, tmp_path / 'slow')}")
+
+
+def _only_transformers_loads(folder: Path, copy: Path) -> Path:
+    """A copy of ``folder`` that names a model-specific tokenizer class: transformers loads it."""
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "GPT2TokenizerFast"
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    return copy
 
 
 @pytest.mark.parametrize("library", ["transformers", "tokenizers"])
@@ -504,7 +513,9 @@ def test_a_missing_library_names_the_extra(tmp_path, monkeypatch, write_jsonl, c
     # Works whether or not the library is installed (the `min` test env has neither).
     monkeypatch.setitem(sys.modules, library, None)
     (tmp_path / "tok").mkdir()
-    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    # A folder with a tokenizer.json needs no transformers; one without needs it to convert.
+    name = "tokenizer.json" if library == "tokenizers" else "vocab.txt"
+    (tmp_path / "tok" / name).write_text("{}")
     spec = (
         f"hf:{tmp_path / 'tok'}"
         if library == "transformers"

@@ -1,8 +1,11 @@
 """Hugging Face tokenizers: ``hf:NAME_OR_PATH`` (transformers) and a path to a ``tokenizer.json``.
 
 - ``hf:NAME_OR_PATH[@REVISION]``: any fast tokenizer ``transformers.AutoTokenizer`` loads, from a
-  local folder (offline) or a Hub id. Chat examples are rendered with the tokenizer's own chat
-  template when it has one (see :mod:`gristmill_hf_tokenizers.chat`).
+  local folder (offline) or a Hub id. A folder with a ``tokenizer.json`` is read as transformers
+  reads it without importing transformers (:mod:`gristmill_hf_tokenizers.pretrained`); others
+  are loaded by transformers. Chat examples are rendered with the tokenizer's own chat template
+  when it has one, in jinja2's sandbox (:mod:`gristmill_hf_tokenizers.chat`,
+  :mod:`gristmill_hf_tokenizers.template`).
 - ``PATH/tokenizer.json`` (any path ending in ``tokenizer.json``): a ``tokenizers`` JSON file, no
   transformers needed. Chat examples use gristmill's built-in template.
 
@@ -27,7 +30,7 @@ def gristmill_tokenizers() -> list[TokenizerType]:
     return [
         TokenizerType(
             name="hf",
-            description="a transformers fast tokenizer: hf:ORG/NAME[@revision] or hf:FOLDER; "
+            description="a Hugging Face tokenizer: hf:ORG/NAME[@revision] or hf:FOLDER; "
             "uses its chat template",
             prefixes=("hf:",),
             factory=HFTokenizer.from_spec,

@@ -49,15 +49,17 @@ class _NoTorchAdvice(logging.Filter):
 _QUIET = _NoTorchAdvice()
 
 
-def require(module: str, spec: str) -> ModuleType:
-    """Import ``module`` (``transformers`` or ``tokenizers``) or say which extra installs it."""
+def require(module: str, spec: str, why: str | None = None) -> ModuleType:
+    """Import ``module`` (``transformers`` or ``tokenizers``) or say which extra installs it
+    (and ``why`` the tokenizer needs it)."""
     if module == "transformers":
         logging.getLogger("transformers").addFilter(_QUIET)  # adding it twice is a no-op
     try:
         return importlib.import_module(module)
     except ImportError:
+        because = f" ({why})" if why else ""
         raise MissingDependencyError(
-            f"tokenizer {spec!r} needs the {module} package: {INSTALL_HINT}"
+            f"tokenizer {spec!r} needs the {module} package: {INSTALL_HINT}{because}"
         ) from None
 
 

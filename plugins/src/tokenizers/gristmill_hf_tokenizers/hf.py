@@ -1,43 +1,62 @@
-"""``hf:NAME_OR_PATH``: a transformers fast tokenizer, from a local folder or the Hub."""
+"""``hf:NAME_OR_PATH``: a Hugging Face tokenizer folder, local or from the Hub.
+
+The folder is read without transformers (see :mod:`gristmill_hf_tokenizers.pretrained`): its
+``tokenizer.json`` with ``tokenizers``, its special tokens and chat template from the JSON configs,
+exactly as transformers reads them. A folder only transformers can load (no ``tokenizer.json``, a
+model-specific tokenizer class) is loaded by transformers, with a log line saying why. Either way
+the chat template renders in jinja2's sandbox (see :mod:`gristmill_hf_tokenizers.template`).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gristmill.errors import DataError, MissingDependencyError, first_line
+from gristmill.errors import DataError, GristmillError, MissingDependencyError, first_line
 from gristmill.plugin.network import probe_url
+from gristmill_hf_tokenizers import pretrained, template
+from gristmill_hf_tokenizers.backend import BackendTokenizer, specials_of
 from gristmill_hf_tokenizers.chat import Conversation, render_by_prefixes
 from gristmill_hf_tokenizers.common import (
-    PROBE_TEXT,
     Specials,
     TokenizerLoadError,
     describe,
-    detect_specials,
     digest,
     log,
-    not_unicode_as_value_error,
     require,
-    to_arrays,
-    vocab_size,
 )
-from gristmill_hf_tokenizers.engines import EngineTokenizer
+from gristmill_hf_tokenizers.pretrained import NotReproduced, Pretrained
 
 PROBE_TIMEOUT = 5.0  # seconds: a clear "offline" beats the library's retries
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+# What a Hub repository's tokenizer is read from (transformers fetches the rest when it loads).
+HUB_FILES = (
+    pretrained.TOKENIZER_FILE,
+    pretrained.CONFIG_FILE,
+    pretrained.SPECIAL_TOKENS_FILE,
+    pretrained.TEMPLATE_FILE,
+    f"{pretrained.TEMPLATE_DIR}/*.jinja",
+    pretrained.MODEL_CONFIG_FILE,
+    "added_tokens.json",
+)
 
 
-class HFTokenizer(EngineTokenizer):
-    """A ``transformers`` fast tokenizer behind gristmill's Tokenizer protocol."""
+class HFTokenizer(BackendTokenizer):
+    """A Hugging Face tokenizer folder behind gristmill's Tokenizer protocol."""
 
-    def __init__(self, spec: str, hf: Any, specials: Specials, engine: str = "auto"):
-        self.hf = hf
-        size = vocab_size(hf.get_vocab(), len(hf))
-        super().__init__(spec, specials, size, engine, hf.backend_tokenizer.to_str)
+    def __init__(
+        self,
+        spec: str,
+        folder: Path,
+        loaded: Pretrained,
+        specials: Specials,
+        engine: str = "auto",
+    ):
+        self.folder, self.pretrained = folder, loaded
+        self.source = spec  # the spec the user gave (a reloaded copy's is in its config)
+        super().__init__(spec, loaded.backend, specials, engine)
 
     # --- creating and reloading ------------------------------------------------------------------
 
@@ -48,70 +67,41 @@ class HFTokenizer(EngineTokenizer):
         name = spec.removeprefix("hf:")
         if not name:
             raise TokenizerLoadError(f"{spec!r}: name a tokenizer: hf:ORG/NAME or hf:FOLDER")
-        hf = _load(spec, name)
-        plain, with_specials = (
-            hf(PROBE_TEXT, add_special_tokens=flag, verbose=False)["input_ids"]
-            for flag in (False, True)
-        )
-        specials = detect_specials(
-            spec,
-            plain,
-            with_specials,
-            hf.get_vocab(),
-            bos=hf.bos_token_id,
-            eos=hf.eos_token_id,
-            pad=hf.pad_token_id,
-        )
-        tok = cls.create(spec, hf, specials, engine)
-        describe(spec, specials, hf.convert_ids_to_tokens)
+        folder, loaded = _load(spec, name)
+        specials = specials_of(spec, loaded.backend, **loaded.declared)
+        tok = cls.create(spec, folder, loaded, specials, engine)
+        describe(spec, specials, loaded.backend.id_to_token)
         return tok
 
     @classmethod
-    def create(cls, spec: str, hf: Any, specials: Specials, engine: str = "auto") -> HFTokenizer:
-        """The tokenizer, able to render chat when ``hf`` has a chat template."""
-        kind = HFChatTokenizer if getattr(hf, "chat_template", None) else cls
-        return kind(spec, hf, specials, engine)
+    def create(
+        cls, spec: str, folder: Path, loaded: Pretrained, specials: Specials, engine: str = "auto"
+    ) -> HFTokenizer:
+        """The tokenizer, able to render chat when the folder has a chat template."""
+        kind = HFChatTokenizer if loaded.chat_template else cls
+        return kind(spec, folder, loaded, specials, engine)
 
     @classmethod
     def load(
         cls, directory: Path, config: Mapping[str, Any], engine: str = "auto", **options: Any
     ) -> HFTokenizer:
         spec = f"hf:{directory}"
-        hf = _from_pretrained(spec, require("transformers", spec), str(directory), True)
-        return cls.create(spec, hf, Specials.from_config(config), engine)
+        loaded = _open_folder(spec, directory, str(directory), announce=False)
+        tok = cls.create(spec, directory, loaded, Specials.from_config(config), engine)
+        tok.source = config.get("source", spec)
+        return tok
 
     def save(self, directory: Path) -> dict[str, Any]:
-        self.hf.save_pretrained(str(directory))
-        return self.specials.as_config()
-
-    # --- the protocol ------------------------------------------------------------------------------
-
-    def _encode_reference(
-        self, texts: list[str], offsets: bool
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        if not texts:
-            return [], [] if offsets else None
-        with not_unicode_as_value_error():
-            out = self.hf(
-                texts,
-                add_special_tokens=False,
-                return_offsets_mapping=offsets,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-                verbose=False,  # no "longer than model_max_length" warning: nothing is truncated
-            )
-        return to_arrays(out["input_ids"], out["offset_mapping"] if offsets else None)
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self.hf.decode(
-            np.asarray(ids).tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
+        self.pretrained.save(self.folder, directory)
+        # The spec it was made from, for messages about it from a copy (a worker's).
+        return {**self.specials.as_config(), "source": self.source}
 
     def fingerprint(self) -> str:
         """Changes whenever the ids, the specials or the chat rendering could."""
-        template = getattr(self.hf, "chat_template", None)
         return digest(
-            self.hf.backend_tokenizer.to_str(), repr(template), repr(self.specials.as_config())
+            self.backend.to_str(),
+            repr(self.pretrained.chat_template),
+            repr(self.specials.as_config()),
         )
 
 
@@ -125,34 +115,37 @@ class HFChatTokenizer(HFTokenizer):
         return render_by_prefixes(self._render, messages, train_on_prompt)
 
     def _render(self, conversation: Conversation, add_generation_prompt: bool) -> str:
+        assert self.pretrained.chat_template
         try:
-            text = self.hf.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+            source = template.pick(self.pretrained.chat_template)
+            text = template.render(
+                source, conversation, add_generation_prompt, self.pretrained.special_tokens
             )
-        except ImportError:  # transformers renders templates with jinja2
-            raise MissingDependencyError(
-                f"{self.spec}: rendering its chat template needs jinja2: pip install jinja2"
-            ) from None
-        except Exception as exc:  # the template's own raise_exception(), or a Jinja error
+        except GristmillError:  # jinja2 missing or too old
+            raise
+        except Exception as exc:
+            if isinstance(exc, template.security_error()):
+                raise template.ChatTemplateRefused(
+                    f"{self.source}: its chat template was stopped by jinja2's sandbox: {exc}. A "
+                    "chat template comes with the tokenizer and is untrusted code: one that "
+                    "reaches for Python internals or changes Python objects is refused, not run"
+                ) from None
+            # The template's own raise_exception(), or a Jinja error.
             raise DataError(
                 f"the tokenizer's chat template cannot render this conversation: "
                 f"{type(exc).__name__}: {exc}",
                 field="messages",
             ) from None
-        if not isinstance(text, str):
-            message = f"the chat template rendered {type(text).__name__}, not text"
-            raise DataError(message, field="messages")
         return text
 
 
 # --- finding the tokenizer -----------------------------------------------------------------------
 
 
-def _load(spec: str, name: str) -> Any:
-    transformers = require("transformers", spec)
+def _load(spec: str, name: str) -> tuple[Path, Pretrained]:
     folder = Path(name).expanduser()
     if folder.is_dir():
-        return _from_pretrained(spec, transformers, str(folder), True)
+        return folder, _open_folder(spec, folder, str(folder))
     if folder.is_file():
         raise TokenizerLoadError(
             f"{spec!r}: hf: takes a folder or a Hub id; for a tokenizers JSON file pass its path "
@@ -163,10 +156,9 @@ def _load(spec: str, name: str) -> Any:
         raise TokenizerLoadError(f"{spec!r}: no such folder: {folder}")
     from huggingface_hub import constants
 
-    hub = {"revision": revision or None}
     if constants.HF_HUB_OFFLINE:
         try:
-            return _from_pretrained(spec, transformers, repo, True, **hub)
+            return _from_hub(spec, repo, revision or None, True)
         except TokenizerLoadError:
             raise TokenizerLoadError(
                 f"{spec!r}: HF_HUB_OFFLINE is set and {repo} is not in the local Hugging Face "
@@ -176,7 +168,7 @@ def _load(spec: str, name: str) -> Any:
         probe_url(constants.ENDPOINT, timeout=PROBE_TIMEOUT)
     except OSError as exc:
         try:  # a copy cached by an earlier run still works offline
-            hf = _from_pretrained(spec, transformers, repo, True, **hub)
+            found = _from_hub(spec, repo, revision or None, True)
         except TokenizerLoadError:
             raise TokenizerLoadError(
                 f"{spec!r}: cannot reach {constants.ENDPOINT} ({exc}); gristmill looks offline "
@@ -184,8 +176,72 @@ def _load(spec: str, name: str) -> Any:
                 f"{_LOCAL_FOLDER_HINT.format(repo=repo)}"
             ) from None
         log.warning(f"{spec}: cannot reach {constants.ENDPOINT}; using the cached copy")
-        return hf
-    return _from_pretrained(spec, transformers, repo, False, **hub)
+        return found
+    return _from_hub(spec, repo, revision or None, False)
+
+
+def _from_hub(
+    spec: str, repo: str, revision: str | None, local_only: bool
+) -> tuple[Path, Pretrained]:
+    """The repository's tokenizer files (downloaded, or the cached copy with ``local_only``)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            repo, revision=revision, allow_patterns=list(HUB_FILES), local_files_only=local_only
+        )
+    except Exception as exc:  # not cached, no such repository, the Hub client's own errors
+        raise TokenizerLoadError(
+            f"{spec!r}: cannot load the tokenizer: {first_line(exc)}"
+        ) from None
+    hub = {"revision": revision, "local_only": local_only}
+    return Path(folder), _open_folder(spec, Path(folder), repo, hub=hub)
+
+
+def _open_folder(
+    spec: str,
+    folder: Path,
+    name: str,
+    *,
+    hub: dict[str, Any] | None = None,
+    announce: bool = True,
+) -> Pretrained:
+    """The tokenizer in ``folder``, read as transformers reads it; else loaded by transformers
+    (from ``name``, a Hub id with ``hub``'s options when it came from the Hub)."""
+    try:
+        why = _not_transformers_5()
+        if why is None:
+            return pretrained.read(spec, folder, hub=hub is not None)
+    except NotReproduced as exc:
+        why = str(exc)
+    (log.info if announce else log.debug)(f"{spec}: loaded with transformers: {why}")
+    transformers = require("transformers", spec, why)
+    options = {"revision": hub["revision"]} if hub else {}
+    local_only = hub["local_only"] if hub else True
+    return _from_transformers(_from_pretrained(spec, transformers, name, local_only, **options))
+
+
+def _not_transformers_5() -> str | None:
+    """Why the folder is left to transformers whatever it holds: an installed transformers 4,
+    which loads some folders otherwise than the transformers 5 that gristmill reproduces."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("transformers")
+    except PackageNotFoundError:
+        return None
+    major = installed.split(".")[0]
+    return f"transformers {installed} is installed" if major.isdigit() and int(major) < 5 else None
+
+
+def _from_transformers(hf: Any) -> Pretrained:
+    backend = hf.backend_tokenizer
+    # transformers stops cutting and padding on its first call; gristmill calls the backend.
+    backend.no_truncation()
+    backend.no_padding()
+    declared = {"bos": hf.bos_token_id, "eos": hf.eos_token_id, "pad": hf.pad_token_id}
+    chat_template = getattr(hf, "chat_template", None)
+    return Pretrained(backend, chat_template, dict(hf.special_tokens_map), declared, saver=hf)
 
 
 _LOCAL_FOLDER_HINT = (

@@ -8,42 +8,25 @@ examples use gristmill's built-in one (load the folder with ``hf:`` to use a tem
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gristmill.errors import first_line
-from gristmill_hf_tokenizers.common import (
-    PROBE_TEXT,
-    Specials,
-    TokenizerLoadError,
-    describe,
-    detect_specials,
-    digest,
-    not_unicode_as_value_error,
-    require,
-    to_arrays,
-    vocab_size,
-)
-from gristmill_hf_tokenizers.engines import EngineTokenizer
+from gristmill_hf_tokenizers.backend import BackendTokenizer, open_file, specials_of
+from gristmill_hf_tokenizers.common import Specials, TokenizerLoadError, describe, digest
 
 FILE = "tokenizer.json"
+NOT_A_FILE = "not a tokenizers JSON file"
 
 
-class JSONTokenizer(EngineTokenizer):
+class JSONTokenizer(BackendTokenizer):
     """A ``tokenizers.Tokenizer`` loaded from a JSON file."""
 
     def __init__(
         self, spec: str, path: Path, backend: Any, specials: Specials, engine: str = "auto"
     ):
-        self.path, self.backend = path, backend
-        vocab = backend.get_vocab(with_added_tokens=True)
-        size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
-        # Without offsets, the faster call that skips computing them (tokenizers >= 0.20).
-        self._encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        super().__init__(spec, specials, size, engine, backend.to_str)
+        self.path = path
+        super().__init__(spec, backend, specials, engine)
 
     @classmethod
     def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> JSONTokenizer:
@@ -52,9 +35,8 @@ class JSONTokenizer(EngineTokenizer):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise TokenizerLoadError(f"{spec!r}: no such file")
-        backend = _open(spec, path)
-        plain, full = (backend.encode(PROBE_TEXT, add_special_tokens=f).ids for f in (False, True))
-        specials = detect_specials(spec, plain, full, backend.get_vocab(with_added_tokens=True))
+        backend = open_file(spec, path, NOT_A_FILE)
+        specials = specials_of(spec, backend)
         tok = cls(spec, path, backend, specials, engine)
         describe(spec, specials, backend.id_to_token)
         return tok
@@ -64,40 +46,14 @@ class JSONTokenizer(EngineTokenizer):
         cls, directory: Path, config: Mapping[str, Any], engine: str = "auto", **options: Any
     ) -> JSONTokenizer:
         path = directory / config.get("file", FILE)
-        return cls(str(path), path, _open(str(path), path), Specials.from_config(config), engine)
+        backend = open_file(str(path), path, NOT_A_FILE)
+        return cls(str(path), path, backend, Specials.from_config(config), engine)
 
     def save(self, directory: Path) -> dict[str, Any]:
         # The user's file as it is: byte for byte what they tokenized with.
         shutil.copyfile(self.path, directory / FILE)
         return {"file": FILE, **self.specials.as_config()}
 
-    def _encode_reference(
-        self, texts: list[str], offsets: bool
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        with not_unicode_as_value_error():
-            if not offsets:
-                encodings = self._encode_fast(texts, add_special_tokens=False)
-                return to_arrays([e.ids for e in encodings], None)
-            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-        return to_arrays([e.ids for e in encodings], [e.offsets for e in encodings])
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
-
     def fingerprint(self) -> str:
         """Changes whenever the ids or the specials could."""
         return digest(self.path.read_bytes(), repr(self.specials.as_config()))
-
-
-def _open(spec: str, path: Path) -> Any:
-    tokenizers = require("tokenizers", spec)
-    try:
-        backend = tokenizers.Tokenizer.from_file(str(path))
-    except Exception as exc:  # the library's own parse errors: one clear line
-        raise TokenizerLoadError(
-            f"{spec!r}: not a tokenizers JSON file ({first_line(exc)})"
-        ) from None
-    # A saved file can carry truncation or padding settings; a document is never cut or padded.
-    backend.no_truncation()
-    backend.no_padding()
-    return backend

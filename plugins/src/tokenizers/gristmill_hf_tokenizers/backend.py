@@ -1,0 +1,75 @@
+"""What ``hf:`` and ``tokenizer.json`` tokenizers share: a ``tokenizers.Tokenizer`` that encodes.
+
+Both hold the library's ``Tokenizer`` (``hf:`` reads it from the folder as transformers would,
+see :mod:`gristmill_hf_tokenizers.pretrained`); it is the reference engine, and the fast engine
+is checked against it (see :mod:`gristmill_hf_tokenizers.engines`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gristmill.errors import first_line
+from gristmill_hf_tokenizers.common import (
+    PROBE_TEXT,
+    Specials,
+    TokenizerLoadError,
+    detect_specials,
+    not_unicode_as_value_error,
+    require,
+    to_arrays,
+    vocab_size,
+)
+from gristmill_hf_tokenizers.engines import EngineTokenizer
+
+
+class BackendTokenizer(EngineTokenizer):
+    """A ``tokenizers.Tokenizer`` (``backend``) behind gristmill's Tokenizer protocol."""
+
+    def __init__(self, spec: str, backend: Any, specials: Specials, engine: str = "auto"):
+        self.backend = backend
+        vocab = backend.get_vocab(with_added_tokens=True)
+        size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
+        # Without offsets, the faster call that skips computing them (tokenizers >= 0.20).
+        self._encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        super().__init__(spec, specials, size, engine, backend.to_str)
+
+    def _encode_reference(
+        self, texts: list[str], offsets: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        with not_unicode_as_value_error():
+            if not offsets:
+                encodings = self._encode_fast(texts, add_special_tokens=False)
+                return to_arrays([e.ids for e in encodings], None)
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        return to_arrays([e.ids for e in encodings], [e.offsets for e in encodings])
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        text = self.backend.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+        return str(text)
+
+
+def specials_of(spec: str, backend: Any, **declared: int | None) -> Specials:
+    """The BOS/EOS policy (:func:`~gristmill_hf_tokenizers.common.detect_specials`) from a probe
+    encoded with and without the tokenizer's default special tokens; ``declared``: the ``bos``,
+    ``eos`` and ``pad`` ids its configs name."""
+    plain, full = (backend.encode(PROBE_TEXT, add_special_tokens=f).ids for f in (False, True))
+    return detect_specials(spec, plain, full, backend.get_vocab(with_added_tokens=True), **declared)
+
+
+def open_file(spec: str, path: Path, problem: str) -> Any:
+    """The ``tokenizers.Tokenizer`` saved at ``path``, never cutting or padding a document; a
+    file it cannot parse is a :class:`TokenizerLoadError` that starts with ``problem``."""
+    tokenizers = require("tokenizers", spec)
+    try:
+        backend = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the library's own parse errors: one clear line
+        raise TokenizerLoadError(f"{spec!r}: {problem} ({first_line(exc)})") from None
+    # A saved file can carry truncation or padding settings; a document is never cut or padded.
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
