@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,28 @@ CONVERSATIONS = [
     ],
     [{"role": "assistant", "content": "I speak first."}, {"role": "user", "content": "ok"}],
 ]
+LLAMA2 = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<<SYS>>{{ m['content'] }}<</SYS>>"
+    "{% elif m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+TEMPLATES["llama2"] = LLAMA2
 PROBES = ["Hello <|im_end|> <s> </s> Ġthe <new> <img> x<pad>y", "plain  text\n\n with  spaces"]
+
+
+def _transformers_major() -> int | None:
+    try:
+        return int(version("transformers").split(".")[0])
+    except PackageNotFoundError:
+        return None
+
+
+# gristmill reads folders as transformers 5 loads them, and leaves them all to transformers 4.
+reads_folders = pytest.mark.skipif(
+    (_transformers_major() or 5) < 5,
+    reason="transformers 4 is installed: gristmill leaves every folder to it",
+)
 
 
 def _added(content: str, **flags: bool) -> dict[str, object]:
@@ -274,6 +296,7 @@ def _open(spec: str):
     return resolve_tokenizer(spec, get_manager()).factory(spec)
 
 
+@reads_folders
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_a_folder_reads_as_transformers_loads_it(base, tmp_path, shape):
     from gristmill_hf_tokenizers import pretrained
@@ -369,6 +392,7 @@ def test_prepare_with_two_workers_gives_transformers_ids_and_masks(base, tmp_pat
     assert trained == "A list.<|im_end|>\nA dict.<|im_end|>\n<|endoftext|>"
 
 
+@reads_folders
 def test_the_dataset_keeps_the_files_it_was_read_from(base, tmp_path, write_jsonl):
     folder = _shape(base, tmp_path, "v4 style")
     out = tmp_path / "out"
@@ -396,6 +420,7 @@ def test_a_dataset_saved_by_transformers_still_loads(base, tmp_path):
     assert ids == [a.tolist() for a in first.encode_batch(PROBES)[0]]
 
 
+@reads_folders
 def test_a_folder_only_transformers_loads_says_why(base, tmp_path, write_jsonl, caplog):
     folder = tmp_path / "gpt2"
     shutil.copytree(base, folder)
@@ -415,6 +440,7 @@ def test_a_folder_only_transformers_loads_says_why(base, tmp_path, write_jsonl, 
     assert gristmill.open_dataset(out).tokenizer.fingerprint() == tok.fingerprint()
 
 
+@reads_folders
 def test_the_model_types_transformers_rebuilds_are_left_to_it():
     pytest.importorskip("transformers")
     from transformers.models.auto import tokenization_auto as auto
@@ -485,6 +511,7 @@ def test_a_refused_template_runs_nothing(base, tmp_path, write_jsonl):
 STUB = "import os\nopen(os.environ['IMPORTED_LOG'], 'a').write(__name__ + '\\n')\nraise ImportError(__name__)\n"
 
 
+@reads_folders
 def test_hf_folders_load_and_prepare_without_transformers_or_torch(base, tmp_path, write_jsonl):
     stubs = tmp_path / "stubs"
     stubs.mkdir()
