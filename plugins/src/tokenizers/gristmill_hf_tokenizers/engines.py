@@ -5,14 +5,19 @@ Both ``hf:`` and ``tokenizer.json`` tokenizers encode through an :class:`EngineS
 - ``hf`` is the library the tokenizer was written for (``tokenizers``, through ``transformers`` for
   ``hf:``); its ids and offsets are, by definition, right.
 - ``gigatoken`` re-implements byte-level BPE (and SentencePiece-style BPE with byte fallback) in
-  Rust, much faster (docs/benchmarks.md). It gives no character offsets, so a batch that needs them (loss
-  masks) is encoded by ``hf``.
+  Rust, much faster (docs/benchmarks.md). It gives ids only; the character offsets that loss masks
+  need come from the ids for a byte-level BPE (:mod:`gristmill_hf_tokenizers.offsets`), and from
+  ``hf`` for any other tokenizer (its batches with loss masks are encoded by ``hf``).
 - ``auto`` (the default) is gigatoken when it is installed and loads the tokenizer, else hf.
 
 A fast engine is trusted only after it agrees with ``hf``: its first batch is also encoded by
-``hf`` and compared id for id. On a difference, or when it raises on a text that ``hf`` encodes,
-it is dropped for the rest of the tokenizer object's life with a warning, and ``hf`` carries on.
-The engine never changes a tokenizer's fingerprint or saved config: the ids are the same.
+``hf`` and compared id for id, and its first batch with offsets offset for offset. On a
+difference in ids, or when it raises on a text that ``hf`` encodes, it is dropped for the rest of
+the tokenizer object's life with a warning, and ``hf`` carries on; on a difference in offsets,
+only its offsets are. A document whose offsets the ids cannot prove (its tokens do not add up to
+its text), or whose text holds a character newer than this Python's Unicode tables, is encoded by
+``hf`` alone, and counted (:meth:`EngineTokenizer.by_reference`). The engine never changes a
+tokenizer's fingerprint, saved config or prepared data: the ids and offsets are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 import importlib
 import unicodedata
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any, Protocol
@@ -29,12 +35,16 @@ import numpy as np
 
 from gristmill.errors import GristmillError, MissingDependencyError, first_line
 from gristmill_hf_tokenizers.common import Specials, log
+from gristmill_hf_tokenizers.offsets import OffsetTable, Unsupported, offset_table
 
 AUTO = "auto"
 REFERENCE = "hf"
 ENGINES = (REFERENCE, "gigatoken")  # what factory/load accept besides "auto"
 CHECK_CHARS = 1 << 18  # text compared with the reference on first use (256 Ki characters)
 GIGATOKEN_HINT = "pip install gigatoken (or pip install 'gristmill[hf]')"
+# Why a document went to the reference while the fast engine was in use (EngineSwitch.by_reference).
+NEWER_UNICODE = "newer-unicode"  # a character this Python's Unicode tables do not know
+UNPROVEN = "unproven-offsets"  # its tokens do not add up to its text (see offsets.py)
 
 Arrays = tuple[list[np.ndarray], list[np.ndarray] | None]  # ids, and token start offsets
 Reference = Callable[[list[str], bool], Arrays]  # (texts, offsets): the hf engine
@@ -88,6 +98,7 @@ class EngineSwitch:
         spec: str,
         fast: FastEngine | None,
         build: Callable[[], FastEngine | None] | None = None,
+        tokenizer_json: Callable[[], str] | None = None,
     ):
         self.spec = spec
         self._fast = fast
@@ -95,6 +106,13 @@ class EngineSwitch:
         # (prepare's main process: its workers encode) never pays for loading it.
         self._build = build
         self.checked = False  # the fast engine has matched the reference on a whole batch
+        # The offset table (see offsets.py) is read from the tokenizer's JSON on the first batch
+        # that needs offsets; None once read means that there is none.
+        self._json = tokenizer_json
+        self._table: OffsetTable | None = None
+        self.offsets_checked = False  # its offsets have matched the reference's on a batch
+        # Documents the reference encoded although the fast engine was in use, per reason.
+        self.by_reference: Counter[str] = Counter()
 
     @property
     def fast(self) -> FastEngine | None:
@@ -111,10 +129,23 @@ class EngineSwitch:
     def name(self) -> str:
         return REFERENCE if self.fast is None else self.fast.name
 
+    def table(self) -> OffsetTable | None:
+        """The fast engine's offset table; None where the tokenizer has none (said once)."""
+        if self._json is not None and self.fast is not None:
+            source, self._json = self._json, None
+            try:
+                self._table = offset_table(source())
+            except Unsupported as exc:
+                log.info(
+                    f"{self.spec}: the {self.fast.name} engine cannot give token offsets for "
+                    f"this tokenizer ({exc}): batches with loss masks are encoded with "
+                    f"{REFERENCE}"
+                )
+        return self._table
+
     def encode_batch(self, texts: Sequence[str], offsets: bool, reference: Reference) -> Arrays:
         texts = list(texts)
-        # Offsets (for loss masks) come from the reference: no fast engine gives them exactly.
-        if self.fast is None or offsets or not texts:
+        if self.fast is None or not texts or (offsets and self.table() is None):
             return reference(texts, offsets)
         # A character that this Python's Unicode tables do not know was assigned by a newer
         # Unicode version: one engine's split regex may count it a letter and the other not
@@ -122,47 +153,101 @@ class EngineSwitch:
         # reference. Such texts are rare; ASCII ones are never checked.
         newer = [i for i, text in enumerate(texts) if not text.isascii() and _newer_unicode(text)]
         if not newer:
-            return self._encode_fast(texts, reference), None
+            return self._encode_fast(texts, offsets, reference)
+        self.by_reference[NEWER_UNICODE] += len(newer)
         chosen = set(newer)
         rest = [i for i in range(len(texts)) if i not in chosen]
-        ids: list[np.ndarray] = [np.zeros(0, np.uint32)] * len(texts)
-        for i, doc in zip(newer, reference([texts[i] for i in newer], False)[0]):
-            ids[i] = doc
-        for i, doc in zip(
-            rest, self._encode_fast([texts[i] for i in rest], reference) if rest else []
-        ):
-            ids[i] = doc
-        return ids, None
+        parts = [(newer, reference([texts[i] for i in newer], offsets))]
+        if rest:
+            parts.append((rest, self._encode_fast([texts[i] for i in rest], offsets, reference)))
+        return _merged(len(texts), parts, offsets)
 
-    def _encode_fast(self, texts: list[str], reference: Reference) -> list[np.ndarray]:
-        """Ids from the fast engine, checked on first use; the reference's once it failed."""
+    def _encode_fast(self, texts: list[str], offsets: bool, reference: Reference) -> Arrays:
+        """Ids (and offsets) from the fast engine, checked on first use; the reference's once
+        it failed."""
         fast = self.fast
         if fast is None:
-            return reference(texts, False)[0]
+            return reference(texts, offsets)
         try:
             ids = fast.encode(texts)
         except Exception as exc:
             # A text that hf refuses too (a lone surrogate) is the data's fault: hf raises it
             # here and the fast engine stays. Otherwise the fast engine is what failed.
-            expected = reference(texts, False)[0]
-            problem = f"failed on this batch ({first_line(exc)})"
-            self._fall_back(problem)
+            expected = reference(texts, offsets)
+            self._fall_back(f"failed on this batch ({first_line(exc)})")
             return expected
-        if not self.checked:
-            # The first texts of the batch, up to CHECK_CHARS: the reference is slow, and a
-            # batch of long documents would otherwise cost as much as encoding it all with hf.
-            sample = texts[: _sample_size(texts)]
-            expected = reference(sample, False)[0]
-            differs = _first_difference(ids[: len(sample)], expected)
-            if differs is not None:
-                self._fall_back(
-                    f"gives other ids than {REFERENCE} for the text at index {differs} of its "
-                    "first batch"
+        table = self.table() if offsets else None
+        starts = table.starts(texts, ids) if table is not None else None
+        unchecked = not self.checked or (offsets and not self.offsets_checked)
+        if unchecked and not self._agrees(texts, ids, starts, reference):
+            return reference(texts, offsets)
+        if starts is None:
+            return ids, None
+        return self._unproven_by_reference(texts, ids, starts, reference)
+
+    def _agrees(
+        self,
+        texts: list[str],
+        ids: list[np.ndarray],
+        starts: list[np.ndarray | None] | None,
+        reference: Reference,
+    ) -> bool:
+        """Whether the first texts of a batch get the reference's ids (and offsets, the
+        documents the table places); if not, the engine (or its offsets) is dropped with a
+        warning."""
+        # The first texts of the batch, up to CHECK_CHARS: the reference is slow, and a batch
+        # of long documents would otherwise cost as much as encoding it all with hf.
+        sample = texts[: _sample_size(texts)]
+        expected, expected_starts = reference(sample, starts is not None)
+        differs = _first_difference(ids[: len(sample)], expected)
+        if differs is not None:
+            self._fall_back(
+                f"gives other ids than {REFERENCE} for the text at index {differs} of its "
+                "first batch"
+            )
+            return False
+        # Empty texts prove nothing: check again on the next batch.
+        self.checked = self.checked or any(len(doc) for doc in expected)
+        if starts is None or expected_starts is None:
+            return True
+        proven = [i for i, doc in enumerate(starts[: len(sample)]) if doc is not None]
+        got = [doc for doc in starts[: len(sample)] if doc is not None]
+        differs = _first_difference(got, [expected_starts[i] for i in proven])
+        if differs is not None:
+            log.warning(
+                f"{self.spec}: the offsets of the {self.name} engine differ from {REFERENCE}'s "
+                f"for the text at index {proven[differs]} of its first batch with loss masks; "
+                f"batches with loss masks are encoded with {REFERENCE} from now on"
+            )
+            self._table = None
+            return False
+        self.offsets_checked = self.offsets_checked or any(len(expected[i]) for i in proven)
+        return True
+
+    def _unproven_by_reference(
+        self,
+        texts: list[str],
+        ids: list[np.ndarray],
+        starts: list[np.ndarray | None],
+        reference: Reference,
+    ) -> Arrays:
+        """The documents whose offsets the table cannot prove, from the reference (counted)."""
+        unproven = [i for i, doc in enumerate(starts) if doc is None]
+        if unproven:
+            if not self.by_reference[UNPROVEN]:
+                log.warning(
+                    f"{self.spec}: the {self.name} engine cannot place the tokens of "
+                    f"{len(unproven)} document(s) of this batch (first: index {unproven[0]}): "
+                    "they do not add up to the text (an added token took the white space "
+                    "beside it, or the normalizer changes the text). Such documents are "
+                    f"encoded with {REFERENCE}, and counted"
                 )
-                return reference(texts, False)[0]
-            # Empty texts prove nothing: check again on the next batch.
-            self.checked = any(len(doc) for doc in expected)
-        return ids
+            self.by_reference[UNPROVEN] += len(unproven)
+            ref_ids, ref_starts = reference([texts[i] for i in unproven], True)
+            assert ref_starts is not None
+            for i, doc, doc_starts in zip(unproven, ref_ids, ref_starts):
+                ids[i], starts[i] = doc, doc_starts
+        return ids, starts  # type: ignore[return-value]
 
     def _fall_back(self, problem: str) -> None:
         assert self.fast is not None
@@ -171,6 +256,18 @@ class EngineSwitch:
             f"from now on (--engine {REFERENCE} skips {self.fast.name})"
         )
         self.fast = None
+
+
+def _merged(count: int, parts: list[tuple[list[int], Arrays]], offsets: bool) -> Arrays:
+    """The encodings of disjoint subsets of a batch (their indices), in the batch's order."""
+    ids: list[np.ndarray] = [np.zeros(0, np.uint32)] * count
+    starts: list[np.ndarray] = [np.zeros(0, np.int64)] * count
+    for indices, (part_ids, part_starts) in parts:
+        for k, i in enumerate(indices):
+            ids[i] = part_ids[k]
+            if part_starts is not None:
+                starts[i] = part_starts[k]
+    return ids, starts if offsets else None
 
 
 def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineSwitch:
@@ -186,9 +283,8 @@ def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineS
     if engine == REFERENCE:
         return EngineSwitch(spec, None)
     if engine == AUTO:
-        return EngineSwitch(
-            spec, None, build=functools.partial(_gigatoken_if_any, spec, tokenizer_json)
-        )
+        build = functools.partial(_gigatoken_if_any, spec, tokenizer_json)
+        return EngineSwitch(spec, None, build, tokenizer_json)
     try:
         _gigatoken()
     except ImportError:
@@ -202,7 +298,7 @@ def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineS
             f"{spec}: the gigatoken engine does not support this tokenizer: {first_line(exc)}. "
             f"Use --engine {REFERENCE} (or auto)"
         ) from None
-    return EngineSwitch(spec, fast)
+    return EngineSwitch(spec, fast, tokenizer_json=tokenizer_json)
 
 
 class EngineTokenizer(ABC):
@@ -234,6 +330,11 @@ class EngineTokenizer(ABC):
         self, texts: Sequence[str], *, offsets: bool = False
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         return self._engines.encode_batch(texts, offsets, self._encode_reference)
+
+    def by_reference(self) -> dict[str, int]:
+        """How many documents the reference encoded although a fast engine was in use, per
+        reason (``newer-unicode``, ``unproven-offsets``), since this object was made."""
+        return dict(sorted(self._engines.by_reference.items()))
 
     @abstractmethod
     def _encode_reference(self, texts: list[str], offsets: bool) -> Arrays:
