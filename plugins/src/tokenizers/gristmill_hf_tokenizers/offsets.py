@@ -97,8 +97,8 @@ class OffsetTable:
             starts[a:b], ends[a:b] = char[starts[a:b]], char[ends[a:b] - 1] + 1
         if self.leading is not None:
             starts = self._trim(starts, ends, flat, bounds[:-1][counts > 0])
-        pieces = np.split(starts, bounds[1:-1]) if len(ids) > 1 else [starts]
-        return [piece if ok else None for piece, ok in zip(pieces, described)]
+        edges = bounds.tolist()
+        return [starts[a:b] if ok else None for a, b, ok in zip(edges, edges[1:], described)]
 
     def _trim(
         self, starts: np.ndarray, ends: np.ndarray, flat: np.ndarray, firsts: np.ndarray
@@ -128,19 +128,19 @@ def offset_table(tokenizer_json: str) -> OffsetTable:
     added = {int(t["id"]): t["content"] for t in config.get("added_tokens") or ()}
     size = max([*vocab.values(), *added, -1]) + 1
     lengths = np.full(size, UNKNOWN, np.int64)
-    leading = np.zeros(size, np.int64)
     for token, i in vocab.items():
-        if token and ALPHABET.issuperset(token):
-            lengths[i], leading[i] = len(token), _leading(token)
+        if token and ALPHABET.issuperset(token):  # one byte a character
+            lengths[i] = len(token)
     for i, content in added.items():
         if content:
-            lengths[i], leading[i] = len(content.encode("utf-8")), _leading(content)
-    return OffsetTable(
-        lengths,
-        leading if trim is not None else None,
-        bool(trim and trim.get("add_prefix_space")),
-        normalization,
-    )
+            lengths[i] = len(content.encode("utf-8"))
+    leading = None
+    if trim is not None:
+        leading = np.zeros(size, np.int64)
+        for i, token in {**{i: t for t, i in vocab.items()}, **added}.items():
+            leading[i] = _leading(token)
+    keep_first_space = bool(trim and trim.get("add_prefix_space"))
+    return OffsetTable(lengths, leading, keep_first_space, normalization)
 
 
 def _leading(token: str) -> int:
