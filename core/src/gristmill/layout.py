@@ -16,6 +16,7 @@ TASKS_DIR = ".gristmill-tasks"  # prepare's tasks' records and side files, until
 PLANS_DIR = ".gristmill-plans"  # pack plans, cached beside the shards; safe to delete
 TOKENIZER_DIR = "tokenizer"  # the dataset's own copy of its tokenizer
 METADATA_DIR = "metadata"  # the documents' metadata: a folder of values per split, string tables
+INDEX_DIR = "index"  # every split's shard offsets in one file (store.index)
 REJECTS = ".rejects.jsonl"
 
 

@@ -44,6 +44,7 @@ from gristmill.serve.samples import (
     shift_sample,
     unshifted_sample,
 )
+from gristmill.store.index import index_lengths
 from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import check_generation, generation_changed, load_saved, read_manifest
 
@@ -115,6 +116,7 @@ class Dataset:
         self.documents: ShardReader = fmt.reader(
             self.path, splits[self.split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
+        lengths = self._lengths()
         check_generation(self.path, self.manifest)  # the shards checked are the manifest's
         record = self.manager.get(PackerType, options.packer)
         self.packer = record.name  # as registered: first_fit and first-fit share a cached plan
@@ -122,7 +124,7 @@ class Dataset:
         self.restart = record.restart if options.restart is None else bool(options.restart)
         # The samples whose labels are all -100: served (no_loss="keep") or left out ("drop").
         self.samples_without_loss: int
-        self.plan, self.samples_without_loss = self._plan(record)
+        self.plan, self.samples_without_loss = self._plan(record, lengths)
         self._buffers = Buffers()
         self._served = tuple(options.segment_metadata or ())
         unknown = sorted(set(self._served) - set(self.metadata_columns))
@@ -133,12 +135,20 @@ class Dataset:
                 f"{', '.join(sorted(self.metadata_columns)) or 'none'}"
             )
 
-    def _plan(self, record: PackerType) -> Planned:
+    def _lengths(self) -> np.ndarray:
+        """Every document's token count, to plan with and to check a stored plan against: from
+        the split's offsets index where it has one (one read), else from the shard reader (one
+        read a shard)."""
+        try:
+            lengths = index_lengths(self.path, self.manifest, self.split)
+        except DatasetError:
+            check_generation(self.path, self.manifest)  # prepared again meanwhile? say that
+            raise
+        return self.documents.lengths() if lengths is None else lengths
+
+    def _plan(self, record: PackerType, lengths: np.ndarray) -> Planned:
         """The pack plan and its samples without loss: from the cache beside the shards when a
         run already computed them."""
-
-        # Read for planning, and to check a stored plan against: one small read per shard.
-        lengths = self.documents.lengths()
 
         def make() -> Planned:
             packer = record.factory(overlong=self.overlong, **self.packer_options)

@@ -15,12 +15,38 @@ from gristmill.errors import DatasetError
 from gristmill.plugin.integrity import cache_dir, check_open_file
 from gristmill.store.manifest import inside
 
-__all__ = ["cache_dir", "check_intact", "check_open_file"]
+__all__ = ["cache_dir", "check_intact", "check_open_file", "read_intact"]
 
 
 def check_intact(dataset: Path, entry: Mapping[str, Any]) -> None:
     """Raise :class:`~gristmill.errors.DatasetError` unless the file of the manifest ``entry``
     (``{path, bytes, sha256}``) lies inside ``dataset`` with the size and SHA-256 it gives."""
+    os.close(_open_intact(dataset, entry))
+
+
+def read_intact(dataset: Path, entry: Mapping[str, Any]) -> bytes:
+    """The bytes of the file of the manifest ``entry``, once :func:`check_intact` holds for the
+    very file read (one descriptor for both)."""
+    fd = _open_intact(dataset, entry)
+    try:
+        chunks, left = [], entry["bytes"]
+        while left:  # a large read may come back short
+            chunk = os.read(fd, left)
+            if not chunk:
+                raise DatasetError(
+                    "the file changed while it was being read (written in place?); prepare "
+                    "the dataset again",
+                    where=str(dataset / entry["path"]),
+                )
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _open_intact(dataset: Path, entry: Mapping[str, Any]) -> int:
+    """A descriptor of the file of ``entry``, checked (see :func:`check_intact`)."""
     path = inside(dataset, entry["path"])
     if path is None:
         raise DatasetError(
@@ -36,5 +62,7 @@ def check_intact(dataset: Path, entry: Mapping[str, Any]) -> None:
         ) from None
     try:
         check_open_file(fd, entry, dataset=dataset)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd

@@ -7,6 +7,8 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ TOP_LEVEL = {
 }
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SEAL = "manifest_sha256"  # the manifest's own SHA-256, see write_manifest
+INDEX = "index"  # split → the file entry of its offsets index (store.index)
 METADATA_TYPES = ("bool", "int", "float", "string")  # of a metadata column (store.metadata)
 UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
@@ -179,6 +182,29 @@ def malformed_entries(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for split, entry in manifest["splits"].items():
         yield from _split_problems(f"splits.{split}", entry)
     yield from _metadata_problems(manifest)
+    yield from _index_problems(manifest)
+
+
+def _index_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """The offsets index's entries, where there is one: a file entry and the digest of what it
+    was made of for a split that has shards with offsets files."""
+    index = manifest.get(INDEX, {})
+    if not isinstance(index, dict):
+        yield INDEX, "not an object"
+        return
+    for split, entry in index.items():
+        at = f"{INDEX}.{split}"
+        listed = manifest["splits"].get(split)
+        shards = listed.get("shards") if isinstance(listed, dict) else None
+        if not isinstance(shards, list) or not all(
+            isinstance(shard, dict) and isinstance(shard.get("offsets"), dict) for shard in shards
+        ):
+            yield at, "an index of no split with offsets files"
+            continue
+        yield from _file_problems(at, entry)
+        digest = entry.get("offsets_digest") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            yield f"{at}.offsets_digest", f"{digest!r} is not a SHA-256 hex digest"
 
 
 def _metadata_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -219,6 +245,8 @@ def _split_problems(key: str, split: Any) -> Iterator[tuple[str, str]]:
     if not isinstance(shards, list):
         yield f"{key}.shards", "missing, or not a list"
         return
+    if _well_formed(shards):
+        return
     for i, shard in enumerate(shards):
         at = f"{key}.shards[{i}]"
         if not isinstance(shard, dict):
@@ -228,6 +256,30 @@ def _split_problems(key: str, split: Any) -> Iterator[tuple[str, str]]:
         for name, value in shard.items():
             if isinstance(value, dict):
                 yield from _file_problems(f"{at}.{name}", value)
+
+
+def _well_formed(shards: list[Any]) -> bool:
+    """Whether the loop of :func:`_split_problems` would find nothing in these shard entries,
+    found in a few passes that run in C (a manifest of a large dataset lists 10,000s, checked at
+    every open); ``False`` where it might find something, and it then looks."""
+    try:
+        counts = list(chain.from_iterable(map(itemgetter(*COUNTS), shards)))
+        values = chain.from_iterable(map(dict.values, shards))
+        files = [value for value in values if isinstance(value, dict)]
+        paths = list(map(itemgetter("path"), files))
+        counts += map(itemgetter("bytes"), files)
+        digests = list(map(itemgetter("sha256"), files))
+        hexes = "".join(digests).encode("ascii")
+    except (KeyError, TypeError, UnicodeEncodeError):
+        return False
+    return (
+        set(map(type, counts)) <= {int}
+        and min(counts, default=0) >= 0
+        and set(map(type, paths)) <= {str}
+        and all(paths)
+        and set(map(len, digests)) <= {64}
+        and not hexes.translate(None, b"0123456789abcdef")
+    )
 
 
 def _count_problems(key: str, entry: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -250,6 +302,10 @@ def count_mismatches(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
             total = sum(shard[count] for shard in split["shards"])
             if split[count] != total:
                 yield f"splits.{name}.{count}", f"{split[count]}, but the shards add up to {total}"
+    for name, entry in manifest.get(INDEX, {}).items():
+        size = 8 * sum(shard["num_documents"] + 1 for shard in manifest["splits"][name]["shards"])
+        if entry["bytes"] != size:
+            yield f"{INDEX}.{name}.bytes", f"{entry['bytes']}, but its shards' offsets take {size}"
 
 
 def _file_problems(key: str, entry: Any) -> Iterator[tuple[str, str]]:
@@ -270,12 +326,13 @@ def _is_count(value: Any) -> bool:
 
 def listed_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Every file entry of a manifest that :func:`manifest_problems` accepts: the tokenizer's
-    files, then every split's shard files, then the metadata's."""
+    files, then every split's shard files, then the metadata's, then the offsets indexes'."""
     yield from manifest["tokenizer"].get("files", [])
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             yield from (value for value in shard.values() if isinstance(value, dict))
     yield from metadata_files(manifest)
+    yield from manifest.get(INDEX, {}).values()
 
 
 def metadata_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:

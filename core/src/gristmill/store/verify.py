@@ -5,10 +5,11 @@ The manifest is read as ``open_dataset`` reads it (format, version), its seal
 split's counts add up to its shards', every entry well-formed). Then every file it lists,
 the tokenizer's, every shard's and the metadata's, stays inside the dataset directory, exists,
 has its size and its SHA-256; no file the manifest does not list lies in a directory gristmill
-owns (the splits', ``tokenizer/`` and ``metadata/``); the shard format's own check reads each
-intact shard in full (for memmap shards: the offsets, the token ids against the vocabulary, the
-mask); and intact metadata files are checked against their columns' types, the documents'
-count and the string tables.
+owns (the splits', ``tokenizer/``, ``metadata/`` and ``index/``); the shard format's own check
+reads each intact shard in full (for memmap shards: the offsets, the token ids against the
+vocabulary, the mask); intact metadata files are checked against their columns' types, the
+documents' count and the string tables; and an intact offsets index against the offsets files
+it repeats.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.errors import DatasetError, PluginError, UnknownComponentError
-from gristmill.layout import MANIFEST, METADATA_DIR, TOKENIZER_DIR
+from gristmill.layout import INDEX_DIR, MANIFEST, METADATA_DIR, TOKENIZER_DIR
 from gristmill.plugin.components import Problem, ShardFormatType
 from gristmill.plugin.files import sha256_of
 from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.store.index import index_problems
 from gristmill.store.manifest import (
+    INDEX,
     SEAL,
     broken_seal,
     count_mismatches,
@@ -93,16 +96,22 @@ def _problems(
     vocab_size = manifest["tokenizer"].get("vocab_size")
     for entry in manifest["tokenizer"].get("files", []):
         yield from check_file(root, entry, progress)
+    damaged = False  # a shard file: an index of the shards cannot be compared with them
     for entry in manifest["splits"].values():
         for shard in entry["shards"]:
             found = [p for f in files(shard) for p in check_file(root, f, progress)]
             yield from found
+            damaged = damaged or bool(found)
             if not found and fmt is not None and fmt.verify is not None:
                 yield from fmt.verify(root, shard, dtype=manifest["dtype"], vocab_size=vocab_size)
     found = [p for entry in metadata_files(manifest) for p in check_file(root, entry, progress)]
     yield from found
     if not found:
         yield from column_problems(root, manifest)
+    found = [p for e in manifest.get(INDEX, {}).values() for p in check_file(root, e, progress)]
+    yield from found
+    if not found and not damaged:
+        yield from index_problems(root, manifest)
     yield from _unlisted(root, manifest)
 
 
@@ -117,7 +126,7 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> Iterator[Problem]:
     """Files in the directories gristmill owns (every split's, the tokenizer's) that the
     manifest does not list: nothing a reader would read, but not the dataset that was written."""
     listed = {entry["path"] for entry in listed_files(manifest)}
-    for folder in (TOKENIZER_DIR, *manifest["splits"], METADATA_DIR):
+    for folder in (TOKENIZER_DIR, *manifest["splits"], METADATA_DIR, INDEX_DIR):
         if inside(root, folder) is None:
             continue  # a split name that leads out of the directory is not gristmill's folder
         for path in sorted((root / folder).rglob("*")):
