@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from itertools import islice
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,6 +21,10 @@ from gristmill.plugin.examples import Example, loss_mask
 
 Encoded = tuple[np.ndarray, np.ndarray | None, bool]  # ids, loss mask (None: all), truncated
 BATCH = 512  # examples per tokenizer call: large enough for batch APIs, small enough to stream
+# ...and at most about this many characters: a batch of long documents is held in memory several
+# times over (texts, ids, ids with specials), and the engines gain nothing from more. It is more
+# than the fast engine's first check (engines.CHECK_CHARS): that checks the same texts.
+BATCH_CHARS = 1 << 20
 Batch = tuple[list[np.ndarray], list[np.ndarray | None], list[Any], int]
 
 
@@ -38,7 +41,7 @@ def encoded_batches(
     Examples the tokenizer cannot take (a chat template refusing a conversation…) go to
     ``policy``. The examples come normalised or not (see :mod:`gristmill.ingest.chain`).
     """
-    while batch := list(islice(examples, BATCH)):
+    for batch in _batches(examples):
         ids, masks, metadata, cut = [], [], [], 0
         for (example, _), result in zip(batch, encode(tok, batch, train_on_prompt, max_doc_tokens)):
             if isinstance(result, Rejected):
@@ -50,6 +53,30 @@ def encoded_batches(
             masks.append(mask)
             metadata.append(example.metadata or None)
         yield ids, masks, metadata, cut
+
+
+def _batches(examples: Iterator[tuple[Example, Where]]) -> Iterator[list[tuple[Example, Where]]]:
+    """The examples in runs of at most BATCH, ending early once they hold BATCH_CHARS."""
+    batch: list[tuple[Example, Where]] = []
+    chars = 0
+    for item in examples:
+        batch.append(item)
+        chars += _chars(item[0])
+        if len(batch) == BATCH or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _chars(example: Example) -> int:
+    """About how many characters an example puts in a batch (its text, or its parts)."""
+    if example.text is not None:
+        return len(example.text)
+    parts = (example.prompt, example.completion, example.system)
+    return sum(len(part) for part in parts if part) + sum(
+        len(content) for _, content in example.messages or ()
+    )
 
 
 def encode(
@@ -121,7 +148,9 @@ def _encode_rendered(
     out: list[Encoded | Rejected] = []
     for i, doc in enumerate(ids):
         text, spans, where = items[i]
-        if len(doc) and (int(doc.min()) < 0 or int(doc.max()) >= tok.vocab_size):
+        if len(doc) and (
+            (doc.dtype.kind != "u" and int(doc.min()) < 0) or int(doc.max()) >= tok.vocab_size
+        ):
             message = f"the tokenizer returned ids outside its vocabulary [0, {tok.vocab_size})"
             out.append(Rejected("bad-token-ids", message, where))
             continue
@@ -207,17 +236,22 @@ def _add_specials(
     # model learns to stop after a completion. A document whose text already yields them (a chat
     # template that writes the BOS, or closes each answer with the EOS) does not get a second.
     bos, eos = tok.bos_id, tok.eos_id
-    add_bos = tok.add_bos and bos is not None and not (len(doc) and doc[0] == bos)
-    add_eos = tok.add_eos and eos is not None and not (len(doc) and doc[-1] == eos)
-    head = [bos] if add_bos else []
-    tail = [eos] if add_eos else []
-    if not head and not tail:
+    size = len(doc)
+    add_bos = int(bool(tok.add_bos and bos is not None and not (size and doc[0] == bos)))
+    add_eos = int(bool(tok.add_eos and eos is not None and not (size and doc[-1] == eos)))
+    if not add_bos and not add_eos:
         return doc, mask
-    doc = np.concatenate([np.asarray(head, doc.dtype), doc, np.asarray(tail, doc.dtype)])
+    # One array of the final length, filled in place: a document is often megabytes of ids.
+    out = np.empty(add_bos + size + add_eos, doc.dtype)
+    out[add_bos : add_bos + size] = doc
+    if add_bos:
+        out[0] = bos
+    if add_eos:
+        out[-1] = eos
     if mask is not None:
-        end = mask[-1:] if len(mask) else np.ones(1, np.uint8)
-        mask = np.concatenate([np.zeros(len(head), np.uint8), mask, end[: len(tail)]])
-    return doc, mask
+        end = mask[-1] if len(mask) else 1
+        mask = np.concatenate([np.zeros(add_bos, np.uint8), mask, np.full(add_eos, end, np.uint8)])
+    return out, mask
 
 
 def digest(ids: np.ndarray, mask: np.ndarray | None) -> bytes:

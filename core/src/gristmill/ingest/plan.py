@@ -66,6 +66,18 @@ def plan_chunks(
     return chunks
 
 
+def planned_chunks(sources: Iterable[Source], chunk_bytes: int) -> int | None:
+    """About how many chunks :func:`plan_chunks` will cut ``sources`` into, from their sizes
+    alone (nothing is read); ``None`` when a source cannot tell its size."""
+    total = 0
+    for source in sources:
+        size = source_size(source)
+        if size is None:
+            return None
+        total += size
+    return -(-total // chunk_bytes)
+
+
 def source_size(source: Source) -> int | None:
     """Bytes of input: the source's ``nbytes()`` when it has one, else its file's size."""
     if isinstance(source, HasSize):

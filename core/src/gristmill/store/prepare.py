@@ -20,7 +20,7 @@ from gristmill._version import __version__
 from gristmill.errors import DataError
 from gristmill.ingest.chain import check_schemas
 from gristmill.ingest.mapping import check_fields
-from gristmill.ingest.plan import Chunk, plan_chunks
+from gristmill.ingest.plan import Chunk, plan_chunks, planned_chunks
 from gristmill.ingest.policy import ErrorPolicy, describe_passed
 from gristmill.ingest.records import source_inputs
 from gristmill.ingest.sources import (
@@ -32,10 +32,18 @@ from gristmill.ingest.sources import (
 )
 from gristmill.ingest.splits import kept_splits, planned_splits
 from gristmill.ingest.tokenizers import resolve_tokenizer
-from gristmill.layout import FORMAT, FORMAT_VERSION, TASKS_DIR, TOKENIZER_DIR, reject_file
+from gristmill.layout import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    TASKS_DIR,
+    TOKENIZER_DIR,
+    reject_file,
+)
 from gristmill.options import PrepareOptions, takes
 from gristmill.plugin.atomic import fingerprint
 from gristmill.plugin.components import (
+    Executor,
     ExecutorType,
     FieldMapperType,
     HasFingerprint,
@@ -47,10 +55,11 @@ from gristmill.plugin.components import (
     TokenizerType,
 )
 from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.plugin.workers import trim_memory
 from gristmill.store.claim import Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
 from gristmill.store.merge import Merged, merge
-from gristmill.store.tasks import TaskRunner, TaskSettings
+from gristmill.store.tasks import TaskRunner, TaskSettings, release_tasks, warm_up
 
 if TYPE_CHECKING:
     from gristmill.ingest.records import Sources
@@ -95,9 +104,17 @@ def prepare(
     manager = manager or get_manager()
     inputs = source_inputs(sources)
     run = _resolve(inputs, out, options, manager)
+    try:
+        return _claim_and_write(run, Path(out), manager)
+    finally:
+        _close(run.started)  # a pool started early that ran nothing (an error came first)
+        release_tasks()
+
+
+def _claim_and_write(run: Resolved, out_dir: Path, manager: PluginManager) -> dict[str, Any]:
     options = run.options
+    assert run.tok is not None, "the tokenizer is released only once it is saved"
     config_fp = config_fingerprint(options, run.provenance, run.tok)
-    out_dir = Path(out)
     claim = Claim(out_dir, config_fp, options.overwrite)
     if claim.up_to_date is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
@@ -114,7 +131,7 @@ def prepare(
     return manifest
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resolved:
     """What a run resolves before it touches the output directory, so that a typo fails first."""
 
@@ -122,11 +139,14 @@ class Resolved:
     opened: list[Source]
     problems: list[Rejected | DataError | None]  # per source: why it is not read, or None
     provenance: list[dict[str, Any]]
-    tok: Tokenizer
+    # None once saved into the dataset: the main process encodes nothing, its workers load the
+    # saved copy, and the library's tokenizer is tens of MiB.
+    tok: Tokenizer | None
     tokenizer_type: TokenizerType
     fmt: ShardFormatType
     executor: ExecutorType
     executor_options: dict[str, Any]
+    started: Executor | None = None  # the executor, its workers already starting (_start_early)
 
 
 def _resolve(
@@ -148,12 +168,7 @@ def _resolve(
     assert options.tokenizer is not None, "prepare resolves it first (with_preset_defaults)"
     tokenizer_type = resolve_tokenizer(options.tokenizer, manager)
     tokenizer_options = tokenizer_type.check_options(options.tokenizer_options)
-    if options.engine != "auto" and options.engine not in tokenizer_type.engines:
-        offered = ", ".join(("auto", *tokenizer_type.engines))
-        raise DataError(
-            f"the {tokenizer_type.name} tokenizer has no engine {options.engine!r}; choose from "
-            f"{offered}"
-        )
+    _check_engine(options.engine, tokenizer_type)
     fmt = manager.get(ShardFormatType, options.shard_format)
     executor = manager.get(ExecutorType, options.executor)
     executor_options = executor.check_options(options.executor_options)
@@ -164,18 +179,77 @@ def _resolve(
             "a data list's ratio above 1 repeats records, which dedup would drop again: "
             "give one or the other"
         )
-    provenance = [
+    # The workers start up (interpreters, imports, plugins) while this process reads every
+    # input byte for the fingerprints and loads the tokenizer.
+    started = _start_early(executor, executor_options, options, opened, Path(out))
+    try:
+        provenance = _provenance(opened, own_splits)
+        # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
+        refused = check_schemas(opened, options.on_error)
+        problems = [refused.get(position) for position in range(len(opened))]
+        with presets_tokenizer(given.tokenizer, specs, manager):
+            tok = tokenizer_type.factory(
+                options.tokenizer, engine=options.engine, **tokenizer_options
+            )
+    except BaseException:
+        _close(started)
+        raise
+    return Resolved(
+        options,
+        opened,
+        problems,
+        provenance,
+        tok,
+        tokenizer_type,
+        fmt,
+        executor,
+        executor_options,
+        started,
+    )
+
+
+def _check_engine(engine: str, tokenizer_type: TokenizerType) -> None:
+    if engine != "auto" and engine not in tokenizer_type.engines:
+        offered = ", ".join(("auto", *tokenizer_type.engines))
+        raise DataError(
+            f"the {tokenizer_type.name} tokenizer has no engine {engine!r}; choose from {offered}"
+        )
+
+
+def _provenance(opened: list[Source], own_splits: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Per source its spec and fingerprint (every input byte is read), its sampling and split."""
+    return [
         {"spec": s.spec, "fingerprint": s.fingerprint(), **sampling(s), **own}
         for s, own in zip(opened, own_splits)
     ]
-    # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
-    refused = check_schemas(opened, options.on_error)
-    problems = [refused.get(position) for position in range(len(opened))]
-    with presets_tokenizer(given.tokenizer, specs, manager):
-        tok = tokenizer_type.factory(options.tokenizer, engine=options.engine, **tokenizer_options)
-    return Resolved(
-        options, opened, problems, provenance, tok, tokenizer_type, fmt, executor, executor_options
-    )
+
+
+def _start_early(
+    executor: ExecutorType,
+    executor_options: dict[str, Any],
+    options: PrepareOptions,
+    opened: list[Source],
+    out_dir: Path,
+) -> Executor | None:
+    """The executor with its workers starting, when the run will have work for them and the
+    executor can start ahead of its tasks (``start(warm)``); else None, and it is made when the
+    tasks are known. The work is foreseen from the sources' sizes (none read): several tasks'
+    worth, and no dataset in ``out_dir`` yet (one there may be up to date: nothing to run)."""
+    foreseen = planned_chunks(opened, options.task_bytes)
+    workers = min(foreseen or 0, options.workers or available_cpus())
+    if workers < 2 or not callable(getattr(executor.factory, "start", None)):
+        return None
+    if (out_dir / MANIFEST).exists():
+        return None
+    started = executor.factory(workers=workers, **executor_options)
+    started.start(warm_up)  # type: ignore[attr-defined]
+    return started
+
+
+def _close(executor: Executor | None) -> None:
+    close = getattr(executor, "close", None)
+    if close is not None:
+        close()
 
 
 def config_fingerprint(
@@ -199,8 +273,12 @@ def _write(
 ) -> dict[str, Any]:
     out_dir = claim.out_dir
     (out_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
+    assert run.tok is not None
     tok_config = run.tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if run.tok.vocab_size <= 1 << 16 else np.uint32)
+    described = _tokenizer_entry(run.tok, run.tokenizer_type, options, tok_config)
+    run.tok = None  # nothing here encodes: see Resolved
+    trim_memory()
     # Every asked-for split exists in the output, even if the hash leaves it empty.
     splits, source_splits = planned_splits(options, run.provenance)
     for directory in (*splits, TASKS_DIR):
@@ -241,7 +319,7 @@ def _write(
         )
     _count_documents(run.provenance, merged.records)
     manifest = write_manifest(
-        out_dir, _manifest(out_dir, run, options, merged, config_fp, tok_config, dtype.name)
+        out_dir, _manifest(out_dir, run, options, merged, config_fp, described, dtype.name)
     )
     claim.finish()
     totals = ", ".join(
@@ -272,7 +350,8 @@ def _run_tasks(
         if len(done):
             bar.set_postfix_str(f"{len(done)} of {len(tasks)} tasks done before")
         runner = TaskRunner(settings, manager, progress=bar.update, announce=announce)
-        executor = run.executor.factory(workers=workers, **run.executor_options)
+        executor = run.started or run.executor.factory(workers=workers, **run.executor_options)
+        run.started = None  # map owns its workers now
         for summary in executor.map(runner, pending):
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
@@ -308,16 +387,34 @@ def _log_merged(out_dir: Path, merged: Merged, options: PrepareOptions) -> None:
         )
 
 
+def _tokenizer_entry(
+    tok: Tokenizer, family: TokenizerType, options: PrepareOptions, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest's ``tokenizer`` entry, less the saved files."""
+    return {
+        "name": family.name,
+        "spec": options.tokenizer,
+        "config": config,
+        "vocab_size": tok.vocab_size,
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "add_bos": tok.add_bos,
+        "add_eos": tok.add_eos,
+        # How chat examples are rendered: the tokenizer's own template, or gristmill's.
+        "chat_template": "tokenizer" if isinstance(tok, RendersChat) else "built-in",
+    }
+
+
 def _manifest(
     out_dir: Path,
     run: Resolved,
     options: PrepareOptions,
     merged: Merged,
     config_fp: str,
-    tok_config: dict[str, Any],
+    tokenizer: dict[str, Any],
     dtype: str,
 ) -> dict[str, Any]:
-    tok = run.tok
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -327,20 +424,7 @@ def _manifest(
         "fingerprint": fingerprint([config_fp, merged.splits]),
         "generation": new_generation(),
         "dtype": dtype,
-        "tokenizer": {
-            "name": run.tokenizer_type.name,
-            "spec": options.tokenizer,
-            "config": tok_config,
-            "vocab_size": tok.vocab_size,
-            "bos_id": tok.bos_id,
-            "eos_id": tok.eos_id,
-            "pad_id": tok.pad_id,
-            "add_bos": tok.add_bos,
-            "add_eos": tok.add_eos,
-            # How chat examples are rendered: the tokenizer's own template, or gristmill's.
-            "chat_template": "tokenizer" if isinstance(tok, RendersChat) else "built-in",
-            "files": saved_files(out_dir),
-        },
+        "tokenizer": {**tokenizer, "files": saved_files(out_dir)},
         "splits": merged.splits,
         # Only where documents have metadata: other manifests stay as they were before it.
         **({"metadata": merged.columns.columns} if merged.columns else {}),

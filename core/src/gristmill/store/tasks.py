@@ -32,6 +32,7 @@ from gristmill.options import PrepareOptions
 from gristmill.plugin.atomic import canonical_json, sync_directory, write_atomic
 from gristmill.plugin.components import ShardFormatType, Tokenizer, TokenizerType
 from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.plugin.workers import trim_memory
 from gristmill.store.metadata import ColumnLog
 
 
@@ -86,6 +87,19 @@ class TaskRunner:
 
 
 _loaded: dict[tuple[str, str, str], Tokenizer] = {}
+
+
+def warm_up() -> None:
+    """What a worker can load before its first task: the modules a task runs and the plugins
+    (the tokenizer families among them). Its tokenizer comes with the first task: it is the
+    dataset's copy, which may not be written yet."""
+    get_manager()
+
+
+def release_tasks() -> None:
+    """Forget this process's tokenizer (a run that ran its tasks here is over)."""
+    _loaded.clear()
+    trim_memory()
 
 
 def _tokenizer(settings: TaskSettings, manager: PluginManager) -> Tokenizer:
@@ -165,6 +179,8 @@ def run_task(
     for directory in (*settings.splits, TASKS_DIR):
         sync_directory(out_dir / directory)
     write_atomic(task_file(out_dir, chunk.index, "record.json"), canonical_json(record))
+    del output  # its documents, before the memory goes back
+    trim_memory()
     return {"task": chunk.index, "documents": record["documents"]}
 
 
@@ -185,6 +201,7 @@ class _TaskOutput:
             for split in settings.splits
         }
         self.logs = {split: _SplitLog() for split in settings.splits}
+        self.dtype = np.dtype(settings.dtype)
         options = settings.options
         self.dedup, self.fractions = options.dedup, (options.val_fraction, options.test_fraction)
         self.keep_digests = self.dedup or any(self.fractions)
@@ -197,6 +214,7 @@ class _TaskOutput:
         self.truncated += cut
         self.documents += len(ids)
         digests = [digest(d, m) for d, m in zip(ids, masks)] if self.keep_digests else []
+        ids = [_narrowed(d, self.dtype) for d in ids]
         splits = self._splits(position, digests, len(ids))
         for split in settings.splits:
             pick = np.flatnonzero(splits == split).tolist()
@@ -252,6 +270,15 @@ class _TaskOutput:
         path = task_file(Path(self.settings.out_dir), self.index, name)
         write_atomic(path, data, sync_directory_too=False)
         return path.name
+
+
+def _narrowed(ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A document's ids as the dataset's dtype, which its shards store, when they fit: the task
+    holds its documents until they are written, in half the memory of the engines' uint32. Ids
+    that do not fit stay as they are, for the shard writer to refuse."""
+    if ids.dtype == dtype or (len(ids) and int(ids.max()) > np.iinfo(dtype).max):
+        return ids
+    return ids.astype(dtype)
 
 
 def read_record(out_dir: Path, task: int) -> dict[str, Any] | None:

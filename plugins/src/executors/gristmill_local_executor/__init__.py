@@ -4,7 +4,11 @@ Workers start with ``spawn``: a fresh interpreter that imports gristmill and dis
 through entry points, never a fork of a process that may hold threads (a tokenizer's thread pool,
 a progress bar's monitor). Each worker encodes on one core
 (:func:`gristmill.plugin.workers.one_thread`), so that N workers use N cores without
-oversubscribing them.
+oversubscribing them. A caller that knows it will have work for the pool starts it early
+(:meth:`LocalExecutor.start`), with a warm-up that each worker runs as it starts: the workers'
+start-up (an interpreter, imports, plugin discovery) then overlaps the caller's own preparations.
+Once every task is done the workers are left to exit on their own (an interpreter's teardown),
+while the caller goes on.
 
 A worker ends when the process that started it dies, even by ``kill -9``: Linux kills it
 (``PR_SET_PDEATHSIG``); elsewhere a thread of the worker watches for its parent to change.
@@ -38,37 +42,70 @@ from gristmill.plugin.workers import one_thread
 class LocalExecutor:
     def __init__(self, workers: int = 1, **options: Any):
         self.workers = max(1, int(workers))
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self, warm: Callable[[], object] | None = None) -> None:
+        """Start the worker processes now rather than at :meth:`map`; each runs ``warm`` (a
+        picklable function) once, as it starts. One worker means no pool: nothing to start."""
+        if self.workers == 1 or self._pool is not None:
+            return
+        self._pool = _new_pool(self.workers, warm)
+        with _main_module_hidden():
+            # The pool starts a process per submission while none is idle: one each.
+            for _ in range(self.workers):
+                self._pool.submit(_started)
+
+    def close(self) -> None:
+        """Stop a pool that :meth:`start` started and :meth:`map` did not use: its workers have
+        run nothing but their warm-up, and end at once rather than once started up."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        if self.workers == 1 or len(tasks) <= 1:
+        pool, self._pool = self._pool, None
+        if pool is None and (self.workers == 1 or len(tasks) <= 1):
             for task in tasks:
                 yield fn(task)
             return
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            self.workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(os.getpid(),),
-        )
+        pool = pool or _new_pool(self.workers, None)
         processes: list[multiprocessing.process.BaseProcess] = []
         try:
-            with pool:
-                with _main_module_hidden():  # workers start as the tasks are submitted
-                    futures = [pool.submit(fn, task) for task in tasks]
-                # The pool's workers (a private attribute): to name one that dies.
-                processes = list((getattr(pool, "_processes", None) or {}).values())
-                try:
-                    for future in as_completed(futures):
-                        yield future.result()
-                except BaseException:
-                    # A failed task ends the run: start nothing new (running tasks finish;
-                    # whatever they completed is kept for the next run).
-                    for future in futures:
-                        future.cancel()
-                    raise
+            with _main_module_hidden():  # workers start as the tasks are submitted
+                futures = [pool.submit(fn, task) for task in tasks]
+            # The pool's workers (a private attribute): to name one that dies.
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                # A failed task ends the run: start nothing new (running tasks finish;
+                # whatever they completed is kept for the next run).
+                for future in futures:
+                    future.cancel()
+                pool.shutdown(wait=True)
+                raise
         except BrokenProcessPool:  # the pool is shut down: every worker's exit code is known
             raise GristmillError(_dead_worker(processes)) from None
+        # Every task is done: the workers only have to exit, which needs no waiting for.
+        pool.shutdown(wait=False)
+
+
+def _new_pool(workers: int, warm: Callable[[], object] | None) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(), warm),
+    )
+
+
+def _started() -> None:
+    """What :meth:`LocalExecutor.start` submits to start each worker: nothing to do."""
 
 
 @contextlib.contextmanager
@@ -108,9 +145,13 @@ def _dead_worker(processes: list[multiprocessing.process.BaseProcess]) -> str:
     return f"worker process {worker.pid} exited with status {code}: {advice}"
 
 
-def _start_worker(parent: int) -> None:
+def _start_worker(parent: int, warm: Callable[[], object] | None = None) -> None:
     one_thread()
     _end_with_parent(parent)
+    if warm is not None:
+        # A warm-up that fails fails again in the first task, which reports it as its error.
+        with contextlib.suppress(Exception):
+            warm()
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -26,7 +26,7 @@ class JsonlSource(LineSource):
                     where,
                 )
                 continue
-            if not raw.strip():
+            if not raw or raw.isspace():  # a blank line (isspace: no copy of a long one)
                 continue
             yield parse_json_line(raw.rstrip(b"\r"), where, first=where.line == 1)
 
