@@ -279,3 +279,12 @@ def test_an_index_whose_splits_have_no_shards_is_not_written(tmp_path):
     made = with_index(tmp_path / "ds", manifest)
     assert sorted(made[INDEX]) == ["train"]
     assert not list(manifest_problems(made))
+
+
+def test_a_manifest_that_disagrees_with_itself_keeps_its_index_as_it_is(ds):
+    manifest = read_manifest(ds)
+    manifest["splits"]["train"]["num_documents"] += 1
+    assert with_index(ds, manifest) is manifest
+    manifest["splits"]["train"]["num_documents"] -= 1
+    manifest[INDEX]["train"]["bytes"] = 8  # only the index disagrees: it is made anew
+    assert with_index(ds, manifest)[INDEX] == read_manifest(ds)[INDEX]

@@ -40,16 +40,17 @@ def offsets_digest(shards: Sequence[dict[str, Any]]) -> str:
 
 def with_index(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` with its ``index`` made anew from the offsets files it lists, each index file
-    written into ``directory``: for every split with shards, when the manifest is well formed and
-    its shard format is ``memmap-shards``. A split whose offsets files are not as the manifest
-    lists them gets none (said in the log): a reader then reads them one by one, and refuses
-    them as it did before there was an index."""
-    made = {key: value for key, value in manifest.items() if key != INDEX}
+    written into ``directory``: for every split with shards, where its shard format is
+    ``memmap-shards``. A split whose offsets files are not as the manifest lists them gets none
+    (said in the log): a reader then reads them one by one, and refuses them as it did before
+    there was an index. A manifest that disagrees with itself (written wrong, or damaged) is
+    returned as it is: nothing in it says what an index should hold."""
     shard_format = manifest.get("shard_format")
     if not isinstance(shard_format, dict) or shard_format.get("name") != INDEXED_FORMAT:
-        return made
-    if any(manifest_problems(manifest)):  # written wrong on purpose, or damaged: nothing to trust
-        return made
+        return manifest
+    if any(manifest_problems({key: value for key, value in manifest.items() if key != INDEX})):
+        return manifest
+    made = {key: value for key, value in manifest.items() if key != INDEX}
     index = {}
     for split, entry in manifest["splits"].items():
         shards = entry["shards"]
