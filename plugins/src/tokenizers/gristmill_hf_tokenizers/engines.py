@@ -240,7 +240,7 @@ class EngineSwitch:
                     f"{len(unproven)} document(s) of this batch (first: index {unproven[0]}): "
                     "they do not add up to the text (an added token took the white space "
                     "beside it, or the normalizer changes the text). Such documents are "
-                    f"encoded with {REFERENCE}, and counted"
+                    f"encoded with {REFERENCE} (the same tokens, more slowly)"
                 )
             self.by_reference[UNPROVEN] += len(unproven)
             ref_ids, ref_starts = reference([texts[i] for i in unproven], True)
