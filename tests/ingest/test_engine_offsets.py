@@ -67,11 +67,12 @@ TABLE = {
     "roberta": "RobertaProcessing trimming offsets",
     "llama3": "Llama 3's split regex, ByteLevel without its own; a TemplateProcessing adding <s>",
     "nfc": "an NFC normalizer: a text NFC would change goes to the reference",
+    "deepseek": "an empty normalizer Sequence; digits split apart before Llama 3's split",
     "hf-chatml": "the plain BPE through transformers, with a ChatML template",
 }
 NO_TABLE = {
     "prefix-space": "adds a prefix space",
-    "sentencepiece": "pre-tokenizer (Metaspace) is not byte-level",
+    "sentencepiece": "pre-tokenizer (Metaspace) is not one ByteLevel step",
 }
 
 
@@ -123,6 +124,20 @@ def toks(tmp_path_factory) -> types.SimpleNamespace:
         ),
     )
     save("nfc", setter("normalizer", normalizers.NFC()))
+    deepseek_pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    save(
+        "deepseek",
+        lambda tok: (
+            setattr(tok, "normalizer", normalizers.Sequence([])),
+            setattr(tok, "pre_tokenizer", deepseek_pre),
+        ),
+    )
     save("prefix-space", setter("pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True)))
     # An added token that takes the white space before it: where there is some, the tokens of
     # the text no longer add up to it.
@@ -395,14 +410,20 @@ def test_a_tokenizer_the_table_cannot_describe_gets_the_references_offsets_and_s
         (lambda c: c["model"].update(type="WordPiece"), "model is WordPiece"),
         (lambda c: c["model"].update(continuing_subword_prefix="##"), "prefix or suffix"),
         (lambda c: c["model"].update(dropout=0.1), "dropout"),
-        (lambda c: c.update(normalizer={"type": "Lowercase"}), "Lowercase normalizer"),
-        (lambda c: c.update(pre_tokenizer={"type": "Whitespace"}), "not byte-level"),
-        (lambda c: c.update(pre_tokenizer=None), "not byte-level"),
+        (lambda c: c.update(normalizer={"type": "Lowercase"}), r"normalizer \(Lowercase\)"),
+        (
+            lambda c: c.update(
+                normalizer={"type": "Sequence", "normalizers": [{"type": "NFC"}] * 2}
+            ),
+            r"normalizer \(NFC, NFC\)",
+        ),
+        (lambda c: c.update(pre_tokenizer={"type": "Whitespace"}), "not one ByteLevel step"),
+        (lambda c: c.update(pre_tokenizer=None), "not one ByteLevel step"),
         (
             lambda c: c.update(
                 pre_tokenizer={"type": "Sequence", "pretokenizers": [c["pre_tokenizer"]] * 2}
             ),
-            "not byte-level",  # two byte-level encodings: a byte would be two characters
+            "not one ByteLevel step",  # two byte-level encodings: a byte would be two characters
         ),
         (
             lambda c: c.update(

@@ -148,19 +148,24 @@ def _leading(token: str) -> int:
 
 
 def _normalization(normalizer: dict[str, Any] | None) -> Form | None:
-    if normalizer is None:
-        return None
-    kind = normalizer.get("type")
-    if kind in NORMALIZERS:
-        return cast(Form, kind)
-    raise Unsupported(f"its {normalizer.get('type')} normalizer can change the text")
+    """The Unicode form the normalizer puts text in (None: it changes nothing)."""
+    steps = normalizer.get("normalizers") or [] if normalizer else []
+    if normalizer and normalizer.get("type") != "Sequence":
+        steps = [normalizer]
+    kinds = [step.get("type") for step in steps]
+    if len(kinds) > 1 or any(kind not in NORMALIZERS for kind in kinds):
+        raise Unsupported(f"its normalizer ({', '.join(map(str, kinds))}) can change the text")
+    return cast(Form, kinds[0]) if kinds else None
 
 
 def _check_pre_tokenizer(pre: dict[str, Any] | None) -> None:
     steps = (pre.get("pretokenizers") or []) if pre and pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") if step else None for step in steps]
     if kinds.count("ByteLevel") != 1 or any(k not in ("ByteLevel", *SPLITTERS) for k in kinds):
-        raise Unsupported(f"its pre-tokenizer ({', '.join(map(str, kinds))}) is not byte-level")
+        steps_named = ", ".join(map(str, kinds))
+        raise Unsupported(
+            f"its pre-tokenizer ({steps_named}) is not one ByteLevel step with splits around it"
+        )
     if next(s for s in steps if s and s["type"] == "ByteLevel").get("add_prefix_space"):
         raise Unsupported("its byte-level pre-tokenizer adds a prefix space")
 
