@@ -340,13 +340,9 @@ def _run_tasks(
     announce: Callable[[str], None],
 ) -> None:
     """Run the tasks not ``done`` on the run's executor, counting documents on a progress bar."""
-    from tqdm.auto import tqdm
-
     pending = [task for task in tasks if task.index not in done]
     workers = max(1, min(len(pending), options.workers or available_cpus()))
-    shown = options.progress
-    bar = tqdm(desc="prepare", unit=" docs", disable=None if shown is None else not shown)
-    with bar:
+    with _progress_bar(options.progress) as bar:
         if len(done):
             bar.set_postfix_str(f"{len(done)} of {len(tasks)} tasks done before")
         runner = TaskRunner(settings, manager, progress=bar.update, announce=announce)
@@ -355,6 +351,31 @@ def _run_tasks(
         for summary in executor.map(runner, pending):
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
+
+
+def _progress_bar(shown: bool | None) -> Any:
+    """tqdm's bar (``None``: on a terminal only); with progress off, not even tqdm is loaded."""
+    if shown is False:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="prepare", unit=" docs", disable=None if shown is None else not shown)
+
+
+class _NoBar:
+    """The bar when progress is off: it shows and counts nothing."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, count: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
 
 
 def _count_documents(provenance: list[dict[str, Any]], documents: list[int]) -> None:
