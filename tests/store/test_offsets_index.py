@@ -21,7 +21,13 @@ from gristmill.errors import DatasetError
 from gristmill.layout import INDEX_DIR, MANIFEST
 from gristmill.plugin import integrity
 from gristmill.store.index import offsets_digest, with_index
-from gristmill.store.manifest import INDEX, manifest_problems, read_manifest, write_manifest
+from gristmill.store.manifest import (
+    INDEX,
+    manifest_problems,
+    read_manifest,
+    write_manifest,
+    write_sealed,
+)
 from gristmill.store.verify import verify
 
 OPEN = {"seq_len": 80, "packer": "first-fit"}
@@ -49,6 +55,18 @@ def ds(pristine, tmp_path):
     copy = tmp_path / "ds"
     shutil.copytree(pristine, copy)
     _indexed(copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def unindexed(pristine, tmp_path_factory):
+    """The dataset as gristmill wrote it before the offsets index."""
+    copy = tmp_path_factory.mktemp("unindexed") / "ds"
+    shutil.copytree(pristine, copy)
+    shutil.rmtree(copy / INDEX_DIR, ignore_errors=True)
+    manifest = _manifest(copy)
+    manifest.pop(INDEX, None)
+    write_sealed(copy, manifest)
     return copy
 
 
@@ -96,19 +114,30 @@ def test_the_index_repeats_every_offsets_file_and_verifies(ds):
 
 @pytest.mark.parametrize("packer", ["first-fit", "none", "concat-chunk"])
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_an_indexed_dataset_serves_the_samples_it_served_without(pristine, ds, packer, split):
-    assert INDEX not in _manifest(pristine)  # as prepare writes it today: read shard by shard
-    _same(_samples(ds, split, packer=packer), _samples(pristine, split, packer=packer))
+def test_an_indexed_dataset_serves_the_samples_it_served_without(unindexed, ds, packer, split):
+    assert INDEX not in _manifest(unindexed) and verify(unindexed) == []
+    _same(_samples(ds, split, packer=packer), _samples(unindexed, split, packer=packer))
 
 
-def test_opening_hashes_the_index_not_every_offsets_file(ds, hashed):
-    gristmill.open_dataset(ds, **OPEN)
+def _opened_again(path: Path, hashed: list[str], monkeypatch) -> None:
+    """Open ``path`` (its plan cached by a first open, which reads the loss masks) as a
+    process that has checked nothing yet."""
+    gristmill.open_dataset(path, **OPEN)
+    monkeypatch.setattr(integrity, "_checked", set())
+    monkeypatch.setattr(integrity, "_logs", {})
+    shutil.rmtree(os.environ["GRISTMILL_CACHE_DIR"], ignore_errors=True)
+    hashed.clear()
+    gristmill.open_dataset(path, **OPEN)
+
+
+def test_opening_hashes_the_index_not_every_offsets_file(ds, hashed, monkeypatch):
+    _opened_again(ds, hashed, monkeypatch)
     assert hashed == [f"{INDEX_DIR}/train.offsets"]
 
 
-def test_a_dataset_without_an_index_reads_every_offsets_file(pristine, hashed):
-    gristmill.open_dataset(pristine, **OPEN)
-    shards = _manifest(pristine)["splits"]["train"]["shards"]
+def test_a_dataset_without_an_index_reads_every_offsets_file(unindexed, hashed, monkeypatch):
+    _opened_again(unindexed, hashed, monkeypatch)
+    shards = _manifest(unindexed)["splits"]["train"]["shards"]
     assert sorted(hashed) == sorted(shard["offsets"]["path"] for shard in shards)
 
 
@@ -153,7 +182,7 @@ def test_an_index_of_other_offsets_files_is_passed_over_with_a_warning(ds, caplo
     offsets[2] = offsets[4]
     offsets.tofile(path)
     entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    write_manifest(ds, manifest)
+    write_sealed(ds, manifest)  # sealed again by hand, no new index
     refused = pytest.raises(DatasetError, match=f"{entry['path']}: offsets go back from")
     with caplog.at_level(logging.WARNING, logger="gristmill"), refused:
         gristmill.open_dataset(ds, **OPEN)
@@ -170,12 +199,12 @@ def test_an_index_of_other_offsets_files_is_passed_over_with_a_warning(ds, caplo
     ) in problems
 
 
-def test_a_stale_index_over_intact_shards_is_read_around_and_reported(ds, pristine, caplog):
+def test_a_stale_index_over_intact_shards_is_read_around_and_reported(ds, unindexed, caplog):
     manifest = _manifest(ds)
     manifest[INDEX]["train"]["offsets_digest"] = "0" * 64
-    write_manifest(ds, manifest)
+    write_sealed(ds, manifest)  # sealed again by hand, as a tool of its own would
     with caplog.at_level(logging.WARNING, logger="gristmill"):
-        _same(_samples(ds), _samples(pristine))
+        _same(_samples(ds), _samples(unindexed))
     assert f"{ds / INDEX_DIR / 'train.offsets'}: made of other offsets files" in caplog.text
     assert verify(ds) == [
         (
@@ -195,7 +224,7 @@ def test_an_index_that_differs_from_the_files_it_repeats_is_reported(ds):
     offsets[3] += 1
     offsets.tofile(path)
     entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    write_manifest(ds, manifest)
+    write_sealed(ds, manifest)
     first = manifest["splits"]["train"]["shards"][0]["offsets"]["path"]
     assert verify(ds) == [
         (f"{INDEX_DIR}/train.offsets[0]", f"differs from {first}, which the index should repeat")
@@ -263,7 +292,7 @@ def test_a_file_in_the_index_folder_that_the_manifest_does_not_list(ds):
 def test_a_malformed_index_entry_is_refused_at_open_and_reported(ds, edit, key, first):
     manifest = _manifest(ds)
     edit(manifest)
-    write_manifest(ds, manifest)
+    write_sealed(ds, manifest)
     with pytest.raises(DatasetError, match="the manifest was edited or damaged") as refused:
         gristmill.open_dataset(ds, **OPEN)
     assert f"{MANIFEST}: {first or key}" in str(refused.value)  # the first problem found

@@ -37,9 +37,14 @@ UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest sealed: its key ``manifest_sha256`` holds the SHA-256 of the bytes
-    written with that value replaced by 64 zeros, so any changed byte breaks the seal. Returns
-    the manifest as written, seal included (what reading it back gives)."""
+    """Write the manifest of the dataset in ``directory`` (see :func:`write_sealed`)."""
+    return write_sealed(directory, manifest)
+
+
+def write_sealed(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest`` as it is, sealed: its key ``manifest_sha256`` holds the SHA-256 of the
+    bytes written with that value replaced by 64 zeros, so any changed byte breaks the seal.
+    Returns the manifest as written, seal included (what reading it back gives)."""
     text = json.dumps({**manifest, SEAL: UNSEALED}, indent=2, sort_keys=True, ensure_ascii=False)
     data = (text + "\n").encode()
     seal = hashlib.sha256(data).hexdigest()
