@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gristmill
-from gristmill.serve.dataset import SAMPLE_BLOCK
+from gristmill.serve.dataset import ONE_BY_ONE, SAMPLE_BLOCK
 from gristmill.serve.samples import SampleBatch
 
 KEYS = ("input_ids", "labels", "position_ids", "seq_lens")
@@ -33,8 +33,12 @@ def _same(got, want):
 
 @pytest.mark.parametrize("packer", ["first-fit", "none", "concat-chunk"])
 @pytest.mark.parametrize("labels", ["unshifted", "shifted"])
-def test_a_sample_alone_is_the_batchs(mixed, packer, labels):
-    ds = gristmill.open_dataset(mixed, seq_len=96, packer=packer, labels=labels)
+@pytest.mark.parametrize("seq_len", [96, 2048])
+def test_a_sample_alone_is_the_batchs(mixed, packer, labels, seq_len):
+    ds = gristmill.open_dataset(mixed, seq_len=seq_len, packer=packer, labels=labels)
+    if seq_len == 2048 and packer == "first-fit":  # samples read both ways (see ONE_BY_ONE)
+        segments = np.diff(ds.plan.sample_bounds)
+        assert segments.max() > ONE_BY_ONE >= segments.min()
     order = np.random.default_rng(0).permutation(len(ds))
     for index, want in zip(order.tolist(), ds.batch(order)):
         _same(ds[index], want)

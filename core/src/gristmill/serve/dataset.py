@@ -296,7 +296,7 @@ class Dataset:
         if not -n <= index < n:
             raise IndexError(f"sample {index} out of range for {n} samples")
         lo, hi = self.plan.sample_bounds[index % n : index % n + 2].tolist()
-        if self._served:  # the segments' metadata too: what a batch knows of its documents
+        if self._served or hi - lo > ONE_BY_ONE:  # see ONE_BY_ONE
             return self._build(slice(lo, hi), [hi - lo])[0]
         return self._sample(lo, hi)
 
@@ -473,6 +473,10 @@ class Dataset:
 
 LOSS_BLOCK = 1024  # samples whose loss masks are read at once to find those without loss
 SAMPLE_BLOCK = 16  # samples an iteration over the dataset builds at once
+# Segments a sample alone (ds[i]) reads one document() call each, up to this many: beyond, the
+# batch's machinery (a reader's spans for all of them) costs less. A sample with metadata to
+# serve takes that path too: a batch knows its segments' documents.
+ONE_BY_ONE = 32
 
 
 class Planned(NamedTuple):

@@ -57,15 +57,12 @@ def unshifted_sample(
     buffer = (buffers.take if buffers is not None else _exactly)(3 * total + len(seq_lens))
     ids, labels = buffer[:total], buffer[total : 2 * total]
     positions, out = buffer[2 * total : 3 * total], buffer[3 * total : 3 * total + len(seq_lens)]
-    masked, at = [], 0
-    for (tokens, mask), n in zip(parts, lengths):
-        ids[at : at + n] = tokens
-        if mask is not None:
-            masked.append((at, mask))
-        at += n
+    if parts:
+        np.concatenate([tokens for tokens, _ in parts], out=ids, casting="safe")
     labels[:] = ids
-    for at, mask in masked:
-        np.copyto(labels[at : at + len(mask)], IGNORE_INDEX, where=mask == 0)
+    masks = [mask for _, mask in parts]
+    if any(mask is not None for mask in masks):
+        np.putmask(labels, _joined(masks, lengths, total) == 0, IGNORE_INDEX)
     at = 0
     for n in seq_lens:  # the first label of every sequence
         if n:
@@ -74,6 +71,17 @@ def unshifted_sample(
     count_up(positions, seq_lens)
     out[:] = seq_lens
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lens": out}
+
+
+def _joined(masks: list[np.ndarray | None], lengths: list[int], total: int) -> np.ndarray:
+    """One sample's segments' loss masks, one after another (ones for a segment without)."""
+    if len(masks) == 1 and masks[0] is not None:
+        return masks[0]
+    joined, at = np.empty(total, np.uint8), 0
+    for mask, n in zip(masks, lengths):
+        joined[at : at + n] = 1 if mask is None else mask
+        at += n
+    return joined
 
 
 def shift_sample(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -172,7 +180,7 @@ def _fill(rows: np.ndarray, tokens: np.ndarray, mask: np.ndarray | None, cut: _C
     ids[:] = tokens
     labels[:] = ids
     if mask is not None:
-        labels[mask == 0] = IGNORE_INDEX
+        np.putmask(labels, mask == 0, IGNORE_INDEX)
     labels[cut.firsts] = IGNORE_INDEX
     count_up(positions, cut.seq_lens)
 
