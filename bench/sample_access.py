@@ -340,8 +340,10 @@ def startup_table(bench: Bench, args: argparse.Namespace) -> list[dict[str, Any]
                 rows.append({"shards": shards, "row": label, "result": got})
                 print(f"  {shards:,} shards, {label}: {got.get('startup', got)}", flush=True)
         for kind in ("litdata", "streaming"):
-            spec = {"system": kind, "path": str(bench.peer(kind, n)), "workers": 0}
-            got = run_child(spec) if installed(kind) else {"skipped": f"{kind} not installed"}
+            if installed(kind):
+                got = run_child({"system": kind, "path": str(bench.peer(kind, n)), "workers": 0})
+            else:
+                got = {"skipped": f"{kind} not installed in this interpreter"}
             rows.append({"shards": shards, "row": kind, "result": got})
     return rows
 

@@ -61,3 +61,22 @@ def test_every_malformed_shard_entry_is_reported(manifest, data):
         expected = f"splits.train.shards[{k}]"
     assert not _well_formed(shards)
     assert expected in [key for key, _ in manifest_problems(broken)]
+
+
+def test_counts_that_disagree_are_reported_at_their_shard(manifest):
+    broken = copy.deepcopy(manifest)
+    shards = broken["splits"]["train"]["shards"]
+    for k in (1, 4):
+        shards[k]["num_loss_tokens"] = shards[k]["num_tokens"] + k
+    broken["splits"]["train"]["num_loss_tokens"] = sum(s["num_loss_tokens"] for s in shards)
+    broken["splits"]["train"]["num_documents"] += 1
+    assert list(manifest_problems(broken)) == [
+        (f"splits.train.shards[{k}].num_loss_tokens", f"{n + k}, more than its {n} tokens")
+        for k, n in ((1, shards[1]["num_tokens"]), (4, shards[4]["num_tokens"]))
+    ] + [
+        (
+            "splits.train.num_documents",
+            f"{broken['splits']['train']['num_documents']}, but the shards add up to "
+            f"{broken['splits']['train']['num_documents'] - 1}",
+        )
+    ]

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +36,8 @@ INDEXED_FORMAT = "memmap-shards"  # the shard format whose offsets files the ind
 
 def offsets_digest(shards: Sequence[dict[str, Any]]) -> str:
     """What an index of ``shards`` is made of: the SHA-256 of their offsets files' digests."""
-    return hashlib.sha256("".join(s["offsets"]["sha256"] for s in shards).encode()).hexdigest()
+    digests = map(itemgetter("sha256"), map(itemgetter("offsets"), shards))
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def with_index(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -130,10 +132,10 @@ def index_lengths(directory: Path, manifest: dict[str, Any], split: str) -> np.n
             f"verify {directory}`"
         )
         return None
-    docs = np.fromiter((s["num_documents"] for s in shards), np.int64, len(shards))
+    docs = np.fromiter(map(itemgetter("num_documents"), shards), np.int64, len(shards))
     # Its size is the shards' offsets' (manifest_problems), so the shards' slices tile it.
     offsets = np.frombuffer(read_intact(directory, entry), "<i8")
-    tokens = np.fromiter((s["num_tokens"] for s in shards), np.int64, len(shards))
+    tokens = np.fromiter(map(itemgetter("num_tokens"), shards), np.int64, len(shards))
     return tiled_lengths(offsets, docs, tokens, _refuser(directory, shards))
 
 
