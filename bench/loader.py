@@ -33,13 +33,17 @@ every 2048-token window is all real tokens). Batches are 8 samples of at most 20
 - gristmill: ``open_dataset(DIR, seq_len=2048, packer=P)`` of the 10-shard dataset, then
   ``gristmill.torch.dataloader(ds, batch_size=8, num_workers=W, collate_fn=C)`` with its default
   sampler (a new shuffle every epoch). ``first-fit`` packs whole documents (the few longer than
-  2048 tokens truncated, as ``overlong`` defaults). C is ``Collator()`` (what the loader uses by
-  default: padded rows plus the (8, 1, T, T) float32 block-diagonal attention mask, 128 MiB a
-  batch at T = 2048), ``Collator(block_mask=False)`` (padded rows and a 2-D padding mask), or
-  ``Collator(padding_free=True, block_mask=False)`` (one row with ``cu_seqlens``, for
-  flash-attention's variable-length kernels). ``concat-chunk`` cuts the token stream into 2048-token
-  windows, the same samples the peers serve. Each sample carries int64 ``input_ids``, ``labels``,
-  ``position_ids`` and ``seq_lens``.
+  2048 tokens truncated, as ``overlong`` defaults). C is one of ``COLLATORS``: ``Collator()``
+  (what the loader uses by default: one padding-free row with ``cu_seqlens`` under gristmill's
+  and transformers' names and ``use_cache=False``, no mask; ``Collator.for_model`` gives it to
+  flash-attention and flex attention models), ``padding_free=False`` (padded rows, no mask: what
+  ``for_model`` gives SDPA and eager models), ``mask='flex'`` (one row and a FlexAttention
+  ``BlockMask``), and padded rows with a mask: ``'bool'`` (the (8, 1, T, T) boolean mask, 32 MiB
+  a batch at T = 2048), ``'padding'`` (the 2-D padding mask) and ``'additive'`` (the (8, 1, T, T)
+  float32 mask, 128 MiB a batch: the default before issue 21, now asked for by name).
+  ``concat-chunk`` cuts the token stream into 2048-token windows, the same samples the peers
+  serve. Each sample carries int64 ``input_ids``, ``labels``, ``position_ids`` and
+  ``seq_lens``.
 - memmap ceiling: nanoGPT's ``get_batch``: one ``np.memmap`` of every token (the shards'
   ``.tokens`` files concatenated, uint16), 8 random offsets from ``torch.randint``, and
   ``torch.from_numpy(np.stack([data[i:i + 2049] for i in ix]).astype(np.int64))`` split into
@@ -108,10 +112,13 @@ MAX_CHARS = 6_000  # the largest document cut from a top-level block (at blank l
 SPLIT_VERSION = 1  # bump when the documents change: the cached datasets go stale
 PLANS_DIR = ".gristmill-plans"
 PACKAGES = ("gristmill", "torch", "numpy", "mosaicml-streaming", "litdata", "tokenizers")
-COLLATORS: dict[str, dict[str, Any]] = {
+COLLATORS: dict[str, dict[str, Any]] = {  # a row's label: the Collator's keywords
     "Collator()": {},
-    "block_mask=False": {"block_mask": False},
-    "padding_free": {"padding_free": True, "block_mask": False},
+    "padding_free=False": {"padding_free": False},
+    "mask='flex'": {"mask": "flex"},
+    "padding_free=False, mask='bool'": {"padding_free": False, "mask": "bool"},
+    "padding_free=False, mask='padding'": {"padding_free": False, "mask": "padding"},
+    "padding_free=False, mask='additive'": {"padding_free": False, "mask": "additive"},
 }
 CHILD_TIMEOUT_S = 300
 
@@ -315,7 +322,7 @@ def setup_gristmill(spec: dict[str, Any], lap: Callable[[str], None]) -> tuple[A
         ds, batch_size=BATCH, num_workers=spec["workers"], collate_fn=collator
     )
     lap("loader")
-    if spec["collator"] == "padding_free":  # one row: every batch but an epoch's last has 8
+    if collator.padding_free:  # one row: every batch but an epoch's last has 8
         return iter(loader), lambda b: (BATCH, b["input_ids"].numel())  # no padding
     return iter(loader), lambda b: (len(b["input_ids"]), int(b["seq_lens"].sum()))
 
@@ -551,7 +558,7 @@ def throughput_rows(bench: Bench, peers: bool) -> list[dict[str, Any]]:
     path = str(bench.gristmill(10))
     for packer, collators in (
         ("first-fit", list(COLLATORS)),
-        ("concat-chunk", ["block_mask=False"]),
+        ("concat-chunk", ["Collator()", "padding_free=False"]),
     ):
         for collator in collators:
             for workers in (0, 2):

@@ -25,10 +25,14 @@ def test_hugging_face_trainer_trains_on_packed_samples(dataset, tmp_path):
         report_to=[],
         save_strategy="no",
         use_cpu=True,
-        remove_unused_columns=False,  # keep seq_lens: the collator builds the mask from it
+        remove_unused_columns=False,  # keep seq_lens: the collator needs the boundaries
     )
+    model = _model("sdpa")
     trainer = transformers.Trainer(
-        model=_model("sdpa"), args=args, train_dataset=ds, data_collator=gristmill.torch.Collator()
+        model=model,
+        args=args,
+        train_dataset=ds,
+        data_collator=gristmill.torch.Collator.for_model(model),
     )
     result = trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]

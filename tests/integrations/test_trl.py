@@ -47,10 +47,7 @@ def ds(prepared_dataset, tokenizer):
 
 def _trainer(ds, tokenizer, tmp_path, *, attention="sdpa", train_dataset=None, **options):
     """The recipe of docs/integrations.md; ``options`` change its SFTConfig or collator."""
-    collator = options.pop(
-        "data_collator",
-        gristmill.torch.Collator(padding_free=True, block_mask=False, hf_names=True),
-    )
+    collator = options.pop("data_collator", gristmill.torch.Collator())
     config = {
         "output_dir": str(tmp_path / "out"),
         "per_device_train_batch_size": 4,
@@ -128,9 +125,9 @@ def test_what_a_user_meets_without_the_recipe(ds, tokenizer, tmp_path):
     trainer = _trainer(ds, tokenizer, tmp_path, max_steps=1, remove_unused_columns=True)
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         trainer.train()
-    # The padded batch's 4-D additive mask is not a 0/1 mask: TRL's token count sums it.
-    trainer = _trainer(
-        ds, tokenizer, tmp_path, max_steps=1, data_collator=gristmill.torch.Collator()
-    )
+    # The padded batch's 4-D additive mask (an opt-in) is not a 0/1 mask: TRL's token count
+    # sums it.
+    additive = gristmill.torch.Collator(padding_free=False, mask="additive")
+    trainer = _trainer(ds, tokenizer, tmp_path, max_steps=1, data_collator=additive)
     trainer.train()
     assert math.isnan(trainer.state.log_history[0]["num_tokens"])

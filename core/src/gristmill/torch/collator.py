@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import importlib
+import warnings
 from collections.abc import Collection, Sequence
 from itertools import accumulate
 from typing import Any
@@ -13,24 +14,67 @@ import torch
 from gristmill.errors import GristmillError
 from gristmill.serve.samples import IGNORE_INDEX, ROWS, SampleBatch
 from gristmill.store.metadata import NULLS
+from gristmill.torch.masks import (
+    additive_mask,
+    bool_mask,
+    check_lengths,
+    document_ids,
+    flex_mask,
+)
+
+MASKS = ("bool", "additive", "flex", "padding")  # besides None: no mask
+# transformers' attention implementations (config._attn_implementation) and whether
+# Collator.for_model gives them one padding-free row (else padded rows); every one of them
+# keeps documents apart in a batch without a mask (see Collator).
+BACKENDS = {
+    "flash_attention_2": True,
+    "flash_attention_3": True,
+    "flash_attention_4": True,
+    "flex_attention": True,
+    # Given position ids and no mask, these build a (rows, 1, T, T) mask: one row of every
+    # sample would make it (1, 1, N, N) for the N tokens of all, about rows times as large.
+    "sdpa": False,
+    "eager": False,
+}
 
 
 class Collator:
-    """Samples of :func:`gristmill.open_dataset` (dicts of int arrays) → a batch of tensors.
+    """Samples of :func:`gristmill.open_dataset` (dicts of int arrays) → a batch of tensors in
+    which every packed document attends only to itself.
 
-    - ``padding_free=False`` (default): rows padded to the longest sample (``pad_id``; labels
-      ``-100``; position ids 0). With ``block_mask=True`` (default) ``attention_mask`` is the
-      4-D ``(batch, 1, T, T)`` additive mask of ``dtype`` that lets a token see only the earlier
-      tokens of its own document: packed samples are then exact with eager and SDPA attention.
-      With ``block_mask=False`` it is the usual 2-D padding mask, right for one document per
-      sample (the ``none`` packer) or for a model that separates documents by their position ids.
-    - ``padding_free=True``: every sample concatenated into one row, no padding, with
-      ``position_ids``, ``cu_seqlens`` (int32 start of every document segment, then the total) and
-      ``max_seqlen``, as flash-attention's variable-length kernels take them. ``block_mask=True``
-      adds the ``(1, 1, N, N)`` mask for backends without such kernels; ``False`` leaves it out.
-      ``hf_names=True`` adds the same boundaries under the names transformers' attention takes
-      and TRL's collator emits: ``cu_seq_lens_q``, ``cu_seq_lens_k`` (``cu_seqlens``) and
-      ``max_length_q``, ``max_length_k`` (``max_seqlen``).
+    Layout: ``padding_free=True`` (default) concatenates every sample into one row with no
+    padding, with ``cu_seqlens`` (int32 start of every document segment, then the total) and
+    ``max_seqlen``; ``padding_free=False`` pads rows to the longest sample (``pad_id``; labels
+    ``-100``; position ids 0). Either has ``input_ids``, ``labels``, ``position_ids`` (0, 1, …
+    restarting at every segment) and ``seq_lens`` (every sample's, concatenated).
+
+    ``mask``:
+
+    - ``None`` (default): no ``attention_mask``. The batch carries the document boundaries as
+      transformers' attention takes them, ``cu_seq_lens_q``, ``cu_seq_lens_k``,
+      ``max_length_q`` and ``max_length_k`` (flash-attention's variable-length kernels read
+      them; in padded rows each row's padding is one more sequence), and ``use_cache=False``:
+      given position ids, no mask and no cache, transformers' SDPA, eager and flex attention
+      build the block-diagonal causal mask from where the positions restart, and a cache
+      (``use_cache`` defaults to the config's, True for most models) would turn that off and
+      let documents attend to each other. So ``model(**batch)`` is exact with every
+      attention implementation of transformers; pass ``use_cache`` on where you pick keys.
+    - ``"bool"``: a boolean ``(rows, 1, T, T)`` mask, True where query i may see key j (same
+      document, j <= i; a padding token sees itself), as ``scaled_dot_product_attention``
+      takes it. Padded rows only. (transformers' eager attention adds its mask to the scores:
+      give it the default, or ``"additive"``.)
+    - ``"additive"``: the same as an additive mask of ``dtype`` (default float32): 0 where
+      seen, the dtype's minimum elsewhere. Padded rows only.
+    - ``"flex"``: a FlexAttention ``BlockMask`` equal to the boolean mask, for
+      ``flex_attention(q, k, v, block_mask=...)`` or a transformers model with
+      ``attn_implementation="flex_attention"``; any layout, and no dense mask is built. On an
+      accelerator, move it with :func:`gristmill.torch.masks.flex_mask_to`.
+    - ``"padding"``: the usual 2-D padding mask (1 on tokens), padded rows only: right for
+      one document per sample (the ``none`` packer), since with it transformers no longer
+      finds the documents from the positions.
+
+    A padding-free batch never holds a dense mask. :meth:`for_model` picks the layout a
+    transformers model's attention is cheapest with.
 
     ``metadata=["lang", "score"]`` adds ``batch["metadata"]``: per key, each token's document's
     value as the dataset stores it (string codes, int8 bools, int64, float64; null on padding,
@@ -38,39 +82,57 @@ class Collator:
     needs a dataset's batches (:func:`gristmill.torch.dataloader`, ``Dataset.batch``), which
     know each segment's document; pop it before ``model(**batch)``.
 
-    Every batch also carries ``seq_lens`` concatenated over its samples (drop it before
-    ``model(**batch)`` if the model refuses unknown arguments). A batch with samples that the
-    loader repeated to give every rank the same number of steps (their labels are all -100)
-    also carries ``repeat``, a bool per sample. In a DataLoader worker the int64 tensors of a
-    batch are views of one buffer (and so is ``cu_seqlens`` of a padding-free batch of a
-    gristmill dataset, in the memory its samples' buffer has to spare), so that the worker hands
-    it over as one block of shared memory. Samples of
+    A batch with samples that the loader repeated to give every rank the same number of steps
+    (their labels are all -100) also carries ``repeat``, a bool per sample. In a DataLoader
+    worker the int64 tensors of a batch are views of one buffer (and so is ``cu_seqlens`` of a
+    padding-free batch of a gristmill dataset, in the memory its samples' buffer has to spare),
+    so that the worker hands it over as one block of shared memory. Samples of
     :meth:`gristmill.serve.dataset.Dataset.batch` are not copied where their arrays are the
-    batch's already: padding-free, and (outside workers) padded with the 2-D mask when all are
-    equally long, whose mask is then a tensor of its own.
+    batch's already: padding-free, and (outside workers) padded without a dense mask when all
+    are equally long.
+
+    Deprecated: ``block_mask`` (``False`` is ``mask=None`` in one row, ``mask="padding"`` in
+    padded rows; ``True`` is ``mask="additive"`` in padded rows) and ``hf_names=True`` (every
+    batch without a mask carries the names).
     """
 
     def __init__(
         self,
         *,
-        padding_free: bool = False,
-        block_mask: bool = True,
+        padding_free: bool = True,
+        mask: str | None = None,
         pad_id: int = 0,
-        dtype: torch.dtype = torch.float32,
-        hf_names: bool = False,
+        dtype: torch.dtype | None = None,
         metadata: Sequence[str] | None = None,
+        block_mask: bool | None = None,
+        hf_names: bool | None = None,
     ):
-        if hf_names and not padding_free:
+        mask = _mask_of(padding_free, mask, block_mask, hf_names)
+        if dtype is not None and mask != "additive":
             raise GristmillError(
-                "hf_names=True names the document boundaries of a padding-free batch (padded "
-                "batches have none to name): pass padding_free=True as well"
+                f"Collator(dtype={dtype}) is the dtype of the additive mask: pass "
+                f"mask='additive' (padded rows) with it, or leave dtype out"
             )
         self.padding_free = padding_free
-        self.block_mask = block_mask
+        self.mask = mask
         self.pad_id = pad_id
-        self.dtype = dtype
-        self.hf_names = hf_names
+        self.dtype = dtype or torch.float32
         self.metadata = tuple(metadata or ())
+
+    @classmethod
+    def for_model(cls, model: Any, **options: Any) -> Collator:
+        """The collator for a transformers ``model``'s attention implementation
+        (``model.config._attn_implementation``): no mask (see the class), in one padding-free
+        row for flash-attention and flex attention, in padded rows for SDPA and eager
+        attention, which build a mask per row. ``options``: the other keywords of the class
+        (``padding_free`` too, to choose the layout yourself)."""
+        if "mask" in options or "block_mask" in options:
+            raise GristmillError(
+                "Collator.for_model chooses the mask (none: the batch's positions, boundaries "
+                "and use_cache=False keep the documents apart); for another, call Collator()"
+            )
+        options.setdefault("padding_free", _padding_free_for(model))
+        return cls(**options)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -89,6 +151,9 @@ class Collator:
                 "Hugging Face Trainer, pass TrainingArguments(remove_unused_columns=False): it "
                 "removes the keys the model's forward() does not name"
             )
+        check_lengths(
+            [np.asarray(s["seq_lens"]) for s in samples], [len(s["input_ids"]) for s in samples]
+        )
         if self.padding_free:
             batch = self._one_row(samples)
         else:
@@ -181,8 +246,8 @@ class Collator:
         memory of their own or taken from ``room``."""
         lengths = [len(row[0]) for row in rows]
         shape = (len(rows), max(lengths))
-        # input_ids, labels, position_ids and (without the 4-D mask) the 2-D attention_mask.
-        count = 3 if self.block_mask else 4
+        # input_ids, labels, position_ids and (with mask="padding") the 2-D attention_mask.
+        count = 4 if self.mask == "padding" else 3
         tail = sum(len(x) for x in seq_lens)
         block, lens, tensors, out_lens = _one_block(count, shape, tail, room)
         pads = np.array([[self.pad_id], [IGNORE_INDEX], [0]])
@@ -191,34 +256,51 @@ class Collator:
         for k, (row, n) in enumerate(zip(rows, lengths)):
             block[:3, k, :n] = row
             block[:3, k, n:] = pads
-        if not self.block_mask:  # attended where a row has a token
+        if self.mask == "padding":  # attended where a row has a token
             np.less(np.arange(shape[1]), np.array(lengths)[:, None], out=block[3], casting="unsafe")
         np.concatenate(seq_lens, out=lens)
         out = {**dict(zip(ROWS, tensors)), "seq_lens": out_lens}
-        if self.block_mask:
-            segments = [(x.tolist(), n) for x, n in zip(seq_lens, lengths)]
-            out["attention_mask"] = self._block_mask(segments, shape[1])
-        else:
+        if self.mask == "padding":
             out["attention_mask"] = tensors[3]
+        else:
+            out.update(self._documents_apart(seq_lens, lengths, shape[1]))
         return out
+
+    def _documents_apart(
+        self, seq_lens: Sequence[np.ndarray], lengths: Sequence[int], width: int
+    ) -> dict[str, Any]:
+        """What keeps the documents of padded rows apart, by :attr:`mask`: the rows' sequence
+        boundaries (padding one more sequence a row) and ``use_cache=False``, or the mask."""
+        if self.mask is None:
+            return _no_mask(*_padded_boundaries(seq_lens, lengths, width))
+        documents = document_ids(seq_lens, lengths, width)
+        if self.mask == "bool":
+            return {"attention_mask": bool_mask(documents)}
+        if self.mask == "additive":
+            return {"attention_mask": additive_mask(documents, self.dtype)}
+        return {"attention_mask": flex_mask(documents)}
 
     def _padded_size(self, samples: SampleBatch) -> int:
         """The int64 values :meth:`_padded` takes for ``samples``."""
-        count = 3 if self.block_mask else 4
+        count = 4 if self.mask == "padding" else 3
         return count * len(samples) * max(samples.lengths()) + len(samples.seq_lens)
 
     def _padded_batch(self, samples: SampleBatch, room: _Block | None) -> dict[str, Any]:
         """:meth:`_padded` of a :class:`SampleBatch`: its samples' rows are slices of its own.
         When they are all equally long (concat-chunk's windows) they are the batch's rows
-        already: with the 2-D mask, views of them are returned, unless the batch is to be
+        already: without a dense mask, views of them are returned, unless the batch is to be
         copied into ``room`` (in a DataLoader worker, which hands one block of memory over
         faster than two)."""
         lengths = samples.lengths()
-        if room is None and not self.block_mask and len(set(lengths)) == 1:
+        if room is None and self.mask in (None, "padding") and len(set(lengths)) == 1:
             shape = (len(samples), lengths[0])
             out = dict(zip(ROWS, torch.from_numpy(samples.rows).view(3, *shape).unbind()))
             out["seq_lens"] = torch.from_numpy(samples.seq_lens)
-            out["attention_mask"] = torch.ones(shape, dtype=torch.int64)
+            if self.mask == "padding":
+                out["attention_mask"] = torch.ones(shape, dtype=torch.int64)
+            else:
+                seq_lens = [samples.seq_lens_of(k) for k in range(len(samples))]
+                out.update(_no_mask(*_padded_boundaries(seq_lens, lengths, shape[1])))
             return out
         ks = range(len(samples))
         return self._padded(
@@ -251,40 +333,142 @@ class Collator:
         out: dict[str, Any] = dict(zip(ROWS, tensors))
         longest = max(sizes, default=0)
         out.update(cu_seqlens=starts, max_seqlen=longest, seq_lens=out_lens)
-        if self.hf_names:
-            out.update(
-                cu_seq_lens_q=starts,
-                cu_seq_lens_k=starts,
-                max_length_q=longest,
-                max_length_k=longest,
-            )
-        if self.block_mask:
-            out["attention_mask"] = self._block_mask([(sizes, width)], width)
+        if self.mask is None:
+            out.update(_no_mask(starts, longest))
+        else:  # "flex": the only mask of a padding-free batch
+            documents = document_ids([np.asarray(sizes, np.int64)], [width], width)
+            out["attention_mask"] = flex_mask(documents)
         return out
 
-    def _block_mask(self, rows: Sequence[tuple[list[int], int]], width: int) -> torch.Tensor:
-        """Additive ``(rows, 1, width, width)``: 0 where query i may see key j (same document,
-        j <= i), the dtype's minimum elsewhere. ``rows``: each row's segment lengths and tokens.
 
-        Filled block by block: one pass over the memory that the mask needs anyway, instead of
-        several whole-size boolean comparisons.
-        """
-        mask = _empty((len(rows), 1, width, width), self.dtype)
-        mask.fill_(torch.finfo(self.dtype).min)
-        for row, (square, (lens, n)) in enumerate(zip(mask[:, 0], rows)):
-            if sum(lens) != n:
-                raise GristmillError(
-                    f"sample {row} of the batch has {n} tokens but seq_lens that add up to "
-                    f"{sum(lens)}"
-                )
-            start = 0
-            for size in lens:
-                end = start + size
-                square[start:end, start:end].triu_(1)  # 0 on and below the diagonal
-                start = end
-            # A padding query sees itself: a row that sees nothing would make NaNs.
-            square[start:, start:].diagonal().zero_()
-        return mask
+def _no_mask(starts: torch.Tensor, longest: int) -> dict[str, Any]:
+    """The keys of a batch without a mask beside its rows: its sequences' boundaries under
+    transformers' names (``starts``: int32 cu_seqlens, ``longest``: the longest) and
+    ``use_cache=False``, without which transformers' SDPA, eager and flex attention let the
+    documents of a row attend to each other."""
+    return {
+        "cu_seq_lens_q": starts,
+        "cu_seq_lens_k": starts,
+        "max_length_q": longest,
+        "max_length_k": longest,
+        "use_cache": False,
+    }
+
+
+def _padded_boundaries(
+    seq_lens: Sequence[np.ndarray], lengths: Sequence[int], width: int
+) -> tuple[torch.Tensor, int]:
+    """The int32 cu_seqlens of padded rows laid end to end (as flash-attention's
+    variable-length path flattens them): each row's sequences, then its padding as one more
+    (its tokens see only padding, and their labels are -100); and the longest of them."""
+    parts = []
+    for lens, n in zip(seq_lens, lengths):
+        parts.append(lens)
+        if n < width:
+            parts.append(np.array([width - n]))
+    sizes = np.concatenate(parts)
+    starts = np.zeros(len(sizes) + 1, np.int32)
+    np.cumsum(sizes, out=starts[1:])
+    return torch.from_numpy(starts), int(sizes.max(initial=0))
+
+
+def _mask_of(
+    padding_free: bool, mask: str | None, block_mask: bool | None, hf_names: bool | None
+) -> str | None:
+    """The ``mask`` that the keywords ask for (the deprecated ones translated), or an error
+    that says what to ask instead."""
+    if block_mask is not None:
+        mask = _from_block_mask(padding_free, mask, block_mask)
+    if hf_names is not None:
+        if not hf_names or mask is not None:
+            raise GristmillError(
+                "hf_names is deprecated: every batch without a mask (mask=None, the default) "
+                "carries cu_seq_lens_q/k and max_length_q/k, and a batch with a mask none: "
+                "leave hf_names out (pop the keys if your model refuses them)"
+            )
+        warnings.warn(
+            "Collator(hf_names=True) is deprecated: every batch without a mask carries "
+            "transformers' names; leave it out",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    if mask is not None and mask not in MASKS:
+        raise GristmillError(f"Collator(mask={mask!r}): expected None or one of {list(MASKS)}")
+    if padding_free and mask in ("bool", "additive"):
+        raise GristmillError(
+            f"Collator(padding_free=True, mask={mask!r}): a padding-free batch never holds a "
+            "dense mask (one row of N tokens would need N x N). Leave mask out (the batch's "
+            "positions and cu_seq_lens keep documents apart with every transformers "
+            "attention), or pass mask='flex' (a FlexAttention BlockMask), or "
+            f"padding_free=False for padded rows with the {mask} mask"
+        )
+    if padding_free and mask == "padding":
+        raise GristmillError(
+            "Collator(padding_free=True, mask='padding'): a padding-free batch has no padding "
+            "to mask; pass padding_free=False, or leave mask out"
+        )
+    return mask
+
+
+def _from_block_mask(padding_free: bool, mask: str | None, block_mask: bool) -> str | None:
+    """The ``mask`` of the deprecated ``block_mask``, with a DeprecationWarning saying so."""
+    if mask is not None:
+        raise GristmillError("Collator: pass mask= alone (block_mask is deprecated)")
+    if block_mask and padding_free:
+        raise GristmillError(
+            "Collator(block_mask=True) with a padding-free batch (padding_free=True, now the "
+            "default) would be a dense N x N mask, which is gone: leave both out (no mask; "
+            "positions and cu_seq_lens keep documents apart with every transformers "
+            "attention), pass mask='flex' for a FlexAttention BlockMask, or "
+            "Collator(padding_free=False, mask='additive') for the former padded 4-D mask"
+        )
+    new = None if padding_free else ("additive" if block_mask else "padding")
+    warnings.warn(
+        f"Collator(block_mask={block_mask}) is deprecated: it is Collator("
+        f"padding_free={padding_free}, mask={new!r}) now"
+        + ("" if padding_free else "; padded rows without a mask (mask=None) are exact too"),
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    return new
+
+
+def _padding_free_for(model: Any) -> bool:
+    """Whether :meth:`Collator.for_model` gives ``model`` one padding-free row (or padded
+    rows), from its attention implementation; an error for one it does not know."""
+    config = getattr(model, "config", None)
+    if config is None:  # a DistributedDataParallel wrapper
+        config = getattr(getattr(model, "module", None), "config", None)
+    name = getattr(config, "_attn_implementation", None)
+    if config is None or name is None:
+        raise GristmillError(
+            f"Collator.for_model takes a transformers model (it reads "
+            f"model.config._attn_implementation); got {type(model).__name__}. For attention "
+            "of your own: Collator(mask='flex') (a FlexAttention BlockMask) or "
+            "Collator(padding_free=False, mask='bool') (scaled_dot_product_attention's mask)"
+        )
+    if name in BACKENDS:
+        return BACKENDS[name]
+    if _wraps_flash_attention(name):  # a kernel from the Hub behind transformers' varlen path
+        return True
+    raise GristmillError(
+        f"Collator.for_model: attention implementation {name!r} is not one it knows to keep "
+        f"packed documents apart: one of {sorted(BACKENDS)}, or a Hub kernel that transformers "
+        "runs through its flash-attention path. Pick a collator yourself: Collator() (no "
+        "mask: positions and cu_seq_lens), Collator(mask='flex'), or "
+        "Collator(padding_free=False, mask='bool' or 'additive')"
+    )
+
+
+def _wraps_flash_attention(name: str) -> bool:
+    """Whether transformers runs attention implementation ``name`` (a registered kernel)
+    through its flash-attention forward, which reads ``cu_seq_lens_q/k``."""
+    try:  # by name: transformers is an optional extra, untyped where it is missing
+        flash = importlib.import_module("transformers.integrations.flash_attention")
+        registry = importlib.import_module("transformers.modeling_utils").ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return False
+    return name in registry and registry[name] is flash.flash_attention_forward
 
 
 def _marked(batch: dict[str, Any], repeats: Collection[int], size: int) -> dict[str, Any]:
@@ -364,13 +548,3 @@ def _one_block(
     flat, whole = (room or _Block(size + tail)).take(size + tail)
     rows = flat[:size].reshape(count, *shape)
     return rows, flat[size:], whole[:size].view(count, *shape).unbind(), whole[size:]
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor whose memory numpy allocates. numpy asks Linux for huge pages
-    for large arrays (``madvise``) and torch does not (unless ``THP_MEM_ALLOC_ENABLE=1``): a
-    128 MiB mask in 4 KiB pages spends about 40 ms in page faults, three times its filling."""
-    size = math.prod(shape) * dtype.itemsize
-    if not size:  # nothing to view as another dtype
-        return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.empty(size, np.uint8)).view(dtype).view(shape)
