@@ -77,7 +77,9 @@ class Dataset:
     predict across a document boundary when the model shifts labels); ``position_ids`` restarting
     at 0 for every document; ``seq_lens`` (the length of each document segment in the sample).
     ``restart=False`` makes each sample one sequence instead (the default of ``concat-chunk``);
-    see :func:`gristmill.serve.samples.build_samples`. ``ds.batch(indices)`` gives many samples at once.
+    see :func:`gristmill.serve.samples.build_samples`. ``ds.batch(indices)`` gives many samples at once,
+    and a plain ``torch.utils.data.DataLoader(ds, batch_size=N)`` gets each batch's samples so
+    (``__getitems__``); ``ds[i]`` builds its one sample straight into its arrays.
 
     ``labels="shifted"`` serves the pair a plain training loop wants instead: ``input_ids`` are
     the sample's tokens but the last, and ``labels[j]`` is the target of position ``j`` (the next
