@@ -51,31 +51,39 @@ def plan_chunks(
         parts = source.split(wanted) if wanted > 1 else [source]
         weight = chunk_bytes if size is None else max(1, size // len(parts))
         weighted += [(position, part, weight) for part in parts]
-    chunks: list[Chunk] = []
-    current: list[tuple[int, Source]] = []
-    filled = 0
-    for position, part, weight in weighted:
-        # A weightless part joins the chunk under way, and the next part joins a chunk of them.
-        if filled and weight and filled + weight > chunk_bytes:
-            chunks.append(Chunk(len(chunks), tuple(current)))
-            current, filled = [], 0
-        current.append((position, part))
-        filled += weight
-    if current:
-        chunks.append(Chunk(len(chunks), tuple(current)))
-    return chunks
+    return [
+        Chunk(index, tuple((weighted[i][0], weighted[i][1]) for i in group))
+        for index, group in enumerate(_grouped([w for _, _, w in weighted], chunk_bytes))
+    ]
 
 
 def planned_chunks(sources: Iterable[Source], chunk_bytes: int) -> int | None:
-    """About how many chunks :func:`plan_chunks` will cut ``sources`` into, from their sizes
-    alone (nothing is read); ``None`` when a source cannot tell its size."""
-    total = 0
+    """How many chunks :func:`plan_chunks` makes of ``sources`` (none refused), from their sizes
+    alone: nothing is read or split. At least as many, when a source splits into fewer parts than
+    it is asked for; ``None`` when a source cannot tell its size."""
+    weights: list[int] = []
     for source in sources:
         size = source_size(source)
         if size is None:
             return None
-        total += size
-    return -(-total // chunk_bytes)
+        parts = max(1, -(-size // chunk_bytes))
+        weights += [max(1, size // parts)] * parts
+    return len(_grouped(weights, chunk_bytes))
+
+
+def _grouped(weights: list[int], chunk_bytes: int) -> list[list[int]]:
+    """Consecutive parts (by index) grouped into chunks of at most ``chunk_bytes`` of weight, or
+    one part alone when it weighs more."""
+    groups: list[list[int]] = []
+    filled = 0
+    for index, weight in enumerate(weights):
+        # A weightless part joins the chunk under way, and the next part joins a chunk of them.
+        if not groups or (filled and weight and filled + weight > chunk_bytes):
+            groups.append([])
+            filled = 0
+        groups[-1].append(index)
+        filled += weight
+    return groups
 
 
 def source_size(source: Source) -> int | None:
