@@ -34,10 +34,10 @@ every 2048-token window is all real tokens). Batches are 8 samples of at most 20
   ``gristmill.torch.dataloader(ds, batch_size=8, num_workers=W, collate_fn=C)`` with its default
   sampler (a new shuffle every epoch). ``first-fit`` packs whole documents (the few longer than
   2048 tokens truncated, as ``overlong`` defaults). C is one of ``COLLATORS``: ``Collator()``
-  (what the loader uses by default: one padding-free row with ``cu_seqlens`` under gristmill's
-  and transformers' names and ``use_cache=False``, no mask; ``Collator.for_model`` gives it to
-  flash-attention and flex attention models), ``padding_free=False`` (padded rows, no mask: what
-  ``for_model`` gives SDPA and eager models), ``mask='flex'`` (one row and a FlexAttention
+  (what the loader uses by default: padded rows, no mask, the boundaries under transformers'
+  names and ``use_cache=False``; what ``Collator.for_model`` gives SDPA and eager models),
+  ``padding_free=True`` (one row with ``cu_seqlens`` as well: what ``for_model`` gives
+  flash-attention and flex attention models), ``mask='flex'`` (padded rows and a FlexAttention
   ``BlockMask``), and padded rows with a mask: ``'bool'`` (the (8, 1, T, T) boolean mask, 32 MiB
   a batch at T = 2048), ``'padding'`` (the 2-D padding mask) and ``'additive'`` (the (8, 1, T, T)
   float32 mask, 128 MiB a batch: the default before issue 21, now asked for by name).
@@ -114,11 +114,11 @@ PLANS_DIR = ".gristmill-plans"
 PACKAGES = ("gristmill", "torch", "numpy", "mosaicml-streaming", "litdata", "tokenizers")
 COLLATORS: dict[str, dict[str, Any]] = {  # a row's label: the Collator's keywords
     "Collator()": {},
-    "padding_free=False": {"padding_free": False},
+    "padding_free=True": {"padding_free": True},
     "mask='flex'": {"mask": "flex"},
-    "padding_free=False, mask='bool'": {"padding_free": False, "mask": "bool"},
-    "padding_free=False, mask='padding'": {"padding_free": False, "mask": "padding"},
-    "padding_free=False, mask='additive'": {"padding_free": False, "mask": "additive"},
+    "mask='bool'": {"mask": "bool"},
+    "mask='padding'": {"mask": "padding"},
+    "mask='additive'": {"mask": "additive"},
 }
 CHILD_TIMEOUT_S = 300
 
@@ -558,7 +558,7 @@ def throughput_rows(bench: Bench, peers: bool) -> list[dict[str, Any]]:
     path = str(bench.gristmill(10))
     for packer, collators in (
         ("first-fit", list(COLLATORS)),
-        ("concat-chunk", ["Collator()", "padding_free=False"]),
+        ("concat-chunk", ["Collator()", "padding_free=True"]),
     ):
         for collator in collators:
             for workers in (0, 2):

@@ -19,11 +19,15 @@ import gristmill
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 accelerate = pytest.importorskip("accelerate")
+from accelerate.utils import send_to_device  # noqa: E402
+
 import gristmill.torch  # noqa: E402
 from tests.torch.test_collator import _model  # noqa: E402
 
-KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
 SAVED_AFTER = 2  # steps
+# A row a sample (padded rows, no mask: exact all the same), so that each rank's samples
+# can be told apart.
+ROWS = gristmill.torch.Collator(padding_free=False)
 
 
 def _served(batch) -> list[list[int]]:
@@ -48,14 +52,14 @@ def _rank(rank: int, world: int, port: int, path: str, out: str) -> None:
     accelerator = accelerate.Accelerator(cpu=True)
     model = _model("sdpa").train()
     model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
-    loader = gristmill.torch.dataloader(ds, batch_size=3)
+    loader = gristmill.torch.dataloader(ds, batch_size=3, collate_fn=ROWS)
     accelerator.register_for_checkpointing(loader)
     steps, losses = [], []
     for batch in loader:
         everyone = [None] * world
         torch.distributed.all_gather_object(everyone, _served(batch))
         steps.append(everyone)
-        loss = model(**{k: batch[k].to(accelerator.device) for k in KEYS}).loss
+        loss = model(**send_to_device(batch, accelerator.device)).loss
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
@@ -67,7 +71,7 @@ def _rank(rank: int, world: int, port: int, path: str, out: str) -> None:
     accelerator = accelerate.Accelerator(cpu=True)
     model = _model("sdpa").train()
     model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
-    resumed = gristmill.torch.dataloader(ds, batch_size=3)
+    resumed = gristmill.torch.dataloader(ds, batch_size=3, collate_fn=ROWS)
     accelerator.register_for_checkpointing(resumed)
     accelerator.load_state(f"{out}/checkpoint")
     rest = [_served(batch) for batch in resumed]
@@ -122,7 +126,7 @@ def test_accelerates_own_loader_preparation_is_refused_whatever_its_setting(data
     config = accelerate.DataLoaderConfiguration(**setting)
     accelerator = accelerate.Accelerator(cpu=True, dataloader_config=config)
     ds = gristmill.open_dataset(dataset, seq_len=128, packer="first-fit")
-    loader = gristmill.torch.dataloader(ds, batch_size=4)
+    loader = gristmill.torch.dataloader(ds, batch_size=4, collate_fn=ROWS)
     if setting.get("split_batches"):
         with pytest.raises(ValueError, match="batch_size"):
             accelerator.prepare(loader)

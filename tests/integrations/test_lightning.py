@@ -15,8 +15,6 @@ pytest.importorskip("transformers")
 import gristmill.torch  # noqa: E402
 from tests.torch.test_collator import _model  # noqa: E402
 
-KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
-
 
 def _lightning(name: str):
     return pytest.importorskip(name, reason=f"{name} is not installed (pip install {name})")
@@ -35,7 +33,7 @@ def _module(pl, ds, seen: list):
 
         def training_step(self, batch, index):
             seen.append(batch["input_ids"].clone())
-            loss = self.model(**{k: batch[k] for k in KEYS}).loss
+            loss = self.model(**batch).loss
             self.log("loss", loss)
             return loss
 

@@ -18,8 +18,6 @@ pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed
 import gristmill.torch  # noqa: E402
 from tests.torch.test_collator import _model  # noqa: E402
 
-KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
-
 
 class _Ranked(pl.LightningModule):
     """Trains on the dataset at ``path``; each rank writes the samples it served to ``out``."""
@@ -33,11 +31,13 @@ class _Ranked(pl.LightningModule):
     def train_dataloader(self):
         torch.set_num_threads(1)  # two ranks on a shared machine
         ds = gristmill.open_dataset(self.path, seq_len=128, packer="first-fit")
-        return gristmill.torch.dataloader(ds, batch_size=3, seed=1)
+        # A row a sample (padded, no mask), so that each rank's samples can be told apart.
+        rows = gristmill.torch.Collator(padding_free=False)
+        return gristmill.torch.dataloader(ds, batch_size=3, seed=1, collate_fn=rows)
 
     def training_step(self, batch, index):
         self.served.append([row[row != 0].tolist() for row in batch["input_ids"]])
-        return self.model(**{k: batch[k] for k in KEYS}).loss
+        return self.model(**batch).loss
 
     def on_train_end(self):
         Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(self.served))

@@ -237,7 +237,7 @@ def test_one_row_gives_the_padded_rows_logits(packed, attention):
     model = _model(attention)
     samples = _samples(packed, 3)
     padded = Collator(padding_free=False)(samples)
-    flat = Collator()(samples)
+    flat = Collator(padding_free=True)(samples)
     lengths = [len(s["input_ids"]) for s in samples]
     assert flat["input_ids"].shape == (1, sum(lengths))
     with torch.no_grad():

@@ -221,9 +221,9 @@ def test_no_dense_mask_unless_asked_for(padding_free):
 def test_dense_masks_and_padding_free_rows_do_not_mix():
     for mask in ("bool", "additive"):
         with pytest.raises(gristmill.GristmillError, match="never holds a dense mask"):
-            Collator(mask=mask)
+            Collator(padding_free=True, mask=mask)
     with pytest.raises(gristmill.GristmillError, match="has no padding"):
-        Collator(mask="padding")
+        Collator(padding_free=True, mask="padding")
     with pytest.raises(gristmill.GristmillError, match="expected None or one of"):
         Collator(mask="float")
     with pytest.raises(gristmill.GristmillError, match="dtype of the additive mask"):
@@ -233,11 +233,11 @@ def test_dense_masks_and_padding_free_rows_do_not_mix():
 def test_the_deprecated_keywords_say_what_they_are_now():
     samples = _samples([[3, 4], [5]])
     cases = [
-        ({"block_mask": False}, {}),
-        ({"padding_free": False, "block_mask": False}, {"padding_free": False, "mask": "padding"}),
-        ({"padding_free": False, "block_mask": True}, {"padding_free": False, "mask": "additive"}),
+        ({"padding_free": True, "block_mask": False}, {"padding_free": True}),
+        ({"block_mask": False}, {"mask": "padding"}),
+        ({"block_mask": True}, {"mask": "additive"}),
         ({"hf_names": True}, {}),
-        ({"block_mask": False, "hf_names": True}, {}),
+        ({"padding_free": True, "block_mask": False, "hf_names": True}, {"padding_free": True}),
     ]
     for old, new in cases:
         with pytest.warns(DeprecationWarning, match="deprecated"):
@@ -247,7 +247,7 @@ def test_the_deprecated_keywords_say_what_they_are_now():
         for key, value in want.items():
             assert torch.equal(got[key], value) if torch.is_tensor(value) else got[key] == value
     with pytest.raises(gristmill.GristmillError, match="padding_free=False, mask='additive'"):
-        Collator(block_mask=True)
+        Collator(padding_free=True, block_mask=True)
     with pytest.raises(gristmill.GristmillError, match="pass mask= alone"):
         Collator(block_mask=False, mask="flex")
     for options in ({"hf_names": False}, {"hf_names": True, "mask": "flex"}):

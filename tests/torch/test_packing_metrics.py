@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 import gristmill.torch  # noqa: E402
 
 SEQ_LEN = 64
-COLLATE = gristmill.torch.Collator(block_mask=False)  # the 2-D mask's rows count each sample
+COLLATE = gristmill.torch.Collator(padding_free=False, mask="padding")  # rows count each sample
 PACKINGS = [(p, SEQ_LEN) for p in ("first-fit", "greedy-stream", "concat-chunk", "none")]
 PACKINGS.append(("none", None))  # no seq_len: a row is the step's longest sample
 

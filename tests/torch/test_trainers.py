@@ -32,10 +32,7 @@ def _train(model, optimizer, loader, batches, steps=None):
     """Train on ``loader`` from where it is; record every batch's input ids."""
     for batch in loader:
         batches.append(batch["input_ids"].clone())
-        model_inputs = {
-            k: batch[k] for k in ("input_ids", "labels", "position_ids", "attention_mask")
-        }
-        loss = model(**model_inputs).loss
+        loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -193,11 +193,17 @@ COLLATOR = Section(
     "collator",
     {
         "padding_free": Key(BOOL, False, "one row with `cu_seqlens` instead of padded rows"),
-        "block_mask": Key(BOOL, True, "a block-diagonal causal `attention_mask`"),
+        "mask": Key(
+            one_of("bool", "additive", "flex", "padding"),
+            None,
+            "an `attention_mask` (none by default: positions, `cu_seq_lens_q`/`_k`, "
+            "`use_cache=False`)",
+        ),
         "pad_id": Key(COUNT, 0, "token id of padding"),
-        "dtype": Key(DTYPE, "float32", "the torch dtype of the additive mask"),
-        "hf_names": Key(BOOL, False, "also `cu_seq_lens_q`/`_k`, `max_length_q`/`_k` (TRL)"),
+        "dtype": Key(DTYPE, None, 'the torch dtype of `mask = "additive"` (float32)'),
         "metadata": Key(STRINGS, None, 'metadata keys put per token in `batch["metadata"]`'),
+        "block_mask": Key(BOOL, None, "deprecated: `mask`"),
+        "hf_names": Key(BOOL, None, "deprecated: batches without a mask carry the names"),
     },
     call="`gristmill.torch.Collator`",
     api=("gristmill.torch.collator:Collator",),

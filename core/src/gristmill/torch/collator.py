@@ -42,10 +42,12 @@ class Collator:
     """Samples of :func:`gristmill.open_dataset` (dicts of int arrays) → a batch of tensors in
     which every packed document attends only to itself.
 
-    Layout: ``padding_free=True`` (default) concatenates every sample into one row with no
-    padding, with ``cu_seqlens`` (int32 start of every document segment, then the total) and
-    ``max_seqlen``; ``padding_free=False`` pads rows to the longest sample (``pad_id``; labels
-    ``-100``; position ids 0). Either has ``input_ids``, ``labels``, ``position_ids`` (0, 1, …
+    Layout: ``padding_free=False`` (default) pads rows to the longest sample (``pad_id``;
+    labels ``-100``; position ids 0); ``padding_free=True`` concatenates every sample into one
+    row with no padding, with ``cu_seqlens`` (int32 start of every document segment, then the
+    total) and ``max_seqlen``. Padded rows are the default because transformers' SDPA and eager
+    attention, given positions and no mask, build a ``(rows, 1, T, T)`` mask: one row of every
+    sample would make it ``(1, 1, N, N)`` for the N tokens of all, and the attention as large. Either has ``input_ids``, ``labels``, ``position_ids`` (0, 1, …
     restarting at every segment) and ``seq_lens`` (every sample's, concatenated).
 
     ``mask``:
@@ -99,7 +101,7 @@ class Collator:
     def __init__(
         self,
         *,
-        padding_free: bool = True,
+        padding_free: bool = False,
         mask: str | None = None,
         pad_id: int = 0,
         dtype: torch.dtype | None = None,
@@ -416,8 +418,8 @@ def _from_block_mask(padding_free: bool, mask: str | None, block_mask: bool) -> 
         raise GristmillError("Collator: pass mask= alone (block_mask is deprecated)")
     if block_mask and padding_free:
         raise GristmillError(
-            "Collator(block_mask=True) with a padding-free batch (padding_free=True, now the "
-            "default) would be a dense N x N mask, which is gone: leave both out (no mask; "
+            "Collator(block_mask=True) with a padding-free batch (padding_free=True) would be "
+            "a dense N x N mask, which is gone: leave block_mask out (no mask; "
             "positions and cu_seq_lens keep documents apart with every transformers "
             "attention), pass mask='flex' for a FlexAttention BlockMask, or "
             "Collator(padding_free=False, mask='additive') for the former padded 4-D mask"
