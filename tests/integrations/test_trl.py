@@ -47,7 +47,7 @@ def ds(prepared_dataset, tokenizer):
 
 def _trainer(ds, tokenizer, tmp_path, *, attention="sdpa", train_dataset=None, **options):
     """The recipe of docs/integrations.md; ``options`` change its SFTConfig or collator."""
-    collator = options.pop("data_collator", gristmill.torch.Collator())
+    collator = options.pop("data_collator", gristmill.torch.Collator(padding_free=True))
     config = {
         "output_dir": str(tmp_path / "out"),
         "per_device_train_batch_size": 4,
@@ -131,3 +131,11 @@ def test_what_a_user_meets_without_the_recipe(ds, tokenizer, tmp_path):
     trainer = _trainer(ds, tokenizer, tmp_path, max_steps=1, data_collator=additive)
     trainer.train()
     assert math.isnan(trainer.state.log_history[0]["num_tokens"])
+    # Padded rows without a mask: TRL counts the width of position_ids, one row's a batch.
+    trainer = _trainer(
+        ds, tokenizer, tmp_path, max_steps=1, data_collator=gristmill.torch.Collator()
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.train()
+    tokens = int(batch["seq_lens"].sum())
+    assert trainer.state.log_history[0]["num_tokens"] == batch["input_ids"].shape[1] < tokens
