@@ -214,7 +214,7 @@ class _TaskOutput:
         self.truncated += cut
         self.documents += len(ids)
         digests = [digest(d, m) for d, m in zip(ids, masks)] if self.keep_digests else []
-        ids = [_narrowed(d, self.dtype) for d in ids]
+        ids = _narrowed(ids, self.dtype)
         splits = self._splits(position, digests, len(ids))
         for split in settings.splits:
             pick = np.flatnonzero(splits == split).tolist()
@@ -272,13 +272,18 @@ class _TaskOutput:
         return path.name
 
 
-def _narrowed(ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A document's ids as the dataset's dtype, which its shards store, when they fit: the task
-    holds its documents until they are written, in half the memory of the engines' uint32. Ids
-    that do not fit stay as they are, for the shard writer to refuse."""
-    if ids.dtype == dtype or (len(ids) and int(ids.max()) > np.iinfo(dtype).max):
+def _narrowed(ids: list[np.ndarray], dtype: np.dtype) -> list[np.ndarray]:
+    """A batch's documents as the dataset's dtype, which its shards store: the task holds its
+    documents until they are written, in half the memory of the engines' uint32. One pass over
+    the batch, not one per document (documents may be a few tokens each). When an id does not
+    fit, the documents stay as they are, for the shard writer to refuse."""
+    if not ids or all(doc.dtype == dtype for doc in ids):
         return ids
-    return ids.astype(dtype)
+    joined = np.concatenate(ids)
+    if len(joined) and int(joined.max()) > np.iinfo(dtype).max:
+        return ids
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    return np.split(joined.astype(dtype), np.cumsum(lengths[:-1]))
 
 
 def read_record(out_dir: Path, task: int) -> dict[str, Any] | None:
