@@ -317,3 +317,13 @@ def test_a_manifest_that_disagrees_with_itself_keeps_its_index_as_it_is(ds):
     manifest["splits"]["train"]["num_documents"] -= 1
     manifest[INDEX]["train"]["bytes"] = 8  # only the index disagrees: it is made anew
     assert with_index(ds, manifest)[INDEX] == read_manifest(ds)[INDEX]
+
+
+def test_prepare_writes_the_index_of_every_split_with_shards(pristine):
+    manifest = _manifest(pristine)
+    assert sorted(manifest[INDEX]) == ["train", "val"]
+    assert sorted(p.name for p in (pristine / INDEX_DIR).iterdir()) == [
+        "train.offsets",
+        "val.offsets",
+    ]
+    assert verify(pristine) == []

@@ -175,7 +175,8 @@ def test_a_dataset_with_a_test_split_is_replaced_whole(tmp_path):
     gristmill.prepare(src, out, test_fraction=0.3, progress=False)
     # Its test/ folder is gristmill's own: --overwrite replaces it without calling it foreign.
     gristmill.prepare(src, out, val_fraction=0.3, overwrite=True, progress=False)
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tokenizer", "train", "val"]
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["index", "tokenizer", "train", "val"]
 
 
 # --- the sources' own splits ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ from gristmill.errors import DatasetError
 from gristmill.ingest.splits import SPLITS  # those prepare may write
 from gristmill.layout import (
     INCOMPLETE,
+    INDEX_DIR,
     MANIFEST,
     METADATA_DIR,
     PLANS_DIR,
@@ -48,7 +49,7 @@ except ImportError:  # Windows: no advisory locks; the fingerprint check still h
 log = logging.getLogger("gristmill")
 
 # Everything in them is gristmill's.
-OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR, METADATA_DIR)
+OWN_DIRECTORIES = (TASKS_DIR, PLANS_DIR, TOKENIZER_DIR, METADATA_DIR, INDEX_DIR)
 TASK_FILE = re.compile(r"\d{5}-")  # a task's files start with its number (tasks.task_prefix)
 TEMPORARY = re.compile(r"\.tmp-\d+$")  # write_atomic's temporary names (of the manifest)
 SHOWN = 10  # foreign files named in a refusal

@@ -38,8 +38,11 @@ UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the manifest of the dataset in ``directory`` (see :func:`write_sealed`)."""
-    return write_sealed(directory, manifest)
+    """Write the manifest of the dataset in ``directory`` (see :func:`write_sealed`), its offsets
+    index made first from the offsets files it lists (:func:`gristmill.store.index.with_index`)."""
+    from gristmill.store.index import with_index  # which reads manifests: imported when used
+
+    return write_sealed(directory, with_index(directory, manifest))
 
 
 def write_sealed(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
