@@ -1,9 +1,8 @@
-"""What an executor's worker process does before it runs prepare's tasks, and between them.
+"""What an executor's worker process does before it runs prepare's tasks; giving memory back.
 
 Each worker encodes on one core, its tokenizer's thread pool limited to one thread, so that N
 workers use N cores without oversubscribing them. Every executor that runs tasks in processes of
-its own (``local``, ``ray``) calls :func:`one_thread` in each worker. A task hands back the memory
-it freed (:func:`trim_memory`), so that a worker holds one task's worth, not its high-water mark.
+its own (``local``, ``ray``) calls :func:`one_thread` in each worker.
 """
 
 from __future__ import annotations
@@ -25,8 +24,9 @@ def one_thread() -> None:
 def trim_memory() -> None:
     """Return the heap's free pages to the operating system (glibc's ``malloc_trim``).
 
-    Freed memory otherwise stays with the process, counted in its resident set; elsewhere than
-    on glibc this does nothing.
+    Freed memory otherwise stays with the process, counted in its resident set: worth giving
+    back when the process is done with it (a run's tokenizer), not between tasks, whose next
+    one would fault the pages in again. Elsewhere than on glibc this does nothing.
     """
     trim = _malloc_trim()
     if trim is not None:

@@ -179,8 +179,6 @@ def run_task(
     for directory in (*settings.splits, TASKS_DIR):
         sync_directory(out_dir / directory)
     write_atomic(task_file(out_dir, chunk.index, "record.json"), canonical_json(record))
-    del output  # its documents, before the memory goes back
-    trim_memory()
     return {"task": chunk.index, "documents": record["documents"]}
 
 
