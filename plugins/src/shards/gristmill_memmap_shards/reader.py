@@ -7,8 +7,8 @@ import bisect
 import mmap
 import os
 import stat
+import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,12 +31,13 @@ class Shard(NamedTuple):
     mask: np.ndarray | None
     token_bytes: memoryview
     mask_bytes: memoryview | None
+    bounds: Sequence[int]  # the offsets as Python ints, one index each (a memoryview)
 
 
 class MemmapShardReader:
     """Opening costs one ``lstat`` per file, so 10,000 shards open in a fraction of a second.
 
-    Mapping waits for a shard's first read, and only the most recently read shards stay mapped:
+    Mapping waits for a shard's first read, and only recently read shards stay mapped:
     Python's ``mmap`` keeps a file descriptor per mapped file, so mapping every shard of a large
     dataset at once would run out of them (the usual soft limit is 1,024 per process).
 
@@ -82,8 +83,16 @@ class MemmapShardReader:
         # only touched where it is), so that ``spans`` finds a batch's begins in one gather.
         self._begins = np.empty(self.num_documents, np.int64)
         self._max_mapped = mapped_limit()
-        self._mapped: OrderedDict[int, Shard] = OrderedDict()
-        self._lock = threading.Lock()  # reading stays safe from several threads
+        # Every shard's arrays while it is mapped, read without the lock (a list item is read
+        # whole, and a shard unmapped meanwhile stays alive for whoever holds its arrays).
+        self._live: list[Shard | None] = [None] * len(self._files)
+        # Which shards stay mapped is the clock's choice, an approximation of least recently
+        # read: a read only sets its shard's bit, and mapping a shard past the limit unmaps the
+        # first mapped shard the hand finds unread since it last passed.
+        self._read = bytearray(len(self._files))
+        self._ring: list[int] = []  # the mapped shards, in the hand's order
+        self._hand = 0
+        self._lock = threading.Lock()  # mapping and unmapping stay safe from several threads
 
     def _check(self, entry: dict[str, Any], expected: int) -> str:
         """The file's real path, once it is known to lie inside the dataset with the size the
@@ -140,26 +149,37 @@ class MemmapShardReader:
         )
 
     def _shard(self, k: int) -> Shard:
-        return self._shards([k])[0]
+        """Shard ``k``'s arrays, mapped now if they are not."""
+        shard = self._live[k]
+        if shard is None:
+            with self._lock:
+                shard = self._live[k] or self._map(k)  # or mapped by another thread meanwhile
+        self._read[k] = 1
+        return shard
 
     def _shards(self, ks: Sequence[int]) -> list[Shard]:
-        """These shards' arrays, mapped now if they are not; the least recently read shard is
-        unmapped when too many are (a document already served keeps its own mapping alive)."""
-        found = []
-        with self._lock:
-            for k in ks:
-                arrays = self._mapped.get(k)
-                if arrays is not None:
-                    self._mapped.move_to_end(k)
-                else:
-                    (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
-                    arrays = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
-                    self._begins[self._starts[k] : self._starts[k + 1]] = arrays.offsets[:-1]
-                    self._mapped[k] = arrays
-                    if len(self._mapped) > self._max_mapped:
-                        self._mapped.popitem(last=False)
-                found.append(arrays)
-        return found
+        """These shards' arrays, mapped now if they are not (a document already served keeps
+        its own mapping alive when its shard is unmapped)."""
+        return [self._shard(k) for k in ks]
+
+    def _map(self, k: int) -> Shard:
+        """Map shard ``k`` (under the lock), unmapping another when too many are mapped."""
+        (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
+        shard = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
+        self._begins[self._starts[k] : self._starts[k + 1]] = shard.offsets[:-1]
+        ring = self._ring
+        if len(ring) < self._max_mapped:
+            ring.append(k)
+        else:
+            hand = self._hand
+            while self._read[ring[hand]]:  # a second chance for every shard read since
+                self._read[ring[hand]] = 0
+                hand = (hand + 1) % len(ring)
+            self._live[ring[hand]] = None
+            ring[hand] = k
+            self._hand = (hand + 1) % len(ring)
+        self._live[k] = shard
+        return shard
 
     def lengths(self) -> np.ndarray:
         """Every document's token count; refuses an index that does not tile its shard."""
@@ -204,10 +224,11 @@ class MemmapShardReader:
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} out of range for {self.num_documents} documents")
         k = bisect.bisect_right(self._starts, index) - 1
-        tokens, offsets, mask, _, _ = self._shard(k)
-        j = index - self._starts[k]
-        start, end = offsets[j : j + 2].tolist()
-        return tokens[start:end], None if mask is None else mask[start:end]
+        shard = self._shard(k)
+        bounds, j = shard.bounds, index - self._starts[k]
+        start, end = bounds[j], bounds[j + 1]
+        mask = shard.mask
+        return shard.tokens[start:end], None if mask is None else mask[start:end]
 
     def spans(
         self, docs: np.ndarray, starts: np.ndarray, lengths: np.ndarray
@@ -312,6 +333,8 @@ def _map_shard(
         mask_array,
         memoryview(token_array).cast("B"),
         None if mask_array is None else memoryview(mask_array),
+        # A memoryview reads in the machine's byte order, the offsets are little-endian.
+        memoryview(offset_array).cast("B").cast("q") if sys.byteorder == "little" else offset_array,
     )
 
 
