@@ -202,11 +202,10 @@ def test_the_loader_fetches_steps_with_one_batch_call(prepared, monkeypatch, pad
     for got, want in zip(served, steps, strict=True):
         assert all(torch.equal(got[key], want[key]) for key in want if torch.is_tensor(want[key]))
     blocks = [got["input_ids"].untyped_storage().data_ptr() for got in served]
-    if padding_free:  # cu_seqlens too, in the memory the samples' buffer has to spare
-        keys = (*KEYS, "cu_seqlens")
-        assert all(
-            len({got[key].untyped_storage().data_ptr() for key in keys}) == 1 for got in served
-        )
+    # The boundaries too: in the memory the samples' buffer has to spare (padding-free), in
+    # the padded rows' block (padded).
+    keys = (*KEYS, "cu_seq_lens_q", *(("cu_seqlens",) if padding_free else ()))
+    assert all(len({got[key].untyped_storage().data_ptr() for key in keys}) == 1 for got in served)
     chunks = [blocks[:1], *(blocks[k : k + READ_AHEAD] for k in range(1, len(blocks), READ_AHEAD))]
     assert all(len(set(chunk)) == 1 for chunk in chunks)
     assert len(set(blocks)) == len(chunks)

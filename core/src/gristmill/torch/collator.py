@@ -250,8 +250,12 @@ class Collator:
         shape = (len(rows), max(lengths))
         # input_ids, labels, position_ids and (with mask="padding") the 2-D attention_mask.
         count = 4 if self.mask == "padding" else 3
-        tail = sum(len(x) for x in seq_lens)
-        block, lens, tensors, out_lens = _one_block(count, shape, tail, room)
+        sequences = sum(len(x) for x in seq_lens)
+        # Without a mask the boundaries take the block's tail too: a worker hands a batch
+        # over faster as one storage than as two.
+        tail = sequences + (_boundaries_size(sequences, len(rows)) if self.mask is None else 0)
+        block, rest, tensors, rest_t = _one_block(count, shape, tail, room)
+        lens, out_lens = rest[:sequences], rest_t[:sequences]
         pads = np.array([[self.pad_id], [IGNORE_INDEX], [0]])
         # Row by row in numpy, all three keys in one copy and the padding (pad_id, -100,
         # position 0) after it in one fill: a row costs two slice copies, not tensor calls.
@@ -264,17 +268,17 @@ class Collator:
         out = {**dict(zip(ROWS, tensors)), "seq_lens": out_lens}
         if self.mask == "padding":
             out["attention_mask"] = tensors[3]
+        elif self.mask is None:
+            room_t = rest_t[sequences:].view(torch.int32)
+            out.update(_no_mask(*_padded_boundaries(seq_lens, lengths, shape[1], room_t)))
         else:
-            out.update(self._documents_apart(seq_lens, lengths, shape[1]))
+            out.update(self._masked(seq_lens, lengths, shape[1]))
         return out
 
-    def _documents_apart(
+    def _masked(
         self, seq_lens: Sequence[np.ndarray], lengths: Sequence[int], width: int
     ) -> dict[str, Any]:
-        """What keeps the documents of padded rows apart, by :attr:`mask`: the rows' sequence
-        boundaries (padding one more sequence a row) and ``use_cache=False``, or the mask."""
-        if self.mask is None:
-            return _no_mask(*_padded_boundaries(seq_lens, lengths, width))
+        """The ``attention_mask`` of padded rows that :attr:`mask` asks for."""
         documents = document_ids(seq_lens, lengths, width)
         if self.mask == "bool":
             return {"attention_mask": bool_mask(documents)}
@@ -285,7 +289,9 @@ class Collator:
     def _padded_size(self, samples: SampleBatch) -> int:
         """The int64 values :meth:`_padded` takes for ``samples``."""
         count = 4 if self.mask == "padding" else 3
-        return count * len(samples) * max(samples.lengths()) + len(samples.seq_lens)
+        n = len(samples.seq_lens)
+        tail = n + (_boundaries_size(n, len(samples)) if self.mask is None else 0)
+        return count * len(samples) * max(samples.lengths()) + tail
 
     def _padded_batch(self, samples: SampleBatch, room: _Block | None) -> dict[str, Any]:
         """:meth:`_padded` of a :class:`SampleBatch`: its samples' rows are slices of its own.
@@ -357,21 +363,35 @@ def _no_mask(starts: torch.Tensor, longest: int) -> dict[str, Any]:
     }
 
 
+def _boundaries_size(sequences: int, rows: int) -> int:
+    """The int64 values that hold the int32 boundaries of padded rows with ``sequences``
+    sequences in all: one start a sequence and a row's padding, then the total."""
+    return (sequences + rows + 2) // 2
+
+
 def _padded_boundaries(
-    seq_lens: Sequence[np.ndarray], lengths: Sequence[int], width: int
+    seq_lens: Sequence[np.ndarray],
+    lengths: Sequence[int],
+    width: int,
+    room: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The int32 cu_seqlens of padded rows laid end to end (as flash-attention's
     variable-length path flattens them): each row's sequences, then its padding as one more
-    (its tokens see only padding, and their labels are -100); and the longest of them."""
+    (its tokens see only padding, and their labels are -100); and the longest of them. In
+    ``room`` (int32, at least :func:`_boundaries_size` int64 values) if given."""
     parts = []
     for lens, n in zip(seq_lens, lengths):
         parts.append(lens)
         if n < width:
             parts.append(np.array([width - n]))
     sizes = np.concatenate(parts)
-    starts = np.zeros(len(sizes) + 1, np.int32)
-    np.cumsum(sizes, out=starts[1:])
-    return torch.from_numpy(starts), int(sizes.max(initial=0))
+    if room is None:
+        room = torch.empty(len(sizes) + 1, dtype=torch.int32)
+    starts = room[: len(sizes) + 1]
+    starts_np = starts.numpy()
+    starts_np[0] = 0
+    np.cumsum(sizes, out=starts_np[1:], dtype=np.int32)
+    return starts, int(sizes.max(initial=0))
 
 
 def _mask_of(
