@@ -3,12 +3,17 @@ shard file checked at its first read."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import gristmill
+from gristmill.errors import DatasetError
+from gristmill.layout import MANIFEST
 from gristmill.store.manifest import read_manifest
 from gristmill_memmap_shards import reader as shard_reader
 from gristmill_memmap_shards.reader import MemmapShardReader
@@ -81,3 +86,55 @@ def test_threads_read_what_one_thread_reads(many_shards, monkeypatch):
         thread.join()
     assert not wrong
     assert sum(shard is not None for shard in reader._live) == LIMIT
+
+
+def _open_copy(source: Path, tmp_path: Path) -> tuple[gristmill.Dataset, int, dict[str, Any]]:
+    """A copy of the dataset, opened with its plan cached; a sample of its last shard, read
+    by none before, and that shard's manifest entry."""
+    path = tmp_path / "ds"
+    shutil.copytree(source, path)
+    gristmill.open_dataset(path, packer="none")  # reads the masks, and caches its plan
+    ds = gristmill.open_dataset(path, packer="none")
+    reader = ds.documents
+    last = len(reader._files) - 1
+    first = reader._starts[last]
+    sample = next(i for i in range(len(ds)) if ds.documents_of(i)[0] == first)
+    assert all(files is None for files in reader._files)  # opening checked no shard file
+    return ds, sample, ds.manifest["splits"]["train"]["shards"][last]
+
+
+@pytest.mark.parametrize("key", ["tokens", "offsets", "mask"])
+def test_a_file_removed_after_open_is_refused_at_first_read(many_shards, tmp_path, key):
+    ds, sample, shard = _open_copy(many_shards, tmp_path)
+    (ds.path / shard[key]["path"]).unlink()
+    with pytest.raises(DatasetError, match="shard file is missing"):
+        ds[sample]
+    assert ds[0]["input_ids"].size  # the other shards are still served
+
+
+def test_a_file_cut_short_after_open_is_refused_at_first_read(many_shards, tmp_path):
+    ds, sample, shard = _open_copy(many_shards, tmp_path)
+    path = ds.path / shard["tokens"]["path"]
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(DatasetError, match="manifest expects"):
+        ds[sample]
+
+
+def test_a_link_out_of_the_dataset_made_after_open_is_refused(many_shards, tmp_path):
+    ds, sample, shard = _open_copy(many_shards, tmp_path)
+    path = ds.path / shard["tokens"]["path"]
+    outside = tmp_path / "outside.tokens"
+    path.rename(outside)
+    path.symlink_to(outside)
+    with pytest.raises(DatasetError, match="leaves the dataset"):
+        ds[sample]
+
+
+def test_a_dataset_prepared_again_after_open_is_refused_at_first_read(many_shards, tmp_path):
+    """The same shard files, but a manifest written since: another generation's, perhaps."""
+    ds, sample, _ = _open_copy(many_shards, tmp_path)
+    manifest = ds.path / MANIFEST
+    manifest.rename(tmp_path / "old.json")
+    shutil.copyfile(tmp_path / "old.json", manifest)
+    with pytest.raises(DatasetError, match="the dataset changed since it was opened"):
+        ds[sample]

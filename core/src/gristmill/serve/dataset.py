@@ -119,7 +119,9 @@ class Dataset:
             self.path, splits[self.split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
         lengths = self._lengths()
-        check_generation(self.path, self.manifest)  # the shards checked are the manifest's
+        # The manifest file the reader found (and checks again at each shard's first read)
+        # holds the generation read: no shard of another generation is served.
+        check_generation(self.path, self.manifest)
         record = self.manager.get(PackerType, options.packer)
         self.packer = record.name  # as registered: first_fit and first-fit share a cached plan
         self.packer_options = record.check_options(options.packer_options)

@@ -35,7 +35,10 @@ class Shard(NamedTuple):
 
 
 class MemmapShardReader:
-    """Opening costs one ``lstat`` per file, so 10,000 shards open in a fraction of a second.
+    """Opening touches no shard file, so 10,000 shards open as fast as a few: a shard's files
+    are checked at its first read, before any of their bytes are used (each inside the dataset
+    with the manifest's size, and the manifest still the file it was at open: a dataset
+    prepared again meanwhile is refused, never served).
 
     Mapping waits for a shard's first read, and only recently read shards stay mapped:
     Python's ``mmap`` keeps a file descriptor per mapped file, so mapping every shard of a large
@@ -53,7 +56,11 @@ class MemmapShardReader:
         self._inside = os.path.join(self.root, "")  # the root with a trailing separator
         self._dtype = np.dtype(dtype).newbyteorder("<")
         self._folders: dict[str, str] = {}
-        self._files: list[tuple[str, str, str | None]] = []
+        self._listed = list(shards)
+        # Every shard's files, checked at its first read (see _checked): a ``stat`` a file at
+        # open would cost more than the rest of opening a dataset of many shards.
+        self._files: list[tuple[str, str, str | None] | None] = [None] * len(self._listed)
+        self._manifest = _manifest_identity(self.root)  # the dataset as it was opened
         self._identity: dict[str, tuple[int, ...]] = {}  # every file as it was checked
         self._entries: dict[str, dict[str, Any]] = {}  # every file's manifest entry
         self._counts: list[tuple[int, int]] = []
@@ -65,16 +72,7 @@ class MemmapShardReader:
                     f"run `gristmill verify {self.root}`, or prepare the dataset again",
                     where=str(self.root / MANIFEST),
                 )
-            tokens, docs = shard["num_tokens"], shard["num_documents"]
-            mask = shard.get("mask")
-            self._files.append(
-                (
-                    self._check(shard["tokens"], tokens * self._dtype.itemsize),
-                    self._check(shard["offsets"], (docs + 1) * 8),
-                    None if mask is None else self._check(mask, tokens),
-                )
-            )
-            self._counts.append((tokens, docs))
+            self._counts.append((shard["num_tokens"], shard["num_documents"]))
         counts = np.fromiter((docs for _, docs in self._counts), np.int64, len(self._counts))
         self._first_doc = np.concatenate([[0], np.cumsum(counts)])
         self._starts = self._first_doc.tolist()  # bisect on a list: no numpy call per document
@@ -93,6 +91,28 @@ class MemmapShardReader:
         self._ring: list[int] = []  # the mapped shards, in the hand's order
         self._hand = 0
         self._lock = threading.Lock()  # mapping and unmapping stay safe from several threads
+
+    def _checked(self, k: int) -> tuple[str, str, str | None]:
+        """Shard ``k``'s files' real paths, checked when first asked for: the dataset is still
+        the one opened (its manifest the same file, not one written by ``prepare`` since), and
+        each file lies inside it, with the size the manifest gives."""
+        files = self._files[k]
+        if files is not None:
+            return files
+        if _manifest_identity(self.root) != self._manifest:
+            raise DatasetError(
+                f"the dataset changed since it was opened ({MANIFEST} was replaced or removed: "
+                "prepared again?); open it again",
+                where=str(self.root),
+            )
+        shard = self._listed[k]
+        (tokens, docs), mask = self._counts[k], shard.get("mask")
+        files = self._files[k] = (
+            self._check(shard["tokens"], tokens * self._dtype.itemsize),
+            self._check(shard["offsets"], (docs + 1) * 8),
+            None if mask is None else self._check(mask, tokens),
+        )
+        return files
 
     def _check(self, entry: dict[str, Any], expected: int) -> str:
         """The file's real path, once it is known to lie inside the dataset with the size the
@@ -164,7 +184,7 @@ class MemmapShardReader:
 
     def _map(self, k: int) -> Shard:
         """Map shard ``k`` (under the lock), unmapping another when too many are mapped."""
-        (tokens, offsets, mask), (count, docs) = self._files[k], self._counts[k]
+        (tokens, offsets, mask), (count, docs) = self._checked(k), self._counts[k]
         shard = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
         self._begins[self._starts[k] : self._starts[k + 1]] = shard.offsets[:-1]
         ring = self._ring
@@ -183,13 +203,13 @@ class MemmapShardReader:
 
     def lengths(self) -> np.ndarray:
         """Every document's token count; refuses an index that does not tile its shard."""
-        if not self._files:
+        if not self._listed:
             return np.zeros(0, np.int64)
         # Read, not mapped, so that no descriptor outlives the call; one diff for every shard.
         offsets = np.concatenate(
             [
-                _read(self._open(path), docs + 1)
-                for (_, path, _), (_, docs) in zip(self._files, self._counts)
+                _read(self._open(self._checked(k)[1]), docs + 1)
+                for k, (_, docs) in enumerate(self._counts)
             ]
         )
         last = np.cumsum([docs + 1 for _, docs in self._counts]) - 1  # every shard's final offset
@@ -217,7 +237,7 @@ class MemmapShardReader:
                 problem = f"the last offset is {shard[-1]} but the shard has {tokens} tokens"
             else:
                 continue
-            where = os.path.relpath(self._files[k][1], self.root)
+            where = os.path.relpath(self._checked(k)[1], self.root)
             raise DatasetError(f"{where}: {problem}; run `gristmill verify {self.root}`")
 
     def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -297,6 +317,15 @@ def mapped_limit() -> int:
         return 1024
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return MAX_MAPPED if soft == resource.RLIM_INFINITY else max(16, min(MAX_MAPPED, soft // 8))
+
+
+def _manifest_identity(root: Path) -> tuple[int, ...] | None:
+    """The manifest file's identity (``None`` where there is none): ``prepare`` writes a new
+    one, under a new name renamed into place, last."""
+    try:
+        return _identity(os.stat(root / MANIFEST))
+    except FileNotFoundError:
+        return None
 
 
 def _identity(info: os.stat_result) -> tuple[int, ...]:
