@@ -31,7 +31,7 @@ class Shard(NamedTuple):
     mask: np.ndarray | None
     token_bytes: memoryview
     mask_bytes: memoryview | None
-    bounds: Sequence[int]  # the offsets as Python ints, one index each (a memoryview)
+    bounds: memoryview | np.ndarray  # the offsets, read as Python ints where a memoryview
 
 
 class MemmapShardReader:
