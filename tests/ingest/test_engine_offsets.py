@@ -67,7 +67,7 @@ TABLE = {
     "roberta": "RobertaProcessing trimming offsets",
     "llama3": "Llama 3's split regex, ByteLevel without its own; a TemplateProcessing adding <s>",
     "nfc": "an NFC normalizer: a text NFC would change goes to the reference",
-    "deepseek": "an empty normalizer Sequence; digits split apart before Llama 3's split",
+    "deepseek": "an empty normalizer Sequence before Llama 3's split",
     "hf-chatml": "the plain BPE through transformers, with a ChatML template",
 }
 NO_TABLE = {
@@ -126,7 +126,6 @@ def toks(tmp_path_factory) -> types.SimpleNamespace:
     save("nfc", setter("normalizer", normalizers.NFC()))
     deepseek_pre = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]

@@ -123,6 +123,20 @@ def fams(tmp_path_factory) -> dict[str, str]:
     no_regex = tokenizers.Tokenizer.from_str(bpe.to_str())
     no_regex.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     save("no-regex", no_regex)
+    # Steps before the split that gigatoken 0.10 loads and then ignores: "00" is one token to it.
+    for name, step in (
+        ("digits", pre_tokenizers.Digits(individual_digits=True)),
+        ("punctuation", pre_tokenizers.Punctuation()),
+    ):
+        ignored = tokenizers.Tokenizer.from_str(bpe.to_str())
+        ignored.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                step,
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        save(name, ignored)
 
     bytes_ = [f"<0x{i:02X}>" for i in range(256)]
     sentencepiece = train_bpe(
@@ -371,6 +385,21 @@ def test_a_text_hf_refuses_too_is_the_datas_fault_not_the_engines(fams, caplog):
 @pytest.mark.parametrize("family", ["wordpiece", "unigram"])
 def test_gigatoken_by_name_for_a_tokenizer_it_cannot_load_is_a_clear_error(fams, family):
     with pytest.raises(GristmillError, match=r"gigatoken engine does not support this tokenizer"):
+        _open(fams[family], "gigatoken")
+
+
+@needs_gigatoken
+@pytest.mark.parametrize(("family", "step"), [("digits", "Digits"), ("punctuation", "Punctuation")])
+def test_a_pre_tokenizer_step_gigatoken_ignores_keeps_it_out(fams, caplog, family, step):
+    """gigatoken loads these and splits as if they were not there: its ids would differ
+    wherever the first batch happened not to show it, so it is never used for them."""
+    reference = _open(fams[family], "hf")
+    with caplog.at_level(logging.DEBUG, logger="gristmill"):
+        tok = _open(fams[family])
+        assert tok.engine == "hf"
+    assert any(f"{step} pre-tokenizer" in r.getMessage() for r in caplog.records)
+    assert _same(tok.encode_batch(["00 a00, b!"])[0], reference.encode_batch(["00 a00, b!"])[0])
+    with pytest.raises(GristmillError, match=rf"does not support this tokenizer: .*{step}"):
         _open(fams[family], "gigatoken")
 
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,14 +73,17 @@ class Gigatoken:
 
     def __init__(self, tokenizer_json: str):
         self._json = tokenizer_json
-        self._tok = _gigatoken().Tokenizer.from_json(tokenizer_json)
+        self._tok = _gigatoken().Tokenizer.from_json(tokenizer_json)  # its refusals first
+        if ignored := _ignored_step(json.loads(tokenizer_json).get("pre_tokenizer")):
+            raise ValueError(
+                f"it would skip the tokenizer's {ignored} pre-tokenizer (its ids would differ)"
+            )
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        # One flat uint32 buffer and row offsets (an awkward array): no Python int per token.
-        layout = self._tok.encode_batch(texts, parallel=False).layout.to_ListOffsetArray64(True)
-        flat = np.asarray(layout.content.data, dtype=np.uint32)
-        bounds = np.asarray(layout.offsets).tolist()
-        return [flat[start:end] for start, end in pairwise(bounds)]
+        # A uint32 array per text, no Python int per token. Not encode_batch: its awkward array
+        # costs an import of awkward in every worker, and unpacking it, for no faster encoding.
+        encode = self._tok.backend.encode
+        return [encode(text) for text in texts]
 
     # The Rust tokenizer does not pickle; a worker process rebuilds it from the JSON.
     def __getstate__(self) -> dict[str, Any]:
@@ -357,27 +360,41 @@ def _gigatoken_if_any(spec: str, tokenizer_json: Callable[[], str]) -> FastEngin
     return fast
 
 
+# Pre-tokenizer steps gigatoken implements. It loads others inside a Sequence (Digits,
+# Punctuation) and then splits as if they were not there.
+GIGATOKEN_STEPS = frozenset({"ByteLevel", "Split", "Metaspace", "Sequence"})
+
+
+def _ignored_step(pre_tokenizer: dict[str, Any] | None) -> str | None:
+    """The first step of ``pre_tokenizer`` (a tokenizer.json's) that gigatoken does not
+    implement, or None."""
+    if pre_tokenizer is None:
+        return None
+    if pre_tokenizer.get("type") not in GIGATOKEN_STEPS:
+        return str(pre_tokenizer.get("type"))
+    steps = pre_tokenizer.get("pretokenizers", ()) if pre_tokenizer["type"] == "Sequence" else ()
+    return next((found for step in steps if (found := _ignored_step(step))), None)
+
+
 def _gigatoken() -> Any:
     return importlib.import_module("gigatoken")
 
 
-@functools.cache
-def _unassigned() -> np.ndarray:
-    """Per code point: unassigned in this Python's Unicode tables (built once, on first use).
-
-    Planes 4 to 13 hold no character in any Unicode version yet: they are not looked up.
-    """
-    table = np.ones(0x110000, bool)
-    for first, end in ((0, 0x40000), (0xE0000, 0x110000)):
-        table[first:end] = np.fromiter(
-            (unicodedata.category(chr(c)) == "Cn" for c in range(first, end)), bool, end - first
-        )
-    return table
+# Per code point: -1 not looked up yet, else whether this Python's Unicode tables leave it
+# unassigned. Filled as texts bring code points: most texts use a few hundred of them.
+_UNASSIGNED = np.full(0x110000, -1, np.int8)
 
 
 def _newer_unicode(text: str) -> bool:
     codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-    return bool(_unassigned()[codepoints].any())
+    codepoints = codepoints[codepoints > 0x7F]
+    known = _UNASSIGNED[codepoints]
+    if (known < 0).any():
+        # Planes 4 to 13 hold no character in any Unicode version yet: "Cn" there too.
+        for code in np.unique(codepoints[known < 0]).tolist():
+            _UNASSIGNED[code] = unicodedata.category(chr(code)) == "Cn"
+        known = _UNASSIGNED[codepoints]
+    return bool(known.any())
 
 
 def _sample_size(texts: list[str]) -> int:
