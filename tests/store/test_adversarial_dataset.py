@@ -334,20 +334,6 @@ def stamps(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture
-def hashed(monkeypatch) -> list[str]:
-    """The files hashed from now on, in order (the real hashing, counted)."""
-    seen: list[str] = []
-    real = integrity._hash
-
-    def counting(fd: int, info: os.stat_result, entry: dict[str, Any], *args: Any) -> None:
-        seen.append(entry["path"])
-        real(fd, info, entry, *args)
-
-    monkeypatch.setattr(integrity, "_hash", counting)
-    return seen
-
-
 def _small(tmp_path: Path) -> Path:
     source = tmp_path / "qa.jsonl"
     source.write_text("".join(_records(40)))
