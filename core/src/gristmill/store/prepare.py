@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ from gristmill.plugin.workers import trim_memory
 from gristmill.store.claim import Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
 from gristmill.store.merge import Merged, merge
-from gristmill.store.tasks import TaskRunner, TaskSettings, release_tasks, warm_up
+from gristmill.store.tasks import TaskRunner, TaskSettings, read_record, release_tasks, warm_up
 
 if TYPE_CHECKING:
     from gristmill.ingest.records import Sources
@@ -87,7 +88,8 @@ def prepare(
     one per CPU, at most one per task); the output is the same for any ``workers`` or
     ``executor``. An interrupted run, run again with the same arguments, redoes only the
     unfinished tasks. ``engine`` picks the tokenizer's encoding engine where its family offers
-    several (``auto``: the fastest that agrees with the reference); it never changes the ids.
+    several (``auto``: the fastest that agrees with the reference); it never changes the ids, and the
+    documents a fast engine leaves to the reference are counted in the log.
     With more than one worker, plugins come from installed distributions (entry points), not
     from ``manager`` registrations made in this process. ``executor_options`` go to the
     executor's factory, e.g. ``{"address": "HOST:PORT"}`` for ``ray`` (docs/executors.md);
@@ -309,9 +311,9 @@ def _write(
             announced.add(message)
             log.info(message)
 
-    _run_tasks(settings, run, options, tasks, done, manager, announce)
+    fallbacks = _run_tasks(settings, run, options, tasks, done, manager, announce)
     merged = merge(settings, len(tasks), len(run.opened), run.fmt, main_skipped, announce)
-    _log_merged(out_dir, merged, options)
+    _log_merged(out_dir, merged, options, fallbacks)
     if not sum(entry["num_documents"] for entry in merged.splits.values()):
         raise DataError(
             "the sources hold no usable records: "
@@ -338,9 +340,15 @@ def _run_tasks(
     done: set[int],
     manager: PluginManager,
     announce: Callable[[str], None],
-) -> None:
-    """Run the tasks not ``done`` on the run's executor, counting documents on a progress bar."""
+) -> Counter[str]:
+    """Run the tasks not ``done`` on the run's executor, counting documents on a progress bar;
+    the documents of every task that the tokenizer's reference engine encoded, per reason
+    (those of the tasks ``done`` before from their records)."""
     pending = [task for task in tasks if task.index not in done]
+    fallbacks: Counter[str] = Counter()
+    for index in done:
+        record = read_record(Path(settings.out_dir), index) or {}
+        fallbacks.update(record.get("by_reference", {}))
     workers = max(1, min(len(pending), options.workers or available_cpus()))
     with _progress_bar(options.progress) as bar:
         if len(done):
@@ -349,8 +357,10 @@ def _run_tasks(
         executor = run.started or run.executor.factory(workers=workers, **run.executor_options)
         run.started = None  # map owns its workers now
         for summary in executor.map(runner, pending):
+            fallbacks.update(summary.get("by_reference", {}))  # an executor may pass less
             if not summary["progress_shown"]:  # it ran in another process
                 bar.update(summary["documents"])
+    return fallbacks
 
 
 def _progress_bar(shown: bool | None) -> Any:
@@ -390,7 +400,9 @@ def _count_documents(provenance: list[dict[str, Any]], documents: list[int]) -> 
             )
 
 
-def _log_merged(out_dir: Path, merged: Merged, options: PrepareOptions) -> None:
+def _log_merged(
+    out_dir: Path, merged: Merged, options: PrepareOptions, fallbacks: Counter[str]
+) -> None:
     if merged.skipped:
         total = sum(merged.skipped.values())
         reasons = ", ".join(f"{k}: {v:,}" for k, v in merged.skipped.items())
@@ -405,6 +417,18 @@ def _log_merged(out_dir: Path, merged: Merged, options: PrepareOptions) -> None:
         log.info(
             f"{out_dir}: truncated {merged.truncated:,} document(s) to "
             f"{options.max_doc_tokens:,} tokens"
+        )
+    _log_fallbacks(out_dir, fallbacks)
+
+
+def _log_fallbacks(out_dir: Path, fallbacks: Counter[str]) -> None:
+    """How many documents the tokenizer's reference engine encoded because the fast one could
+    not vouch for them (their ids are the same; only the speed differs)."""
+    if fallbacks:
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(fallbacks.items()))
+        log.info(
+            f"{out_dir}: {fallbacks.total():,} document(s) encoded with the tokenizer's reference "
+            f"engine, which the fast engine could not vouch for ({reasons})"
         )
 
 

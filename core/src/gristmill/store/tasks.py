@@ -7,14 +7,16 @@ byte-identical whatever the number of workers or the executor, and after a crash
 that left no record are run again.
 
 A task's files: its shards ``SPLIT/TTTTT-SSSSS.*`` and, in ``.gristmill-tasks/``, its record
-``TTTTT-record.json`` (written last, atomically: the task is done when it exists), its skipped
-records ``TTTTT-rejects.jsonl``, and per split the documents' digests (with ``dedup``) and
+``TTTTT-record.json`` (written last, atomically: the task is done when it exists; it also counts
+the documents the tokenizer's reference engine encoded, for the summary), its skipped records
+``TTTTT-rejects.jsonl``, and per split the documents' digests (with ``dedup``) and
 metadata columns (:mod:`gristmill.store.metadata`). The record names everything; ``prepare`` merges the records into the manifest.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +156,7 @@ def run_task(
     """Read, map and tokenize the chunk's parts; write the task's shards, then its record."""
     out_dir = Path(settings.out_dir)
     output = _TaskOutput(chunk.index, settings, manager)
+    before = by_reference(tok)
     options = settings.options
     formats: dict[int, str] = {}
     policy = ErrorPolicy(options.on_error, task_file(out_dir, chunk.index, "rejects.jsonl"))
@@ -175,11 +178,24 @@ def run_task(
         raise
     record = output.record(shards, policy.close(), formats)
     record["passed_over"] = policy.passed_over()
+    record["by_reference"] = dict(sorted((by_reference(tok) - before).items()))
     # The record says the task is done: everything it names must be durable first.
     for directory in (*settings.splits, TASKS_DIR):
         sync_directory(out_dir / directory)
     write_atomic(task_file(out_dir, chunk.index, "record.json"), canonical_json(record))
-    return {"task": chunk.index, "documents": record["documents"]}
+    return {
+        "task": chunk.index,
+        "documents": record["documents"],
+        "by_reference": record["by_reference"],
+    }
+
+
+def by_reference(tok: Tokenizer) -> Counter[str]:
+    """The documents ``tok`` has encoded with its reference engine although a faster one was in
+    use, per reason, so far (``by_reference()`` of the tokenizers that have engines): the same
+    ids, more slowly, which prepare's summary counts."""
+    counted = getattr(tok, "by_reference", None)
+    return Counter(counted()) if callable(counted) else Counter()
 
 
 class _TaskOutput:
