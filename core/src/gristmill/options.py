@@ -386,6 +386,19 @@ class DatasetOptions(PackingOptions):
         output=True,
     )
     seed: int = option(0, INTEGER, "seed of the samplers")
+    # How a remote dataset (`s3://`, `gs://`, `https://`…) is fetched: never its samples.
+    storage_options: Mapping[str, Any] = option(
+        None,
+        TABLE,
+        "a remote dataset's filesystem options (fsspec's), e.g. `{anon = true}` or an "
+        "endpoint; credentials are best left to the filesystem's own environment and files",
+    )
+    cache_limit: int | None = option(
+        None,
+        POSITIVE,
+        "bytes of a remote dataset kept in the local cache (default: "
+        "`GRISTMILL_REMOTE_CACHE_LIMIT`, else no limit)",
+    )
 
 
 def _ray_address(address: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ from gristmill.plugin.components import (
 )
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.plugin.packing import PLAN_ARRAYS, keep_samples, plan_problem
+from gristmill.plugin.remote import Mirror, is_remote, local_path, open_mirror
 from gristmill.serve.metadata import DocumentMetadata
 from gristmill.serve.samples import (
     Buffers,
@@ -103,8 +104,25 @@ class Dataset:
         manager: PluginManager | None = None,
     ):
         self.options = options = options or DatasetOptions()
-        self.path = Path(path)
+        # What was opened (a directory, or a URL whose files a local mirror holds), and the
+        # dataset directory read: the directory itself, or the mirror's folder.
+        self.source, self.mirror = where(path, options)
+        self.path = Path(self.source) if self.mirror is None else self.mirror.root
         self.manager = manager or get_manager()
+        if self.mirror is None:
+            self._open(options)
+            return
+        try:
+            self._open(options)
+        except DatasetError as error:
+            url = os.fspath(self.source)
+            if url in str(error):  # the mirror's own, which names the URL
+                raise
+            raise DatasetError(
+                f"{error} (read through its mirror in {self.path})", where=url
+            ) from None
+
+    def _open(self, options: DatasetOptions) -> None:
         self.manifest = read_manifest(self.path)
         splits = self.manifest["splits"]
         if options.split not in splits:
@@ -211,7 +229,7 @@ class Dataset:
         # generation it was opened at.
         return {
             "generation": self.manifest.get("generation"),
-            "path": self.path,
+            "path": self.path if self.mirror is None else self.source,
             "options": self.options,
         }
 
@@ -470,9 +488,32 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (
-            f"Dataset({str(self.path)!r}, split={self.split!r}, samples={len(self)}, "
+            f"Dataset({str(self.source)!r}, split={self.split!r}, samples={len(self)}, "
             f"seq_len={self.seq_len}, packer={self.packer!r})"
         )
+
+
+def where(
+    path: str | os.PathLike[str], options: DatasetOptions
+) -> tuple[str | os.PathLike[str], Mirror | None]:
+    """What ``path`` names, and the mirror that holds its files when it is a URL
+    (:mod:`gristmill.plugin.remote`): a directory keeps no remote option, which it would
+    ignore."""
+    if is_remote(path):
+        mirror = open_mirror(
+            os.fspath(path),
+            storage_options=options.storage_options,
+            cache_limit=options.cache_limit,
+        )
+        return os.fspath(path), mirror
+    given = [name for name in ("storage_options", "cache_limit") if getattr(options, name)]
+    if given:
+        raise DatasetError(
+            f"{' and '.join(given)} apply to a dataset at a URL (s3://, gs://, https://…); "
+            "this is a local directory",
+            where=str(path),
+        )
+    return local_path(path), None
 
 
 LOSS_BLOCK = 1024  # samples whose loss masks are read at once to find those without loss
@@ -587,12 +628,12 @@ def open_dataset(
     empty = dataset.samples_without_loss
     if empty and dataset.no_loss == "keep":
         log.warning(
-            f"{dataset.path} [{dataset.split}]: {empty:,} of {len(dataset):,} samples carry no loss "
+            f"{dataset.source} [{dataset.split}]: {empty:,} of {len(dataset):,} samples carry no loss "
             f"(every label -100: a completion cut away by overlong={dataset.overlong!r}, or a "
             "document without loss tokens); they are served as they are: "
             "no_loss='drop' leaves them out, overlong='truncate-left' keeps the end of a "
             "long document instead of its start"
         )
     elif empty:
-        log.info(f"{dataset.path} [{dataset.split}]: {empty:,} samples without loss left out")
+        log.info(f"{dataset.source} [{dataset.split}]: {empty:,} samples without loss left out")
     return dataset

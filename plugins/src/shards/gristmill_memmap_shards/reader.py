@@ -18,6 +18,7 @@ import numpy as np
 from gristmill.errors import DatasetError
 from gristmill.layout import MANIFEST
 from gristmill.plugin.integrity import check_open_file
+from gristmill.plugin.remote import mirror_of
 
 MAX_MAPPED = 8192  # three mappings a shard: well under Linux's default 65,530 per process
 
@@ -61,6 +62,8 @@ class MemmapShardReader:
         # open would cost more than the rest of opening a dataset of many shards.
         self._files: list[tuple[str, str, str | None] | None] = [None] * len(self._listed)
         self._manifest = _manifest_identity(self.root)  # the dataset as it was opened
+        # A remote dataset's mirror, which fetches each file before it is first checked.
+        self._mirror = mirror_of(self.root)
         self._identity: dict[str, tuple[int, ...]] = {}  # every file as it was checked
         self._entries: dict[str, dict[str, Any]] = {}  # every file's manifest entry
         self._counts: list[tuple[int, int]] = []
@@ -99,12 +102,7 @@ class MemmapShardReader:
         files = self._files[k]
         if files is not None:
             return files
-        if _manifest_identity(self.root) != self._manifest:
-            raise DatasetError(
-                f"the dataset changed since it was opened ({MANIFEST} was replaced or removed: "
-                "prepared again?); open it again",
-                where=str(self.root),
-            )
+        self._same_manifest()
         shard = self._listed[k]
         (tokens, docs), mask = self._counts[k], shard.get("mask")
         files = self._files[k] = (
@@ -114,9 +112,29 @@ class MemmapShardReader:
         )
         return files
 
+    def _same_manifest(self) -> None:
+        """Refuse to read on once the manifest is another file than the one opened."""
+        if _manifest_identity(self.root) != self._manifest:
+            raise DatasetError(
+                f"the dataset changed since it was opened ({MANIFEST} was replaced or removed: "
+                "prepared again?); open it again",
+                where=str(self.root),
+            )
+
+    def _offsets_file(self, k: int) -> str:
+        """Shard ``k``'s offsets file's real path, checked as :meth:`_checked` checks it (the
+        shard's other files are not fetched from a remote dataset for this)."""
+        files = self._files[k]
+        if files is not None:
+            return files[1]
+        self._same_manifest()
+        return self._check(self._listed[k]["offsets"], (self._counts[k][1] + 1) * 8)
+
     def _check(self, entry: dict[str, Any], expected: int) -> str:
         """The file's real path, once it is known to lie inside the dataset with the size the
         manifest gives. A plain file in a folder already resolved costs one ``lstat``."""
+        if self._mirror is not None:
+            self._mirror.fetch(entry)  # a remote dataset's file is fetched at its first read
         folder_name, _, name = entry["path"].rpartition("/")
         folder = self._folders.get(folder_name)
         if folder is None:
@@ -147,10 +165,11 @@ class MemmapShardReader:
         """A descriptor of the file checked at open, never of one put in its place since (a
         dataset prepared again into the same directory): that is refused, so that no reader
         serves samples of two generations. Its content is the manifest's (SHA-256)."""
+        fd: int | None
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
-            fd = None
+            fd = self._fetched_again(path)
         if fd is not None:
             info = os.fstat(fd)
             if _identity(info) == self._identity[path]:
@@ -167,6 +186,17 @@ class MemmapShardReader:
             "prepared again?); open it again",
             where=str(self.root),
         )
+
+    def _fetched_again(self, path: str) -> int | None:
+        """A descriptor of the file at ``path`` of a remote dataset, fetched again after the
+        mirror dropped it for room (its content is the manifest's, as before); ``None`` where
+        the dataset is local, or changed since it was opened."""
+        if self._mirror is None or _manifest_identity(self.root) != self._manifest:
+            return None
+        self._mirror.fetch(self._entries[path])
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._identity[path] = _identity(os.fstat(fd))
+        return fd
 
     def _shard(self, k: int) -> Shard:
         """Shard ``k``'s arrays, mapped now if they are not."""
@@ -185,6 +215,10 @@ class MemmapShardReader:
     def _map(self, k: int) -> Shard:
         """Map shard ``k`` (under the lock), unmapping another when too many are mapped."""
         (tokens, offsets, mask), (count, docs) = self._checked(k), self._counts[k]
+        if self._mirror is not None:  # read now: the last a full mirror drops
+            for key in ("tokens", "offsets", "mask"):
+                if self._listed[k].get(key):
+                    self._mirror.used(self._listed[k][key]["path"])
         shard = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
         self._begins[self._starts[k] : self._starts[k + 1]] = shard.offsets[:-1]
         ring = self._ring
@@ -208,7 +242,7 @@ class MemmapShardReader:
         # Read, not mapped, so that no descriptor outlives the call; one diff for every shard.
         offsets = np.concatenate(
             [
-                _read(self._open(self._checked(k)[1]), docs + 1)
+                _read(self._open(self._offsets_file(k)), docs + 1)
                 for k, (_, docs) in enumerate(self._counts)
             ]
         )
@@ -237,7 +271,7 @@ class MemmapShardReader:
                 problem = f"the last offset is {shard[-1]} but the shard has {tokens} tokens"
             else:
                 continue
-            where = os.path.relpath(self._checked(k)[1], self.root)
+            where = os.path.relpath(self._offsets_file(k), self.root)
             raise DatasetError(f"{where}: {problem}; run `gristmill verify {self.root}`")
 
     def document(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,0 +1,391 @@
+"""A remote dataset's mirror: a local folder that holds its files fetched so far, read as a
+dataset directory.
+
+Opening fetches ``manifest.json`` afresh (once per open), and the small files every open reads:
+the tokenizer's, the offsets index and the metadata columns. A shard's file is fetched when it
+is first read, once per node: processes that share the cache folder take a lock on the file
+while one of them downloads it, and the others find it there. A download goes to a temporary
+file while it is hashed, and is renamed into place only with the size and SHA-256 the manifest
+gives; a bad or broken one is retried, then refused with an error naming the URL and the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gristmill.errors import DatasetError, GristmillError, first_line
+from gristmill.plugin.atomic import remove_stale_temporaries, temporary_for, write_atomic
+from gristmill.plugin.integrity import cache_dir
+from gristmill.plugin.remote.evict import EvictionPolicy, LeastRecentlyUsed
+from gristmill.plugin.remote.urls import (
+    endpoint,
+    filesystem,
+    is_denied,
+    is_missing,
+    is_unreachable,
+    scheme,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, processes may download the same file at once
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("gristmill")
+
+MANIFEST = "manifest.json"  # gristmill.layout's: the kit may not import it
+STATE = ".gristmill-remote"  # the mirror's own files: locks, downloads under way, its origin
+CACHE_LIMIT_VARIABLE = "GRISTMILL_REMOTE_CACHE_LIMIT"  # the default cache_limit, in bytes
+CHUNK = 8 << 20  # bytes read from the server, hashed and written at a time
+# Seconds to wait before each retry of a download that failed or did not match the manifest.
+RETRY_DELAYS: tuple[float, ...] = (0.5, 2.0, 8.0)
+STREAMED = ("http", "https")  # read in one request (block_size=0): no range requests needed
+
+_mirrors: dict[str, Mirror] = {}  # by their folder's real path: what the shard reader finds
+_registry = threading.Lock()
+T = TypeVar("T")
+
+
+class Mismatch(Exception):
+    """A download whose size or SHA-256 is not the manifest's."""
+
+
+def default_cache_limit() -> int | None:
+    """``GRISTMILL_REMOTE_CACHE_LIMIT`` (bytes), ``None`` (no limit) where it is not set."""
+    text = os.environ.get(CACHE_LIMIT_VARIABLE, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise DatasetError(f"{CACHE_LIMIT_VARIABLE}={text!r}: expected a number of bytes")
+    return int(text)
+
+
+def open_mirror(
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    cache_limit: int | None = None,
+) -> Mirror:
+    """The mirror of the dataset at ``url``, its manifest fetched afresh (see :class:`Mirror`)."""
+    mirror = Mirror(url, storage_options=storage_options, cache_limit=cache_limit)
+    mirror.refresh()
+    with _registry:
+        _mirrors[os.path.realpath(mirror.root)] = mirror
+    return mirror
+
+
+def mirror_of(root: str | os.PathLike[str]) -> Mirror | None:
+    """The mirror whose folder is ``root``, opened in this process; ``None`` for any other
+    folder (a dataset on a local filesystem)."""
+    if not _mirrors:
+        return None
+    return _mirrors.get(os.path.realpath(root))
+
+
+def local_file(root: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:
+    """The local path of the file of the manifest ``entry`` of the dataset at ``root``: fetched
+    first when ``root`` is a mirror and the file is not there yet."""
+    mirror = mirror_of(root)
+    if mirror is None:
+        return Path(root) / str(entry["path"])
+    return mirror.fetch(entry)
+
+
+class Mirror:
+    """The local copy of the dataset at ``url``: ``root`` is a dataset directory, in gristmill's
+    cache folder (``remote/`` and a hash of the URL and the endpoint), holding the files fetched
+    so far.
+
+    ``cache_limit`` (bytes; default ``GRISTMILL_REMOTE_CACHE_LIMIT``, else none) bounds the
+    dataset's files in the mirror: before a file lands that would pass it, shard files are
+    dropped, the one ``policy`` picks first (:mod:`gristmill.plugin.remote.evict`: least
+    recently used unless a loader hands over when each file is read next). The manifest, the
+    tokenizer's files, the offsets index, the metadata and a file being downloaded are never
+    dropped, nor anything the manifest does not list (it has no remote copy).
+    ``storage_options`` go to fsspec as they are (credentials among them are never logged).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_limit: int | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.cache_limit = default_cache_limit() if cache_limit is None else cache_limit
+        name = f"{self.url}\n{endpoint(self.storage_options)}"
+        self.root = cache_dir() / "remote" / hashlib.sha256(name.encode()).hexdigest()[:32]
+        self.state = self.root / STATE
+        self.policy: EvictionPolicy = LeastRecentlyUsed()
+        self.fetched: list[str] = []  # the files this process downloaded, in order
+        self._listed: dict[str, Mapping[str, Any]] = {}  # the manifest's files, by path
+        self._pinned: set[str] = set()  # the files no eviction drops
+        self._last_used: dict[str, float] = {}
+        self._fs: tuple[int, Any, str] | None = None  # (pid, filesystem, base path)
+        self._warned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy in another process makes its own filesystem (fsspec's are bound to a process).
+        return {**vars(self), "_fs": None}
+
+    def __repr__(self) -> str:
+        return f"Mirror({self.url!r}, root={str(self.root)!r})"
+
+    def filesystem(self) -> tuple[Any, str]:
+        """The fsspec filesystem and the dataset's path on it, made once per process."""
+        if self._fs is None or self._fs[0] != os.getpid():
+            fs, path = filesystem(self.url, self.storage_options)
+            self._fs = (os.getpid(), fs, path.rstrip("/"))
+        return self._fs[1], self._fs[2]
+
+    def refresh(self) -> None:
+        """Fetch the manifest afresh and the small files an open reads. A manifest other than
+        the one held replaces it (atomically), and the files the new one does not list as they
+        are go: a reader that opened the old one is refused when it reads on."""
+        (self.state / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.state / "origin").write_text(self.url + "\n", encoding="utf-8")
+        data = self._retrying(MANIFEST, lambda: self._read(MANIFEST))
+        with self._locked(self.state / "mirror.lock"):
+            remove_stale_temporaries(self.state / "tmp")
+            path = self.root / MANIFEST
+            old = path.read_bytes() if path.exists() else None
+            if old != data:  # the same manifest stays the same file: open readers read on
+                write_atomic(path, data)
+                self._drop_stale(listing(old), listing(data))
+        self._listed = listing(data)
+        self._pinned = pinned(data)
+        for name in sorted(self._pinned):
+            self.fetch(self._listed[name])
+
+    def fetch(self, entry: Mapping[str, Any]) -> Path:
+        """The local path of the file of the manifest ``entry``, downloaded first (once per
+        node) when it is not in the mirror."""
+        name = self._relative(entry["path"])
+        path = self.root / name
+        self._last_used[name] = time.time()
+        if _has_size(path, entry["bytes"]):
+            return path
+        with self._locked(self.state / "locks" / f"{_digest(name)}.lock"):
+            if _has_size(path, entry["bytes"]):  # landed by whoever held the lock
+                return path
+            with temporary_for(self.state / "tmp" / _digest(name)) as tmp:
+                self._retrying(name, lambda: self._download(name, entry, tmp))
+                with self._locked(self.state / "mirror.lock"):
+                    self._make_room(name, entry["bytes"])
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, path)
+        self.fetched.append(name)
+        return path
+
+    def used(self, name: str) -> None:
+        """Note that the file ``name`` (its path in the dataset) is read now: least recently
+        used is dropped first where no oracle says when files are read next."""
+        self._last_used[name] = time.time()
+
+    def _read(self, name: str) -> bytes:
+        fs, base = self.filesystem()
+        remote = f"{base}/{name}"
+        fs.invalidate_cache(remote)  # fetched afresh: never a size or listing cached before
+        with fs.open(remote, "rb", **self._open_options()) as f:
+            return bytes(f.read())
+
+    def _download(self, name: str, entry: Mapping[str, Any], tmp: Path) -> None:
+        """Stream the file ``name`` into ``tmp``, hashing it: :class:`Mismatch` unless it has
+        the size and SHA-256 of ``entry``."""
+        fs, base = self.filesystem()
+        digest, size = hashlib.sha256(), 0
+        with fs.open(f"{base}/{name}", "rb", **self._open_options()) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+                size += len(chunk)
+        if size != entry["bytes"]:
+            raise Mismatch(f"{size} bytes, but the manifest says {entry['bytes']}")
+        if digest.hexdigest() != entry["sha256"]:
+            raise Mismatch(
+                f"SHA-256 {digest.hexdigest()[:16]}…, but the manifest says {entry['sha256'][:16]}…"
+            )
+
+    def _open_options(self) -> dict[str, Any]:
+        return {"block_size": 0} if scheme(self.url) in STREAMED else {"block_size": CHUNK}
+
+    def _retrying(self, name: str, attempt: Callable[[], T]) -> T:
+        """``attempt()``, tried again after each of ``RETRY_DELAYS`` while it fails in a way a
+        retry may mend; a :class:`~gristmill.errors.DatasetError` naming the URL otherwise."""
+        where = f"{self.url}/{name}"
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                return attempt()
+            except GristmillError:
+                raise
+            except Exception as error:
+                if is_denied(error):
+                    raise DatasetError(
+                        f"access denied ({first_line(error)}); check the credentials "
+                        "(the filesystem's own: environment variables, config files, or "
+                        "storage_options) and that they may read this object",
+                        where=where,
+                    ) from None
+                if is_missing(error):
+                    raise DatasetError(
+                        f"not found on the server ({first_line(error)}); no dataset at "
+                        f"{self.url}, or it was removed or is still being uploaded",
+                        where=where,
+                    ) from None
+                if delay is None:
+                    raise _failed(where, error) from None
+                log.warning(f"{where}: {first_line(error)}; retrying in {delay:g} s")
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _make_room(self, landing: str, size: int) -> None:
+        """Drop shard files, the policy's choice first, until ``size`` more bytes stay within
+        the limit (under the mirror's lock)."""
+        if self.cache_limit is None:
+            return
+        present = {}
+        for name in self._listed:
+            with contextlib.suppress(OSError):
+                present[name] = os.lstat(self.root / name)
+        total = sum(info.st_size for info in present.values())
+        candidates = [n for n in present if n not in self._pinned and n != landing]
+        last = {n: self._last_used.get(n, present[n].st_mtime) for n in candidates}
+        while candidates and total + size > self.cache_limit:
+            victim = self.policy.victim(candidates, last)
+            candidates.remove(victim)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / victim)
+            total -= present[victim].st_size
+        if total + size > self.cache_limit and not self._warned:
+            self._warned = True
+            log.warning(
+                f"{self.url}: cache_limit {self.cache_limit:,} bytes is less than the files "
+                f"that must stay in the mirror ({total + size:,} bytes: the file read now, the "
+                "manifest's small files); the mirror holds more than the limit"
+            )
+
+    def _drop_stale(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Remove the files of the old manifest that the new one does not list as they are."""
+        for name, entry in old.items():
+            if _same(entry, new.get(name)):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / self._relative(name))
+
+    def _relative(self, name: str) -> str:
+        """``name``, a path the manifest lists, once it is known to stay inside the mirror."""
+        parts = name.split("/")
+        if not name or name.startswith("/") or "\\" in name or {"", ".", ".."} & set(parts):
+            raise DatasetError(f"manifest path {name!r} leaves the dataset", where=self.url)
+        if parts[0] == STATE:
+            raise DatasetError(f"manifest path {name!r} is the mirror's own", where=self.url)
+        return name
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        """An exclusive ``flock`` on the lock file ``path`` while the block runs (processes,
+        and threads, of this node wait for each other)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock
+
+
+def _failed(where: str, error: BaseException) -> DatasetError:
+    tries = len(RETRY_DELAYS) + 1
+    if isinstance(error, Mismatch):
+        return DatasetError(
+            f"downloaded {tries} times, never as the manifest lists it ({error}): the object "
+            "on the server is damaged or was replaced; nothing of it was served. Check it, or "
+            "prepare and upload the dataset again",
+            where=where,
+        )
+    if is_unreachable(error):
+        return DatasetError(
+            f"cannot reach the server after {tries} tries ({first_line(error)}); check the "
+            "network (offline?) and the endpoint",
+            where=where,
+        )
+    return DatasetError(f"failed {tries} times: {first_line(error)}", where=where)
+
+
+def listing(data: bytes | None) -> dict[str, Mapping[str, Any]]:
+    """Every file entry a manifest's bytes list, by path (what of it can be read: a manifest
+    that is not well formed is refused by ``read_manifest`` with the reason)."""
+    try:
+        manifest = json.loads(data) if data is not None else {}
+    except ValueError:
+        return {}
+    return {entry["path"]: entry for entry in _entries(manifest) if _is_entry(entry)}
+
+
+def pinned(data: bytes) -> set[str]:
+    """The paths of the files every open reads, fetched at open and never dropped: the
+    tokenizer's, the offsets index and the metadata columns."""
+    manifest = _object(json.loads(data))
+    tokenizer = _object(manifest.get("tokenizer"))
+    small = [*_list(tokenizer.get("files"))]
+    small += _object(manifest.get("index")).values()
+    for column in _object(manifest.get("metadata")).values():
+        small += [_object(column).get("strings"), _object(column).get("offsets")]
+    for split in _object(manifest.get("splits")).values():
+        small += _object(_object(split).get("metadata")).values()
+    return {entry["path"] for entry in small if _is_entry(entry)}
+
+
+def _entries(manifest: Any) -> Iterator[Any]:
+    yield from _list(_object(_object(manifest).get("tokenizer")).get("files"))
+    for split in _object(_object(manifest).get("splits")).values():
+        for shard in _list(_object(split).get("shards")):
+            yield from _object(shard).values()
+        yield from _object(_object(split).get("metadata")).values()
+    for column in _object(_object(manifest).get("metadata")).values():
+        yield from (_object(column).get("strings"), _object(column).get("offsets"))
+    yield from _object(_object(manifest).get("index")).values()
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(entry.get("bytes"), int)
+        and isinstance(entry.get("sha256"), str)
+    )
+
+
+def _same(entry: Any, other: Any) -> bool:
+    return other is not None and all(entry.get(k) == other.get(k) for k in ("bytes", "sha256"))
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return os.stat(path).st_size == size
+    except OSError:
+        return False
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
