@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 def versions(packages: Iterable[str]) -> dict[str, str | None]:
@@ -62,3 +65,56 @@ def train_bpe(texts: Iterable[str], path: Path, *, vocab_size: int, eos: str) ->
     tok.save(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+SAMPLE_S = 0.05  # how often the process tree's memory is sampled
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size (0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_sampled(
+    cmd: Sequence[str], log: Path, env: dict[str, str], timeout: float | None = None
+) -> dict[str, Any]:
+    """Run ``cmd`` with its output to ``log``, sampling its whole process tree (psutil) every
+    50 ms: ``returncode`` (None past ``timeout``, the tree killed), ``peak_rss`` (sum of the
+    resident sets), ``peak_pss`` (sum of the proportional sets) and ``wall`` seconds."""
+    import psutil
+
+    peak_rss = peak_pss = 0
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        proc = psutil.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            rss = pss = 0
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for p in tree:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:  # ended between listing and reading
+                    continue
+                pss += pss_bytes(p.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            if timeout is not None and time.perf_counter() - began > timeout:
+                for p in reversed(tree):
+                    try:
+                        p.kill()
+                    except psutil.Error:
+                        continue
+                proc.wait()
+                return {"returncode": None, "peak_rss": peak_rss, "peak_pss": peak_pss}
+            time.sleep(SAMPLE_S)
+    wall = time.perf_counter() - began
+    return {"returncode": proc.returncode, "peak_rss": peak_rss, "peak_pss": peak_pss, "wall": wall}

@@ -96,14 +96,19 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common import environment, ints, print_targets, versions  # bench/common.py, beside this script
+from common import (  # bench/common.py, beside this script
+    environment,
+    ints,
+    print_targets,
+    run_sampled,
+    versions,
+)
 
 SEQ_LEN = 2048
 BATCH = 8
@@ -299,11 +304,35 @@ def write_litdata(stream: Path, dtype: str, out: Path, per_chunk: int) -> Path:
     return out
 
 
+def write_hf(stream: Path, dtype: str, out: Path, per_shard: int) -> Path:
+    """Every whole window as a row of a Hugging Face ``datasets`` dataset (one fixed-size list
+    column, ``input_ids``) saved with ``save_to_disk`` in shards of ``per_shard`` rows."""
+    if (out / "state.json").exists():
+        return out
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+
+    print(f"writing {out.name} ...", flush=True)
+    datasets.disable_progress_bars()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokens = np.memmap(stream, dtype=dtype, mode="r")
+    windows = len(tokens) // SEQ_LEN
+    column = pa.FixedSizeListArray.from_arrays(pa.array(tokens[: windows * SEQ_LEN]), SEQ_LEN)
+    table = datasets.table.InMemoryTable(pa.table({"input_ids": column}))
+    datasets.Dataset(table).save_to_disk(str(tmp), num_shards=-(-windows // per_shard))
+    os.replace(tmp, out)
+    return out
+
+
 def shard_count(kind: str, path: Path) -> int:
     if kind == "gristmill":
         return len(manifest_shards(path))
     if kind == "streaming":
         return len(json.loads((path / "index.json").read_text())["shards"])
+    if kind == "datasets":
+        return len(json.loads((path / "state.json").read_text())["_data_files"])
     return len(json.loads((path / "data" / "index.json").read_text())["chunks"])
 
 
@@ -388,12 +417,29 @@ def setup_litdata(spec: dict[str, Any], lap: Callable[[str], None]) -> tuple[Any
     return iter(loader), lambda b: (len(b), b.numel())
 
 
+def setup_datasets(spec: dict[str, Any], lap: Callable[[str], None]) -> tuple[Any, Counter]:
+    """Hugging Face ``datasets``: ``load_from_disk`` in torch format under a shuffled torch
+    DataLoader (what ``transformers.Trainer`` builds over a tokenized dataset)."""
+    import datasets
+    import torch
+
+    lap("import")
+    ds = datasets.load_from_disk(spec["path"]).with_format("torch")
+    lap("open")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=BATCH, shuffle=True, num_workers=spec["workers"]
+    )
+    lap("loader")
+    return iter(loader), lambda b: (len(b["input_ids"]), b["input_ids"].numel())
+
+
 Counter = Callable[[Any], tuple[int, int]]  # a batch -> (samples, real tokens)
 SETUPS = {
     "gristmill": setup_gristmill,
     "memmap": setup_memmap,
     "streaming": setup_streaming,
     "litdata": setup_litdata,
+    "datasets": setup_datasets,
 }
 
 
@@ -483,22 +529,19 @@ def child(spec: dict[str, Any]) -> None:
 
 
 def run_child(spec: dict[str, Any], log: Path) -> dict[str, Any]:
-    """This script in a fresh interpreter measuring ``spec``; its RESULT, or why there is none."""
+    """This script in a fresh interpreter measuring ``spec``; its RESULT with the peak memory of
+    its process tree (``peak_rss``, ``peak_pss``), or why there is none."""
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        log.write_text(f"{exc}\n")
+    ran = run_sampled(cmd, log, env, timeout=CHILD_TIMEOUT_S)
+    if ran["returncode"] is None:
         return {"failed": f"over {CHILD_TIMEOUT_S} s (see {log})"}
-    log.write_text(done.stdout + done.stderr)
-    found = [ln[7:] for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode or not found:
-        tail = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()][-1:]
-        return {"failed": f"exit {done.returncode}: {''.join(tail)[:120]} (see {log})"}
-    return json.loads(found[-1])
+    output = log.read_text(errors="replace")
+    found = [ln[7:] for ln in output.splitlines() if ln.startswith("RESULT ")]
+    if ran["returncode"] or not found:
+        tail = [ln for ln in output.splitlines() if ln.strip()][-1:]
+        return {"failed": f"exit {ran['returncode']}: {''.join(tail)[:120]} (see {log})"}
+    return {**json.loads(found[-1]), "peak_rss": ran["peak_rss"], "peak_pss": ran["peak_pss"]}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -541,7 +584,7 @@ class Bench:
     def peer(self, kind: str, shards: int) -> Path:
         per = -(-self.windows // shards)
         out = self.work / f"{kind}-{self.tag}-{per}"
-        write = write_mds if kind == "streaming" else write_litdata
+        write = {"streaming": write_mds, "litdata": write_litdata, "datasets": write_hf}[kind]
         return write(self.stream, self.dtype, out, per)
 
     def run(self, spec: dict[str, Any]) -> dict[str, Any]:

@@ -145,15 +145,20 @@ def job_encode(ctx: Context) -> dict[str, Any]:
 
 
 def job_floor(ctx: Context) -> dict[str, Any]:
-    """Read and parse every line, and write as many uint16 tokens (zeros) as the reference has."""
+    """Read and parse every line, and write as many uint16 tokens (zeros) as the reference has.
+
+    Each line's ``fields`` (an option, ``["text"]`` by default) are looked up."""
     lengths = np.load(ctx["lengths"])
+    fields = ctx.get("floor", {}).get("fields", ["text"])
     out = fresh(ctx["out"])
     began = time.perf_counter()
     zeros = np.zeros(int(lengths.max()), np.uint16)
     docs = 0
     with open(out / "tokens.bin", "wb") as f:
         for line, n in zip(lines(ctx["corpus"]), lengths.tolist()):
-            json.loads(line)["text"]
+            record = json.loads(line)
+            for key in fields:
+                record[key]
             f.write(zeros[:n])
             docs += 1
     np.concatenate([[0], np.cumsum(lengths)]).tofile(out / "offsets.bin")
@@ -195,6 +200,37 @@ def job_datasets(ctx: Context) -> dict[str, Any]:
     files = [entry["filename"] for entry in done.cache_files]
     (out / "mapped-files.json").write_text(json.dumps(files))
     return {"seconds": seconds, "docs": len(done)}
+
+
+def job_datasets_sft(ctx: Context) -> dict[str, Any]:
+    """Prompt/completion pairs the way TRL's ``SFTTrainer`` tokenizes them, as a
+    ``datasets.map(batched=True, num_proc=2)``: the prompt's ids, the ids of prompt and
+    completion together with the EOS appended, and a ``completion_mask`` of 0 over the prompt's
+    tokens and 1 after. The text is gristmill's plain template, ``{prompt}\n{completion}``."""
+    import datasets
+    import pyarrow.compute as pc
+    from transformers import PreTrainedTokenizerFast
+
+    datasets.disable_progress_bars()
+    out = fresh(ctx["out"])
+    eos = ctx["eos"]
+    began = time.perf_counter()
+    tok = PreTrainedTokenizerFast(tokenizer_file=ctx["tokenizer"], eos_token="<|endoftext|>")
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        heads = [f"{p}\n" for p in batch["prompt"]]
+        texts = [h + c for h, c in zip(heads, batch["completion"])]
+        kw = {"add_special_tokens": False, "return_attention_mask": False}
+        prompts = tok(heads, **kw)["input_ids"]
+        ids = [[*doc, eos] for doc in tok(texts, **kw)["input_ids"]]
+        masks = [[0] * len(p) + [1] * (len(d) - len(p)) for p, d in zip(prompts, ids)]
+        return {"input_ids": ids, "completion_mask": masks}
+
+    raw = datasets.load_dataset("json", data_files=ctx["corpus"], split="train", cache_dir=out)
+    done = raw.map(tokenize, batched=True, num_proc=ctx["procs"], remove_columns=raw.column_names)
+    seconds = time.perf_counter() - began
+    tokens = int(pc.sum(pc.list_value_length(done.data.column("input_ids"))).as_py())
+    return {"seconds": seconds, "tokens": tokens, "docs": len(done)}
 
 
 def _litdata_fn(span: tuple[str, int, int, str, int]) -> Iterator[np.ndarray]:
@@ -336,6 +372,7 @@ JOBS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "floor": job_floor,
     "gristmill": job_gristmill,
     "datasets": job_datasets,
+    "datasets-sft": job_datasets_sft,
     "litdata": job_litdata,
     "streaming": job_streaming,
     "megatron": job_megatron,

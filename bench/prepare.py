@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import sysconfig
 import time
@@ -56,6 +55,7 @@ from typing import Any
 from common import (  # bench/common.py, beside this script
     environment,
     print_targets,
+    run_sampled,
     train_bpe,
     versions,
 )
@@ -63,7 +63,6 @@ from common import (  # bench/common.py, beside this script
 EOS = "<|endoftext|>"
 VOCAB = 32_000
 TRAIN_EVERY = 10  # the tokenizer learns from every 10th document
-SAMPLE_S = 0.05
 PROCS = 2
 PACKAGES = ("gristmill", "tokenizers", "gigatoken", "transformers", "datasets", "litdata")
 PACKAGES += ("mosaicml-streaming", "megatron-core", "torch", "numpy")
@@ -259,49 +258,18 @@ def train_tokenizer(work: Path, corpus: Path) -> Path:
 # --- running the contenders -----------------------------------------------------------------------
 
 
-def pss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_child(mode: str, spec: dict[str, Any], log: Path, env: dict[str, str]) -> dict[str, Any]:
     """Run this script's ``mode`` child; return its result with the tree's peak RSS and PSS."""
-    import psutil
-
     cmd = [sys.executable, __file__, mode, json.dumps(spec)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env}
-    peak_rss = peak_pss = 0
-    began = time.perf_counter()
-    with open(log, "w") as out:
-        proc = psutil.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        while proc.poll() is None:
-            rss = pss = 0
-            try:
-                tree = [proc, *proc.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                tree = []
-            for p in tree:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:  # ended between listing and reading
-                    continue
-                pss += pss_bytes(p.pid)
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(SAMPLE_S)
-    wall = time.perf_counter() - began
+    ran = run_sampled(cmd, log, env)
     results = [
         ln[7:] for ln in log.read_text(errors="replace").splitlines() if ln.startswith("RESULT ")
     ]
-    if proc.returncode or not results:
+    if ran["returncode"] or not results:
         last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
-        return {"failed": f"exit {proc.returncode}: {''.join(last)[:120]} (see {log})"}
-    return {**json.loads(results[-1]), "peak_rss": peak_rss, "peak_pss": peak_pss, "wall": wall}
+        return {"failed": f"exit {ran['returncode']}: {''.join(last)[:120]} (see {log})"}
+    return {**json.loads(results[-1]), **{k: ran[k] for k in ("peak_rss", "peak_pss", "wall")}}
 
 
 def child(mode: str, spec: dict[str, Any]) -> None:
