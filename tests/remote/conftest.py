@@ -50,6 +50,14 @@ def dataset(prepared_dataset) -> Path:
     return prepared_dataset(records(), tokens_per_shard=4000)
 
 
+@pytest.fixture
+def plain(prepared_dataset) -> Path:
+    """A dataset of several shards without loss masks: opening it reads no shard file."""
+    return prepared_dataset(
+        [{"text": f"doc {i} " * (i % 23 + 1)} for i in range(500)], tokens_per_shard=3000
+    )
+
+
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts with an empty cache (mirrors included), and retries without waits."""

@@ -197,15 +197,17 @@ class Mirror:
         fs, base = self.filesystem()
         remote = f"{base}/{name}"
         fs.invalidate_cache(remote)  # fetched afresh: never a size or listing cached before
-        with fs.open(remote, "rb", **self._open_options()) as f:
-            return bytes(f.read())
+        return bytes(fs.cat_file(remote))  # one GET: no HEAD first, whose errors say less
 
     def _download(self, name: str, entry: Mapping[str, Any], tmp: Path) -> None:
         """Stream the file ``name`` into ``tmp``, hashing it: :class:`Mismatch` unless it has
         the size and SHA-256 of ``entry``."""
         fs, base = self.filesystem()
         digest, size = hashlib.sha256(), 0
-        with fs.open(f"{base}/{name}", "rb", **self._open_options()) as src, open(tmp, "wb") as dst:
+        # The size the manifest gives spares a HEAD request; a longer object is cut there,
+        # and found out by its hash.
+        options = {**self._open_options(), "size": entry["bytes"]}
+        with fs.open(f"{base}/{name}", "rb", **options) as src, open(tmp, "wb") as dst:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
@@ -255,11 +257,12 @@ class Mirror:
         if self.cache_limit is None:
             return
         present = {}
-        for name in self._listed:
+        for name in (MANIFEST, *self._listed):
             with contextlib.suppress(OSError):
                 present[name] = os.lstat(self.root / name)
         total = sum(info.st_size for info in present.values())
-        candidates = [n for n in present if n not in self._pinned and n != landing]
+        keep = {MANIFEST, landing, *self._pinned}
+        candidates = [n for n in present if n not in keep]
         last = {n: self._last_used.get(n, present[n].st_mtime) for n in candidates}
         while candidates and total + size > self.cache_limit:
             victim = self.policy.victim(candidates, last)
