@@ -136,3 +136,46 @@ def test_the_limit_comes_from_the_environment(http_server, plain, monkeypatch):
     monkeypatch.setenv("GRISTMILL_REMOTE_CACHE_LIMIT", "lots")
     with pytest.raises(gristmill.DatasetError, match="GRISTMILL_REMOTE_CACHE_LIMIT='lots'"):
         gristmill.open_dataset(http_server.publish(plain), seq_len=96)
+
+
+REMAPPING = """
+import resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+import gristmill
+url, local, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+remote = gristmill.open_dataset(url, seq_len=96, cache_limit=limit)
+here = gristmill.open_dataset(local, seq_len=96)
+assert remote.documents._max_mapped == 20  # so that shards are unmapped, then mapped again
+for _ in range(2):
+    for lo in range(0, len(here), 8):
+        block = np.arange(lo, min(lo + 8, len(here)))
+        for got, expected in zip(remote.batch(block), here.batch(block)):
+            assert all(np.array_equal(got[k], expected[k]) for k in expected)
+print("same")
+"""
+
+
+def test_a_reader_fetches_again_what_the_mirror_dropped_after_it_was_checked(
+    http_server, prepared_dataset
+):
+    """More shards than a reader keeps mapped, and room for a few: a shard mapped again after
+    its files were dropped is fetched again, and serves the same samples."""
+    local = prepared_dataset(
+        [{"text": f"doc {i} " * (i % 23 + 1)} for i in range(500)], tokens_per_shard=800
+    )
+    shards = gristmill.open_dataset(local).manifest["splits"]["train"]["shards"]
+    assert len(shards) > 2 * 20
+    url = http_server.publish(local)
+    biggest = max(s["tokens"]["bytes"] + s["offsets"]["bytes"] for s in shards)
+    limit = mirrored(open_mirror(url).root) + 4 * biggest
+    run = subprocess.run(
+        [sys.executable, "-c", REMAPPING, url, str(local), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "same"
+    gets = http_server.requests.by_path("GET")
+    assert all(gets[p] == 2 for p in gets if p.endswith(".tokens"))  # one per pass

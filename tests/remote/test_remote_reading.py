@@ -108,3 +108,44 @@ def test_importing_gristmill_and_the_shard_reader_loads_no_remote_library():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_torch_loader_with_workers_serves_the_local_batches(http_server, dataset, context):
+    torch = pytest.importorskip("torch", reason="the loader test needs torch (tox -e remote)")
+    from gristmill.torch import dataloader
+
+    url = http_server.publish(dataset)
+    batches = []
+    for path in (url, dataset):
+        ds = gristmill.open_dataset(path, seq_len=96, packer="first-fit")
+        loader = dataloader(
+            ds, batch_size=4, rank=1, world_size=2, num_workers=2, multiprocessing_context=context
+        )
+        batches.append(list(loader))
+    assert len(batches[0]) == len(batches[1]) > 0
+    for got, expected in zip(*batches):
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got[key], value), key
+
+
+def test_a_mixture_of_remote_and_local_datasets(http_server, dataset, plain):
+    url = http_server.publish(plain)
+    mixed = [
+        gristmill.mixture(
+            {
+                "a": gristmill.open_dataset(dataset, seq_len=96),
+                "b": gristmill.open_dataset(b, seq_len=96),
+            },
+            weights={"a": 1, "b": 2},
+        )
+        for b in (url, plain)
+    ]
+    assert len(mixed[0]) == len(mixed[1]) > 0
+    assert mixed[0].identity == mixed[1].identity  # the same samples, wherever they are read
+    everything = np.arange(len(mixed[1]))
+    for got, expected in zip(mixed[0].batch(everything), mixed[1].batch(everything)):
+        for key, value in expected.items():
+            assert np.array_equal(got[key], value), key
