@@ -149,3 +149,13 @@ def test_a_mixture_of_remote_and_local_datasets(http_server, dataset, plain):
     for got, expected in zip(mixed[0].batch(everything), mixed[1].batch(everything)):
         for key, value in expected.items():
             assert np.array_equal(got[key], value), key
+
+
+def test_a_whole_mirror_verifies_as_the_dataset(s3_server, dataset):
+    from gristmill.plugin.remote import open_mirror
+    from gristmill.store.verify import verify
+
+    url = s3_server.upload(dataset)
+    root = open_mirror(url, storage_options=s3_server.options).fetch_all()
+    assert (root / "manifest.json").read_bytes() == (dataset / "manifest.json").read_bytes()
+    assert verify(root) == []  # nothing missing, nothing unlisted, every hash the manifest's

@@ -188,6 +188,14 @@ class Mirror:
         self.fetched.append(name)
         return path
 
+    def fetch_all(self) -> Path:
+        """Every file the manifest lists, fetched where it is not in the mirror yet: the
+        mirror's folder, a whole dataset (to ``gristmill verify`` or export; ``cache_limit``
+        still applies, so a limit below the dataset's size leaves some out)."""
+        for entry in self._listed.values():
+            self.fetch(entry)
+        return self.root
+
     def used(self, name: str) -> None:
         """Note that the file ``name`` (its path in the dataset) is read now: least recently
         used is dropped first where no oracle says when files are read next."""
