@@ -605,6 +605,11 @@ def open_dataset(
 ) -> Dataset:
     """Open a prepared dataset as map-style packed samples (see :class:`Dataset`).
 
+    ``path`` is a directory, or a URL (``s3://``, ``gs://``, ``https://``, any fsspec knows):
+    a remote dataset is read through a local mirror that fetches each file at its first read,
+    checked against the manifest (:mod:`gristmill.plugin.remote`; ``storage_options`` go to the
+    filesystem, ``cache_limit`` bounds the mirror).
+
     Opening reads the manifest and maps the shard files: no pass over the tokens (but one over
     the loss masks, where the split has them, when the plan is not cached yet). Every file is
     checked against the manifest's SHA-256 before its bytes are first used, once per machine
