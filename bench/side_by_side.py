@@ -56,7 +56,8 @@ COLLATORS = {"Collator()": "default", "padding_free=True": "fastest"}
 NO_SFT = {
     "litdata": "litdata `optimize` stores what a function yields; masking is the user's code",
     "streaming": "MosaicML streaming writes and reads samples; no tokenization or masking",
-    "megatron": "Megatron-LM tokenizes SFT data when it loads it (`SFTDataset`), no prepare step",
+    "megatron": "Megatron's `preprocess_data.py` stores no loss masks; its SFT datasets "
+    "(Megatron-Bridge `GPTSFTDataset`) tokenize JSONL as they load it",
     "nanogpt": "nanoGPT prepares plain text only",
 }
 MIB = 2**20
