@@ -453,3 +453,46 @@ def test_characters_of_a_newer_unicode_go_to_the_reference(tmp_path):
     texts = ["plain ascii first", rows, "déjà vu"]  # the odd text in the middle of a batch
     assert _same(fast.encode_batch(texts)[0], _open(spec, "hf").encode_batch(texts)[0])
     assert fast.engine == "gigatoken"  # routed, not a fallback
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _reloaded(spec: str, directory):
+    """The tokenizer as a prepare worker has it: reloaded from a dataset's saved copy."""
+    family = resolve_tokenizer(spec, get_manager())
+    config = _open(spec).save(directory)
+    return family.load(directory, config, engine="auto")
+
+
+@needs_gigatoken
+def test_a_reloaded_tokenizer_lets_the_reference_go_and_opens_it_again(fams, tmp_path):
+    tok, reference = _reloaded(fams["bpe"], tmp_path), _open(fams["bpe"], "hf")
+    assert _same(tok.encode_batch(TEXTS)[0], reference.encode_batch(TEXTS)[0])
+    assert tok._backend is None and tok.reopened == 0  # checked, then let go
+    # A text of a newer Unicode goes to the reference: opened again, the same ids.
+    texts = ["plain", "\u0378 is unassigned in every Unicode version so far"]
+    assert _same(tok.encode_batch(texts)[0], reference.encode_batch(texts)[0])
+    assert tok.reopened == 1 and tok._backend is not None
+    for _ in range(tok.idle + 1):  # batches that do not need it: it goes again
+        tok.encode_batch(["plain"])
+    assert tok._backend is None
+    got, want = tok.encode_batch(TEXTS, offsets=True), reference.encode_batch(TEXTS, offsets=True)
+    assert _same(got[0], want[0]) and _same(got[1], want[1])
+    assert tok.decode(want[0][3]) == reference.decode(want[0][3])
+    assert tok.engine == "gigatoken" and tok.reopened == 2
+
+
+@needs_gigatoken
+@pytest.mark.parametrize("family", ["bpe", "sentencepiece"])
+def test_gigatoken_built_again_to_empty_its_cache_gives_the_same_ids(fams, family, monkeypatch):
+    from gristmill_hf_tokenizers import engines
+
+    monkeypatch.setattr(engines, "LOOK_CHARS", 1)  # a look at the process's size every batch
+    fast, reference = _open(fams[family], "gigatoken"), _open(fams[family], "hf")
+    engine = fast._engines.fast
+    engine.cache_budget = -1  # whatever the size: built again at every look
+    for batch in (TEXTS, [LONG, *TEXTS[::-1]], TEXTS, [LONG]):
+        assert _same(fast.encode_batch(batch)[0], reference.encode_batch(batch)[0])
+    assert fast.engine == "gigatoken"
+    assert engine.rebuilds == (4 if sys.platform == "linux" else 0)

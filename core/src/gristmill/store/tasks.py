@@ -85,6 +85,9 @@ class TaskRunner:
         manager = self.manager or get_manager()
         tok = _tokenizer(self.settings, manager)
         summary = run_task(chunk, self.settings, tok, manager, self.progress, self.announce)
+        # What the task freed (its shards' arrays, its batches) goes back to the system: a
+        # worker's heap would otherwise keep its high-water mark, and creep task after task.
+        trim_memory()
         return {**summary, "progress_shown": self.progress is not None}
 
 

@@ -7,13 +7,14 @@ is checked against it (see :mod:`gristmill_hf_tokenizers.engines`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gristmill.errors import first_line
+from gristmill.plugin.workers import trim_memory
 from gristmill_hf_tokenizers.common import (
     PROBE_TEXT,
     Specials,
@@ -28,24 +29,68 @@ from gristmill_hf_tokenizers.engines import EngineTokenizer
 
 
 class BackendTokenizer(EngineTokenizer):
-    """A ``tokenizers.Tokenizer`` (``backend``) behind gristmill's Tokenizer protocol."""
+    """A ``tokenizers.Tokenizer`` (``backend``) behind gristmill's Tokenizer protocol.
 
-    def __init__(self, spec: str, backend: Any, specials: Specials, engine: str = "auto"):
-        self.backend = backend
+    With ``reopen`` (a function that opens the same ``backend`` again), the library's tokenizer
+    is let go once the fast engine has agreed with it: a prepare worker that encodes with the
+    fast engine keeps one tokenizer in memory, not two. It is opened again when it is needed
+    after all (a document the fast engine leaves to it, ``decode``), and let go again once
+    ``idle`` batches have not needed it; each reopening doubles ``idle`` (reopening parses the
+    tokenizer's JSON again: a reference that batches keep needing stays).
+    """
+
+    idle = 4
+
+    def __init__(
+        self,
+        spec: str,
+        backend: Any,
+        specials: Specials,
+        engine: str = "auto",
+        reopen: Callable[[], Any] | None = None,
+    ):
+        self._backend: Any = backend
+        self._reopen = reopen
+        self._unused = 0  # batches since the reference was last used
+        self.reopened = 0
         vocab = backend.get_vocab(with_added_tokens=True)
         size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
-        # Without offsets, the faster call that skips computing them (tokenizers >= 0.20).
-        self._encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
-        super().__init__(spec, specials, size, engine, backend.to_str)
+        release = self._release if reopen is not None else None
+        super().__init__(spec, specials, size, engine, self._to_str, release)
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            assert self._reopen is not None, "only a tokenizer that can reopen it lets it go"
+            self._backend = self._reopen()
+            self.reopened += 1
+            self.idle *= 2
+        self._unused = 0
+        return self._backend
+
+    def _release(self) -> None:
+        """After each batch, once the fast engine has agreed with the reference."""
+        if self._backend is None:
+            return
+        self._unused += 1
+        if self._unused > self.idle or not self.reopened:
+            self._backend = None
+            trim_memory()
+
+    def _to_str(self) -> str:
+        return str(self.backend.to_str())
 
     def _encode_reference(
         self, texts: list[str], offsets: bool
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        backend = self.backend
         with not_unicode_as_value_error():
             if not offsets:
-                encodings = self._encode_fast(texts, add_special_tokens=False)
+                # The faster call that skips computing offsets (tokenizers >= 0.20).
+                encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+                encodings = encode(texts, add_special_tokens=False)
                 return to_arrays([e.ids for e in encodings], None)
-            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
         return to_arrays([e.ids for e in encodings], [e.offsets for e in encodings])
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gristmill.errors import GristmillError, MissingDependencyError, first_line
+from gristmill.plugin.workers import trim_memory
 from gristmill_hf_tokenizers.common import Specials, log
 from gristmill_hf_tokenizers.offsets import OffsetTable, Unsupported, offset_table
 
@@ -41,6 +43,11 @@ AUTO = "auto"
 REFERENCE = "hf"
 ENGINES = (REFERENCE, "gigatoken")  # what factory/load accept besides "auto"
 CHECK_CHARS = 1 << 18  # text compared with the reference on first use (256 Ki characters)
+# Growth of the process, since gigatoken's encoder was built, that builds it again (Gigatoken),
+# and the text encoded between two looks at the process's size.
+CACHE_BUDGET = 64 << 20
+LOOK_CHARS = 1 << 20
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 GIGATOKEN_HINT = "pip install gigatoken (or pip install 'gristmill[hf]')"
 # Why a document went to the reference while the fast engine was in use (EngineSwitch.by_reference).
 NEWER_UNICODE = "newer-unicode"  # a character this Python's Unicode tables do not know
@@ -67,9 +74,17 @@ class Gigatoken:
 
     gristmill parallelises with worker processes (one per core), so gigatoken's own thread pool
     is never used (``parallel=False``): no oversubscription, and no pool inherited across a fork.
+
+    gigatoken keeps every distinct pre-token it has encoded (its pre-token cache), with no limit
+    and no way to empty it: over text of many distinct words a worker would grow by hundreds of
+    MiB. So the encoder is built again from the JSON (a fraction of a second) whenever the
+    process has grown by ``cache_budget`` bytes since it was built; the ids never depend on the
+    cache. The process's size is read where the system tells it (Linux); elsewhere the cache
+    is not bounded.
     """
 
     name = "gigatoken"
+    cache_budget = CACHE_BUDGET
 
     def __init__(self, tokenizer_json: str):
         self._json = tokenizer_json
@@ -78,12 +93,35 @@ class Gigatoken:
             raise ValueError(
                 f"it would skip the tokenizer's {ignored} pre-tokenizer (its ids would differ)"
             )
+        self._built_at = resident_bytes()
+        self._unlooked = 0  # characters encoded since the process's size was last read
+        self.rebuilds = 0
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
+        ids = self._encode(texts)
+        self._unlooked += sum(map(len, texts))
+        if self._unlooked >= LOOK_CHARS:
+            self._unlooked = 0
+            self._bound_cache()
+        return ids
+
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
         # A uint32 array per text, no Python int per token. Not encode_batch: its awkward array
         # costs an import of awkward in every worker, and unpacking it, for no faster encoding.
+        # (A function of its own: its bound ``encode`` must not keep an old encoder alive.)
         encode = self._tok.backend.encode
         return [encode(text) for text in texts]
+
+    def _bound_cache(self) -> None:
+        now = resident_bytes()
+        if now is None or self._built_at is None or now - self._built_at <= self.cache_budget:
+            return
+        self._tok = None  # the old cache goes before the new encoder comes
+        trim_memory()
+        self._tok = _gigatoken().Tokenizer.from_json(self._json)
+        self.rebuilds += 1
+        # Measured again: what did not shrink is not the cache, and must not rebuild it again.
+        self._built_at = resident_bytes()
 
     # The Rust tokenizer does not pickle; a worker process rebuilds it from the JSON.
     def __getstate__(self) -> dict[str, Any]:
@@ -102,9 +140,13 @@ class EngineSwitch:
         fast: FastEngine | None,
         build: Callable[[], FastEngine | None] | None = None,
         tokenizer_json: Callable[[], str] | None = None,
+        release: Callable[[], None] | None = None,
     ):
         self.spec = spec
         self._fast = fast
+        # Called after each batch once the fast engine has agreed with the reference: the
+        # reference may go until it is needed again (its owner decides).
+        self._release = release
         # auto: the fast engine is made on first use, so that a tokenizer that never encodes
         # (prepare's main process: its workers encode) never pays for loading it.
         self._build = build
@@ -147,7 +189,12 @@ class EngineSwitch:
         return self._table
 
     def encode_batch(self, texts: Sequence[str], offsets: bool, reference: Reference) -> Arrays:
-        texts = list(texts)
+        arrays = self._encode_batch(list(texts), offsets, reference)
+        if self._release is not None and self.checked and self.fast is not None:
+            self._release()
+        return arrays
+
+    def _encode_batch(self, texts: list[str], offsets: bool, reference: Reference) -> Arrays:
         if self.fast is None or not texts or (offsets and self.table() is None):
             return reference(texts, offsets)
         # A character that this Python's Unicode tables do not know was assigned by a newer
@@ -273,8 +320,14 @@ def _merged(count: int, parts: list[tuple[list[int], Arrays]], offsets: bool) ->
     return ids, starts if offsets else None
 
 
-def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineSwitch:
-    """The engine for ``engine`` (``auto``, ``hf`` or ``gigatoken``).
+def choose(
+    spec: str,
+    engine: str,
+    tokenizer_json: Callable[[], str],
+    release: Callable[[], None] | None = None,
+) -> EngineSwitch:
+    """The engine for ``engine`` (``auto``, ``hf`` or ``gigatoken``); ``release`` lets the
+    reference go once the fast engine agreed with it (:class:`EngineSwitch`).
 
     ``auto`` quietly takes ``hf`` when gigatoken is missing or refuses the tokenizer; asking for
     ``gigatoken`` by name makes either a clear error.
@@ -287,7 +340,7 @@ def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineS
         return EngineSwitch(spec, None)
     if engine == AUTO:
         build = functools.partial(_gigatoken_if_any, spec, tokenizer_json)
-        return EngineSwitch(spec, None, build, tokenizer_json)
+        return EngineSwitch(spec, None, build, tokenizer_json, release)
     try:
         _gigatoken()
     except ImportError:
@@ -301,13 +354,14 @@ def choose(spec: str, engine: str, tokenizer_json: Callable[[], str]) -> EngineS
             f"{spec}: the gigatoken engine does not support this tokenizer: {first_line(exc)}. "
             f"Use --engine {REFERENCE} (or auto)"
         ) from None
-    return EngineSwitch(spec, fast, tokenizer_json=tokenizer_json)
+    return EngineSwitch(spec, fast, tokenizer_json=tokenizer_json, release=release)
 
 
 class EngineTokenizer(ABC):
     """What the ``hf:`` and ``tokenizer.json`` tokenizers share: the special tokens, and the
     engine that encodes (see the module docstring), with the subclass's own library as the
-    reference (``_encode_reference``)."""
+    reference (``_encode_reference``). ``release`` lets the reference go once the fast engine
+    has agreed with it: the subclass opens it again when it is needed after all."""
 
     def __init__(
         self,
@@ -316,13 +370,14 @@ class EngineTokenizer(ABC):
         vocab_size: int,
         engine: str,
         tokenizer_json: Callable[[], str],
+        release: Callable[[], None] | None = None,
     ):
         self.spec = spec
         self.specials = specials
         self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
         self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
         self.vocab_size = vocab_size
-        self._engines = choose(spec, engine, tokenizer_json)
+        self._engines = choose(spec, engine, tokenizer_json, release)
 
     @property
     def engine(self) -> str:
@@ -395,6 +450,15 @@ def _newer_unicode(text: str) -> bool:
             _UNASSIGNED[code] = unicodedata.category(chr(code)) == "Cn"
         known = _UNASSIGNED[codepoints]
     return bool(known.any())
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory, where the system says it cheaply (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _sample_size(texts: list[str]) -> int:

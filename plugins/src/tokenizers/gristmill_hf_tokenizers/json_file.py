@@ -23,10 +23,19 @@ class JSONTokenizer(BackendTokenizer):
     """A ``tokenizers.Tokenizer`` loaded from a JSON file."""
 
     def __init__(
-        self, spec: str, path: Path, backend: Any, specials: Specials, engine: str = "auto"
+        self,
+        spec: str,
+        path: Path,
+        backend: Any,
+        specials: Specials,
+        engine: str = "auto",
+        reopen: bool = False,
     ):
         self.path = path
-        super().__init__(spec, backend, specials, engine)
+        super().__init__(spec, backend, specials, engine, self._open if reopen else None)
+
+    def _open(self) -> Any:
+        return open_file(self.spec, self.path, NOT_A_FILE)
 
     @classmethod
     def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> JSONTokenizer:
@@ -47,7 +56,8 @@ class JSONTokenizer(BackendTokenizer):
     ) -> JSONTokenizer:
         path = directory / config.get("file", FILE)
         backend = open_file(str(path), path, NOT_A_FILE)
-        return cls(str(path), path, backend, Specials.from_config(config), engine)
+        # The dataset's copy, which stays: the library's tokenizer can be let go and reopened.
+        return cls(str(path), path, backend, Specials.from_config(config), engine, reopen=True)
 
     def save(self, directory: Path) -> dict[str, Any]:
         # The user's file as it is: byte for byte what they tokenized with.
