@@ -473,14 +473,12 @@ def test_a_reloaded_tokenizer_lets_the_reference_go_and_opens_it_again(fams, tmp
     # A text of a newer Unicode goes to the reference: opened again, the same ids.
     texts = ["plain", "\u0378 is unassigned in every Unicode version so far"]
     assert _same(tok.encode_batch(texts)[0], reference.encode_batch(texts)[0])
-    assert tok.reopened == 1 and tok._backend is not None
-    for _ in range(tok.idle + 1):  # batches that do not need it: it goes again
-        tok.encode_batch(["plain"])
-    assert tok._backend is None
+    tok.encode_batch(["plain"])
+    assert tok.reopened == 1 and tok._backend is not None  # kept from now on
     got, want = tok.encode_batch(TEXTS, offsets=True), reference.encode_batch(TEXTS, offsets=True)
     assert _same(got[0], want[0]) and _same(got[1], want[1])
     assert tok.decode(want[0][3]) == reference.decode(want[0][3])
-    assert tok.engine == "gigatoken" and tok.reopened == 2
+    assert tok.engine == "gigatoken" and tok.reopened == 1
 
 
 @needs_gigatoken

@@ -34,12 +34,9 @@ class BackendTokenizer(EngineTokenizer):
     With ``reopen`` (a function that opens the same ``backend`` again), the library's tokenizer
     is let go once the fast engine has agreed with it: a prepare worker that encodes with the
     fast engine keeps one tokenizer in memory, not two. It is opened again when it is needed
-    after all (a document the fast engine leaves to it, ``decode``), and let go again once
-    ``idle`` batches have not needed it; each reopening doubles ``idle`` (reopening parses the
-    tokenizer's JSON again: a reference that batches keep needing stays).
+    after all (a document the fast engine leaves to it, ``decode``), and then kept: each
+    opening parses the tokenizer's JSON and leaves some of the heap behind.
     """
-
-    idle = 4
 
     def __init__(
         self,
@@ -51,7 +48,6 @@ class BackendTokenizer(EngineTokenizer):
     ):
         self._backend: Any = backend
         self._reopen = reopen
-        self._unused = 0  # batches since the reference was last used
         self.reopened = 0
         vocab = backend.get_vocab(with_added_tokens=True)
         size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
@@ -64,16 +60,11 @@ class BackendTokenizer(EngineTokenizer):
             assert self._reopen is not None, "only a tokenizer that can reopen it lets it go"
             self._backend = self._reopen()
             self.reopened += 1
-            self.idle *= 2
-        self._unused = 0
         return self._backend
 
     def _release(self) -> None:
         """After each batch, once the fast engine has agreed with the reference."""
-        if self._backend is None:
-            return
-        self._unused += 1
-        if self._unused > self.idle or not self.reopened:
+        if self._backend is not None and not self.reopened:
             self._backend = None
             trim_memory()
 
