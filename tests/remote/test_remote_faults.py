@@ -140,3 +140,20 @@ def test_a_dataset_replaced_on_the_server_is_refused_then_read_anew(
 
 def records_other() -> list[dict]:
     return [{"prompt": f"q{i}", "completion": "a " * (i % 7 + 1)} for i in range(300)]
+
+
+def test_no_message_or_file_shows_the_credentials(http_server, plain, caplog):
+    """A password in the URL or the storage options appears in no error, log, repr or file of
+    the mirror."""
+    url = http_server.publish(plain)
+    secret = "s3cr3t-pa55"
+    with_password = url.replace("http://", f"http://reader:{secret}@")
+    options = {"headers": {"X-Token": secret}}
+    ds = gristmill.open_dataset(with_password, seq_len=96, storage_options=options)
+    http_server.faults[f"/{url.rsplit('/', 1)[1]}/{first_shard(plain)}"] = "403"
+    with pytest.raises(DatasetError) as error:
+        ds[0]
+    shown = [str(error.value), caplog.text, repr(ds), repr(ds.options), repr(ds.mirror)]
+    assert url in str(error.value) and all(secret not in text for text in shown)
+    for path in ds.path.rglob("*"):
+        assert path.is_dir() or secret.encode() not in path.read_bytes()

@@ -387,11 +387,18 @@ class DatasetOptions(PackingOptions):
     )
     seed: int = option(0, INTEGER, "seed of the samplers")
     # How a remote dataset (`s3://`, `gs://`, `https://`…) is fetched: never its samples.
-    storage_options: Mapping[str, Any] = option(
-        None,
-        TABLE,
-        "a remote dataset's filesystem options (fsspec's), e.g. `{anon = true}` or an "
-        "endpoint; credentials are best left to the filesystem's own environment and files",
+    # Not in the options' repr: it may hold credentials, which no message or log shows.
+    storage_options: Mapping[str, Any] = field(
+        default=None,  # type: ignore[arg-type]  # an empty table, made by the kind (as option's)
+        repr=False,
+        metadata={
+            OPTION: Option(
+                TABLE,
+                "a remote dataset's filesystem options (fsspec's), e.g. `{anon = true}` or an "
+                "endpoint; credentials are best left to the filesystem's own environment and "
+                "files",
+            )
+        },
     )
     cache_limit: int | None = option(
         None,

@@ -32,7 +32,7 @@ from gristmill.plugin.components import (
 )
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.plugin.packing import PLAN_ARRAYS, keep_samples, plan_problem
-from gristmill.plugin.remote import Mirror, is_remote, local_path, open_mirror
+from gristmill.plugin.remote import Mirror, is_remote, local_path, open_mirror, redacted
 from gristmill.serve.metadata import DocumentMetadata
 from gristmill.serve.samples import (
     Buffers,
@@ -115,7 +115,7 @@ class Dataset:
         try:
             self._open(options)
         except DatasetError as error:
-            url = os.fspath(self.source)
+            url = redacted(os.fspath(self.source))
             if url in str(error):  # the mirror's own, which names the URL
                 raise
             raise DatasetError(
@@ -487,8 +487,9 @@ class Dataset:
         return self.samples()
 
     def __repr__(self) -> str:
+        shown = redacted(os.fspath(self.source))  # a URL without its password
         return (
-            f"Dataset({str(self.source)!r}, split={self.split!r}, samples={len(self)}, "
+            f"Dataset({shown!r}, split={self.split!r}, samples={len(self)}, "
             f"seq_len={self.seq_len}, packer={self.packer!r})"
         )
 

@@ -15,7 +15,7 @@ from gristmill.plugin.remote.mirror import (
     mirror_of,
     open_mirror,
 )
-from gristmill.plugin.remote.urls import is_remote, local_path
+from gristmill.plugin.remote.urls import is_remote, local_path, redacted
 
 __all__ = [
     "CACHE_LIMIT_VARIABLE",
@@ -28,4 +28,5 @@ __all__ = [
     "local_path",
     "mirror_of",
     "open_mirror",
+    "redacted",
 ]

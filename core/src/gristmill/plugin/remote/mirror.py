@@ -32,6 +32,7 @@ from gristmill.plugin.remote.urls import (
     is_denied,
     is_missing,
     is_unreachable,
+    redacted,
     scheme,
 )
 
@@ -121,7 +122,8 @@ class Mirror:
         storage_options: Mapping[str, Any] | None = None,
         cache_limit: int | None = None,
     ):
-        self.url = url.rstrip("/")
+        self._url = url.rstrip("/")  # as given, credentials included: for fsspec alone
+        self.url = redacted(self._url)  # what messages, logs and the cache folder name
         self.storage_options = dict(storage_options or {})
         self.cache_limit = default_cache_limit() if cache_limit is None else cache_limit
         name = f"{self.url}\n{endpoint(self.storage_options)}"
@@ -145,7 +147,7 @@ class Mirror:
     def filesystem(self) -> tuple[Any, str]:
         """The fsspec filesystem and the dataset's path on it, made once per process."""
         if self._fs is None or self._fs[0] != os.getpid():
-            fs, path = filesystem(self.url, self.storage_options)
+            fs, path = filesystem(self._url, self.storage_options)
             self._fs = (os.getpid(), fs, path.rstrip("/"))
         return self._fs[1], self._fs[2]
 

@@ -17,6 +17,7 @@ from gristmill.errors import DatasetError, MissingDependencyError
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 LOCAL = ("file", "local")  # schemes of the local filesystem: a plain path
+USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
 
 # The extra that installs each protocol's filesystem (pyproject's optional dependencies).
 EXTRAS = {
@@ -46,6 +47,12 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return found is not None and found not in LOCAL
 
 
+def redacted(url: str) -> str:
+    """``url`` without the user name and password it may hold (``https://user:pass@host/``):
+    what messages, logs and the cache folder name."""
+    return USERINFO.sub(r"\1", url, count=1)
+
+
 def local_path(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
     """``path`` as a local path: a ``file://`` URL's path, any other path as it is."""
     if scheme(path) in LOCAL:
@@ -56,23 +63,23 @@ def local_path(path: str | os.PathLike[str]) -> str | os.PathLike[str]:
 def filesystem(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path on it. A library that is not installed is a
     :class:`~gristmill.errors.MissingDependencyError` naming the extra that installs it."""
-    protocol = scheme(url) or ""
+    protocol, shown = scheme(url) or "", redacted(url)
     install = f"pip install 'gristmill[{EXTRAS.get(protocol, 'remote')}]'"
     try:
         import fsspec  # type: ignore[import-untyped]
     except ImportError:
         raise MissingDependencyError(
-            f"{url}: reading a dataset from a URL needs fsspec; {install}"
+            f"{shown}: reading a dataset from a URL needs fsspec; {install}"
         ) from None
     try:
         fs, path = fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as error:
         raise MissingDependencyError(
-            f"{url}: the {protocol}:// filesystem needs a library that is not installed "
+            f"{shown}: the {protocol}:// filesystem needs a library that is not installed "
             f"({error}); {install}"
         ) from None
     except ValueError as error:  # a protocol fsspec does not know
-        raise DatasetError(f"cannot read {protocol}:// URLs ({error})", where=url) from None
+        raise DatasetError(f"cannot read {protocol}:// URLs ({error})", where=shown) from None
     return fs, path
 
 
