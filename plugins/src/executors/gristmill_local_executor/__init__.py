@@ -156,7 +156,7 @@ def _start_worker(parent: int, warm: Callable[[], object] | None = None) -> None
 
 
 M_MMAP_THRESHOLD = -3  # malloc.h
-MMAP_THRESHOLD = 1 << 20
+MMAP_THRESHOLD = 4 << 20  # a shard being written is above it; most of a batch's arrays, below
 
 
 def _large_blocks_mapped() -> None:
