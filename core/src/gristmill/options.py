@@ -534,6 +534,32 @@ class PrepareOptions(DocumentOptions):
         "show a progress bar (default: only on a terminal)",
         flag=Flag("show a progress bar (default: only on a terminal)"),
     )
+    # How an output at a URL is written: never what is written.
+    storage_options: Mapping[str, Any] = option(
+        None,
+        TABLE,
+        "an output URL's filesystem options (fsspec's), e.g. an endpoint; credentials are "
+        "best left to the filesystem's own environment and files",
+        flag=Flag(
+            "an option of the output URL's filesystem (fsspec's), e.g. "
+            'client_kwargs={"endpoint_url": "http://HOST:9000"}; VALUE is read as JSON where it '
+            "is JSON, else as text; repeat for several",
+            metavar="NAME=VALUE",
+            name="--storage-option",
+            read=name_value,
+            repeat=True,
+        ),
+    )
+    keep_scratch: bool = option(
+        False,
+        BOOL,
+        "keep the local copy of a dataset prepared to a URL (in gristmill's cache folder) "
+        "once it is uploaded",
+        flag=Flag(
+            "with -o URL: keep the local copy the dataset is prepared in (in gristmill's cache "
+            "folder, named in the log) once it is uploaded"
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -105,7 +105,9 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         metavar="DIR",
-        help="dataset directory (required unless the --config file has output)",
+        help="dataset directory, or a URL (s3://BUCKET/PREFIX, gs://…) to prepare in a local "
+        "scratch directory and upload to, the manifest last (required unless the --config file "
+        "has output)",
     )
     p.add_argument(
         "--config",

@@ -86,7 +86,7 @@ class Claim:
                     f"{out_dir} holds an unfinished prepare of other sources or settings: run "
                     "that command again to finish it, or pass --overwrite to start over"
                 )
-        elif (found := _dataset_manifest(out_dir)) is not None:
+        elif (found := dataset_manifest(out_dir)) is not None:
             manifest, damaged = found
             if manifest.get("config_fingerprint") == config_fp and not overwrite:
                 if not damaged:
@@ -216,7 +216,7 @@ class Claim:
             self._fd = None
 
 
-def _dataset_manifest(out_dir: Path) -> tuple[dict[str, Any], bool] | None:
+def dataset_manifest(out_dir: Path) -> tuple[dict[str, Any], bool] | None:
     """The manifest of the dataset in ``out_dir``, and whether it is damaged (its seal broken,
     or it disagrees with itself: still gristmill's, to replace, never up to date); ``None``
     when there is no gristmill dataset (``--overwrite`` never deletes a directory gristmill

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gristmill._version import __version__
-from gristmill.errors import DataError
+from gristmill.errors import DataError, DatasetError
 from gristmill.ingest.chain import check_schemas
 from gristmill.ingest.mapping import check_fields
 from gristmill.ingest.plan import Chunk, plan_chunks, planned_chunks
@@ -56,6 +56,7 @@ from gristmill.plugin.components import (
     TokenizerType,
 )
 from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.plugin.remote import is_remote
 from gristmill.plugin.workers import trim_memory
 from gristmill.store.claim import Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
@@ -64,6 +65,7 @@ from gristmill.store.tasks import TaskRunner, TaskSettings, read_record, release
 
 if TYPE_CHECKING:
     from gristmill.ingest.records import Sources
+    from gristmill.store.upload import Upload
 
 log = logging.getLogger("gristmill")
 
@@ -80,7 +82,13 @@ def prepare(
 
     Running it again with the same sources and settings finds the dataset up to date and does
     nothing; different settings are refused unless ``overwrite``. ``progress=None`` shows a progress
-    bar only on a terminal. ``on_error="fail"`` raises :class:`~gristmill.errors.DataError` naming
+    bar only on a terminal.
+
+    ``out`` may be a URL (``s3://``, ``gs://``…; :mod:`gristmill.store.upload`): the dataset is
+    prepared in a scratch directory in gristmill's cache folder, then uploaded file by file, the
+    manifest last; the same command resumes an interrupted prepare or upload, and removes the
+    scratch directory once the manifest has landed unless ``keep_scratch``.
+    ``storage_options`` go to the URL's fsspec filesystem. ``on_error="fail"`` raises :class:`~gristmill.errors.DataError` naming
     the file, line and field of the first bad record; ``"skip"`` counts bad records per reason
     (``manifest["provenance"]["skipped"]``) and writes them to ``OUT.rejects.jsonl``.
 
@@ -105,18 +113,45 @@ def prepare(
     """
     manager = manager or get_manager()
     inputs = source_inputs(sources)
-    run = _resolve(inputs, out, options, manager)
+    upload = _upload(out, options)
+    out_dir = Path(out) if upload is None else upload.dataset
     try:
-        return _claim_and_write(run, Path(out), manager)
+        run = _resolve(inputs, out_dir, options, manager, warm=not (upload and upload.existing))
+        try:
+            assert run.tok is not None, "the tokenizer is released only once it is saved"
+            config_fp = config_fingerprint(run.options, run.provenance, run.tok)
+            if upload is None:
+                return _claim_and_write(run, out_dir, config_fp, manager)
+            return upload.run(config_fp, lambda: _claim_and_write(run, out_dir, config_fp, manager))
+        finally:
+            _close(run.started)  # a pool started early that ran nothing (an error came first)
+            release_tasks()
     finally:
-        _close(run.started)  # a pool started early that ran nothing (an error came first)
-        release_tasks()
+        if upload is not None:
+            upload.release()
 
 
-def _claim_and_write(run: Resolved, out_dir: Path, manager: PluginManager) -> dict[str, Any]:
+def _upload(out: str | os.PathLike[str], options: PrepareOptions) -> Upload | None:
+    """The upload of an output at a URL (:mod:`gristmill.store.upload`); ``None`` for a local
+    directory, which takes none of the options of a URL."""
+    if is_remote(out):
+        from gristmill.store.upload import Upload
+
+        return Upload(os.fspath(out), options)
+    given = [name for name in ("storage_options", "keep_scratch") if getattr(options, name)]
+    if given:
+        raise DatasetError(
+            f"{' and '.join(given)} apply to an output at a URL (s3://, gs://…); this is a "
+            "local directory",
+            where=str(out),
+        )
+    return None
+
+
+def _claim_and_write(
+    run: Resolved, out_dir: Path, config_fp: str, manager: PluginManager
+) -> dict[str, Any]:
     options = run.options
-    assert run.tok is not None, "the tokenizer is released only once it is saved"
-    config_fp = config_fingerprint(options, run.provenance, run.tok)
     claim = Claim(out_dir, config_fp, options.overwrite)
     if claim.up_to_date is not None:
         log.info(f"{out_dir}: already prepared from these sources and settings; nothing to do")
@@ -156,6 +191,7 @@ def _resolve(
     out: str | os.PathLike[str],
     given: PrepareOptions,
     manager: PluginManager,
+    warm: bool = True,
 ) -> Resolved:
     options = with_preset_defaults(given, specs, manager)
     opened = open_sources(
@@ -183,7 +219,7 @@ def _resolve(
         )
     # The workers start up (interpreters, imports, plugins) while this process reads every
     # input byte for the fingerprints and loads the tokenizer.
-    started = _start_early(executor, executor_options, options, opened, Path(out))
+    started = _start_early(executor, executor_options, options, opened, Path(out)) if warm else None
     try:
         provenance = _provenance(opened, own_splits)
         # Sources whose schema drifts or cannot be read: fatal now under "fail", skipped later.
@@ -350,7 +386,7 @@ def _run_tasks(
         record = read_record(Path(settings.out_dir), index) or {}
         fallbacks.update(record.get("by_reference", {}))
     workers = max(1, min(len(pending), options.workers or available_cpus()))
-    with _progress_bar(options.progress) as bar:
+    with progress_bar(options.progress) as bar:
         if len(done):
             bar.set_postfix_str(f"{len(done)} of {len(tasks)} tasks done before")
         runner = TaskRunner(settings, manager, progress=bar.update, announce=announce)
@@ -363,13 +399,19 @@ def _run_tasks(
     return fallbacks
 
 
-def _progress_bar(shown: bool | None) -> Any:
-    """tqdm's bar (``None``: on a terminal only); with progress off, not even tqdm is loaded."""
+def progress_bar(
+    shown: bool | None, desc: str = "prepare", unit: str = " docs", total: int | None = None
+) -> Any:
+    """tqdm's bar (``None``: on a terminal only); with progress off, not even tqdm is loaded.
+    A ``unit`` of ``B`` counts bytes, shown in KiB, MiB…"""
     if shown is False:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(desc="prepare", unit=" docs", disable=None if shown is None else not shown)
+    scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+    return tqdm(
+        desc=desc, unit=unit, total=total, disable=None if shown is None else not shown, **scaled
+    )
 
 
 class _NoBar:
