@@ -157,3 +157,34 @@ def test_no_message_or_file_shows_the_credentials(http_server, plain, caplog):
     assert url in str(error.value) and all(secret not in text for text in shown)
     for path in ds.path.rglob("*"):
         assert path.is_dir() or secret.encode() not in path.read_bytes()
+
+
+def test_a_copy_damaged_in_the_mirror_is_fetched_again(http_server, plain):
+    """A shard file changed in the mirror after it landed is never served: its check at first
+    read fails, and the reader fetches it again from the server."""
+    url = http_server.publish(plain)
+    first = gristmill.open_dataset(url, seq_len=96)
+    first.batch(np.arange(len(first)))
+    name = first_shard(plain)
+    copy = first.path / name
+    data = bytearray(copy.read_bytes())
+    data[10] ^= 1  # a valid token id still: only the hash tells
+    copy.write_bytes(bytes(data))
+    again = gristmill.open_dataset(url, seq_len=96)
+    assert_same_samples(again, gristmill.open_dataset(plain, seq_len=96))
+    assert http_server.requests.count("GET", name) == 2
+    assert copy.read_bytes() == (plain / name).read_bytes()
+
+
+def test_a_damaged_local_dataset_is_still_refused(plain, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(plain, copy)
+    name = first_shard(plain)
+    data = bytearray((copy / name).read_bytes())
+    data[10] ^= 1
+    (copy / name).write_bytes(bytes(data))
+    ds = gristmill.open_dataset(copy, seq_len=96)
+    with pytest.raises(DatasetError, match="the manifest says"):
+        ds.batch(np.arange(len(ds)))

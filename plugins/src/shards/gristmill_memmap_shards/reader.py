@@ -4,6 +4,7 @@ and hash each file against the manifest's SHA-256 before its first bytes are use
 from __future__ import annotations
 
 import bisect
+import contextlib
 import mmap
 import os
 import stat
@@ -164,7 +165,28 @@ class MemmapShardReader:
     def _open(self, path: str) -> int:
         """A descriptor of the file checked at open, never of one put in its place since (a
         dataset prepared again into the same directory): that is refused, so that no reader
-        serves samples of two generations. Its content is the manifest's (SHA-256)."""
+        serves samples of two generations. Its content is the manifest's (SHA-256); a remote
+        dataset's copy that is not (damaged in the mirror since it landed) is fetched again."""
+        for last in (self._mirror is None, True):
+            fd, info = self._descriptor(path)
+            try:
+                check_open_file(fd, self._entries[path], dataset=self.root, info=info)
+            except DatasetError:
+                os.close(fd)
+                if last:
+                    raise
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # the mirror's copy: the next descriptor is of a new one
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        raise AssertionError("unreachable")  # the last round returns or raises
+
+    def _descriptor(self, path: str) -> tuple[int, os.stat_result]:
+        """A descriptor of the file at ``path`` and its ``fstat``, refused unless it is the file checked at open
+        (or fetched again since into a remote dataset's mirror)."""
         fd: int | None
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -173,12 +195,7 @@ class MemmapShardReader:
         if fd is not None:
             info = os.fstat(fd)
             if _identity(info) == self._identity[path]:
-                try:
-                    check_open_file(fd, self._entries[path], dataset=self.root, info=info)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return fd
+                return fd, info
             os.close(fd)
         where = os.path.relpath(path, self.root)
         raise DatasetError(
