@@ -25,8 +25,9 @@ def trim_memory() -> None:
     """Return the heap's free pages to the operating system (glibc's ``malloc_trim``).
 
     Freed memory otherwise stays with the process, counted in its resident set: worth giving
-    back when the process is done with it (a run's tokenizer), not between tasks, whose next
-    one would fault the pages in again. Elsewhere than on glibc this does nothing.
+    back when the process is done with it (a run's tokenizer, a finished task's buffers, which
+    would otherwise add up task after task in a long-lived worker). Elsewhere than on glibc
+    this does nothing.
     """
     trim = _malloc_trim()
     if trim is not None:
