@@ -4,6 +4,7 @@ dataset already there is up to date or refused as a local one is; a 403 is a cle
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import socket
@@ -23,41 +24,45 @@ from tests.remote.conftest import BUCKET
 from tests.remote.test_remote_reading import assert_same_samples
 
 WRITES = ("PUT", "POST", "DELETE")
-DENIED = (
-    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
-    b"<Message>Access Denied</Message></Error>"
-)
+ERRORS = {
+    403: ("403 Forbidden", "AccessDenied"),
+    500: ("500 Internal Server Error", "InternalError"),
+}
 
 
-class RefusedPuts:
-    """The S3 server's application, answering 403 to every PUT after the first ``allowed``."""
+class FailedPuts:
+    """The S3 server's application, answering ``status`` to the PUTs of paths that end with
+    ``ending``, after the first ``allowed`` of them, ``times`` times."""
 
-    def __init__(self, app: Callable[..., Any], allowed: int):
+    def __init__(self, app: Callable[..., Any], allowed: int, status: int, ending: str, times: int):
         self.app = app
-        self.allowed = allowed
+        self.allowed, self.status, self.ending, self.times = allowed, status, ending, times
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ["REQUEST_METHOD"] == "PUT":
+        if environ["REQUEST_METHOD"] == "PUT" and environ["PATH_INFO"].endswith(self.ending):
             with self.lock:
-                refused = self.allowed <= 0
+                failed = self.allowed <= 0 and self.times > 0
                 self.allowed -= 1
-            if refused:
-                start_response("403 Forbidden", [("Content-Type", "application/xml")])
-                return [DENIED]
+                self.times -= failed
+            if failed:
+                line, code = ERRORS[self.status]
+                start_response(line, [("Content-Type", "application/xml")])
+                return [f"<Error><Code>{code}</Code><Message>{line}</Message></Error>".encode()]
         return self.app(environ, start_response)
 
 
 @pytest.fixture
-def refuse_puts(s3_server, monkeypatch) -> Callable[[int], None]:
-    """``refuse_puts(n)``: the server accepts ``n`` more PUTs, then refuses every one."""
-
+def fail_puts(s3_server, monkeypatch) -> Callable[..., None]:
+    """``fail_puts(allowed, status=403, ending="", times=∞)``: see :class:`FailedPuts`."""
     app = s3_server.server.app
 
-    def refuse(allowed: int) -> None:
-        monkeypatch.setattr(s3_server.server, "app", RefusedPuts(app, allowed))
+    def fail(allowed: int, status: int = 403, ending: str = "", times: int = 1 << 30) -> None:
+        monkeypatch.setattr(
+            s3_server.server, "app", FailedPuts(app, allowed, status, ending, times)
+        )
 
-    return refuse
+    return fail
 
 
 def fresh_url() -> str:
@@ -72,13 +77,8 @@ def source(dataset: Path) -> Path:
 
 
 def prepare(s3_server, dataset: Path, url: str, **options: Any) -> dict[str, Any]:
-    return gristmill.prepare(
-        source(dataset),
-        url,
-        storage_options=s3_server.options,
-        progress=False,
-        **{"tokens_per_shard": 4000, **options},
-    )
+    defaults = {"storage_options": s3_server.options, "tokens_per_shard": 4000, "progress": False}
+    return gristmill.prepare(source(dataset), url, **{**defaults, **options})
 
 
 def written(s3_server, url: str) -> list[tuple[str, str]]:
@@ -127,10 +127,41 @@ def test_the_scratch_copy_is_kept_when_asked(s3_server, dataset):
     assert_same_samples(kept, gristmill.open_dataset(dataset, seq_len=96))
 
 
-def test_an_interrupted_upload_sends_only_the_rest(s3_server, dataset, refuse_puts, caplog):
+def test_the_upload_shows_a_progress_bar_and_a_summary(s3_server, dataset, capsys, caplog):
     caplog.set_level(logging.INFO, logger="gristmill")
     url = fresh_url()
-    refuse_puts(3)
+    manifest = prepare(s3_server, dataset, url, progress=True)
+    assert "upload: 100%" in capsys.readouterr().err
+    assert f"{url}: uploaded {len(listed(manifest)) + 1:,} file(s), " in caplog.text
+
+
+def test_a_config_file_gives_the_storage_options_and_keeps_the_scratch_copy(
+    s3_server, dataset, tmp_path
+):
+    url = fresh_url()
+    client = s3_server.options["client_kwargs"]
+    (tmp_path / "run.toml").write_text(
+        f"""[prepare]
+sources = ["{source(dataset)}"]
+output = "{url}"
+tokens_per_shard = 4000
+keep_scratch = true
+progress = false
+storage_options = {{key = "testing", secret = "testing", client_kwargs = {{endpoint_url = \
+"{client["endpoint_url"]}", region_name = "{client["region_name"]}"}}}}
+""",
+        encoding="utf-8",
+    )
+    assert main(["prepare", "--config", str(tmp_path / "run.toml")]) == 0
+    scratch = scratch_dir(url, PrepareOptions(storage_options=s3_server.options))
+    remote = gristmill.open_dataset(url, storage_options=s3_server.options, seq_len=96)
+    assert_same_samples(remote, gristmill.open_dataset(scratch / "dataset", seq_len=96))
+
+
+def test_an_interrupted_upload_sends_only_the_rest(s3_server, dataset, fail_puts, caplog):
+    caplog.set_level(logging.INFO, logger="gristmill")
+    url = fresh_url()
+    fail_puts(3)
     s3_server.requests.clear()
     with pytest.raises(DatasetError, match="access denied"):
         prepare(s3_server, dataset, url)
@@ -146,7 +177,7 @@ def test_an_interrupted_upload_sends_only_the_rest(s3_server, dataset, refuse_pu
     lines[1] = json.dumps({**changed, "sha256": "0" * 64})
     (scratch / JOURNAL).write_text("\n".join(lines) + "\n")
 
-    refuse_puts(10_000)
+    fail_puts(0, times=0)
     s3_server.requests.clear()
     manifest = prepare(s3_server, dataset, url)
     again = [path for _, path in written(s3_server, url)]
@@ -190,9 +221,25 @@ def test_another_dataset_there_is_refused_then_replaced_with_overwrite(s3_server
     assert_same_samples(remote, gristmill.open_dataset(dataset, seq_len=96))
 
 
-def test_a_403_is_a_clear_error_and_exit_2(s3_server, dataset, refuse_puts, capsys):
+def test_a_failed_put_is_retried_then_a_clear_error(s3_server, dataset, fail_puts, caplog):
+    """With the client's own retries off, a server error reaches gristmill's: the file is sent
+    again; where it keeps failing, the error says so and that the same command resumes."""
+    options = {**s3_server.options, "config_kwargs": {"retries": {"max_attempts": 1}}}
     url = fresh_url()
-    refuse_puts(0)
+    fail_puts(0, status=500, ending="byte.json", times=2)
+    prepare(s3_server, dataset, url, storage_options=options)
+    assert f"{url}/tokenizer/byte.json: " in caplog.text and "retrying" in caplog.text
+    remote = gristmill.open_dataset(url, storage_options=options, seq_len=96)
+    assert_same_samples(remote, gristmill.open_dataset(dataset, seq_len=96))
+    fail_puts(0, status=500, ending="byte.json")
+    with pytest.raises(DatasetError, match=r"failed 4 times.*the same command resumes") as error:
+        prepare(s3_server, dataset, fresh_url(), storage_options=options)
+    assert "tokenizer/byte.json" in str(error.value)
+
+
+def test_a_403_is_a_clear_error_and_exit_2(s3_server, dataset, fail_puts, capsys):
+    url = fresh_url()
+    fail_puts(0)
     client = json.dumps(s3_server.options["client_kwargs"])
     status = main(
         [
@@ -225,8 +272,31 @@ def test_an_unreachable_server_says_so(dataset):
         "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-west-2"},
         "config_kwargs": {"retries": {"max_attempts": 1}},
     }
-    with pytest.raises(DatasetError, match=r"cannot reach the server after 4 tries"):
-        gristmill.prepare(source(dataset), fresh_url(), storage_options=options, progress=False)
+    url = fresh_url()
+    for _ in range(2):  # the same again: the first left no lock behind
+        with pytest.raises(DatasetError, match=r"cannot reach the server after 4 tries"):
+            gristmill.prepare(source(dataset), url, storage_options=options, progress=False)
+
+
+def test_a_second_upload_of_one_url_at_once_is_refused(s3_server, dataset):
+    url = fresh_url()
+    scratch = scratch_dir(url, PrepareOptions(storage_options=s3_server.options))
+    scratch.mkdir(parents=True)
+    with open(scratch / "upload.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError, match="another gristmill prepare on this machine"):
+            prepare(s3_server, dataset, url)
+
+
+def test_a_prefix_of_other_objects_is_refused_unless_overwrite(s3_server, dataset):
+    url = fresh_url()
+    s3_server.fs.pipe(f"{url.removeprefix('s3://')}/notes.txt", b"not a dataset")
+    with pytest.raises(DatasetError, match="holds objects but no gristmill dataset"):
+        prepare(s3_server, dataset, url)
+    prepare(s3_server, dataset, url, overwrite=True)
+    assert s3_server.fs.cat(f"{url.removeprefix('s3://')}/notes.txt") == b"not a dataset"
+    remote = gristmill.open_dataset(url, storage_options=s3_server.options, seq_len=96)
+    assert_same_samples(remote, gristmill.open_dataset(dataset, seq_len=96))
 
 
 def test_remote_options_with_a_local_output_are_refused(dataset, tmp_path):

@@ -82,7 +82,11 @@ class Upload:
         self.base = base.rstrip("/")
         self.scratch.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = _lock(self.scratch / "upload.lock", self.url)
-        self.existing: bytes | None = self._retrying(MANIFEST, self._read_manifest)
+        try:
+            self.existing: bytes | None = self._retrying(MANIFEST, self._read_manifest)
+        except BaseException:
+            self.release()
+            raise
 
     def run(self, config_fp: str, write: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Prepare (``write`` into :attr:`dataset`) and upload, or find the URL up to date;
