@@ -177,6 +177,8 @@ def test_an_interrupted_upload_sends_only_the_rest(s3_server, dataset, fail_puts
     lines[1] = json.dumps({**changed, "sha256": "0" * 64})
     (scratch / JOURNAL).write_text("\n".join(lines) + "\n")
 
+    with pytest.raises(DatasetError, match="holds a prepare or upload of other sources"):
+        prepare(s3_server, dataset, url, tokens_per_shard=2000)  # and leaves the scratch as it was
     fail_puts(0, times=0)
     s3_server.requests.clear()
     manifest = prepare(s3_server, dataset, url)
@@ -206,6 +208,10 @@ def test_another_dataset_there_is_refused_then_replaced_with_overwrite(s3_server
     with pytest.raises(DatasetError, match="already holds a dataset prepared from other"):
         prepare(s3_server, dataset, url)
     s3_server.requests.clear()
+    assert (
+        prepare(s3_server, dataset, url, tokens_per_shard=2000) == old
+    )  # the refusal left nothing
+    assert written(s3_server, url) == []
     new = prepare(s3_server, dataset, url, overwrite=True)
     writes = written(s3_server, url)
     assert writes[0] == ("DELETE", "manifest.json")  # before anything else changes

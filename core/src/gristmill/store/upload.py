@@ -91,7 +91,9 @@ class Upload:
     def run(self, config_fp: str, write: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Prepare (``write`` into :attr:`dataset`) and upload, or find the URL up to date;
         the manifest either way."""
-        journal = self._journal(config_fp)
+        journal = Journal(
+            self.scratch / JOURNAL, {"url": self.url, "config_fingerprint": config_fp}
+        )
         found = self._found()
         if found is not None:
             manifest, damaged = found
@@ -100,21 +102,25 @@ class Upload:
                 log.info(
                     f"{self.url}: already prepared from these sources and settings; nothing to do"
                 )
-                self._clean_up(journal, manifest)
+                if journal.matches or not journal.path.exists():  # not another run's scratch
+                    self._clean_up(journal)
                 return manifest
             if not same and not self.options.overwrite:
                 raise DatasetError(
                     f"{self.url} already holds a dataset prepared from other sources or "
                     "settings; pass --overwrite to replace it, or choose another -o"
                 )
-        elif not (journal.sent or journal.replaced or self.options.overwrite) and self._others():
+        self._check_scratch(journal)
+        if found is None and not (journal.matches or self.options.overwrite) and self._others():
             raise DatasetError(
                 f"{self.url} holds objects but no gristmill dataset; choose a new prefix, or "
                 "pass --overwrite to write the dataset among them (none is removed)"
             )
+        if not journal.matches:
+            journal.start()
         manifest = write()
         self._send(manifest, journal, found[0] if found else None)
-        self._clean_up(journal, manifest)
+        self._clean_up(journal)
         return manifest
 
     def release(self) -> None:
@@ -122,24 +128,19 @@ class Upload:
             os.close(self._fd)
             self._fd = None
 
-    def _journal(self, config_fp: str) -> Journal:
-        """The scratch directory's journal; one of another upload is refused, or with
-        ``overwrite`` started afresh, the prepared dataset removed with it."""
-        journal = Journal(
-            self.scratch / JOURNAL, {"url": self.url, "config_fingerprint": config_fp}
-        )
+    def _check_scratch(self, journal: Journal) -> None:
+        """Refuse the scratch directory of another upload to the URL (unfinished, or kept), or
+        with ``overwrite`` remove its prepared dataset (the journal is started afresh)."""
         if journal.matches:
-            return journal
+            return
         if journal.path.exists() or self.dataset.exists():
             if not self.options.overwrite:
                 raise DatasetError(
-                    f"{self.url}: an unfinished prepare or upload of other sources or settings "
-                    f"is in {self.scratch}; run that command again to finish it, or pass "
-                    "--overwrite to start over"
+                    f"{self.url}: {self.scratch} holds a prepare or upload of other sources or "
+                    "settings to this URL (unfinished, or kept); run that command again to "
+                    "finish it, or pass --overwrite to start over"
                 )
             shutil.rmtree(self.dataset, ignore_errors=True)
-        journal.start()
-        return journal
 
     def _found(self) -> tuple[dict[str, Any], bool] | None:
         """The manifest at the URL and whether it is damaged, read as the local prepare reads
@@ -289,7 +290,7 @@ class Upload:
                 time.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _clean_up(self, journal: Journal, manifest: dict[str, Any]) -> None:
+    def _clean_up(self, journal: Journal) -> None:
         """The scratch directory goes once the URL holds the dataset, unless it is to be kept;
         a file of rejected records stays (it is not part of the dataset)."""
         if self.options.keep_scratch:
