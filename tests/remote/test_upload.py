@@ -266,6 +266,12 @@ def test_a_403_is_a_clear_error_and_exit_2(s3_server, dataset, fail_puts, capsys
     assert status == 2
     assert "gristmill: error: " in err and "Traceback" not in err
     assert f"{url}/" in err and "access denied" in err and "check the credentials" in err
+    assert "testing" not in err  # the key and the secret
+
+
+def test_the_options_repr_shows_no_storage_options():
+    options = PrepareOptions(storage_options={"secret": "s3cr3t"})
+    assert "s3cr3t" not in repr(options) and "storage_options" not in repr(options)
 
 
 def test_an_unreachable_server_says_so(dataset):

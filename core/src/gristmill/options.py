@@ -406,6 +406,12 @@ class DatasetOptions(PackingOptions):
         "bytes of a remote dataset kept in the local cache (default: "
         "`GRISTMILL_REMOTE_CACHE_LIMIT`, else no limit)",
     )
+    prefetch: int | None = option(
+        None,
+        COUNT,
+        "shards of a remote dataset that the torch loader fetches ahead of its reads, in the "
+        "schedule's order (default: 4; 0: none)",
+    )
 
 
 def _ray_address(address: str) -> dict[str, str]:
@@ -534,21 +540,27 @@ class PrepareOptions(DocumentOptions):
         "show a progress bar (default: only on a terminal)",
         flag=Flag("show a progress bar (default: only on a terminal)"),
     )
-    # How an output at a URL is written: never what is written.
-    storage_options: Mapping[str, Any] = option(
-        None,
-        TABLE,
-        "an output URL's filesystem options (fsspec's), e.g. an endpoint; credentials are "
-        "best left to the filesystem's own environment and files",
-        flag=Flag(
-            "an option of the output URL's filesystem (fsspec's), e.g. "
-            'client_kwargs={"endpoint_url": "http://HOST:9000"}; VALUE is read as JSON where it '
-            "is JSON, else as text; repeat for several",
-            metavar="NAME=VALUE",
-            name="--storage-option",
-            read=name_value,
-            repeat=True,
-        ),
+    # How an output at a URL is written: never what is written. Not in the options' repr: it
+    # may hold credentials, which no message or log shows.
+    storage_options: Mapping[str, Any] = field(
+        default=None,  # type: ignore[arg-type]  # an empty table, made by the kind (as option's)
+        repr=False,
+        metadata={
+            OPTION: Option(
+                TABLE,
+                "an output URL's filesystem options (fsspec's), e.g. an endpoint; credentials "
+                "are best left to the filesystem's own environment and files",
+                Flag(
+                    "an option of the output URL's filesystem (fsspec's), e.g. "
+                    'client_kwargs={"endpoint_url": "http://HOST:9000"}; VALUE is read as JSON '
+                    "where it is JSON, else as text; repeat for several",
+                    metavar="NAME=VALUE",
+                    name="--storage-option",
+                    read=name_value,
+                    repeat=True,
+                ),
+            )
+        },
     )
     keep_scratch: bool = option(
         False,

@@ -36,7 +36,14 @@ from gristmill.options import PrepareOptions
 from gristmill.plugin.files import sha256_of
 from gristmill.plugin.integrity import cache_dir
 from gristmill.plugin.remote import mirror
-from gristmill.plugin.remote.urls import endpoint, filesystem, is_denied, is_unreachable, scheme
+from gristmill.plugin.remote.urls import (
+    endpoint,
+    filesystem,
+    is_denied,
+    is_unreachable,
+    redacted,
+    scheme,
+)
 from gristmill.store.claim import dataset_manifest
 from gristmill.store.manifest import listed_files
 
@@ -57,8 +64,9 @@ T = TypeVar("T")
 
 def scratch_dir(url: str, options: PrepareOptions) -> Path:
     """The scratch directory of an upload to ``url``: ``upload/`` in gristmill's cache folder,
-    named by a hash of the URL and the endpoint (two servers' buckets of one name differ)."""
-    name = f"{url.rstrip('/')}\n{endpoint(options.storage_options)}"
+    named by a hash of the URL (less any password) and the endpoint (two servers' buckets of
+    one name differ)."""
+    name = f"{redacted(url.rstrip('/'))}\n{endpoint(options.storage_options)}"
     return cache_dir() / "upload" / hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
@@ -74,11 +82,11 @@ class Upload:
                 "prepare to a bucket (s3://, gs://…) or a local directory",
                 where=url,
             )
-        self.url = url.rstrip("/")
+        self.url = redacted(url.rstrip("/"))  # what messages, logs and the journal name
         self.options = options
         self.scratch = scratch_dir(url, options)
         self.dataset = self.scratch / DATASET
-        self.fs, base = filesystem(self.url, options.storage_options)
+        self.fs, base = filesystem(url.rstrip("/"), options.storage_options)
         self.base = base.rstrip("/")
         self.scratch.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = _lock(self.scratch / "upload.lock", self.url)
