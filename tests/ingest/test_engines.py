@@ -7,6 +7,7 @@ the tests on standard-library text, so nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import sys
@@ -354,6 +355,7 @@ def test_a_difference_or_failure_on_first_use_falls_back(fams, caplog, family, i
         "failed on this batch (RuntimeError: gigatoken failed)" if index is None else "index 3"
     )
     assert fams[family] in warning and problem in warning
+    assert tok.handoff() == {"engine": "hf"}  # a prepare's workers encode with hf, unchecked
 
 
 @needs_gigatoken
@@ -479,6 +481,54 @@ def test_a_reloaded_tokenizer_lets_the_reference_go_and_opens_it_again(fams, tmp
     assert _same(got[0], want[0]) and _same(got[1], want[1])
     assert tok.decode(want[0][3]) == reference.decode(want[0][3])
     assert tok.engine == "gigatoken" and tok.reopened == 1
+
+
+@needs_gigatoken
+@pytest.mark.parametrize("family", ["bpe", "bpe-hf"])
+def test_a_copy_handed_the_check_trusts_it_and_opens_the_reference_only_when_needed(
+    fams, tmp_path, family
+):
+    """prepare checks the fast engine once, in its main process, and hands the result to its
+    workers' copies of the tokenizer (tokenizer.json: without opening the reference at all)."""
+    tok, reference = _open(fams[family]), _open(fams[family], "hf")
+    config = tok.save(tmp_path)
+    assert tok.handoff() == {}  # nothing encoded yet: nothing learned
+    tok.encode_batch(["", ""])
+    assert tok.handoff() == {}  # empty texts prove nothing
+    tok.encode_batch(TEXTS)
+    handoff = tok.handoff()
+    assert handoff == {"checked": {"vocab_size": tok.vocab_size, "offsets": False}}
+    copy = resolve_tokenizer(fams[family], get_manager()).load(tmp_path, config, **handoff)
+    assert copy.vocab_size == tok.vocab_size and copy._engines.checked
+    if family == "bpe":
+        assert copy._backend is None  # never opened
+    texts = TEXTS[::-1]
+    assert _same(copy.encode_batch(texts)[0], reference.encode_batch(texts)[0])
+    if family == "bpe":
+        assert copy._backend is None and copy.reopened == 0
+        # A text of a newer Unicode goes to the reference: opened now, the same ids.
+        texts = ["plain", "\u0378 is unassigned in every Unicode version so far"]
+        assert _same(copy.encode_batch(texts)[0], reference.encode_batch(texts)[0])
+        assert copy.reopened == 1
+    assert copy.engine == "gigatoken"
+
+
+@needs_gigatoken
+def test_gigatoken_never_truncates_or_pads_as_a_saved_file_says(tmp_path):
+    """tokenizer.json gives gigatoken the file itself, which may carry truncation and padding
+    settings: dropped, as the reference drops them."""
+    saved = train_bpe(_corpus()[:5], vocab_size=400)
+    saved.enable_truncation(4)
+    saved.enable_padding(length=64)
+    spec = str(tmp_path / "tokenizer.json")
+    saved.save(spec)
+    fast, reference = _open(spec, "gigatoken"), _open(spec, "hf")
+    texts = [LONG[:3000], "a b"]
+    want = reference.encode_batch(texts)[0]
+    assert len(want[0]) > 64 and len(want[1]) < 4
+    assert _same(fast.encode_batch(texts)[0], want) and fast.engine == "gigatoken"
+    given = json.loads(fast._engines.fast._json)
+    assert given["truncation"] is None and given["padding"] is None
 
 
 @needs_gigatoken

@@ -61,7 +61,14 @@ from gristmill.plugin.workers import trim_memory
 from gristmill.store.claim import Claim
 from gristmill.store.manifest import new_generation, saved_files, write_manifest
 from gristmill.store.merge import Merged, merge
-from gristmill.store.tasks import TaskRunner, TaskSettings, read_record, release_tasks, warm_up
+from gristmill.store.tasks import (
+    TaskRunner,
+    TaskSettings,
+    first_batch_handoff,
+    read_record,
+    release_tasks,
+    warm_up,
+)
 
 if TYPE_CHECKING:
     from gristmill.ingest.records import Sources
@@ -176,8 +183,9 @@ class Resolved:
     opened: list[Source]
     problems: list[Rejected | DataError | None]  # per source: why it is not read, or None
     provenance: list[dict[str, Any]]
-    # None once saved into the dataset: the main process encodes nothing, its workers load the
-    # saved copy, and the library's tokenizer is tens of MiB.
+    # None once saved into the dataset: the main process encodes only the first batch (to check
+    # a fast engine once), its workers load the saved copy, and the library's tokenizer is tens
+    # of MiB.
     tok: Tokenizer | None
     tokenizer_type: TokenizerType
     fmt: ShardFormatType
@@ -315,8 +323,6 @@ def _write(
     tok_config = run.tok.save(out_dir / TOKENIZER_DIR)
     dtype = np.dtype(np.uint16 if run.tok.vocab_size <= 1 << 16 else np.uint32)
     described = _tokenizer_entry(run.tok, run.tokenizer_type, options, tok_config)
-    run.tok = None  # nothing here encodes: see Resolved
-    trim_memory()
     # Every asked-for split exists in the output, even if the hash leaves it empty.
     splits, source_splits = planned_splits(options, run.provenance)
     for directory in (*splits, TASKS_DIR):
@@ -324,6 +330,7 @@ def _write(
     admitted = [(i, s) for i, (s, why) in enumerate(zip(run.opened, run.problems)) if why is None]
     tasks = plan_chunks(admitted, options.task_bytes)
     done = claim.finished_tasks(len(tasks), splits)
+    handoff = _let_tokenizer_go(run, tasks, done, manager)
     # Sources refused by the schema check (under --on-error skip) are recorded after the clean-up.
     policy = ErrorPolicy(options.on_error, out_dir / TASKS_DIR / "schema-rejects.jsonl")
     for problem in run.problems:
@@ -339,6 +346,7 @@ def _write(
         run.tokenizer_type.name,
         tok_config,
         source_splits,
+        tokenizer_handoff=handoff,
     )
     announced: set[str] = set()
 
@@ -366,6 +374,20 @@ def _write(
     )
     log.info(f"{out_dir}: wrote {totals}")
     return manifest
+
+
+def _let_tokenizer_go(
+    run: Resolved, tasks: list[Chunk], done: set[int], manager: PluginManager
+) -> dict[str, Any]:
+    """What the workers' copies of the run's tokenizer take on trust, once it has encoded the
+    first batch of the first task to run (first_batch_handoff: a fast engine checked once,
+    here, while the workers start); then the tokenizer goes (see Resolved)."""
+    assert run.tok is not None
+    first = next((task for task in tasks if task.index not in done), None)
+    handoff = first_batch_handoff(run.tok, first, run.options, manager)
+    run.tok = None
+    trim_memory()
+    return handoff
 
 
 def _run_tasks(

@@ -16,6 +16,7 @@ metadata columns (:mod:`gristmill.store.metadata`). The record names everything;
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from gristmill.errors import first_line
 from gristmill.ingest.chain import document_batches
 from gristmill.ingest.encoding import Batch, digest
 from gristmill.ingest.plan import Chunk
 from gristmill.ingest.policy import ErrorPolicy
+from gristmill.ingest.records import OneShot
 from gristmill.ingest.splits import assign_splits
 from gristmill.layout import TASKS_DIR
 from gristmill.options import PrepareOptions
@@ -36,6 +39,8 @@ from gristmill.plugin.components import ShardFormatType, Tokenizer, TokenizerTyp
 from gristmill.plugin.manager import PluginManager, get_manager
 from gristmill.plugin.workers import trim_memory
 from gristmill.store.metadata import ColumnLog
+
+log = logging.getLogger("gristmill")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class TaskSettings:
     # Per source position, the split of its own that the run keeps (None, or no entry at all:
     # its documents are shared out by the fractions).
     source_splits: tuple[str | None, ...] = ()
+    # What the workers' copies of the tokenizer take on trust (keywords of the family's load):
+    # the main process's tokenizer learned it on the run's first batch (first_batch_handoff).
+    tokenizer_handoff: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskRunner:
@@ -118,9 +126,42 @@ def _tokenizer(settings: TaskSettings, manager: PluginManager) -> Tokenizer:
         _loaded[key] = family.load(
             Path(settings.out_dir) / TOKENIZER_DIR,
             settings.tokenizer_config,
-            engine=engine,
+            **{"engine": engine, **settings.tokenizer_handoff},
         )
     return _loaded[key]
+
+
+def first_batch_handoff(
+    tok: Tokenizer, chunk: Chunk | None, options: PrepareOptions, manager: PluginManager
+) -> dict[str, Any]:
+    """What the workers' copies of ``tok`` may take on trust, once ``tok`` has encoded the first
+    batch of ``chunk`` (the first task the run will run) here: a tokenizer that checks a fast
+    engine against its reference on first use checks it once, on the run's own data, rather than
+    once in every worker, which then never loads the reference for that (``handoff()`` of such
+    tokenizers; an empty dict from others, and when the batch cannot be read here: each worker
+    then checks on its own first batch). The batch is thrown away: its task encodes it again,
+    and reports its bad records. Records from an iterator, which can be read only once, are
+    left to their task."""
+    handoff = getattr(tok, "handoff", None)
+    if not callable(handoff) or chunk is None or not chunk.parts:
+        return {}
+    _, part = chunk.parts[0]
+    if isinstance(part, OneShot):
+        return {}
+    batches = document_batches(part, tok, options, manager, ErrorPolicy("skip", None), _unheard)
+    try:
+        next(iter(batches), None)
+    except Exception as exc:  # the task meets it again, and reports it
+        log.debug(f"the tokenizer's first batch, encoded before the tasks: {first_line(exc)}")
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    return dict(handoff())
+
+
+def _unheard(message: str) -> None:
+    """News of a batch read only for the tokenizer (its task announces them)."""
 
 
 def task_prefix(index: int) -> str:

@@ -25,7 +25,7 @@ from gristmill_hf_tokenizers.common import (
     to_arrays,
     vocab_size,
 )
-from gristmill_hf_tokenizers.engines import EngineTokenizer
+from gristmill_hf_tokenizers.engines import Checked, EngineTokenizer
 
 
 class BackendTokenizer(EngineTokenizer):
@@ -35,7 +35,9 @@ class BackendTokenizer(EngineTokenizer):
     is let go once the fast engine has agreed with it: a prepare worker that encodes with the
     fast engine keeps one tokenizer in memory, not two. It is opened again when it is needed
     after all (a document the fast engine leaves to it, ``decode``), and then kept: each
-    opening parses the tokenizer's JSON and leaves some of the heap behind.
+    opening parses the tokenizer's JSON and leaves some of the heap behind. With ``checked``
+    too (the fast engine agreed where this tokenizer was copied from), ``backend`` may be None:
+    it is opened only when it is needed.
     """
 
     def __init__(
@@ -45,14 +47,19 @@ class BackendTokenizer(EngineTokenizer):
         specials: Specials,
         engine: str = "auto",
         reopen: Callable[[], Any] | None = None,
+        checked: Checked | None = None,
     ):
         self._backend: Any = backend
         self._reopen = reopen
         self.reopened = 0
-        vocab = backend.get_vocab(with_added_tokens=True)
-        size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
+        if backend is None:
+            assert checked is not None and reopen is not None, "opened when needed, or now"
+            size = checked.vocab_size
+        else:
+            vocab = backend.get_vocab(with_added_tokens=True)
+            size = vocab_size(vocab, backend.get_vocab_size(with_added_tokens=True))
         release = self._release if reopen is not None else None
-        super().__init__(spec, specials, size, engine, self._to_str, release)
+        super().__init__(spec, specials, size, engine, self._to_str, release, checked)
 
     @property
     def backend(self) -> Any:

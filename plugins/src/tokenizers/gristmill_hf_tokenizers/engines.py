@@ -14,7 +14,9 @@ A fast engine is trusted only after it agrees with ``hf``: its first batch is al
 ``hf`` and compared id for id, and its first batch with offsets offset for offset. On a
 difference in ids, or when it raises on a text that ``hf`` encodes, it is dropped for the rest of
 the tokenizer object's life with a warning, and ``hf`` carries on; on a difference in offsets,
-only its offsets are. A document whose offsets the ids cannot prove (its tokens do not add up to
+only its offsets are. What the check learned travels with a copy of the tokenizer (:class:`Checked`,
+:meth:`EngineSwitch.learned`): prepare checks once, in its main process, and its workers take
+the result on trust, never loading the reference to check again. A document whose offsets the ids cannot prove (its tokens do not add up to
 its text), or whose text holds a character newer than this Python's Unicode tables, is encoded by
 ``hf`` alone, and counted (:meth:`EngineTokenizer.by_reference`). The engine never changes a
 tokenizer's fingerprint, saved config or prepared data: the ids and offsets are the same.
@@ -29,7 +31,8 @@ import os
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,6 +64,23 @@ class EngineError(GristmillError):
     """An engine that was asked for by name cannot encode this tokenizer."""
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What a tokenizer whose fast engine agreed with the reference hands a copy of itself (a
+    prepare worker's, through ``load(checked=...)``): the copy takes the fast engine on trust and
+    needs the reference only for the documents the fast engine leaves to it."""
+
+    vocab_size: int  # the reference's, which the copy then needs not open to learn it
+    offsets: bool  # its offsets agreed too (a batch with loss masks was checked)
+
+    @classmethod
+    def from_mapping(cls, given: Mapping[str, Any] | None) -> Checked | None:
+        return None if given is None else cls(int(given["vocab_size"]), bool(given["offsets"]))
+
+    def as_mapping(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class FastEngine(Protocol):
     """An engine besides the reference: ids only, one uint32 array per text."""
 
@@ -87,9 +107,14 @@ class Gigatoken:
     cache_budget = CACHE_BUDGET
 
     def __init__(self, tokenizer_json: str):
+        parsed = json.loads(tokenizer_json)
+        if parsed.get("truncation") is not None or parsed.get("padding") is not None:
+            # A saved file's own settings (a document is never cut or padded), which the
+            # reference drops too (backend.open_file).
+            tokenizer_json = json.dumps({**parsed, "truncation": None, "padding": None})
         self._json = tokenizer_json
         self._tok = _gigatoken().Tokenizer.from_json(tokenizer_json)  # its refusals first
-        if ignored := _ignored_step(json.loads(tokenizer_json).get("pre_tokenizer")):
+        if ignored := _ignored_step(parsed.get("pre_tokenizer")):
             raise ValueError(
                 f"it would skip the tokenizer's {ignored} pre-tokenizer (its ids would differ)"
             )
@@ -141,6 +166,7 @@ class EngineSwitch:
         build: Callable[[], FastEngine | None] | None = None,
         tokenizer_json: Callable[[], str] | None = None,
         release: Callable[[], None] | None = None,
+        checked: Checked | None = None,
     ):
         self.spec = spec
         self._fast = fast
@@ -148,14 +174,16 @@ class EngineSwitch:
         # reference may go until it is needed again (its owner decides).
         self._release = release
         # auto: the fast engine is made on first use, so that a tokenizer that never encodes
-        # (prepare's main process: its workers encode) never pays for loading it.
+        # (one opened to be saved, fingerprinted or decoded with) never pays for loading it.
         self._build = build
-        self.checked = False  # the fast engine has matched the reference on a whole batch
+        # The fast engine has matched the reference on a whole batch (here, or where ``checked``
+        # comes from).
+        self.checked = checked is not None
         # The offset table (see offsets.py) is read from the tokenizer's JSON on the first batch
         # that needs offsets; None once read means that there is none.
         self._json = tokenizer_json
         self._table: OffsetTable | None = None
-        self.offsets_checked = False  # its offsets have matched the reference's on a batch
+        self.offsets_checked = checked is not None and checked.offsets  # and its offsets
         # Documents the reference encoded although the fast engine was in use, per reason.
         self.by_reference: Counter[str] = Counter()
 
@@ -173,6 +201,18 @@ class EngineSwitch:
     @property
     def name(self) -> str:
         return REFERENCE if self.fast is None else self.fast.name
+
+    def learned(self) -> dict[str, Any]:
+        """What a copy of the tokenizer can take on trust, as keywords of its family's ``load``:
+        ``engine="hf"`` once the fast engine failed its check (or there is none), ``checked``
+        once it passed; nothing before either (the copy checks on its first batch)."""
+        if self._build is not None:
+            return {}  # never encoded: the fast engine is not even built
+        if self._fast is None:
+            return {"engine": REFERENCE}
+        if not self.checked:
+            return {}
+        return {"checked": {"offsets": self.offsets_checked}}
 
     def table(self) -> OffsetTable | None:
         """The fast engine's offset table; None where the tokenizer has none (said once)."""
@@ -325,9 +365,11 @@ def choose(
     engine: str,
     tokenizer_json: Callable[[], str],
     release: Callable[[], None] | None = None,
+    checked: Checked | None = None,
 ) -> EngineSwitch:
     """The engine for ``engine`` (``auto``, ``hf`` or ``gigatoken``); ``release`` lets the
-    reference go once the fast engine agreed with it (:class:`EngineSwitch`).
+    reference go once the fast engine agreed with it (:class:`EngineSwitch`); ``checked``: it
+    agreed already, where this tokenizer was copied from.
 
     ``auto`` quietly takes ``hf`` when gigatoken is missing or refuses the tokenizer; asking for
     ``gigatoken`` by name makes either a clear error.
@@ -340,7 +382,7 @@ def choose(
         return EngineSwitch(spec, None)
     if engine == AUTO:
         build = functools.partial(_gigatoken_if_any, spec, tokenizer_json)
-        return EngineSwitch(spec, None, build, tokenizer_json, release)
+        return EngineSwitch(spec, None, build, tokenizer_json, release, checked)
     try:
         _gigatoken()
     except ImportError:
@@ -354,14 +396,15 @@ def choose(
             f"{spec}: the gigatoken engine does not support this tokenizer: {first_line(exc)}. "
             f"Use --engine {REFERENCE} (or auto)"
         ) from None
-    return EngineSwitch(spec, fast, tokenizer_json=tokenizer_json, release=release)
+    return EngineSwitch(spec, fast, None, tokenizer_json, release, checked)
 
 
 class EngineTokenizer(ABC):
     """What the ``hf:`` and ``tokenizer.json`` tokenizers share: the special tokens, and the
     engine that encodes (see the module docstring), with the subclass's own library as the
     reference (``_encode_reference``). ``release`` lets the reference go once the fast engine
-    has agreed with it: the subclass opens it again when it is needed after all."""
+    has agreed with it: the subclass opens it again when it is needed after all. ``checked``: it
+    agreed where this tokenizer was copied from (:class:`Checked`)."""
 
     def __init__(
         self,
@@ -371,13 +414,14 @@ class EngineTokenizer(ABC):
         engine: str,
         tokenizer_json: Callable[[], str],
         release: Callable[[], None] | None = None,
+        checked: Checked | None = None,
     ):
         self.spec = spec
         self.specials = specials
         self.bos_id, self.eos_id, self.pad_id = specials.bos_id, specials.eos_id, specials.pad_id
         self.add_bos, self.add_eos = specials.add_bos, specials.add_eos
         self.vocab_size = vocab_size
-        self._engines = choose(spec, engine, tokenizer_json, release)
+        self._engines = choose(spec, engine, tokenizer_json, release, checked)
 
     @property
     def engine(self) -> str:
@@ -388,6 +432,14 @@ class EngineTokenizer(ABC):
         self, texts: Sequence[str], *, offsets: bool = False
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         return self._engines.encode_batch(texts, offsets, self._encode_reference)
+
+    def handoff(self) -> dict[str, Any]:
+        """What a copy of this tokenizer (prepare's workers load the dataset's) can take on trust
+        from what this one learned encoding: keywords of its family's ``load``."""
+        learned = self._engines.learned()
+        if "checked" in learned:
+            learned["checked"] = Checked(self.vocab_size, **learned["checked"]).as_mapping()
+        return learned
 
     def by_reference(self) -> dict[str, int]:
         """How many documents the reference encoded although a fast engine was in use, per

@@ -27,6 +27,7 @@ from gristmill_hf_tokenizers.common import (
     log,
     require,
 )
+from gristmill_hf_tokenizers.engines import Checked
 from gristmill_hf_tokenizers.pretrained import NotReproduced, Pretrained
 
 PROBE_TIMEOUT = 5.0  # seconds: a clear "offline" beats the library's retries
@@ -53,10 +54,11 @@ class HFTokenizer(BackendTokenizer):
         loaded: Pretrained,
         specials: Specials,
         engine: str = "auto",
+        checked: Checked | None = None,
     ):
         self.folder, self.pretrained = folder, loaded
         self.source = spec  # the spec the user gave (a reloaded copy's is in its config)
-        super().__init__(spec, loaded.backend, specials, engine)
+        super().__init__(spec, loaded.backend, specials, engine, checked=checked)
 
     # --- creating and reloading ------------------------------------------------------------------
 
@@ -75,19 +77,33 @@ class HFTokenizer(BackendTokenizer):
 
     @classmethod
     def create(
-        cls, spec: str, folder: Path, loaded: Pretrained, specials: Specials, engine: str = "auto"
+        cls,
+        spec: str,
+        folder: Path,
+        loaded: Pretrained,
+        specials: Specials,
+        engine: str = "auto",
+        checked: Checked | None = None,
     ) -> HFTokenizer:
         """The tokenizer, able to render chat when the folder has a chat template."""
         kind = HFChatTokenizer if loaded.chat_template else cls
-        return kind(spec, folder, loaded, specials, engine)
+        return kind(spec, folder, loaded, specials, engine, checked)
 
     @classmethod
     def load(
-        cls, directory: Path, config: Mapping[str, Any], engine: str = "auto", **options: Any
+        cls,
+        directory: Path,
+        config: Mapping[str, Any],
+        engine: str = "auto",
+        checked: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> HFTokenizer:
+        """The dataset's copy; ``checked`` (a tokenizer's ``handoff()``): its fast engine agreed
+        with the reference already, and is not checked again."""
         spec = f"hf:{directory}"
         loaded = _open_folder(spec, directory, str(directory), announce=False)
-        tok = cls.create(spec, directory, loaded, Specials.from_config(config), engine)
+        trusted = Checked.from_mapping(checked)
+        tok = cls.create(spec, directory, loaded, Specials.from_config(config), engine, trusted)
         tok.source = config.get("source", spec)
         return tok
 

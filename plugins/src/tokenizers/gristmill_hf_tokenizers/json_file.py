@@ -14,6 +14,7 @@ from typing import Any
 
 from gristmill_hf_tokenizers.backend import BackendTokenizer, open_file, specials_of
 from gristmill_hf_tokenizers.common import Specials, TokenizerLoadError, describe, digest
+from gristmill_hf_tokenizers.engines import Checked
 
 FILE = "tokenizer.json"
 NOT_A_FILE = "not a tokenizers JSON file"
@@ -30,12 +31,18 @@ class JSONTokenizer(BackendTokenizer):
         specials: Specials,
         engine: str = "auto",
         reopen: bool = False,
+        checked: Checked | None = None,
     ):
         self.path = path
-        super().__init__(spec, backend, specials, engine, self._open if reopen else None)
+        super().__init__(spec, backend, specials, engine, self._open if reopen else None, checked)
 
     def _open(self) -> Any:
         return open_file(self.spec, self.path, NOT_A_FILE)
+
+    def _to_str(self) -> str:
+        # The file itself, not the library's serialisation of it: a copy of this tokenizer
+        # (a prepare worker's) then builds the fast engine that was checked, without the library.
+        return self.path.read_text(encoding="utf-8")
 
     @classmethod
     def from_spec(cls, spec: str, engine: str = "auto", **options: Any) -> JSONTokenizer:
@@ -52,12 +59,21 @@ class JSONTokenizer(BackendTokenizer):
 
     @classmethod
     def load(
-        cls, directory: Path, config: Mapping[str, Any], engine: str = "auto", **options: Any
+        cls,
+        directory: Path,
+        config: Mapping[str, Any],
+        engine: str = "auto",
+        checked: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> JSONTokenizer:
+        """The dataset's copy; ``checked`` (a tokenizer's ``handoff()``): its fast engine agreed
+        with the reference already, which is then opened only when a document needs it."""
         path = directory / config.get("file", FILE)
-        backend = open_file(str(path), path, NOT_A_FILE)
+        trusted = Checked.from_mapping(checked) if engine != "hf" else None
+        backend = None if trusted is not None else open_file(str(path), path, NOT_A_FILE)
         # The dataset's copy, which stays: the library's tokenizer can be let go and reopened.
-        return cls(str(path), path, backend, Specials.from_config(config), engine, reopen=True)
+        specials = Specials.from_config(config)
+        return cls(str(path), path, backend, specials, engine, reopen=True, checked=trusted)
 
     def save(self, directory: Path) -> dict[str, Any]:
         # The user's file as it is: byte for byte what they tokenized with.
