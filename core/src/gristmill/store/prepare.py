@@ -7,6 +7,7 @@ tasks' records are merged into the manifest (:mod:`gristmill.store.merge`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections import Counter
@@ -386,6 +387,9 @@ def _let_tokenizer_go(
     first = next((task for task in tasks if task.index not in done), None)
     handoff = first_batch_handoff(run.tok, first, run.options, manager)
     run.tok = None
+    # A tokenizer's objects may refer to one another (its engine calls back into it): freed by
+    # a collection now, before trim_memory, not at one that may come too late for the workers.
+    gc.collect()
     trim_memory()
     return handoff
 
