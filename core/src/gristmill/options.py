@@ -162,10 +162,19 @@ OPTION = "gristmill.option"
 
 
 def option(
-    default: Any, kind: Kind, help: str, *, flag: Flag | None = None, output: bool | str = False
+    default: Any,
+    kind: Kind,
+    help: str,
+    *,
+    flag: Flag | None = None,
+    output: bool | str = False,
+    secret: bool = False,
 ) -> Any:
-    """A field of an options dataclass (see :class:`Option`)."""
-    return field(default=default, metadata={OPTION: Option(kind, help, flag, output)})
+    """A field of an options dataclass (see :class:`Option`). ``secret``: left out of the
+    options' repr, for a value that may hold credentials, which no message or log shows."""
+    return field(
+        default=default, repr=not secret, metadata={OPTION: Option(kind, help, flag, output)}
+    )
 
 
 def described(options: Options | type[Options]) -> list[tuple[Field[Any], Option]]:
@@ -387,18 +396,12 @@ class DatasetOptions(PackingOptions):
     )
     seed: int = option(0, INTEGER, "seed of the samplers")
     # How a remote dataset (`s3://`, `gs://`, `https://`…) is fetched: never its samples.
-    # Not in the options' repr: it may hold credentials, which no message or log shows.
-    storage_options: Mapping[str, Any] = field(
-        default=None,  # type: ignore[arg-type]  # an empty table, made by the kind (as option's)
-        repr=False,
-        metadata={
-            OPTION: Option(
-                TABLE,
-                "a remote dataset's filesystem options (fsspec's), e.g. `{anon = true}` or an "
-                "endpoint; credentials are best left to the filesystem's own environment and "
-                "files",
-            )
-        },
+    storage_options: Mapping[str, Any] = option(
+        None,
+        TABLE,
+        "a remote dataset's filesystem options (fsspec's), e.g. `{anon = true}` or an "
+        "endpoint; credentials are best left to the filesystem's own environment and files",
+        secret=True,
     )
     cache_limit: int | None = option(
         None,
@@ -540,27 +543,22 @@ class PrepareOptions(DocumentOptions):
         "show a progress bar (default: only on a terminal)",
         flag=Flag("show a progress bar (default: only on a terminal)"),
     )
-    # How an output at a URL is written: never what is written. Not in the options' repr: it
-    # may hold credentials, which no message or log shows.
-    storage_options: Mapping[str, Any] = field(
-        default=None,  # type: ignore[arg-type]  # an empty table, made by the kind (as option's)
-        repr=False,
-        metadata={
-            OPTION: Option(
-                TABLE,
-                "an output URL's filesystem options (fsspec's), e.g. an endpoint; credentials "
-                "are best left to the filesystem's own environment and files",
-                Flag(
-                    "an option of the output URL's filesystem (fsspec's), e.g. "
-                    'client_kwargs={"endpoint_url": "http://HOST:9000"}; VALUE is read as JSON '
-                    "where it is JSON, else as text; repeat for several",
-                    metavar="NAME=VALUE",
-                    name="--storage-option",
-                    read=name_value,
-                    repeat=True,
-                ),
-            )
-        },
+    # How an output at a URL is written: never what is written.
+    storage_options: Mapping[str, Any] = option(
+        None,
+        TABLE,
+        "an output URL's filesystem options (fsspec's), e.g. an endpoint; credentials are best "
+        "left to the filesystem's own environment and files",
+        flag=Flag(
+            "an option of the output URL's filesystem (fsspec's), e.g. "
+            'client_kwargs={"endpoint_url": "http://HOST:9000"}; VALUE is read as JSON where it '
+            "is JSON, else as text; repeat for several",
+            metavar="NAME=VALUE",
+            name="--storage-option",
+            read=name_value,
+            repeat=True,
+        ),
+        secret=True,
     )
     keep_scratch: bool = option(
         False,
