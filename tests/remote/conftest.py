@@ -205,12 +205,17 @@ class S3:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3]:
+def s3_libraries() -> None:
+    """Skips, saying why, where s3fs or moto is not installed."""
     if S3_MISSING:
         pytest.skip(
             f"the S3 tests need {', '.join(S3_MISSING)}: pip install 'gristmill[s3]' "
             "'moto[server]' (tox -e remote installs them)"
         )
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_libraries: None) -> Iterator[S3]:
     server = S3()
     yield server
     server.server.shutdown()

@@ -274,7 +274,7 @@ def test_the_options_repr_shows_no_storage_options():
     assert "s3cr3t" not in repr(options) and "storage_options" not in repr(options)
 
 
-def test_an_unreachable_server_says_so(dataset):
+def test_an_unreachable_server_says_so(s3_libraries, dataset):
     with socket.socket() as s:  # a port nothing listens on once it is closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
