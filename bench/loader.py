@@ -280,7 +280,7 @@ def _litdata_windows(span: tuple[str, str, int, int]) -> Iterator[Any]:
 
 def write_litdata(stream: Path, dtype: str, out: Path, per_chunk: int) -> Path:
     """Every whole window through ``optimize`` with ``TokensLoader``, ``per_chunk`` a chunk."""
-    if (out / "data" / "index.json").exists():
+    if litdata_written(out):
         return out
     import numpy as np
     from litdata import TokensLoader, optimize
@@ -302,6 +302,16 @@ def write_litdata(stream: Path, dtype: str, out: Path, per_chunk: int) -> Path:
     )
     shutil.rmtree(out / "cache", ignore_errors=True)
     return out
+
+
+def litdata_written(out: Path) -> bool:
+    """Whether ``out`` holds a finished ``optimize``: an index that lists chunks (a failed run
+    leaves one without any)."""
+    try:
+        index = json.loads((out / "data" / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(index.get("chunks"))
 
 
 def write_hf(stream: Path, dtype: str, out: Path, per_shard: int) -> Path:
@@ -528,11 +538,18 @@ def child(spec: dict[str, Any]) -> None:
     os._exit(0)  # no waiting on loader threads and workers at exit
 
 
-def run_child(spec: dict[str, Any], log: Path) -> dict[str, Any]:
-    """This script in a fresh interpreter measuring ``spec``; its RESULT with the peak memory of
-    its process tree (``peak_rss``, ``peak_pss``), or why there is none."""
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_child(
+    spec: dict[str, Any],
+    log: Path,
+    *,
+    script: str = __file__,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``script`` (this one unless named) in a fresh interpreter measuring ``spec`` (its
+    ``--child``), with ``env`` added to the environment; its RESULT with the peak memory of its
+    process tree (``peak_rss``, ``peak_pss``), or why there is none."""
+    cmd = [sys.executable, script, "--child", json.dumps(spec)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     ran = run_sampled(cmd, log, env, timeout=CHILD_TIMEOUT_S)
     if ran["returncode"] is None:
         return {"failed": f"over {CHILD_TIMEOUT_S} s (see {log})"}
