@@ -368,6 +368,32 @@ class Dataset:
             np.arange(ends[-1]) + np.repeat(first - ends + segments, segments), segments
         )
 
+    def shard_reads(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The shards that reading samples ``indices`` in order reads, in that order, a shard
+        read again right after itself counted once: their indices in the split, and for each
+        the position in ``indices`` of the sample that reads it. ``None`` where the shard
+        format cannot say which shard holds a document (a loader then fetches nothing ahead).
+        """
+        shards_of = getattr(self.documents, "shards_of", None)
+        index = np.asarray(indices, np.int64).reshape(-1)
+        if shards_of is None or not len(index):
+            return None if shards_of is None else (index[:0], index[:0])
+        bounds = self.plan.sample_bounds
+        first, segments = bounds[index], bounds[index + 1] - bounds[index]
+        ends = np.cumsum(segments)
+        seg = np.arange(ends[-1]) + np.repeat(first - ends + segments, segments)
+        shards = shards_of(self.plan.seg_doc[seg])
+        sample = np.repeat(np.arange(len(index)), segments)
+        keep = np.ones(len(shards), bool)
+        keep[1:] = shards[1:] != shards[:-1]
+        return shards[keep], sample[keep]
+
+    def shard_files(self, shard: int) -> list[dict[str, Any]]:
+        """The manifest entries of the files the first read of shard ``shard`` (its index in
+        the split) fetches from a remote dataset."""
+        files = getattr(self.documents, "shard_files", None)
+        return [] if files is None else files(shard)
+
     def _build(self, seg: slice | np.ndarray, segments: Sequence[int] | np.ndarray) -> SampleBatch:
         """The samples made of plan segments ``seg``, ``segments`` of them each, in order."""
         plan = self.plan
@@ -508,6 +534,7 @@ def where(
         )
         return os.fspath(path), mirror
     given = [name for name in ("storage_options", "cache_limit") if getattr(options, name)]
+    given += ["prefetch"] if options.prefetch is not None else []
     if given:
         raise DatasetError(
             f"{' and '.join(given)} apply to a dataset at a URL (s3://, gs://, https://…); "
@@ -609,7 +636,8 @@ def open_dataset(
     ``path`` is a directory, or a URL (``s3://``, ``gs://``, ``https://``, any fsspec knows):
     a remote dataset is read through a local mirror that fetches each file at its first read,
     checked against the manifest (:mod:`gristmill.plugin.remote`; ``storage_options`` go to the
-    filesystem, ``cache_limit`` bounds the mirror).
+    filesystem, ``cache_limit`` bounds the mirror, ``prefetch`` is how many shards the torch
+    loader fetches ahead of its reads).
 
     Opening reads the manifest and maps the shard files: no pass over the tokens (but one over
     the loss masks, where the split has them, when the plan is not cached yet). Every file is

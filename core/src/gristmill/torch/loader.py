@@ -9,7 +9,8 @@ resume from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import accumulate, pairwise
 from typing import Any, NamedTuple
 
@@ -18,6 +19,8 @@ import torch
 
 from gristmill.errors import GristmillError
 from gristmill.plugin.arguments import check_int
+from gristmill.plugin.remote.evict import EvictionPolicy
+from gristmill.plugin.remote.prefetch import Prefetcher, Timeline
 from gristmill.serve.dataset import Dataset
 from gristmill.serve.metrics import PlannedMetrics
 from gristmill.serve.mixture import Mixture
@@ -36,15 +39,19 @@ from gristmill.torch.streaming import StreamLoader
 STATE_FORMAT = "gristmill-loader"
 READ_AHEAD = 8  # steps fetched together (after the first), in one process or in a worker
 STATE_VERSION = 1
+PREFETCH = 4  # shards a remote dataset's loader fetches ahead, unless the dataset says
+
+log = logging.getLogger("gristmill")
 
 
 class _Chunk(NamedTuple):
     """Consecutive steps of this rank: their samples (indices, concatenated), the places of
-    the repeats among them, and how many samples each step has."""
+    the repeats among them, how many samples each step has, and the first step's number."""
 
     indices: np.ndarray
     repeats: list[int]
     sizes: list[int]
+    step: int = 0
 
 
 class _Marked(torch.utils.data.Dataset):
@@ -54,6 +61,10 @@ class _Marked(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Dataset | Mixture, collate: Callable[[Any], Any]):
         self.dataset, self.collate = dataset, collate
+        # A remote dataset's reads of this pass, and Belady's rule over them: a worker (forked
+        # or spawned with this object) evicts by them too, from the step it reads.
+        self.timeline: Timeline | None = None
+        self.oracle: EvictionPolicy | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -62,6 +73,10 @@ class _Marked(torch.utils.data.Dataset):
         return self.dataset[index]
 
     def __getitems__(self, chunk: _Chunk) -> list[Any]:
+        if self.timeline is not None and isinstance(self.dataset, Dataset):
+            self.timeline.reading(chunk.step, chunk.step + len(chunk.sizes))
+            if self.dataset.mirror is not None and self.dataset.mirror.policy is not self.oracle:
+                self.dataset.mirror.policy = self.oracle  # type: ignore[assignment]
         samples = self.dataset.batch(chunk.indices)
         if chunk.repeats and isinstance(samples, SampleBatch):
             samples = samples.with_repeats(chunk.repeats)
@@ -93,6 +108,7 @@ class _Steps(torch.utils.data.Sampler):
 
     def __init__(self, loader: DataLoader):
         self.loader, self.armed = loader, False
+        self.dispatched = 0  # the steps before it are handed to the readers
 
     def __iter__(self) -> Iterator[_Chunk]:
         # Checked at the first chunk, not at iter(): torch calls iter() twice before that.
@@ -105,7 +121,10 @@ class _Steps(torch.utils.data.Sampler):
             steps = range(step, min(step + ahead, schedule.steps))
             step, ahead = steps.stop, READ_AHEAD
             indices, repeats, sizes = schedule.shares(steps, rank)
-            yield _Chunk(indices, np.flatnonzero(repeats).tolist(), sizes)
+            self.dispatched = steps.stop
+            if self.loader.prefetcher is not None:  # these steps are read now: fetch past them
+                self.loader.prefetcher.advance(steps.stop)
+            yield _Chunk(indices, np.flatnonzero(repeats).tolist(), sizes, steps.start)
 
     def __len__(self) -> int:
         return self.loader.schedule().steps
@@ -128,6 +147,7 @@ class DataLoader(torch.utils.data.DataLoader):
         world_size: int | None = None,
         num_workers: int = 0,
         collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+        node_ranks: Sequence[int] | None = None,
         **options: Any,
     ):
         if not isinstance(dataset, (Dataset, Mixture)):
@@ -137,6 +157,9 @@ class DataLoader(torch.utils.data.DataLoader):
                 f"{type(dataset).__name__}"
             )
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
+        self.node_ranks = self._node_ranks(node_ranks)
+        self.prefetcher: Prefetcher | None = None  # a remote dataset's, during a pass
+        self._reads: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
         # Not batch_size/drop_last/dataset: torch's DataLoader owns those names (and the batch
         # sampler below makes its own batches).
         self.source, self.per_rank, self.drop_last_steps = dataset, batch_size, bool(drop_last)
@@ -162,29 +185,122 @@ class DataLoader(torch.utils.data.DataLoader):
     def schedule(self) -> Schedule:
         """The current epoch's steps (computed once per epoch)."""
         if self._schedule is None or self._schedule[0] != self.epoch:
-            order = self.order.order(self.epoch)
-            schedule = Schedule(order, self.world_size, self.per_rank, self.drop_last_steps)
-            self._schedule = (self.epoch, schedule)
+            self._schedule = (self.epoch, self._schedule_of(self.epoch))
         return self._schedule[1]
+
+    def _schedule_of(self, epoch: int) -> Schedule:
+        order = self.order.order(epoch)
+        return Schedule(order, self.world_size, self.per_rank, self.drop_last_steps)
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self.epoch
-        for batch in self._batches():
-            self._last = (self.schedule(), self.step)
-            self.step += 1  # counted as handed out, not as prefetched
-            yield batch
+        timeline = self.dataset.timeline = self.timeline()
+        mirror = self.source.mirror if isinstance(self.source, Dataset) else None
+        policy = None if mirror is None else mirror.policy
+        if timeline is not None and mirror is not None:
+            # Before the workers start: a forked one evicts by it too.
+            self.dataset.oracle = mirror.policy = timeline.oracle()
+        try:
+            for batch in self._batches(timeline):
+                self._last = (self.schedule(), self.step)
+                self.step += 1  # counted as handed out, not as prefetched
+                if timeline is not None and timeline.now < self.step:
+                    timeline.now = self.step
+                yield batch
+        finally:
+            self._end_pass(mirror, policy)
         if self.epoch == epoch:  # a whole pass: iterating again serves the next epoch
             self.set_epoch(epoch + 1)
 
-    def _batches(self) -> Iterator[Any]:
+    def _end_pass(self, mirror: Any, policy: EvictionPolicy | None) -> None:
+        """Stop fetching ahead, and give the mirror back the policy it had before the pass."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        self.prefetcher = self.dataset.timeline = self.dataset.oracle = None
+        if mirror is not None and policy is not None:
+            mirror.policy = policy
+
+    def _node_ranks(self, given: Sequence[int] | None) -> list[int]:
+        """The ranks whose reads this rank's mirror serves: ``given`` (this rank among them),
+        else this rank alone."""
+        if given is None:
+            return [self.rank]
+        ranks = sorted({check_int("node_ranks", r, at_least=0) for r in given})
+        if self.rank not in ranks or ranks[-1] >= self.world_size:
+            raise GristmillError(
+                f"node_ranks {ranks} must hold this rank ({self.rank}) and only ranks below "
+                f"the world size ({self.world_size})"
+            )
+        return ranks
+
+    def timeline(self) -> Timeline | None:
+        """A remote dataset's reads of shard files on this node, from the current step to the
+        end of the next epoch (whose steps follow this one's); ``None`` for a local dataset,
+        a mixture, or a shard format that cannot say which shard holds a document."""
+        source = self.source
+        if not isinstance(source, Dataset) or source.mirror is None:
+            if isinstance(source, Mixture) and any(d.mirror for d in source.datasets):
+                log.warning(
+                    "a mixture's remote datasets are fetched at their reads (no prefetch) "
+                    "and their mirrors drop the least recently used file first"
+                )
+            return None
+        for epoch in list(self._reads):
+            if epoch not in (self.epoch, self.epoch + 1):
+                del self._reads[epoch]
+        now, later = self.shard_reads(self.epoch), self.shard_reads(self.epoch + 1)
+        if now is None or later is None:
+            return None
+        start = int(np.searchsorted(now[0], self.step, "left"))
+        steps = np.concatenate([now[0][start:], later[0] + self.schedule().steps])
+        shards = np.concatenate([now[1][start:], later[1]])
+        timeline = Timeline(steps, shards, source.shard_files)
+        timeline.now = self.step
+        return timeline
+
+    def shard_reads(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The steps and shards of epoch ``epoch``'s reads on this node's ranks, in order (a
+        step's reads rank by rank; a shard read again right after itself counted once)."""
+        if epoch in self._reads:
+            return self._reads[epoch]
+        assert isinstance(self.source, Dataset)
+        schedule = self.schedule() if epoch == self.epoch else self._schedule_of(epoch)
+        steps, shards = [], []
+        for rank in self.node_ranks:
+            indices, _, sizes = schedule.shares(range(schedule.steps), rank)
+            reads = self.source.shard_reads(indices)
+            if reads is None:
+                self._reads[epoch] = None
+                return None
+            steps.append(np.repeat(np.arange(len(sizes)), sizes)[reads[1]])
+            shards.append(reads[0])
+        step, shard = np.concatenate(steps), np.concatenate(shards)
+        order = np.argsort(step, kind="stable")
+        step, shard = step[order], shard[order]
+        keep = np.ones(len(shard), bool)
+        keep[1:] = (shard[1:] != shard[:-1]) | (step[1:] != step[:-1])
+        self._reads[epoch] = (step[keep], shard[keep])
+        return self._reads[epoch]
+
+    def _batches(self, timeline: Timeline | None) -> Iterator[Any]:
         """Every chunk's batches: with workers (or pinned memory) through torch's iterator,
         else fetched right here (without the profiler annotation around every batch, which is
-        all torch's single-process iterator adds)."""
+        all torch's single-process iterator adds). A remote dataset's shards are fetched
+        ahead from the start of the pass."""
         self.batch_sampler.armed = True
+        self.batch_sampler.dispatched = self.step
         if self.num_workers or self.pin_memory:
             chunks: Iterator[list[Any]] = super().__iter__()
         else:
             chunks = map(self.dataset.__getitems__, self.batch_sampler)
+        # Only now, with the workers started: a process forked while a fetch thread holds a
+        # file's lock would hold it too, for good (a flock belongs to the open file).
+        if timeline is not None and isinstance(self.source, Dataset) and self.source.mirror:
+            ahead = self.source.options.prefetch
+            ahead = PREFETCH if ahead is None else ahead
+            if ahead:
+                self.prefetcher = Prefetcher(self.source.mirror, timeline, ahead)
+                self.prefetcher.advance(self.batch_sampler.dispatched)
         for batches in chunks:
             yield from batches
 

@@ -252,6 +252,17 @@ class MemmapShardReader:
         self._live[k] = shard
         return shard
 
+    def shards_of(self, docs: np.ndarray) -> np.ndarray:
+        """The shard (its index in the split) that holds each of ``docs``: what a loader's
+        timeline of the files it reads is made of."""
+        return self._first_doc.searchsorted(np.asarray(docs, np.int64), "right") - 1
+
+    def shard_files(self, k: int) -> list[dict[str, Any]]:
+        """The manifest entries of shard ``k``'s files, which its first read fetches from a
+        remote dataset (tokens, offsets, and the mask where it has one)."""
+        shard = self._listed[k]
+        return [shard[key] for key in ("tokens", "offsets", "mask") if shard.get(key)]
+
     def lengths(self) -> np.ndarray:
         """Every document's token count; refuses an index that does not tile its shard."""
         if not self._listed:

@@ -32,10 +32,21 @@ class LeastRecentlyUsed:
 class NextUse:
     """Belady's rule: drops the file whose next use is furthest (never again first), ties to the
     one used longest ago. ``next_use(name)``: the position of ``name``'s next read in the
-    schedule, ``None`` when it is not read again."""
+    schedule, ``None`` when it is not read again; ``read(name)``, where given, is told of each
+    read of a file (the mirror's), so that the schedule knows which of its reads are done."""
 
-    def __init__(self, next_use: Callable[[str], float | int | None]):
+    def __init__(
+        self,
+        next_use: Callable[[str], float | int | None],
+        read: Callable[[str], None] | None = None,
+    ):
         self.next_use = next_use
+        self._read = read
+
+    def read(self, name: str) -> None:
+        """The file ``name`` is read now."""
+        if self._read is not None:
+            self._read(name)
 
     def victim(self, candidates: Sequence[str], last_used: Mapping[str, float]) -> str:
         def key(name: str) -> tuple[float, float, str]:

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +54,10 @@ STREAMED = ("http", "https")  # read in one request (block_size=0): no range req
 
 _mirrors: dict[str, Mirror] = {}  # by their folder's real path: what the shard reader finds
 _registry = threading.Lock()
+# The lock files' descriptors open now: a process forked meanwhile (a DataLoader worker) closes
+# its copies at once, else it would hold their locks for good (a flock belongs to the open
+# file, which the copy keeps open after this process closes its own).
+_held: set[int] = set()
 T = TypeVar("T")
 
 
@@ -134,12 +139,19 @@ class Mirror:
         self._listed: dict[str, Mapping[str, Any]] = {}  # the manifest's files, by path
         self._pinned: set[str] = set()  # the files no eviction drops
         self._last_used: dict[str, float] = {}
+        # The dataset's files in the folder, (size, time landed) by path, as this process last
+        # counted them, and the stamp the folder had then: every process that lands or drops
+        # a file writes a new stamp (under the mirror's lock), so that a landing recounts only
+        # after another process changed the folder.
+        self._present: dict[str, tuple[int, float]] | None = None
+        self._stamp = ""
+        self._failed: dict[str, Exception] = {}  # fetches ahead that failed, for the read
         self._fs: tuple[int, Any, str] | None = None  # (pid, filesystem, base path)
         self._warned = False
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy in another process makes its own filesystem (fsspec's are bound to a process).
-        return {**vars(self), "_fs": None}
+        return {**vars(self), "_fs": None, "_present": None, "_failed": {}}
 
     def __repr__(self) -> str:
         return f"Mirror({self.url!r}, root={str(self.root)!r})"
@@ -165,6 +177,8 @@ class Mirror:
             if old != data:  # the same manifest stays the same file: open readers read on
                 write_atomic(path, data)
                 self._drop_stale(listing(old), listing(data))
+                self._changed()
+            self._present = None  # counted afresh at the next landing
         self._listed = listing(data)
         self._pinned = pinned(data)
         for name in sorted(self._pinned):
@@ -173,22 +187,59 @@ class Mirror:
     def fetch(self, entry: Mapping[str, Any]) -> Path:
         """The local path of the file of the manifest ``entry``, downloaded first (once per
         node) when it is not in the mirror."""
+        path = self._fetch(entry, None)
+        assert path is not None  # only a fetch ahead lands nothing
+        return path
+
+    def fetch_ahead(self, entry: Mapping[str, Any], next_use: int) -> bool:
+        """Fetch the file of ``entry`` before it is read (a prefetch; ``next_use``: its next
+        read's position, as the policy counts): it counts as no use, drops no file the policy
+        says is needed sooner (``False`` where it would have to: nothing is downloaded), and
+        a failure, raised here, is kept too and raised by the file's next :meth:`fetch` (the
+        read that needs it)."""
+        return self._fetch(entry, next_use) is not None
+
+    def _fetch(self, entry: Mapping[str, Any], ahead: int | None) -> Path | None:
         name = self._relative(entry["path"])
         path = self.root / name
-        self._last_used[name] = time.time()
+        if ahead is None:
+            self.used(name)
+            failed = self._failed.pop(name, None)
+            if failed is not None and not _has_size(path, entry["bytes"]):
+                raise failed
         if _has_size(path, entry["bytes"]):
             return path
         with self._locked(self.state / "locks" / f"{_digest(name)}.lock"):
             if _has_size(path, entry["bytes"]):  # landed by whoever held the lock
                 return path
-            with temporary_for(self.state / "tmp" / _digest(name)) as tmp:
-                self._retrying(name, lambda: self._download(name, entry, tmp))
+            if ahead is not None:
                 with self._locked(self.state / "mirror.lock"):
-                    self._make_room(name, entry["bytes"])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, path)
+                    if not self._make_room(name, entry["bytes"], ahead, dry=True):
+                        return None
+            if not self._land(name, entry, path, ahead):
+                return None
         self.fetched.append(name)
         return path
+
+    def _land(self, name: str, entry: Mapping[str, Any], path: Path, ahead: int | None) -> bool:
+        """Download the file ``name`` and rename it into place at ``path`` once there is room
+        (``False`` where a fetch ahead finds none: nothing lands)."""
+        with temporary_for(self.state / "tmp" / _digest(name)) as tmp:
+            try:
+                self._retrying(name, lambda: self._download(name, entry, tmp))
+            except Exception as error:
+                if ahead is not None:
+                    self._failed[name] = error
+                raise
+            with self._locked(self.state / "mirror.lock"):
+                if not self._make_room(name, entry["bytes"], ahead):
+                    return False
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+                if self._present is not None:
+                    self._present[name] = (entry["bytes"], time.time())
+                self._changed()
+        return True
 
     def fetch_all(self) -> Path:
         """Every file the manifest lists, fetched where it is not in the mirror yet: the
@@ -200,8 +251,12 @@ class Mirror:
 
     def used(self, name: str) -> None:
         """Note that the file ``name`` (its path in the dataset) is read now: least recently
-        used is dropped first where no oracle says when files are read next."""
+        used is dropped first where no oracle says when files are read next (and an oracle
+        that follows the reads is told)."""
         self._last_used[name] = time.time()
+        read = getattr(self.policy, "read", None)
+        if read is not None:
+            read(name)
 
     def _read(self, name: str) -> bytes:
         fs, base = self.filesystem()
@@ -261,25 +316,38 @@ class Mirror:
                 time.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _make_room(self, landing: str, size: int) -> None:
+    def _make_room(
+        self, landing: str, size: int, ahead: int | None = None, *, dry: bool = False
+    ) -> bool:
         """Drop shard files, the policy's choice first, until ``size`` more bytes stay within
-        the limit (under the mirror's lock)."""
+        the limit (under the mirror's lock). A fetch ahead (``ahead``: its next use) drops
+        none that the policy says is needed sooner, nor any without an oracle: ``False``
+        where it would have to (nothing dropped). ``dry``: only say whether there is room."""
         if self.cache_limit is None:
-            return
-        present = {}
-        for name in (MANIFEST, *self._listed):
-            with contextlib.suppress(OSError):
-                present[name] = os.lstat(self.root / name)
-        total = sum(info.st_size for info in present.values())
+            return True
+        present = self._counted()
+        total = sum(size for size, _ in present.values()) - present.get(landing, (0, 0))[0]
         keep = {MANIFEST, landing, *self._pinned}
         candidates = [n for n in present if n not in keep]
-        last = {n: self._last_used.get(n, present[n].st_mtime) for n in candidates}
+        last = {n: self._last_used.get(n, present[n][1]) for n in candidates}
+        victims = []
         while candidates and total + size > self.cache_limit:
             victim = self.policy.victim(candidates, last)
+            if ahead is not None and not _later(self.policy, victim, ahead):
+                return False
             candidates.remove(victim)
+            victims.append(victim)
+            total -= present[victim][0]
+        if ahead is not None and total + size > self.cache_limit:
+            return False
+        if dry:
+            return True
+        for victim in victims:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / victim)
-            total -= present[victim].st_size
+            del present[victim]
+        if victims:
+            self._changed()
         if total + size > self.cache_limit and not self._warned:
             self._warned = True
             log.warning(
@@ -287,6 +355,30 @@ class Mirror:
                 f"that must stay in the mirror ({total + size:,} bytes: the file read now, the "
                 "manifest's small files); the mirror holds more than the limit"
             )
+        return True
+
+    def _counted(self) -> dict[str, tuple[int, float]]:
+        """The dataset's files in the folder, (size, time landed) by path (under the mirror's
+        lock): as counted before, unless another process changed the folder since."""
+        try:
+            stamp = (self.state / "stamp").read_text(encoding="utf-8")
+        except OSError:
+            stamp = ""
+        if self._present is None or stamp != self._stamp:
+            present = {}
+            for name in (MANIFEST, *self._listed):
+                with contextlib.suppress(OSError):
+                    info = os.lstat(self.root / name)
+                    present[name] = (info.st_size, info.st_mtime)
+            self._present, self._stamp = present, stamp
+        return self._present
+
+    def _changed(self) -> None:
+        """Say that this process landed or dropped files (under the mirror's lock): the others
+        count the folder again at their next landing."""
+        self._stamp = uuid.uuid4().hex
+        with contextlib.suppress(OSError):
+            (self.state / "stamp").write_text(self._stamp, encoding="utf-8")
 
     def _drop_stale(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         """Remove the files of the old manifest that the new one does not list as they are."""
@@ -311,12 +403,35 @@ class Mirror:
         and threads, of this node wait for each other)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        _held.add(fd)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
+            _held.discard(fd)
             os.close(fd)  # which releases the lock
+
+
+def _close_held() -> None:
+    """In a forked child: close the copies of the lock files' descriptors (see ``_held``)."""
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held)
+
+
+def _later(policy: EvictionPolicy, victim: str, when: int) -> bool:
+    """Whether ``policy`` says ``victim`` is needed later than ``when`` (or never again)."""
+    next_use = getattr(policy, "next_use", None)
+    if next_use is None:
+        return False
+    position = next_use(victim)
+    return position is None or position > when
 
 
 def _failed(where: str, error: BaseException) -> DatasetError:
