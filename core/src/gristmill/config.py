@@ -29,6 +29,7 @@ from gristmill.ingest.sources import DEFAULT_TOKENIZER
 from gristmill.options import (
     BOOL,
     COUNT,
+    COUNTS,
     INTEGER,
     POSITIVE,
     STRING,
@@ -174,6 +175,12 @@ LOADER = Section(
         "rank": Key(COUNT, None, "this process's rank (default: from torch.distributed or RANK)"),
         "world_size": Key(POSITIVE, None, "number of ranks (default: likewise)"),
         "num_workers": Key(COUNT, 0, "DataLoader worker processes"),
+        "node_ranks": Key(
+            COUNTS,
+            None,
+            "the ranks that share this node's cache of a remote dataset (default: this rank alone)",
+            data=MAP_STYLE,
+        ),
         "pin_memory": Key(BOOL, False, "passed to torch.utils.data.DataLoader"),
         "prefetch_factor": Key(POSITIVE, None, "passed to torch.utils.data.DataLoader"),
         "persistent_workers": Key(BOOL, False, "passed to torch.utils.data.DataLoader"),

@@ -110,6 +110,13 @@ STRINGS = Kind(
     plain=lambda name, v: list(v) if v else None,
     read=lambda text: text.split(",") if text else None,
 )
+COUNTS = Kind(
+    "a list of non-negative integers",
+    lambda v: (
+        isinstance(v, (list, tuple))
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v)
+    ),
+)
 TABLE = Kind("a table", lambda v: isinstance(v, Mapping), plain=lambda name, v: dict(v), empty=dict)
 STRING_TABLE = Kind(
     "a table of strings",
