@@ -180,7 +180,9 @@ def downloads(
         if name not in held:
             fetched.append(name)
             while held and total + sizes[name] > room:
-                victim = max(held, key=held.__getitem__) if belady else min(held, key=held.get)
+                victim = (
+                    max(held, key=held.__getitem__) if belady else min(held, key=held.__getitem__)
+                )
                 total -= sizes[victim]
                 del held[victim]
             total += sizes[name]
