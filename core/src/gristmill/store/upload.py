@@ -25,12 +25,12 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gristmill.errors import DatasetError, GristmillError, first_line
+from gristmill.errors import DatasetError, first_line
 from gristmill.layout import MANIFEST, reject_file
 from gristmill.options import PrepareOptions
 from gristmill.plugin.files import sha256_of
@@ -274,29 +274,16 @@ class Upload:
             self.fs.rm_file(f"{self.base}/{name}")
 
     def _retrying(self, name: str, attempt: Callable[[], T]) -> T:
-        """``attempt()``, tried again after each of the read side's retry delays while it
-        fails in a way a retry may mend; a :class:`~gristmill.errors.DatasetError` naming the
-        object otherwise (its cause the last error)."""
+        """``attempt()`` with the read side's retries: a 403 is refused at once, naming the
+        object (the URL where ``name`` is empty), and so is a missing bucket or path."""
         where = f"{self.url}/{name}" if name else self.url
-        delays: Iterable[float | None] = (*mirror.RETRY_DELAYS, None)
-        for delay in delays:
-            try:
-                return attempt()
-            except GristmillError:
-                raise
-            except Exception as error:
-                if is_denied(error):
-                    raise DatasetError(
-                        f"access denied ({first_line(error)}); check the credentials (the "
-                        "filesystem's own: environment variables, config files, or "
-                        "storage_options) and that they may read and write this prefix",
-                        where=where,
-                    ) from None
-                if isinstance(error, FileNotFoundError) or delay is None:
-                    raise _failed(where, error) from None
-                log.warning(f"{where}: {first_line(error)}; retrying in {delay:g} s")
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        def refuse(error: BaseException) -> DatasetError | None:
+            if is_denied(error):
+                return mirror.denied(where, error, "read and write this prefix")
+            return _failed(where, error) if isinstance(error, FileNotFoundError) else None
+
+        return mirror.retrying(where, attempt, refuse=refuse, give_up=lambda e: _failed(where, e))
 
     def _clean_up(self, journal: Journal) -> None:
         """The scratch directory goes once the URL holds the dataset, unless it is to be kept;

@@ -288,33 +288,21 @@ class Mirror:
         return {"block_size": 0} if scheme(self.url) in STREAMED else {"block_size": CHUNK}
 
     def _retrying(self, name: str, attempt: Callable[[], T]) -> T:
-        """``attempt()``, tried again after each of ``RETRY_DELAYS`` while it fails in a way a
-        retry may mend; a :class:`~gristmill.errors.DatasetError` naming the URL otherwise."""
+        """``attempt()`` with :func:`retrying`: a 403 or 404 is refused at once."""
         where = f"{self.url}/{name}"
-        for delay in (*RETRY_DELAYS, None):
-            try:
-                return attempt()
-            except GristmillError:
-                raise
-            except Exception as error:
-                if is_denied(error):
-                    raise DatasetError(
-                        f"access denied ({first_line(error)}); check the credentials "
-                        "(the filesystem's own: environment variables, config files, or "
-                        "storage_options) and that they may read this object",
-                        where=where,
-                    ) from None
-                if is_missing(error):
-                    raise DatasetError(
-                        f"not found on the server ({first_line(error)}); no dataset at "
-                        f"{self.url}, or it was removed or is still being uploaded",
-                        where=where,
-                    ) from None
-                if delay is None:
-                    raise _failed(where, error) from None
-                log.warning(f"{where}: {first_line(error)}; retrying in {delay:g} s")
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        def refuse(error: BaseException) -> DatasetError | None:
+            if is_denied(error):
+                return denied(where, error, "read this object")
+            if is_missing(error):
+                return DatasetError(
+                    f"not found on the server ({first_line(error)}); no dataset at "
+                    f"{self.url}, or it was removed or is still being uploaded",
+                    where=where,
+                )
+            return None
+
+        return retrying(where, attempt, refuse=refuse, give_up=lambda e: _failed(where, e))
 
     def _make_room(
         self, landing: str, size: int, ahead: int | None = None, *, dry: bool = False
@@ -432,6 +420,42 @@ def _later(policy: EvictionPolicy, victim: str, when: int) -> bool:
         return False
     position = next_use(victim)
     return position is None or position > when
+
+
+def retrying(
+    where: str,
+    attempt: Callable[[], T],
+    *,
+    refuse: Callable[[BaseException], DatasetError | None],
+    give_up: Callable[[BaseException], DatasetError],
+) -> T:
+    """``attempt()``, tried again after each of ``RETRY_DELAYS`` while it fails in a way a
+    retry may mend: ``refuse(error)`` is the error to raise at once instead (``None``: a retry
+    may mend it), ``give_up(error)`` the one once no try is left. gristmill's own errors are
+    raised as they are."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return attempt()
+        except GristmillError:
+            raise
+        except Exception as error:
+            refused = refuse(error)
+            if refused is None and delay is None:
+                refused = give_up(error)
+            if refused is not None:
+                raise refused from None
+            log.warning(f"{where}: {first_line(error)}; retrying in {delay:g} s")
+            time.sleep(delay or 0)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def denied(where: str, error: BaseException, may: str) -> DatasetError:
+    """A 401 or 403 at ``where``: what to check, ``may`` what the credentials must allow."""
+    return DatasetError(
+        f"access denied ({first_line(error)}); check the credentials (the filesystem's own: "
+        f"environment variables, config files, or storage_options) and that they may {may}",
+        where=where,
+    )
 
 
 def _failed(where: str, error: BaseException) -> DatasetError:
