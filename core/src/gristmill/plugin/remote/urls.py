@@ -66,7 +66,7 @@ def filesystem(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
     protocol, shown = scheme(url) or "", redacted(url)
     install = f"pip install 'gristmill[{EXTRAS.get(protocol, 'remote')}]'"
     try:
-        import fsspec  # type: ignore[import-untyped]
+        import fsspec
     except ImportError:
         raise MissingDependencyError(
             f"{shown}: reading a dataset from a URL needs fsspec; {install}"
