@@ -134,8 +134,10 @@ def test_a_bad_record_fails_with_the_local_executors_error(tmp_path, corpus, ray
 
 def test_an_interrupted_ray_run_is_finished_by_the_local_executor(tmp_path, corpus, ray_address):
     out, clean = tmp_path / "interrupted", tmp_path / "clean"
-    # One Ray worker: the run lasts long enough after its first task for a Ctrl-C to land.
-    args = [*map(str, corpus), "-o", str(out), *SMALL, "--workers", "1"]
+    # One Ray worker and about 240 small tasks: the run lasts long enough after its first task
+    # for a Ctrl-C to land (one that lands in the final merge waits for it, and the run ends 0).
+    small = [*SMALL, "--task-bytes", "2000"]
+    args = [*map(str, corpus), "-o", str(out), *small, "--workers", "1"]
     # No --ray-address and no RAY_ADDRESS: the run starts its own Ray, and shuts it down.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
@@ -166,10 +168,10 @@ def test_an_interrupted_ray_run_is_finished_by_the_local_executor(tmp_path, corp
     assert "gristmill: interrupted" in stderr
     assert (out / INCOMPLETE).exists() and not (out / MANIFEST).exists()
 
-    resumed = _prepare(corpus, out, *SMALL, "--workers", "2")
+    resumed = _prepare(corpus, out, *small, "--workers", "2")
     done = int(resumed.stderr.split("resuming an unfinished prepare: ")[1].split()[0])
     assert done >= 1  # tasks the Ray run finished were kept, not redone
-    _prepare(corpus, clean, *SMALL)
+    _prepare(corpus, clean, *small)
     assert tree_bytes(out) == tree_bytes(clean)
 
 
