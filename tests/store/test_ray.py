@@ -135,7 +135,7 @@ def test_a_bad_record_fails_with_the_local_executors_error(tmp_path, corpus, ray
 def test_an_interrupted_ray_run_is_finished_by_the_local_executor(tmp_path, corpus, ray_address):
     out, clean = tmp_path / "interrupted", tmp_path / "clean"
     # One Ray worker and about 240 small tasks: the run lasts long enough after its first task
-    # for a Ctrl-C to land (one that lands in the final merge waits for it, and the run ends 0).
+    # for a Ctrl-C to land (one that lands only in the final merge may wait for it: exit 0).
     small = [*SMALL, "--task-bytes", "2000"]
     args = [*map(str, corpus), "-o", str(out), *small, "--workers", "1"]
     # No --ray-address and no RAY_ADDRESS: the run starts its own Ray, and shuts it down.
