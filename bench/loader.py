@@ -453,8 +453,8 @@ SETUPS = {
 }
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """One row: phases up to the first batch, then the steady rate (see the module docstring)."""
+def lap_timer() -> tuple[dict[str, float], Callable[[str], None]]:
+    """The seconds of each named phase, and ``lap(name)``, which closes the phase ``name``."""
     laps: dict[str, float] = {}
     last = time.perf_counter()
 
@@ -463,6 +463,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         now = time.perf_counter()
         laps[name] = now - last
         last = now
+
+    return laps, lap
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One row: phases up to the first batch, then the steady rate (see the module docstring)."""
+    laps, lap = lap_timer()
 
     batches, count = SETUPS[spec["system"]](spec, lap)
     next(batches)

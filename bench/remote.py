@@ -277,14 +277,7 @@ def held_bytes(root: Path) -> int:
 def run_epochs(spec: dict[str, Any]) -> dict[str, Any]:
     """Open, the first batch, then ``epochs`` whole epochs (the first counted from the loader
     made, its first batch included), each with its wall-clock span for the server's counts."""
-    laps: dict[str, float] = {}
-    last = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        laps[name] = now - last
-        last = now
+    laps, lap = loader.lap_timer()
 
     began = time.time()
     dl, count = SETUPS[spec["system"]](spec, lap)
