@@ -179,16 +179,23 @@ def job_gristmill(ctx: Context) -> dict[str, Any]:
     return {"seconds": seconds, "tokens": train["num_tokens"], "docs": train["num_documents"]}
 
 
-def job_datasets(ctx: Context) -> dict[str, Any]:
-    """``load_dataset("json")`` + ``.map(batched=True, num_proc=2)``, in a fresh cache."""
+def _datasets_job(ctx: Context) -> tuple[Any, Path, float, Any]:
+    """What a ``datasets`` job starts from: the module (its bars off), a fresh output folder,
+    the clock started, and the tokenizer as transformers loads it (timed: part of the job)."""
     import datasets
     from transformers import PreTrainedTokenizerFast
 
     datasets.disable_progress_bars()
     out = fresh(ctx["out"])
-    eos = ctx["eos"]
     began = time.perf_counter()
     tok = PreTrainedTokenizerFast(tokenizer_file=ctx["tokenizer"], eos_token="<|endoftext|>")
+    return datasets, out, began, tok
+
+
+def job_datasets(ctx: Context) -> dict[str, Any]:
+    """``load_dataset("json")`` + ``.map(batched=True, num_proc=2)``, in a fresh cache."""
+    datasets, out, began, tok = _datasets_job(ctx)
+    eos = ctx["eos"]
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         ids = tok(batch["text"], add_special_tokens=False, return_attention_mask=False)
@@ -207,15 +214,10 @@ def job_datasets_sft(ctx: Context) -> dict[str, Any]:
     ``datasets.map(batched=True, num_proc=2)``: the prompt's ids, the ids of prompt and
     completion together with the EOS appended, and a ``completion_mask`` of 0 over the prompt's
     tokens and 1 after. The text is gristmill's plain template, ``{prompt}\n{completion}``."""
-    import datasets
     import pyarrow.compute as pc
-    from transformers import PreTrainedTokenizerFast
 
-    datasets.disable_progress_bars()
-    out = fresh(ctx["out"])
+    datasets, out, began, tok = _datasets_job(ctx)
     eos = ctx["eos"]
-    began = time.perf_counter()
-    tok = PreTrainedTokenizerFast(tokenizer_file=ctx["tokenizer"], eos_token="<|endoftext|>")
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         heads = [f"{p}\n" for p in batch["prompt"]]
