@@ -580,10 +580,12 @@ class Sampler(Protocol):
 class SamplerType(Component):
     """An order over the samples of an epoch.
 
-    ``factory(num_samples, *, seed, lengths, global_batch, **context)`` returns a
+    ``factory(num_samples, *, seed, lengths, global_batch, shards, **context)`` returns a
     :class:`Sampler`; gristmill always passes ``seed``, ``lengths`` (int64 tokens per sample)
     and ``global_batch`` (samples per step over all ranks) for samplers that group by length,
-    and the user's declared ``sampler_options``. A sampler only orders: :mod:`gristmill.serve.schedule`
+    ``shards`` (int64, the shard of each sample's first token, or ``None`` where the shard
+    format cannot say) for samplers that keep reads local, and the user's declared
+    ``sampler_options``. A sampler only orders: :mod:`gristmill.serve.schedule`
     cuts the order into steps and ranks, the same way for every sampler.
     """
 

@@ -484,8 +484,18 @@ class Dataset:
             seed=self.seed,
             lengths=self.sample_lengths(),
             global_batch=global_batch,
+            shards=self.sample_shards(),
             **record.check_options(options),
         )
+
+    def sample_shards(self) -> np.ndarray | None:
+        """The shard (its index in the split) of every sample's first token (int64), from the
+        plan and the offsets index; ``None`` where the shard format cannot say."""
+        shards_of = getattr(self.documents, "shards_of", None)
+        if shards_of is None:
+            return None
+        plan = self.plan
+        return np.asarray(shards_of(plan.seg_doc[plan.sample_bounds[:-1]]), np.int64)
 
     def sample_lengths(self) -> np.ndarray:
         """Tokens in every sample (int64), from the plan alone."""

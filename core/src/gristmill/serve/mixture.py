@@ -202,6 +202,7 @@ class _EntriesSampler:
             seed=self.mix.seed,
             lengths=self.lengths[entries],
             global_batch=self.global_batch,
+            shards=None,  # entries of several datasets: no one split's shard numbers
             **self.options,
         )
 

@@ -23,7 +23,8 @@ def checks(record: SamplerType) -> dict[str, Check]:
 
 def _sampler(record: SamplerType, n: int, *, seed: int = 3, global_batch: int = 4) -> Any:
     lengths = np.random.default_rng(n).integers(1, 512, n).astype(np.int64)
-    return record.factory(n, seed=seed, lengths=lengths, global_batch=global_batch)
+    shards = np.arange(n, dtype=np.int64) // 5  # samples in index order fill shards of 5
+    return record.factory(n, seed=seed, lengths=lengths, global_batch=global_batch, shards=shards)
 
 
 def check_order(record: SamplerType, context: Context) -> None:
