@@ -10,12 +10,15 @@ process; it counts the bytes of every response it sends. The datasets are ``benc
 (its 39 M tokens of Python sources, cached in CORPUS_DIR/loader): gristmill's prepared with
 about --shards shards, the peers' windows of 2048 tokens written into as many (streaming's MDS,
 litdata's ``optimize`` with ``TokensLoader``), all put into the server's bucket before the
-timings. Every row runs in a fresh child (one process, no DataLoader workers: the mirror's
-eviction oracle lives in the process that reads) with an empty cache folder of its own; batches
-of 8 × 2048 tokens; gristmill's default sampler (a new shuffle every epoch) and default collator,
-with the packers ``concat-chunk`` (the peers' windows) and ``first-fit`` (whole documents mixed
-from across the split). Children run one at a time, so the bytes the server sent while one ran
-are that child's.
+timings. Every row runs in a fresh child (one process, no DataLoader workers) with an empty
+cache folder of its own; batches of 8 × 2048 tokens; gristmill as shipped (the default sampler,
+a new shuffle every epoch; prefetch of 4 shards; the loader's eviction by Belady's rule from its
+schedule once there is a cache limit; the default collator), with the packers ``concat-chunk``
+(the peers' windows), ``first-fit`` (whole documents mixed from across the split) and, with
+``shard-blocks``, ``window`` (best fit among the next documents of the split). A row
+named ``gristmill PACKER shard-blocks`` uses the ``shard-blocks`` sampler instead, with one
+partition per node; ``... prefetch=0`` turns prefetching off. Children run one at a time, so the
+bytes the server sent while one ran are that child's.
 
 1. Epochs: the first epoch from a cold cache, then a second one (warm), samples/s and tokens/s
    (real tokens), and the bytes the server sent during each.
@@ -24,22 +27,18 @@ are that child's.
    waits for every rank, so its ranks run at once and each counts what its cache holds after
    the epoch. gristmill's against the bytes of the shards its samples touch (from the
    schedule) plus the files every open reads.
-3. Three epochs with a cache of a quarter of the dataset: gristmill's mirror with least recently
-   used eviction (its default) and with Belady's rule (``NextUse`` fed by this script from the
-   schedule: the next step that reads each shard), against the fewest bytes Belady's rule allows
-   on the same reads (simulated, whole shards), and streaming (``cache_limit``) and litdata
-   (``max_cache_size``); the peak of the bytes held on disk, sampled every 8 batches, counting
-   files the reader still maps after the mirror removed them. The gristmill rows run as shipped
-   and once more with the open-file limit at 128, which leaves its reader 16 mapped shards. A
-   row still running after --budget seconds stops, and its bytes are projected to 3 epochs.
+3. Three epochs with a cache of a quarter of the dataset: gristmill as shipped (the loader
+   evicts by Belady's rule from its schedule) with either sampler, against what whole-shard
+   caches fetch on the same reads (simulated: least recently used, and Belady's rule, the
+   fewest), and streaming (``cache_limit``) and litdata (``max_cache_size``); the peak of the
+   bytes held on disk, sampled every 8 batches, counting files the reader still maps after the
+   mirror removed them. A row still running after --budget seconds stops, and its bytes are
+   projected to 3 epochs.
 4. Startup from a cold cache at --startup-shards shards: open → DataLoader → first batch.
 5. Simulation, no processes: 64 and 1,024 ranks at 8 a node over 100,000 shards, the real
-   ``Schedule`` and the real ``random`` and ``sequential`` samplers over a synthetic plan; the
-   reads of node 0 through an LRU cache and Belady's rule at ¼ and ⅒ of the dataset.
-
-Features that do not exist yet become rows when they do: prefetching (a ``prefetch`` option of
-``gristmill.torch.dataloader``) and a loader that hands the mirror its schedule itself (a
-``NextUse`` policy on the mirror after the DataLoader is made); ``probe()`` says which are there.
+   ``Schedule`` and the real ``random``, ``sequential`` and ``shard-blocks`` (a partition per
+   node) samplers over a synthetic plan; the reads of node 0 through an LRU cache and Belady's
+   rule at ¼ and ⅒ of the dataset.
 
 litdata downloads with obstore, whose client options litdata fixes without ``allow_http``: its
 child allows plain HTTP (the loopback server's) before it reads, as it would read over HTTPS.
@@ -52,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import inspect
 import itertools
 import json
 import logging
@@ -76,17 +74,21 @@ REGION = "us-west-2"
 SECRET = "testing"  # moto takes any credentials
 PACKAGES = ("gristmill", "torch", "mosaicml-streaming", "litdata", "s3fs", "moto", "boto3")
 PACKERS = ("concat-chunk", "first-fit")
-SYSTEMS = [*(f"gristmill {p}" for p in PACKERS), "streaming", "litdata"]
+LOCAL = "shard-blocks"  # the sampler that keeps a node's reads within a few shards at a time
+SYSTEMS = [
+    *(f"gristmill {p}{extra}" for p in PACKERS for extra in ("", f" {LOCAL}")),
+    f"gristmill window {LOCAL}",  # best fit among nearby documents: samples stay in few shards
+    "gristmill concat-chunk prefetch=0",
+    "streaming",
+    "litdata",
+]
 CHECK_EVERY = 8  # batches between two looks at the bytes held on disk
-NOFILE = 128  # the open-file limit of the "16 mapped shards" rows
 SIM_SHARDS = 100_000
 SIM_SAMPLES_PER_SHARD = 32.5  # samples of 2048 tokens a synthetic shard holds
 SIM_PER_NODE = 8
 SIM_BATCH = 8
 SIM_EPOCHS = 3
 MB = 1e6
-PREFETCH = 8  # shards ahead, for the prefetch rows (once gristmill has prefetching)
-FEATURES: dict[str, bool] = {}  # probe()'s, in the parent
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ class Server:
 
 # --- the children -----------------------------------------------------------------------------
 
-CLOCK = [0]  # steps handed out so far in the child, over its epochs: the Belady oracle's "now"
+CLOCK = [0]  # batches handed out so far in the child, over its epochs
 
 
 def storage_options(endpoint: str) -> dict[str, Any]:
@@ -179,12 +181,12 @@ def setup_gristmill(spec: dict[str, Any], lap: Callable[[str], None]) -> tuple[A
     )
     lap("open")
     dl = gristmill.torch.dataloader(
-        ds, batch_size=loader.BATCH, rank=spec["rank"], world_size=spec["world"]
+        ds,
+        batch_size=loader.BATCH,
+        rank=spec["rank"],
+        world_size=spec["world"],
+        **sampler_of(spec["sampler"], spec["world"]),
     )
-    if spec.get("policy") == "belady":
-        from gristmill.plugin.remote import NextUse
-
-        ds.mirror.policy = NextUse(oracle(ds, dl, spec["epochs"]))
     lap("loader")
     spec["held"] = ds.mirror.root
     return dl, lambda b: (len(b["input_ids"]), int(b["seq_lens"].sum()))
@@ -312,11 +314,6 @@ def run_epochs(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child(spec: dict[str, Any]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # peers.py, for streaming
-    if spec.get("nofile"):
-        import resource
-
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (spec["nofile"], hard))
     try:
         result = run_epochs(spec)
     except ImportError as exc:
@@ -362,32 +359,6 @@ def rank_reads(ds: Any, orders: Iterable[np.ndarray], rank: int, world: int) -> 
         shards.append(got)
         offset += schedule.steps
     return np.stack([np.concatenate(steps), np.concatenate(shards)], axis=1)
-
-
-def oracle(ds: Any, dl: Any, epochs: int) -> Callable[[str], int | None]:
-    """``next_use(path)``: the next step (from ``CLOCK``) that reads the shard of the file."""
-    orders = [dl.order.order(e) for e in range(epochs)]
-    reads = rank_reads(ds, orders, dl.rank, dl.world_size)
-    by_shard = np.lexsort((reads[:, 0], reads[:, 1]))
-    sorted_steps, sorted_shards = reads[by_shard, 0], reads[by_shard, 1]
-    shards = ds.manifest["splits"][ds.split]["shards"]
-    bounds = np.searchsorted(sorted_shards, np.arange(len(shards) + 1))
-    shard_of = {
-        entry["path"]: k
-        for k, shard in enumerate(shards)
-        for entry in shard.values()
-        if isinstance(entry, dict) and "path" in entry
-    }
-
-    def next_use(path: str) -> int | None:
-        k = shard_of.get(path)
-        if k is None:
-            return None
-        uses = sorted_steps[bounds[k] : bounds[k + 1]]
-        at = int(np.searchsorted(uses, CLOCK[0]))
-        return int(uses[at]) if at < len(uses) else None
-
-    return next_use
 
 
 # --- cache policies on a sequence of reads ----------------------------------------------------
@@ -447,23 +418,6 @@ def belady(items: np.ndarray, sizes: np.ndarray, capacity: float) -> tuple[float
 # --- the runs ---------------------------------------------------------------------------------
 
 
-def probe() -> dict[str, bool]:
-    """Which of the features this benchmark awaits the gristmill installed has: a ``prefetch``
-    option of ``open_dataset``, and a loader that gives the mirror its schedule itself."""
-    import dataclasses
-    import importlib.util
-
-    import gristmill.torch.loader as torch_loader
-    from gristmill.options import DatasetOptions
-
-    source = inspect.getsource(torch_loader)
-    return {
-        "prefetch": importlib.util.find_spec("gristmill.plugin.remote.prefetch") is not None
-        and any(f.name == "prefetch" for f in dataclasses.fields(DatasetOptions)),
-        "schedule oracle": "oracle" in source or "NextUse" in source,
-    }
-
-
 class Bench:
     """The datasets on the server, and the children that read them."""
 
@@ -477,7 +431,6 @@ class Bench:
         self.server = Server()
         self.systems = args.systems.split(",")
         self.logs, self.lock = 0, threading.Lock()
-        self.features: dict[str, bool] = {}
 
     def put(self, shards: int) -> dict[str, dict[str, Any]]:
         """Each system's data of about ``shards`` shards, on the server: its URL, its local
@@ -553,13 +506,19 @@ def free_port() -> int:
 
 
 def spec_of(system: str, data: dict[str, dict[str, Any]], epochs: int) -> dict[str, Any]:
-    """A child's spec: ``gristmill PACKER [prefetch]``, ``streaming`` or ``litdata``."""
-    kind, _, packer = system.partition(" ")
-    packer, _, prefetch = packer.partition(" ")
-    spec = {"system": kind, "url": data[kind]["url"], "packer": packer, "epochs": epochs}
-    if kind == "gristmill" and FEATURES.get("prefetch"):  # rows without it, and rows with it
-        spec["prefetch"] = PREFETCH if prefetch else 0
+    """A child's spec: ``gristmill PACKER [shard-blocks] [prefetch=N]``, ``streaming`` or
+    ``litdata``."""
+    kind, *words = system.split(" ")
+    spec = {"system": kind, "url": data[kind]["url"], "epochs": epochs}
+    if kind == "gristmill":
+        spec |= {"packer": words[0], "sampler": LOCAL if LOCAL in words else "distributed"}
+        spec |= {k: int(v) for k, _, v in (w.partition("=") for w in words if "=" in w)}
     return spec
+
+
+def sampler_of(name: str, nodes: int) -> dict[str, Any]:
+    """The loader's sampler arguments: ``shard-blocks`` with a partition per node."""
+    return {"sampler": name} | ({"sampler_options": {"partitions": nodes}} if name == LOCAL else {})
 
 
 def pinned_bytes(local: Path) -> int:
@@ -571,15 +530,22 @@ def pinned_bytes(local: Path) -> int:
     return len(data) + sum(files[name]["bytes"] for name in pinned(data))
 
 
-def touched_bytes(local: Path, packer: str, world: int, epochs: int = 1) -> list[int]:
+def orders_of(ds: Any, sampler: str, world: int, epochs: int) -> list[np.ndarray]:
+    """The loader's orders of ``epochs`` epochs on ``world`` ranks, each its own node."""
+    chosen = sampler_of(sampler, world)
+    made = ds.sampler(
+        chosen["sampler"], global_batch=world * loader.BATCH, **chosen.get("sampler_options", {})
+    )
+    return [made.order(e) for e in range(epochs)]
+
+
+def touched_bytes(local: Path, spec: dict[str, Any], world: int, epochs: int = 1) -> list[int]:
     """For every rank of ``world``: the bytes of the shards its samples read (the schedule of
-    the default sampler) and of the files every open reads."""
+    the row's sampler) and of the files every open reads."""
     import gristmill
 
-    ds = gristmill.open_dataset(local, seq_len=loader.SEQ_LEN, packer=packer)
-    orders = [
-        ds.sampler("distributed", global_batch=world * loader.BATCH).order(e) for e in range(epochs)
-    ]
+    ds = gristmill.open_dataset(local, seq_len=loader.SEQ_LEN, packer=spec["packer"])
+    orders = orders_of(ds, spec["sampler"], world, epochs)
     sizes = shard_sizes(ds)
     return [
         int(sizes[np.unique(rank_reads(ds, orders, rank, world)[:, 1])].sum()) + pinned_bytes(local)
@@ -624,14 +590,16 @@ def ranks_table(
     """Table 2: one epoch of every rank of world sizes 2 and 4 (1 from table 1)."""
     rows = []
     for system in bench.systems:
+        if "prefetch=" in system:  # the same reads as the row with prefetching
+            continue
         one = next(r["result"] for r in first if r["system"] == system)
         runs = {1: [one]}
         for world in (2, 4):
             runs[world] = bench.world(spec_of(system, data, 1), world)
         expected = {}
         if system.startswith("gristmill"):
-            packer = system.split(" ")[1]
-            expected = {w: touched_bytes(data["gristmill"]["local"], packer, w) for w in runs}
+            spec = spec_of(system, data, 1)
+            expected = {w: touched_bytes(data["gristmill"]["local"], spec, w) for w in runs}
         rows.append({"system": system, "runs": runs, "touched": expected})
         print(
             f"  {system}: "
@@ -650,40 +618,24 @@ def fetched(got: dict[str, Any], epochs: int = 1) -> float | None:
     return (got["open_bytes"] + sum(e["bytes"] for e in got["epochs"][:epochs])) / MB
 
 
-CACHE_ROWS = (  # (system, eviction, open-file limit): gristmill's as shipped, and with 16 mapped
-    ("gristmill concat-chunk", "lru", None),
-    ("gristmill concat-chunk", "belady", None),
-    ("gristmill concat-chunk", "lru", NOFILE),
-    ("gristmill concat-chunk", "belady", NOFILE),
-    ("gristmill first-fit", "lru", None),
-    ("streaming", "", None),
-    ("litdata", "", None),
-)
-
-
 def cache_table(
     bench: Bench, data: dict[str, dict[str, Any]], budget: float
 ) -> list[dict[str, Any]]:
     """Table 3: three epochs with a quarter of each dataset as the cache limit; a child that
     runs past ``budget`` seconds stops, and its bytes are projected to three epochs."""
-    rows, extra = [], []
-    if bench.features["schedule oracle"]:  # the loader feeds the mirror itself
-        extra = [(f"gristmill {p}", "loader", None) for p in PACKERS]
-    for system, policy, nofile in [*CACHE_ROWS, *extra]:
-        if system not in bench.systems:
+    rows = []
+    for system in bench.systems:
+        if "prefetch=" in system:
             continue
         kind = system.split(" ")[0]
         limit = data[kind]["bytes"] // 4
-        spec = spec_of(system, data, 3) | {"limit": limit, "watch": True, "policy": policy}
-        spec |= {"nofile": nofile, "budget": budget}
-        got = bench.run(spec)
-        row = {"system": system, "policy": policy, "nofile": nofile, "limit": limit}
-        row["result"] = got
-        if kind == "gristmill" and policy == "lru" and nofile is None:
-            packer = system.split(" ")[1]
-            row["simulated"] = simulated_minimum(data["gristmill"]["local"], packer, limit)
+        spec = spec_of(system, data, 3) | {"limit": limit, "watch": True, "budget": budget}
+        row = {"system": system, "limit": limit, "result": bench.run(spec)}
+        if kind == "gristmill":
+            row["simulated"] = simulated_minimum(data["gristmill"]["local"], spec, limit)
         rows.append(row)
-        print(f"  {system} {policy} {nofile}: {fetched(got, 3)} MB, {projected(got)}", flush=True)
+        got = row["result"]
+        print(f"  {system}: {fetched(got, 3)} MB, {projected(got)}", flush=True)
     return rows
 
 
@@ -698,13 +650,13 @@ def projected(got: dict[str, Any]) -> float | None:
     return total / got["stopped"] * 3 * got["batches_planned"]
 
 
-def simulated_minimum(local: Path, packer: str, limit: int) -> dict[str, float]:
+def simulated_minimum(local: Path, spec: dict[str, Any], limit: int) -> dict[str, float]:
     """Bytes three epochs of rank 0 (of 1) fetch through whole-shard caches of the room the
     limit leaves beside the files every open reads: LRU, and Belady's rule (the minimum)."""
     import gristmill
 
-    ds = gristmill.open_dataset(local, seq_len=loader.SEQ_LEN, packer=packer)
-    orders = [ds.sampler("distributed", global_batch=loader.BATCH).order(e) for e in range(3)]
+    ds = gristmill.open_dataset(local, seq_len=loader.SEQ_LEN, packer=spec["packer"])
+    orders = orders_of(ds, spec["sampler"], 1, 3)
     items = rank_reads(ds, orders, 0, 1)[:, 1]
     sizes = shard_sizes(ds)
     room = limit - pinned_bytes(local)
@@ -722,6 +674,8 @@ def startup_table(
     """Table 4: open → DataLoader → first batch from a cold cache, median of ``repeat``."""
     rows = []
     for system in bench.systems:
+        if "prefetch=" in system:  # startup reads the first shards alike
+            continue
         runs = [bench.run(spec_of(system, data, 0)) for _ in range(repeat)]
         done = sorted((r for r in runs if "startup" in r), key=lambda r: r["startup"])
         got = done[len(done) // 2] if done else runs[-1]
@@ -765,8 +719,14 @@ def node_reads(
     ptr, flat = plan
     n = len(ptr) - 1
     record = get_manager().get(SamplerType, sampler)
+    options = {"partitions": ranks // SIM_PER_NODE} if sampler == LOCAL else {}
     order_of = record.factory(
-        n, seed=0, lengths=np.full(n, loader.SEQ_LEN), global_batch=ranks * SIM_BATCH
+        n,
+        seed=0,
+        lengths=np.full(n, loader.SEQ_LEN),
+        global_batch=ranks * SIM_BATCH,
+        shards=flat[ptr[:-1]].astype(np.int64),
+        **options,
     )
     keys, offset = [], 0
     for epoch in range(SIM_EPOCHS):
@@ -787,7 +747,7 @@ def simulate(segments: int) -> list[dict[str, Any]]:
         plan = synthetic_plan(packer, segments)
         for ranks in (64, 1024):
             # The first-fit model draws every sample's shards alike: the order does not matter.
-            for sampler in ("random", "sequential") if packer == "window" else ("random",):
+            for sampler in ("random", "sequential", LOCAL) if packer == "window" else ("random",):
                 began = time.perf_counter()
                 items = node_reads(plan, sampler, ranks, 0)
                 sizes = np.ones(SIM_SHARDS)
@@ -864,13 +824,9 @@ def print_cache(rows: list[dict[str, Any]], data: dict[str, dict[str, Any]]) -> 
     for r in rows:
         got, kind = r["result"], r["system"].split(" ")[0]
         policy = {
-            "lru": "LRU (default)",
-            "belady": "Belady (`NextUse` from this script)",
-            "loader": "the loader's own",
-        }.get(r["policy"], "")
-        policy = policy or ("`cache_limit`" if kind == "streaming" else "`max_cache_size`")
-        if r["nofile"]:
-            policy += f", {NOFILE} open files"
+            "gristmill": "Belady from the loader's schedule",
+            "streaming": "`cache_limit` (LRU)",
+        }.get(kind, "`max_cache_size`")
         if "epochs" not in got:
             print(f"| {r['system']} | {policy} | {why(got)} | | | | | |")
             continue
@@ -974,15 +930,7 @@ def main() -> None:
         )
     started, load = time.perf_counter(), os.getloadavg()[0]
     bench = Bench(args)
-    found = bench.features = probe()
-    FEATURES.update(found)
-    if found["prefetch"]:
-        bench.systems += [f"gristmill {p} prefetch" for p in PACKERS]
-    print(
-        "awaited features: "
-        + ", ".join(f"{k} {'found' if v else 'not built (no row)'}" for k, v in found.items())
-    )
-    saved: dict[str, Any] = {"features": found}
+    saved: dict[str, Any] = {}
     data = bench.put(args.shards) if only & {"epochs", "ranks", "cache"} else {}
     if only & {"epochs", "ranks"}:
         print("epochs ...", flush=True)
