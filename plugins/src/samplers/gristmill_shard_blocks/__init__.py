@@ -78,21 +78,21 @@ class ShardBlocks:
                 "samples a step): each step takes an equal part from every group of shards"
             )
         self.part = global_batch // self.partitions
-        _, dense = np.unique(shards, return_inverse=True)
+        ids, dense = np.unique(shards, return_inverse=True)
         counts = np.bincount(dense)
         if num_samples and self.partitions > len(counts):
             raise OptionError(
                 f"partitions={self.partitions}, but the samples lie in {len(counts)} shards: "
                 "give at most one partition a shard"
             )
-        # Every group's samples, shard after shard in the shards' listed order, index order
-        # within a shard; and the position of each sample's shard in its group.
+        # The shards of each group; every group's samples, shard after shard in the shards'
+        # listed order, index order within a shard; the position of each one's shard in it.
         self.groups: list[np.ndarray] = []
         self._samples: list[np.ndarray] = []
         self._local: list[np.ndarray] = []
         listed = _rng(seed, GROUPS).permutation(len(counts)) if shuffle else None
         for members in _groups(counts, listed, self.partitions):
-            self.groups.append(members)
+            self.groups.append(ids[members])
             local = np.full(len(counts), -1, np.int64)
             local[members] = np.arange(len(members))
             by_shard = np.flatnonzero(local[dense] >= 0)
