@@ -85,20 +85,9 @@ class ShardBlocks:
                 f"partitions={self.partitions}, but the samples lie in {len(counts)} shards: "
                 "give at most one partition a shard"
             )
-        # The shards of each group; every group's samples, shard after shard in the shards'
-        # listed order, index order within a shard; the position of each one's shard in it.
-        self.groups: list[np.ndarray] = []
-        self._samples: list[np.ndarray] = []
-        self._local: list[np.ndarray] = []
         listed = _rng(seed, GROUPS).permutation(len(counts)) if shuffle else None
-        for members in _groups(counts, listed, self.partitions):
-            self.groups.append(ids[members])
-            local = np.full(len(counts), -1, np.int64)
-            local[members] = np.arange(len(members))
-            by_shard = np.flatnonzero(local[dense] >= 0)
-            by_shard = by_shard[np.argsort(local[dense[by_shard]], kind="stable")]
-            self._samples.append(by_shard.astype(np.int64))
-            self._local.append(local[dense[by_shard]])
+        members, self._samples, self._local = _groups(dense, counts, listed, self.partitions)
+        self.groups = [ids[m] for m in members]  # the shard numbers of each group
 
     def order(self, epoch: int) -> np.ndarray:
         rng = _rng([self.seed, epoch], EPOCHS)
@@ -121,15 +110,28 @@ def _rng(entropy: Any, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(stream,)))
 
 
-def _groups(counts: np.ndarray, listed: np.ndarray | None, partitions: int) -> list[np.ndarray]:
-    """The shards (dense numbers) of each group: the listed order (index order for ``None``)
-    cut into ``partitions`` consecutive spans of about equal samples, a shard going to the
-    group that holds its middle sample."""
+def _groups(
+    dense: np.ndarray, counts: np.ndarray, listed: np.ndarray | None, partitions: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The shards (dense numbers ``dense`` of the samples; ``counts`` their samples) listed in
+    ``listed`` order (index order for ``None``), cut into ``partitions`` consecutive spans of
+    about equal samples, a shard going to the group that holds its middle sample. For each
+    group: its shards in listed order, its samples shard after shard (index order within a
+    shard), and the position of each sample's shard among the group's."""
     listed = np.arange(len(counts)) if listed is None else listed
-    total = max(int(counts.sum()), 1)
     ends = np.cumsum(counts[listed])
-    group = ((2 * ends - counts[listed]) * partitions) // (2 * total)
-    return [listed[group == p] for p in range(partitions)]
+    group = ((2 * ends - counts[listed]) * partitions) // (2 * max(int(ends[-1:].sum()), 1))
+    position = np.empty(len(counts), np.int64)  # each shard's place in the listing
+    position[listed] = np.arange(len(listed))
+    samples = np.argsort(position[dense], kind="stable").astype(np.int64)
+    firsts = np.searchsorted(group, np.arange(partitions + 1))  # each group's first shard
+    bounds = np.concatenate([[0], ends])[firsts]  # and its first sample
+    members, grouped, local = [], [], []
+    for p in range(partitions):
+        members.append(listed[firsts[p] : firsts[p + 1]])
+        grouped.append(samples[bounds[p] : bounds[p + 1]])
+        local.append(position[dense[grouped[-1]]] - firsts[p])
+    return members, grouped, local
 
 
 def _interleave(sequences: list[np.ndarray], part: int) -> np.ndarray:
