@@ -9,14 +9,17 @@ So at any point of the order at most ``window`` shards have been started and not
 cache of about ``window`` shards per node (plus what is fetched ahead) downloads each shard
 once an epoch, and a new shard starts about every shard's worth of samples, never all at once.
 
-``partitions=P`` (MosaicML streaming's canonical nodes) splits the shards into ``P`` groups of
-about equal samples, fixed for the run (from the seed): each global batch is cut into ``P``
-equal contiguous parts, part ``p`` taken from group ``p``. Ranks take contiguous shares of a
-global batch (:mod:`gristmill.serve.schedule`), so with ``P`` nodes of equal rank counts (or a
-number of nodes dividing ``P``) each node reads its own groups' shards alone, and a node whose
-cache holds its groups downloads each shard once in the whole run. When a group runs out before
-the others, the samples left in every group come last, group after group (the tail, where
-nodes read other groups' shards too): equal groups leave less than a global batch of tail.
+``partitions=P`` (MosaicML streaming's canonical nodes) splits the shards into ``P`` groups,
+fixed for the run (from the seed): the samples listed shard after shard, the shards in a
+shuffled order, cut into ``P`` consecutive spans of equal size (so a shard at a cut is shared
+by two groups). Each global batch is cut into ``P`` equal contiguous parts, part ``p`` taken
+from group ``p``. Ranks take contiguous shares of a global batch
+(:mod:`gristmill.serve.schedule`), so with ``P`` nodes of equal rank counts (or a number of
+nodes dividing ``P``) each node reads its own groups' shards alone, and a node whose cache
+holds its groups downloads each shard once in the whole run. The groups' sizes are a whole
+number of parts each, plus an equal share of the remainder: the last, short step (fewer
+samples than a global batch) takes what is left of every group, group after group, and is
+the only one where a node can read a neighbour's shards.
 
 The order depends on ``(seed, epoch)`` and the options only, never on the number of ranks, so
 exact cover, equal steps and elastic resume with the same global batch hold as for any sampler.
@@ -26,6 +29,7 @@ whole dataset; a larger window mixes more and needs a larger cache.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -79,21 +83,16 @@ class ShardBlocks:
             )
         self.part = global_batch // self.partitions
         ids, dense = np.unique(shards, return_inverse=True)
-        counts = np.bincount(dense)
-        if num_samples and self.partitions > len(counts):
-            raise OptionError(
-                f"partitions={self.partitions}, but the samples lie in {len(counts)} shards: "
-                "give at most one partition a shard"
-            )
-        listed = _rng(seed, GROUPS).permutation(len(counts)) if shuffle else None
-        members, self._samples, self._local = _groups(dense, counts, listed, self.partitions)
-        self.groups = [ids[m] for m in members]  # the shard numbers of each group
+        listed = _rng(seed, GROUPS).permutation(len(ids)) if shuffle else np.arange(len(ids))
+        sizes = _sizes(num_samples, global_batch, self.partitions)
+        members, self.samples, self._local = _groups(dense, listed, sizes)
+        # ``samples``: each group's samples; ``groups``: its shards, as the dataset numbers them.
+        self.groups = [ids[m] for m in members]
 
     def order(self, epoch: int) -> np.ndarray:
         rng = _rng([self.seed, epoch], EPOCHS)
         sequences = [
-            self._sequence(samples, local, rng)
-            for samples, local in zip(self._samples, self._local)
+            self._sequence(samples, local, rng) for samples, local in zip(self.samples, self._local)
         ]
         return _interleave(sequences, self.part)
 
@@ -110,27 +109,33 @@ def _rng(entropy: Any, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(stream,)))
 
 
+def _sizes(num_samples: int, global_batch: int, partitions: int) -> np.ndarray:
+    """Samples in each group: as many whole parts of a global batch as there are whole global
+    batches, and an equal share of the rest (the first groups one more where it does not
+    divide)."""
+    steps, rest = divmod(num_samples, global_batch)
+    extra = rest // partitions + (np.arange(partitions) < rest % partitions)
+    return steps * (global_batch // partitions) + extra
+
+
 def _groups(
-    dense: np.ndarray, counts: np.ndarray, listed: np.ndarray | None, partitions: int
+    dense: np.ndarray, listed: np.ndarray, sizes: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """The shards (dense numbers ``dense`` of the samples; ``counts`` their samples) listed in
-    ``listed`` order (index order for ``None``), cut into ``partitions`` consecutive spans of
-    about equal samples, a shard going to the group that holds its middle sample. For each
-    group: its shards in listed order, its samples shard after shard (index order within a
-    shard), and the position of each sample's shard among the group's."""
-    listed = np.arange(len(counts)) if listed is None else listed
-    ends = np.cumsum(counts[listed])
-    group = ((2 * ends - counts[listed]) * partitions) // (2 * max(int(ends[-1:].sum()), 1))
-    position = np.empty(len(counts), np.int64)  # each shard's place in the listing
+    """The samples (``dense``: each one's shard, numbered from 0) listed shard after shard in
+    the ``listed`` order of the shards, index order within a shard, and cut into consecutive
+    groups of ``sizes`` samples. For each group: its shards in listed order, its samples, and
+    the place of each sample's shard among the group's."""
+    position = np.empty(len(listed), np.int64)  # each shard's place in the listing
     position[listed] = np.arange(len(listed))
     samples = np.argsort(position[dense], kind="stable").astype(np.int64)
-    firsts = np.searchsorted(group, np.arange(partitions + 1))  # each group's first shard
-    bounds = np.concatenate([[0], ends])[firsts]  # and its first sample
+    at = position[dense[samples]]  # the listing place of each listed sample's shard
     members, grouped, local = [], [], []
-    for p in range(partitions):
-        members.append(listed[firsts[p] : firsts[p + 1]])
-        grouped.append(samples[bounds[p] : bounds[p + 1]])
-        local.append(position[dense[grouped[-1]]] - firsts[p])
+    for lo, hi in itertools.pairwise(np.concatenate([[0], np.cumsum(sizes)]).tolist()):
+        first = int(at[lo]) if hi > lo else 0
+        last = int(at[hi - 1]) if hi > lo else -1
+        members.append(listed[first : last + 1])
+        grouped.append(samples[lo:hi])
+        local.append(at[lo:hi] - first)
     return members, grouped, local
 
 
