@@ -15,12 +15,14 @@ from gristmill.options import (
     BOOL,
     STRING_TABLE,
     ConvertOptions,
+    DatasetOptions,
     Options,
     PrepareOptions,
     described,
     name_value,
 )
 from gristmill.plugin.overlong import POLICIES as OVERLONG_POLICIES
+from gristmill.plugin.remote import redacted
 
 EPILOG = """\
 examples:
@@ -31,6 +33,7 @@ examples:
   gristmill inspect data/stdlib-qa --decode 3
   gristmill inspect data/stdlib-qa --seq-len 512,2048 --plot stdlib-qa.png
   gristmill verify data/stdlib-qa
+  gristmill inspect s3://bucket/stdlib-qa --storage-option anon=true
   gristmill plugins --all
   gristmill presets
 
@@ -141,7 +144,7 @@ def _inspect_parser(sub: argparse._SubParsersAction) -> None:
         "that would carry no loss), and decoded documents with the tokens that carry no loss "
         "shown between ⟦ and ⟧.",
     )
-    i.add_argument("directory", metavar="DIR", help="dataset directory")
+    i.add_argument("directory", metavar="DIR", help=DATASET_HELP)
     i.add_argument("--decode", type=int, default=2, metavar="N", help="decode N documents (2)")
     i.add_argument("--split", default=None, help="decode from this split (default: train)")
     i.add_argument(
@@ -165,6 +168,7 @@ def _inspect_parser(sub: argparse._SubParsersAction) -> None:
         help="also draw the document length histogram and the packing efficiency per packer "
         "and --seq-len to FILE.png (needs matplotlib: pip install 'gristmill[plot]')",
     )
+    _add_remote(i, cache_limit=True)
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
@@ -177,11 +181,51 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
         "start at 0, never decrease and end at the token count, token ids below the "
         "vocabulary size, and masks of 0s and 1s adding up to the loss tokens. Prints each "
         "problem with the file and element index, and any file in a split's directory or "
-        "tokenizer/ that the manifest does not list; exits 0 when there is none, 1 otherwise.",
+        "tokenizer/ that the manifest does not list; exits 0 when there is none, 1 otherwise. "
+        "A dataset at a URL is fetched whole into its mirror first (each object checked as it "
+        "lands: one that is not as the manifest lists it, or not there, is a problem), then "
+        "checked there; a GRISTMILL_REMOTE_CACHE_LIMIT below the dataset's size is refused.",
     )
-    v.add_argument("directory", metavar="DIR", help="dataset directory")
+    v.add_argument("directory", metavar="DIR", help=DATASET_HELP)
     v.add_argument("--json", action="store_true", help="print one JSON object instead")
     _add_progress(v)
+    _add_remote(v, cache_limit=False)
+
+
+DATASET_HELP = (
+    "dataset directory, or its URL (s3://BUCKET/PREFIX, gs://…, https://…), read through a "
+    "local mirror in gristmill's cache folder"
+)
+
+
+def _add_remote(parser: argparse.ArgumentParser, *, cache_limit: bool) -> None:
+    """``--storage-option`` (spelt and read as prepare's) and ``--cache-limit``: how a dataset
+    at a URL is read. A local directory refuses them (``serve.dataset.where``)."""
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=name_value,
+        metavar="NAME=VALUE",
+        help="with a URL: an option of its filesystem (fsspec's), e.g. anon=true or "
+        'client_kwargs={"endpoint_url": "http://HOST:9000"}; VALUE is read as JSON where it '
+        "is JSON, else as text; repeat for several",
+    )
+    if cache_limit:
+        parser.add_argument(
+            "--cache-limit",
+            type=int,
+            metavar="BYTES",
+            help="with a URL: bytes of the dataset kept in its mirror (default: "
+            "GRISTMILL_REMOTE_CACHE_LIMIT, else no limit)",
+        )
+
+
+def _remote(args: argparse.Namespace) -> DatasetOptions:
+    """The options that say how the dataset at a URL is read, checked as the API checks them."""
+    return DatasetOptions(
+        storage_options=args.storage_options, cache_limit=getattr(args, "cache_limit", None)
+    )
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
@@ -202,7 +246,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         "`gristmill plugins` lists the installed ones). OUT appears only when every split is "
         "written, with export.json recording the exporter and the dataset's fingerprint.",
     )
-    e.add_argument("directory", metavar="DIR", help="prepared dataset directory")
+    e.add_argument("directory", metavar="DIR", help=DATASET_HELP)
     e.add_argument("--to", required=True, metavar="NAME", help="exporter, e.g. megatron")
     e.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     e.add_argument(
@@ -221,6 +265,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     _add_progress(e)
+    _add_remote(e, cache_limit=True)
 
 
 def _presets_parser(sub: argparse._SubParsersAction) -> None:
@@ -290,14 +335,18 @@ def _run(args: argparse.Namespace) -> int:
             overlong=args.overlong,
             as_json=args.json,
             plot=args.plot,
+            remote=_remote(args),
         )
     if args.command == "verify":
         from gristmill.cli.report import verify_dataset
 
-        return verify_dataset(args.directory, as_json=args.json, progress=args.progress)
+        return verify_dataset(
+            args.directory, as_json=args.json, progress=args.progress, remote=_remote(args)
+        )
     if args.command == "export":
         from gristmill.serve.export import export
 
+        remote = _remote(args)
         out = export(
             args.directory,
             args.output,
@@ -306,8 +355,10 @@ def _run(args: argparse.Namespace) -> int:
             options=dict(args.option or ()),
             overwrite=args.overwrite,
             progress=args.progress,
+            storage_options=remote.storage_options,
+            cache_limit=remote.cache_limit,
         )
-        print(f"exported {args.directory} to {out} ({args.to})")
+        print(f"exported {redacted(args.directory)} to {out} ({args.to})")
         return 0
     if args.command == "presets":
         from gristmill.cli.report import list_presets

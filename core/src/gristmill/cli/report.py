@@ -6,6 +6,8 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,10 @@ from gristmill.options import DatasetOptions
 from gristmill.plugin.components import KINDS, RECORD_TYPES, PackerType, PresetType
 from gristmill.plugin.manager import get_manager
 from gristmill.plugin.overlong import check_policy
-from gristmill.serve.dataset import Dataset, how_to_make
+from gristmill.plugin.remote import mirror_of
+from gristmill.plugin.remote.mirror import MANIFEST, listing
+from gristmill.serve.dataset import Dataset, how_to_make, where
+from gristmill.store.index import index_lengths
 from gristmill.store.manifest import read_manifest
 
 log = logging.getLogger("gristmill")
@@ -47,7 +52,7 @@ def packing_table(
     leaves out (tokens truncated away, documents dropped), and the samples that would carry no
     loss (every label -100)."""
     manager = dataset.manager  # the one that opened it, not the process-wide one
-    lengths = dataset.documents.lengths()
+    lengths = document_lengths(dataset)
     total = int(lengths.sum())
     rows = []
     for seq_len in seq_lens:
@@ -95,25 +100,37 @@ def inspect_dataset(
     overlong: str = "truncate",
     as_json: bool = False,
     plot: str | os.PathLike[str] | None = None,
+    remote: DatasetOptions | None = None,
 ) -> int:
     """``gristmill inspect``: print the report (``as_json``: as one JSON object); ``plot``:
-    also draw its length histogram and packing efficiency of the decoded split to that file."""
+    also draw its length histogram and packing efficiency of the decoded split to that file.
+
+    ``directory`` may be a URL, read through its mirror with the ``storage_options`` and
+    ``cache_limit`` of ``remote``: opening it fetches the manifest and the small files every
+    open reads (tokenizer, offsets index, metadata); the report then fetches the shard files
+    of the documents it decodes and what counting the samples without loss reads where the
+    dataset has loss masks (its loss index, or every mask where it has none), no others."""
     if plot is not None:
         from gristmill.cli.plot import require
 
         require()  # before the work, not after it
-    manifest = read_manifest(directory)
     if any(n < 1 for n in seq_lens):
         raise DatasetError(f"--seq-len takes positive numbers of tokens, got {list(seq_lens)}")
     check_policy(overlong)
+    shown, root = opened(directory, remote)
+    manifest = read_manifest(root)
     splits = manifest["splits"]
     chosen = split or ("train" if "train" in splits else next(iter(splits)))
     if chosen not in splits:
         raise DatasetError(
-            f"{directory}: no split {chosen!r}; it has {', '.join(in_order(splits))}"
+            f"{shown}: no split {chosen!r}; it has {', '.join(in_order(splits))}"
             + how_to_make(chosen)
         )
-    report = _build_report(directory, manifest, chosen, decode, seq_lens, overlong)
+    datasets = {
+        name: _open_split(directory, shown, name, remote or DatasetOptions(), manifest)
+        for name in in_order(splits)
+    }
+    report = _build_report(shown, datasets, manifest, chosen, decode, seq_lens, overlong)
     if plot is not None:
         from gristmill.cli.plot import plot_report
 
@@ -126,17 +143,53 @@ def inspect_dataset(
     return 0
 
 
-def _build_report(
+def opened(directory: str | os.PathLike[str], remote: DatasetOptions | None) -> tuple[str, Path]:
+    """What ``directory`` is called in messages (a URL without its credentials) and the local
+    folder that holds the dataset: the directory, or the mirror of a URL (opened here, its
+    manifest fetched afresh). A local directory refuses the options of ``remote``."""
+    source, mirror = where(directory, remote or DatasetOptions())
+    if mirror is None:
+        return str(directory), Path(source)
+    return mirror.url, mirror.root
+
+
+def _open_split(
     directory: str | os.PathLike[str],
+    shown: str,
+    split: str,
+    remote: DatasetOptions,
+    manifest: dict[str, Any],
+) -> Dataset:
+    """Split ``split`` of the dataset at ``directory``, refused unless it is the one
+    ``manifest`` describes (prepared or uploaded again meanwhile: the report would mix two)."""
+    dataset = Dataset(directory, replace(remote, split=split))
+    if dataset.manifest != manifest:
+        raise DatasetError(
+            "the dataset was prepared again while it was being inspected; inspect it again",
+            where=shown,
+        )
+    return dataset
+
+
+def document_lengths(dataset: Dataset) -> np.ndarray:
+    """Every document's token count: from the split's offsets index where it has one (a small
+    file, which opening a URL fetched), else from every shard's offsets file."""
+    lengths = index_lengths(dataset.path, dataset.manifest, dataset.split)
+    return dataset.documents.lengths() if lengths is None else lengths
+
+
+def _build_report(
+    label: str,
+    datasets: dict[str, Dataset],
     manifest: dict[str, Any],
     chosen: str,
     decode: int,
     seq_lens: Sequence[int],
     overlong: str,
 ) -> dict[str, Any]:
-    """What ``inspect`` reports: the manifest's summary, every split's counts, length histogram
-    and packing table, and the first ``decode`` documents of split ``chosen``, decoded."""
-    datasets = {name: Dataset(directory, DatasetOptions(split=name)) for name in manifest["splits"]}
+    """What ``inspect`` of the dataset ``label`` reports: the manifest's summary, every split's
+    counts, length histogram and packing table, and the first ``decode`` documents of split
+    ``chosen``, decoded."""
     splits = {
         name: {
             "documents": entry["num_documents"],
@@ -144,7 +197,7 @@ def _build_report(
             "loss_tokens": entry["num_loss_tokens"],
             "shards": len(entry["shards"]),
             "length": entry["length_stats"],
-            "histogram": length_histogram(datasets[name].documents.lengths()),
+            "histogram": length_histogram(document_lengths(datasets[name])),
             "packing": packing_table(datasets[name], seq_lens, overlong),
         }
         for name, entry in ((name, manifest["splits"][name]) for name in in_order(datasets))
@@ -160,7 +213,7 @@ def _build_report(
         for index in range(min(decode, shown.documents.num_documents))
     ]
     return {
-        "path": str(directory),
+        "path": label,
         "format_version": manifest["format_version"],
         "gristmill_version": manifest["gristmill_version"],
         "fingerprint": manifest["fingerprint"],
@@ -324,32 +377,40 @@ def list_presets(*, as_json: bool = False) -> int:
     return 0
 
 
-def verify_dataset(directory: str, *, as_json: bool = False, progress: bool | None = None) -> int:
-    """``gristmill verify``: 0 when the dataset is whole, 1 when a problem was found."""
-    from tqdm.auto import tqdm
+def verify_dataset(
+    directory: str,
+    *,
+    as_json: bool = False,
+    progress: bool | None = None,
+    remote: DatasetOptions | None = None,
+) -> int:
+    """``gristmill verify``: 0 when the dataset is whole, 1 when a problem was found. A URL is
+    fetched whole into its mirror first (:func:`gristmill.store.verify.fetch_every_file`)."""
+    from gristmill.store.verify import fetch_every_file, verify
 
-    from gristmill.store.verify import verify
-
+    shown, root = opened(directory, remote)
+    found = []
+    mirror = mirror_of(root)
+    if mirror is not None:
+        with _bar("fetch", _listed_bytes(root), progress) as bar:
+            found = fetch_every_file(mirror, progress=bar.update)
     total = sum(
         f["bytes"]
-        for split in _manifest_or_empty(directory).get("splits", {}).values()
+        for split in _manifest_or_empty(root).get("splits", {}).values()
         for shard in split.get("shards", [])
         for f in shard.values()
         if isinstance(f, dict) and "bytes" in f
     )
-    with tqdm(
-        total=total,
-        desc="verify",
-        unit="B",
-        unit_scale=True,
-        disable=None if progress is None else not progress,
-    ) as bar:
-        problems = verify(directory, progress=bar.update)
+    with _bar("verify", total, progress) as bar:
+        checked = verify(root, progress=bar.update)
+    # A file that could not be fetched is reported once, as the server's problem.
+    unfetched = {problem.where for problem in found}
+    problems = found + [p for p in checked if p.where not in unfetched]
     if as_json:
         print(
             json.dumps(
                 {
-                    "directory": str(directory),
+                    "directory": shown,
                     "ok": not problems,
                     "bytes_checked": total,
                     "problems": [p._asdict() for p in problems],
@@ -360,13 +421,25 @@ def verify_dataset(directory: str, *, as_json: bool = False, progress: bool | No
     elif problems:
         for problem in problems:
             print(f"{problem.where}: {problem.message}")
-        print(f"{directory}: {len(problems)} problem(s)")
+        print(f"{shown}: {len(problems)} problem(s)")
     else:
-        print(f"{directory}: OK ({total:,} bytes checked)")
+        print(f"{shown}: OK ({total:,} bytes checked)")
     return 1 if problems else 0
 
 
-def _manifest_or_empty(directory: str) -> dict[str, Any]:
+def _bar(desc: str, total: int, progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=disable)
+
+
+def _listed_bytes(root: Path) -> int:
+    """The bytes of every file the manifest at ``root`` lists."""
+    return sum(entry["bytes"] for entry in listing((root / MANIFEST).read_bytes()).values())
+
+
+def _manifest_or_empty(directory: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return read_manifest(directory)
     except DatasetError:

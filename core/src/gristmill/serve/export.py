@@ -15,10 +15,12 @@ from typing import Any
 
 from gristmill._version import __version__
 from gristmill.errors import DatasetError, PluginError
+from gristmill.options import DatasetOptions
 from gristmill.plugin.atomic import durable, sync_directory
 from gristmill.plugin.components import ExporterType
 from gristmill.plugin.manager import PluginManager, get_manager
-from gristmill.serve.dataset import Dataset, how_to_make, open_dataset
+from gristmill.plugin.remote import redacted
+from gristmill.serve.dataset import Dataset, how_to_make, open_dataset, where
 from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import read_manifest
 from gristmill.store.verify import files
@@ -40,6 +42,8 @@ def export(
     options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    cache_limit: int | None = None,
     manager: PluginManager | None = None,
 ) -> Path:
     """Write the prepared dataset at ``path`` into the directory ``output`` with exporter ``to``.
@@ -56,16 +60,18 @@ def export(
     :class:`~gristmill.errors.DatasetError` naming the file, and nothing is exported.
     ``overwrite`` replaces an earlier export, never a directory gristmill did not write.
     ``progress=None`` shows progress bars only on a terminal. Returns ``output`` as a
-    :class:`~pathlib.Path`.
+    :class:`~pathlib.Path`. ``path`` may be a URL, read as ``open_dataset`` reads it
+    (``storage_options``, ``cache_limit``; an exporter that reads files past the reader
+    reaches them with :func:`gristmill.plugin.remote.local_file`).
     """
-    manager = manager or get_manager()
-    record = manager.get(ExporterType, to)
+    record = (manager := manager or get_manager()).get(ExporterType, to)
     options = record.check_options(options)
-    source = Path(path)
+    remote = DatasetOptions(storage_options=storage_options or {}, cache_limit=cache_limit)
+    opened, mirror = where(path, remote)
+    source = Path(opened) if mirror is None else mirror.root  # the folder read
     manifest = read_manifest(source)
-    chosen = _chosen_splits(source, manifest, splits)
-    out = Path(output)
-    _check_output(out, source, overwrite)
+    chosen = _chosen_splits(os.fspath(path) if mirror is None else mirror.url, manifest, splits)
+    _check_output(out := Path(output), source, overwrite)
     show = sys.stderr.isatty() if progress is None else progress
 
     _remove_abandoned(out)
@@ -74,16 +80,12 @@ def export(
         partial.mkdir()
         summaries: dict[str, Any] = {}
         for split in chosen:
-            dataset = _open_split(source, split, manifest, manager)
+            dataset = _open_split(opened, split, manifest, manager, remote)
             summaries[split] = dict(record.export(dataset, partial, progress=show, **options))
-            # The files the exporter read itself, or not at all (those read through the
-            # dataset were checked as they were opened, and are only looked up again).
-            for shard in manifest["splits"][split]["shards"]:
-                for entry in files(shard):
-                    check_intact(source, entry)
-        for entry in manifest["tokenizer"].get("files", []):  # an exporter may copy them
-            check_intact(source, entry)
-        text = _record_text(record.name, source, manifest, summaries)
+            _check_read(source, manifest, split, remote=mirror is not None)
+        _check_read(source, manifest, None, remote=mirror is not None)
+        name = str(source.resolve()) if mirror is None else mirror.url
+        text = _record_text(record.name, name, manifest, summaries)
         (partial / RECORD).write_text(text + "\n", encoding="utf-8")
         _sync_tree(partial)
         if out.exists():
@@ -94,21 +96,47 @@ def export(
 
 
 def _open_split(
-    source: Path, split: str, manifest: dict[str, Any], manager: PluginManager
+    source: str | os.PathLike[str],
+    split: str,
+    manifest: dict[str, Any],
+    manager: PluginManager,
+    remote: DatasetOptions,
 ) -> Dataset:
     """Split ``split`` of the dataset ``manifest`` describes, refused if it was prepared again
     since: the splits and ``export.json`` must be one dataset."""
-    dataset = open_dataset(source, split, manager=manager)
+    dataset = open_dataset(
+        source,
+        split,
+        storage_options=remote.storage_options,
+        cache_limit=remote.cache_limit,
+        manager=manager,
+    )
     if dataset.manifest != manifest:
         raise DatasetError(
-            f"{source}: the dataset was prepared again while it was being exported; "
-            "nothing was exported. Run the export again"
+            "the dataset was prepared again while it was being exported; nothing was "
+            "exported. Run the export again",
+            where=redacted(os.fspath(source)),
         )
     return dataset
 
 
+def _check_read(source: Path, manifest: dict[str, Any], split: str | None, *, remote: bool) -> None:
+    """Check the files of ``split`` (``None``: the tokenizer's, which an exporter may copy)
+    after the exporter ran: those it read itself, or not at all (those read through the
+    dataset were checked as they were opened, and are only looked up again). In a remote
+    dataset's mirror, a file that is not there was never served from it: each file the mirror
+    served was checked as it landed, so nothing is fetched only to be checked."""
+    if split is None:
+        entries = list(manifest["tokenizer"].get("files", []))
+    else:
+        entries = [e for shard in manifest["splits"][split]["shards"] for e in files(shard)]
+    for entry in entries:
+        if not remote or (source / entry["path"]).exists():
+            check_intact(source, entry)
+
+
 def _chosen_splits(
-    source: Path, manifest: dict[str, Any], splits: Sequence[str] | None
+    source: str, manifest: dict[str, Any], splits: Sequence[str] | None
 ) -> list[str]:
     """The splits to export, each once: ``splits``, or all the dataset has."""
     available = list(manifest["splits"])
@@ -123,7 +151,7 @@ def _chosen_splits(
 
 
 def _record_text(
-    exporter: str, source: Path, manifest: dict[str, Any], summaries: dict[str, Any]
+    exporter: str, source: str, manifest: dict[str, Any], summaries: dict[str, Any]
 ) -> str:
     """``export.json``: the exporter, gristmill's version, the dataset and each split's summary."""
     try:
@@ -131,7 +159,7 @@ def _record_text(
             {
                 "exporter": exporter,
                 "gristmill_version": __version__,
-                "dataset": str(source.resolve()),
+                "dataset": source,
                 "fingerprint": manifest["fingerprint"],
                 "splits": summaries,
             },

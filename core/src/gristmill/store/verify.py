@@ -10,6 +10,10 @@ reads each intact shard in full (for memmap shards: the offsets, the token ids a
 vocabulary, the mask); intact metadata files are checked against their columns' types, the
 documents' count and the string tables; and an intact offsets index against the offsets files
 it repeats.
+
+A dataset at a URL is checked in its mirror (:mod:`gristmill.plugin.remote`), once
+:func:`fetch_every_file` has fetched every file there: an object that is not as the manifest
+lists it, or not on the server, is a problem of that file.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from gristmill.layout import INDEX_DIR, MANIFEST, METADATA_DIR, TOKENIZER_DIR
 from gristmill.plugin.components import Problem, ShardFormatType
 from gristmill.plugin.files import sha256_of
 from gristmill.plugin.manager import PluginManager, get_manager
+from gristmill.plugin.remote import CACHE_LIMIT_VARIABLE, Mirror
+from gristmill.plugin.remote.mirror import Mismatch
+from gristmill.plugin.remote.urls import is_missing
 from gristmill.store.index import index_problems
 from gristmill.store.manifest import (
     INDEX,
@@ -64,6 +71,44 @@ def verify(
         found.extend(_problems(root, manifest, manager or get_manager(), progress))
     except (KeyError, TypeError, AttributeError) as exc:  # a key of the shard format's missing
         found.append(Problem(MANIFEST, f"malformed manifest ({type(exc).__name__}: {exc})"))
+    return found
+
+
+def fetch_every_file(
+    mirror: Mirror, *, progress: Callable[[int], None] = lambda nbytes: None
+) -> list[Problem]:
+    """Fetch every file the manifest of ``mirror`` lists into it (each checked against the
+    manifest's size and SHA-256 as it lands): the files that are not as the manifest lists them
+    on the server, or not there, as problems. ``progress(nbytes)`` is called per file. Any other
+    failure (access denied, the server unreachable) is raised: no file could be checked.
+
+    Every file must stay in the mirror to be checked: a ``cache_limit`` below the dataset's
+    size is refused before anything is fetched."""
+    try:
+        manifest, _ = load_manifest(mirror.root)
+    except DatasetError:
+        return []  # verify reports why
+    if any(malformed_entries(manifest)):
+        return []  # likewise: the entries cannot be followed
+    entries = {entry["path"]: entry for entry in listed_files(manifest)}  # what verify checks
+    total = sum(entry["bytes"] for entry in entries.values())
+    if mirror.cache_limit is not None and total > mirror.cache_limit:
+        raise DatasetError(
+            f"verify holds the whole dataset in the mirror ({total:,} bytes), more than its "
+            f"cache_limit of {mirror.cache_limit:,} bytes ({CACHE_LIMIT_VARIABLE}); unset or "
+            "raise it to verify",
+            where=mirror.url,
+        )
+    found = []
+    for name, entry in entries.items():
+        try:
+            mirror.fetch(entry)
+        except DatasetError as error:
+            cause = error.__context__  # what the mirror's retries met last
+            if not isinstance(cause, Mismatch) and not (cause and is_missing(cause)):
+                raise
+            found.append(Problem(name, f"{error.reason} ({error.where})"))
+        progress(entry["bytes"])
     return found
 
 
