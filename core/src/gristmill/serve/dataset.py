@@ -42,10 +42,11 @@ from gristmill.serve.samples import (
     build_samples,
     carry_no_loss,
     join_parts,
+    runs_no_loss,
     shift_sample,
     unshifted_sample,
 )
-from gristmill.store.index import index_lengths
+from gristmill.store.index import index_lengths, loss_entry, read_loss_runs
 from gristmill.store.integrity import check_intact
 from gristmill.store.manifest import check_generation, generation_changed, load_saved, read_manifest
 
@@ -175,13 +176,13 @@ class Dataset:
         def make() -> Planned:
             packer = record.factory(overlong=self.overlong, **self.packer_options)
             plan = packer.plan(lengths, self.seq_len)
-            empty = self.without_loss(plan, restart=self.restart)
+            empty = self.without_loss(plan, lengths, restart=self.restart)
             if self.no_loss == "drop":
                 plan = keep_samples(plan, ~empty)
             return Planned(plan, int(empty.sum()))
 
-        # Finding the samples without loss reads every loss mask: worth a file even for a plan
-        # that is cheaper to compute than to read.
+        # Finding the samples without loss reads every loss mask where the split has no loss
+        # index: worth a file even for a plan that is cheaper to compute than to read.
         if not (record.cache or self._masked):
             return make()
         key = fingerprint({**self._plan_key(), "restart": self.restart, "no_loss": self.no_loss})
@@ -207,13 +208,19 @@ class Dataset:
         """Whether a shard of the split has a loss mask."""
         return any(shard.get("mask") for shard in self.manifest["splits"][self.split]["shards"])
 
-    def without_loss(self, plan: PackPlan, *, restart: bool) -> np.ndarray:
-        """Which samples of ``plan`` (over this split) have every label -100 (bool per sample):
-        from the plan alone when no shard has a loss mask, else from the masks, read a block
-        of samples at a time."""
+    def without_loss(self, plan: PackPlan, lengths: np.ndarray, *, restart: bool) -> np.ndarray:
+        """Which samples of ``plan`` (over this split, whose documents have ``lengths`` tokens)
+        have every label -100 (bool per sample): from the plan alone when no shard has a loss
+        mask, else from the split's loss index (no shard file read), else from the masks, read
+        a block of samples at a time (a split prepared before there was a loss index)."""
         bounds = plan.sample_bounds
         if not self._masked:
             return carry_no_loss(None, plan.seg_len, np.diff(bounds), restart=restart)
+        runs = self._loss_runs(lengths)
+        if runs is not None:
+            doc_at = np.cumsum(lengths) - lengths  # every document's first token in the split
+            begins = doc_at[plan.seg_doc] + plan.seg_start
+            return runs_no_loss(runs, begins, plan.seg_len, np.diff(bounds), restart=restart)
         blocks = []
         for lo in range(0, len(plan), LOSS_BLOCK):
             hi = min(lo + LOSS_BLOCK, len(plan))
@@ -222,6 +229,23 @@ class Dataset:
             segments = np.diff(bounds[lo : hi + 1])
             blocks.append(carry_no_loss(mask, plan.seg_len[seg], segments, restart=restart))
         return np.concatenate(blocks) if blocks else np.zeros(0, bool)
+
+    def _loss_runs(self, lengths: np.ndarray) -> np.ndarray | None:
+        """The runs of loss tokens of the split's loss index (fetched first into a remote
+        dataset's mirror); ``None``, said once a process, where it has none to read."""
+        entry = loss_entry(self.path, self.manifest, self.split)
+        if entry is None:
+            if (self.path, self.split) not in _MASKS_READ:
+                _MASKS_READ.add((self.path, self.split))
+                shards = len(self.manifest["splits"][self.split]["shards"])
+                log.info(
+                    f"{self.source} [{self.split}]: no loss index: finding the samples "
+                    f"without loss reads the masks of its {shards} shards"
+                )
+            return None
+        if self.mirror is not None:
+            self.mirror.fetch(entry)
+        return read_loss_runs(self.path, entry, int(lengths.sum()))
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn/forkserver receive a pickled dataset: send how to
@@ -555,6 +579,8 @@ def where(
 
 
 LOSS_BLOCK = 1024  # samples whose loss masks are read at once to find those without loss
+# (dataset directory, split) whose masks this process read for want of a loss index: said once.
+_MASKS_READ: set[tuple[Path, str]] = set()
 SAMPLE_BLOCK = 16  # samples an iteration over the dataset builds at once
 # Segments a sample alone (ds[i]) reads one document() call each, up to this many: beyond, the
 # batch's machinery (a reader's spans for all of them) costs less. A sample with metadata to
@@ -649,8 +675,9 @@ def open_dataset(
     filesystem, ``cache_limit`` bounds the mirror, ``prefetch`` is how many shards the torch
     loader fetches ahead of its reads).
 
-    Opening reads the manifest and maps the shard files: no pass over the tokens (but one over
-    the loss masks, where the split has them, when the plan is not cached yet). Every file is
+    Opening reads the manifest and maps the shard files: no pass over the tokens, and no shard
+    file read (a split with loss masks finds its samples without loss in its loss index; one
+    prepared before there was one reads its masks when the plan is not cached yet). Every file is
     checked against the manifest's SHA-256 before its bytes are first used, once per machine
     (:mod:`gristmill.store.integrity`): the offsets files at open, a shard's files at its first read;
     a damaged file raises :class:`~gristmill.errors.DatasetError`. Packers: ``none``

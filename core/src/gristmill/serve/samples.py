@@ -241,6 +241,40 @@ def carry_no_loss(
     return ~np.logical_or.reduceat(loss, starts[seg_at])
 
 
+def runs_no_loss(
+    runs: np.ndarray,
+    begins: np.ndarray,
+    seg_lens: np.ndarray,
+    segments: Sequence[int] | np.ndarray,
+    *,
+    restart: bool = True,
+) -> np.ndarray:
+    """:func:`carry_no_loss`'s answer from the runs of loss tokens of a loss index
+    (:mod:`gristmill.store.index`) instead of the mask: every segment starts at token
+    ``begins[k]`` of the token stream the runs count in, and carries loss where it meets a run,
+    its first token aside where a sequence starts there."""
+    seg_lens = np.asarray(seg_lens, np.int64)
+    segments = np.asarray(segments, np.int64)
+    if not len(segments):
+        return np.zeros(0, bool)
+    seg_at = np.cumsum(segments) - segments  # every sample's first segment
+    skip = np.ones(len(seg_lens), np.int64)
+    if not restart:
+        skip[:] = 0
+        skip[seg_at] = 1
+    begins = np.asarray(begins, np.int64)
+    hit = runs_hit(runs, begins + skip, begins + seg_lens)
+    return ~np.logical_or.reduceat(hit, seg_at)
+
+
+def runs_hit(runs: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether tokens ``starts[k]`` to ``ends[k]`` (excluded) meet a run of ``runs`` (bool per
+    ``k``): the first run ending after ``starts[k]`` begins before ``ends[k]``."""
+    first = np.searchsorted(runs[:, 1], starts, side="right")
+    begins = np.append(runs[:, 0], np.iinfo(np.int64).max)  # past the last run: none
+    return (begins[first] < ends) & (starts < ends)
+
+
 def count_up(positions: np.ndarray, lengths: list[int]) -> None:
     """Fill ``positions`` (int64, contiguous) with 0, 1, … restarting at every sequence of
     ``lengths``, which add up to its size: each sequence a copy of the start of one counting

@@ -8,6 +8,15 @@ shards' offsets files' own SHA-256 digests (hex, one after another), which ties 
 files it was made of. Written with the manifest (:func:`with_index`); read by ``open_dataset``
 where it matches the manifest (:func:`index_lengths`), which otherwise reads every shard's
 offsets as before (datasets written without it); checked by ``gristmill verify``.
+
+A split with loss masks gets a loss index too, ``index/SPLIT.loss``: the runs of tokens that
+carry loss (a nonzero mask byte; every token of a shard without a mask), as int64 pairs
+``(start, end)`` in the split's token stream (its shards' tokens one after another), ascending,
+a shard's runs ending at its last token. Its entry is the ``loss`` object of the split's index
+entry (``path``, ``bytes``, ``sha256``, and ``masks_digest``: the SHA-256 of the shards' mask
+files' digests, a shard without a mask counting its tokens file's). It answers whether a span of
+a document carries loss without reading the masks (:func:`index_loss_runs`,
+:func:`gristmill.serve.samples.runs_no_loss`), so that opening a dataset with masks reads no shard file.
 """
 
 from __future__ import annotations
@@ -37,6 +46,13 @@ INDEXED_FORMAT = "memmap-shards"  # the shard format whose offsets files the ind
 def offsets_digest(shards: Sequence[dict[str, Any]]) -> str:
     """What an index of ``shards`` is made of: the SHA-256 of their offsets files' digests."""
     digests = map(itemgetter("sha256"), map(itemgetter("offsets"), shards))
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def masks_digest(shards: Sequence[dict[str, Any]]) -> str:
+    """What a loss index of ``shards`` is made of: the SHA-256 of their masks' digests (of the
+    tokens file where a shard has no mask: its every token carries loss)."""
+    digests = ((shard.get("mask") or shard["tokens"])["sha256"] for shard in shards)
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
@@ -89,6 +105,54 @@ def _concatenated(directory: Path, shards: Sequence[dict[str, Any]]) -> bytes | 
     return b"".join(parts)
 
 
+def _loss_index(
+    directory: Path, split: str, shards: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Write the loss index of a split whose shards have masks (see the module's doc): its
+    entry, or ``None`` for a split without masks, or one whose masks are not as listed (said
+    in the log: a reader then reads the masks)."""
+    if not any(shard.get("mask") for shard in shards):
+        return None
+    data = _split_runs(directory, shards)
+    if data is None:
+        return None
+    relative = f"{INDEX_DIR}/{split}.loss"
+    write_atomic(directory / relative, data)
+    return {
+        "path": relative,
+        "bytes": len(data),
+        "sha256": _sha256(data),
+        "masks_digest": masks_digest(shards),
+    }
+
+
+def _split_runs(directory: Path, shards: Sequence[dict[str, Any]]) -> bytes | None:
+    """The bytes of the loss index of ``shards``; ``None`` (and a warning) when a mask is not
+    there, inside the dataset, with the size and SHA-256 the manifest gives."""
+    runs, at = [], 0
+    folders: dict[str, Path | None] = {}
+    for shard in shards:
+        entry, tokens = shard.get("mask"), shard["num_tokens"]
+        if entry is None:  # every token carries loss
+            runs.append(np.array([[at, at + tokens]] if tokens else [], np.int64).reshape(-1, 2))
+            at += tokens
+            continue
+        data = _listed_bytes(directory, entry, folders) if isinstance(entry, dict) else None
+        if data is None or len(data) != tokens:
+            where = entry["path"] if isinstance(entry, dict) else "a mask that is no file entry"
+            log.warning(f"{directory}: no loss index written: {where} is not as listed")
+            return None
+        runs.append(loss_runs(np.frombuffer(data, np.uint8)) + at)
+        at += tokens
+    return np.concatenate(runs).astype("<i8").tobytes()
+
+
+def loss_runs(mask: np.ndarray) -> np.ndarray:
+    """The runs of nonzero bytes of ``mask``: ``(start, end)`` pairs (int64, one a row)."""
+    edges = np.diff(np.concatenate([[0], mask != 0, [0]]).astype(np.int8))
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], 1).astype(np.int64)
+
+
 def _listed_bytes(
     directory: Path, entry: dict[str, Any], folders: dict[str, Path | None]
 ) -> bytes | None:
@@ -139,6 +203,39 @@ def index_lengths(directory: Path, manifest: dict[str, Any], split: str) -> np.n
     return tiled_lengths(offsets, docs, tokens, _refuser(directory, shards))
 
 
+def loss_entry(directory: Path, manifest: dict[str, Any], split: str) -> dict[str, Any] | None:
+    """The entry of ``split``'s loss index where it has one made of the masks the manifest lists;
+    ``None`` where it has none (a split without masks, or prepared before there was one), or a
+    stale one (said in the log)."""
+    entry = manifest.get(INDEX, {}).get(split, {}).get("loss")
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("masks_digest") != masks_digest(manifest["splits"][split]["shards"]):
+        log.warning(
+            f"{directory / str(entry.get('path'))}: made of other masks than the manifest lists "
+            f"(changed after prepare?); read every shard's mask instead: run `gristmill "
+            f"verify {directory}`"
+        )
+        return None
+    return entry
+
+
+def read_loss_runs(directory: Path, entry: dict[str, Any], tokens: int) -> np.ndarray:
+    """The runs of a loss index (``(start, end)`` rows, int64) once its file is found intact
+    (:func:`~gristmill.store.integrity.read_intact`) and its runs ascending, apart and inside
+    the split's ``tokens``; refused otherwise, naming the file."""
+    data = read_intact(directory, entry)
+    runs = np.frombuffer(data[: len(data) // 16 * 16], "<i8").reshape(-1, 2)
+    flat = runs.reshape(-1)
+    if len(data) % 16 or (np.diff(flat) < 0).any() or (runs[:, 0] >= runs[:, 1]).any():
+        problem = "not ascending (start, end) pairs of int64"
+    elif len(flat) and (flat[0] < 0 or flat[-1] > tokens):
+        problem = f"runs outside the split's {tokens} tokens"
+    else:
+        return runs
+    raise DatasetError(f"{entry['path']}: {problem}; run `gristmill verify {directory.resolve()}`")
+
+
 def tiled_lengths(
     offsets: np.ndarray,
     docs: np.ndarray,
@@ -187,9 +284,12 @@ def _refuser(directory: Path, shards: Sequence[dict[str, Any]]) -> Callable[[int
 
 def index_problems(root: Path, manifest: dict[str, Any]) -> Iterator[Problem]:
     """``gristmill verify``'s check of an intact index: made of the offsets files the manifest
-    lists, and their bytes, one after another."""
+    lists, and their bytes, one after another; and of an intact loss index: the runs of the
+    masks the manifest lists."""
     for split, entry in manifest.get(INDEX, {}).items():
         shards = manifest["splits"][split]["shards"]
+        if "loss" in entry:
+            yield from _loss_problems(root, shards, entry["loss"])
         if entry["offsets_digest"] != offsets_digest(shards):
             yield Problem(
                 entry["path"],
@@ -212,3 +312,16 @@ def index_problems(root: Path, manifest: dict[str, Any]) -> Iterator[Problem]:
         else:
             if at != len(data):
                 yield Problem(entry["path"], f"{len(data) - at} bytes past its shards' offsets")
+
+
+def _loss_problems(
+    root: Path, shards: Sequence[dict[str, Any]], entry: dict[str, Any]
+) -> Iterator[Problem]:
+    if entry["masks_digest"] != masks_digest(shards):
+        yield Problem(
+            entry["path"],
+            "made of other masks than the manifest lists (its masks_digest differs): a shard's "
+            "mask changed after prepare",
+        )
+    elif _split_runs(root, shards) != (root / entry["path"]).read_bytes():
+        yield Problem(entry["path"], "differs from the runs of loss tokens of the shards' masks")
