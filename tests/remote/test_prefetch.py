@@ -5,6 +5,7 @@ schedule, which downloads no more than the fewest a simulation of the reads allo
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,18 +56,27 @@ def resumed(path, world, state, **options):
 
 @pytest.mark.parametrize(
     ("world", "workers", "cut", "limit"),
-    [(1, 0, 0, None), (2, 0, 5, None), (2, 2, 3, None), (3, 1, 4, None)],
+    [
+        (1, 0, 0, None),
+        (2, 0, 5, None),
+        (2, 2, 3, None),
+        (3, 1, 4, None),
+        (1, 2, 3, 0.25),
+        (2, 0, 5, 0.25),
+    ],
 )
 def test_the_loader_over_s3_serves_the_local_batches(s3_server, many, world, workers, cut, limit):
     """Every rank's batches of two epochs, the first stopped after ``cut`` steps and resumed
-    on another number of workers, with a cache of ``limit`` shards or no limit."""
+    on another number of workers, with no limit or a cache of ``limit`` of the shards' bytes,
+    and shards fetched ahead (the default): no read fails because a file was dropped between
+    its landing and its read."""
     here = loaders(many, world)
     expected = _run(here) + _run(here)  # epochs 0 and 1
     url = s3_server.upload(many)
     room = None
     if limit is not None:
         opened = gristmill.open_dataset(url, **OPEN, storage_options=s3_server.options)
-        room = mirrored(opened.path) + limit * largest_shard(many)
+        room = mirrored(opened.path) + int(limit * shard_bytes(many))
     remote = {"open": {"storage_options": s3_server.options, "cache_limit": room}}
     first = loaders(url, world, num_workers=workers, **remote)
     before = _run(first, cut)
@@ -74,9 +84,9 @@ def test_the_loader_over_s3_serves_the_local_batches(s3_server, many, world, wor
     assert before + _run(second) + _run(second) == expected
 
 
-def largest_shard(path) -> int:
+def shard_bytes(path) -> int:
     shards = gristmill.open_dataset(path).manifest["splits"]["train"]["shards"]
-    return max(s["tokens"]["bytes"] + s["offsets"]["bytes"] for s in shards)
+    return sum(s["tokens"]["bytes"] + s["offsets"]["bytes"] for s in shards)
 
 
 def tokens_read(served, url) -> list[str]:
@@ -211,3 +221,39 @@ def test_belady_from_the_schedule_downloads_the_fewest_over_three_epochs(
         for lo, hi in zip(starts, [*starts[1:], schedule.steps]):
             plain.batch(schedule.shares(range(lo, hi), 0)[0])
     assert belady < shard_gets(http_server, lru_url) <= len(lru)
+
+
+def on_disk(root, sizes) -> int:
+    """Bytes the mirror's dataset files at ``root`` hold on disk: those in its folder, and
+    those dropped from it that this process still has mapped (``sizes``: bytes by path)."""
+    held = mirrored(root)
+    prefix = f"{root}/"
+    dropped = set()
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(prefix):
+                name = fields[5].rstrip("\n")
+                if name.endswith(" (deleted)"):
+                    dropped.add((fields[4], name[len(prefix) : -len(" (deleted)")]))
+    return held + sum(sizes[name] for _, name in dropped)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")
+def test_the_files_of_a_mirror_with_a_limit_stay_within_it_on_disk(http_server, many):
+    """A loader's epoch with shards fetched ahead and a cache of a quarter of the shards: the
+    files in the mirror and those dropped from it but still mapped by the reader hold no more
+    than the limit, at every step."""
+    shards = shards_of(many)
+    sizes = {s[k]["path"]: s[k]["bytes"] for s in shards for k in ("tokens", "offsets")}
+    url = http_server.publish(many)
+    opened = gristmill.open_dataset(url, **OPEN)
+    limit = mirrored(opened.path) + sum(sizes.values()) // 4
+    (loader,) = loaders(url, 1, open={"cache_limit": limit})
+    expected = _run(loaders(many, 1))
+    served, most = [], 0
+    for batch in loader:
+        served.append([batch])
+        most = max(most, on_disk(opened.path, sizes))
+    assert served == expected
+    assert 0 < most <= limit

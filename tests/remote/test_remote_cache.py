@@ -101,6 +101,9 @@ def test_without_an_oracle_the_least_recently_used_file_goes(http_server, even):
 
 
 def test_the_mirror_stays_within_its_limit_and_serves_the_same_samples(http_server, plain):
+    """Blocks of packed samples, in order then reversed, from a cache of three shards: the
+    mirror's files (mapped ones included, which it may not drop) stay within the limit; a
+    block that reads more shards than the limit holds fetches again what it dropped."""
     url = http_server.publish(plain)
     local = gristmill.open_dataset(plain, seq_len=96, packer="first-fit")
     shards = local.manifest["splits"]["train"]["shards"]
@@ -116,7 +119,7 @@ def test_the_mirror_stays_within_its_limit_and_serves_the_same_samples(http_serv
                 assert all(np.array_equal(got[k], expected[k]) for k in expected)
             assert mirrored(remote.path) <= limit
     gets = http_server.requests.by_path("GET")
-    assert max(gets[p] for p in gets if p.endswith(".tokens")) == 2  # dropped, fetched again
+    assert max(gets[p] for p in gets if p.endswith(".tokens")) >= 2  # dropped, fetched again
     assert len(shards) > 3 + 1
 
 

@@ -10,6 +10,7 @@ import os
 import stat
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -85,6 +86,14 @@ class MemmapShardReader:
         # only touched where it is), so that ``spans`` finds a batch's begins in one gather.
         self._begins = np.empty(self.num_documents, np.int64)
         self._max_mapped = mapped_limit()
+        # A remote dataset with a cache limit: the bytes of the shards kept mapped, which the
+        # mirror may not drop (pinned, ``_pins``), stay within a quarter of the room its limit
+        # leaves for shards, the rest for the files fetched ahead and other processes' reads.
+        room = None if self._mirror is None else self._mirror.room()
+        self._mapped_room = None if room is None else max(room, 0) // 4
+        self._mapped_bytes = 0
+        self._pins: dict[int, list[int | None]] = {}  # by shard, while it is mapped
+        weakref.finalize(self, _unpin_all, self._pins)  # a reader gone releases its pins
         # Every shard's arrays while it is mapped, read without the lock (a list item is read
         # whole, and a shard unmapped meanwhile stays alive for whoever holds its arrays).
         self._live: list[Shard | None] = [None] * len(self._files)
@@ -151,6 +160,10 @@ class MemmapShardReader:
             info = os.stat(path) if os.path.exists(path) else None
         if not (path.startswith(self._inside) or path == str(self.root)):
             raise DatasetError(f"{self.root}: manifest path {entry['path']!r} leaves the dataset")
+        if info is None and self._mirror is not None:  # dropped again since: fetched again
+            fd = self._mirror.open(entry)
+            info = os.fstat(fd)
+            os.close(fd)
         if info is None or not stat.S_ISREG(info.st_mode):
             raise DatasetError(f"{path}: shard file is missing")
         if info.st_size != expected or entry["bytes"] != expected:
@@ -185,35 +198,30 @@ class MemmapShardReader:
         raise AssertionError("unreachable")  # the last round returns or raises
 
     def _descriptor(self, path: str) -> tuple[int, os.stat_result]:
-        """A descriptor of the file at ``path`` and its ``fstat``, refused unless it is the file checked at open
-        (or fetched again since into a remote dataset's mirror)."""
-        fd: int | None
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
-            fd = self._fetched_again(path)
-        if fd is not None:
-            info = os.fstat(fd)
-            if _identity(info) == self._identity[path]:
+        """A descriptor of the file at ``path`` and its ``fstat``, refused unless it is the
+        file checked at open. A remote dataset's mirror may have dropped it for room and
+        fetched it again since (its content is the manifest's, as before): the dataset is
+        then refused only once its manifest changed."""
+        if self._mirror is not None:
+            fd = self._mirror.open(self._entries[path])
+            if _manifest_identity(self.root) == self._manifest:
+                info = os.fstat(fd)
+                self._identity[path] = _identity(info)
                 return fd, info
             os.close(fd)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                info = os.fstat(fd)
+                if _identity(info) == self._identity[path]:
+                    return fd, info
+                os.close(fd)
         where = os.path.relpath(path, self.root)
         raise DatasetError(
             f"the dataset changed since it was opened ({where} was replaced or removed: "
             "prepared again?); open it again",
             where=str(self.root),
         )
-
-    def _fetched_again(self, path: str) -> int | None:
-        """A descriptor of the file at ``path`` of a remote dataset, fetched again after the
-        mirror dropped it for room (its content is the manifest's, as before); ``None`` where
-        the dataset is local, or changed since it was opened."""
-        if self._mirror is None or _manifest_identity(self.root) != self._manifest:
-            return None
-        self._mirror.fetch(self._entries[path])
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        self._identity[path] = _identity(os.fstat(fd))
-        return fd
 
     def _shard(self, k: int) -> Shard:
         """Shard ``k``'s arrays, mapped now if they are not."""
@@ -230,27 +238,49 @@ class MemmapShardReader:
         return [self._shard(k) for k in ks]
 
     def _map(self, k: int) -> Shard:
-        """Map shard ``k`` (under the lock), unmapping another when too many are mapped."""
-        (tokens, offsets, mask), (count, docs) = self._checked(k), self._counts[k]
-        if self._mirror is not None:  # read now: the last a full mirror drops
-            for key in ("tokens", "offsets", "mask"):
-                if self._listed[k].get(key):
-                    self._mirror.used(self._listed[k][key]["path"])
-        shard = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
+        """Map shard ``k`` (under the lock), unmapping others first where too many are mapped
+        (or, from a mirror with a limit, too many bytes). A mirror's files stay pinned while
+        they are mapped, so that it drops none that this process holds on disk."""
+        size = sum(int(entry["bytes"]) for entry in self.shard_files(k))
+        self._unmap_for(size)
+        if self._mirror is not None:
+            self._pins[k] = [self._mirror.pin(entry) for entry in self.shard_files(k)]
+        try:
+            (tokens, offsets, mask), (count, docs) = self._checked(k), self._counts[k]
+            if self._mirror is not None:  # read now: the last a full mirror drops
+                for entry in self.shard_files(k):
+                    self._mirror.used(entry["path"])
+            shard = _map_shard(self._open, tokens, offsets, mask, self._dtype, count, docs)
+        except BaseException:
+            self._unpin(k)
+            raise
         self._begins[self._starts[k] : self._starts[k + 1]] = shard.offsets[:-1]
-        ring = self._ring
-        if len(ring) < self._max_mapped:
-            ring.append(k)
-        else:
-            hand = self._hand
+        self._ring.insert(self._hand, k)
+        self._hand = (self._hand + 1) % len(self._ring)
+        self._mapped_bytes += size
+        self._live[k] = shard
+        return shard
+
+    def _unmap_for(self, size: int) -> None:
+        """Unmap shards, the clock's choice, until one more (of ``size`` bytes) fits."""
+        ring, room = self._ring, self._mapped_room
+        while ring and (
+            len(ring) >= self._max_mapped or (room is not None and self._mapped_bytes + size > room)
+        ):
+            hand = self._hand % len(ring)
             while self._read[ring[hand]]:  # a second chance for every shard read since
                 self._read[ring[hand]] = 0
                 hand = (hand + 1) % len(ring)
-            self._live[ring[hand]] = None
-            ring[hand] = k
-            self._hand = (hand + 1) % len(ring)
-        self._live[k] = shard
-        return shard
+            k = ring.pop(hand)
+            self._hand = hand if hand < len(ring) else 0
+            self._live[k] = None
+            self._mapped_bytes -= sum(int(entry["bytes"]) for entry in self.shard_files(k))
+            self._unpin(k)
+
+    def _unpin(self, k: int) -> None:
+        if self._mirror is not None:
+            for pin in self._pins.pop(k, ()):
+                self._mirror.unpin(pin)
 
     def shards_of(self, docs: np.ndarray) -> np.ndarray:
         """The shard (its index in the split) that holds each of ``docs``: what a loader's
@@ -379,6 +409,16 @@ def mapped_limit() -> int:
         return 1024
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return MAX_MAPPED if soft == resource.RLIM_INFINITY else max(16, min(MAX_MAPPED, soft // 8))
+
+
+def _unpin_all(pins: dict[int, list[int | None]]) -> None:
+    """Close the pin files' descriptors of a reader that is gone (which releases the pins)."""
+    for fds in pins.values():
+        for fd in fds:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    pins.clear()
 
 
 def _manifest_identity(root: Path) -> tuple[int, ...] | None:

@@ -116,7 +116,9 @@ class Mirror:
     dropped, the one ``policy`` picks first (:mod:`gristmill.plugin.remote.evict`: least
     recently used unless a loader hands over when each file is read next). The manifest, the
     tokenizer's files, the offsets index, the metadata and a file being downloaded are never
-    dropped, nor anything the manifest does not list (it has no remote copy).
+    dropped, nor anything the manifest does not list (it has no remote copy), nor a file a
+    reader of the node has pinned (:meth:`pin`: open or mapped, so that the files' disk space,
+    mapped ones included, stays counted).
     ``storage_options`` go to fsspec as they are (credentials among them are never logged).
     """
 
@@ -190,6 +192,73 @@ class Mirror:
         path = self._fetch(entry, None)
         assert path is not None  # only a fetch ahead lands nothing
         return path
+
+    def open(self, entry: Mapping[str, Any]) -> int:
+        """A descriptor of the file of the manifest ``entry``, fetched (again) where it is not
+        in the mirror: the file is pinned meanwhile (:meth:`pin`), so that no eviction, by this
+        process or another, drops it between its landing and its opening."""
+        for _ in range(len(RETRY_DELAYS) + 2):
+            pin = self.pin(entry)
+            try:
+                path = self.fetch(entry)
+                with contextlib.suppress(FileNotFoundError):  # no pins without flock: again
+                    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            finally:
+                self.unpin(pin)
+        raise DatasetError(
+            f"{entry['path']}: dropped from the mirror each time it landed; raise cache_limit",
+            where=self.url,
+        )
+
+    def pin(self, entry: Mapping[str, Any]) -> int | None:
+        """Keep the file of ``entry`` from being dropped, by any process of the node, until
+        :meth:`unpin` (a shared ``flock`` on its pin file, which an eviction must take
+        exclusively): what a reader holds while it has the file open or mapped. ``None``
+        where there is no ``flock`` (nothing pinned)."""
+        if fcntl is None:
+            return None
+        path = self._pin_file(self._relative(entry["path"]))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def unpin(pin: int | None) -> None:
+        """Let the file pinned by :meth:`pin` be dropped again."""
+        if pin is not None:
+            os.close(pin)  # which releases the lock
+
+    def room(self) -> int | None:
+        """The bytes ``cache_limit`` leaves for shard files, once the files that always stay
+        (the manifest and the small files every open reads) are counted; ``None``: no limit."""
+        if self.cache_limit is None:
+            return None
+        kept = sum(int(self._listed[name]["bytes"]) for name in self._pinned)
+        with contextlib.suppress(OSError):
+            kept += os.stat(self.root / MANIFEST).st_size
+        return self.cache_limit - kept
+
+    def _pin_file(self, name: str) -> Path:
+        folder = self.state / "pins"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{_digest(name)}.lock"
+
+    def _claim(self, name: str) -> int | None:
+        """An exclusive lock on the pin file of ``name``, taken without waiting: ``None``
+        where a reader has the file pinned (it stays). ``-1`` where there is no ``flock``."""
+        if fcntl is None:
+            return -1
+        fd = os.open(self._pin_file(name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
 
     def fetch_ahead(self, entry: Mapping[str, Any], next_use: int) -> bool:
         """Fetch the file of ``entry`` before it is read (a prefetch; ``next_use``: its next
@@ -308,9 +377,10 @@ class Mirror:
         self, landing: str, size: int, ahead: int | None = None, *, dry: bool = False
     ) -> bool:
         """Drop shard files, the policy's choice first, until ``size`` more bytes stay within
-        the limit (under the mirror's lock). A fetch ahead (``ahead``: its next use) drops
-        none that the policy says is needed sooner, nor any without an oracle: ``False``
-        where it would have to (nothing dropped). ``dry``: only say whether there is room."""
+        the limit (under the mirror's lock); a file a reader has pinned (open or mapped, in
+        any process) stays. A fetch ahead (``ahead``: its next use) drops none that the
+        policy says is needed sooner, nor any without an oracle: ``False`` where it would
+        have to (nothing dropped). ``dry``: only say whether there is room."""
         if self.cache_limit is None:
             return True
         present = self._counted()
@@ -318,32 +388,41 @@ class Mirror:
         keep = {MANIFEST, landing, *self._pinned}
         candidates = [n for n in present if n not in keep]
         last = {n: self._last_used.get(n, present[n][1]) for n in candidates}
-        victims = []
-        while candidates and total + size > self.cache_limit:
-            victim = self.policy.victim(candidates, last)
-            if ahead is not None and not _later(self.policy, victim, ahead):
+        claims: dict[str, int] = {}  # the victims, their pin files held until they are gone
+        try:
+            while candidates and total + size > self.cache_limit:
+                victim = self.policy.victim(candidates, last)
+                candidates.remove(victim)
+                if ahead is not None and not _later(self.policy, victim, ahead):
+                    return False
+                claim = self._claim(victim)
+                if claim is not None:
+                    claims[victim] = claim
+                    total -= present[victim][0]
+            if ahead is not None and total + size > self.cache_limit:
                 return False
-            candidates.remove(victim)
-            victims.append(victim)
-            total -= present[victim][0]
-        if ahead is not None and total + size > self.cache_limit:
-            return False
-        if dry:
-            return True
+            if not dry:
+                self._drop(claims, present)
+        finally:
+            for claim in claims.values():
+                self.unpin(None if claim < 0 else claim)
+        if not dry and total + size > self.cache_limit and not self._warned:
+            self._warned = True
+            log.warning(
+                f"{self.url}: cache_limit {self.cache_limit:,} bytes is less than the files "
+                f"that must stay in the mirror ({total + size:,} bytes: the file read now, "
+                "the manifest's small files, the files readers have open or mapped); the "
+                "mirror holds more than the limit"
+            )
+        return True
+
+    def _drop(self, victims: Mapping[str, int], present: dict[str, tuple[int, float]]) -> None:
         for victim in victims:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / victim)
             del present[victim]
         if victims:
             self._changed()
-        if total + size > self.cache_limit and not self._warned:
-            self._warned = True
-            log.warning(
-                f"{self.url}: cache_limit {self.cache_limit:,} bytes is less than the files "
-                f"that must stay in the mirror ({total + size:,} bytes: the file read now, the "
-                "manifest's small files); the mirror holds more than the limit"
-            )
-        return True
 
     def _counted(self) -> dict[str, tuple[int, float]]:
         """The dataset's files in the folder, (size, time landed) by path (under the mirror's
