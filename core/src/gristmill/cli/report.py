@@ -70,7 +70,7 @@ def packing_table(
                     "dropped_documents": plan.dropped,
                     "tokens_left_out": total - served,
                     "samples_without_loss": int(
-                        dataset.without_loss(plan, restart=record.restart).sum()
+                        dataset.without_loss(plan, lengths, restart=record.restart).sum()
                     ),
                 }
             )
