@@ -167,6 +167,7 @@ def test_a_bad_registration_fails_only_its_plugin_and_is_undone(gristmill_manage
         "random",
         "distributed",
         "distributed-length-grouped",
+        "shard-blocks",
     }
     gristmill_manager.register(object(), "bad")  # the name is free again
 

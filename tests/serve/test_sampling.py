@@ -12,15 +12,16 @@ from gristmill.plugin.components import SamplerType
 from gristmill.plugin.manager import get_manager
 from gristmill.serve.schedule import Schedule
 
-SAMPLERS = ("sequential", "random", "distributed", "distributed-length-grouped")
+SAMPLERS = ("sequential", "random", "distributed", "distributed-length-grouped", "shard-blocks")
 
 
 def _order(sampler: str, n: int, seed: int, epoch: int, global_batch: int, **options):
     lengths = np.random.default_rng(n).integers(1, 500, n)
     record = get_manager().get(SamplerType, sampler)
     options = record.check_options(options)  # as gristmill checks the user's options
+    shards = np.arange(n, dtype=np.int64) // 5  # samples in index order fill shards of 5
     return record.factory(
-        n, seed=seed, lengths=lengths, global_batch=global_batch, **options
+        n, seed=seed, lengths=lengths, global_batch=global_batch, shards=shards, **options
     ).order(epoch)
 
 

@@ -403,8 +403,9 @@ def dataloader(
 
     A dataset: ``sampler`` names a sampler plugin: ``distributed`` (a new shuffle every epoch,
     the default; ``sampler_options={"shuffle": False}`` keeps index order), ``random`` (the
-    same), ``distributed-length-grouped`` (steps of samples of similar length) or
-    ``sequential``. ``seed`` overrides the dataset's. Without ``drop_last`` the epoch is padded
+    same), ``distributed-length-grouped`` (steps of samples of similar length),
+    ``shard-blocks`` (shuffled, but few shards at a time: for a remote dataset read through a
+    small cache) or ``sequential``. ``seed`` overrides the dataset's. Without ``drop_last`` the epoch is padded
     with fewer than ``world_size`` repeats; with it only whole global batches are served.
 
     A stream (:class:`~gristmill.torch.streaming.StreamLoader`): its pieces are dealt to the
