@@ -4,14 +4,18 @@ oracle)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import gristmill
 from gristmill.plugin.remote import LeastRecentlyUsed, NextUse, open_mirror
+from gristmill.plugin.remote import mirror as remote_mirror
 from gristmill.store.manifest import listed_files
 
 READER = """
@@ -182,3 +186,28 @@ def test_a_reader_fetches_again_what_the_mirror_dropped_after_it_was_checked(
     assert run.stdout.strip() == "same"
     gets = http_server.requests.by_path("GET")
     assert all(gets[p] == 2 for p in gets if p.endswith(".tokens"))  # one per pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+def test_a_process_forked_while_a_file_is_dropped_does_not_keep_it_from_being_dropped(
+    http_server, even
+):
+    """A DataLoader worker forked while another thread drops a file (holding its pin file's
+    exclusive lock) closes its copy of that lock at once: kept, every reader of the file
+    would wait for the worker's exit."""
+    mirror = open_mirror(http_server.publish(even))
+    name = gristmill.open_dataset(even).manifest["splits"]["train"]["shards"][0]["tokens"]["path"]
+    claim = mirror._claim(name)
+    assert claim is not None
+    child = os.fork()
+    if child == 0:  # the worker: lives on while the parent drops the file and pins it again
+        time.sleep(3)
+        os._exit(0)
+    try:
+        remote_mirror._held_close(claim)
+        again = mirror._claim(name)
+        assert again is not None  # no copy of the first lock left in the child
+        remote_mirror._held_close(again)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

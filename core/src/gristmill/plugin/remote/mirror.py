@@ -56,8 +56,10 @@ _mirrors: dict[str, Mirror] = {}  # by their folder's real path: what the shard 
 _registry = threading.Lock()
 # The lock files' descriptors open now: a process forked meanwhile (a DataLoader worker) closes
 # its copies at once, else it would hold their locks for good (a flock belongs to the open
-# file, which the copy keeps open after this process closes its own).
+# file, which the copy keeps open after this process closes its own). A fork waits for
+# ``_guard``, so that it never falls between a descriptor's closing and its leaving the set.
 _held: set[int] = set()
+_guard = threading.Lock()
 T = TypeVar("T")
 
 
@@ -198,31 +200,37 @@ class Mirror:
         in the mirror: the file is pinned meanwhile (:meth:`pin`), so that no eviction, by this
         process or another, drops it between its landing and its opening."""
         for _ in range(len(RETRY_DELAYS) + 2):
-            pin = self.pin(entry)
+            pin = self.pin(entry, held=True)
             try:
                 path = self.fetch(entry)
                 with contextlib.suppress(FileNotFoundError):  # no pins without flock: again
                     return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             finally:
-                self.unpin(pin)
+                if pin is not None:
+                    _held_close(pin)
         raise DatasetError(
             f"{entry['path']}: dropped from the mirror each time it landed; raise cache_limit",
             where=self.url,
         )
 
-    def pin(self, entry: Mapping[str, Any]) -> int | None:
+    def pin(self, entry: Mapping[str, Any], *, held: bool = False) -> int | None:
         """Keep the file of ``entry`` from being dropped, by any process of the node, until
         :meth:`unpin` (a shared ``flock`` on its pin file, which an eviction must take
         exclusively): what a reader holds while it has the file open or mapped. ``None``
-        where there is no ``flock`` (nothing pinned)."""
+        where there is no ``flock`` (nothing pinned). A process forked meanwhile keeps its
+        copy of the pin (it is the reader's, whose copy the fork has too); ``held``: it
+        closes it at once instead (a pin for the caller alone, closed with ``_held_close``)."""
         if fcntl is None:
             return None
         path = self._pin_file(self._relative(entry["path"]))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _held_open(path) if held else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
         except BaseException:
-            os.close(fd)
+            if held:
+                _held_close(fd)
+            else:
+                os.close(fd)
             raise
         return fd
 
@@ -252,11 +260,11 @@ class Mirror:
         where a reader has the file pinned (it stays). ``-1`` where there is no ``flock``."""
         if fcntl is None:
             return -1
-        fd = os.open(self._pin_file(name), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _held_open(self._pin_file(name))  # a fork closes it: else it would hold it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)
+            _held_close(fd)
             return None
         return fd
 
@@ -405,7 +413,8 @@ class Mirror:
                 self._drop(claims, present)
         finally:
             for claim in claims.values():
-                self.unpin(None if claim < 0 else claim)
+                if claim >= 0:
+                    _held_close(claim)
         if not dry and total + size > self.cache_limit and not self._warned:
             self._warned = True
             log.warning(
@@ -468,16 +477,28 @@ class Mirror:
     def _locked(self, path: Path) -> Iterator[None]:
         """An exclusive ``flock`` on the lock file ``path`` while the block runs (processes,
         and threads, of this node wait for each other)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        _held.add(fd)
+        fd = _held_open(path)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            _held.discard(fd)
-            os.close(fd)  # which releases the lock
+            _held_close(fd)  # which releases the lock
+
+
+def _held_open(path: Path) -> int:
+    """A descriptor of the lock file ``path`` that a forked process closes (see ``_held``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _guard:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        _held.add(fd)
+    return fd
+
+
+def _held_close(fd: int) -> None:
+    with _guard:
+        _held.discard(fd)
+        os.close(fd)
 
 
 def _close_held() -> None:
@@ -486,10 +507,13 @@ def _close_held() -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     _held.clear()
+    _guard.release()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_held)
+    os.register_at_fork(
+        before=_guard.acquire, after_in_parent=_guard.release, after_in_child=_close_held
+    )
 
 
 def _later(policy: EvictionPolicy, victim: str, when: int) -> bool:
