@@ -201,11 +201,13 @@ def test_a_process_forked_while_a_file_is_dropped_does_not_keep_it_from_being_dr
     assert claim is not None
     child = os.fork()
     if child == 0:  # the worker: lives on while the parent drops the file and pins it again
-        time.sleep(3)
+        time.sleep(30)
         os._exit(0)
     try:
         remote_mirror._held_close(claim)
-        again = mirror._claim(name)
+        deadline = time.monotonic() + 10  # the child closes its copy as it starts
+        while (again := mirror._claim(name)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert again is not None  # no copy of the first lock left in the child
         remote_mirror._held_close(again)
     finally:
