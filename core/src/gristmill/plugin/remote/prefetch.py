@@ -105,10 +105,16 @@ class Prefetcher:
 
     def __init__(self, mirror: Mirror, timeline: Timeline, ahead: int):
         self.mirror, self.timeline, self.ahead = mirror, timeline, ahead
-        self._next = timeline.first_run(timeline.now)  # the next run to fetch
+        # The runs to fetch: every run where files may be dropped, else (no limit: a file
+        # that landed stays) only each shard's first, so that a warm cache costs no work.
+        runs = timeline.runs
+        if mirror.cache_limit is None:
+            runs = np.sort(runs[np.unique(timeline.shards[runs], return_index=True)[1]])
+        self._runs, self._run_steps = runs, timeline.steps[runs]
+        self._next = self._first(timeline.now)  # the next run (in ``_runs``) to fetch
         self._end = self._next  # runs before it may be fetched now
         self._changed = threading.Condition()
-        self._closed = False
+        self._closed, self._stalled = False, 0  # threads waiting for room
         self._threads = [
             threading.Thread(target=self._run, name=f"gristmill-prefetch-{k}", daemon=True)
             for k in range(min(ahead, THREADS))
@@ -120,10 +126,16 @@ class Prefetcher:
         """The steps before ``dispatched`` are handed to the readers: fetch their reads and the
         next ``ahead`` shards' files."""
         with self._changed:
-            runs = len(self.timeline.runs)
-            end = min(self.timeline.first_run(dispatched) + self.ahead, runs)
+            end = min(self._first(dispatched) + self.ahead, len(self._runs))
+            if self._stalled:  # the reads moved on: room, maybe, for a stalled fetch
+                self._changed.notify_all()
+            elif end > self._end:  # new work: wake as many threads as it needs, no more
+                self._changed.notify(end - max(self._end, self._next))
             self._end = max(self._end, end)
-            self._changed.notify_all()
+
+    def _first(self, step: int) -> int:
+        """The first run to fetch (an index in ``_runs``) read at step ``step`` or later."""
+        return int(np.searchsorted(self._run_steps, step, "left"))
 
     def close(self) -> None:
         with self._changed:
@@ -141,14 +153,16 @@ class Prefetcher:
             if self._closed:
                 return None
             run, self._next = self._next, self._next + 1
-            return int(self.timeline.runs[run])
+            return int(self._runs[run])
 
     def _run(self) -> None:
         while (read := self._take()) is not None:
             for entry in self.timeline.files(read):
                 while not self._closed and not self._fetch(entry, read):
                     with self._changed:  # no room yet without dropping what is needed sooner
+                        self._stalled += 1
                         self._changed.wait(timeout=0.5)
+                        self._stalled -= 1
 
     def _fetch(self, entry: Mapping[str, Any], read: int) -> bool:
         """Fetch one file ahead: ``False`` where it would drop a file needed sooner."""
