@@ -346,6 +346,12 @@ def _read_all(path: Path) -> None:
     ds.batch(np.arange(len(ds)))
 
 
+def _loss_index(path: Path) -> str:
+    """The train split's loss index: read by an open that computes the pack plan (the first;
+    the next find it cached)."""
+    return json.loads((path / "manifest.json").read_text())["index"]["train"]["loss"]["path"]
+
+
 def _shard_paths(path: Path) -> list[str]:
     """The files reading the train split checks: its shards', and its offsets index (read at
     open, for packing)."""
@@ -360,7 +366,7 @@ def test_a_file_is_hashed_once_a_machine_until_it_changes(tmp_path, stamps, hash
     monkeypatch.setattr(integrity, "SETTLED_NS", 0)  # as if written long ago
     hashed.clear()  # prepare read the offsets it wrote
     _read_all(out)
-    assert sorted(hashed) == _shard_paths(out)  # each file once
+    assert sorted(hashed) == sorted([*_shard_paths(out), _loss_index(out)])  # each file once
     hashed.clear()
     monkeypatch.setattr(integrity, "_checked", set())  # as another process would
     monkeypatch.setattr(integrity, "_logs", {})
@@ -386,7 +392,7 @@ def test_a_file_written_seconds_ago_is_hashed_at_every_open(tmp_path, stamps, ha
     hashed.clear()
     _read_all(out)
     _read_all(out)
-    assert sorted(hashed) == sorted(_shard_paths(out) * 2)
+    assert sorted(hashed) == sorted([*_shard_paths(out) * 2, _loss_index(out)])
     assert not stamps.exists()
 
 
@@ -401,7 +407,8 @@ def test_processes_opening_together_hash_each_file_once(tmp_path, stamps, monkey
     for rank in ranks:
         rank.join(60)
     hashed = [path for _ in ranks for path in counts.get(timeout=5)]
-    assert sorted(hashed) == _shard_paths(out)  # the others waited for the stamp
+    # The others waited for the stamp.
+    assert sorted(hashed) == sorted([*_shard_paths(out), _loss_index(out)])
 
 
 def _rank(path: Path, barrier: Any, counts: Any) -> None:

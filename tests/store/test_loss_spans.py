@@ -1,19 +1,28 @@
 """The loss index (``index/SPLIT.loss``): the runs of loss tokens of a split with masks. The
-samples without loss found from it are exactly those the masks give (random masks and plans);
-a malformed one is refused."""
+samples without loss found from it are exactly those the masks give (random masks and plans,
+and every packer over a prepared dataset); a dataset prepared without one (an older gristmill)
+or with a stale one opens as before, reading the masks; a malformed one is refused."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gristmill
+import gristmill.serve.dataset as dataset_module
 from gristmill.errors import DatasetError
+from gristmill.layout import MANIFEST
 from gristmill.serve.samples import carry_no_loss, runs_no_loss
 from gristmill.store.index import loss_runs, read_loss_runs
+from gristmill.store.manifest import INDEX, SEAL, write_sealed
 
 
 @st.composite
@@ -71,6 +80,101 @@ def test_runs_of_a_mask():
     assert loss_runs(np.zeros(0, np.uint8)).shape == (0, 2)
 
 
+SFT = [
+    {"prompt": f"question {i}: " + "why " * (i % 11), "completion": " so" * (i % 5 + 1)}
+    for i in range(150)
+]
+CHAT = [
+    {
+        "messages": [
+            {"role": "user", "content": "hi " * (i % 7 + 1)},
+            {"role": "assistant", "content": "yes " * (i % 4 + 1)},
+            {"role": "user", "content": "and " * (i % 3 + 1)},
+            {"role": "assistant", "content": "no " * (i % 6 + 1)},
+        ]
+    }
+    for i in range(150)
+]
+TEXT = [{"text": f"plain {i} " * (i % 9 + 1)} for i in range(60)]
+CASES = [
+    {"packer": packer, "overlong": overlong, "seq_len": seq_len, "restart": restart}
+    for packer in ("none", "first-fit", "window", "concat-chunk")
+    for overlong, seq_len, restart in (
+        ("truncate", 12, None),
+        ("truncate-left", 20, None),
+        ("fragment", 16, False),
+        ("truncate", 64, True),
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def masked(prepared_dataset) -> Path:
+    """Prompt/completion pairs, chats and plain text (a shard without a mask), many shards."""
+    return prepared_dataset({"sft": SFT, "chat": CHAT, "text": TEXT}, tokens_per_shard=700)
+
+
+def _reading_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset_module, "loss_entry", lambda *args: None)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_a_prepared_dataset_drops_and_counts_what_the_masks_say(masked, case, monkeypatch):
+    index = gristmill.open_dataset(masked, **case, no_loss="drop")
+    kept = gristmill.open_dataset(masked, **case)
+    _reading_masks(monkeypatch)
+    shutil.rmtree(masked / ".gristmill-plans", ignore_errors=True)
+    read = gristmill.open_dataset(masked, **case, no_loss="drop")
+    assert index.samples_without_loss == read.samples_without_loss == kept.samples_without_loss
+    assert np.array_equal(index.plan.seg_doc, read.plan.seg_doc)
+    assert np.array_equal(index.plan.sample_bounds, read.plan.sample_bounds)
+    shutil.rmtree(masked / ".gristmill-plans", ignore_errors=True)
+
+
+def _without_loss_index(source: Path, to: Path, change=None) -> Path:
+    """A copy of ``source`` as a gristmill without loss indexes wrote it (``change`` given: with
+    its manifest's loss entries changed so instead)."""
+    shutil.copytree(source, to, ignore=shutil.ignore_patterns(".gristmill-*"))
+    manifest = json.loads((to / MANIFEST).read_text())
+    manifest.pop(SEAL)
+    for entry in manifest[INDEX].values():
+        if change is None:
+            (to / entry.pop("loss")["path"]).unlink()
+        else:
+            change(entry["loss"])
+    write_sealed(to, manifest)
+    return to
+
+
+def test_a_dataset_without_loss_index_opens_as_before(masked, tmp_path, caplog):
+    old = _without_loss_index(masked, tmp_path / "old")
+    assert not list((old / "index").glob("*.loss"))
+    shards = json.loads((masked / MANIFEST).read_text())["splits"]["train"]["shards"]
+    assert {shard["mask"] is None for shard in shards} == {True, False}
+    for case in CASES[:6]:
+        with caplog.at_level(logging.INFO, logger="gristmill"):
+            got = gristmill.open_dataset(old, **case, no_loss="drop")
+        expected = gristmill.open_dataset(masked, **case, no_loss="drop")
+        assert got.samples_without_loss == expected.samples_without_loss
+        assert np.array_equal(got.plan.seg_doc, expected.plan.seg_doc)
+        assert got.batch(np.arange(len(got))) is not None
+    assert gristmill.open_dataset(old, **CASES[0]).samples_without_loss > 0
+    said = [r.message for r in caplog.records if "no loss index" in r.message]
+    assert len(said) == 1 and "reads the masks of its" in said[0]  # once a process
+
+
+def test_a_stale_loss_index_is_said_and_the_masks_read(masked, tmp_path, caplog):
+    stale = _without_loss_index(
+        masked, tmp_path / "stale", lambda e: e.update(masks_digest="0" * 64)
+    )
+    with caplog.at_level(logging.WARNING, logger="gristmill"):
+        got = gristmill.open_dataset(stale, **CASES[0])
+    assert any("made of other masks than the manifest lists" in r.message for r in caplog.records)
+    assert (
+        got.samples_without_loss == gristmill.open_dataset(masked, **CASES[0]).samples_without_loss
+    )
+
+
 @pytest.mark.parametrize(
     "runs, problem",
     [
@@ -90,3 +194,26 @@ def test_a_malformed_loss_index_is_refused(tmp_path, runs, problem):
     }
     with pytest.raises(DatasetError, match=problem):
         read_loss_runs(tmp_path, entry, 100)
+
+
+def test_verify_checks_the_loss_index_against_the_masks(masked, tmp_path):
+    from gristmill.store.verify import verify
+
+    assert verify(masked) == []
+    copy = tmp_path / "changed"
+    shutil.copytree(masked, copy, ignore=shutil.ignore_patterns(".gristmill-*"))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest.pop(SEAL)
+    loss = manifest[INDEX]["train"]["loss"]
+    runs = np.fromfile(copy / loss["path"], "<i8").reshape(-1, 2)
+    runs[1, 1] -= 1  # one token less of loss: still well formed
+    data = runs.astype("<i8").tobytes()
+    (copy / loss["path"]).write_bytes(data)
+    loss["sha256"] = hashlib.sha256(data).hexdigest()
+    write_sealed(copy, manifest)
+    [problem] = verify(copy)
+    assert problem.where == loss["path"] and "differs from the runs" in problem.message
+    loss["masks_digest"] = "0" * 64
+    write_sealed(copy, manifest)
+    [problem] = verify(copy)
+    assert problem.where == loss["path"] and "made of other masks" in problem.message

@@ -315,7 +315,9 @@ def test_prepare_writes_the_index_of_every_split_with_shards(pristine):
     manifest = _manifest(pristine)
     assert sorted(manifest[INDEX]) == ["train", "val"]
     assert sorted(p.name for p in (pristine / INDEX_DIR).iterdir()) == [
+        "train.loss",
         "train.offsets",
+        "val.loss",
         "val.offsets",
     ]
     assert verify(pristine) == []

@@ -86,6 +86,9 @@ def with_index(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "sha256": _sha256(data),
             "offsets_digest": offsets_digest(shards),
         }
+        loss = _loss_index(directory, split, shards)
+        if loss is not None:
+            index[split]["loss"] = loss
     return {**made, INDEX: index} if index else made
 
 

@@ -35,6 +35,7 @@ TOP_LEVEL = {
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SEAL = "manifest_sha256"  # the manifest's own SHA-256, see write_manifest
 INDEX = "index"  # split → the file entry of its offsets index (store.index)
+LOSS = "loss"  # in a split's index entry: the file entry of its loss index (store.index)
 METADATA_TYPES = ("bool", "int", "float", "string")  # of a metadata column (store.metadata)
 UNSEALED = "0" * 64  # the seal's value while the manifest is hashed
 
@@ -224,6 +225,12 @@ def _index_problems(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
         digest = entry.get("offsets_digest") if isinstance(entry, dict) else None
         if not isinstance(digest, str) or not SHA256.fullmatch(digest):
             yield f"{at}.offsets_digest", f"{digest!r} is not a SHA-256 hex digest"
+        loss = entry.get(LOSS) if isinstance(entry, dict) else None
+        if loss is not None:
+            yield from _file_problems(f"{at}.{LOSS}", loss)
+            digest = loss.get("masks_digest") if isinstance(loss, dict) else None
+            if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+                yield f"{at}.{LOSS}.masks_digest", f"{digest!r} is not a SHA-256 hex digest"
 
 
 def _all_have_offsets(shards: list[Any]) -> bool:
@@ -338,6 +345,11 @@ def count_mismatches(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
         size = 8 * (sum(map(itemgetter("num_documents"), shards)) + len(shards))
         if entry["bytes"] != size:
             yield f"{INDEX}.{name}.bytes", f"{entry['bytes']}, but its shards' offsets take {size}"
+        if LOSS in entry and entry[LOSS]["bytes"] % 16:
+            yield (
+                f"{INDEX}.{name}.{LOSS}.bytes",
+                f"{entry[LOSS]['bytes']}, not whole (start, end) pairs",
+            )
 
 
 def _file_problems(key: str, entry: Any) -> Iterator[tuple[str, str]]:
@@ -364,7 +376,16 @@ def listed_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for shard in split["shards"]:
             yield from (value for value in shard.values() if isinstance(value, dict))
     yield from metadata_files(manifest)
-    yield from manifest.get(INDEX, {}).values()
+    yield from index_files(manifest)
+
+
+def index_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The file entries of the indexes (of a manifest :func:`manifest_problems` accepts): every
+    split's offsets index, then its loss index where it has one."""
+    for entry in manifest.get(INDEX, {}).values():
+        yield entry
+        if LOSS in entry:
+            yield entry[LOSS]
 
 
 def metadata_files(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -33,10 +33,10 @@ from gristmill.plugin.remote.mirror import Mismatch
 from gristmill.plugin.remote.urls import is_missing
 from gristmill.store.index import index_problems
 from gristmill.store.manifest import (
-    INDEX,
     SEAL,
     broken_seal,
     count_mismatches,
+    index_files,
     inside,
     listed_files,
     load_manifest,
@@ -153,7 +153,7 @@ def _problems(
     yield from found
     if not found:
         yield from column_problems(root, manifest)
-    found = [p for e in manifest.get(INDEX, {}).values() for p in check_file(root, e, progress)]
+    found = [p for e in index_files(manifest) for p in check_file(root, e, progress)]
     yield from found
     if not found and not damaged:
         yield from index_problems(root, manifest)

@@ -611,7 +611,8 @@ def _entries(manifest: Any) -> Iterator[Any]:
         yield from _object(_object(split).get("metadata")).values()
     for column in _object(_object(manifest).get("metadata")).values():
         yield from (_object(column).get("strings"), _object(column).get("offsets"))
-    yield from _object(_object(manifest).get("index")).values()
+    for entry in _object(_object(manifest).get("index")).values():
+        yield from (entry, _object(entry).get("loss"))  # the loss index: read at a cold open
 
 
 def _object(value: Any) -> dict[str, Any]:
