@@ -2,7 +2,9 @@
 
 A fully shuffled epoch (``distributed``) reads every shard all through the epoch, so a node
 whose cache holds less than the dataset downloads each shard again and again. This sampler
-visits the shards in a shuffled order and spreads each shard's samples, shuffled, over a span of
+visits the shards in a shuffled order of blocks of ``block`` consecutive shards (the shards of a
+block one after the other: a sample running past its shard's end reads the next shard, which
+is then read soon after, not at a random later turn) and spreads each shard's samples, shuffled, over a span of
 ``window`` shards' turns: shard number ``k`` of the visit has its samples at keys drawn
 uniformly in ``[k, k + window)`` (in shard units), and the epoch is the samples sorted by key.
 So at any point of the order at most ``window`` shards have been started and not finished: a
@@ -10,9 +12,10 @@ cache of about ``window`` shards per node (plus what is fetched ahead) downloads
 once an epoch, and a new shard starts about every shard's worth of samples, never all at once.
 
 ``partitions=P`` (MosaicML streaming's canonical nodes) splits the shards into ``P`` groups,
-fixed for the run (from the seed): the samples listed shard after shard, the shards in a
-shuffled order, cut into ``P`` consecutive spans of equal size (so a shard at a cut is shared
-by two groups). Each global batch is cut into ``P`` equal contiguous parts, part ``p`` taken
+the same for the whole run: the samples listed shard after shard, in the shards' order, cut
+into ``P`` consecutive spans of equal size (so a shard at a cut is shared by two groups).
+Consecutive shards, because a sample that runs past its shard's end (a window of the token
+stream) reads the next shard too, which is then in its own group but at a cut. Each global batch is cut into ``P`` equal contiguous parts, part ``p`` taken
 from group ``p``. Ranks take contiguous shares of a global batch
 (:mod:`gristmill.serve.schedule`), so with ``P`` nodes of equal rank counts (or a number of
 nodes dividing ``P``) each node reads its own groups' shards alone, and a node whose cache
@@ -40,11 +43,11 @@ from gristmill.plugin.arguments import check_int
 from gristmill.plugin.components import SamplerType
 
 DEFAULT_WINDOW = 8  # shards read at once (per group)
+DEFAULT_BLOCK = 8  # consecutive shards visited one after the other
 # Key units per shard: keys are integers, so that a shard's samples all come before those of
 # the shard ``window`` turns later, exactly.
 UNIT = 1 << 20
-# Streams of random numbers apart: the groups' (one for the run) and each epoch's.
-GROUPS, EPOCHS = 0, 1
+EPOCHS = 1  # the stream of random numbers of each epoch's order
 
 
 class ShardBlocks:
@@ -56,6 +59,7 @@ class ShardBlocks:
         shards: np.ndarray | None = None,
         global_batch: int = 1,
         window: int = DEFAULT_WINDOW,
+        block: int = DEFAULT_BLOCK,
         partitions: int = 1,
         shuffle: bool = True,
         **context: Any,
@@ -72,6 +76,7 @@ class ShardBlocks:
                 f"shard-blocks: {len(shards)} shards given for {num_samples} samples"
             )
         self.seed, self.window = seed, check_int("window", window)
+        self.block = check_int("block", block)
         self.partitions = check_int("partitions", partitions)
         if not isinstance(shuffle, bool | np.bool_):
             raise OptionError(f"shuffle must be true or false, got {shuffle!r}")
@@ -83,7 +88,7 @@ class ShardBlocks:
             )
         self.part = global_batch // self.partitions
         ids, dense = np.unique(shards, return_inverse=True)
-        listed = _rng(seed, GROUPS).permutation(len(ids)) if shuffle else np.arange(len(ids))
+        listed = np.arange(len(ids))
         sizes = _sizes(num_samples, global_batch, self.partitions)
         members, self.samples, self._local = _groups(dense, listed, sizes)
         # ``samples``: each group's samples; ``groups``: its shards, as the dataset numbers them.
@@ -100,7 +105,10 @@ class ShardBlocks:
         """One group's samples in this epoch's order."""
         if not self.shuffle or not len(samples):
             return samples
-        turn = rng.permutation(int(local.max()) + 1)[local]  # each shard's turn in the visit
+        # Each shard's turn in the visit: blocks of ``block`` consecutive shards in a shuffled
+        # order, the shards of a block one after the other.
+        blocks = rng.permutation(int(local.max()) // self.block + 1)
+        turn = blocks[local // self.block] * self.block + local % self.block
         keys = turn * UNIT + rng.integers(0, self.window * UNIT, len(samples))
         return samples[np.argsort(keys, kind="stable")]
 
@@ -163,6 +171,9 @@ def gristmill_samplers() -> list[SamplerType]:
             options={
                 "window": f"shards read at once, per group (default {DEFAULT_WINDOW}): larger "
                 "mixes more and needs a cache of about that many shards a node",
+                "block": f"consecutive shards visited one after the other (default "
+                f"{DEFAULT_BLOCK}); 1 visits every shard at a random turn, which mixes more but "
+                "fetches a shard again where a sample runs past its shard's end",
                 "partitions": "groups of shards (default 1), one per node: each global batch "
                 "takes an equal part from each group; must divide the global batch",
                 "shuffle": "false: the shards in index order, their samples in index order "
