@@ -99,7 +99,9 @@ def test_a_quarter_cache_downloads_each_shard_about_once_an_epoch(http_server, m
         real = shard_gets(http_server, url)
         lru = len(downloads(reads, sizes, room, belady=False))
         got[name] = real, lru
-        assert len(sizes) <= real <= len(downloads(reads, sizes, room))
+        # Belady's rule is the minimum; the real mirror keeps the shard the reader has mapped
+        # (pinned), which the rule might have dropped, so it may take a few downloads more.
+        assert len(sizes) <= real <= 1.05 * len(downloads(reads, sizes, room))
     for downloaded in got["shard-blocks"]:
         assert downloaded <= 1.2 * 3 * len(sizes)
     assert got["distributed"][0] > 3 * got["shard-blocks"][0]
