@@ -106,3 +106,22 @@ def test_a_quarter_cache_downloads_each_shard_about_once_an_epoch(http_server, m
         assert downloaded <= 1.2 * 3 * len(sizes)
     assert got["distributed"][0] > 3 * got["shard-blocks"][0]
     assert got["distributed"][1] > 3 * got["shard-blocks"][1]
+
+
+def test_an_order_too_spread_for_the_cache_is_said_once(http_server, many, caplog):  # noqa: F811
+    """With a quarter-size cache the default sampler keeps every shard in use all epoch: the
+    loader warns once, naming the sampler and what to do; shard-blocks keeps few shards in use
+    and gets no warning."""
+    warned = {}
+    for name, options in (("distributed", {}), ("shard-blocks", sampler())):
+        url = http_server.publish(many)
+        _, _, limit = limits(url, many, 0.25)
+        (loader,) = loaders(url, 1, open={"cache_limit": limit, "prefetch": 0}, **options)
+        caplog.clear()
+        for _ in range(2):
+            _run([loader])
+        warned[name] = [r.getMessage() for r in caplog.records if "in use at once" in r.message]
+    assert len(warned["distributed"]) == 1
+    assert "'distributed' sampler" in warned["distributed"][0]
+    assert "sampler='shard-blocks'" in warned["distributed"][0]
+    assert warned["shard-blocks"] == []

@@ -20,7 +20,7 @@ import torch
 from gristmill.errors import GristmillError
 from gristmill.plugin.arguments import check_int
 from gristmill.plugin.remote.evict import EvictionPolicy
-from gristmill.plugin.remote.prefetch import Prefetcher, Timeline
+from gristmill.plugin.remote.prefetch import Prefetcher, Timeline, in_use
 from gristmill.serve.dataset import Dataset
 from gristmill.serve.metrics import PlannedMetrics
 from gristmill.serve.mixture import Mixture
@@ -160,6 +160,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self.node_ranks = self._node_ranks(node_ranks)
         self.prefetcher: Prefetcher | None = None  # a remote dataset's, during a pass
         self._reads: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._warned_spread = False  # a remote dataset's order, too spread for its cache
         # Not batch_size/drop_last/dataset: torch's DataLoader owns those names (and the batch
         # sampler below makes its own batches).
         self.source, self.per_rank, self.drop_last_steps = dataset, batch_size, bool(drop_last)
@@ -200,6 +201,7 @@ class DataLoader(torch.utils.data.DataLoader):
         if timeline is not None and mirror is not None:
             # Before the workers start: a forked one evicts by it too.
             self.dataset.oracle = mirror.policy = timeline.oracle()
+            self._warn_if_too_spread(mirror)
         try:
             for batch in self._batches(timeline):
                 self._last = (self.schedule(), self.step)
@@ -219,6 +221,26 @@ class DataLoader(torch.utils.data.DataLoader):
         self.prefetcher = self.dataset.timeline = self.dataset.oracle = None
         if mirror is not None and policy is not None:
             mirror.policy = policy
+
+    def _warn_if_too_spread(self, mirror: Any) -> None:
+        """Say once when this epoch's order keeps more shards in use at once than the cache
+        limit leaves room for: the mirror then downloads shards again and again."""
+        room, reads = mirror.room(), self.shard_reads(self.epoch)
+        if room is None or reads is None or self._warned_spread:
+            return
+        assert isinstance(self.source, Dataset)  # a timeline is a dataset's
+        files = self.source.shard_files
+        sizes = {int(k): sum(int(e["bytes"]) for e in files(int(k))) for k in np.unique(reads[1])}
+        needed = in_use(reads[0], reads[1], sizes)
+        if needed > room:
+            self._warned_spread = True
+            log.warning(
+                f"the {self.sampler_name!r} sampler keeps about {needed / 1e6:,.1f} MB of shards "
+                f"in use at once (each from its first read in the epoch to its last), more than "
+                f"the {room / 1e6:,.1f} MB that cache_limit leaves for shards: expect shards to "
+                "be downloaded many times an epoch. sampler='shard-blocks' reads few shards at "
+                "a time (docs/remote.md, locality), or raise cache_limit"
+            )
 
     def _node_ranks(self, given: Sequence[int] | None) -> list[int]:
         """The ranks whose reads this rank's mirror serves: ``given`` (this rank among them),

@@ -2,10 +2,10 @@
 
 A fully shuffled epoch (``distributed``) reads every shard all through the epoch, so a node
 whose cache holds less than the dataset downloads each shard again and again. This sampler
-visits the shards in a shuffled order of blocks of ``block`` consecutive shards (the shards of a
-block one after the other: a sample running past its shard's end reads the next shard, which
-is then read soon after, not at a random later turn) and spreads each shard's samples, shuffled, over a span of
-``window`` shards' turns: shard number ``k`` of the visit has its samples at keys drawn
+visits the shards in a shuffled order of blocks of ``window`` consecutive shards (the shards of
+a block one after the other: a sample running past its shard's end reads the next shard, which
+is then read soon after, not at a random later turn) and spreads each shard's samples,
+shuffled, over a span of ``window`` shards' turns: shard number ``k`` of the visit has its samples at keys drawn
 uniformly in ``[k, k + window)`` (in shard units), and the epoch is the samples sorted by key.
 So at any point of the order at most ``window`` shards have been started and not finished: a
 cache of about ``window`` shards per node (plus what is fetched ahead) downloads each shard
@@ -42,8 +42,7 @@ from gristmill.errors import GristmillError, OptionError
 from gristmill.plugin.arguments import check_int
 from gristmill.plugin.components import SamplerType
 
-DEFAULT_WINDOW = 8  # shards read at once (per group)
-DEFAULT_BLOCK = 8  # consecutive shards visited one after the other
+DEFAULT_WINDOW = 8  # shards read at once (per group), and visited one after the other
 # Key units per shard: keys are integers, so that a shard's samples all come before those of
 # the shard ``window`` turns later, exactly.
 UNIT = 1 << 20
@@ -59,7 +58,6 @@ class ShardBlocks:
         shards: np.ndarray | None = None,
         global_batch: int = 1,
         window: int = DEFAULT_WINDOW,
-        block: int = DEFAULT_BLOCK,
         partitions: int = 1,
         shuffle: bool = True,
         **context: Any,
@@ -76,7 +74,6 @@ class ShardBlocks:
                 f"shard-blocks: {len(shards)} shards given for {num_samples} samples"
             )
         self.seed, self.window = seed, check_int("window", window)
-        self.block = check_int("block", block)
         self.partitions = check_int("partitions", partitions)
         if not isinstance(shuffle, bool | np.bool_):
             raise OptionError(f"shuffle must be true or false, got {shuffle!r}")
@@ -105,10 +102,10 @@ class ShardBlocks:
         """One group's samples in this epoch's order."""
         if not self.shuffle or not len(samples):
             return samples
-        # Each shard's turn in the visit: blocks of ``block`` consecutive shards in a shuffled
+        # Each shard's turn in the visit: blocks of ``window`` consecutive shards in a shuffled
         # order, the shards of a block one after the other.
-        blocks = rng.permutation(int(local.max()) // self.block + 1)
-        turn = blocks[local // self.block] * self.block + local % self.block
+        blocks = rng.permutation(int(local.max()) // self.window + 1)
+        turn = blocks[local // self.window] * self.window + local % self.window
         keys = turn * UNIT + rng.integers(0, self.window * UNIT, len(samples))
         return samples[np.argsort(keys, kind="stable")]
 
@@ -171,9 +168,6 @@ def gristmill_samplers() -> list[SamplerType]:
             options={
                 "window": f"shards read at once, per group (default {DEFAULT_WINDOW}): larger "
                 "mixes more and needs a cache of about that many shards a node",
-                "block": f"consecutive shards visited one after the other (default "
-                f"{DEFAULT_BLOCK}); 1 visits every shard at a random turn, which mixes more but "
-                "fetches a shard again where a sample runs past its shard's end",
                 "partitions": "groups of shards (default 1), one per node: each global batch "
                 "takes an equal part from each group; must divide the global batch",
                 "shuffle": "false: the shards in index order, their samples in index order "

@@ -176,6 +176,22 @@ class Prefetcher:
             return True
 
 
+def in_use(steps: np.ndarray, shards: np.ndarray, sizes: Mapping[int, int]) -> float:
+    """The bytes of shards an order keeps in use at once, on average over its steps: each
+    shard (``sizes``: its bytes) counts from the step of its first read to that of its last
+    (``steps`` and ``shards``: the reads in order). A cache smaller than this downloads some
+    shards again within the epoch, whatever it drops."""
+    if not len(steps):
+        return 0.0
+    order = np.lexsort((steps, shards))
+    by_shard, at = shards[order], steps[order]
+    edges = np.flatnonzero(np.r_[True, by_shard[1:] != by_shard[:-1], True])
+    first, last = at[edges[:-1]], at[edges[1:] - 1]
+    size = np.array([sizes[int(k)] for k in by_shard[edges[:-1]]], np.float64)
+    span = int(steps.max()) - int(steps.min()) + 1
+    return float((size * (last - first + 1)).sum() / span)
+
+
 def downloads(
     reads: Sequence[str], sizes: Mapping[str, int], room: int, *, belady: bool = True
 ) -> list[str]:
