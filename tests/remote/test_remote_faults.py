@@ -88,23 +88,31 @@ def test_an_unreachable_server_says_to_check_the_network():
 
 MISSING_LIBRARY = """
 import sys
-sys.modules["s3fs"] = None  # as if it were not installed
+sys.modules[sys.argv[1]] = None  # as if it were not installed
 import gristmill
 from gristmill.errors import MissingDependencyError
 try:
-    gristmill.open_dataset("s3://bucket/ds")
+    gristmill.open_dataset(sys.argv[2])
 except MissingDependencyError as error:
     print(error)
 """
 
 
-def test_a_missing_library_names_the_extra_to_install():
+@pytest.mark.parametrize(
+    ("library", "url", "extra"),
+    [("s3fs", "s3://bucket/ds", "s3"), ("huggingface_hub", "hf://datasets/org/ds", "hf")],
+)
+def test_a_missing_library_names_the_extra_to_install(library, url, extra):
     out = subprocess.run(
-        [sys.executable, "-c", MISSING_LIBRARY], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", MISSING_LIBRARY, library, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "s3://bucket/ds: the s3:// filesystem needs a library" in out.stdout
-    assert "pip install 'gristmill[s3]'" in out.stdout
+    protocol = url.split(":")[0]
+    assert f"{url}: the {protocol}:// filesystem needs a library" in out.stdout
+    assert f"pip install 'gristmill[{extra}]'" in out.stdout
 
 
 def test_an_unknown_protocol_is_refused():

@@ -27,6 +27,7 @@ EXTRAS = {
     "gcs": "gcs",
     "http": "remote",
     "https": "remote",
+    "hf": "hf",  # huggingface_hub's filesystem, which brings fsspec
 }
 DENIED = (401, 403)  # HTTP statuses that no retry changes: the credentials are at fault
 # Where an S3 client finds an endpoint of its own (a bucket outside AWS): part of a mirror's
