@@ -85,9 +85,8 @@ class ShardBlocks:
             )
         self.part = global_batch // self.partitions
         ids, dense = np.unique(shards, return_inverse=True)
-        listed = np.arange(len(ids))
         sizes = _sizes(num_samples, global_batch, self.partitions)
-        members, self.samples, self._local = _groups(dense, listed, sizes)
+        members, self.samples, self._local = _groups(dense, sizes)
         # ``samples``: each group's samples; ``groups``: its shards, as the dataset numbers them.
         self.groups = [ids[m] for m in members]
 
@@ -124,21 +123,18 @@ def _sizes(num_samples: int, global_batch: int, partitions: int) -> np.ndarray:
 
 
 def _groups(
-    dense: np.ndarray, listed: np.ndarray, sizes: np.ndarray
+    dense: np.ndarray, sizes: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """The samples (``dense``: each one's shard, numbered from 0) listed shard after shard in
-    the ``listed`` order of the shards, index order within a shard, and cut into consecutive
-    groups of ``sizes`` samples. For each group: its shards in listed order, its samples, and
-    the place of each sample's shard among the group's."""
-    position = np.empty(len(listed), np.int64)  # each shard's place in the listing
-    position[listed] = np.arange(len(listed))
-    samples = np.argsort(position[dense], kind="stable").astype(np.int64)
-    at = position[dense[samples]]  # the listing place of each listed sample's shard
+    """The samples (``dense``: each one's shard, numbered from 0) listed shard after shard,
+    index order within a shard, and cut into consecutive groups of ``sizes`` samples. For each
+    group: its shards, its samples, and the place of each sample's shard among the group's."""
+    samples = np.argsort(dense, kind="stable").astype(np.int64)
+    at = dense[samples]  # each listed sample's shard
     members, grouped, local = [], [], []
     for lo, hi in itertools.pairwise(np.concatenate([[0], np.cumsum(sizes)]).tolist()):
         first = int(at[lo]) if hi > lo else 0
         last = int(at[hi - 1]) if hi > lo else -1
-        members.append(listed[first : last + 1])
+        members.append(np.arange(first, last + 1))
         grouped.append(samples[lo:hi])
         local.append(at[lo:hi] - first)
     return members, grouped, local
