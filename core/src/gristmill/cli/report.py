@@ -21,7 +21,6 @@ from gristmill.plugin.overlong import check_policy
 from gristmill.plugin.remote import mirror_of
 from gristmill.plugin.remote.mirror import MANIFEST, listing
 from gristmill.serve.dataset import Dataset, how_to_make, where
-from gristmill.store.index import index_lengths
 from gristmill.store.manifest import read_manifest
 
 log = logging.getLogger("gristmill")
@@ -52,7 +51,7 @@ def packing_table(
     leaves out (tokens truncated away, documents dropped), and the samples that would carry no
     loss (every label -100)."""
     manager = dataset.manager  # the one that opened it, not the process-wide one
-    lengths = document_lengths(dataset)
+    lengths = dataset.document_lengths()
     total = int(lengths.sum())
     rows = []
     for seq_len in seq_lens:
@@ -171,13 +170,6 @@ def _open_split(
     return dataset
 
 
-def document_lengths(dataset: Dataset) -> np.ndarray:
-    """Every document's token count: from the split's offsets index where it has one (a small
-    file, which opening a URL fetched), else from every shard's offsets file."""
-    lengths = index_lengths(dataset.path, dataset.manifest, dataset.split)
-    return dataset.documents.lengths() if lengths is None else lengths
-
-
 def _build_report(
     label: str,
     datasets: dict[str, Dataset],
@@ -197,7 +189,7 @@ def _build_report(
             "loss_tokens": entry["num_loss_tokens"],
             "shards": len(entry["shards"]),
             "length": entry["length_stats"],
-            "histogram": length_histogram(document_lengths(datasets[name])),
+            "histogram": length_histogram(datasets[name].document_lengths()),
             "packing": packing_table(datasets[name], seq_lens, overlong),
         }
         for name, entry in ((name, manifest["splits"][name]) for name in in_order(datasets))

@@ -137,7 +137,7 @@ class Dataset:
         self.documents: ShardReader = fmt.reader(
             self.path, splits[self.split]["shards"], dtype=np.dtype(self.manifest["dtype"])
         )
-        lengths = self._lengths()
+        lengths = self.document_lengths()
         # The manifest file the reader found (and checks again at each shard's first read)
         # holds the generation read: no shard of another generation is served.
         check_generation(self.path, self.manifest)
@@ -158,7 +158,7 @@ class Dataset:
                 f"{', '.join(sorted(self.metadata_columns)) or 'none'}"
             )
 
-    def _lengths(self) -> np.ndarray:
+    def document_lengths(self) -> np.ndarray:
         """Every document's token count, to plan with and to check a stored plan against: from
         the split's offsets index where it has one (one read), else from the shard reader (one
         read a shard)."""
